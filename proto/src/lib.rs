@@ -1,0 +1,18 @@
+//! Cairn's wire protocol: the messages clients and nodes exchange, their limits, and the frame.
+//!
+//! This crate is pure (no sockets, no clock, no disk) so the node, the client library, the CLI and
+//! the simulator all agree on one definition of what may cross the wire.
+
+pub mod frame;
+pub mod limits;
+mod message;
+
+pub use frame::{decode_body, encode_frame, frame_body_len, FrameError, FRAME_HEADER_BYTES};
+pub use message::*;
+
+/// Version of the message set carried in every frame; a peer speaking another version gets
+/// `ErrorReply::UnsupportedVersion` instead of a misread message.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
+pub const ALPN: &[u8] = b"cairn/1";

@@ -1,0 +1,27 @@
+//! Every size limit a client, a peer or a disk can hit, in one place, qualifier last.
+//!
+//! Each limit is checked where data enters (the CLI before sending, the node before storing, the
+//! frame reader before decoding) and exceeding it is a `LimitError` naming the limit and the size.
+
+/// Largest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Largest single value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most siblings (live values and tombstones) one key may hold; a write that would exceed it is
+/// refused rather than silently dropping a concurrent value (Riak's `too_many_siblings`).
+pub const SIBLINGS_MAX: usize = 64;
+/// Most entries (actors) in one key's version vector or in a client context.
+pub const VV_ENTRIES_MAX: usize = 64;
+/// Largest encoded object (all siblings plus their causal history) one key may hold.
+pub const OBJECT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest encoded client context token, in bytes before base64.
+pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40;
+/// Largest frame on the wire (length prefix excluded), checked before a byte of it is decoded.
+pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Room in a frame for everything that is not the object itself (message tags, key, context).
+const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;
+
+const _: () = assert!(VALUE_BYTES_MAX < OBJECT_BYTES_MAX);
+const _: () = assert!(OBJECT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX < u32::MAX as usize);

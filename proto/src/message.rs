@@ -1,0 +1,390 @@
+//! Requests, responses, identities and the errors a node reports to a client.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{CONTEXT_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// A node's stable identity in the cluster, derived from its configured name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// The id of the node called `name` (the first 8 bytes of blake3 would also do; a simple,
+    /// stable FNV-1a keeps this crate free of hashing dependencies).
+    pub fn from_name(name: &str) -> NodeId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        NodeId(h)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Who minted a dot: a node in one incarnation of its data directory.
+///
+/// A node that loses its data directory comes back with a new random `epoch`, so it can never
+/// mint a dot that the cluster already knows (Riak's KV679).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ActorId {
+    /// The node.
+    pub node: NodeId,
+    /// The incarnation of the node's data directory.
+    pub epoch: u64,
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:016x}", self.node, self.epoch)
+    }
+}
+
+/// One write event: the `counter`-th dot minted by `actor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DotId {
+    /// Who minted it.
+    pub actor: ActorId,
+    /// Its sequence number at that actor.
+    pub counter: u64,
+}
+
+impl fmt::Display for DotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.actor, self.counter)
+    }
+}
+
+/// The causal context a client got from a read and hands back with its next write.
+///
+/// Opaque to clients: bytes the node encoded, shown to people as a base64url token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context(pub Vec<u8>);
+
+/// Why a context token typed by a person or a script could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    /// The token is not base64url.
+    #[error("context is not a valid token (expected the base64url text printed by `get`): {reason}")]
+    NotBase64 {
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// The token is longer than any context a node hands out.
+    #[error("context of {len} bytes exceeds CONTEXT_BYTES_MAX ({max} bytes)")]
+    TooLarge {
+        /// Decoded length.
+        len: u64,
+        /// `CONTEXT_BYTES_MAX`.
+        max: u64,
+    },
+}
+
+impl Context {
+    /// The empty context: a write that saw nothing (a "blind" write).
+    pub fn empty() -> Context {
+        Context(Vec::new())
+    }
+
+    /// Whether this is the empty context.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The token printed for people and scripts.
+    pub fn to_token(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0)
+    }
+
+    /// Parses a token printed by [`Context::to_token`].
+    pub fn from_token(token: &str) -> Result<Context, ContextError> {
+        let token = token.trim();
+        // Checked before decoding so a huge argument is refused without allocating for it.
+        if token.len() > CONTEXT_BYTES_MAX * 4 / 3 + 4 {
+            return Err(ContextError::TooLarge {
+                len: (token.len() * 3 / 4) as u64,
+                max: CONTEXT_BYTES_MAX as u64,
+            });
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|e| ContextError::NotBase64 {
+                reason: e.to_string(),
+            })?;
+        if bytes.len() > CONTEXT_BYTES_MAX {
+            return Err(ContextError::TooLarge {
+                len: bytes.len() as u64,
+                max: CONTEXT_BYTES_MAX as u64,
+            });
+        }
+        Ok(Context(bytes))
+    }
+}
+
+/// A client's request; one per QUIC bidirectional stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness and identity check.
+    Ping,
+    /// Read every sibling of `key` and the context covering them.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Write `value`, superseding exactly what `context` saw.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The context of the read this write follows, or empty for a blind write.
+        context: Context,
+    },
+    /// Write a tombstone, superseding exactly what `context` saw.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+        /// The context of the read this delete follows.
+        context: Context,
+    },
+}
+
+/// A node's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Ping`.
+    Pong {
+        /// The node's configured name.
+        node: String,
+    },
+    /// Answer to `Get`: no siblings means not found (never written, or only tombstones).
+    Value(GetReply),
+    /// Answer to `Put` and `Delete`: the write is durable; `context` covers it.
+    Written {
+        /// The context after the write, usable for the next write without a read.
+        context: Context,
+    },
+    /// The request failed; nothing was changed unless the variant says otherwise.
+    Error(ErrorReply),
+}
+
+/// The siblings of a key and the context covering them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Live values, one per concurrent write; tombstones are not listed.
+    pub siblings: Vec<Sibling>,
+    /// The context to hand back with the next write.
+    pub context: Context,
+}
+
+/// One concurrent value of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sibling {
+    /// The value's bytes.
+    pub value: Vec<u8>,
+    /// The write event that produced it.
+    pub dot: DotId,
+}
+
+/// A size limit was exceeded; nothing was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum LimitError {
+    /// Keys must not be empty.
+    #[error("key is empty")]
+    KeyEmpty,
+    /// The key is too long.
+    #[error("key of {len} bytes exceeds KEY_BYTES_MAX ({max} bytes)")]
+    KeyTooLarge {
+        /// Key length.
+        len: u64,
+        /// `KEY_BYTES_MAX`.
+        max: u64,
+    },
+    /// The value is too long.
+    #[error("value of {len} bytes exceeds VALUE_BYTES_MAX ({max} bytes)")]
+    ValueTooLarge {
+        /// Value length.
+        len: u64,
+        /// `VALUE_BYTES_MAX`.
+        max: u64,
+    },
+    /// The write would leave more concurrent siblings than allowed; read and resolve them first.
+    #[error("key would hold {count} siblings, over SIBLINGS_MAX ({max}); read it and write with its context to resolve them")]
+    TooManySiblings {
+        /// Siblings the write would have left.
+        count: u64,
+        /// `SIBLINGS_MAX`.
+        max: u64,
+    },
+    /// The key's version vector (or the context) has too many actors.
+    #[error("version vector of {entries} entries exceeds VV_ENTRIES_MAX ({max})")]
+    VersionVectorTooLarge {
+        /// Entries it would have.
+        entries: u64,
+        /// `VV_ENTRIES_MAX`.
+        max: u64,
+    },
+    /// The key's stored object (all siblings) would be too large.
+    #[error("object of {len} bytes (all siblings) exceeds OBJECT_BYTES_MAX ({max} bytes); resolve siblings first")]
+    ObjectTooLarge {
+        /// Encoded object length.
+        len: u64,
+        /// `OBJECT_BYTES_MAX`.
+        max: u64,
+    },
+    /// The context token is too long.
+    #[error("context of {len} bytes exceeds CONTEXT_BYTES_MAX ({max} bytes)")]
+    ContextTooLarge {
+        /// Context length.
+        len: u64,
+        /// `CONTEXT_BYTES_MAX`.
+        max: u64,
+    },
+}
+
+/// Checks a key against its limits.
+pub fn check_key(key: &[u8]) -> Result<(), LimitError> {
+    if key.is_empty() {
+        return Err(LimitError::KeyEmpty);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(LimitError::KeyTooLarge {
+            len: key.len() as u64,
+            max: KEY_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a value against its limit.
+pub fn check_value(value: &[u8]) -> Result<(), LimitError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(LimitError::ValueTooLarge {
+            len: value.len() as u64,
+            max: VALUE_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a context against its limit.
+pub fn check_context(context: &Context) -> Result<(), LimitError> {
+    if context.0.len() > CONTEXT_BYTES_MAX {
+        return Err(LimitError::ContextTooLarge {
+            len: context.0.len() as u64,
+            max: CONTEXT_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Why a node refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorReply {
+    /// A size limit was exceeded; nothing was stored.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The context is not one this cluster produced.
+    #[error("context is not valid: {reason}")]
+    BadContext {
+        /// Why it could not be decoded.
+        reason: String,
+    },
+    /// The request frame could not be read.
+    #[error("malformed request: {reason}")]
+    Malformed {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The request was written in another protocol version.
+    #[error("node speaks protocol version {supported}; the request used {got}")]
+    UnsupportedVersion {
+        /// Version of the request.
+        got: u16,
+        /// The node's version.
+        supported: u16,
+    },
+    /// The node's disk failed the operation; the write is not acknowledged.
+    #[error("storage error on node: {reason}")]
+    Storage {
+        /// What the storage engine reported.
+        reason: String,
+    },
+    /// The node is busy (its write queue is full); retry later.
+    #[error("node is overloaded: {reason}")]
+    Overloaded {
+        /// Which limit was hit.
+        reason: String,
+    },
+    /// The node is shutting down and took no action.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// Limits checked by the sender before a request leaves, so a person gets the error without a
+/// round trip; the node checks the same limits again.
+pub fn check_request(req: &Request) -> Result<(), LimitError> {
+    match req {
+        Request::Ping => Ok(()),
+        Request::Get { key } => check_key(key),
+        Request::Put {
+            key,
+            value,
+            context,
+        } => {
+            check_key(key)?;
+            check_value(value)?;
+            check_context(context)
+        }
+        Request::Delete { key, context } => {
+            check_key(key)?;
+            check_context(context)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_tokens_roundtrip() {
+        let ctx = Context(vec![0, 1, 2, 250, 255]);
+        assert_eq!(Context::from_token(&ctx.to_token()).unwrap(), ctx);
+        assert_eq!(Context::from_token("").unwrap(), Context::empty());
+        assert!(matches!(
+            Context::from_token("not base64!"),
+            Err(ContextError::NotBase64 { .. })
+        ));
+        let huge = "A".repeat(CONTEXT_BYTES_MAX * 2);
+        assert!(matches!(
+            Context::from_token(&huge),
+            Err(ContextError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn limits_name_the_size() {
+        let err = check_value(&vec![0; VALUE_BYTES_MAX + 1]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "value of {} bytes exceeds VALUE_BYTES_MAX ({} bytes)",
+                VALUE_BYTES_MAX + 1,
+                VALUE_BYTES_MAX
+            )
+        );
+        assert_eq!(check_key(b""), Err(LimitError::KeyEmpty));
+        assert!(check_key(&[b'k'; KEY_BYTES_MAX]).is_ok());
+        assert!(check_key(&[b'k'; KEY_BYTES_MAX + 1]).is_err());
+        assert!(check_value(&vec![0; VALUE_BYTES_MAX]).is_ok());
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for Cairn's integration tests.
