@@ -1,1 +1,53 @@
-//! Cairn's QUIC transport: cluster certificates, mutual-TLS configs and async frame I/O.
+//! Cairn's QUIC transport: cluster certificates, mutual-TLS endpoints and async frame I/O.
+//!
+//! Shared by the node (serving, and later talking to peers) and the client library, so both sides
+//! build TLS the same way and read frames with the same limits.
+
+mod io;
+pub mod limits;
+mod tls;
+
+pub use io::{read_frame, write_frame};
+pub use tls::{client_endpoint, server_endpoint, ClusterCa, Identity, Issued, SERVER_NAME};
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A certificate or key could not be created, read or used.
+    #[error("TLS setup failed: {reason}")]
+    Tls {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No connection could be made to a node.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The node's address.
+        addr: std::net::SocketAddr,
+        /// What failed (handshake refused, timeout, ...).
+        reason: String,
+    },
+    /// An established connection failed.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from a stream failed or it ended early.
+    #[error("stream read failed: {reason}")]
+    Read {
+        /// What failed.
+        reason: String,
+    },
+    /// The frame was refused (too large, wrong version, malformed).
+    #[error(transparent)]
+    Frame(#[from] cairn_proto::FrameError),
+}

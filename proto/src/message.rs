@@ -73,7 +73,9 @@ pub struct Context(pub Vec<u8>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
     /// The token is not base64url.
-    #[error("context is not a valid token (expected the base64url text printed by `get`): {reason}")]
+    #[error(
+        "context is not a valid token (expected the base64url text printed by `get`): {reason}"
+    )]
     NotBase64 {
         /// What the decoder reported.
         reason: String,
@@ -167,11 +169,10 @@ pub enum Response {
     },
     /// Answer to `Get`: no siblings means not found (never written, or only tombstones).
     Value(GetReply),
-    /// Answer to `Put` and `Delete`: the write is durable; `context` covers it.
-    Written {
-        /// The context after the write, usable for the next write without a read.
-        context: Context,
-    },
+    /// Answer to `Put` and `Delete`: the write is durable. Carries every sibling the key holds
+    /// after the write, not only a context: a context covering siblings the writer never saw
+    /// would let its next write silently supersede them.
+    Written(GetReply),
     /// The request failed; nothing was changed unless the variant says otherwise.
     Error(ErrorReply),
 }

@@ -1,0 +1,293 @@
+//! Helpers for the multi-process tests: run the real `cairn` binary, a `cairn dev` cluster in a
+//! temporary directory, and processes that are killed (with their whole process group) when the
+//! test ends, however it ends.
+
+#![allow(dead_code)] // Each test file uses a different part of this module.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// How long a cluster may take to say it is ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a process may take to exit after it was told to stop.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+/// Longest pause between two polls of a condition.
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// The `cairn` binary under test.
+pub fn cairn() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+/// Polls `condition` with a growing pause until it returns `Some` or `deadline` passes.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// A child process in its own process group; dropping it kills the group.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Spawns `cmd` as the leader of a new process group (its own children join it).
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt as _;
+        let child = cmd.process_group(0).spawn().expect("spawn cairn");
+        Proc { child }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process (not the group).
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal);
+    }
+
+    /// Waits for it to exit, failing the test after `EXIT_DEADLINE`.
+    pub fn wait(&mut self) -> ExitStatus {
+        let child = &mut self.child;
+        wait_for("a process to exit", EXIT_DEADLINE, || {
+            child.try_wait().expect("try_wait")
+        })
+    }
+
+    /// The child, e.g. to take its stdout.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(pgid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(pid as i32).expect("a valid pid");
+    rustix::process::kill_process(pid, signal).expect("kill");
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    let pid = Pid::from_raw(pid as i32).expect("a valid pid");
+    rustix::process::test_kill_process(pid).is_ok()
+}
+
+/// A `cairn dev` cluster in a temporary directory.
+pub struct Dev {
+    dir: PathBuf,
+    proc: Proc,
+    /// Lines `cairn dev` printed on stdout so far (for failure messages).
+    pub stdout: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Dev {
+    /// Starts `cairn dev --dir DIR` and waits until it says it is ready.
+    pub fn start(dir: &Path) -> Dev {
+        let mut proc = Proc::spawn(
+            cairn()
+                .arg("dev")
+                .arg("--dir")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdout = proc.child().stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut dev = Dev {
+            dir: dir.to_owned(),
+            proc,
+            stdout: Vec::new(),
+            lines,
+        };
+        dev.wait_for_line("ready", READY_DEADLINE);
+        dev
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line with {needle:?} from cairn dev ({e}); it printed {:?}; node1 log: {}",
+                    self.stdout,
+                    std::fs::read_to_string(self.dir.join("node1/node.log")).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pid `cairn dev` recorded for `node`.
+    pub fn node_pid(&self, node: &str) -> u32 {
+        let text = std::fs::read_to_string(self.dir.join(node).join("pid")).expect("pid file");
+        text.trim().parse().expect("a pid")
+    }
+
+    /// The `cairn dev` process.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    /// Runs a client command against this cluster.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run_in(&self.dir, args)
+    }
+
+    /// Stops `cairn dev` with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.proc.signal(Signal::TERM);
+        self.proc.wait()
+    }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Run {
+    /// Its exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit 0 and returns stdout.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, Some(0), "command failed: {self:?}");
+        self.stdout
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `cairn ARGS --cluster DIR`.
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let out = cairn()
+        .args(args)
+        .arg("--cluster")
+        .arg(dir)
+        .output()
+        .expect("run cairn");
+    Run::from_output(out)
+}
+
+/// Runs `cairn ARGS --cluster DIR` with `input` on stdin.
+pub fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Run {
+    let mut child = cairn()
+        .args(args)
+        .arg("--cluster")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .expect("write stdin");
+    Run::from_output(child.wait_with_output().expect("wait for cairn"))
+}
+
+/// `get KEY --json` against the cluster in `dir`: the sibling values (as strings) and dots, and
+/// the context.
+pub fn get_json(dir: &Path, key: &str) -> (Vec<(String, String)>, String) {
+    let run = run_in(dir, &["get", key, "--json"]);
+    assert!(matches!(run.code, Some(0 | 1)), "get failed: {run:?}");
+    let json = run.json();
+    let siblings = json["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| {
+            (
+                s["value"].as_str().expect("text value").to_owned(),
+                s["dot"].as_str().expect("dot").to_owned(),
+            )
+        })
+        .collect();
+    (
+        siblings,
+        json["context"].as_str().expect("context").to_owned(),
+    )
+}
+
+/// The values of `key`, sorted.
+pub fn values(dir: &Path, key: &str) -> Vec<String> {
+    let mut values: Vec<String> = get_json(dir, key).0.into_iter().map(|(v, _)| v).collect();
+    values.sort();
+    values
+}
+
+/// Waits until `node` of the cluster in `dir` answers a ping.
+pub fn wait_for_ping(dir: &Path, node: &str) {
+    wait_for("the node to answer a ping", READY_DEADLINE, || {
+        let run = run_in(dir, &["ping", "--node", node, "--timeout", "1"]);
+        (run.code == Some(0)).then_some(())
+    });
+}

@@ -1,0 +1,233 @@
+//! A load generator over the client library: concurrent workers issue reads and context-carrying
+//! writes, latencies go into HDR histograms.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::Context;
+use hdrhistogram::Histogram;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+
+use crate::{Client, ClientError};
+
+/// Most concurrent workers one benchmark runs.
+pub const BENCH_CLIENTS_MAX: usize = 4096;
+/// Highest latency the histograms record; slower operations are clamped to it.
+pub const BENCH_LATENCY_MAX: Duration = Duration::from_secs(60);
+
+/// How keys are chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyDistribution {
+    /// Every key equally likely.
+    Uniform,
+    /// A few hot keys (Zipf with this exponent, YCSB uses 0.99).
+    Zipfian(f64),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Concurrent workers.
+    pub clients: usize,
+    /// Stop after this many operations in total…
+    pub ops: Option<u64>,
+    /// …or after this long (whichever is set; both: whichever comes first).
+    pub duration: Option<Duration>,
+    /// Bytes per written value.
+    pub value_size: usize,
+    /// Number of distinct keys.
+    pub keys: u64,
+    /// Fraction of operations that are reads, 0.0..=1.0.
+    pub read_ratio: f64,
+    /// Key choice.
+    pub distribution: KeyDistribution,
+    /// Seed for the workers' random choices.
+    pub seed: u64,
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A parameter is out of range.
+    #[error("invalid benchmark: {0}")]
+    Invalid(String),
+}
+
+/// What a benchmark measured.
+#[derive(Debug)]
+pub struct BenchReport {
+    /// Operations that succeeded.
+    pub ok: u64,
+    /// Operations that failed, with the first error seen.
+    pub errors: u64,
+    /// First error, for the report.
+    pub first_error: Option<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latency of successful reads, microseconds.
+    pub reads: Histogram<u64>,
+    /// Latency of successful writes, microseconds.
+    pub writes: Histogram<u64>,
+}
+
+impl BenchReport {
+    /// Successful operations per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Reads and writes together.
+    pub fn all(&self) -> Histogram<u64> {
+        let mut all = self.reads.clone();
+        all.add(&self.writes).expect("same bounds");
+        all
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, BENCH_LATENCY_MAX.as_micros() as u64, 3).expect("valid bounds")
+}
+
+impl BenchConfig {
+    fn validate(&self) -> Result<(), BenchError> {
+        let bad = |m: String| Err(BenchError::Invalid(m));
+        if self.clients == 0 || self.clients > BENCH_CLIENTS_MAX {
+            return bad(format!("--clients must be 1..={BENCH_CLIENTS_MAX}"));
+        }
+        if self.ops.is_none() && self.duration.is_none() {
+            return bad("give --ops or --duration".into());
+        }
+        if self.keys == 0 {
+            return bad("--keys must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return bad("--read-ratio must be between 0 and 1".into());
+        }
+        if self.value_size > cairn_proto::limits::VALUE_BYTES_MAX {
+            return bad(format!(
+                "--value-size must be at most VALUE_BYTES_MAX ({})",
+                cairn_proto::limits::VALUE_BYTES_MAX
+            ));
+        }
+        if let KeyDistribution::Zipfian(s) = self.distribution {
+            if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                return bad("zipfian exponent must be positive".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress shared with whoever draws a progress bar.
+#[derive(Debug, Default)]
+pub struct BenchProgress {
+    /// Operations finished (ok or not).
+    pub done: AtomicU64,
+}
+
+/// Runs the benchmark; worker `i` uses `clients[i % clients.len()]`.
+pub async fn run(
+    clients: Vec<Arc<Client>>,
+    cfg: BenchConfig,
+    progress: Arc<BenchProgress>,
+) -> Result<BenchReport, BenchError> {
+    cfg.validate()?;
+    if clients.is_empty() {
+        return Err(BenchError::Invalid("no node to send to".into()));
+    }
+    let started = Instant::now();
+    let deadline = cfg.duration.map(|d| started + d);
+    let issued = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = vec![b'x'; cfg.value_size];
+    let mut workers = Vec::with_capacity(cfg.clients);
+    for i in 0..cfg.clients {
+        let client = clients[i % clients.len()].clone();
+        let cfg = cfg.clone();
+        let (issued, stop, progress, value) = (
+            issued.clone(),
+            stop.clone(),
+            progress.clone(),
+            value.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
+            let zipf = match cfg.distribution {
+                KeyDistribution::Zipfian(s) => Some(Zipf::new(cfg.keys, s).expect("validated")),
+                KeyDistribution::Uniform => None,
+            };
+            // The context this worker last saw per key: writes carry it, as a real client would,
+            // so siblings stay bounded by concurrent writers.
+            let mut contexts: std::collections::HashMap<u64, Context> = Default::default();
+            let (mut reads, mut writes) = (histogram(), histogram());
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            loop {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if let Some(max) = cfg.ops {
+                    if issued.fetch_add(1, Ordering::Relaxed) >= max {
+                        break;
+                    }
+                }
+                let k = match &zipf {
+                    Some(z) => z.sample(&mut rng) as u64 - 1,
+                    None => rng.gen_range(0..cfg.keys),
+                };
+                let key = format!("bench:{k}").into_bytes();
+                let read = rng.gen_bool(cfg.read_ratio);
+                let t = Instant::now();
+                let result: Result<_, ClientError> = if read {
+                    client.get(&key).await
+                } else {
+                    let ctx = contexts.get(&k).cloned().unwrap_or_default();
+                    client.put(&key, &value, &ctx).await
+                };
+                let micros =
+                    (t.elapsed().as_micros() as u64).clamp(1, BENCH_LATENCY_MAX.as_micros() as u64);
+                match result {
+                    Ok(reply) => {
+                        contexts.insert(k, reply.context);
+                        ok += 1;
+                        let h = if read { &mut reads } else { &mut writes };
+                        h.record(micros).expect("clamped into bounds");
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+                progress.done.fetch_add(1, Ordering::Relaxed);
+            }
+            (reads, writes, ok, errors, first_error)
+        }));
+    }
+    let mut report = BenchReport {
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        reads: histogram(),
+        writes: histogram(),
+    };
+    for w in workers {
+        let (reads, writes, ok, errors, first_error) = match w.await {
+            Ok(r) => r,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(BenchError::Invalid(format!("worker failed: {e}")));
+            }
+        };
+        report.reads.add(&reads).expect("same bounds");
+        report.writes.add(&writes).expect("same bounds");
+        report.ok += ok;
+        report.errors += errors;
+        if report.first_error.is_none() {
+            report.first_error = first_error;
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,279 @@
+//! The cluster CA and mutual-TLS QUIC endpoints: only holders of a certificate signed by the
+//! cluster's CA get a connection, in either direction.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_proto::ALPN;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::limits::{
+    CERT_VALIDITY_DAYS, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, STREAMS_PER_CONNECTION_MAX,
+};
+use crate::NetError;
+
+/// The TLS server name every node certificate carries and every client asks for: a node proves it
+/// is *a* node of this cluster (signed by its CA for server use), whatever address it is reached at.
+pub const SERVER_NAME: &str = "cairn-node";
+
+fn tls_err(what: &str, e: impl std::fmt::Display) -> NetError {
+    NetError::Tls {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+/// A cluster certificate authority that signs node and client certificates.
+pub struct ClusterCa {
+    pem: Issued,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl ClusterCa {
+    /// Creates a new CA for the cluster called `cluster`.
+    pub fn generate(cluster: &str) -> Result<ClusterCa, NetError> {
+        let key = KeyPair::generate().map_err(|e| tls_err("generating CA key", e))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&format!("cairn cluster CA {cluster}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| tls_err("self-signing CA", e))?;
+        let pem = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(ClusterCa {
+            pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA written by [`ClusterCa::generate`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, NetError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| tls_err("reading CA key", e))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| tls_err("reading CA certificate", e))?;
+        Ok(ClusterCa {
+            pem: Issued {
+                cert_pem: cert_pem.to_owned(),
+                key_pem: key_pem.to_owned(),
+            },
+            issuer,
+        })
+    }
+
+    /// The CA's certificate and key.
+    pub fn pem(&self) -> &Issued {
+        &self.pem
+    }
+
+    /// Signs a node certificate: usable as a server (for clients and peers) and as a client (when
+    /// the node dials peers). `hosts` are extra DNS names or IP addresses to carry.
+    pub fn issue_node(&self, name: &str, hosts: &[String]) -> Result<Issued, NetError> {
+        let mut sans = vec![
+            SERVER_NAME.to_owned(),
+            name.to_owned(),
+            "localhost".to_owned(),
+        ];
+        sans.extend(hosts.iter().cloned());
+        let mut params = leaf_params(&format!("cairn node {name}"), &sans)?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
+    /// Signs a client certificate: it can connect to nodes but cannot act as one.
+    pub fn issue_client(&self, name: &str) -> Result<Issued, NetError> {
+        let mut params = leaf_params(&format!("cairn client {name}"), &[])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<Issued, NetError> {
+        let key = KeyPair::generate().map_err(|e| tls_err("generating key", e))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| tls_err("signing certificate", e))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn set_validity(params: &mut CertificateParams) {
+    let now = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_before = now;
+    params.not_after = now + std::time::Duration::from_secs(CERT_VALIDITY_DAYS as u64 * 86_400 * 2);
+}
+
+fn leaf_params(common_name: &str, sans: &[String]) -> Result<CertificateParams, NetError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params);
+    let mut alt = vec![
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ];
+    for s in sans {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => alt.push(SanType::IpAddress(ip)),
+            Err(_) => alt.push(SanType::DnsName(
+                s.clone()
+                    .try_into()
+                    .map_err(|e| tls_err(&format!("name {s:?}"), e))?,
+            )),
+        }
+    }
+    params.subject_alt_names = alt;
+    Ok(params)
+}
+
+/// What a node or client presents and trusts: the cluster CA, its own certificate and key.
+#[derive(Clone)]
+pub struct Identity {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Builds an identity from PEM text.
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Identity, NetError> {
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| tls_err("reading CA certificate", e))?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("reading certificate", e))?;
+        if chain.is_empty() {
+            return Err(tls_err("reading certificate", "no certificate in PEM"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| tls_err("reading private key", e))?;
+        Ok(Identity {
+            ca,
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// Reads an identity from three PEM files.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Identity, NetError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| tls_err(&format!("reading {}", p.display()), e))
+        };
+        Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, NetError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.ca.clone())
+            .map_err(|e| tls_err("trusting CA certificate", e))?;
+        Ok(Arc::new(roots))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Result<Arc<quinn::TransportConfig>, NetError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .map_err(|e| tls_err("idle timeout", e))?,
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    Ok(Arc::new(t))
+}
+
+fn server_config(id: &Identity) -> Result<quinn::ServerConfig, NetError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots()?, provider())
+            .build()
+            .map_err(|e| tls_err("client verifier", e))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| tls_err("node certificate", e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| tls_err("QUIC server config", e))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport()?);
+    Ok(cfg)
+}
+
+fn client_config(id: &Identity) -> Result<quinn::ClientConfig, NetError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions", e))?
+        .with_root_certificates(id.roots()?)
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| tls_err("client certificate", e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| tls_err("QUIC client config", e))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport()?);
+    Ok(cfg)
+}
+
+/// A QUIC endpoint that serves on `addr` and accepts only peers with a certificate from the
+/// cluster CA. It can also dial out (nodes talk to peers) with the same identity.
+pub fn server_endpoint(addr: SocketAddr, id: &Identity) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::server(server_config(id)?, addr)
+        .map_err(|source| NetError::Bind { addr, source })?;
+    ep.set_default_client_config(client_config(id)?);
+    Ok(ep)
+}
+
+/// A client-only QUIC endpoint on an ephemeral local port of the family `for_addr` needs.
+pub fn client_endpoint(id: &Identity, for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let bind: SocketAddr = match for_addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let mut ep =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    ep.set_default_client_config(client_config(id)?);
+    Ok(ep)
+}

@@ -1,0 +1,80 @@
+//! Durable storage behind a small trait: the redb file in production, a map in unit tests and the
+//! simulator.
+//!
+//! The trait is deliberately narrow (point reads, atomic durable batches, node metadata): all
+//! versioning logic stays above it, in the engine, so every store behaves alike.
+
+mod memory;
+mod redb_store;
+
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+use cairn_proto::NodeId;
+
+/// The node's identity and dot-counter lease, kept with its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node this data directory belongs to.
+    pub node: NodeId,
+    /// The incarnation of this data directory; a fresh directory gets a new random epoch.
+    pub epoch: u64,
+    /// Dot counters below this value may have been handed out; the next start begins here.
+    pub lease_end: u64,
+}
+
+/// One atomic, durable unit of change.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Objects to store (key, encoded object), replacing what was there.
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// New metadata, if it changed.
+    pub meta: Option<NodeMeta>,
+}
+
+impl Batch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.meta.is_none()
+    }
+}
+
+/// Why the store failed; the operation that hit it is not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What redb or the OS reported.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("storage {op} failed: {reason}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// What redb reported.
+        reason: String,
+    },
+    /// Stored metadata is unreadable.
+    #[error("node metadata is corrupt: {reason}")]
+    CorruptMeta {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A node's durable storage.
+///
+/// Implementations must make `commit` atomic (all of the batch or none of it survives a crash)
+/// and durable on return; the engine acknowledges writes only after `commit` returns.
+pub trait Store: Send + Sync + 'static {
+    /// The stored metadata, or `None` for a fresh store.
+    fn meta(&self) -> Result<Option<NodeMeta>, StoreError>;
+    /// The encoded object stored under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies `batch` atomically and durably.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+}

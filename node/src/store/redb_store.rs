@@ -1,0 +1,162 @@
+//! The redb-backed store: one database file per node, an `objects` table and a `meta` table.
+
+use std::path::{Path, PathBuf};
+
+use cairn_proto::NodeId;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Batch, NodeMeta, Store, StoreError};
+
+/// Key → encoded versioned object.
+const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+/// Node metadata: `node`, `epoch`, `lease_end`, `format`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the on-disk layout; a file written by another layout is refused, not misread.
+const FORMAT_VERSION: u64 = 1;
+/// The database file's name inside the node's data directory.
+pub const DB_FILE: &str = "cairn.redb";
+
+fn io(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |e| StoreError::Io {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// A node's redb database.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let store = RedbStore {
+            db,
+            path: path.clone(),
+        };
+        // Create both tables up front so readers never meet a missing table.
+        let txn = store.db.begin_write().map_err(|e| io("begin")(e.into()))?;
+        {
+            txn.open_table(OBJECTS)
+                .map_err(|e| io("open table")(e.into()))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| io("open table")(e.into()))?;
+            let format = meta
+                .get("format")
+                .map_err(|e| io("read meta")(e.into()))?
+                .map(|g| g.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(|e| io("write meta")(e.into()))?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(open_err(format!(
+                        "on-disk format {other} is not the supported format {FORMAT_VERSION}"
+                    )))
+                }
+            }
+        }
+        txn.commit().map_err(|e| io("commit")(e.into()))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for RedbStore {
+    fn meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io("begin read")(e.into()))?;
+        let table = txn
+            .open_table(META)
+            .map_err(|e| io("open table")(e.into()))?;
+        let get = |k: &str| -> Result<Option<u64>, StoreError> {
+            Ok(table
+                .get(k)
+                .map_err(|e| io("read meta")(e.into()))?
+                .map(|g| g.value()))
+        };
+        match (get("node")?, get("epoch")?, get("lease_end")?) {
+            (None, None, None) => Ok(None),
+            (Some(node), Some(epoch), Some(lease_end)) => Ok(Some(NodeMeta {
+                node: NodeId(node),
+                epoch,
+                lease_end,
+            })),
+            partial => Err(StoreError::CorruptMeta {
+                reason: format!("incomplete (node, epoch, lease_end) = {partial:?}"),
+            }),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io("begin read")(e.into()))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(|e| io("open table")(e.into()))?;
+        Ok(table
+            .get(key)
+            .map_err(|e| io("read")(e.into()))?
+            .map(|g| g.value().to_vec()))
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| io("begin")(e.into()))?;
+        // The default already, stated because acknowledgements depend on it: commit returns only
+        // after the data is on stable storage.
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| io("set durability")(e.into()))?;
+        {
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(|e| io("open table")(e.into()))?;
+            for (k, v) in &batch.puts {
+                objects
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| io("write")(e.into()))?;
+            }
+            if let Some(m) = batch.meta {
+                let mut meta = txn
+                    .open_table(META)
+                    .map_err(|e| io("open table")(e.into()))?;
+                for (k, v) in [
+                    ("node", m.node.0),
+                    ("epoch", m.epoch),
+                    ("lease_end", m.lease_end),
+                ] {
+                    meta.insert(k, v).map_err(|e| io("write meta")(e.into()))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| io("commit")(e.into()))
+    }
+}

@@ -1,0 +1,189 @@
+//! Transport tests over real QUIC on loopback: mutual TLS refuses strangers, and malformed,
+//! oversized or foreign-version frames get an error without disturbing anyone else.
+
+use std::sync::Arc;
+
+use cairn_client::{Client, ClientError};
+use cairn_net::{ClusterCa, Identity, NetError};
+use cairn_proto::{
+    limits::FRAME_BYTES_MAX, Context, ErrorReply, Request, Response, ALPN, PROTOCOL_VERSION,
+};
+use cairn_tests::TestDir;
+
+async fn raw_connection(addr: std::net::SocketAddr, id: &Identity) -> quinn::Connection {
+    let ep = cairn_net::client_endpoint(id, addr).unwrap();
+    ep.connect(addr, cairn_net::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Sends raw bytes as one request stream and reads the response frame.
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Response, NetError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    cairn_net::read_frame(&mut recv).await
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+
+    let stranger_ca = ClusterCa::generate("other").unwrap();
+    let issued = stranger_ca.issue_client("mallory").unwrap();
+    // Trusts the real CA (so the node's certificate checks out) but presents a foreign client
+    // certificate: the node must refuse it.
+    let id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let result = async {
+        let client = Client::connect(node.local_addr(), &id).await?;
+        client.ping().await
+    }
+    .await;
+    assert!(
+        result.is_err(),
+        "a foreign client certificate got through: {result:?}"
+    );
+
+    // The node still serves its own clients.
+    let client = Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(client.ping().await.unwrap(), "node1");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der =
+        rustls::pki_types::CertificateDer::from_pem_slice(dir.ca().pem().cert_pem.as_bytes())
+            .unwrap();
+    roots.add(ca_der).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+
+    let result = async {
+        let conn = ep
+            .connect(node.local_addr(), cairn_net::SERVER_NAME)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&cairn_proto::encode_frame(&Request::Ping)?)
+            .await?;
+        send.finish()?;
+        let resp: Response = cairn_net::read_frame(&mut recv).await?;
+        Ok::<_, anyhow::Error>(resp)
+    }
+    .await;
+    assert!(
+        result.is_err(),
+        "a client without a certificate got an answer: {result:?}"
+    );
+    node.shutdown().await.unwrap();
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_node_keeps_serving() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let id = dir.client_identity().unwrap();
+    let conn = raw_connection(node.local_addr(), &id).await;
+
+    // A length prefix over the limit: refused before any body is read.
+    let oversized = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+    match send_raw(&conn, &oversized).await.unwrap() {
+        Response::Error(ErrorReply::Malformed { reason }) => {
+            assert!(reason.contains("FRAME_BYTES_MAX"), "{reason}")
+        }
+        other => panic!("oversized frame answered with {other:?}"),
+    }
+
+    // Garbage where a message should be.
+    let mut garbage = 6u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    garbage.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    assert!(matches!(
+        send_raw(&conn, &garbage).await.unwrap(),
+        Response::Error(ErrorReply::Malformed { .. })
+    ));
+
+    // Another protocol version.
+    let mut frame = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    frame[4..6].copy_from_slice(&(PROTOCOL_VERSION + 7).to_be_bytes());
+    assert_eq!(
+        send_raw(&conn, &frame).await.unwrap(),
+        Response::Error(ErrorReply::UnsupportedVersion {
+            got: PROTOCOL_VERSION + 7,
+            supported: PROTOCOL_VERSION
+        })
+    );
+
+    // A truncated frame (stream finished early) gets no answer, and breaks nothing.
+    let truncated = &cairn_proto::encode_frame(&Request::Ping).unwrap()[..5];
+    assert!(send_raw(&conn, truncated).await.is_err());
+
+    // The same connection and a new client both still work.
+    let ok = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    assert_eq!(
+        send_raw(&conn, &ok).await.unwrap(),
+        Response::Pong {
+            node: "node1".into()
+        }
+    );
+    let client = Client::connect(node.local_addr(), &id).await.unwrap();
+    client.put(b"k", b"v", &Context::empty()).await.unwrap();
+    assert_eq!(client.get(b"k").await.unwrap().siblings.len(), 1);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_are_enforced_by_the_node_not_only_the_client() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let conn = raw_connection(node.local_addr(), &dir.client_identity().unwrap()).await;
+    let big = Request::Put {
+        key: b"k".to_vec(),
+        value: vec![7; cairn_proto::limits::VALUE_BYTES_MAX + 1],
+        context: Context::empty(),
+    };
+    match send_raw(&conn, &cairn_proto::encode_frame(&big).unwrap())
+        .await
+        .unwrap()
+    {
+        Response::Error(ErrorReply::Limit(l)) => {
+            assert!(l.to_string().contains("VALUE_BYTES_MAX"), "{l}")
+        }
+        other => panic!("oversized value answered with {other:?}"),
+    }
+    let client = Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+        .await
+        .unwrap();
+    assert!(client.get(b"k").await.unwrap().siblings.is_empty());
+    // The client library refuses it before sending.
+    assert!(matches!(
+        client
+            .put(
+                b"k",
+                &vec![0; cairn_proto::limits::VALUE_BYTES_MAX + 1],
+                &Context::empty()
+            )
+            .await,
+        Err(ClientError::Limit(_))
+    ));
+    node.shutdown().await.unwrap();
+}
