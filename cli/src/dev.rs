@@ -198,6 +198,7 @@ fn prepare_node(dir: &Path, ca: &ClusterCa, name: &str) -> anyhow::Result<DevNod
                 cert: "node.pem".into(),
                 key: "node.key".into(),
             },
+            cluster: None,
         };
         write_atomically(&config_path, &config.to_toml())?;
     }

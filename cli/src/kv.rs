@@ -160,11 +160,12 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Outcome> {
         key: key.to_vec(),
         value: value.clone(),
         context: context.clone(),
+        opts: Default::default(),
     })?;
     let session = target::connect(&args.client).await?;
     let reply = session
         .client
-        .put(key, &value, &context)
+        .put(key, &value, &context, &Default::default())
         .await
         .map_err(|e| session.fail(e))?;
     session.close().await;
@@ -175,9 +176,16 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Outcome> {
 /// `cairn get`
 pub async fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let key = args.key.as_bytes();
-    check_request(&Request::Get { key: key.to_vec() })?;
+    check_request(&Request::Get {
+        key: key.to_vec(),
+        opts: Default::default(),
+    })?;
     let session = target::connect(&args.client).await?;
-    let reply = session.client.get(key).await.map_err(|e| session.fail(e))?;
+    let reply = session
+        .client
+        .get(key, &Default::default())
+        .await
+        .map_err(|e| session.fail(e))?;
     session.close().await;
     if args.client.json {
         println!("{}", render::get_json(&args.key, &reply));
@@ -198,6 +206,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<Outcome> {
     check_request(&Request::Delete {
         key: key.to_vec(),
         context: context.clone().unwrap_or_default(),
+        opts: Default::default(),
     })?;
     let session = target::connect(&args.client).await?;
     let context = match context {
@@ -205,7 +214,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<Outcome> {
         None => {
             session
                 .client
-                .get(key)
+                .get(key, &Default::default())
                 .await
                 .map_err(|e| session.fail(e))?
                 .context
@@ -213,7 +222,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<Outcome> {
     };
     let reply = session
         .client
-        .delete(key, &context)
+        .delete(key, &context, &Default::default())
         .await
         .map_err(|e| session.fail(e))?;
     session.close().await;

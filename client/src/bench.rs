@@ -29,6 +29,10 @@ pub enum KeyDistribution {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// Quorum choices for reads.
+    pub read_opts: cairn_proto::ReadOptions,
+    /// Quorum choices for writes.
+    pub write_opts: cairn_proto::WriteOptions,
     /// Concurrent workers.
     pub clients: usize,
     /// Stop after this many operations in total…
@@ -180,10 +184,10 @@ pub async fn run(
                 let read = rng.gen_bool(cfg.read_ratio);
                 let t = Instant::now();
                 let result: Result<_, ClientError> = if read {
-                    client.get(&key).await
+                    client.get(&key, &cfg.read_opts).await
                 } else {
                     let ctx = contexts.get(&k).cloned().unwrap_or_default();
-                    client.put(&key, &value, &ctx).await
+                    client.put(&key, &value, &ctx, &cfg.write_opts).await
                 };
                 let micros =
                     (t.elapsed().as_micros() as u64).clamp(1, BENCH_LATENCY_MAX.as_micros() as u64);

@@ -9,7 +9,10 @@ use std::time::Duration;
 use cairn_net::{Identity, NetError};
 pub mod bench;
 
-use cairn_proto::{check_request, Context, ErrorReply, GetReply, LimitError, Request, Response};
+use cairn_proto::{
+    check_request, Context, ErrorReply, GetReply, LimitError, ReadOptions, Request, Response,
+    RingReply, StatusReply, WriteOptions,
+};
 
 /// How long a connection attempt (QUIC + TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -139,8 +142,12 @@ impl Client {
     }
 
     /// Reads every sibling of `key`; no siblings means not found.
-    pub async fn get(&self, key: &[u8]) -> Result<GetReply, ClientError> {
-        match self.request(&Request::Get { key: key.to_vec() }).await? {
+    pub async fn get(&self, key: &[u8], opts: &ReadOptions) -> Result<GetReply, ClientError> {
+        let req = Request::Get {
+            key: key.to_vec(),
+            opts: opts.clone(),
+        };
+        match self.request(&req).await? {
             Response::Value(reply) => Ok(reply),
             other => Err(self.unexpected(other)),
         }
@@ -153,11 +160,13 @@ impl Client {
         key: &[u8],
         value: &[u8],
         context: &Context,
+        opts: &WriteOptions,
     ) -> Result<GetReply, ClientError> {
         let req = Request::Put {
             key: key.to_vec(),
             value: value.to_vec(),
             context: context.clone(),
+            opts: opts.clone(),
         };
         match self.request(&req).await? {
             Response::Written(reply) => Ok(reply),
@@ -167,13 +176,35 @@ impl Client {
 
     /// Deletes what `context` saw (writes a tombstone); returns what the key holds afterwards
     /// (no siblings, unless concurrent writes survived the delete).
-    pub async fn delete(&self, key: &[u8], context: &Context) -> Result<GetReply, ClientError> {
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: &Context,
+        opts: &WriteOptions,
+    ) -> Result<GetReply, ClientError> {
         let req = Request::Delete {
             key: key.to_vec(),
             context: context.clone(),
+            opts: opts.clone(),
         };
         match self.request(&req).await? {
             Response::Written(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The node's view of the cluster.
+    pub async fn status(&self) -> Result<StatusReply, ClientError> {
+        match self.request(&Request::Status).await? {
+            Response::Status(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The partition ring as the node sees it.
+    pub async fn ring(&self) -> Result<RingReply, ClientError> {
+        match self.request(&Request::Ring).await? {
+            Response::Ring(reply) => Ok(reply),
             other => Err(self.unexpected(other)),
         }
     }

@@ -8,7 +8,9 @@ pub mod limits;
 mod tls;
 
 pub use io::{read_frame, write_frame};
-pub use tls::{client_endpoint, server_endpoint, ClusterCa, Identity, Issued, SERVER_NAME};
+pub use tls::{
+    client_endpoint, peer_is_node, server_endpoint, ClusterCa, Identity, Issued, SERVER_NAME,
+};
 
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -277,3 +277,21 @@ pub fn client_endpoint(id: &Identity, for_addr: SocketAddr) -> Result<quinn::End
     ep.set_default_client_config(client_config(id)?);
     Ok(ep)
 }
+
+/// Whether the peer of `conn` presented a node certificate (one signed for server use), as
+/// opposed to a client certificate: only nodes may send peer requests.
+pub fn peer_is_node(conn: &quinn::Connection) -> bool {
+    let Some(identity) = conn.peer_identity() else {
+        return false;
+    };
+    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
+        return false;
+    };
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return false;
+    };
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth)
+}

@@ -21,6 +21,44 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Certificates.
     pub tls: TlsPaths,
+    /// The cluster this node belongs to. Absent: a cluster of this node alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The static cluster membership (the gossip issue replaces the member list with discovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Replicas per key (N).
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+    /// Partitions in the ring (Q), a power of two, fixed when the cluster is created.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Every node of the cluster, this one included.
+    pub members: Vec<MemberConfig>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Its name.
+    pub name: String,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its failure zone (rack, host); replicas of a key go to distinct zones when possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+fn default_replicas() -> u8 {
+    3
+}
+
+fn default_partitions() -> u32 {
+    64
 }
 
 /// Where the node's certificates are.
@@ -88,6 +126,26 @@ impl NodeConfig {
                     config.name
                 ),
             });
+        }
+        if let Some(cluster) = &config.cluster {
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            };
+            if !cluster.members.iter().any(|m| m.name == config.name) {
+                return Err(invalid(format!(
+                    "cluster.members does not list this node ({})",
+                    config.name
+                )));
+            }
+            let mut names: Vec<_> = cluster.members.iter().map(|m| &m.name).collect();
+            names.sort();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(invalid(format!("cluster.members lists {} twice", w[0])));
+            }
+            if cluster.replicas == 0 {
+                return Err(invalid("cluster.replicas must be at least 1".into()));
+            }
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);

@@ -5,16 +5,16 @@
 //! Reads go straight to the store: a write is acknowledged only after its batch committed, so a
 //! read that starts after an acknowledgement sees it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cairn_proto::{ActorId, Context, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::limits::{DOT_LEASE_BLOCK, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
-use crate::store::{Batch, NodeMeta, Store, StoreError};
+use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
 use crate::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
 
 /// Why the engine could not serve a request.
@@ -49,6 +49,14 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     Closed,
+    /// This node already holds `HINTS_PER_PEER_MAX` hints for `target`.
+    #[error("hint store for node {target} is full (HINTS_PER_PEER_MAX = {max}); the write is refused here")]
+    HintsFull {
+        /// The unreachable node.
+        target: NodeId,
+        /// `HINTS_PER_PEER_MAX`.
+        max: u64,
+    },
     /// The data directory belongs to another node.
     #[error("data directory belongs to node {found}, not to this node ({expected}); point data_dir at this node's own directory")]
     WrongNode {
@@ -80,10 +88,26 @@ pub enum Write {
         /// The value or a tombstone.
         payload: Payload,
     },
-    /// An object from another replica, merged with `sync` (no new dot).
+    /// An object from another replica, merged with `sync` (no new dot). With `hint_for`, this
+    /// node is a fallback for that primary and keeps a hint, in the same transaction.
     Merge {
         /// The peer's object.
         object: Object,
+        /// The primary this copy stands in for.
+        hint_for: Option<NodeId>,
+    },
+    /// Remember that `target` missed a write to the key (the object is unchanged).
+    AddHint {
+        /// The node that missed it.
+        target: NodeId,
+    },
+    /// `target` acknowledged the key as of hint renewal `seq`: delete the hint unless it was
+    /// renewed since.
+    HintDelivered {
+        /// The node.
+        target: NodeId,
+        /// The renewal the delivery started from.
+        seq: u64,
     },
 }
 
@@ -111,6 +135,7 @@ pub struct Engine {
     tx: Option<mpsc::Sender<WriteOp>>,
     writer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<EngineStats>,
+    hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,8 +170,8 @@ impl Engine {
                     lease_end: 1,
                 };
                 store.commit(&Batch {
-                    puts: Vec::new(),
                     meta: Some(meta),
+                    ..Batch::default()
                 })?;
                 meta
             }
@@ -163,12 +188,23 @@ impl Engine {
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let stats = Arc::new(EngineStats::default());
+        let hint_counts = Arc::new(Mutex::new(store.hint_counts()?));
         let writer = {
             let store = store.clone();
             let stats = stats.clone();
+            let hint_counts = hint_counts.clone();
             std::thread::Builder::new()
                 .name("cairn-writer".into())
-                .spawn(move || writer_loop(store, actor, lease, rx, stats))
+                .spawn(move || {
+                    let mut w = Writer {
+                        store,
+                        actor,
+                        lease,
+                        stats,
+                        hint_counts,
+                    };
+                    w.run(rx)
+                })
                 .map_err(|e| StoreError::Io {
                     op: "start writer thread",
                     reason: e.to_string(),
@@ -180,6 +216,7 @@ impl Engine {
             tx: Some(tx),
             writer: Some(writer),
             stats,
+            hint_counts,
         })
     }
 
@@ -198,6 +235,16 @@ impl Engine {
         self.tx
             .as_ref()
             .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// Hints held, per target node.
+    pub fn hint_counts(&self) -> BTreeMap<NodeId, u64> {
+        self.hint_counts.lock().expect("hint counts lock").clone()
+    }
+
+    /// Up to `limit` hints for `target`. Blocking.
+    pub fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, EngineError> {
+        Ok(self.store.hints(target, limit)?)
     }
 
     /// The stored object for `key` (empty if none). Blocking: call from a blocking context.
@@ -258,47 +305,59 @@ struct Lease {
     next: u64,
 }
 
-fn writer_loop(
+struct Writer {
     store: Arc<dyn Store>,
     actor: ActorId,
-    mut lease: Lease,
-    mut rx: mpsc::Receiver<WriteOp>,
+    lease: Lease,
     stats: Arc<EngineStats>,
-) {
-    let mut ops = Vec::with_capacity(WRITE_BATCH_MAX);
-    while let Some(first) = rx.blocking_recv() {
-        ops.push(first);
-        // Everything that queued while the previous batch was being made durable shares this
-        // commit: that is the group commit.
-        while ops.len() < WRITE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        run_batch(&*store, actor, &mut lease, &mut ops, &stats);
-    }
+    hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
 }
 
-fn run_batch(
-    store: &dyn Store,
-    actor: ActorId,
-    lease: &mut Lease,
-    ops: &mut Vec<WriteOp>,
-    stats: &EngineStats,
-) {
-    let needed = ops.len() as u64;
-    if lease.next + needed > lease.meta.lease_end {
-        // Persist the lease before any dot under it is used: after a crash the node restarts at
-        // the lease end and cannot mint a dot it may already have handed out.
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        let mut ops = Vec::with_capacity(WRITE_BATCH_MAX);
+        while let Some(first) = rx.blocking_recv() {
+            ops.push(first);
+            // Everything that queued while the previous batch was being made durable shares
+            // this commit: that is the group commit.
+            while ops.len() < WRITE_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut ops);
+        }
+    }
+
+    /// Mints the next counter (dots and hint renewals share the leased sequence).
+    fn mint(&mut self) -> u64 {
+        let c = self.lease.next;
+        self.lease.next += 1;
+        c
+    }
+
+    fn extend_lease(&mut self, needed: u64) -> Result<(), StoreError> {
+        if self.lease.next + needed <= self.lease.meta.lease_end {
+            return Ok(());
+        }
+        // Persist the lease before any counter under it is used: after a crash the node
+        // restarts at the lease end and cannot mint a dot it may already have handed out.
         let meta = NodeMeta {
-            lease_end: lease.next + needed + DOT_LEASE_BLOCK,
-            ..lease.meta
+            lease_end: self.lease.next + needed + DOT_LEASE_BLOCK,
+            ..self.lease.meta
         };
-        if let Err(e) = store.commit(&Batch {
-            puts: Vec::new(),
+        self.store.commit(&Batch {
             meta: Some(meta),
-        }) {
+            ..Batch::default()
+        })?;
+        self.lease.meta = meta;
+        self.stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run_batch(&mut self, ops: &mut Vec<WriteOp>) {
+        if let Err(e) = self.extend_lease(ops.len() as u64) {
             let reason = e.to_string();
             for op in ops.drain(..) {
                 let _ = op.reply.send(Err(EngineError::Store(StoreError::Io {
@@ -308,72 +367,140 @@ fn run_batch(
             }
             return;
         }
-        lease.meta = meta;
-        stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
+
+        // Later writes in the batch must see earlier ones to the same key (and hint).
+        let mut objects: HashMap<Vec<u8>, Object> = HashMap::new();
+        let mut hints: HashMap<(NodeId, Vec<u8>), Option<u64>> = HashMap::new();
+        let mut counts = self.hint_counts.lock().expect("hint counts lock").clone();
+        let mut dirty = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops.iter() {
+            let result = self.apply(op, &mut objects, &mut hints, &mut counts);
+            if result.is_ok() && matches!(op.write, Write::Update { .. } | Write::Merge { .. }) {
+                dirty.push(op.key.clone());
+            }
+            results.push(result);
+        }
+
+        let mut batch = Batch::default();
+        dirty.sort();
+        dirty.dedup();
+        for key in dirty {
+            batch.puts.push((key.clone(), objects[&key].encode()));
+        }
+        for ((target, key), seq) in hints {
+            match seq {
+                Some(seq) => batch.hints_put.push(Hint { target, key, seq }),
+                None => batch.hints_remove.push((target, key)),
+            }
+        }
+        let committed = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&batch)
+        };
+        if committed.is_ok() {
+            if !batch.is_empty() {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            counts.retain(|_, c| *c > 0);
+            *self.hint_counts.lock().expect("hint counts lock") = counts;
+        }
+        let failure = committed.err().map(|e| e.to_string());
+        for (op, result) in ops.drain(..).zip(results) {
+            let result = match (&failure, result) {
+                (Some(reason), Ok(_)) => Err(EngineError::Store(StoreError::Io {
+                    op: "commit",
+                    reason: reason.clone(),
+                })),
+                (_, result) => result,
+            };
+            if result.is_ok() {
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            // The requester may have gone away (timeout); the write is durable regardless.
+            let _ = op.reply.send(result);
+        }
     }
 
-    // Later writes in the batch must see earlier ones to the same key.
-    let mut overlay: HashMap<Vec<u8>, Object> = HashMap::new();
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops.iter() {
-        let current = match overlay.get(&op.key) {
-            Some(obj) => Ok(obj.clone()),
-            None => read_object(store, &op.key),
-        };
-        let result = current.and_then(|current| match &op.write {
-            Write::Update { ctx, payload } => {
-                let dot = Dot::new(actor, lease.next);
-                // A dot is spent even if the update is refused: counters only move forward.
-                lease.next += 1;
-                current
-                    .update(ctx, dot, payload.clone())
-                    .map_err(EngineError::from)
+    fn current_hint(
+        &self,
+        hints: &HashMap<(NodeId, Vec<u8>), Option<u64>>,
+        target: NodeId,
+        key: &[u8],
+    ) -> Result<Option<u64>, EngineError> {
+        match hints.get(&(target, key.to_vec())) {
+            Some(seq) => Ok(*seq),
+            None => Ok(self.store.hint(target, key)?.map(|h| h.seq)),
+        }
+    }
+
+    fn add_hint(
+        &mut self,
+        hints: &mut HashMap<(NodeId, Vec<u8>), Option<u64>>,
+        counts: &mut BTreeMap<NodeId, u64>,
+        target: NodeId,
+        key: &[u8],
+    ) -> Result<(), EngineError> {
+        let exists = self.current_hint(hints, target, key)?.is_some();
+        let count = counts.entry(target).or_insert(0);
+        if !exists {
+            if *count >= HINTS_PER_PEER_MAX {
+                return Err(EngineError::HintsFull {
+                    target,
+                    max: HINTS_PER_PEER_MAX,
+                });
             }
-            Write::Merge { object } => {
+            *count += 1;
+        }
+        let seq = self.mint();
+        hints.insert((target, key.to_vec()), Some(seq));
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        op: &WriteOp,
+        objects: &mut HashMap<Vec<u8>, Object>,
+        hints: &mut HashMap<(NodeId, Vec<u8>), Option<u64>>,
+        counts: &mut BTreeMap<NodeId, u64>,
+    ) -> Result<Object, EngineError> {
+        let current = match objects.get(&op.key) {
+            Some(obj) => obj.clone(),
+            None => read_object(&*self.store, &op.key)?,
+        };
+        let next = match &op.write {
+            Write::Update { ctx, payload } => {
+                // A dot is spent even if the update is refused: counters only move forward.
+                let dot = Dot::new(self.actor, self.mint());
+                current.update(ctx, dot, payload.clone())?
+            }
+            Write::Merge { object, hint_for } => {
                 // `sync` never fails, but its result may exceed the limits `decode` enforces;
                 // storing it would make the key unreadable, so the merge is refused instead
                 // and the sender keeps its copy.
                 let merged = current.sync(object);
+                merged.check_limits()?;
+                if let Some(target) = hint_for {
+                    self.add_hint(hints, counts, *target, &op.key)?;
+                }
                 merged
-                    .check_limits()
-                    .map(|()| merged)
-                    .map_err(EngineError::from)
             }
-        });
-        if let Ok(obj) = &result {
-            overlay.insert(op.key.clone(), obj.clone());
-        }
-        results.push(result);
-    }
-
-    let batch = Batch {
-        puts: overlay
-            .iter()
-            .map(|(k, obj)| (k.clone(), obj.encode()))
-            .collect(),
-        meta: None,
-    };
-    let committed = if batch.is_empty() {
-        Ok(())
-    } else {
-        store.commit(&batch)
-    };
-    if committed.is_ok() && !batch.is_empty() {
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-    }
-    let failure = committed.err().map(|e| e.to_string());
-    for (op, result) in ops.drain(..).zip(results) {
-        let result = match (&failure, result) {
-            (Some(reason), Ok(_)) => Err(EngineError::Store(StoreError::Io {
-                op: "commit",
-                reason: reason.clone(),
-            })),
-            (_, result) => result,
+            Write::AddHint { target } => {
+                self.add_hint(hints, counts, *target, &op.key)?;
+                return Ok(current);
+            }
+            Write::HintDelivered { target, seq } => {
+                if self.current_hint(hints, *target, &op.key)? == Some(*seq) {
+                    hints.insert((*target, op.key.clone()), None);
+                    if let Some(c) = counts.get_mut(target) {
+                        *c = c.saturating_sub(1);
+                    }
+                }
+                return Ok(current);
+            }
         };
-        if result.is_ok() {
-            stats.writes.fetch_add(1, Ordering::Relaxed);
-        }
-        // The requester may have gone away (timeout); the write is durable regardless.
-        let _ = op.reply.send(result);
+        objects.insert(op.key.clone(), next.clone());
+        Ok(next)
     }
 }

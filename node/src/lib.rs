@@ -2,11 +2,15 @@
 //! and the QUIC service clients talk to.
 
 pub mod config;
+pub mod coordinator;
+pub mod driver;
 pub mod engine;
+pub mod handoff;
 pub mod limits;
+pub mod peers;
 pub mod server;
 pub mod store;
 pub mod version;
 
-pub use config::{ConfigError, NodeConfig, TlsPaths};
+pub use config::{ClusterConfig, ConfigError, MemberConfig, NodeConfig, TlsPaths};
 pub use server::{Node, NodeError};

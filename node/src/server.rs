@@ -7,17 +7,24 @@ use std::time::Duration;
 
 use cairn_net::{Identity, NetError};
 use cairn_proto::{
-    check_request, ErrorReply, FrameError, GetReply, NodeId, Request, Response, Sibling,
-    PROTOCOL_VERSION,
+    check_request, ErrorReply, FrameError, GetReply, MemberStatus, NodeId, PartitionEntry,
+    PeerRequest, PeerResponse, Request, Response, RingReply, Sibling, StatusReply,
 };
-use tokio::sync::Semaphore;
+use cairn_ring::{Member, Ring, RingConfig, RingError};
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::engine::{Engine, EngineError};
+use crate::coordinator::{route, Coordinator, Route};
+use crate::driver::{engine_error, Command, CoordinatorHandle, DriverContext};
+use crate::engine::{Engine, EngineError, Write};
 use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
 use crate::version::{encode_context, Object, Payload};
+
+/// How long a forwarded request may take at the coordinating replica.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// How long shutdown waits for in-flight requests before closing connections anyway.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +41,9 @@ pub enum NodeError {
     /// The engine refused to start (e.g. the data directory belongs to another node).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The cluster configuration does not make a ring.
+    #[error("invalid cluster configuration: {0}")]
+    Ring(#[from] RingError),
 }
 
 /// A running node.
@@ -43,14 +53,19 @@ pub struct Node {
     local_addr: SocketAddr,
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
-    accept: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct Shared {
     name: String,
+    me: NodeId,
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    ring: Ring,
+    peers: Arc<Peers>,
+    coordinator: CoordinatorHandle,
+    addrs: Vec<(NodeId, String, String)>,
 }
 
 impl Node {
@@ -71,15 +86,80 @@ impl Node {
             addr: config.listen,
             source,
         })?;
+        let me = NodeId::from_name(&config.name);
+        // Without a cluster section the node is a cluster of one.
+        let (ring_config, members) = match &config.cluster {
+            Some(c) => (
+                RingConfig {
+                    partitions: c.partitions,
+                    replicas: c.replicas.into(),
+                },
+                c.members
+                    .iter()
+                    .map(|m| {
+                        (
+                            NodeId::from_name(&m.name),
+                            m.name.clone(),
+                            m.addr,
+                            m.zone.clone(),
+                        )
+                    })
+                    .collect(),
+            ),
+            None => (
+                RingConfig::default(),
+                vec![(me, config.name.clone(), local_addr, None)],
+            ),
+        };
+        let ring = Ring::new(
+            ring_config,
+            &members
+                .iter()
+                .map(|(id, _, _, zone)| Member {
+                    id: *id,
+                    zone: zone.clone(),
+                })
+                .collect::<Vec<_>>(),
+        )?;
         let engine = Arc::new(engine);
+        let (up_tx, up_rx) = mpsc::channel(members.len().max(1));
+        let peers = Arc::new(Peers::new(
+            me,
+            config.name.clone(),
+            endpoint.clone(),
+            members
+                .iter()
+                .map(|(id, name, addr, _)| (*id, name.clone(), *addr)),
+            up_tx,
+        ));
+        let coordinator = crate::driver::spawn(
+            Coordinator::new(me, ring.clone()),
+            Arc::new(DriverContext {
+                me,
+                engine: engine.clone(),
+                peers: peers.clone(),
+            }),
+        );
         let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
         let shared = Arc::new(Shared {
             name: config.name.clone(),
+            me,
             engine: engine.clone(),
             in_flight: in_flight.clone(),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            ring,
+            peers: peers.clone(),
+            coordinator,
+            addrs: members
+                .iter()
+                .map(|(id, name, addr, _)| (*id, name.clone(), addr.to_string()))
+                .collect(),
         });
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared));
+        let tasks = vec![
+            tokio::spawn(accept_loop(endpoint.clone(), shared)),
+            tokio::spawn(peers.clone().probe_loop()),
+            tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
+        ];
         info!(node = %config.name, actor = %engine.actor(), %local_addr, "serving");
         Ok(Node {
             name: config.name,
@@ -87,7 +167,7 @@ impl Node {
             local_addr,
             engine,
             in_flight,
-            accept,
+            tasks,
         })
     }
 
@@ -104,8 +184,12 @@ impl Node {
     /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections and
     /// the database.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        self.accept.abort();
-        let _ = self.accept.await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
         // Taking every permit means no request is running; new streams cannot start after the
         // endpoint closes below.
         let drained = tokio::time::timeout(
@@ -120,9 +204,20 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         // Dropping the last engine handle drains the write queue and joins the writer thread.
         let engine = self.engine;
-        tokio::task::spawn_blocking(move || drop(engine))
-            .await
-            .expect("engine close panicked");
+        tokio::task::spawn_blocking(move || {
+            // The coordinator task may still hold a handle for a moment after its channel
+            // closed; waiting for the last one keeps the writer's drain inside shutdown.
+            let mut engine = engine;
+            for _ in 0..200 {
+                match Arc::try_unwrap(engine) {
+                    Ok(e) => return drop(e),
+                    Err(e) => engine = e,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .await
+        .expect("engine close panicked");
         info!(node = %self.name, "stopped");
         Ok(())
     }
@@ -153,7 +248,8 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
-    debug!(%remote, "connection open");
+    let is_node = cairn_net::peer_is_node(&conn);
+    debug!(%remote, is_node, "connection open");
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -167,15 +263,20 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_stream(send, recv, &shared).await;
+            serve_stream(send, recv, &shared, is_node).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: &Shared) {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: &Shared,
+    is_node: bool,
+) {
     let response = match cairn_net::read_frame::<Request>(&mut recv).await {
-        Ok(req) => handle(req, shared).await,
+        Ok(req) => handle(req, shared, is_node).await,
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
             // connection and every other stream carry on.
@@ -208,38 +309,183 @@ fn frame_error(e: FrameError) -> ErrorReply {
     }
 }
 
-async fn handle(req: Request, shared: &Shared) -> Response {
-    debug_assert_eq!(PROTOCOL_VERSION, cairn_proto::PROTOCOL_VERSION);
+async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
     if let Err(e) = check_request(&req) {
         return Response::Error(e.into());
     }
-    let result = match req {
-        Request::Ping => Ok(Response::Pong {
+    match req {
+        Request::Ping => Response::Pong {
             node: shared.name.clone(),
-        }),
-        Request::Get { key } => {
-            let engine = shared.engine.clone();
-            tokio::task::spawn_blocking(move || engine.get(&key))
-                .await
-                .expect("read task panicked")
-                .map(|obj| Response::Value(get_reply(&obj)))
+        },
+        Request::Status => Response::Status(status(shared)),
+        Request::Ring => Response::Ring(ring_reply(shared)),
+        Request::Peer(_) if !is_node => Response::Error(ErrorReply::NotAPeer),
+        Request::Peer(p) => handle_peer(p, shared).await,
+        req => {
+            let key = match &req {
+                Request::Get { key, .. }
+                | Request::Put { key, .. }
+                | Request::Delete { key, .. } => key.clone(),
+                _ => unreachable!("other requests are handled above"),
+            };
+            let is_up = |id| shared.peers.is_up(id);
+            if let Route::Forward(to) = route(&shared.ring, shared.me, &key, &is_up) {
+                match shared
+                    .peers
+                    .request(
+                        to,
+                        PeerRequest::Forward(Box::new(req.clone())),
+                        FORWARD_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                    // The chosen coordinator is unreachable (and now marked down): coordinate
+                    // here rather than fail, the write still reaches the replicas that are up.
+                    other => debug!(
+                        "forwarding to {} failed ({other:?}); coordinating here",
+                        shared.peers.name(to)
+                    ),
+                }
+            }
+            coordinate(req, shared).await
         }
+    }
+}
+
+/// Coordinates a client get, put or delete at this node.
+async fn coordinate(req: Request, shared: &Shared) -> Response {
+    let cmd = match req {
+        Request::Get { key, opts } => Command::Get {
+            key,
+            opts,
+            reply: tokio::sync::oneshot::channel().0,
+        },
         Request::Put {
             key,
             value,
             context,
-        } => shared
-            .engine
-            .update(key, &context, Payload::Value(value))
-            .await
-            .map(|obj| Response::Written(get_reply(&obj))),
-        Request::Delete { key, context } => shared
-            .engine
-            .update(key, &context, Payload::Tombstone)
-            .await
-            .map(|obj| Response::Written(get_reply(&obj))),
+            opts,
+        } => Command::Put {
+            key,
+            context,
+            payload: Payload::Value(value),
+            opts,
+            reply: tokio::sync::oneshot::channel().0,
+        },
+        Request::Delete { key, context, opts } => Command::Put {
+            key,
+            context,
+            payload: Payload::Tombstone,
+            opts,
+            reply: tokio::sync::oneshot::channel().0,
+        },
+        other => {
+            return Response::Error(ErrorReply::Malformed {
+                reason: format!("{other:?} cannot be coordinated"),
+            })
+        }
     };
-    result.unwrap_or_else(|e| Response::Error(engine_error(e)))
+    shared.coordinator.submit(cmd).await
+}
+
+async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
+    let resp = match req {
+        PeerRequest::Ping { .. } => Ok(PeerResponse::Pong {
+            node: shared.name.clone(),
+        }),
+        PeerRequest::Forward(req) => match *req {
+            req @ (Request::Get { .. } | Request::Put { .. } | Request::Delete { .. }) => {
+                // Never forwarded again: two nodes with different views must not bounce it.
+                Ok(PeerResponse::Forwarded(Box::new(
+                    coordinate(req, shared).await,
+                )))
+            }
+            other => Err(ErrorReply::Malformed {
+                reason: format!("{other:?} cannot be forwarded"),
+            }),
+        },
+        PeerRequest::Replicate {
+            key,
+            object,
+            hint_for,
+        } => match Object::decode(&object) {
+            Ok(object) => shared
+                .engine
+                .apply(key, Write::Merge { object, hint_for })
+                .await
+                .map(|_| PeerResponse::Ack)
+                .map_err(engine_error),
+            Err(e) => Err(ErrorReply::Malformed {
+                reason: format!("bad object: {e}"),
+            }),
+        },
+        PeerRequest::Read { key } => {
+            let engine = shared.engine.clone();
+            match tokio::task::spawn_blocking(move || engine.get(&key)).await {
+                Ok(Ok(obj)) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),
+                Ok(Ok(obj)) => Ok(PeerResponse::Object(obj.encode())),
+                Ok(Err(e)) => Err(engine_error(e)),
+                Err(e) => Err(ErrorReply::Storage {
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    };
+    match resp {
+        Ok(r) => Response::Peer(r),
+        Err(e) => Response::Error(e),
+    }
+}
+
+fn status(shared: &Shared) -> StatusReply {
+    let hints: u64 = shared.engine.hint_counts().values().sum();
+    StatusReply {
+        node: shared.name.clone(),
+        replicas: crate::coordinator::replicas(&shared.ring) as u8,
+        partitions: shared.ring.config().partitions,
+        members: shared
+            .addrs
+            .iter()
+            .map(|(id, name, addr)| MemberStatus {
+                name: name.clone(),
+                addr: addr.clone(),
+                status: if shared.peers.is_up(*id) {
+                    "up"
+                } else {
+                    "down"
+                }
+                .to_owned(),
+                partitions: shared.ring.partitions_of(*id).len() as u32,
+                hints_pending: (*id == shared.me).then_some(hints),
+            })
+            .collect(),
+    }
+}
+
+fn ring_reply(shared: &Shared) -> RingReply {
+    let ring = &shared.ring;
+    RingReply {
+        replicas: crate::coordinator::replicas(ring) as u8,
+        partitions: (0..ring.config().partitions)
+            .map(|p| {
+                let pl = ring.preference_list(p);
+                PartitionEntry {
+                    partition: p,
+                    primaries: pl
+                        .primaries
+                        .iter()
+                        .map(|id| shared.peers.name(*id))
+                        .collect(),
+                    fallbacks: pl
+                        .fallbacks
+                        .iter()
+                        .map(|id| shared.peers.name(*id))
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The reply to a read: live siblings only, and a context covering tombstones too, so a write
@@ -258,22 +504,5 @@ pub fn get_reply(obj: &Object) -> GetReply {
             })
             .collect(),
         context: encode_context(&obj.join()),
-    }
-}
-
-fn engine_error(e: EngineError) -> ErrorReply {
-    match e {
-        EngineError::Limit(l) => ErrorReply::Limit(l),
-        EngineError::BadContext { reason } => ErrorReply::BadContext { reason },
-        EngineError::Overloaded { .. } => ErrorReply::Overloaded {
-            reason: e.to_string(),
-        },
-        EngineError::Closed => ErrorReply::ShuttingDown,
-        other => {
-            warn!("request failed: {other}");
-            ErrorReply::Storage {
-                reason: other.to_string(),
-            }
-        }
     }
 }

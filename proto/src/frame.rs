@@ -127,11 +127,15 @@ mod tests {
     fn frames_roundtrip() {
         for req in [
             Request::Ping,
-            Request::Get { key: b"k".to_vec() },
+            Request::Get {
+                key: b"k".to_vec(),
+                opts: Default::default(),
+            },
             Request::Put {
                 key: b"k".to_vec(),
                 value: vec![0xff; 300],
                 context: Context(vec![1, 2, 3]),
+                opts: Default::default(),
             },
         ] {
             assert_eq!(roundtrip(&req), req);

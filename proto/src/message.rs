@@ -140,6 +140,8 @@ pub enum Request {
     Get {
         /// The key.
         key: Vec<u8>,
+        /// Quorum and timeout choices.
+        opts: ReadOptions,
     },
     /// Write `value`, superseding exactly what `context` saw.
     Put {
@@ -149,6 +151,8 @@ pub enum Request {
         value: Vec<u8>,
         /// The context of the read this write follows, or empty for a blind write.
         context: Context,
+        /// Quorum and timeout choices.
+        opts: WriteOptions,
     },
     /// Write a tombstone, superseding exactly what `context` saw.
     Delete {
@@ -156,7 +160,85 @@ pub enum Request {
         key: Vec<u8>,
         /// The context of the read this delete follows.
         context: Context,
+        /// Quorum and timeout choices.
+        opts: WriteOptions,
     },
+    /// The node's view of the cluster: members, reachability, partitions, hints.
+    Status,
+    /// The partition ring: partition → preference list.
+    Ring,
+    /// A message between nodes; refused unless the sender holds a node certificate.
+    Peer(PeerRequest),
+}
+
+/// Per-request read choices; `None` takes the cluster default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// Replies needed before answering (default: a majority of N).
+    pub r: Option<u8>,
+    /// Of those, replies needed from primary replicas (not fallbacks).
+    pub pr: Option<u8>,
+    /// Whether a replica's "not found" counts toward R (Riak's `notfound_ok`, default true).
+    pub notfound_ok: Option<bool>,
+    /// With `notfound_ok = false`: answer "not found" as soon as a majority said so
+    /// (Riak's `basic_quorum`, default false).
+    pub basic_quorum: Option<bool>,
+    /// How long to wait for replicas, milliseconds.
+    pub timeout_ms: Option<u32>,
+}
+
+/// Per-request write choices; `None` takes the cluster default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOptions {
+    /// Durable acknowledgements needed (default: a majority of N); the coordinator counts.
+    pub w: Option<u8>,
+    /// Of those, acknowledgements needed from primary replicas (fallbacks do not count).
+    pub pw: Option<u8>,
+    /// How long to wait for replicas, milliseconds.
+    pub timeout_ms: Option<u32>,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Liveness probe.
+    Ping {
+        /// The sender's name.
+        from: String,
+    },
+    /// Coordinate this client request: the sender is not a replica of its key.
+    Forward(Box<Request>),
+    /// Merge `object` into the local copy and make it durable. `hint_for` names the primary
+    /// this copy stands in for: the receiver keeps a hint and hands the key over later.
+    Replicate {
+        /// The key.
+        key: Vec<u8>,
+        /// The encoded object.
+        object: Vec<u8>,
+        /// The unreachable primary this fallback copy is for.
+        hint_for: Option<NodeId>,
+    },
+    /// Read the local copy of `key`.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// A node's answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Answer to `Ping`.
+    Pong {
+        /// The responder's name.
+        node: String,
+    },
+    /// `Replicate` is durable.
+    Ack,
+    /// The local copy (empty bytes: the key is absent); answer to `Read`.
+    Object(Vec<u8>),
+    /// Answer to `Forward`.
+    Forwarded(Box<Response>),
 }
 
 /// A node's answer to one [`Request`].
@@ -173,8 +255,82 @@ pub enum Response {
     /// after the write, not only a context: a context covering siblings the writer never saw
     /// would let its next write silently supersede them.
     Written(GetReply),
+    /// Answer to `Status`.
+    Status(StatusReply),
+    /// Answer to `Ring`.
+    Ring(RingReply),
+    /// Answer to `Peer`.
+    Peer(PeerResponse),
     /// The request failed; nothing was changed unless the variant says otherwise.
     Error(ErrorReply),
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The node asked.
+    pub node: String,
+    /// Replicas per key (N).
+    pub replicas: u8,
+    /// Partitions in the ring (Q).
+    pub partitions: u32,
+    /// Every member as the asked node sees it.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member in a [`StatusReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// `up` or `down`, as the asked node believes.
+    pub status: String,
+    /// Partitions it owns.
+    pub partitions: u32,
+    /// Hints it holds for other nodes, not yet delivered (known only for the asked node;
+    /// `None` for others).
+    pub hints_pending: Option<u64>,
+}
+
+/// The partition ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingReply {
+    /// Replicas per key (N).
+    pub replicas: u8,
+    /// One entry per partition, in order.
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// One partition of a [`RingReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// Partition number.
+    pub partition: u32,
+    /// The N primary replicas, owner first.
+    pub primaries: Vec<String>,
+    /// Fallbacks, in the order they are tried.
+    pub fallbacks: Vec<String>,
+}
+
+/// A replica that did not acknowledge, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaFailure {
+    /// The node's name.
+    pub node: String,
+    /// What happened (unreachable, timed out, refused: …).
+    pub reason: String,
+}
+
+fn failures(f: &[ReplicaFailure]) -> String {
+    if f.is_empty() {
+        return "no replica failed, but too few were reachable".to_owned();
+    }
+    f.iter()
+        .map(|r| format!("{} ({})", r.node, r.reason))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The siblings of a key and the context covering them.
@@ -328,24 +484,55 @@ pub enum ErrorReply {
     /// The node is shutting down and took no action.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// Fewer replicas answered than the request asked for. For a write, the value may still be
+    /// stored on the replicas that did acknowledge.
+    #[error("{needed} {kind} needed, {got} received; failed: {}", failures(.failed))]
+    QuorumNotReached {
+        /// "acks", "primary acks", "replies" or "primary replies".
+        kind: String,
+        /// How many were needed.
+        needed: u8,
+        /// How many arrived.
+        got: u8,
+        /// Which replicas failed and why.
+        failed: Vec<ReplicaFailure>,
+    },
+    /// The request's options are impossible (e.g. R or W above N).
+    #[error("invalid options: {reason}")]
+    BadOptions {
+        /// Which option and why.
+        reason: String,
+    },
+    /// A replica could not be reached.
+    #[error("{node} unreachable: {reason}")]
+    Unreachable {
+        /// The node's name.
+        node: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A peer-only request came from a client certificate.
+    #[error("peer requests need a node certificate")]
+    NotAPeer,
 }
 
 /// Limits checked by the sender before a request leaves, so a person gets the error without a
 /// round trip; the node checks the same limits again.
 pub fn check_request(req: &Request) -> Result<(), LimitError> {
     match req {
-        Request::Ping => Ok(()),
-        Request::Get { key } => check_key(key),
+        Request::Ping | Request::Status | Request::Ring | Request::Peer(_) => Ok(()),
+        Request::Get { key, .. } => check_key(key),
         Request::Put {
             key,
             value,
             context,
+            ..
         } => {
             check_key(key)?;
             check_value(value)?;
             check_context(context)
         }
-        Request::Delete { key, context } => {
+        Request::Delete { key, context, .. } => {
             check_key(key)?;
             check_context(context)
         }

@@ -63,6 +63,7 @@ impl TestDir {
                 cert: node_dir.join("node.pem"),
                 key: node_dir.join("node.key"),
             },
+            cluster: None,
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_node::engine::{Engine, EngineError, Write};
-use cairn_node::store::{Batch, MemoryStore, NodeMeta, RedbStore, Store, StoreError};
+use cairn_node::store::{Batch, Hint, MemoryStore, NodeMeta, RedbStore, Store, StoreError};
 use cairn_node::version::{Object, Payload, VClock};
 use cairn_proto::NodeId;
 use rand::{rngs::StdRng, SeedableRng};
@@ -58,6 +58,15 @@ impl Store for TestStore {
     }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(key)
+    }
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        self.inner.hints(target, limit)
+    }
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        self.inner.hint(target, key)
+    }
+    fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError> {
+        self.inner.hint_counts()
     }
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut held = self.held.lock().unwrap();
@@ -219,7 +228,7 @@ async fn a_corrupt_stored_object_is_an_error_not_a_panic() {
     store
         .commit(&Batch {
             puts: vec![(b"k".to_vec(), vec![0xde, 0xad, 0xbe, 0xef, 0xff, 0xff])],
-            meta: None,
+            ..Batch::default()
         })
         .unwrap();
     let engine = Engine::open(store, node(), &mut StdRng::seed_from_u64(1)).unwrap();

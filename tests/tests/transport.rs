@@ -146,8 +146,19 @@ async fn bad_frames_get_errors_and_the_node_keeps_serving() {
         }
     );
     let client = Client::connect(node.local_addr(), &id).await.unwrap();
-    client.put(b"k", b"v", &Context::empty()).await.unwrap();
-    assert_eq!(client.get(b"k").await.unwrap().siblings.len(), 1);
+    client
+        .put(b"k", b"v", &Context::empty(), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .get(b"k", &Default::default())
+            .await
+            .unwrap()
+            .siblings
+            .len(),
+        1
+    );
     node.shutdown().await.unwrap();
 }
 
@@ -160,6 +171,7 @@ async fn limits_are_enforced_by_the_node_not_only_the_client() {
         key: b"k".to_vec(),
         value: vec![7; cairn_proto::limits::VALUE_BYTES_MAX + 1],
         context: Context::empty(),
+        opts: Default::default(),
     };
     match send_raw(&conn, &cairn_proto::encode_frame(&big).unwrap())
         .await
@@ -173,14 +185,20 @@ async fn limits_are_enforced_by_the_node_not_only_the_client() {
     let client = Client::connect(node.local_addr(), &dir.client_identity().unwrap())
         .await
         .unwrap();
-    assert!(client.get(b"k").await.unwrap().siblings.is_empty());
+    assert!(client
+        .get(b"k", &Default::default())
+        .await
+        .unwrap()
+        .siblings
+        .is_empty());
     // The client library refuses it before sending.
     assert!(matches!(
         client
             .put(
                 b"k",
                 &vec![0; cairn_proto::limits::VALUE_BYTES_MAX + 1],
-                &Context::empty()
+                &Context::empty(),
+                &Default::default(),
             )
             .await,
         Err(ClientError::Limit(_))

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Batch, NodeMeta, Store, StoreError};
+use cairn_proto::NodeId;
+
+use super::{Batch, Hint, NodeMeta, Store, StoreError};
 
 /// A store held in a map; `commit` is atomic because it holds one lock.
 #[derive(Debug, Default)]
@@ -16,6 +18,7 @@ pub struct MemoryStore {
 struct Inner {
     meta: Option<NodeMeta>,
     objects: BTreeMap<Vec<u8>, Vec<u8>>,
+    hints: BTreeMap<(NodeId, Vec<u8>), u64>,
     commits: u64,
 }
 
@@ -51,10 +54,49 @@ impl Store for MemoryStore {
         for (k, v) in &batch.puts {
             inner.objects.insert(k.clone(), v.clone());
         }
+        for h in &batch.hints_put {
+            inner.hints.insert((h.target, h.key.clone()), h.seq);
+        }
+        for (t, k) in &batch.hints_remove {
+            inner.hints.remove(&(*t, k.clone()));
+        }
         if let Some(meta) = batch.meta {
             inner.meta = Some(meta);
         }
         inner.commits += 1;
         Ok(())
+    }
+
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        let inner = self.inner.lock().expect("store lock");
+        Ok(inner
+            .hints
+            .range((target, Vec::new())..)
+            .take_while(|((t, _), _)| *t == target)
+            .take(limit)
+            .map(|((t, k), seq)| Hint {
+                target: *t,
+                key: k.clone(),
+                seq: *seq,
+            })
+            .collect())
+    }
+
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        let inner = self.inner.lock().expect("store lock");
+        Ok(inner.hints.get(&(target, key.to_vec())).map(|seq| Hint {
+            target,
+            key: key.to_vec(),
+            seq: *seq,
+        }))
+    }
+
+    fn hint_counts(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+        let inner = self.inner.lock().expect("store lock");
+        let mut counts = BTreeMap::new();
+        for (t, _) in inner.hints.keys() {
+            *counts.entry(*t).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 }

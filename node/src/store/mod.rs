@@ -23,11 +23,27 @@ pub struct NodeMeta {
     pub lease_end: u64,
 }
 
+/// A promise to hand `key` to the node `target`, which missed a write to it. `seq` changes
+/// whenever the hint is renewed, so a delivery of an older state does not delete a newer hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The node that missed the write.
+    pub target: NodeId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Renewal sequence number.
+    pub seq: u64,
+}
+
 /// One atomic, durable unit of change.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Objects to store (key, encoded object), replacing what was there.
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hints to add or renew.
+    pub hints_put: Vec<Hint>,
+    /// Hints to delete (by target and key).
+    pub hints_remove: Vec<(NodeId, Vec<u8>)>,
     /// New metadata, if it changed.
     pub meta: Option<NodeMeta>,
 }
@@ -35,7 +51,10 @@ pub struct Batch {
 impl Batch {
     /// Whether the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.meta.is_none()
+        self.puts.is_empty()
+            && self.hints_put.is_empty()
+            && self.hints_remove.is_empty()
+            && self.meta.is_none()
     }
 }
 
@@ -77,4 +96,10 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Up to `limit` hints for `target`, in key order.
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError>;
+    /// The hint for (`target`, `key`), if any.
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError>;
+    /// How many hints are held per target.
+    fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError>;
 }

@@ -5,10 +5,33 @@ use std::path::{Path, PathBuf};
 use cairn_proto::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, NodeMeta, Store, StoreError};
+use super::{Batch, Hint, NodeMeta, Store, StoreError};
+
+fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&target.0.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn split_hint_key(raw: &[u8]) -> Result<(NodeId, Vec<u8>), StoreError> {
+    if raw.len() < 8 {
+        return Err(StoreError::Io {
+            op: "read hint",
+            reason: format!("hint key of {} bytes is shorter than a node id", raw.len()),
+        });
+    }
+    let (id, key) = raw.split_at(8);
+    Ok((
+        NodeId(u64::from_be_bytes(id.try_into().expect("8 bytes"))),
+        key.to_vec(),
+    ))
+}
 
 /// Key → encoded versioned object.
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+/// Hints: (target node id, big-endian) ++ key → renewal sequence number.
+const HINTS: TableDefinition<&[u8], u64> = TableDefinition::new("hints");
 /// Node metadata: `node`, `epoch`, `lease_end`, `format`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -56,6 +79,8 @@ impl RedbStore {
         let txn = store.db.begin_write().map_err(|e| io("begin")(e.into()))?;
         {
             txn.open_table(OBJECTS)
+                .map_err(|e| io("open table")(e.into()))?;
+            txn.open_table(HINTS)
                 .map_err(|e| io("open table")(e.into()))?;
             let mut meta = txn
                 .open_table(META)
@@ -144,6 +169,21 @@ impl Store for RedbStore {
                     .insert(k.as_slice(), v.as_slice())
                     .map_err(|e| io("write")(e.into()))?;
             }
+            if !batch.hints_put.is_empty() || !batch.hints_remove.is_empty() {
+                let mut hints = txn
+                    .open_table(HINTS)
+                    .map_err(|e| io("open table")(e.into()))?;
+                for h in &batch.hints_put {
+                    hints
+                        .insert(hint_key(h.target, &h.key).as_slice(), h.seq)
+                        .map_err(|e| io("write hint")(e.into()))?;
+                }
+                for (t, k) in &batch.hints_remove {
+                    hints
+                        .remove(hint_key(*t, k).as_slice())
+                        .map_err(|e| io("remove hint")(e.into()))?;
+                }
+            }
             if let Some(m) = batch.meta {
                 let mut meta = txn
                     .open_table(META)
@@ -158,5 +198,69 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(|e| io("commit")(e.into()))
+    }
+
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io("begin read")(e.into()))?;
+        let table = txn
+            .open_table(HINTS)
+            .map_err(|e| io("open table")(e.into()))?;
+        let start = hint_key(target, &[]);
+        let end = hint_key(NodeId(target.0.wrapping_add(1)), &[]);
+        let range = if target.0 == u64::MAX {
+            table.range(start.as_slice()..)
+        } else {
+            table.range(start.as_slice()..end.as_slice())
+        }
+        .map_err(|e| io("read hints")(e.into()))?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, seq) = entry.map_err(|e| io("read hints")(e.into()))?;
+            let (t, key) = split_hint_key(k.value())?;
+            out.push(Hint {
+                target: t,
+                key,
+                seq: seq.value(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io("begin read")(e.into()))?;
+        let table = txn
+            .open_table(HINTS)
+            .map_err(|e| io("open table")(e.into()))?;
+        Ok(table
+            .get(hint_key(target, key).as_slice())
+            .map_err(|e| io("read hint")(e.into()))?
+            .map(|seq| Hint {
+                target,
+                key: key.to_vec(),
+                seq: seq.value(),
+            }))
+    }
+
+    fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io("begin read")(e.into()))?;
+        let table = txn
+            .open_table(HINTS)
+            .map_err(|e| io("open table")(e.into()))?;
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in table.iter().map_err(|e| io("read hints")(e.into()))? {
+            let (k, _) = entry.map_err(|e| io("read hints")(e.into()))?;
+            let (t, _) = split_hint_key(k.value())?;
+            *counts.entry(t).or_insert(0u64) += 1;
+        }
+        Ok(counts)
     }
 }

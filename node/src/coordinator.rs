@@ -1,0 +1,774 @@
+//! The request coordinator: per-request quorum logic for gets and puts, as a sans-I/O state
+//! machine (`handle_*` inputs, `poll_*` outputs, time passed in) that the node's driver and the
+//! simulator both run.
+//!
+//! The coordinator treats its own node like any other replica: the local update and local reads
+//! are transmits addressed to itself, which the driver executes against the engine and answers
+//! with `handle_result`. That keeps one code path for counting acknowledgements.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use cairn_proto::{ErrorReply, NodeId, ReadOptions, WriteOptions};
+use cairn_ring::Ring;
+
+use crate::limits::COORDINATOR_REQUESTS_MAX;
+use crate::version::{Object, Payload, VClock};
+
+/// How long a request waits for replicas when the client does not say.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Longest timeout a client may ask for.
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// The driver's name for one client request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// The coordinator's name for one message it sent, to match the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// What to send to a replica (possibly this node itself).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplicaOp {
+    /// Apply a client write as coordinating replica: mint a dot, store durably, return the object.
+    Update {
+        /// The key.
+        key: Vec<u8>,
+        /// The client's context.
+        ctx: VClock,
+        /// The value or tombstone.
+        payload: Payload,
+    },
+    /// Merge this object and store it durably; keep a hint for `hint_for` if set.
+    Replicate {
+        /// The key.
+        key: Vec<u8>,
+        /// The object to merge.
+        object: Object,
+        /// The unreachable primary this copy stands in for.
+        hint_for: Option<NodeId>,
+    },
+    /// Return the local copy.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// An outgoing message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transmit {
+    /// Answer with `handle_result(op, ..)`; `None` for fire-and-forget (read repair).
+    pub op: Option<OpId>,
+    /// The replica.
+    pub to: NodeId,
+    /// What to do.
+    pub msg: ReplicaOp,
+}
+
+/// A replica's answer to a [`Transmit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplicaResult {
+    /// `Update` or `Read`: the replica's object (empty if absent).
+    Object(Object),
+    /// `Replicate` is durable.
+    Ack,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Options that cannot be met by any cluster state (e.g. R > N).
+    #[error("invalid options: {0}")]
+    BadOptions(String),
+    /// Too few replicas answered.
+    #[error("{needed} {kind} needed, {got} received")]
+    Quorum {
+        /// "acks", "primary acks", "replies", "primary replies".
+        kind: &'static str,
+        /// Needed.
+        needed: u8,
+        /// Received.
+        got: u8,
+        /// Replicas that failed or did not answer, with the reason.
+        failed: Vec<(NodeId, String)>,
+    },
+    /// The coordinating replica refused the write (a limit, a bad context, its disk).
+    #[error("{0}")]
+    Local(ErrorReply),
+    /// Too many requests in flight at this coordinator.
+    #[error("coordinator is at COORDINATOR_REQUESTS_MAX ({0}) requests")]
+    Overloaded(usize),
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A get: the merge of the replies (empty object: not found).
+    Read(Object),
+    /// A put or delete: the coordinator's object after the write.
+    Written(Object),
+}
+
+/// Something the driver must make durable: a replica missed `key`, so keep a hint to hand the
+/// key to `target` when it is reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintNeeded {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The replica that missed it.
+    pub target: NodeId,
+}
+
+/// A client write for [`Coordinator::handle_put`].
+#[derive(Debug, Clone)]
+pub struct ClientWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The client's context.
+    pub ctx: VClock,
+    /// The value or tombstone.
+    pub payload: Payload,
+    /// Quorum choices.
+    pub opts: WriteOptions,
+}
+
+/// Where a request for a key should be coordinated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Here: this node is among the replicas chosen for the key.
+    Local,
+    /// At this replica; the driver forwards the request.
+    Forward(NodeId),
+    /// No replica is reachable.
+    Unavailable,
+}
+
+/// One replica chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    node: NodeId,
+    /// Whether it is one of the key's N primaries (counts for PR/PW).
+    primary: bool,
+    /// The primary a fallback stands in for.
+    hint_for: Option<NodeId>,
+}
+
+#[derive(Debug)]
+enum State {
+    Put(PutState),
+    Get(GetState),
+}
+
+#[derive(Debug)]
+struct PutState {
+    key: Vec<u8>,
+    targets: Vec<Target>,
+    /// Node of each outstanding op.
+    waiting: BTreeMap<OpId, Target>,
+    w: u8,
+    pw: u8,
+    acks: u8,
+    primary_acks: u8,
+    failed: Vec<(NodeId, String)>,
+    /// Primaries that no chosen replica covers at all (no fallback available).
+    uncovered: Vec<NodeId>,
+    object: Option<Object>,
+    replied: bool,
+}
+
+#[derive(Debug)]
+struct GetState {
+    key: Vec<u8>,
+    waiting: BTreeMap<OpId, Target>,
+    r: u8,
+    pr: u8,
+    notfound_ok: bool,
+    basic_quorum: bool,
+    n: u8,
+    counted: u8,
+    primary_counted: u8,
+    notfound: u8,
+    replies: Vec<(NodeId, Object)>,
+    failed: Vec<(NodeId, String)>,
+    replied: bool,
+}
+
+struct Pending {
+    deadline: Instant,
+    state: State,
+}
+
+/// The coordinator of one node.
+pub struct Coordinator {
+    me: NodeId,
+    ring: Ring,
+    pending: BTreeMap<RequestId, Pending>,
+    ops: BTreeMap<OpId, RequestId>,
+    next_op: u64,
+    transmits: VecDeque<Transmit>,
+    outcomes: VecDeque<(RequestId, Result<Outcome, CoordinatorError>)>,
+    hints: VecDeque<HintNeeded>,
+}
+
+fn quorum(n: usize) -> u8 {
+    (n / 2 + 1) as u8
+}
+
+fn timeout(ms: Option<u32>) -> Duration {
+    ms.map_or(REQUEST_TIMEOUT_DEFAULT, |ms| {
+        Duration::from_millis(ms.into()).min(REQUEST_TIMEOUT_MAX)
+    })
+}
+
+impl Coordinator {
+    /// A coordinator for node `me` over `ring`.
+    pub fn new(me: NodeId, ring: Ring) -> Coordinator {
+        Coordinator {
+            me,
+            ring,
+            pending: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_op: 0,
+            transmits: VecDeque::new(),
+            outcomes: VecDeque::new(),
+            hints: VecDeque::new(),
+        }
+    }
+
+    /// The ring this coordinator routes by.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Replaces the ring (membership changed).
+    pub fn set_ring(&mut self, ring: Ring) {
+        self.ring = ring;
+    }
+
+    /// N: replicas per key, capped by the number of members.
+    pub fn n(&self) -> usize {
+        replicas(&self.ring)
+    }
+
+    /// Requests in flight (including those answered but still collecting late replies).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn targets(&self, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> (Vec<Target>, Vec<NodeId>) {
+        targets(&self.ring, key, is_up)
+    }
+
+    /// Where a request for `key` should be coordinated: at a chosen replica, preferably here.
+    pub fn route(&self, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> Route {
+        route(&self.ring, self.me, key, is_up)
+    }
+
+    fn op(&mut self, req: RequestId) -> OpId {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(op, req);
+        op
+    }
+
+    fn admit(&mut self, req: RequestId) -> Result<(), CoordinatorError> {
+        if self.pending.len() >= COORDINATOR_REQUESTS_MAX {
+            return Err(CoordinatorError::Overloaded(COORDINATOR_REQUESTS_MAX));
+        }
+        assert!(
+            !self.pending.contains_key(&req),
+            "request id {req:?} reused"
+        );
+        Ok(())
+    }
+
+    /// A client write (value or tombstone) to coordinate here. Call only when `route` said
+    /// `Local`; otherwise the write is coordinated as well as possible from here.
+    pub fn handle_put(
+        &mut self,
+        now: Instant,
+        req: RequestId,
+        write: ClientWrite,
+        is_up: &dyn Fn(NodeId) -> bool,
+    ) {
+        let ClientWrite {
+            key,
+            ctx,
+            payload,
+            opts,
+        } = write;
+        if let Err(e) = self.admit(req) {
+            self.outcomes.push_back((req, Err(e)));
+            return;
+        }
+        let n = self.n();
+        let w = opts.w.unwrap_or(quorum(n));
+        let pw = opts.pw.unwrap_or(0);
+        if w == 0 || usize::from(w) > n || usize::from(pw) > n {
+            self.outcomes.push_back((
+                req,
+                Err(CoordinatorError::BadOptions(format!(
+                    "w={w}, pw={pw} must satisfy 1 <= w <= N and pw <= N (N={n})"
+                ))),
+            ));
+            return;
+        }
+        let (targets, uncovered) = self.targets(&key, is_up);
+        let me = targets
+            .iter()
+            .find(|t| t.node == self.me)
+            .copied()
+            .unwrap_or(Target {
+                node: self.me,
+                primary: false,
+                hint_for: None,
+            });
+        let op = self.op(req);
+        self.transmits.push_back(Transmit {
+            op: Some(op),
+            to: self.me,
+            msg: ReplicaOp::Update {
+                key: key.clone(),
+                ctx,
+                payload,
+            },
+        });
+        let mut waiting = BTreeMap::new();
+        waiting.insert(op, me);
+        self.pending.insert(
+            req,
+            Pending {
+                deadline: now + timeout(opts.timeout_ms),
+                state: State::Put(PutState {
+                    key,
+                    targets,
+                    waiting,
+                    w,
+                    pw,
+                    acks: 0,
+                    primary_acks: 0,
+                    failed: Vec::new(),
+                    uncovered,
+                    object: None,
+                    replied: false,
+                }),
+            },
+        );
+    }
+
+    /// A client read to coordinate here.
+    pub fn handle_get(
+        &mut self,
+        now: Instant,
+        req: RequestId,
+        key: Vec<u8>,
+        opts: &ReadOptions,
+        is_up: &dyn Fn(NodeId) -> bool,
+    ) {
+        if let Err(e) = self.admit(req) {
+            self.outcomes.push_back((req, Err(e)));
+            return;
+        }
+        let n = self.n();
+        let r = opts.r.unwrap_or(quorum(n));
+        let pr = opts.pr.unwrap_or(0);
+        if r == 0 || usize::from(r) > n || usize::from(pr) > n {
+            self.outcomes.push_back((
+                req,
+                Err(CoordinatorError::BadOptions(format!(
+                    "r={r}, pr={pr} must satisfy 1 <= r <= N and pr <= N (N={n})"
+                ))),
+            ));
+            return;
+        }
+        let (targets, uncovered) = self.targets(&key, is_up);
+        let mut waiting = BTreeMap::new();
+        for t in targets {
+            let op = self.op(req);
+            self.transmits.push_back(Transmit {
+                op: Some(op),
+                to: t.node,
+                msg: ReplicaOp::Read { key: key.clone() },
+            });
+            waiting.insert(op, t);
+        }
+        let failed = uncovered
+            .into_iter()
+            .map(|p| (p, "unreachable".to_owned()))
+            .collect();
+        self.pending.insert(
+            req,
+            Pending {
+                deadline: now + timeout(opts.timeout_ms),
+                state: State::Get(GetState {
+                    key,
+                    waiting,
+                    r,
+                    pr,
+                    notfound_ok: opts.notfound_ok.unwrap_or(true),
+                    basic_quorum: opts.basic_quorum.unwrap_or(false),
+                    n: n as u8,
+                    counted: 0,
+                    primary_counted: 0,
+                    notfound: 0,
+                    replies: Vec::new(),
+                    failed,
+                    replied: false,
+                }),
+            },
+        );
+        self.progress(req);
+    }
+
+    /// A replica answered `op` (or failed to: `Err(why)`).
+    pub fn handle_result(&mut self, op: OpId, result: Result<ReplicaResult, ErrorReply>) {
+        let Some(req) = self.ops.remove(&op) else {
+            // Late answer to a request already finished, or to fire-and-forget repair.
+            return;
+        };
+        let Some(pending) = self.pending.get_mut(&req) else {
+            return;
+        };
+        let mut local_failure = None;
+        match &mut pending.state {
+            State::Put(s) => {
+                let Some(target) = s.waiting.remove(&op) else {
+                    return;
+                };
+                match result {
+                    Ok(ReplicaResult::Object(obj)) if s.object.is_none() => {
+                        // The local update is durable: count it, then replicate its result.
+                        s.acks += 1;
+                        s.primary_acks += u8::from(target.primary);
+                        for t in s.targets.iter().filter(|t| t.node != target.node) {
+                            // Op ids are minted inline: `self.pending` is borrowed here.
+                            let op = OpId(self.next_op);
+                            self.next_op += 1;
+                            self.ops.insert(op, req);
+                            s.waiting.insert(op, *t);
+                            self.transmits.push_back(Transmit {
+                                op: Some(op),
+                                to: t.node,
+                                msg: ReplicaOp::Replicate {
+                                    key: s.key.clone(),
+                                    object: obj.clone(),
+                                    hint_for: t.hint_for,
+                                },
+                            });
+                        }
+                        // This node may itself be a fallback standing in for a primary.
+                        if let Some(p) = target.hint_for {
+                            self.hints.push_back(HintNeeded {
+                                key: s.key.clone(),
+                                target: p,
+                            });
+                        }
+                        // Primaries no fallback stands in for missed the write: the
+                        // coordinator keeps their hints itself.
+                        for p in std::mem::take(&mut s.uncovered) {
+                            s.failed
+                                .push((p, "unreachable, and no fallback is up".into()));
+                            self.hints.push_back(HintNeeded {
+                                key: s.key.clone(),
+                                target: p,
+                            });
+                        }
+                        s.object = Some(obj);
+                    }
+                    Ok(_) => {
+                        s.acks += 1;
+                        s.primary_acks += u8::from(target.primary);
+                    }
+                    Err(reason) if s.object.is_none() => {
+                        // The coordinating replica itself refused: nothing was written.
+                        local_failure = Some(reason);
+                    }
+                    Err(why) => {
+                        self.hints.push_back(HintNeeded {
+                            key: s.key.clone(),
+                            target: target.hint_for.unwrap_or(target.node),
+                        });
+                        s.failed.push((target.node, why.to_string()));
+                    }
+                }
+            }
+            State::Get(s) => {
+                let Some(target) = s.waiting.remove(&op) else {
+                    return;
+                };
+                match result {
+                    Ok(ReplicaResult::Object(obj)) => {
+                        let found = !obj.is_empty();
+                        if found || s.notfound_ok {
+                            s.counted += 1;
+                            s.primary_counted += u8::from(target.primary);
+                        }
+                        s.notfound += u8::from(!found);
+                        s.replies.push((target.node, obj));
+                    }
+                    Ok(ReplicaResult::Ack) => s
+                        .failed
+                        .push((target.node, "answered a read with an ack".into())),
+                    Err(why) => s.failed.push((target.node, why.to_string())),
+                }
+            }
+        }
+        if let Some(reason) = local_failure {
+            self.finish(req, Some(Err(CoordinatorError::Local(reason))));
+            return;
+        }
+        self.progress(req);
+    }
+
+    /// Decides whether `req` can be answered or finished.
+    fn progress(&mut self, req: RequestId) {
+        let Some(pending) = self.pending.get_mut(&req) else {
+            return;
+        };
+        let mut outcome = None;
+        let done;
+        match &mut pending.state {
+            State::Put(s) => {
+                let outstanding = s.waiting.len() as u8;
+                let primaries_outstanding = s.waiting.values().filter(|t| t.primary).count() as u8;
+                if !s.replied {
+                    if s.acks >= s.w && s.primary_acks >= s.pw {
+                        s.replied = true;
+                        outcome = Some(Ok(Outcome::Written(
+                            s.object.clone().expect("acked writes have an object"),
+                        )));
+                    } else if s.object.is_some() && s.acks + outstanding < s.w {
+                        s.replied = true;
+                        outcome = Some(Err(quorum_err("acks", s.w, s.acks, &s.failed)));
+                    } else if s.object.is_some() && s.primary_acks + primaries_outstanding < s.pw {
+                        s.replied = true;
+                        outcome = Some(Err(quorum_err(
+                            "primary acks",
+                            s.pw,
+                            s.primary_acks,
+                            &s.failed,
+                        )));
+                    }
+                }
+                done = s.replied && s.waiting.is_empty();
+            }
+            State::Get(s) => {
+                let outstanding = s.waiting.len() as u8;
+                let primaries_outstanding = s.waiting.values().filter(|t| t.primary).count() as u8;
+                if !s.replied {
+                    // basic_quorum: a majority saying "not found" ends the read early.
+                    let majority_notfound =
+                        !s.notfound_ok && s.basic_quorum && s.notfound > s.n / 2;
+                    if (s.counted >= s.r && s.primary_counted >= s.pr) || majority_notfound {
+                        s.replied = true;
+                        outcome = Some(Ok(Outcome::Read(merge(&s.replies))));
+                    } else if s.counted + outstanding < s.r {
+                        s.replied = true;
+                        // With notfound_ok = false, "not found" replies are not failures:
+                        // enough replicas agree the key is absent.
+                        outcome = Some(if !s.notfound_ok && s.failed.is_empty() {
+                            Ok(Outcome::Read(merge(&s.replies)))
+                        } else {
+                            Err(quorum_err("replies", s.r, s.counted, &s.failed))
+                        });
+                    } else if s.primary_counted + primaries_outstanding < s.pr {
+                        s.replied = true;
+                        outcome = Some(Err(quorum_err(
+                            "primary replies",
+                            s.pr,
+                            s.primary_counted,
+                            &s.failed,
+                        )));
+                    }
+                }
+                done = s.waiting.is_empty();
+            }
+        }
+        if let Some(outcome) = outcome {
+            self.outcomes.push_back((req, outcome));
+        }
+        if done {
+            self.finish(req, None);
+        }
+    }
+
+    /// Ends `req`: replies if it has not yet, sends read repair for gets, forgets it.
+    fn finish(&mut self, req: RequestId, outcome: Option<Result<Outcome, CoordinatorError>>) {
+        let Some(pending) = self.pending.remove(&req) else {
+            return;
+        };
+        self.ops.retain(|_, r| *r != req);
+        if let Some(outcome) = outcome {
+            self.outcomes.push_back((req, outcome));
+        }
+        if let State::Get(s) = pending.state {
+            // Read repair, after the reply: every replica that answered with less than the
+            // merge gets the merge. Replicas that did not answer are left to anti-entropy.
+            let merged = merge(&s.replies);
+            if merged.is_empty() {
+                return;
+            }
+            for (node, obj) in &s.replies {
+                if *obj != merged {
+                    self.transmits.push_back(Transmit {
+                        op: None,
+                        to: *node,
+                        msg: ReplicaOp::Replicate {
+                            key: s.key.clone(),
+                            object: merged.clone(),
+                            hint_for: None,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Time has passed: requests past their deadline fail (or finish, if already answered);
+    /// replicas that never answered a write get hints.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for req in expired {
+            let Some(pending) = self.pending.get_mut(&req) else {
+                continue;
+            };
+            let mut outcome = None;
+            match &mut pending.state {
+                State::Put(s) => {
+                    for t in s.waiting.values() {
+                        s.failed.push((t.node, "timed out".into()));
+                        if s.object.is_some() {
+                            self.hints.push_back(HintNeeded {
+                                key: s.key.clone(),
+                                target: t.hint_for.unwrap_or(t.node),
+                            });
+                        }
+                    }
+                    s.waiting.clear();
+                    if !s.replied {
+                        outcome = Some(if s.object.is_none() {
+                            Err(CoordinatorError::Local(ErrorReply::Storage {
+                                reason: "the local write did not finish in time".into(),
+                            }))
+                        } else if s.acks < s.w {
+                            Err(quorum_err("acks", s.w, s.acks, &s.failed))
+                        } else {
+                            Err(quorum_err("primary acks", s.pw, s.primary_acks, &s.failed))
+                        });
+                    }
+                }
+                State::Get(s) => {
+                    for t in s.waiting.values() {
+                        s.failed.push((t.node, "timed out".into()));
+                    }
+                    s.waiting.clear();
+                    if !s.replied {
+                        outcome = Some(if s.counted < s.r {
+                            Err(quorum_err("replies", s.r, s.counted, &s.failed))
+                        } else {
+                            Err(quorum_err(
+                                "primary replies",
+                                s.pr,
+                                s.primary_counted,
+                                &s.failed,
+                            ))
+                        });
+                    }
+                }
+            }
+            self.finish(req, outcome);
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next finished request.
+    pub fn poll_outcome(&mut self) -> Option<(RequestId, Result<Outcome, CoordinatorError>)> {
+        self.outcomes.pop_front()
+    }
+
+    /// The next hint to make durable.
+    pub fn poll_hint(&mut self) -> Option<HintNeeded> {
+        self.hints.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+}
+
+/// N for `ring`: replicas per key, capped by the number of members.
+pub fn replicas(ring: &Ring) -> usize {
+    ring.config().replicas.min(ring.members().len())
+}
+
+/// The N replicas for `key`: each primary if up, otherwise the next up fallback standing in for
+/// it (with a hint). Primaries with no fallback left are returned separately.
+fn targets(ring: &Ring, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> (Vec<Target>, Vec<NodeId>) {
+    let pl = ring.preference_list(ring.partition_of(key));
+    let mut fallbacks = pl.fallbacks.iter().copied().filter(|f| is_up(*f));
+    let mut targets = Vec::with_capacity(pl.primaries.len());
+    let mut uncovered = Vec::new();
+    for &p in pl.primaries.iter().take(replicas(ring)) {
+        if is_up(p) {
+            targets.push(Target {
+                node: p,
+                primary: true,
+                hint_for: None,
+            });
+        } else if let Some(f) = fallbacks.next() {
+            targets.push(Target {
+                node: f,
+                primary: false,
+                hint_for: Some(p),
+            });
+        } else {
+            uncovered.push(p);
+        }
+    }
+    (targets, uncovered)
+}
+
+/// Where a request for `key` should be coordinated: here if this node is among the replicas
+/// chosen for it, else the first chosen replica.
+pub fn route(ring: &Ring, me: NodeId, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> Route {
+    let (targets, _) = targets(ring, key, is_up);
+    if targets.iter().any(|t| t.node == me) {
+        Route::Local
+    } else if let Some(t) = targets.first() {
+        Route::Forward(t.node)
+    } else {
+        Route::Unavailable
+    }
+}
+
+fn merge(replies: &[(NodeId, Object)]) -> Object {
+    replies
+        .iter()
+        .fold(Object::new(), |acc, (_, obj)| acc.sync(obj))
+}
+
+fn quorum_err(
+    kind: &'static str,
+    needed: u8,
+    got: u8,
+    failed: &[(NodeId, String)],
+) -> CoordinatorError {
+    CoordinatorError::Quorum {
+        kind,
+        needed,
+        got,
+        failed: failed.to_vec(),
+    }
+}

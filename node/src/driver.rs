@@ -1,0 +1,327 @@
+//! The coordinator's driver: one task owns the `Coordinator` state machine, feeds it client
+//! requests, replica answers and time, and carries out what it asks for (local engine calls,
+//! peer requests, hints).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::{
+    Context, ErrorReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Response,
+    WriteOptions,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::coordinator::{
+    ClientWrite, Coordinator, CoordinatorError, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId,
+    Transmit, REQUEST_TIMEOUT_MAX,
+};
+use crate::engine::{Engine, EngineError, Write};
+use crate::limits::{COORDINATOR_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
+use crate::peers::Peers;
+use crate::server::get_reply;
+use crate::version::{decode_context, Object, Payload};
+
+/// A client request for the coordinator.
+pub enum Command {
+    /// Read a key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Quorum choices.
+        opts: ReadOptions,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Write a value or tombstone.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The client's context.
+        context: Context,
+        /// Value or tombstone.
+        payload: Payload,
+        /// Quorum choices.
+        opts: WriteOptions,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// Handle to the coordinator task.
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CoordinatorHandle {
+    /// Submits `cmd`; a full queue is an `Overloaded` answer, not an unbounded wait.
+    pub async fn submit(&self, cmd: Command) -> Response {
+        let (cmd, rx) = match cmd {
+            Command::Get { key, opts, .. } => {
+                let (tx, rx) = oneshot::channel();
+                (
+                    Command::Get {
+                        key,
+                        opts,
+                        reply: tx,
+                    },
+                    rx,
+                )
+            }
+            Command::Put {
+                key,
+                context,
+                payload,
+                opts,
+                ..
+            } => {
+                let (tx, rx) = oneshot::channel();
+                (
+                    Command::Put {
+                        key,
+                        context,
+                        payload,
+                        opts,
+                        reply: tx,
+                    },
+                    rx,
+                )
+            }
+        };
+        if self.tx.try_send(cmd).is_err() {
+            return Response::Error(ErrorReply::Overloaded {
+                reason: format!(
+                    "coordinator queue is full (COORDINATOR_QUEUE_MAX = {COORDINATOR_QUEUE_MAX})"
+                ),
+            });
+        }
+        rx.await
+            .unwrap_or(Response::Error(ErrorReply::ShuttingDown))
+    }
+}
+
+/// What the driver needs to carry out transmits.
+pub struct DriverContext {
+    /// This node.
+    pub me: NodeId,
+    /// The local store.
+    pub engine: Arc<Engine>,
+    /// The other nodes.
+    pub peers: Arc<Peers>,
+}
+
+/// Starts the coordinator task.
+pub fn spawn(coordinator: Coordinator, ctx: Arc<DriverContext>) -> CoordinatorHandle {
+    let (tx, rx) = mpsc::channel(COORDINATOR_QUEUE_MAX);
+    tokio::spawn(run(coordinator, rx, ctx));
+    CoordinatorHandle { tx }
+}
+
+async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
+    let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
+    let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
+    let mut next_req = 0u64;
+    let is_up = {
+        let peers = ctx.peers.clone();
+        move |id| peers.is_up(id)
+    };
+    loop {
+        let deadline = coord.poll_timeout();
+        tokio::select! {
+            biased;
+            Some((op, result)) = results.recv() => coord.handle_result(op, result),
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let req = RequestId(next_req);
+                next_req += 1;
+                let now = std::time::Instant::now();
+                match cmd {
+                    Command::Get { key, opts, reply } => {
+                        waiting.insert(req, reply);
+                        coord.handle_get(now, req, key, &opts, &is_up);
+                    }
+                    Command::Put { key, context, payload, opts, reply } => {
+                        match decode_context(&context) {
+                            Ok(vv) => {
+                                waiting.insert(req, reply);
+                                let write = ClientWrite { key, ctx: vv, payload, opts };
+                                coord.handle_put(now, req, write, &is_up);
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Response::Error(engine_error(e.into())));
+                            }
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => coord.handle_timeout(std::time::Instant::now()),
+        }
+        while let Some(t) = coord.poll_transmit() {
+            tokio::spawn(execute(t, ctx.clone(), results_tx.clone()));
+        }
+        while let Some(h) = coord.poll_hint() {
+            let engine = ctx.engine.clone();
+            let name = ctx.peers.name(h.target);
+            tokio::spawn(async move {
+                if let Err(e) = engine
+                    .apply(h.key, Write::AddHint { target: h.target })
+                    .await
+                {
+                    // Anti-entropy will still repair the key; the hint only speeds it up.
+                    warn!("could not keep a hint for {name}: {e}");
+                }
+            });
+        }
+        while let Some((req, outcome)) = coord.poll_outcome() {
+            if let Some(reply) = waiting.remove(&req) {
+                let _ = reply.send(response(outcome, &ctx.peers));
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Response {
+    match outcome {
+        Ok(Outcome::Read(obj)) => Response::Value(get_reply(&obj)),
+        Ok(Outcome::Written(obj)) => Response::Written(get_reply(&obj)),
+        Err(CoordinatorError::BadOptions(reason)) => {
+            Response::Error(ErrorReply::BadOptions { reason })
+        }
+        Err(CoordinatorError::Local(e)) => Response::Error(e),
+        Err(CoordinatorError::Overloaded(_)) => Response::Error(ErrorReply::Overloaded {
+            reason: "too many requests in flight at this coordinator".into(),
+        }),
+        Err(CoordinatorError::Quorum {
+            kind,
+            needed,
+            got,
+            failed,
+        }) => Response::Error(ErrorReply::QuorumNotReached {
+            kind: kind.to_owned(),
+            needed,
+            got,
+            failed: failed
+                .into_iter()
+                .map(|(node, reason)| ReplicaFailure {
+                    node: peers.name(node),
+                    reason,
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Converts an engine failure into what a client or peer is told.
+pub fn engine_error(e: EngineError) -> ErrorReply {
+    match e {
+        EngineError::Limit(l) => ErrorReply::Limit(l),
+        EngineError::BadContext { reason } => ErrorReply::BadContext { reason },
+        EngineError::Overloaded { .. } | EngineError::HintsFull { .. } => ErrorReply::Overloaded {
+            reason: e.to_string(),
+        },
+        EngineError::Closed => ErrorReply::ShuttingDown,
+        other => {
+            warn!("request failed: {other}");
+            ErrorReply::Storage {
+                reason: other.to_string(),
+            }
+        }
+    }
+}
+
+/// Carries out one transmit and reports the result to the coordinator.
+async fn execute(
+    t: Transmit,
+    ctx: Arc<DriverContext>,
+    results: mpsc::Sender<(OpId, Result<ReplicaResult, ErrorReply>)>,
+) {
+    let result = if t.to == ctx.me {
+        execute_local(t.msg, &ctx.engine).await
+    } else {
+        execute_remote(t.to, t.msg, &ctx.peers).await
+    };
+    if let Some(op) = t.op {
+        // The coordinator task is gone only at shutdown.
+        let _ = results.send((op, result)).await;
+    }
+}
+
+async fn execute_local(msg: ReplicaOp, engine: &Arc<Engine>) -> Result<ReplicaResult, ErrorReply> {
+    match msg {
+        ReplicaOp::Update { key, ctx, payload } => engine
+            .apply(key, Write::Update { ctx, payload })
+            .await
+            .map(ReplicaResult::Object)
+            .map_err(engine_error),
+        ReplicaOp::Replicate {
+            key,
+            object,
+            hint_for,
+        } => engine
+            .apply(key, Write::Merge { object, hint_for })
+            .await
+            .map(|_| ReplicaResult::Ack)
+            .map_err(engine_error),
+        ReplicaOp::Read { key } => {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.get(&key))
+                .await
+                .map_err(|e| ErrorReply::Storage {
+                    reason: e.to_string(),
+                })?
+                .map(ReplicaResult::Object)
+                .map_err(engine_error)
+        }
+    }
+}
+
+/// Peer requests give up after this long; the coordinator's own deadline is usually shorter.
+const PEER_REQUEST_TIMEOUT: Duration = REQUEST_TIMEOUT_MAX;
+
+async fn execute_remote(
+    to: NodeId,
+    msg: ReplicaOp,
+    peers: &Peers,
+) -> Result<ReplicaResult, ErrorReply> {
+    let req = match msg {
+        ReplicaOp::Update { .. } => {
+            return Err(ErrorReply::Malformed {
+                reason: "updates are applied by the coordinating replica only".into(),
+            })
+        }
+        ReplicaOp::Replicate {
+            key,
+            object,
+            hint_for,
+        } => PeerRequest::Replicate {
+            key,
+            object: object.encode(),
+            hint_for,
+        },
+        ReplicaOp::Read { key } => PeerRequest::Read { key },
+    };
+    match peers.request(to, req, PEER_REQUEST_TIMEOUT).await? {
+        PeerResponse::Ack => Ok(ReplicaResult::Ack),
+        PeerResponse::Object(bytes) if bytes.is_empty() => Ok(ReplicaResult::Object(Object::new())),
+        PeerResponse::Object(bytes) => {
+            Object::decode(&bytes)
+                .map(ReplicaResult::Object)
+                .map_err(|e| ErrorReply::Malformed {
+                    reason: format!("peer sent a bad object: {e}"),
+                })
+        }
+        other => Err(ErrorReply::Malformed {
+            reason: format!("peer answered {other:?}"),
+        }),
+    }
+}
