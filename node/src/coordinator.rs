@@ -531,18 +531,19 @@ impl Coordinator {
         let done;
         match &mut pending.state {
             State::Put(s) => {
-                let outstanding = s.waiting.len() as u8;
-                let primaries_outstanding = s.waiting.values().filter(|t| t.primary).count() as u8;
+                // A write that cannot reach W still waits for the replies in flight, so the
+                // error reports every ack the write actually got.
+                let settled = s.object.is_some() && s.waiting.is_empty();
                 if !s.replied {
                     if s.acks >= s.w && s.primary_acks >= s.pw {
                         s.replied = true;
                         outcome = Some(Ok(Outcome::Written(
                             s.object.clone().expect("acked writes have an object"),
                         )));
-                    } else if s.object.is_some() && s.acks + outstanding < s.w {
+                    } else if settled && s.acks < s.w {
                         s.replied = true;
                         outcome = Some(Err(quorum_err("acks", s.w, s.acks, &s.failed)));
-                    } else if s.object.is_some() && s.primary_acks + primaries_outstanding < s.pw {
+                    } else if settled && s.primary_acks < s.pw {
                         s.replied = true;
                         outcome = Some(Err(quorum_err(
                             "primary acks",

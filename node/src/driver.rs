@@ -114,10 +114,13 @@ pub struct DriverContext {
 }
 
 /// Starts the coordinator task.
-pub fn spawn(coordinator: Coordinator, ctx: Arc<DriverContext>) -> CoordinatorHandle {
+pub fn spawn(
+    coordinator: Coordinator,
+    ctx: Arc<DriverContext>,
+) -> (CoordinatorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COORDINATOR_QUEUE_MAX);
-    tokio::spawn(run(coordinator, rx, ctx));
-    CoordinatorHandle { tx }
+    let task = tokio::spawn(run(coordinator, rx, ctx));
+    (CoordinatorHandle { tx }, task)
 }
 
 async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {

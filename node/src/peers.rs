@@ -25,6 +25,12 @@ pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 struct PeerState {
     up: bool,
+    /// Whether an exchange with the peer succeeded since it was last marked down (until then
+    /// `up` is only the optimistic start state).
+    confirmed: bool,
+    /// When the last successful exchange started; failures of exchanges that started earlier
+    /// are stale (e.g. a ping sent before the peer was listening) and ignored.
+    last_success: Option<Instant>,
     backoff: Duration,
     next_probe: Instant,
     last_error: Option<String>,
@@ -69,6 +75,8 @@ impl Peers {
                         // Optimistic: a peer is up until a request or a probe says otherwise.
                         state: Mutex::new(PeerState {
                             up: true,
+                            confirmed: false,
+                            last_success: None,
                             backoff: PROBE_INTERVAL,
                             next_probe: now,
                             last_error: None,
@@ -118,17 +126,34 @@ impl Peers {
             .and_then(|p| p.state.lock().expect("peer lock").last_error.clone())
     }
 
-    fn mark(&self, id: NodeId, up: bool, error: Option<String>) {
+    /// Whether this node has confirmed `id` up by a successful exchange (status shows this;
+    /// routing uses the optimistic `is_up`).
+    pub fn is_confirmed_up(&self, id: NodeId) -> bool {
+        id == self.me
+            || self.peers.get(&id).is_some_and(|p| {
+                let s = p.state.lock().expect("peer lock");
+                s.up && s.confirmed
+            })
+    }
+
+    /// Records the outcome of an exchange with `id` that started at `started`.
+    fn mark(&self, id: NodeId, up: bool, error: Option<String>, started: Instant) {
         let Some(peer) = self.peers.get(&id) else {
             return;
         };
         let was_up = {
             let mut s = peer.state.lock().expect("peer lock");
+            if !up && s.last_success.is_some_and(|t| t > started) {
+                // A newer exchange already succeeded: this failure says nothing current.
+                return;
+            }
             let was_up = s.up;
             s.up = up;
+            s.confirmed = up;
             if up {
                 s.backoff = PROBE_INTERVAL;
                 s.last_error = None;
+                s.last_success = Some(s.last_success.map_or(started, |t| t.max(started)));
             } else {
                 s.last_error = error.clone();
             }
@@ -140,7 +165,7 @@ impl Peers {
                 // Full channel: the handoff loop's periodic scan picks the peer up anyway.
                 let _ = self.up_events.try_send(id);
             } else {
-                info!(peer = %peer.name, "peer is down: {}", error.unwrap_or_default());
+                info!(peer = %peer.name, "peer is down: {}", error.clone().unwrap_or_default());
             }
         }
     }
@@ -172,6 +197,7 @@ impl Peers {
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ErrorReply> {
+        let started = Instant::now();
         let exchange = async {
             let conn = self.connection(id).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -187,6 +213,9 @@ impl Peers {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
+        if result.is_ok() {
+            self.mark(id, true, None, started);
+        }
         match result {
             Ok(Response::Peer(resp)) => Ok(resp),
             Ok(Response::Error(e)) => Err(e),
@@ -194,7 +223,7 @@ impl Peers {
                 reason: format!("peer answered {other:?}"),
             }),
             Err(reason) => {
-                self.mark(id, false, Some(reason.clone()));
+                self.mark(id, false, Some(reason.clone()), started);
                 Err(ErrorReply::Unreachable {
                     node: self.name(id),
                     reason,
@@ -207,13 +236,16 @@ impl Peers {
         let req = PeerRequest::Ping {
             from: self.my_name.clone(),
         };
+        let started = Instant::now();
         match self.request(id, req, PING_TIMEOUT).await {
-            Ok(PeerResponse::Pong { .. }) => {
-                self.mark(id, true, None);
-                true
-            }
+            Ok(PeerResponse::Pong { .. }) => true,
             Ok(other) => {
-                self.mark(id, false, Some(format!("odd answer to ping: {other:?}")));
+                self.mark(
+                    id,
+                    false,
+                    Some(format!("odd answer to ping: {other:?}")),
+                    started,
+                );
                 false
             }
             Err(e) => {

@@ -132,7 +132,7 @@ impl Node {
                 .map(|(id, name, addr, _)| (*id, name.clone(), *addr)),
             up_tx,
         ));
-        let coordinator = crate::driver::spawn(
+        let (coordinator, driver_task) = crate::driver::spawn(
             Coordinator::new(me, ring.clone()),
             Arc::new(DriverContext {
                 me,
@@ -156,7 +156,9 @@ impl Node {
                 .collect(),
         });
         let tasks = vec![
+            // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared)),
+            driver_task,
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
@@ -183,13 +185,10 @@ impl Node {
 
     /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections and
     /// the database.
-    pub async fn shutdown(self) -> Result<(), NodeError> {
-        for task in &self.tasks {
-            task.abort();
-        }
-        for task in self.tasks {
-            let _ = task.await;
-        }
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let accept = self.tasks.remove(0);
+        accept.abort();
+        let _ = accept.await;
         // Taking every permit means no request is running; new streams cannot start after the
         // endpoint closes below.
         let drained = tokio::time::timeout(
@@ -202,6 +201,14 @@ impl Node {
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The coordinator, probes and handoff hold the endpoint and the engine: stop them so
+        // the socket and the database are released before shutdown returns.
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
         // Dropping the last engine handle drains the write queue and joins the writer thread.
         let engine = self.engine;
         tokio::task::spawn_blocking(move || {
@@ -450,7 +457,8 @@ fn status(shared: &Shared) -> StatusReply {
             .map(|(id, name, addr)| MemberStatus {
                 name: name.clone(),
                 addr: addr.clone(),
-                status: if shared.peers.is_up(*id) {
+                // Only what an exchange confirmed: a peer not heard from yet is not shown up.
+                status: if shared.peers.is_confirmed_up(*id) {
                     "up"
                 } else {
                     "down"

@@ -3,7 +3,6 @@
 //! to node ids.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
 
 use cairn_proto::NodeId;
 
@@ -11,13 +10,13 @@ use cairn_proto::NodeId;
 ///
 /// Every slot owns `floor(Q/n)` or `ceil(Q/n)` partitions, and the distance between two
 /// partitions of the same slot, going round the ring, is never below
-/// `min(n, floor(Q / ceil(Q/n)))`. No sequence can do better: n + 1 consecutive partitions must
-/// repeat an owner, and a slot with `ceil(Q/n)` partitions cannot keep all its gaps above
-/// `Q / ceil(Q/n)`. So whenever any claim keeps a node out of every window of N consecutive
-/// partitions, this one does.
+/// `min(n, floor(Q / ceil(Q/n)))`. No balanced claim can do better: any n + 1 consecutive
+/// partitions repeat an owner, and the gaps of a slot owning `ceil(Q/n)` partitions sum to Q, so
+/// the smallest is at most `floor(Q / ceil(Q/n))`. So whenever any balanced claim keeps every
+/// node out of each window of N consecutive partitions, this one does.
 ///
-/// Construction, with `Q = q·n + r`: the first `r` slots ("heavy", `q + 1` partitions each) and the
-/// other `m = n - r` ("light", `q` each). The ring is `q + 1` rounds; every round is all heavy
+/// Construction, with `Q = q·n + r`: the first `r` slots are "heavy" (`q + 1` partitions each),
+/// the other `m = n - r` "light" (`q` each). The ring is `q + 1` rounds; every round is all heavy
 /// slots in order, followed by the next chunk of an endless walk over the light slots in order.
 /// The chunks share the `q·m` light places as evenly as possible. A heavy slot's gap is one round,
 /// `r + chunk ≥ r + floor(q·m/(q+1)) = floor(Q/(q+1))`; a light slot's gap is one walk period
@@ -93,18 +92,42 @@ pub(crate) fn targets(counts: &[usize], partitions: usize) -> Vec<usize> {
     target
 }
 
-/// Cyclic distance from partition `p` to the nearest other partition in `owned` (`partitions`
-/// when there is none: farther than any real distance).
-fn nearest(owned: &BTreeSet<usize>, p: usize, partitions: usize) -> usize {
-    // The others in ring order after `p`: the first follows it, the last precedes it.
-    let mut others = owned.range(p + 1..).chain(owned.range(..p));
-    let Some(&next) = others.next() else {
-        return partitions;
-    };
-    let prev = others.next_back().copied().unwrap_or(next);
-    let after = (next + partitions - p) % partitions;
-    let before = (p + partitions - prev) % partitions;
-    after.min(before)
+/// Fills `out[p]` with the cyclic distance from partition `p` to the nearest partition owned by
+/// `member` (Q when it owns none: farther than any real distance).
+fn distances_to(owner: &[Option<usize>], member: usize, out: &mut [usize]) {
+    let q = owner.len();
+    // Two laps each way: the first finds the last partition of `member` before the start, the
+    // second records. `since` is the distance back (or forward) to the nearest one seen.
+    let mut since = q;
+    for step in 0..2 * q {
+        let p = step % q;
+        since = if owner[p] == Some(member) {
+            0
+        } else {
+            (since + 1).min(q)
+        };
+        if step >= q {
+            out[p] = since;
+        }
+    }
+    since = q;
+    for step in 0..2 * q {
+        let p = q - 1 - step % q;
+        since = if owner[p] == Some(member) {
+            0
+        } else {
+            (since + 1).min(q)
+        };
+        if step >= q {
+            out[p] = out[p].min(since);
+        }
+    }
+}
+
+/// Whether the owner of `p` also owns another partition less than `window` away.
+fn crowded(owner: &[Option<usize>], p: usize, window: usize) -> bool {
+    let q = owner.len();
+    (1..window).any(|d| owner[(p + d) % q] == owner[p] || owner[(p + q - d) % q] == owner[p])
 }
 
 /// New owners for a changed member set, moving as few partitions as the balance targets allow.
@@ -119,7 +142,7 @@ fn nearest(owned: &BTreeSet<usize>, p: usize, partitions: usize) -> usize {
 /// above target, the one that ranks highest by, in turn:
 /// 1. its distance to the receiver's nearest partition, up to N (so the receiver does not appear
 ///    twice among N consecutive owners when it can avoid it);
-/// 2. whether it is an orphan or sits within N of another partition of its donor (taking those
+/// 2. whether it is an orphan or sits less than N from another partition of its donor (taking those
 ///    heals crowding left by earlier changes, at no extra moves);
 /// 3. its distance to the receiver's nearest partition, beyond N (a joining node's partitions end
 ///    up evenly spread);
@@ -132,17 +155,15 @@ fn nearest(owned: &BTreeSet<usize>, p: usize, partitions: usize) -> usize {
 pub(crate) fn rebalance(owners: &[NodeId], members: &[NodeId], replicas: usize) -> Vec<NodeId> {
     let partitions = owners.len();
     let n = members.len();
+    let window = replicas.min(partitions);
     let mut owner: Vec<Option<usize>> = owners
         .iter()
         .map(|id| members.binary_search(id).ok())
         .collect();
-    let mut owned: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
-    for (p, o) in owner.iter().enumerate() {
-        if let Some(i) = *o {
-            owned[i].insert(p);
-        }
+    let mut counts = vec![0; n];
+    for &i in owner.iter().flatten() {
+        counts[i] += 1;
     }
-    let counts: Vec<usize> = owned.iter().map(BTreeSet::len).collect();
     let target = targets(&counts, partitions);
     let mut excess: Vec<usize> = (0..n)
         .map(|i| counts[i].saturating_sub(target[i]))
@@ -150,6 +171,7 @@ pub(crate) fn rebalance(owners: &[NodeId], members: &[NodeId], replicas: usize) 
     let mut deficit: Vec<usize> = (0..n)
         .map(|i| target[i].saturating_sub(counts[i]))
         .collect();
+    let mut distance = vec![0; partitions];
 
     // Targets sum to Q = orphans + owned partitions, so the deficits always equal the orphans
     // plus the excesses: every receiver finds a candidate, and when the deficits reach zero no
@@ -158,17 +180,15 @@ pub(crate) fn rebalance(owners: &[NodeId], members: &[NodeId], replicas: usize) 
         .filter(|&i| deficit[i] > 0)
         .max_by_key(|&i| (deficit[i], Reverse(i)))
     {
+        distances_to(&owner, receiver, &mut distance);
         let mut best: Option<((usize, bool, usize, usize), usize)> = None;
         for (p, from) in owner.iter().enumerate() {
             let (relieves, donor_rank) = match *from {
                 None => (true, usize::MAX),
-                Some(i) if excess[i] > 0 => {
-                    (nearest(&owned[i], p, partitions) < replicas, excess[i])
-                }
+                Some(i) if excess[i] > 0 => (crowded(&owner, p, window), excess[i]),
                 Some(_) => continue,
             };
-            let distance = nearest(&owned[receiver], p, partitions);
-            let key = (distance.min(replicas), relieves, distance, donor_rank);
+            let key = (distance[p].min(window), relieves, distance[p], donor_rank);
             // Strictly greater: among equal keys the lowest partition wins.
             if best.is_none_or(|(k, _)| key > k) {
                 best = Some((key, p));
@@ -177,10 +197,8 @@ pub(crate) fn rebalance(owners: &[NodeId], members: &[NodeId], replicas: usize) 
         let (_, p) = best.expect("deficits equal orphans plus excesses");
         if let Some(donor) = owner[p] {
             excess[donor] -= 1;
-            owned[donor].remove(&p);
         }
         owner[p] = Some(receiver);
-        owned[receiver].insert(p);
         deficit[receiver] -= 1;
     }
     owner
@@ -274,12 +292,26 @@ mod tests {
     }
 
     #[test]
-    fn nearest_wraps_around() {
-        let owned: BTreeSet<usize> = [2, 10].into_iter().collect();
-        assert_eq!(nearest(&owned, 3, 16), 1);
-        assert_eq!(nearest(&owned, 6, 16), 4);
-        assert_eq!(nearest(&owned, 15, 16), 3);
-        assert_eq!(nearest(&owned, 0, 16), 2);
-        assert_eq!(nearest(&BTreeSet::new(), 0, 16), 16);
+    fn distances_wrap_around() {
+        let mut owner = vec![None; 16];
+        owner[2] = Some(0);
+        owner[10] = Some(0);
+        owner[5] = Some(1);
+        let mut out = vec![0; 16];
+        distances_to(&owner, 0, &mut out);
+        assert_eq!(out, [2, 1, 0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3]);
+        distances_to(&owner, 2, &mut out);
+        assert_eq!(out, [16; 16]);
+    }
+
+    #[test]
+    fn crowded_looks_both_ways_within_the_window() {
+        let owner: Vec<Option<usize>> = [0, 1, 0, 2, 3, 4, 5, 1].map(Some).to_vec();
+        assert!(crowded(&owner, 0, 3));
+        assert!(!crowded(&owner, 0, 2));
+        // Partition 7 and partition 1 are two apart across the wrap.
+        assert!(crowded(&owner, 1, 3));
+        assert!(crowded(&owner, 7, 3));
+        assert!(!crowded(&owner, 3, 7));
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for Cairn's integration tests: a cluster directory with real certificates and
 //! in-process nodes serving real QUIC on loopback.
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

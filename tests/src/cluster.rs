@@ -1,0 +1,173 @@
+//! In-process clusters of real nodes serving real QUIC on loopback, for multi-node tests.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use cairn_client::Client;
+use cairn_node::{ClusterConfig, MemberConfig, Node, NodeConfig};
+
+use crate::TestDir;
+
+/// A cluster of `n` nodes named node1..nodeN, each on its own loopback port.
+pub struct TestCluster {
+    /// Certificates and data directories.
+    pub dir: TestDir,
+    configs: Vec<NodeConfig>,
+    nodes: Vec<Option<Node>>,
+}
+
+/// Ports handed to test nodes: below Linux's ephemeral range (32768–60999), so a port a
+/// stopped node releases is not taken by some other socket's `bind(0)` before it restarts.
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free UDP port on loopback (bound, then released for the node to take).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(NODE_PORTS);
+        if let Ok(sock) = UdpSocket::bind(("127.0.0.1", port)) {
+            return Ok(sock.local_addr()?);
+        }
+    }
+    anyhow::bail!("no free UDP port in {NODE_PORTS:?}")
+}
+
+impl TestCluster {
+    /// Configures and starts `n` nodes with N = `replicas` and Q = `partitions`.
+    pub async fn start(n: usize, replicas: u8, partitions: u32) -> anyhow::Result<TestCluster> {
+        let dir = TestDir::new()?;
+        let names: Vec<String> = (1..=n).map(|k| format!("node{k}")).collect();
+        let addrs = names
+            .iter()
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let members: Vec<MemberConfig> = names
+            .iter()
+            .zip(&addrs)
+            .map(|(name, addr)| MemberConfig {
+                name: name.clone(),
+                addr: *addr,
+                zone: None,
+            })
+            .collect();
+        let mut configs = Vec::new();
+        for (name, addr) in names.iter().zip(&addrs) {
+            let mut config = dir.node_config(name)?;
+            config.listen = *addr;
+            config.cluster = Some(ClusterConfig {
+                replicas,
+                partitions,
+                members: members.clone(),
+            });
+            configs.push(config);
+        }
+        let mut cluster = TestCluster {
+            dir,
+            configs,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let node = Node::start(cluster.configs[i].clone()).await?;
+            cluster.nodes.push(Some(node));
+        }
+        // Nodes that started before their peers saw them down; wait until every view agrees.
+        cluster.wait_all_up().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node sees every running node up.
+    pub async fn wait_all_up(&self) -> anyhow::Result<()> {
+        let running: Vec<usize> = (1..=self.nodes.len())
+            .filter(|k| self.nodes[k - 1].is_some())
+            .collect();
+        let names: Vec<String> = running.iter().map(|k| format!("node{k}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &k in &running {
+            let client = self.client(k).await?;
+            loop {
+                let status = client.status().await?;
+                let all_up = status
+                    .members
+                    .iter()
+                    .filter(|m| names.contains(&m.name))
+                    .all(|m| m.status == "up");
+                if all_up {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "node{k} still sees peers down: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The running node `k` (1-based).
+    pub fn node(&self, k: usize) -> &Node {
+        self.nodes[k - 1].as_ref().expect("node is running")
+    }
+
+    /// The address of node `k`.
+    pub fn addr(&self, k: usize) -> SocketAddr {
+        self.configs[k - 1].listen
+    }
+
+    /// Stops node `k` (cleanly; its data stays).
+    pub async fn stop(&mut self, k: usize) -> anyhow::Result<()> {
+        if let Some(node) = self.nodes[k - 1].take() {
+            node.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `k` again on the same address and data.
+    pub async fn restart(&mut self, k: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The old socket may linger for a moment after shutdown; retry the bind until the
+        // deadline.
+        loop {
+            match Node::start(self.configs[k - 1].clone()).await {
+                Ok(node) => {
+                    self.nodes[k - 1] = Some(node);
+                    return self.wait_all_up().await;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart of node{k} failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A client connected to node `k`.
+    pub async fn client(&self, k: usize) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.addr(k), &self.dir.client_identity()?).await?)
+    }
+
+    /// Stops every running node.
+    pub async fn shutdown(mut self) {
+        for k in 1..=self.nodes.len() {
+            let _ = self.stop(k).await;
+        }
+    }
+}
+
+/// Polls `cond` until it is true, failing the test after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Multi-node clusters over real QUIC on loopback: quorums through a dead node, hinted handoff,
+//! read repair, and siblings visible from every node.
+
+use std::time::Duration;
+
+use cairn_client::ClientError;
+use cairn_node::engine::Write;
+use cairn_node::version::{Payload, VClock};
+use cairn_proto::{Context, ErrorReply, ReadOptions, WriteOptions};
+use cairn_tests::cluster::{eventually, TestCluster};
+
+fn w(n: u8) -> WriteOptions {
+    WriteOptions {
+        w: Some(n),
+        ..Default::default()
+    }
+}
+
+fn r(n: u8) -> ReadOptions {
+    ReadOptions {
+        r: Some(n),
+        ..Default::default()
+    }
+}
+
+fn values(reply: &cairn_proto::GetReply) -> Vec<Vec<u8>> {
+    let mut v: Vec<_> = reply.siblings.iter().map(|s| s.value.clone()).collect();
+    v.sort();
+    v
+}
+
+/// The live values node `k` holds locally for `key`.
+async fn local_values(cluster: &TestCluster, k: usize, key: &[u8]) -> Vec<Vec<u8>> {
+    let obj = cluster.node(k).engine().get(key).unwrap();
+    let mut v: Vec<_> = obj.live().into_iter().map(|(_, v)| v.to_vec()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_fails_w3_but_not_w2_and_gets_its_hints_back() {
+    let mut cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    c1.put(b"before", b"v0", &Context::empty(), &w(3))
+        .await
+        .unwrap();
+
+    cluster.stop(3).await.unwrap();
+    // W=2 succeeds through the dead node (the first try may spend its time discovering it).
+    c1.put(b"k", b"v1", &Context::empty(), &w(2)).await.unwrap();
+    let err = c1
+        .put(b"k2", b"v2", &Context::empty(), &w(3))
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Node(ErrorReply::QuorumNotReached {
+            needed,
+            got,
+            failed,
+            ..
+        }) => {
+            assert_eq!((needed, got), (3, 2));
+            assert!(failed.iter().any(|f| f.node == "node3"), "{failed:?}");
+        }
+        other => panic!("W=3 with a dead node answered {other:?}"),
+    }
+    let status = c1.status().await.unwrap();
+    let me = status.members.iter().find(|m| m.name == "node1").unwrap();
+    assert!(me.hints_pending.unwrap() >= 1, "{status:?}");
+
+    cluster.restart(3).await.unwrap();
+    // Hints arrive: node3 holds the values it missed, and node1's hints drain.
+    eventually(
+        "node3 to receive its hints",
+        Duration::from_secs(30),
+        || async {
+            local_values(&cluster, 3, b"k").await == vec![b"v1".to_vec()]
+                && local_values(&cluster, 3, b"k2").await == vec![b"v2".to_vec()]
+        },
+    )
+    .await;
+    eventually("hints to drain", Duration::from_secs(30), || async {
+        let mut pending = 0;
+        for k in 1..=3 {
+            pending += cluster.node(k).engine().hint_counts().values().sum::<u64>();
+        }
+        pending == 0
+    })
+    .await;
+    let c3 = cluster.client(3).await.unwrap();
+    assert_eq!(
+        values(&c3.get(b"k", &r(3)).await.unwrap()),
+        vec![b"v1".to_vec()]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_repairs_a_stale_replica() {
+    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    c1.put(b"k", b"old", &Context::empty(), &w(3))
+        .await
+        .unwrap();
+    // Make node2's copy newer behind everyone's back: node1 and node3 are now stale.
+    let ctx = cluster.node(2).engine().get(b"k").unwrap().join();
+    cluster
+        .node(2)
+        .engine()
+        .apply(
+            b"k".to_vec(),
+            Write::Update {
+                ctx,
+                payload: Payload::Value(b"new".to_vec()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(local_values(&cluster, 1, b"k").await, vec![b"old".to_vec()]);
+
+    let read = c1.get(b"k", &r(3)).await.unwrap();
+    assert_eq!(values(&read), vec![b"new".to_vec()]);
+    for k in [1, 3] {
+        eventually(
+            &format!("read repair of node{k}"),
+            Duration::from_secs(20),
+            || async { local_values(&cluster, k, b"k").await == vec![b"new".to_vec()] },
+        )
+        .await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_two_coordinators_are_siblings_everywhere() {
+    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    let c2 = cluster.client(2).await.unwrap();
+    c1.put(b"k", b"from-1", &Context::empty(), &w(3))
+        .await
+        .unwrap();
+    c2.put(b"k", b"from-2", &Context::empty(), &w(3))
+        .await
+        .unwrap();
+
+    let mut context = Context::empty();
+    for k in 1..=3 {
+        let c = cluster.client(k).await.unwrap();
+        let read = c.get(b"k", &r(3)).await.unwrap();
+        assert_eq!(
+            values(&read),
+            vec![b"from-1".to_vec(), b"from-2".to_vec()],
+            "via node{k}"
+        );
+        context = read.context;
+    }
+    let c3 = cluster.client(3).await.unwrap();
+    c3.put(b"k", b"merged", &context, &w(3)).await.unwrap();
+    for k in 1..=3 {
+        assert_eq!(
+            local_values(&cluster, k, b"k").await,
+            vec![b"merged".to_vec()]
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_place_three_replicas_and_forward() {
+    let cluster = TestCluster::start(5, 3, 32).await.unwrap();
+    let c = cluster.client(4).await.unwrap();
+    for i in 0..40 {
+        let key = format!("key{i}");
+        c.put(key.as_bytes(), b"v", &Context::empty(), &w(3))
+            .await
+            .unwrap();
+    }
+    for i in 0..40 {
+        let key = format!("key{i}");
+        let holders = (1..=5)
+            .filter(|k| {
+                !cluster
+                    .node(*k)
+                    .engine()
+                    .get(key.as_bytes())
+                    .unwrap()
+                    .is_empty()
+            })
+            .count();
+        assert_eq!(holders, 3, "{key} is on {holders} nodes, not N=3");
+        let c5 = cluster.client(5).await.unwrap();
+        assert_eq!(
+            values(&c5.get(key.as_bytes(), &r(3)).await.unwrap()),
+            vec![b"v".to_vec()]
+        );
+    }
+    // Impossible options are refused up front.
+    let err = c.get(b"key0", &r(4)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Node(ErrorReply::BadOptions { .. })),
+        "{err}"
+    );
+    let _ = VClock::new();
+    cluster.shutdown().await;
+}
