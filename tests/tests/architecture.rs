@@ -93,16 +93,16 @@ fn pure_crates_never_depend_on_io_crates() {
 }
 
 /// Modules inside `node` that are pure cores: no sockets, disk, clock, threads or ambient RNG.
-const PURE_MODULES: &[&str] = &["node/src/version.rs"];
+const PURE_MODULES: &[&str] = &["node/src/version.rs", "node/src/coordinator.rs"];
+/// Time may appear as a type (`now: Instant` is passed in) but never be read.
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "quinn",
     "redb",
     "std::fs",
     "std::net",
-    "std::time",
     "std::thread",
-    "Instant",
+    "Instant::now",
     "SystemTime",
     "thread_rng",
     "OsRng",

@@ -205,3 +205,19 @@ async fn limits_are_enforced_by_the_node_not_only_the_client() {
     ));
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_certificate_cannot_send_peer_requests() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let conn = raw_connection(node.local_addr(), &dir.client_identity().unwrap()).await;
+    // A client pretending to be a replica, trying to plant an object.
+    let forged = Request::Peer(cairn_proto::PeerRequest::Read { key: b"k".to_vec() });
+    assert_eq!(
+        send_raw(&conn, &cairn_proto::encode_frame(&forged).unwrap())
+            .await
+            .unwrap(),
+        Response::Error(ErrorReply::NotAPeer)
+    );
+    node.shutdown().await.unwrap();
+}
