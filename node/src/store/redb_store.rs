@@ -40,10 +40,10 @@ const FORMAT_VERSION: u64 = 1;
 /// The database file's name inside the node's data directory.
 pub const DB_FILE: &str = "cairn.redb";
 
-fn io(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+fn io<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Io {
         op,
-        reason: e.to_string(),
+        reason: e.into().to_string(),
     }
 }
 
@@ -76,23 +76,19 @@ impl RedbStore {
             path: path.clone(),
         };
         // Create both tables up front so readers never meet a missing table.
-        let txn = store.db.begin_write().map_err(|e| io("begin")(e.into()))?;
+        let txn = store.db.begin_write().map_err(io("begin"))?;
         {
-            txn.open_table(OBJECTS)
-                .map_err(|e| io("open table")(e.into()))?;
-            txn.open_table(HINTS)
-                .map_err(|e| io("open table")(e.into()))?;
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| io("open table")(e.into()))?;
+            txn.open_table(OBJECTS).map_err(io("open table"))?;
+            txn.open_table(HINTS).map_err(io("open table"))?;
+            let mut meta = txn.open_table(META).map_err(io("open table"))?;
             let format = meta
                 .get("format")
-                .map_err(|e| io("read meta")(e.into()))?
+                .map_err(io("read meta"))?
                 .map(|g| g.value());
             match format {
                 None => {
                     meta.insert("format", FORMAT_VERSION)
-                        .map_err(|e| io("write meta")(e.into()))?;
+                        .map_err(io("write meta"))?;
                 }
                 Some(FORMAT_VERSION) => {}
                 Some(other) => {
@@ -102,7 +98,7 @@ impl RedbStore {
                 }
             }
         }
-        txn.commit().map_err(|e| io("commit")(e.into()))?;
+        txn.commit().map_err(io("commit"))?;
         Ok(store)
     }
 
@@ -112,20 +108,22 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    /// Opens `def` in a fresh read transaction (a snapshot of the last commit).
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
+        let txn = self.db.begin_read().map_err(io("begin read"))?;
+        txn.open_table(def).map_err(io("open table"))
+    }
+}
+
 impl Store for RedbStore {
     fn meta(&self) -> Result<Option<NodeMeta>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io("begin read")(e.into()))?;
-        let table = txn
-            .open_table(META)
-            .map_err(|e| io("open table")(e.into()))?;
+        let table = self.read_table(META)?;
         let get = |k: &str| -> Result<Option<u64>, StoreError> {
-            Ok(table
-                .get(k)
-                .map_err(|e| io("read meta")(e.into()))?
-                .map(|g| g.value()))
+            Ok(table.get(k).map_err(io("read meta"))?.map(|g| g.value()))
         };
         match (get("node")?, get("epoch")?, get("lease_end")?) {
             (None, None, None) => Ok(None),
@@ -141,73 +139,55 @@ impl Store for RedbStore {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io("begin read")(e.into()))?;
-        let table = txn
-            .open_table(OBJECTS)
-            .map_err(|e| io("open table")(e.into()))?;
+        let table = self.read_table(OBJECTS)?;
         Ok(table
             .get(key)
-            .map_err(|e| io("read")(e.into()))?
+            .map_err(io("read"))?
             .map(|g| g.value().to_vec()))
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| io("begin")(e.into()))?;
+        let mut txn = self.db.begin_write().map_err(io("begin"))?;
         // The default already, stated because acknowledgements depend on it: commit returns only
         // after the data is on stable storage.
         txn.set_durability(Durability::Immediate)
-            .map_err(|e| io("set durability")(e.into()))?;
+            .map_err(io("set durability"))?;
         {
-            let mut objects = txn
-                .open_table(OBJECTS)
-                .map_err(|e| io("open table")(e.into()))?;
+            let mut objects = txn.open_table(OBJECTS).map_err(io("open table"))?;
             for (k, v) in &batch.puts {
                 objects
                     .insert(k.as_slice(), v.as_slice())
-                    .map_err(|e| io("write")(e.into()))?;
+                    .map_err(io("write"))?;
             }
             if !batch.hints_put.is_empty() || !batch.hints_remove.is_empty() {
-                let mut hints = txn
-                    .open_table(HINTS)
-                    .map_err(|e| io("open table")(e.into()))?;
+                let mut hints = txn.open_table(HINTS).map_err(io("open table"))?;
                 for h in &batch.hints_put {
                     hints
                         .insert(hint_key(h.target, &h.key).as_slice(), h.seq)
-                        .map_err(|e| io("write hint")(e.into()))?;
+                        .map_err(io("write hint"))?;
                 }
                 for (t, k) in &batch.hints_remove {
                     hints
                         .remove(hint_key(*t, k).as_slice())
-                        .map_err(|e| io("remove hint")(e.into()))?;
+                        .map_err(io("remove hint"))?;
                 }
             }
             if let Some(m) = batch.meta {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| io("open table")(e.into()))?;
+                let mut meta = txn.open_table(META).map_err(io("open table"))?;
                 for (k, v) in [
                     ("node", m.node.0),
                     ("epoch", m.epoch),
                     ("lease_end", m.lease_end),
                 ] {
-                    meta.insert(k, v).map_err(|e| io("write meta")(e.into()))?;
+                    meta.insert(k, v).map_err(io("write meta"))?;
                 }
             }
         }
-        txn.commit().map_err(|e| io("commit")(e.into()))
+        txn.commit().map_err(io("commit"))
     }
 
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io("begin read")(e.into()))?;
-        let table = txn
-            .open_table(HINTS)
-            .map_err(|e| io("open table")(e.into()))?;
+        let table = self.read_table(HINTS)?;
         let start = hint_key(target, &[]);
         let end = hint_key(NodeId(target.0.wrapping_add(1)), &[]);
         let range = if target.0 == u64::MAX {
@@ -215,10 +195,10 @@ impl Store for RedbStore {
         } else {
             table.range(start.as_slice()..end.as_slice())
         }
-        .map_err(|e| io("read hints")(e.into()))?;
+        .map_err(io("read hints"))?;
         let mut out = Vec::new();
         for entry in range.take(limit) {
-            let (k, seq) = entry.map_err(|e| io("read hints")(e.into()))?;
+            let (k, seq) = entry.map_err(io("read hints"))?;
             let (t, key) = split_hint_key(k.value())?;
             out.push(Hint {
                 target: t,
@@ -230,16 +210,10 @@ impl Store for RedbStore {
     }
 
     fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io("begin read")(e.into()))?;
-        let table = txn
-            .open_table(HINTS)
-            .map_err(|e| io("open table")(e.into()))?;
+        let table = self.read_table(HINTS)?;
         Ok(table
             .get(hint_key(target, key).as_slice())
-            .map_err(|e| io("read hint")(e.into()))?
+            .map_err(io("read hint"))?
             .map(|seq| Hint {
                 target,
                 key: key.to_vec(),
@@ -248,16 +222,10 @@ impl Store for RedbStore {
     }
 
     fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| io("begin read")(e.into()))?;
-        let table = txn
-            .open_table(HINTS)
-            .map_err(|e| io("open table")(e.into()))?;
+        let table = self.read_table(HINTS)?;
         let mut counts = std::collections::BTreeMap::new();
-        for entry in table.iter().map_err(|e| io("read hints")(e.into()))? {
-            let (k, _) = entry.map_err(|e| io("read hints")(e.into()))?;
+        for entry in table.iter().map_err(io("read hints"))? {
+            let (k, _) = entry.map_err(io("read hints"))?;
             let (t, _) = split_hint_key(k.value())?;
             *counts.entry(t).or_insert(0u64) += 1;
         }
