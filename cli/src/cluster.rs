@@ -121,7 +121,7 @@ pub fn nodes(dir: &Path) -> anyhow::Result<Vec<NodeEntry>> {
 }
 
 /// Orders `node2` before `node10`.
-fn sort_node_names(names: &mut [String]) {
+pub fn sort_node_names(names: &mut [String]) {
     fn key(name: &str) -> (&str, u64, &str) {
         let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         let (stem, number) = name.split_at(name.len() - digits);

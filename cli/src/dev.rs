@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use cairn_client::Client;
 use cairn_net::{ClusterCa, Identity};
-use cairn_node::{NodeConfig, TlsPaths};
+use cairn_node::{ClusterConfig, MemberConfig, NodeConfig, TlsPaths};
 use clap::Args;
 use rustix::process::Signal;
 use tokio::sync::mpsc;
@@ -19,23 +19,34 @@ use tokio::time::Instant;
 use crate::cert;
 use crate::cluster::{self, dial_addr, DEFAULT_DIR};
 use crate::limits::{
-    LOG_SCAN_BYTES_MAX, LOG_TAIL_BYTES_MAX, READY_ATTEMPT_TIMEOUT, READY_BACKOFF_MAX,
-    READY_BACKOFF_MIN, READY_TIMEOUT, STOP_TIMEOUT,
+    DEV_NODES_DEFAULT, DEV_NODES_MAX, DEV_PARTITIONS, DEV_REPLICAS, LOG_SCAN_BYTES_MAX,
+    LOG_TAIL_BYTES_MAX, READY_ATTEMPT_TIMEOUT, READY_BACKOFF_MAX, READY_BACKOFF_MIN, READY_TIMEOUT,
+    STOP_TIMEOUT,
 };
 use crate::signals::{self, StopSignals};
 use crate::start::LISTENING;
-use crate::Outcome;
+use crate::{Outcome, UsageError};
 
 /// `cairn dev`
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Number of nodes. Must be 1 until replication is built.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    nodes: usize,
+    /// Number of nodes, 1 to 16 [default: 3 for a new directory, else the nodes it holds]. An
+    /// existing directory keeps its cluster: a different --nodes is refused, not applied.
+    #[arg(long, value_name = "N", value_parser = parse_nodes)]
+    nodes: Option<usize>,
     /// Cluster directory: created if missing; if it exists, its CA, certificates, configs (and
     /// so ports) and data are reused.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
     dir: PathBuf,
+}
+
+fn parse_nodes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=DEV_NODES_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a node count from 1 to DEV_NODES_MAX ({DEV_NODES_MAX})"
+        )),
+    }
 }
 
 /// The cluster name recorded in a dev CA.
@@ -62,9 +73,6 @@ impl DevNode {
 
 /// Runs the dev cluster until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
-    if args.nodes != 1 {
-        crate::usage_error("dev", "replication is not built yet; --nodes must be 1");
-    }
     // Caught first: a Ctrl-C while nodes start still stops them.
     let mut signals = StopSignals::catch()?;
     std::fs::create_dir_all(&args.dir)
@@ -131,6 +139,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
     );
     println!("  cairn put k v{cluster_flag}");
     println!("  cairn get k{cluster_flag}");
+    println!("  cairn status{cluster_flag}");
 
     let stopped_by = loop {
         tokio::select! {
@@ -151,14 +160,138 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Makes (or reuses) the CA, the client identity and each node's directory, certificate and
-/// config.
-fn prepare(dir: &Path, count: usize) -> anyhow::Result<Vec<DevNode>> {
+/// config. A fresh directory gets `nodes` nodes (default `DEV_NODES_DEFAULT`), every config
+/// listing every member; an existing one keeps the cluster it holds, and a `nodes` that differs
+/// from it is refused.
+fn prepare(dir: &Path, nodes: Option<usize>) -> anyhow::Result<Vec<DevNode>> {
     let ca = cert::load_or_create_ca(dir, DEV_CLUSTER_NAME)?;
     let client_dir = cluster::client_dir(dir);
     ensure_issued(&client_dir, "client", || ca.issue_client("dev"))?;
-    (1..=count)
-        .map(|k| prepare_node(dir, &ca, &cluster::node_name(k)))
+    let existing = existing_nodes(dir)?;
+    if existing.is_empty() {
+        return create_nodes(dir, &ca, nodes.unwrap_or(DEV_NODES_DEFAULT));
+    }
+    if let Some(n) = nodes.filter(|n| *n != existing.len()) {
+        let held = existing.len();
+        return Err(UsageError(format!(
+            "{} holds a {held}-node cluster; --nodes {n} would change it. Run without --nodes (or with --nodes {held}) to reuse it, or pick another --dir for {n} nodes",
+            dir.display()
+        ))
+        .into());
+    }
+    check_members(dir, &existing)?;
+    existing
+        .iter()
+        .map(|name| {
+            let node_dir = dir.join(name);
+            ensure_issued(&node_dir, "node", || ca.issue_node(name, &[]))?;
+            load_node(dir, name)
+        })
         .collect()
+}
+
+/// The names of the subdirectories of `dir` that hold a node config, in node order.
+fn existing_nodes(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        if entry.path().join(cluster::NODE_CONFIG).is_file() {
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    if names.len() > DEV_NODES_MAX {
+        bail!(
+            "{} holds {} nodes, over DEV_NODES_MAX ({DEV_NODES_MAX})",
+            dir.display(),
+            names.len()
+        );
+    }
+    cluster::sort_node_names(&mut names);
+    Ok(names)
+}
+
+/// Checks that the configs in `dir` describe one cluster: each lists exactly the nodes that are
+/// there (or, in a one-node directory from before clusters, none).
+fn check_members(dir: &Path, names: &[String]) -> anyhow::Result<()> {
+    let mut expected = names.to_vec();
+    expected.sort();
+    for name in names {
+        let path = cluster::node_config(dir, name);
+        let config = NodeConfig::load(&path)?;
+        let listed = match &config.cluster {
+            Some(c) => {
+                let mut listed: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
+                listed.sort();
+                listed
+            }
+            None => vec![config.name.clone()],
+        };
+        if listed != expected {
+            bail!(
+                "{} lists the members {} but {} holds {}; restore the missing node directories, or remove {} to start a fresh cluster",
+                path.display(),
+                listed.join(", "),
+                dir.display(),
+                expected.join(", "),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes `count` nodes in an empty cluster directory: ports picked up front, so every config can
+/// list every member.
+fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<DevNode>> {
+    let names: Vec<String> = (1..=count).map(cluster::node_name).collect();
+    let ports = free_udp_ports(count)?;
+    let members: Vec<MemberConfig> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| MemberConfig {
+            name: name.clone(),
+            addr: (std::net::Ipv4Addr::LOCALHOST, *port).into(),
+            zone: None,
+        })
+        .collect();
+    let replicas = DEV_REPLICAS.min(u8::try_from(count).unwrap_or(u8::MAX));
+    for member in &members {
+        let node_dir = dir.join(&member.name);
+        let data = node_dir.join("data");
+        std::fs::create_dir_all(&data)
+            .with_context(|| format!("cannot create {}", data.display()))?;
+        ensure_issued(&node_dir, "node", || ca.issue_node(&member.name, &[]))?;
+        let config = NodeConfig {
+            name: member.name.clone(),
+            listen: member.addr,
+            data_dir: "data".into(),
+            tls: TlsPaths {
+                ca: "../ca.pem".into(),
+                cert: "node.pem".into(),
+                key: "node.key".into(),
+            },
+            cluster: Some(ClusterConfig {
+                replicas,
+                partitions: DEV_PARTITIONS,
+                members: members.clone(),
+            }),
+        };
+        write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
+    }
+    names.iter().map(|name| load_node(dir, name)).collect()
+}
+
+fn load_node(dir: &Path, name: &str) -> anyhow::Result<DevNode> {
+    let config_path = cluster::node_config(dir, name);
+    let config = NodeConfig::load(&config_path)?;
+    Ok(DevNode {
+        name: config.name,
+        dir: dir.join(name),
+        config: config_path,
+        addr: dial_addr(config.listen),
+    })
 }
 
 /// Writes `OUT/STEM.pem` and `.key` unless both exist; one without the other is an error.
@@ -182,43 +315,17 @@ fn ensure_issued(
     }
 }
 
-fn prepare_node(dir: &Path, ca: &ClusterCa, name: &str) -> anyhow::Result<DevNode> {
-    let node_dir = dir.join(name);
-    let data = node_dir.join("data");
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
-    ensure_issued(&node_dir, "node", || ca.issue_node(name, &[]))?;
-    let config_path = node_dir.join(cluster::NODE_CONFIG);
-    if !config_path.exists() {
-        let config = NodeConfig {
-            name: name.to_owned(),
-            listen: (std::net::Ipv4Addr::LOCALHOST, free_udp_port()?).into(),
-            data_dir: "data".into(),
-            tls: TlsPaths {
-                ca: "../ca.pem".into(),
-                cert: "node.pem".into(),
-                key: "node.key".into(),
-            },
-            cluster: None,
-        };
-        write_atomically(&config_path, &config.to_toml())?;
-    }
-    let config = NodeConfig::load(&config_path)?;
-    Ok(DevNode {
-        name: config.name,
-        dir: node_dir,
-        config: config_path,
-        addr: dial_addr(config.listen),
-    })
-}
-
-/// A UDP port that was free a moment ago: bound on port 0, read, released.
-fn free_udp_port() -> anyhow::Result<u16> {
-    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .context("cannot find a free UDP port")?;
-    Ok(socket
-        .local_addr()
-        .context("cannot find a free UDP port")?
-        .port())
+/// `count` distinct UDP ports that were free a moment ago: all bound on port 0 at once (so no two
+/// are the same), read, released.
+fn free_udp_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let sockets = (0..count)
+        .map(|_| std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free UDP ports")?;
+    sockets
+        .iter()
+        .map(|s| Ok(s.local_addr().context("cannot find free UDP ports")?.port()))
+        .collect()
 }
 
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -402,7 +509,8 @@ impl Children {
     }
 }
 
-/// Waits until every node answers a ping, or one exits, or `READY_TIMEOUT` passes.
+/// Waits until every node answers a ping and sees every member up, or one exits, or
+/// `READY_TIMEOUT` passes.
 async fn wait_ready(children: &mut Children, identity: &Identity) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let nodes = children.nodes.clone();
@@ -411,7 +519,7 @@ async fn wait_ready(children: &mut Children, identity: &Identity) -> anyhow::Res
         for (node, log_start) in nodes.iter().zip(log_starts) {
             ping_until_ready(node, log_start, identity, deadline).await?;
         }
-        Ok(())
+        wait_connected(&nodes, identity, deadline).await
     };
     tokio::select! {
         r = pings => r,
@@ -462,6 +570,71 @@ async fn ping_until_ready(
     }
 }
 
+/// Waits until every node sees every member up. Nodes start one after another, so the first
+/// ones find the later ones down; until they have seen them answer, a write that needs every
+/// replica would fail, and "ready" would not be true.
+async fn wait_connected(
+    nodes: &[DevNode],
+    identity: &Identity,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    if nodes.len() < 2 {
+        return Ok(());
+    }
+    let mut clients = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let client =
+            tokio::time::timeout(READY_ATTEMPT_TIMEOUT, Client::connect(node.addr, identity))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "{} did not accept a connection within {READY_ATTEMPT_TIMEOUT:?}",
+                        node.name
+                    )
+                })?
+                .with_context(|| format!("connecting to {}", node.name))?;
+        clients.push(client);
+    }
+    let mut backoff = READY_BACKOFF_MIN;
+    let result = loop {
+        let Some(why) = first_lagging(nodes, &clients).await else {
+            break Ok(());
+        };
+        if Instant::now() + backoff >= deadline {
+            break Err(anyhow!(
+                "the nodes do not all see each other after {READY_TIMEOUT:?} ({why}); see the node.log files in {}",
+                nodes[0].dir.parent().unwrap_or(Path::new(".")).display()
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(READY_BACKOFF_MAX);
+    };
+    for client in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+    }
+    result
+}
+
+/// The first node that does not see every member up, and what it sees; `None` when all do.
+async fn first_lagging(nodes: &[DevNode], clients: &[Client]) -> Option<String> {
+    for (node, client) in nodes.iter().zip(clients) {
+        let status = match tokio::time::timeout(READY_ATTEMPT_TIMEOUT, client.status()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Some(format!("{}: {e}", node.name)),
+            Err(_) => {
+                return Some(format!(
+                    "{} gave no status within {READY_ATTEMPT_TIMEOUT:?}",
+                    node.name
+                ))
+            }
+        };
+        if let Some(m) = status.members.iter().find(|m| m.status != "up") {
+            return Some(format!("{} sees {} {}", node.name, m.name, m.status));
+        }
+    }
+    None
+}
+
 /// What a log holds past `start` (at most `LOG_SCAN_BYTES_MAX` of it).
 fn log_since(path: &Path, start: u64) -> String {
     let read = || -> std::io::Result<String> {
@@ -482,25 +655,108 @@ mod tests {
     #[test]
     fn a_fresh_directory_gets_a_full_layout_and_a_rerun_reuses_it() {
         let dir = tempfile::tempdir().unwrap();
-        let first = prepare(dir.path(), 1).unwrap();
-        let node_dir = dir.path().join("node1");
-        for file in ["node.toml", "node.pem", "node.key", "data"] {
-            assert!(node_dir.join(file).exists(), "{file} missing");
+        let first = prepare(dir.path(), None).unwrap();
+        assert_eq!(first.len(), DEV_NODES_DEFAULT);
+        for node in &first {
+            for file in ["node.toml", "node.pem", "node.key", "data"] {
+                assert!(
+                    node.dir.join(file).exists(),
+                    "{}: {file} missing",
+                    node.name
+                );
+            }
         }
         assert!(dir.path().join("client/client.pem").exists());
-        let text = std::fs::read_to_string(node_dir.join("node.toml")).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap();
         assert!(text.contains("data_dir = \"data\""), "{text}");
         assert!(text.contains("ca = \"../ca.pem\""), "{text}");
         assert!(text.contains("127.0.0.1:"), "{text}");
         let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
 
-        let second = prepare(dir.path(), 1).unwrap();
-        assert_eq!(first[0].addr, second[0].addr, "the port is kept");
+        // Every config lists every member, at the address that member listens on.
+        for node in &first {
+            let config = NodeConfig::load(&node.config).unwrap();
+            let cluster = config.cluster.expect("a cluster section");
+            assert_eq!(cluster.replicas, 3);
+            assert_eq!(cluster.partitions, 64);
+            let members: Vec<_> = cluster
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.addr))
+                .collect();
+            let expected: Vec<_> = first.iter().map(|n| (n.name.clone(), n.addr)).collect();
+            assert_eq!(members, expected);
+        }
+        let mut ports: Vec<u16> = first.iter().map(|n| n.addr.port()).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), first.len(), "distinct ports");
+
+        let second = prepare(dir.path(), Some(3)).unwrap();
+        let addrs = |nodes: &[DevNode]| nodes.iter().map(|n| n.addr).collect::<Vec<_>>();
+        assert_eq!(addrs(&first), addrs(&second), "the ports are kept");
+        assert_eq!(addrs(&first), addrs(&prepare(dir.path(), None).unwrap()));
         assert_eq!(
             std::fs::read(dir.path().join("ca.pem")).unwrap(),
             ca_before,
             "the CA is kept"
         );
+    }
+
+    #[test]
+    fn a_different_node_count_is_refused_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), Some(2)).unwrap();
+        let config = std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap();
+        let err = prepare(dir.path(), Some(3)).unwrap_err();
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+        let err = err.to_string();
+        assert!(err.contains("holds a 2-node cluster; --nodes 3"), "{err}");
+        assert!(!dir.path().join("node3").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn a_directory_missing_a_member_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), Some(3)).unwrap();
+        std::fs::remove_dir_all(dir.path().join("node3")).unwrap();
+        let err = prepare(dir.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("lists the members node1, node2, node3 but"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_one_node_directory_without_a_cluster_section_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), Some(1)).unwrap();
+        let path = dir.path().join("node1/node.toml");
+        let mut config = NodeConfig::load(&path).unwrap();
+        config.cluster = None;
+        config.data_dir = "data".into();
+        config.tls = TlsPaths {
+            ca: "../ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+        };
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let nodes = prepare(dir.path(), None).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].addr, config.listen);
+    }
+
+    #[test]
+    fn node_counts_are_bounded() {
+        assert_eq!(parse_nodes("1"), Ok(1));
+        assert_eq!(parse_nodes("16"), Ok(16));
+        for bad in ["0", "17", "-1", "three"] {
+            assert!(parse_nodes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

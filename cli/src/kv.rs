@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
 use cairn_proto::limits::VALUE_BYTES_MAX;
-use cairn_proto::{check_request, Context, GetReply, LimitError, Request};
+use cairn_proto::{
+    check_request, Context, ErrorReply, GetReply, LimitError, ReadOptions, Request, WriteOptions,
+};
 use clap::Args;
 
 use crate::render::{self, WriteKind};
@@ -31,7 +33,66 @@ pub struct PutArgs {
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     #[command(flatten)]
+    pub quorum: WriteFlags,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Quorum flags of `put` and `delete`.
+#[derive(Debug, Clone, Args)]
+pub struct WriteFlags {
+    /// Replicas that must durably store the write before it is acknowledged, the coordinator
+    /// included; at most N [default: a majority of N].
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u8).range(1..))]
+    pub w: Option<u8>,
+    /// Of those, how many must be primary replicas rather than fallbacks standing in for an
+    /// unreachable one [default: 0].
+    #[arg(long, value_name = "PW")]
+    pub pw: Option<u8>,
+}
+
+impl WriteFlags {
+    /// The options sent with the write.
+    pub fn options(&self, client: &ClientArgs) -> WriteOptions {
+        WriteOptions {
+            w: self.w,
+            pw: self.pw,
+            timeout_ms: client.timeout_ms(),
+        }
+    }
+}
+
+/// Quorum flags of `get`.
+#[derive(Debug, Clone, Args)]
+pub struct ReadFlags {
+    /// Replicas that must answer before the read does; at most N [default: a majority of N].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u8).range(1..))]
+    pub r: Option<u8>,
+    /// Of those, how many must be primary replicas rather than fallbacks [default: 0].
+    #[arg(long, value_name = "PR")]
+    pub pr: Option<u8>,
+    /// Whether a replica that does not hold the key counts toward R [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub notfound_ok: Option<bool>,
+    /// With --notfound-ok false: answer "not found" as soon as a majority of replicas says so,
+    /// instead of waiting for the rest [default: false].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub basic_quorum: Option<bool>,
+}
+
+impl ReadFlags {
+    /// The options sent with the read.
+    pub fn options(&self, client: &ClientArgs) -> ReadOptions {
+        ReadOptions {
+            r: self.r,
+            pr: self.pr,
+            notfound_ok: self.notfound_ok,
+            basic_quorum: self.basic_quorum,
+            timeout_ms: client.timeout_ms(),
+        }
+    }
 }
 
 /// `cairn get`
@@ -46,6 +107,8 @@ pub struct GetArgs {
     /// The key.
     pub key: String,
     #[command(flatten)]
+    pub quorum: ReadFlags,
+    #[command(flatten)]
     pub client: ClientArgs,
 }
 
@@ -59,6 +122,8 @@ pub struct DeleteArgs {
     /// survive either way).
     #[arg(long, value_name = "CTX")]
     pub context: Option<String>,
+    #[command(flatten)]
+    pub quorum: WriteFlags,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -141,6 +206,20 @@ fn parse_context(token: Option<&str>) -> anyhow::Result<Option<Context>> {
         .map_err(anyhow::Error::from)
 }
 
+/// A failed write's error; one that missed its quorum says that the replicas that did
+/// acknowledge keep it (a retry is not a no-op: without the context it adds a sibling).
+fn write_failed(session: &target::Session, e: cairn_client::ClientError) -> anyhow::Error {
+    let kept = matches!(
+        &e,
+        cairn_client::ClientError::Node(ErrorReply::QuorumNotReached { got, .. }) if *got > 0
+    );
+    let e = session.fail(e);
+    match kept {
+        true => anyhow!("{e} (the replicas that acknowledged keep the write)"),
+        false => e,
+    }
+}
+
 /// Prints a write's reply.
 fn print_written(kind: WriteKind, key: &str, reply: &GetReply, json: bool) {
     if json {
@@ -155,19 +234,20 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Outcome> {
     let context = parse_context(args.context.as_deref())?.unwrap_or_default();
     let value = read_value(value_source(&args))?;
     let key = args.key.as_bytes();
+    let opts = args.quorum.options(&args.client);
     // Refused here, before connecting, so a person gets the error with no cluster running.
     check_request(&Request::Put {
         key: key.to_vec(),
         value: value.clone(),
         context: context.clone(),
-        opts: Default::default(),
+        opts: opts.clone(),
     })?;
     let session = target::connect(&args.client).await?;
     let reply = session
         .client
-        .put(key, &value, &context, &Default::default())
+        .put(key, &value, &context, &opts)
         .await
-        .map_err(|e| session.fail(e))?;
+        .map_err(|e| write_failed(&session, e))?;
     session.close().await;
     print_written(WriteKind::Put, &args.key, &reply, args.client.json);
     Ok(Outcome::Done)
@@ -176,14 +256,15 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Outcome> {
 /// `cairn get`
 pub async fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let key = args.key.as_bytes();
+    let opts = args.quorum.options(&args.client);
     check_request(&Request::Get {
         key: key.to_vec(),
-        opts: Default::default(),
+        opts: opts.clone(),
     })?;
     let session = target::connect(&args.client).await?;
     let reply = session
         .client
-        .get(key, &Default::default())
+        .get(key, &opts)
         .await
         .map_err(|e| session.fail(e))?;
     session.close().await;
@@ -203,18 +284,23 @@ pub async fn get(args: GetArgs) -> anyhow::Result<Outcome> {
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<Outcome> {
     let context = parse_context(args.context.as_deref())?;
     let key = args.key.as_bytes();
+    let opts = args.quorum.options(&args.client);
     check_request(&Request::Delete {
         key: key.to_vec(),
         context: context.clone().unwrap_or_default(),
-        opts: Default::default(),
+        opts: opts.clone(),
     })?;
     let session = target::connect(&args.client).await?;
     let context = match context {
         Some(context) => context,
         None => {
+            let read = ReadOptions {
+                timeout_ms: args.client.timeout_ms(),
+                ..ReadOptions::default()
+            };
             session
                 .client
-                .get(key, &Default::default())
+                .get(key, &read)
                 .await
                 .map_err(|e| session.fail(e))?
                 .context
@@ -222,9 +308,9 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<Outcome> {
     };
     let reply = session
         .client
-        .delete(key, &context, &Default::default())
+        .delete(key, &context, &opts)
         .await
-        .map_err(|e| session.fail(e))?;
+        .map_err(|e| write_failed(&session, e))?;
     session.close().await;
     print_written(WriteKind::Delete, &args.key, &reply, args.client.json);
     Ok(Outcome::Done)

@@ -22,3 +22,29 @@ pub const LOG_TAIL_BYTES_MAX: usize = 4096;
 
 const _: () = assert!(READY_BACKOFF_MIN.as_millis() < READY_BACKOFF_MAX.as_millis());
 const _: () = assert!(READY_ATTEMPT_TIMEOUT.as_secs() < READY_TIMEOUT.as_secs());
+
+/// Most nodes `cairn dev` runs on one machine (each is a process with its own database).
+pub const DEV_NODES_MAX: usize = 16;
+/// Nodes `cairn dev` makes in a fresh directory when --nodes is not given.
+pub const DEV_NODES_DEFAULT: usize = 3;
+/// Replicas per key (N) in a dev cluster's config (fewer when the cluster has fewer nodes).
+pub const DEV_REPLICAS: u8 = 3;
+/// Partitions (Q) in a dev cluster's ring.
+pub const DEV_PARTITIONS: u32 = 64;
+/// How much longer than the timeout it sent a client waits for the node's answer, so the node's
+/// own timeout error (which names the replicas that failed) arrives before the client gives up.
+pub const REPLY_GRACE: Duration = Duration::from_secs(2);
+/// How long `cairn status` waits for a member it asks for its own hint count.
+pub const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for a member the asked node believes down: most likely it is, so do not wait long.
+pub const MEMBER_DOWN_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the benchmark's progress bar is redrawn.
+pub const BENCH_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Seconds a benchmark runs when neither --ops nor --duration is given.
+pub const BENCH_DURATION_DEFAULT: Duration = Duration::from_secs(10);
+
+const _: () = assert!(DEV_NODES_DEFAULT <= DEV_NODES_MAX);
+const _: () = assert!(DEV_NODES_MAX <= NODES_MAX);
+const _: () = assert!(DEV_PARTITIONS.is_power_of_two());
+const _: () = assert!(DEV_NODES_MAX as u32 <= DEV_PARTITIONS);
+const _: () = assert!(MEMBER_DOWN_STATUS_TIMEOUT.as_millis() <= MEMBER_STATUS_TIMEOUT.as_millis());

@@ -1,9 +1,12 @@
 //! The `cairn` command: certificates, a local dev cluster, one production node, and the client
-//! commands (`put`, `get`, `delete`, `ping`).
+//! commands (`put`, `get`, `delete`, `ping`, `status`, `ring`, `bench`).
 //!
-//! Exit codes: 0 success, 1 not found (`get` of a key with no value), 2 usage error, 3 any other
-//! failure (one line on stderr saying what happened and what to do).
+//! Exit codes: 0 success, 1 not found (`get` of a key with no value), 2 usage error (including
+//! options a node refuses, such as R above N), 3 any other failure (one line on stderr saying what
+//! happened and what to do).
 
+mod admin;
+mod bench;
 mod cert;
 mod cluster;
 mod dev;
@@ -16,7 +19,7 @@ mod target;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 /// Cairn: a leaderless, eventually consistent key-value store.
 #[derive(Debug, Parser)]
@@ -46,6 +49,18 @@ enum Command {
     Delete(kv::DeleteArgs),
     /// Check that nodes answer: every node of the cluster directory, or the one given by --node.
     Ping(kv::PingArgs),
+    /// Members of the cluster: reachability, partitions owned, hints not yet delivered.
+    ///
+    /// Asks one node (--node, or the first that answers) for its view; every member that answers
+    /// is also asked for its own count of undelivered hints.
+    Status(admin::StatusArgs),
+    /// The partition ring: each partition's primary replicas and fallbacks.
+    Ring(admin::RingArgs),
+    /// Load the cluster with reads and writes; report throughput and latency percentiles.
+    ///
+    /// Workers are spread over every node of the cluster directory (one connection per node),
+    /// or all go to --node.
+    Bench(bench::BenchArgs),
     /// Run a local cluster until Ctrl-C.
     ///
     /// Certificates, configs and data live under one directory and are reused by the next run;
@@ -70,20 +85,23 @@ enum Outcome {
 
 /// Exit code for a key with no value.
 const EXIT_NOT_FOUND: u8 = 1;
-/// Exit code for any failure other than not found and usage errors (clap exits with 2 itself).
+/// Exit code for a usage error (clap uses it for its own).
+const EXIT_USAGE: u8 = 2;
+/// Exit code for any failure other than not found and usage errors.
 const EXIT_FAILURE: u8 = 3;
 
-/// Reports a usage error of `subcommand` the way clap does (its usage line, exit code 2) and
-/// exits.
-fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ! {
-    let mut cli = Cli::command();
-    cli.build();
-    match cli.find_subcommand_mut(subcommand) {
-        Some(sub) => sub.error(clap::error::ErrorKind::ValueValidation, message),
-        None => cli.error(clap::error::ErrorKind::ValueValidation, message),
+/// A usage error found after parsing (by the CLI or by a node that refused the request's
+/// options): printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    .exit()
 }
+
+impl std::error::Error for UsageError {}
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
@@ -91,6 +109,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Get(args) => kv::get(args).await,
         Command::Delete(args) => kv::delete(args).await,
         Command::Ping(args) => kv::ping(args).await,
+        Command::Status(args) => admin::status(args).await,
+        Command::Ring(args) => admin::ring(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Start(args) => start::run(args).await,
         Command::Cert(cmd) => cert::run(cmd),
@@ -134,13 +155,18 @@ fn main() -> ExitCode {
         Ok(Outcome::NotFound) => ExitCode::from(EXIT_NOT_FOUND),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::from(EXIT_FAILURE)
+            match e.downcast_ref::<UsageError>() {
+                Some(_) => ExitCode::from(EXIT_USAGE),
+                None => ExitCode::from(EXIT_FAILURE),
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[test]

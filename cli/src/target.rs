@@ -1,5 +1,6 @@
 //! The flags every client command shares, and finding a node that answers: the one named by
-//! `--node`, or the first node of the cluster directory that does.
+//! `--node` (and no other: it is the coordinator the person chose), or the first node of the
+//! cluster directory that does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,19 +9,22 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use cairn_client::{Client, ClientError, REQUEST_TIMEOUT_DEFAULT};
 use cairn_net::{Identity, NetError};
+use cairn_proto::ErrorReply;
 use clap::Args;
 
 use crate::cluster::{self, NodeEntry, DEFAULT_DIR};
+use crate::limits::REPLY_GRACE;
+use crate::UsageError;
 
-/// Flags shared by `put`, `get`, `delete` and `ping`; accepted before or after the positionals.
+/// Flags shared by the client commands; accepted before or after the positionals.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Cluster directory: where node configs and the default certificates are.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
     pub cluster: PathBuf,
-    /// Node to talk to: a node name of the cluster directory (its node.toml says where it
-    /// listens) or an address such as 127.0.0.1:7001. Default: the first node that answers,
-    /// node1 first.
+    /// Node to talk to, which coordinates the request: a node name of the cluster directory (its
+    /// node.toml says where it listens) or an address such as 127.0.0.1:7001. No other node is
+    /// tried if it does not answer. Default: the first node that answers, node1 first.
     #[arg(long, value_name = "NAME_OR_ADDR")]
     pub node: Option<String>,
     /// Cluster CA certificate to trust [default: DIR/ca.pem].
@@ -36,12 +40,15 @@ pub struct ClientArgs {
     /// UTF-8 appear as {"base64":"..."} instead of a string.
     #[arg(long)]
     pub json: bool,
-    /// Seconds to wait for a connection and for each answer [default: 10].
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    /// Seconds to wait for a connection, and for the replicas of a get, put or delete (the
+    /// node is told, and answers in time with the replicas that failed) [default: the node's,
+    /// 5 s; the client waits 10 s].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+/// A number of seconds, more than 0 and at most a day.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -52,9 +59,25 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 impl ClientArgs {
-    /// How long to wait for a connection and for each answer.
+    /// How long to wait for a connection.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(REQUEST_TIMEOUT_DEFAULT)
+    }
+
+    /// The timeout the node is told (`timeout_ms` of a request's options), when --timeout is
+    /// given.
+    pub fn timeout_ms(&self) -> Option<u32> {
+        self.timeout
+            .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    /// How long to wait for each answer: a bit longer than the node was told to wait, so its own
+    /// timeout error, which names the replicas that failed, arrives first.
+    pub fn request_timeout(&self) -> Duration {
+        match self.timeout {
+            Some(t) => t + REPLY_GRACE,
+            None => REQUEST_TIMEOUT_DEFAULT,
+        }
     }
 
     /// The client identity the flags name.
@@ -111,6 +134,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// A node at `addr` that is not from the cluster directory (e.g. a member a node listed).
+    pub fn at(name: Option<String>, addr: SocketAddr) -> Target {
+        Target {
+            name,
+            addr,
+            from_cluster_dir: false,
+        }
+    }
+
     fn named(entry: NodeEntry) -> Target {
         Target {
             name: Some(entry.name),
@@ -212,9 +244,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// A request's error as one line a person can act on.
+    /// A request's error as one line a person can act on; options the node refused (such as R
+    /// above N) are a usage error.
     pub fn fail(&self, e: ClientError) -> anyhow::Error {
-        anyhow!(self.target.explain(&e))
+        match e {
+            ClientError::Node(ErrorReply::BadOptions { .. }) => UsageError(e.to_string()).into(),
+            e => anyhow!(self.target.explain(&e)),
+        }
     }
 
     /// Closes the connection politely, without letting a slow close hold up the command.
@@ -235,7 +271,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Session> {
     let timeout = args.timeout();
     let mut failures = Vec::new();
     for target in &targets {
-        let client = match target.connect(&identity, timeout).await {
+        let mut client = match target.connect(&identity, timeout).await {
             Ok(client) => client,
             Err(e) => {
                 failures.push((target, target.explain(&e)));
@@ -244,10 +280,11 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Session> {
         };
         match client.ping().await {
             Ok(_) => {
+                client.set_timeout(args.request_timeout());
                 return Ok(Session {
                     client,
                     target: target.clone(),
-                })
+                });
             }
             Err(e @ ClientError::Net(_)) => failures.push((
                 target,
@@ -278,11 +315,11 @@ mod tests {
 
     #[test]
     fn timeouts_are_positive_seconds() {
-        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("-1").is_err());
-        assert!(parse_timeout("soon").is_err());
-        assert!(parse_timeout("NaN").is_err());
+        assert_eq!(parse_seconds("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+        assert!(parse_seconds("NaN").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The client commands against a real `cairn dev` cluster (real processes, QUIC on loopback): the
-//! sibling loop, limits, foreign certificates, exit codes, and the ways a value can be given.
+//! The client commands against a real one-node `cairn dev` cluster (real processes, QUIC on
+//! loopback): the sibling loop, limits, foreign certificates, exit codes, and the ways a value
+//! can be given. Several nodes: tests/cluster.rs.
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::{cairn, get_json, run_in, run_with_stdin, values, Dev};
 #[test]
 fn concurrent_writes_become_siblings_and_a_write_with_their_context_resolves_them() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
+    let dev = Dev::start(dir.path(), Some(1));
 
     dev.run(&["put", "cart", "apple"]).ok();
     let second = dev.run(&["put", "cart", "pear"]).ok();
@@ -47,7 +48,7 @@ fn concurrent_writes_become_siblings_and_a_write_with_their_context_resolves_the
 #[test]
 fn a_value_over_the_limit_is_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
+    let dev = Dev::start(dir.path(), Some(1));
     let big = dir.path().join("big.bin");
     std::fs::write(&big, vec![b'x'; VALUE_BYTES_MAX + 1]).unwrap();
 
@@ -70,7 +71,7 @@ fn a_value_over_the_limit_is_refused_and_nothing_is_stored() {
 #[test]
 fn a_client_with_a_certificate_from_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
+    let dev = Dev::start(dir.path(), Some(1));
     dev.run(&["put", "k", "original"]).ok();
 
     let other = tempfile::tempdir().unwrap();
@@ -131,7 +132,7 @@ fn a_client_with_a_certificate_from_another_ca_is_refused() {
 #[test]
 fn exit_codes_say_what_happened() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
+    let dev = Dev::start(dir.path(), Some(1));
 
     let run = dev.run(&["get", "missing"]);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -153,14 +154,47 @@ fn exit_codes_say_what_happened() {
         let run = run_in(dir.path(), usage);
         assert_eq!(run.code, Some(2), "{usage:?}: {run:?}");
     }
+    // Quorum flags the CLI itself refuses, and a bad boolean.
+    for usage in [
+        &["get", "k", "--r", "0"][..],
+        &["put", "k", "v", "--w", "0"],
+        &["get", "k", "--notfound-ok", "maybe"],
+        &["get", "k", "--r", "256"],
+    ] {
+        let run = run_in(dir.path(), usage);
+        assert_eq!(run.code, Some(2), "{usage:?}: {run:?}");
+    }
+    // R above N is refused by the node (N = 1 here), as a one-line usage error.
+    let run = dev.run(&["get", "k", "--r", "2"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr.starts_with("error: invalid options: "),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("N=1"), "{run:?}");
+
+    // `dev` with a node count out of range, or other than the directory's, is refused.
+    for nodes in ["0", "17"] {
+        let run = cairn()
+            .args(["dev", "--nodes", nodes, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "--nodes {nodes}: {run:?}");
+    }
     let run = cairn()
         .args(["dev", "--nodes", "2", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(2), "{run:?}");
-    assert!(String::from_utf8_lossy(&run.stderr)
-        .contains("replication is not built yet; --nodes must be 1"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("holds a 1-node cluster; --nodes 2 would change it"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("node2").exists(), "nothing was added");
 
     let run = dev.run(&["put", "k", "v", "--context", "not a token!"]);
     assert_eq!(run.code, Some(3), "{run:?}");
@@ -180,7 +214,7 @@ fn exit_codes_say_what_happened() {
 #[test]
 fn values_come_from_arguments_files_or_stdin_and_flags_go_anywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
+    let dev = Dev::start(dir.path(), Some(1));
     let cluster = dir.path().to_str().unwrap();
 
     let out = run_with_stdin(dir.path(), &["put", "from-stdin"], b"piped value");

@@ -11,7 +11,7 @@ use rustix::process::Signal;
 #[test]
 fn a_killed_node_restarts_with_its_data_and_never_reuses_a_dot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dev = Dev::start(dir.path());
+    let mut dev = Dev::start(dir.path(), Some(1));
     dev.run(&["put", "k", "before"]).ok();
     let (before, _) = get_json(dir.path(), "k");
     assert_eq!(before.len(), 1);
@@ -66,15 +66,34 @@ fn a_killed_node_restarts_with_its_data_and_never_reuses_a_dot() {
 }
 
 #[test]
-fn dev_runs_again_on_the_same_directory_with_the_same_data() {
+fn dev_runs_again_on_the_same_directory_with_the_same_cluster_and_data() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path());
-    let first_line = dev.stdout[0].clone();
-    dev.run(&["put", "k", "kept"]).ok();
-    let config = std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap();
-    let pid = dev.node_pid("node1");
+    // No --nodes: a fresh directory gets three.
+    let dev = Dev::start(dir.path(), None);
+    let first_lines: Vec<String> = dev.stdout[..3].to_vec();
+    for (k, line) in first_lines.iter().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], format!("node{}", k + 1), "{line}");
+        assert!(words[1].starts_with("127.0.0.1:"), "{line}");
+        assert_eq!(words[2], "pid", "{line}");
+        assert!(words[3].parse::<u32>().is_ok(), "{line}");
+    }
+    dev.run(&["put", "k", "kept", "--w", "3"]).ok();
+    let configs: Vec<String> = (1..=3)
+        .map(|k| std::fs::read_to_string(dir.path().join(format!("node{k}/node.toml"))).unwrap())
+        .collect();
+    for config in &configs {
+        for k in 1..=3 {
+            assert!(
+                config.contains(&format!("name = \"node{k}\"")),
+                "every config lists every member: {config}"
+            );
+        }
+    }
+    let pids: Vec<u32> = (1..=3).map(|k| dev.node_pid(&format!("node{k}"))).collect();
 
-    // A second dev on a directory whose nodes run is refused.
+    // A second dev on a directory whose nodes run is refused; so is one with another node
+    // count, and that says why.
     let run = cairn()
         .arg("dev")
         .arg("--dir")
@@ -84,6 +103,18 @@ fn dev_runs_again_on_the_same_directory_with_the_same_data() {
     assert_eq!(run.status.code(), Some(3), "{run:?}");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("already running"), "{stderr}");
+    let run = cairn()
+        .args(["dev", "--nodes", "5", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("holds a 3-node cluster; --nodes 5 would change it"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(
         values(dir.path(), "k"),
         ["kept"],
@@ -91,20 +122,31 @@ fn dev_runs_again_on_the_same_directory_with_the_same_data() {
     );
 
     assert_eq!(dev.stop().code(), Some(0), "SIGTERM stops dev cleanly");
-    assert!(!alive(pid), "dev waited for its node");
+    for pid in pids {
+        assert!(!alive(pid), "dev waited for its nodes");
+    }
     assert!(
         !dir.path().join("node1/pid").exists(),
         "pid files are removed"
     );
 
-    let dev = Dev::start(dir.path());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap(),
-        config,
-        "the config (and so the port) is reused"
-    );
+    let dev = Dev::start(dir.path(), Some(3));
+    for (k, config) in configs.iter().enumerate() {
+        assert_eq!(
+            &std::fs::read_to_string(dir.path().join(format!("node{}/node.toml", k + 1))).unwrap(),
+            config,
+            "the config (and so the port) is reused"
+        );
+    }
     let addr = |line: &str| line.split_whitespace().nth(1).map(str::to_owned);
-    assert_eq!(addr(&dev.stdout[0]), addr(&first_line));
-    assert_eq!(values(dir.path(), "k"), ["kept"]);
+    for (k, first) in first_lines.iter().enumerate() {
+        assert_eq!(addr(&dev.stdout[k]), addr(first));
+    }
+    // Every replica kept the write: any one of them answers it alone.
+    for k in 1..=3 {
+        let node = format!("node{k}");
+        let run = dev.run(&["get", "k", "--r", "1", "--node", &node]);
+        assert_eq!(run.stdout.lines().next(), Some("kept"), "{node}: {run:?}");
+    }
     assert_eq!(dev.stop().code(), Some(0));
 }

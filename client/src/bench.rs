@@ -57,6 +57,9 @@ pub enum BenchError {
     /// A parameter is out of range.
     #[error("invalid benchmark: {0}")]
     Invalid(String),
+    /// A worker task panicked or was cancelled.
+    #[error("benchmark worker failed: {0}")]
+    WorkerFailed(String),
 }
 
 /// What a benchmark measured.
@@ -221,7 +224,7 @@ pub async fn run(
             Ok(r) => r,
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
-                return Err(BenchError::Invalid(format!("worker failed: {e}")));
+                return Err(BenchError::WorkerFailed(e.to_string()));
             }
         };
         report.reads.add(&reads).expect("same bounds");

@@ -223,6 +223,11 @@ impl Peers {
                 reason: format!("peer answered {other:?}"),
             }),
             Err(reason) => {
+                // The cached connection may belong to a peer process that is gone (killed and
+                // restarted peers do not reset old connections): dial afresh next time.
+                if let Some(peer) = self.peers.get(&id) {
+                    peer.conn.lock().await.take();
+                }
                 self.mark(id, false, Some(reason.clone()), started);
                 Err(ErrorReply::Unreachable {
                     node: self.name(id),

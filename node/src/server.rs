@@ -23,6 +23,8 @@ use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
 use crate::version::{encode_context, Object, Payload};
 
+/// How long a finished stream waits for the peer to take the response.
+const STREAM_LINGER_MAX: Duration = Duration::from_secs(5);
 /// How long a forwarded request may take at the coordinating replica.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 
@@ -265,13 +267,12 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 return;
             }
         };
-        let Ok(permit) = shared.in_flight.clone().acquire_owned().await else {
-            return;
-        };
+        // Streams are bounded per connection by QUIC (STREAMS_PER_CONNECTION_MAX) and
+        // connections by CONNECTIONS_MAX; the in-flight permit is taken once a request has
+        // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
         tokio::spawn(async move {
             serve_stream(send, recv, &shared, is_node).await;
-            drop(permit);
         });
     }
 }
@@ -283,7 +284,12 @@ async fn serve_stream(
     is_node: bool,
 ) {
     let response = match cairn_net::read_frame::<Request>(&mut recv).await {
-        Ok(req) => handle(req, shared, is_node).await,
+        Ok(req) => {
+            let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            handle(req, shared, is_node).await
+        }
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
             // connection and every other stream carry on.
@@ -301,8 +307,9 @@ async fn serve_stream(
         return;
     }
     let _ = send.finish();
-    // Wait until the peer has the response (or is gone) so finishing is not a reset.
-    let _ = send.stopped().await;
+    // Wait until the peer has the response (or is gone) so finishing is not a reset; bounded,
+    // so a vanished client does not keep the task for the idle timeout.
+    let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
 }
 
 fn frame_error(e: FrameError) -> ErrorReply {

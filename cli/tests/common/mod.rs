@@ -111,14 +111,15 @@ pub struct Dev {
 }
 
 impl Dev {
-    /// Starts `cairn dev --dir DIR` and waits until it says it is ready.
-    pub fn start(dir: &Path) -> Dev {
+    /// Starts `cairn dev --dir DIR [--nodes N]` and waits until it says it is ready.
+    pub fn start(dir: &Path, nodes: Option<usize>) -> Dev {
+        let mut cmd = cairn();
+        cmd.arg("dev").arg("--dir").arg(dir);
+        if let Some(n) = nodes {
+            cmd.arg("--nodes").arg(n.to_string());
+        }
         let mut proc = Proc::spawn(
-            cairn()
-                .arg("dev")
-                .arg("--dir")
-                .arg(dir)
-                .stdin(Stdio::null())
+            cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
         );
@@ -182,6 +183,34 @@ impl Dev {
     /// Runs a client command against this cluster.
     pub fn run(&self, args: &[&str]) -> Run {
         run_in(&self.dir, args)
+    }
+
+    /// `status --json --node NODE`, which must succeed.
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        let run = self.run(&["status", "--json", "--node", node]);
+        assert_eq!(run.code, Some(0), "status failed: {run:?}");
+        run.json()
+    }
+
+    /// Starts `node` again with `cairn start --config DIR/NODE/node.toml` (its output appended
+    /// to its node.log) and waits until it answers a ping.
+    pub fn restart_node(&self, node: &str) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join(node).join("node.log"))
+            .expect("open node.log");
+        let proc = Proc::spawn(
+            cairn()
+                .arg("start")
+                .arg("--config")
+                .arg(self.dir.join(node).join("node.toml"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log"))
+                .stderr(log),
+        );
+        wait_for_ping(&self.dir, node);
+        proc
     }
 
     /// Stops `cairn dev` with SIGTERM and returns its exit status.

@@ -1,0 +1,340 @@
+//! `cairn status` and `cairn ring`: the cluster as one node sees it, with each member's own count
+//! of undelivered hints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cairn_net::Identity;
+use cairn_proto::{MemberStatus, RingReply, StatusReply};
+use clap::Args;
+use serde::Serialize;
+
+use crate::cluster::dial_addr;
+use crate::limits::{MEMBER_DOWN_STATUS_TIMEOUT, MEMBER_STATUS_TIMEOUT};
+use crate::target::{self, ClientArgs, Target};
+use crate::Outcome;
+
+/// `cairn status`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Output: one line per member: name, address, up or down (as the asked node believes),
+partitions it owns, and hints it holds for other nodes that are not delivered yet (`-` when
+the member could not be asked). With --json: {\"node\":..,\"replicas\":..,\"partitions\":..,
+\"members\":[{\"name\",\"addr\",\"status\",\"partitions\",\"hints_pending\"}]}, hints_pending null for a
+member that could not be asked.")]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `cairn ring`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Output: one line per partition: its number, its N primary replicas (owner first) and the
+fallbacks tried, in order, when a primary is down. With --json: {\"replicas\":..,
+\"partitions\":[{\"partition\":..,\"primaries\":[..],\"fallbacks\":[..]}]}.")]
+pub struct RingArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    node: String,
+    replicas: u8,
+    partitions: u32,
+    members: Vec<MemberJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberJson {
+    name: String,
+    addr: String,
+    status: String,
+    partitions: u32,
+    hints_pending: Option<u64>,
+}
+
+/// `cairn status`
+pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let args = args.client;
+    let session = target::connect(&args).await?;
+    let reply = session.client.status().await.map_err(|e| session.fail(e))?;
+    session.close().await;
+    let identity = args.identity()?;
+    // Each member's hint count comes from that member: the asked node knows only its own.
+    let asks = reply.members.iter().map(|m| {
+        let identity = identity.clone();
+        let asked = m.name == reply.node;
+        let own = m.hints_pending;
+        let member = m.clone();
+        let timeout = match m.status.as_str() {
+            "up" => MEMBER_STATUS_TIMEOUT,
+            _ => MEMBER_DOWN_STATUS_TIMEOUT,
+        }
+        .min(args.timeout());
+        async move {
+            match asked {
+                true => own,
+                false => own_hints(&member, &identity, timeout).await,
+            }
+        }
+    });
+    let hints = join_all(asks).await;
+    let json = StatusJson {
+        node: reply.node.clone(),
+        replicas: reply.replicas,
+        partitions: reply.partitions,
+        members: reply
+            .members
+            .iter()
+            .zip(hints)
+            .map(|(m, hints_pending)| MemberJson {
+                name: m.name.clone(),
+                addr: m.addr.clone(),
+                status: m.status.clone(),
+                partitions: m.partitions,
+                hints_pending,
+            })
+            .collect(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        print!("{}", status_text(&json));
+    }
+    Ok(Outcome::Done)
+}
+
+/// Asks `member` itself how many hints it holds; `None` if it cannot be asked within `timeout`.
+async fn own_hints(member: &MemberStatus, identity: &Identity, timeout: Duration) -> Option<u64> {
+    let addr: SocketAddr = member.addr.parse().ok()?;
+    let target = Target::at(Some(member.name.clone()), dial_addr(addr));
+    let ask = async {
+        let client = target.connect(identity, timeout).await.ok()?;
+        let reply: Option<StatusReply> = client.status().await.ok();
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+        let reply = reply?;
+        // An address that now belongs to another node does not answer for this one.
+        reply
+            .members
+            .into_iter()
+            .find(|m| m.name == member.name && reply.node == member.name)?
+            .hints_pending
+    };
+    tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
+/// Runs futures concurrently, keeping their order.
+async fn join_all<T: Send + 'static>(
+    futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("a status task panicked"));
+    }
+    out
+}
+
+/// A table with a header, columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn status_text(s: &StatusJson) -> String {
+    let up = s.members.iter().filter(|m| m.status == "up").count();
+    let mut out = format!(
+        "{} of {} members up, as {} sees them; N={} replicas per key, Q={} partitions\n",
+        up,
+        s.members.len(),
+        s.node,
+        s.replicas,
+        s.partitions
+    );
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.addr.clone(),
+                m.status.clone(),
+                m.partitions.to_string(),
+                m.hints_pending
+                    .map_or_else(|| "-".to_owned(), |h| h.to_string()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NAME", "ADDR", "STATUS", "PARTITIONS", "HINTS"],
+        &rows,
+    ));
+    out
+}
+
+/// `cairn ring`
+pub async fn ring(args: RingArgs) -> anyhow::Result<Outcome> {
+    let args = args.client;
+    let session = target::connect(&args).await?;
+    let reply = session.client.ring().await.map_err(|e| session.fail(e))?;
+    session.close().await;
+    if args.json {
+        println!("{}", ring_json(&reply));
+    } else {
+        print!("{}", ring_text(&reply));
+    }
+    Ok(Outcome::Done)
+}
+
+#[derive(Serialize)]
+struct RingJson<'a> {
+    replicas: u8,
+    partitions: Vec<PartitionJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PartitionJson<'a> {
+    partition: u32,
+    primaries: &'a [String],
+    fallbacks: &'a [String],
+}
+
+fn ring_json(r: &RingReply) -> String {
+    let json = RingJson {
+        replicas: r.replicas,
+        partitions: r
+            .partitions
+            .iter()
+            .map(|p| PartitionJson {
+                partition: p.partition,
+                primaries: &p.primaries,
+                fallbacks: &p.fallbacks,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&json).expect("plain structs always serialize")
+}
+
+fn ring_text(r: &RingReply) -> String {
+    let mut out = format!(
+        "{} partitions, N={} replicas per key\n",
+        r.partitions.len(),
+        r.replicas
+    );
+    let list = |names: &[String]| match names {
+        [] => "-".to_owned(),
+        names => names.join(" "),
+    };
+    let rows: Vec<Vec<String>> = r
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                list(&p.primaries),
+                list(&p.fallbacks),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["PARTITION", "PRIMARIES", "FALLBACKS"], &rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::PartitionEntry;
+
+    use super::*;
+
+    fn member(name: &str, status: &str, hints: Option<u64>) -> MemberJson {
+        MemberJson {
+            name: name.into(),
+            addr: "127.0.0.1:7001".into(),
+            status: status.into(),
+            partitions: 32,
+            hints_pending: hints,
+        }
+    }
+
+    #[test]
+    fn status_shows_unknown_hints_as_a_dash_and_null() {
+        let s = StatusJson {
+            node: "node1".into(),
+            replicas: 2,
+            partitions: 64,
+            members: vec![
+                member("node1", "up", Some(3)),
+                member("node2", "down", None),
+            ],
+        };
+        assert_eq!(
+            status_text(&s),
+            "\
+1 of 2 members up, as node1 sees them; N=2 replicas per key, Q=64 partitions
+NAME   ADDR            STATUS  PARTITIONS  HINTS
+node1  127.0.0.1:7001  up      32          3
+node2  127.0.0.1:7001  down    32          -
+"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(json["members"][0]["hints_pending"], 3);
+        assert!(json["members"][1]["hints_pending"].is_null());
+        assert_eq!(json["members"][1]["status"], "down");
+    }
+
+    #[test]
+    fn ring_lists_primaries_and_fallbacks() {
+        let r = RingReply {
+            replicas: 2,
+            partitions: vec![
+                PartitionEntry {
+                    partition: 0,
+                    primaries: vec!["node1".into(), "node2".into()],
+                    fallbacks: vec!["node3".into()],
+                },
+                PartitionEntry {
+                    partition: 1,
+                    primaries: vec!["node2".into()],
+                    fallbacks: vec![],
+                },
+            ],
+        };
+        assert_eq!(
+            ring_text(&r),
+            "\
+2 partitions, N=2 replicas per key
+PARTITION  PRIMARIES    FALLBACKS
+0          node1 node2  node3
+1          node2        -
+"
+        );
+        assert_eq!(
+            ring_json(&r),
+            r#"{"replicas":2,"partitions":[{"partition":0,"primaries":["node1","node2"],"fallbacks":["node3"]},{"partition":1,"primaries":["node2"],"fallbacks":[]}]}"#
+        );
+    }
+}
