@@ -203,3 +203,31 @@ async fn five_nodes_place_three_replicas_and_forward() {
     let _ = VClock::new();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_survive_a_restart_of_the_node_holding_them() {
+    let mut cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    cluster.stop(3).await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    c1.put(b"k", b"kept", &Context::empty(), &w(2))
+        .await
+        .unwrap();
+    c1.close().await;
+    let held: u64 = cluster.node(1).engine().hint_counts().values().sum();
+    assert!(held >= 1, "node1 holds no hint for node3");
+
+    // The holder restarts before the target is back: its hints are on disk, not in memory.
+    cluster.stop(1).await.unwrap();
+    cluster.restart(1).await.unwrap();
+    let held: u64 = cluster.node(1).engine().hint_counts().values().sum();
+    assert!(held >= 1, "node1 lost its hint across a restart");
+
+    cluster.restart(3).await.unwrap();
+    eventually(
+        "node3 to receive the hinted write",
+        Duration::from_secs(30),
+        || async { local_values(&cluster, 3, b"k").await == vec![b"kept".to_vec()] },
+    )
+    .await;
+    cluster.shutdown().await;
+}

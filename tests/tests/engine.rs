@@ -238,3 +238,58 @@ async fn a_corrupt_stored_object_is_an_error_not_a_panic() {
     engine.apply(b"other".to_vec(), put("x")).await.unwrap();
     let _ = Object::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_one_peer_are_bounded() {
+    use cairn_node::limits::HINTS_PER_PEER_MAX;
+    let engine = Arc::new(
+        Engine::open(
+            Arc::new(MemoryStore::new()),
+            node(),
+            &mut StdRng::seed_from_u64(1),
+        )
+        .unwrap(),
+    );
+    let target = NodeId::from_name("node3");
+    let mut added = 0u64;
+    // Submitted in waves that fit the write queue, so every wave shares a few commits.
+    while added < HINTS_PER_PEER_MAX {
+        let wave = (HINTS_PER_PEER_MAX - added).min(2048);
+        let tasks: Vec<_> = (added..added + wave)
+            .map(|i| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    engine
+                        .apply(format!("k{i}").into_bytes(), Write::AddHint { target })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        added += wave;
+    }
+    assert_eq!(engine.hint_counts()[&target], HINTS_PER_PEER_MAX);
+    // Renewing an existing hint is fine; a new one is refused with the limit named.
+    engine
+        .apply(b"k0".to_vec(), Write::AddHint { target })
+        .await
+        .unwrap();
+    let err = engine
+        .apply(b"one-more".to_vec(), Write::AddHint { target })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::HintsFull { .. }), "{err}");
+    assert!(err.to_string().contains("HINTS_PER_PEER_MAX"), "{err}");
+    // Other peers are unaffected.
+    engine
+        .apply(
+            b"k".to_vec(),
+            Write::AddHint {
+                target: NodeId::from_name("node2"),
+            },
+        )
+        .await
+        .unwrap();
+}
