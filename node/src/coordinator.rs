@@ -440,8 +440,13 @@ impl Coordinator {
                 match result {
                     Ok(ReplicaResult::Object(obj)) if s.object.is_none() => {
                         // The local update is durable: count it, then replicate its result.
-                        s.acks += 1;
-                        s.primary_acks += u8::from(target.primary);
+                        // A coordinator that is not among the chosen replicas (its forward
+                        // failed, or views differ) holds a copy no read will ask for: it does
+                        // not count toward W.
+                        if s.targets.iter().any(|t| t.node == target.node) {
+                            s.acks += 1;
+                            s.primary_acks += u8::from(target.primary);
+                        }
                         for t in s.targets.iter().filter(|t| t.node != target.node) {
                             // Op ids are minted inline: `self.pending` is borrowed here.
                             let op = OpId(self.next_op);

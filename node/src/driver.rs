@@ -10,7 +10,7 @@ use cairn_proto::{
     Context, ErrorReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Response,
     WriteOptions,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -19,7 +19,7 @@ use crate::coordinator::{
     Transmit, REQUEST_TIMEOUT_MAX,
 };
 use crate::engine::{Engine, EngineError, Write};
-use crate::limits::{COORDINATOR_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
+use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::peers::Peers;
 use crate::server::get_reply;
 use crate::version::{decode_context, Object, Payload};
@@ -125,6 +125,14 @@ pub fn spawn(
 
 async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
+    let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
+    let (done_tx, hints_done) = watch::channel(0u64);
+    let mut hints_issued = 0u64;
+    // Everything the driver starts lives in this set, so stopping the driver (shutdown) stops
+    // it too, and nothing keeps the endpoint or the engine alive afterwards.
+    let mut tasks = tokio::task::JoinSet::new();
+    // Stops the hint writer when the driver ends (shutdown aborts the driver).
+    let _hint_writer = AbortOnDrop(tokio::spawn(write_hints(ctx.clone(), hints_rx, done_tx)));
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut next_req = 0u64;
     let is_up = {
@@ -162,27 +170,79 @@ async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<D
             }
             _ = sleep_until(deadline) => coord.handle_timeout(std::time::Instant::now()),
         }
+        // Reap finished tasks so the set stays as small as the work in flight.
+        while tasks.try_join_next().is_some() {}
         while let Some(t) = coord.poll_transmit() {
-            tokio::spawn(execute(t, ctx.clone(), results_tx.clone()));
+            tasks.spawn(execute(t, ctx.clone(), results_tx.clone()));
         }
         while let Some(h) = coord.poll_hint() {
+            // Bounded: when the hint writer falls behind, the coordinator waits for it.
+            if hints_tx.send(h).await.is_err() {
+                return;
+            }
+            hints_issued += 1;
+        }
+        while let Some((req, outcome)) = coord.poll_outcome() {
+            let Some(reply) = waiting.remove(&req) else {
+                continue;
+            };
+            let response = response(outcome, &ctx.peers);
+            // A write is acknowledged only once every hint issued before its outcome is
+            // durable: otherwise a crash right after the ack could lose the only record that
+            // a replica missed it.
+            if *hints_done.borrow() >= hints_issued {
+                let _ = reply.send(response);
+            } else {
+                let mut done = hints_done.clone();
+                let issued = hints_issued;
+                tasks.spawn(async move {
+                    let _ = done.wait_for(|d| *d >= issued).await;
+                    let _ = reply.send(response);
+                });
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Makes hints durable in the order they were issued, a batch at a time, and publishes how
+/// many are done (failed ones count as done: they are logged, and waiting on them forever
+/// would stall every later acknowledgement).
+async fn write_hints(
+    ctx: Arc<DriverContext>,
+    mut rx: mpsc::Receiver<crate::coordinator::HintNeeded>,
+    done: watch::Sender<u64>,
+) {
+    let mut finished = 0u64;
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, HINT_QUEUE_MAX).await > 0 {
+        let n = batch.len() as u64;
+        // Submitted together so they share the engine's group commit.
+        let mut set = tokio::task::JoinSet::new();
+        for h in batch.drain(..) {
             let engine = ctx.engine.clone();
             let name = ctx.peers.name(h.target);
-            tokio::spawn(async move {
+            set.spawn(async move {
                 if let Err(e) = engine
                     .apply(h.key, Write::AddHint { target: h.target })
                     .await
                 {
-                    // Anti-entropy will still repair the key; the hint only speeds it up.
+                    // Read repair (and later anti-entropy) still repair the key; the hint
+                    // only makes it prompt.
                     warn!("could not keep a hint for {name}: {e}");
                 }
             });
         }
-        while let Some((req, outcome)) = coord.poll_outcome() {
-            if let Some(reply) = waiting.remove(&req) {
-                let _ = reply.send(response(outcome, &ctx.peers));
-            }
-        }
+        while set.join_next().await.is_some() {}
+        finished += n;
+        let _ = done.send(finished);
     }
 }
 

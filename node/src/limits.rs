@@ -28,3 +28,6 @@ pub const HANDOFF_BATCH_MAX: usize = 256;
 pub const COORDINATOR_QUEUE_MAX: usize = 4096;
 /// Replica answers waiting for the coordinator task (senders wait when it is full).
 pub const REPLICA_RESULTS_QUEUE_MAX: usize = 8192;
+/// Hints waiting to be made durable by the coordinator's hint writer; when full, the coordinator
+/// waits (acknowledgements wait for hints anyway).
+pub const HINT_QUEUE_MAX: usize = 1024;

@@ -56,6 +56,7 @@ pub struct Node {
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    peers: Arc<Peers>,
 }
 
 struct Shared {
@@ -157,6 +158,7 @@ impl Node {
                 .map(|(id, name, addr, _)| (*id, name.clone(), addr.to_string()))
                 .collect(),
         });
+        let peers_handle = peers.clone();
         let tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared)),
@@ -172,6 +174,7 @@ impl Node {
             engine,
             in_flight,
             tasks,
+            peers: peers_handle,
         })
     }
 
@@ -227,6 +230,18 @@ impl Node {
         })
         .await
         .expect("engine close panicked");
+        // Peer connections hold the UDP socket: wait (briefly) for the last task holding them,
+        // so a restart on the same address finds it free.
+        let peers = self.peers;
+        for _ in 0..200 {
+            if Arc::strong_count(&peers) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&peers) > 1 {
+            warn!(node = %self.name, "peer connections still in use after shutdown");
+        }
         info!(node = %self.name, "stopped");
         Ok(())
     }
