@@ -125,7 +125,7 @@ impl TestCluster {
 
     /// Starts node `k` again on the same address and data.
     pub async fn restart(&mut self, k: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(45);
         // The old socket may linger for a moment after shutdown; retry the bind until the
         // deadline.
         loop {
@@ -135,7 +135,10 @@ impl TestCluster {
                     return self.wait_all_up().await;
                 }
                 Err(e) if Instant::now() < deadline => {
-                    eprintln!("restart of node{k} failed, retrying: {e}");
+                    eprintln!(
+                        "{:?} restart of node{k} failed, retrying: {e}",
+                        Instant::now()
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e.into()),

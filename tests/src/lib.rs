@@ -2,6 +2,7 @@
 //! in-process nodes serving real QUIC on loopback.
 
 pub mod cluster;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,433 @@
+//! The history of a simulated run (every write with its value, context, dot and result; every
+//! read with what it returned) and the checker that judges the final state against it,
+//! Jepsen-style.
+//!
+//! Values are unique per write (`c<client>w<id>`), and the simulator records the dot each
+//! write's coordinating replica minted, so every sibling in the final state names the one write
+//! that produced it (tombstones included).
+//!
+//! A dot `d` is *covered* by a version vector `vv` when `vv[d.actor] >= d.counter`. A write
+//! *took effect in* a final object `F` when one of its dots is covered by `F`'s context: the
+//! final state descends from it. The rules checked, per key, after healing, hint delivery and a
+//! full read repair:
+//!
+//! 1. *No lost write*: every acknowledged write's dot is a sibling of the final object, or some
+//!    write whose context covers that dot took effect in it (it was superseded by a write that
+//!    saw it). With rule 3 this means present on every replica.
+//! 2. *Siblings only from concurrency*: no two siblings where the context of the write that
+//!    produced one covers the other's dot.
+//! 3. *Convergence*: every primary replica of the key holds the identical object.
+//! 4. *Nothing superseded returns*: no sibling of the final object is covered by the context of
+//!    a write that took effect in it; in particular no value an acknowledged delete saw.
+//!
+//! Also: every sibling ever returned (during the run or at the end) was produced by a write to
+//! that key with that payload (no phantoms), and an acknowledged write's reply holds its own dot.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use cairn_node::coordinator::Outcome;
+use cairn_node::version::{Dot, Object, Payload, VClock};
+use cairn_proto::ActorId;
+
+use super::fmt::{dot, obj, payload as payload_str, vclock};
+use super::msg::key_str;
+use super::world::{ClientIx, NodeIx};
+
+/// The history's name for one write.
+pub type WriteId = u64;
+
+/// How a write ended, as its client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteStatus {
+    /// Not answered yet.
+    Pending,
+    /// Acknowledged: W replicas stored it.
+    Ok,
+    /// An error answer (it may still be stored on the replicas that did acknowledge).
+    Failed(String),
+    /// No answer before the client gave up.
+    Unknown,
+}
+
+/// One put or delete.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    /// Its id.
+    pub id: WriteId,
+    /// Who wrote.
+    pub client: ClientIx,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (unique) or a tombstone.
+    pub payload: Payload,
+    /// The context it was written with.
+    pub ctx: VClock,
+    /// When it was sent.
+    pub start: Duration,
+    /// When it was answered or given up on.
+    pub end: Option<Duration>,
+    /// How it ended.
+    pub status: WriteStatus,
+    /// The dot its acknowledgement reported.
+    pub acked_dot: Option<Dot>,
+    /// Every dot a coordinating replica minted for it, with the node (more than one if a
+    /// duplicated message made two nodes coordinate it).
+    pub minted: Vec<(NodeIx, Dot)>,
+}
+
+/// One get.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Who read.
+    pub client: ClientIx,
+    /// The key.
+    pub key: Vec<u8>,
+    /// When it was sent.
+    pub start: Duration,
+    /// The merged object returned, the error, or `None` if never answered.
+    pub result: Option<Result<Object, String>>,
+}
+
+/// One broken rule.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Which rule.
+    pub rule: &'static str,
+    /// The key it is about.
+    pub key: Vec<u8>,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] key {}: {}",
+            self.rule,
+            key_str(&self.key),
+            self.detail
+        )
+    }
+}
+
+/// Everything clients did and saw.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Writes by id.
+    pub writes: Vec<WriteRecord>,
+    /// Reads in order of issue.
+    pub reads: Vec<ReadRecord>,
+    by_dot: BTreeMap<(ActorId, u64), WriteId>,
+    /// Violations found while the run went on (phantoms, bad acknowledgements).
+    pub online: Vec<Violation>,
+}
+
+fn covers(vv: &VClock, d: Dot) -> bool {
+    vv.get(&d.actor) >= d.counter
+}
+
+impl History {
+    /// Records a write being sent; returns its id and its unique value (for puts).
+    pub fn begin_write(
+        &mut self,
+        client: ClientIx,
+        key: Vec<u8>,
+        delete: bool,
+        ctx: VClock,
+        now: Duration,
+    ) -> (WriteId, Payload) {
+        let id = self.writes.len() as WriteId;
+        let payload = if delete {
+            Payload::Tombstone
+        } else {
+            Payload::Value(format!("c{}w{id}", client + 1).into_bytes())
+        };
+        self.writes.push(WriteRecord {
+            id,
+            client,
+            key,
+            payload: payload.clone(),
+            ctx,
+            start: now,
+            end: None,
+            status: WriteStatus::Pending,
+            acked_dot: None,
+            minted: Vec::new(),
+        });
+        (id, payload)
+    }
+
+    /// A coordinating replica minted `d` for write `id` and stored it durably.
+    pub fn minted(&mut self, id: WriteId, node: NodeIx, d: Dot) {
+        if let Some(prev) = self.by_dot.insert((d.actor, d.counter), id) {
+            let w = &self.writes[id as usize];
+            self.online.push(Violation {
+                rule: "dot minted twice",
+                key: w.key.clone(),
+                detail: format!(
+                    "dot {} minted for w{id} was already minted for w{prev}",
+                    dot(d)
+                ),
+            });
+        }
+        self.writes[id as usize].minted.push((node, d));
+    }
+
+    /// The client got an answer for write `id` (or gave up: `response` is `None`).
+    pub fn end_write(
+        &mut self,
+        id: WriteId,
+        now: Duration,
+        response: Option<(Result<Outcome, String>, Option<Dot>)>,
+    ) {
+        let w = &mut self.writes[id as usize];
+        w.end = Some(now);
+        match response {
+            None => w.status = WriteStatus::Unknown,
+            Some((Err(e), _)) => w.status = WriteStatus::Failed(e),
+            Some((Ok(Outcome::Written(o)), minted)) => {
+                w.status = WriteStatus::Ok;
+                w.acked_dot = minted;
+                let holds_own = minted.is_some_and(|d| {
+                    o.siblings()
+                        .iter()
+                        .any(|(s, p)| *s == d && **p == w.payload)
+                });
+                if !holds_own {
+                    let detail = format!(
+                        "acknowledged write w{id} ({}) reports dot {} but its reply object is {}",
+                        payload_str(&w.payload),
+                        minted.map_or("none".into(), dot),
+                        obj(&o)
+                    );
+                    let key = w.key.clone();
+                    self.online.push(Violation {
+                        rule: "acknowledgement without its write",
+                        key,
+                        detail,
+                    });
+                }
+                self.check_phantoms("written reply", &self.writes[id as usize].key.clone(), &o);
+            }
+            Some((Ok(Outcome::Read(o)), _)) => {
+                w.status =
+                    WriteStatus::Failed(format!("a write answered with a read: {}", obj(&o)));
+            }
+        }
+    }
+
+    /// Records a read being sent; returns its index.
+    pub fn begin_read(&mut self, client: ClientIx, key: Vec<u8>, now: Duration) -> usize {
+        self.reads.push(ReadRecord {
+            client,
+            key,
+            start: now,
+            result: None,
+        });
+        self.reads.len() - 1
+    }
+
+    /// The client got an answer for read `i`.
+    pub fn end_read(&mut self, i: usize, response: Result<Outcome, String>) {
+        let key = self.reads[i].key.clone();
+        let result = match response {
+            Ok(Outcome::Read(o)) => {
+                self.check_phantoms("read", &key, &o);
+                Ok(o)
+            }
+            Ok(Outcome::Written(o)) => Err(format!("a read answered with a write: {}", obj(&o))),
+            Err(e) => Err(e),
+        };
+        self.reads[i].result = Some(result);
+    }
+
+    /// The write that produced sibling `d`.
+    pub fn writer_of(&self, d: Dot) -> Option<&WriteRecord> {
+        self.by_dot
+            .get(&(d.actor, d.counter))
+            .map(|&id| &self.writes[id as usize])
+    }
+
+    fn check_phantoms(&mut self, what: &str, key: &[u8], o: &Object) {
+        for (d, p) in o.siblings() {
+            let ok = self
+                .writer_of(d)
+                .is_some_and(|w| w.key == key && w.payload == *p);
+            if !ok {
+                let detail = format!(
+                    "{what} returned sibling {}@{} that no write to this key produced ({})",
+                    payload_str(p),
+                    dot(d),
+                    obj(o)
+                );
+                self.online.push(Violation {
+                    rule: "phantom sibling",
+                    key: key.to_vec(),
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Keys written at least once, in order.
+    pub fn keys_written(&self) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = self.writes.iter().map(|w| w.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Checks the final state: `replicas` maps each key written to what each of its primaries
+    /// holds.
+    pub fn check(&mut self, replicas: &BTreeMap<Vec<u8>, Vec<(NodeIx, Object)>>) -> Vec<Violation> {
+        let mut out = std::mem::take(&mut self.online);
+        for (key, copies) in replicas {
+            let mut v = |rule: &'static str, detail: String| {
+                out.push(Violation {
+                    rule,
+                    key: key.clone(),
+                    detail,
+                })
+            };
+            // Rule 3: convergence.
+            if copies.windows(2).any(|w| w[0].1 != w[1].1) {
+                let all: Vec<String> = copies
+                    .iter()
+                    .map(|(n, o)| format!("n{}={}", n + 1, obj(o)))
+                    .collect();
+                v("3 replicas differ", all.join("  "));
+            }
+            let fin = copies.iter().fold(Object::new(), |acc, (_, o)| acc.sync(o));
+            let fin_vv = fin.join();
+            let sibs = fin.siblings();
+            let writes: Vec<&WriteRecord> = self.writes.iter().filter(|w| w.key == *key).collect();
+            let took_effect = |w: &WriteRecord| w.minted.iter().any(|(_, d)| covers(&fin_vv, *d));
+
+            // Phantoms in the final state.
+            for (d, p) in &sibs {
+                let ok = self
+                    .writer_of(*d)
+                    .is_some_and(|w| w.key == *key && w.payload == **p);
+                if !ok {
+                    v(
+                        "phantom sibling",
+                        format!(
+                            "final state holds {}@{} that no write to this key produced",
+                            payload_str(p),
+                            dot(*d)
+                        ),
+                    );
+                }
+            }
+
+            // Rule 1: no acknowledged write lost.
+            for w in writes.iter().filter(|w| w.status == WriteStatus::Ok) {
+                let Some(d) = w.acked_dot else {
+                    v(
+                        "1 acknowledged write lost",
+                        format!("w{} was acknowledged without a dot", w.id),
+                    );
+                    continue;
+                };
+                if sibs.iter().any(|(s, _)| *s == d) {
+                    continue;
+                }
+                let superseded_by = writes
+                    .iter()
+                    .find(|w2| w2.id != w.id && covers(&w2.ctx, d) && took_effect(w2));
+                if superseded_by.is_none() {
+                    let holders: Vec<String> = w
+                        .minted
+                        .iter()
+                        .map(|(n, d)| format!("n{}@{}", n + 1, dot(*d)))
+                        .collect();
+                    v(
+                        "1 acknowledged write lost",
+                        format!(
+                            "w{} {} (dot {}, minted at {}, acked at {:.6}s) is not in the final \
+                             object {} and no write that saw it took effect",
+                            w.id,
+                            payload_str(&w.payload),
+                            dot(d),
+                            holders.join(","),
+                            w.end.unwrap_or_default().as_secs_f64(),
+                            obj(&fin)
+                        ),
+                    );
+                }
+            }
+
+            // Rule 2: siblings only from concurrency.
+            for (i, (d1, _)) in sibs.iter().enumerate() {
+                for (d2, _) in sibs.iter().skip(i + 1) {
+                    let (Some(w1), Some(w2)) = (self.writer_of(*d1), self.writer_of(*d2)) else {
+                        continue;
+                    };
+                    for (a, da, b, db) in [(w1, d1, w2, d2), (w2, d2, w1, d1)] {
+                        if covers(&b.ctx, *da) {
+                            v(
+                                "2 sibling not concurrent",
+                                format!(
+                                    "siblings {}@{} and {}@{}: w{} was written with context {} \
+                                     which covers w{}",
+                                    payload_str(&a.payload),
+                                    dot(*da),
+                                    payload_str(&b.payload),
+                                    dot(*db),
+                                    b.id,
+                                    vclock(&b.ctx),
+                                    a.id
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+
+            // Rule 4: nothing a write that took effect saw comes back.
+            for w2 in writes.iter().filter(|w2| took_effect(w2)) {
+                for (d, p) in &sibs {
+                    if covers(&w2.ctx, *d) && !w2.minted.iter().any(|(_, m)| m == d) {
+                        let rule = if w2.payload == Payload::Tombstone {
+                            "4 deleted value returned"
+                        } else {
+                            "4 superseded value returned"
+                        };
+                        v(
+                            rule,
+                            format!(
+                                "{}@{} is in the final object {} but w{} ({}, {:?}) took effect \
+                                 with context {} that covers it",
+                                payload_str(p),
+                                dot(*d),
+                                obj(&fin),
+                                w2.id,
+                                payload_str(&w2.payload),
+                                w2.status,
+                                vclock(&w2.ctx)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts for the run summary: (acknowledged, failed, unknown) writes and reads answered.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let by = |s: fn(&WriteStatus) -> bool| self.writes.iter().filter(|w| s(&w.status)).count();
+        (
+            by(|s| *s == WriteStatus::Ok),
+            by(|s| matches!(s, WriteStatus::Failed(_))),
+            by(|s| matches!(s, WriteStatus::Unknown | WriteStatus::Pending)),
+            self.reads
+                .iter()
+                .filter(|r| matches!(r.result, Some(Ok(_))))
+                .count(),
+        )
+    }
+}

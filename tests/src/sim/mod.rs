@@ -1,0 +1,703 @@
+//! A deterministic whole-cluster simulator: the real ring, coordinator and versioning state
+//! machines of several nodes over virtual time and a seeded faulty network (drops, duplicates,
+//! delays that reorder, partitions, crashes and restarts that lose what was not durable), with
+//! random clients and a history checker (see `history`).
+//!
+//! A run is a pure function of its seed: the cluster shape, the network's faults, the clients'
+//! operations and every timing come from one `StdRng`, and events at the same instant run in the
+//! order they were scheduled. A failing seed replays exactly; [`run`] with `trace: true` returns
+//! a one-line-per-event trace.
+//!
+//! Phases of a run:
+//! 1. *Active*: clients issue their operations while the fault injector crashes and restarts
+//!    nodes and installs and heals partitions.
+//! 2. *Heal*: partitions heal, crashed nodes restart, the network stops dropping and
+//!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
+//!    up, every hint delivered).
+//! 3. *Repair*: there is no anti-entropy yet, so a verifier reads every key written with R = N
+//!    (read repair), and the run waits for quiet again.
+//! 4. *Check*: the history checker judges what every primary holds.
+//!
+//! What is modelled, and where (each mirrors a file of `node/src`):
+//! - `node`: per node the real `Coordinator`, driven as `driver.rs` drives it (local ops are
+//!   transmits to itself; hints are separate writes); `server.rs`'s routing (forward to the
+//!   first chosen replica, coordinate locally when that fails); the engine's durability (one
+//!   FIFO disk queue per node, a write durable and acknowledged only when its disk event runs,
+//!   lost if the node crashes first; dots and hint sequence numbers from one leased counter that
+//!   a restart resumes at the persisted lease end); `peers.rs`'s liveness view (optimistic start,
+//!   any answer marks a peer up, a failed exchange marks it down unless a newer one succeeded,
+//!   pings every `PROBE_INTERVAL`, down peers with doubling backoff); `handoff.rs` (one round at
+//!   a time, one key at a time, the hint deleted only if its sequence number is unchanged).
+//! - `world`: virtual time, the event queue, the network: per-message delay, loss,
+//!   duplication, slow messages that reorder, partitions between groups of nodes; a request to
+//!   a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition times out.
+//! - `client`: random clients and the final verifier; `history`: the record and the checker.
+//!
+//! Not modelled: membership changes, anti-entropy, disks that fail or are lost (a node's epoch
+//! never changes), limits other than the object's (`SIBLINGS_MAX` and friends are real).
+//!
+//! The ring, the coordinator and the versioning are the node's own code; the drivers around
+//! them are re-enacted here. When `driver.rs`, `server.rs`, `engine.rs`, `peers.rs` or
+//! `handoff.rs` change what they do, change the matching code in `node` (and `Options`).
+
+mod client;
+mod fmt;
+mod history;
+mod msg;
+mod node;
+mod world;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cairn_node::peers::PEER_CONNECT_TIMEOUT;
+use cairn_proto::NodeId;
+use cairn_ring::{Member, Ring, RingConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub use client::CLIENT_TIMEOUT;
+pub use history::{History, Violation, WriteRecord, WriteStatus};
+pub use world::NetConfig;
+
+use client::{ClientCtx, SimClient};
+use msg::{Addr, Body, ClientResponse};
+use node::{Ctx, SimNode};
+use world::{Event, World};
+
+/// A deliberate bug in the simulated replica, to show that the checker catches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sabotage {
+    /// None: the replica behaves as the node does.
+    #[default]
+    None,
+    /// A replica stores an incoming object instead of merging it (`sync`) with its own.
+    OverwriteOnMerge,
+    /// Hints are never stored.
+    ForgetHints,
+    /// The dot counter restarts at 1 after a crash instead of at the persisted lease end.
+    ReuseDots,
+}
+
+/// How to run one seed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Keep a one-line-per-event trace.
+    pub trace: bool,
+    /// Break the simulated replica on purpose.
+    pub sabotage: Sabotage,
+    /// Let the fault injector crash a coordinator right after it acknowledged a write (with the
+    /// probability the seed draws), while what it still has to make durable is queued.
+    pub crash_after_ack: bool,
+    /// Drive the coordinator as `driver.rs` should (known bug 1 in `tests/tests/sim.rs`): a
+    /// reply waits until every hint issued before it is durable. `false` drives it as
+    /// `driver.rs` does today: the reply goes out while its hints are still queued.
+    pub hints_before_reply: bool,
+    /// Coordinate a write only at a node that `route` chooses for it (known bug 2 in
+    /// `tests/tests/coordinator.rs`): after a failed forward, and on receiving a forward, a node
+    /// that is not among the key's chosen replicas refuses the write. `false` does as
+    /// `server.rs` does today: it coordinates there anyway.
+    pub strict_routing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            trace: false,
+            sabotage: Sabotage::None,
+            crash_after_ack: true,
+            // As node/src/driver.rs does: an ack waits for the hints issued before it.
+            hints_before_reply: true,
+            strict_routing: false,
+        }
+    }
+}
+
+/// The shape of one run, drawn from its seed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Q.
+    pub partitions: u32,
+    /// N.
+    pub replicas: usize,
+    /// Random clients.
+    pub clients: usize,
+    /// Client operations in the active phase.
+    pub ops: usize,
+    /// Distinct keys (few, so writes conflict).
+    pub keys: usize,
+    /// Network faults.
+    pub net: NetConfig,
+    /// Time between fault injector actions, milliseconds.
+    pub fault_every_ms: (u64, u64),
+    /// Probability of crashing a coordinator right after it acknowledged a write.
+    pub crash_after_ack: f64,
+    /// Client think time, milliseconds.
+    pub think_ms: (u64, u64),
+}
+
+impl Config {
+    /// The configuration for `rng`'s seed.
+    fn draw(rng: &mut StdRng) -> Config {
+        let faulty = rng.gen_bool(0.85);
+        Config {
+            nodes: rng.gen_range(3..=5),
+            partitions: 16,
+            replicas: 3,
+            clients: rng.gen_range(2..=4),
+            ops: rng.gen_range(150..=400),
+            keys: rng.gen_range(2..=6),
+            net: NetConfig {
+                drop: if faulty {
+                    rng.gen_range(0.0..0.05)
+                } else {
+                    0.0
+                },
+                duplicate: if faulty {
+                    rng.gen_range(0.0..0.03)
+                } else {
+                    0.0
+                },
+                delay_us: (100, rng.gen_range(500..=5000)),
+                slow: if faulty {
+                    rng.gen_range(0.0..0.05)
+                } else {
+                    0.0
+                },
+                slow_delay_us: (5_000, rng.gen_range(10_000..=400_000)),
+            },
+            fault_every_ms: if faulty {
+                (300, rng.gen_range(1000..=8000))
+            } else {
+                (0, 0)
+            },
+            crash_after_ack: if faulty && rng.gen_bool(0.5) {
+                rng.gen_range(0.0..0.05)
+            } else {
+                0.0
+            },
+            think_ms: (0, rng.gen_range(10..=200)),
+        }
+    }
+
+    fn one_line(&self) -> String {
+        format!(
+            "nodes={} Q={} N={} clients={} ops={} keys={} drop={:.3} dup={:.3} slow={:.3} \
+             faults_every={:?}ms crash_after_ack={:.3}",
+            self.nodes,
+            self.partitions,
+            self.replicas,
+            self.clients,
+            self.ops,
+            self.keys,
+            self.net.drop,
+            self.net.duplicate,
+            self.net.slow,
+            self.fault_every_ms,
+            self.crash_after_ack
+        )
+    }
+}
+
+/// What one seed did.
+#[derive(Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The shape drawn from it.
+    pub config: Config,
+    /// Broken rules; empty when the run passed.
+    pub violations: Vec<Violation>,
+    /// The trace, if asked for.
+    pub trace: Vec<String>,
+    /// Virtual time at the end.
+    pub virtual_time: Duration,
+    /// Events processed.
+    pub events: u64,
+    /// Writes acknowledged, failed, unknown; reads answered.
+    pub counts: (usize, usize, usize, usize),
+    /// The history, for inspection.
+    pub history: History,
+}
+
+impl Report {
+    /// One line: seed, shape, what happened.
+    pub fn summary(&self) -> String {
+        let (ok, failed, unknown, reads) = self.counts;
+        format!(
+            "seed {}: {} | writes ok={ok} failed={failed} unknown={unknown}, reads ok={reads}, \
+             {} events, {:.1}s virtual, {} violations",
+            self.seed,
+            self.config.one_line(),
+            self.events,
+            self.virtual_time.as_secs_f64(),
+            self.violations.len()
+        )
+    }
+}
+
+/// Longest a run may take in virtual time before it is declared stuck.
+const ACTIVE_MAX: Duration = Duration::from_secs(600);
+/// Longest wait for quiet after healing or the full read.
+const QUIET_MAX: Duration = Duration::from_secs(300);
+/// Shortest quiet phase (lets views and timers settle even when nothing is pending).
+const QUIET_MIN: Duration = Duration::from_secs(2);
+
+struct Sim {
+    cfg: Config,
+    opts: Options,
+    w: World,
+    ring: Ring,
+    ids: Vec<NodeId>,
+    nodes: Vec<SimNode>,
+    clients: Vec<SimClient>,
+    history: History,
+    ops_left: usize,
+    faults_on: bool,
+    partition: u64,
+    problems: Vec<Violation>,
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, opts: &Options) -> Report {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cfg = Config::draw(&mut rng);
+    if !opts.crash_after_ack {
+        // Drawn all the same, so a seed's other choices do not depend on this option.
+        cfg.crash_after_ack = 0.0;
+    }
+    let ids: Vec<NodeId> = (0..cfg.nodes)
+        .map(|i| NodeId::from_name(&fmt::node_name(i)))
+        .collect();
+    let ring = Ring::new(
+        RingConfig {
+            partitions: cfg.partitions,
+            replicas: cfg.replicas,
+        },
+        &ids.iter().map(|&id| Member::new(id)).collect::<Vec<_>>(),
+    )
+    .expect("a valid ring");
+    let nodes = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| SimNode::new(i, id, rng.gen::<u64>().max(1)))
+        .collect();
+    let clients = (0..cfg.clients).map(SimClient::new).collect();
+    let w = World::new(rng, cfg.net.clone(), cfg.nodes, opts.trace);
+    let sim = Sim {
+        ops_left: cfg.ops,
+        cfg,
+        opts: opts.clone(),
+        w,
+        ring,
+        ids,
+        nodes,
+        clients,
+        history: History::default(),
+        faults_on: true,
+        partition: 0,
+        problems: Vec::new(),
+    };
+    sim.run_all(seed)
+}
+
+impl Sim {
+    fn run_all(mut self, seed: u64) -> Report {
+        self.w
+            .log("sim", format!("seed {seed}: {}", self.cfg.one_line()));
+        for n in 0..self.nodes.len() {
+            let (node, mut cx) = self.split(n);
+            node.start(&mut cx);
+        }
+        for c in 0..self.clients.len() {
+            let delay = self.w.micros(0, 10_000);
+            self.w.after(delay, Event::ClientNext(c));
+        }
+        if self.cfg.fault_every_ms.1 > 0 {
+            let (lo, hi) = self.cfg.fault_every_ms;
+            let delay = self.w.micros(lo * 1000, hi * 1000);
+            self.w.after(delay, Event::Fault);
+        }
+
+        // 1. Active.
+        let active_end = self.run_until(ACTIVE_MAX, |s| {
+            s.ops_left == 0 && s.clients.iter().all(|c| !c.busy())
+        });
+        if !active_end {
+            self.stuck("clients did not finish their operations");
+        }
+
+        // 2. Heal, then wait for hints to be delivered.
+        self.heal();
+        let deadline = self.w.now + QUIET_MAX;
+        let min = self.w.now + QUIET_MIN;
+        if !self.run_until(deadline, |s| s.w.now >= min && s.quiet()) {
+            self.stuck("no quiet after healing");
+        }
+
+        // 3. Full read of every key written: read repair stands in for anti-entropy.
+        let keys = self.history.keys_written();
+        let verifier = self.clients.len();
+        self.w.log(
+            "sim",
+            format!("FULL READ of {} keys with R = N", keys.len()),
+        );
+        self.clients
+            .push(SimClient::verifier(verifier, keys.clone()));
+        self.w.after(Duration::ZERO, Event::ClientNext(verifier));
+        let deadline = self.w.now + QUIET_MAX;
+        if !self.run_until(deadline, |s| {
+            !s.clients[verifier].verifying() && s.w.now >= min && s.quiet()
+        }) {
+            self.stuck("no quiet after the full read");
+        }
+
+        // 4. Check.
+        self.w.log("sim", "CHECK");
+        let mut finals = BTreeMap::new();
+        for key in &keys {
+            let pl = self.ring.preference_list(self.ring.partition_of(key));
+            let copies: Vec<(usize, cairn_node::version::Object)> = pl
+                .primaries
+                .iter()
+                .map(|id| {
+                    let ix = self.ids.iter().position(|i| i == id).expect("member");
+                    let o = self.nodes[ix]
+                        .durable
+                        .objects
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_default();
+                    (ix, o)
+                })
+                .collect();
+            self.w.logf("sim", || {
+                let all: Vec<String> = copies
+                    .iter()
+                    .map(|(n, o)| format!("n{}={}", n + 1, fmt::obj(o)))
+                    .collect();
+                format!("final {}: {}", msg::key_str(key), all.join("  "))
+            });
+            finals.insert(key.clone(), copies);
+        }
+        let mut violations = std::mem::take(&mut self.problems);
+        violations.extend(self.history.check(&finals));
+        for v in &violations {
+            self.w.log("sim", format!("VIOLATION {v}"));
+        }
+        let counts = self.history.counts();
+        Report {
+            seed,
+            config: self.cfg,
+            violations,
+            trace: self.w.take_trace(),
+            virtual_time: self.w.now,
+            events: self.w.steps,
+            counts,
+            history: self.history,
+        }
+    }
+
+    fn stuck(&mut self, what: &str) {
+        let mut detail = vec![what.to_owned()];
+        for n in &self.nodes {
+            let hints: Vec<String> = n
+                .durable
+                .hints
+                .keys()
+                .map(|(t, k)| format!("{}:{}", fmt::node(*t), msg::key_str(k)))
+                .collect();
+            detail.push(format!(
+                "n{} running={} idle={} hints=[{}] believes down=[{}]",
+                n.ix + 1,
+                n.is_running(),
+                n.idle(),
+                hints.join(","),
+                n.peers_down()
+                    .iter()
+                    .map(|p| fmt::node(*p))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        detail.push(format!("messages in flight: {}", self.w.in_flight));
+        self.problems.push(Violation {
+            rule: "liveness",
+            key: Vec::new(),
+            detail: detail.join("; "),
+        });
+    }
+
+    /// Every node running and idle, every view up, every hint delivered, nothing in flight.
+    fn quiet(&self) -> bool {
+        self.w.in_flight == 0
+            && self.clients.iter().all(|c| !c.busy())
+            && self.nodes.iter().all(|n| {
+                n.is_running()
+                    && n.idle()
+                    && n.durable.hints.is_empty()
+                    && n.peers_down().is_empty()
+            })
+    }
+
+    fn heal(&mut self) {
+        self.w.log(
+            "sim",
+            "HEAL: partitions healed, crashed nodes restart, network reliable",
+        );
+        self.faults_on = false;
+        self.w.reliable = true;
+        self.w.group.iter_mut().for_each(|g| *g = 0);
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].is_running() {
+                let (node, mut cx) = self.split(n);
+                node.start(&mut cx);
+            }
+        }
+    }
+
+    /// Runs events until `done` holds (checked after each event) or `deadline` passes.
+    fn run_until(&mut self, deadline: Duration, done: impl Fn(&Sim) -> bool) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            match self.w.peek_time() {
+                Some(t) if t <= deadline => {}
+                _ => return false,
+            }
+            let event = self.w.pop().expect("peeked");
+            self.dispatch(event);
+        }
+    }
+
+    fn split(&mut self, n: usize) -> (&mut SimNode, Ctx<'_>) {
+        let crash_after_ack = if self.faults_on && self.opts.crash_after_ack {
+            self.cfg.crash_after_ack
+        } else {
+            0.0
+        };
+        let Sim {
+            w,
+            ring,
+            ids,
+            history,
+            nodes,
+            opts,
+            ..
+        } = self;
+        (
+            &mut nodes[n],
+            Ctx {
+                w,
+                ring,
+                ids,
+                history,
+                crash_after_ack,
+                sabotage: opts.sabotage,
+                hints_before_reply: opts.hints_before_reply,
+                strict_routing: opts.strict_routing,
+            },
+        )
+    }
+
+    fn client(&mut self, c: usize) -> (&mut SimClient, ClientCtx<'_>) {
+        let Sim {
+            w,
+            history,
+            clients,
+            ops_left,
+            cfg,
+            problems,
+            ..
+        } = self;
+        (
+            &mut clients[c],
+            ClientCtx {
+                w,
+                history,
+                ops_left,
+                keys: cfg.keys,
+                nodes: cfg.nodes,
+                n: cfg.replicas.min(cfg.nodes) as u8,
+                think_ms: cfg.think_ms,
+                problems,
+            },
+        )
+    }
+
+    /// Runs `f` on node `n` if it is running in incarnation `gen`.
+    fn on_node(&mut self, n: usize, gen: u64, f: impl FnOnce(&mut SimNode, &mut Ctx)) {
+        let (node, mut cx) = self.split(n);
+        if node.is_running() && node.gen == gen {
+            f(node, &mut cx);
+        }
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver(env) => {
+                if !env.body.is_ping() {
+                    self.w.in_flight -= 1;
+                }
+                match env.to {
+                    Addr::Node(n) => {
+                        if !self.nodes[n].is_running() {
+                            self.w.logf(env.to, || {
+                                format!("DOWN, lost: {} from {}", env.body.describe(), env.from)
+                            });
+                            if let (Addr::Node(from), Body::PeerReq { gen, rid, .. }) =
+                                (env.from, &env.body)
+                            {
+                                // Nothing listens: the requester's connection attempt fails
+                                // after `PEER_CONNECT_TIMEOUT` instead of waiting for its
+                                // request timeout.
+                                self.w.after(
+                                    PEER_CONNECT_TIMEOUT,
+                                    Event::RequestFailed {
+                                        node: from,
+                                        gen: *gen,
+                                        rid: *rid,
+                                        reason: "no connection",
+                                    },
+                                );
+                            }
+                            if let (Addr::Client(_), Body::ClientReq { seq, .. }) =
+                                (env.from, &env.body)
+                            {
+                                // The client's connection attempt fails.
+                                let resp = ClientResponse {
+                                    result: Err("connection failed: node down".into()),
+                                    minted: None,
+                                };
+                                let body = Body::ClientResp { seq: *seq, resp };
+                                self.w.send(env.to, env.from, body);
+                            }
+                        } else if self.w.cut(env.from, env.to) {
+                            self.w.logf(env.to, || {
+                                format!(
+                                    "PARTITIONED, lost: {} from {}",
+                                    env.body.describe(),
+                                    env.from
+                                )
+                            });
+                        } else {
+                            let (node, mut cx) = self.split(n);
+                            node.on_deliver(&mut cx, env);
+                        }
+                    }
+                    Addr::Client(c) => {
+                        let Body::ClientResp { seq, resp } = env.body else {
+                            unreachable!("clients only get responses")
+                        };
+                        self.w.logf(env.to, || {
+                            format!("got op#{seq}: {}", msg::describe_resp(&resp))
+                        });
+                        let (client, mut cx) = self.client(c);
+                        client.on_response(&mut cx, seq, resp);
+                    }
+                }
+            }
+            Event::Disk { node, gen, job } => {
+                self.on_node(node, gen, |n, cx| n.on_disk(cx, job));
+            }
+            Event::LocalRead { node, gen, op, key } => {
+                self.on_node(node, gen, |n, cx| n.on_local_read(cx, op, key));
+            }
+            Event::CoordTimer { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_coord_timer(cx));
+            }
+            Event::RequestFailed {
+                node,
+                gen,
+                rid,
+                reason,
+            } => {
+                self.on_node(node, gen, |n, cx| n.on_request_failed(cx, rid, reason));
+            }
+            Event::ProbeTick { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_probe_tick(cx));
+            }
+            Event::HandoffTick { node, gen, arm } => {
+                self.on_node(node, gen, |n, cx| n.on_handoff_tick(cx, arm));
+            }
+            Event::ClientNext(c) => {
+                let (client, mut cx) = self.client(c);
+                client.next(&mut cx);
+            }
+            Event::ClientTimeout { client, seq } => {
+                let (client, mut cx) = self.client(client);
+                client.on_timeout(&mut cx, seq);
+            }
+            Event::Fault => self.fault(),
+            Event::Crash(n) => {
+                if self.faults_on && self.nodes[n].is_running() {
+                    let (node, mut cx) = self.split(n);
+                    node.crash(&mut cx);
+                    let down_for = self.w.micros(200_000, 8_000_000);
+                    self.w.after(down_for, Event::Restart(n));
+                }
+            }
+            Event::Restart(n) => {
+                if !self.nodes[n].is_running() {
+                    let (node, mut cx) = self.split(n);
+                    node.start(&mut cx);
+                }
+            }
+            Event::Heal { id } => {
+                if self.faults_on && id == self.partition {
+                    self.w.group.iter_mut().for_each(|g| *g = 0);
+                    self.w.log("net", "partition healed");
+                }
+            }
+        }
+    }
+
+    /// The fault injector: crash a node, install a partition, or heal.
+    fn fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let roll = self.w.rng.gen_range(0..100);
+        let nodes = self.nodes.len();
+        if roll < 45 {
+            let n = self.w.rng.gen_range(0..nodes);
+            self.w.after(Duration::ZERO, Event::Crash(n));
+        } else if roll < 85 {
+            // Two sides, both non-empty.
+            let mut group: Vec<u32> = (0..nodes).map(|_| self.w.rng.gen_range(0..2)).collect();
+            if group.iter().all(|&g| g == group[0]) {
+                let flip = self.w.rng.gen_range(0..nodes);
+                group[flip] ^= 1;
+            }
+            self.partition += 1;
+            self.w.group = group.clone();
+            let lasts = self.w.micros(300_000, 10_000_000);
+            self.w.logf("net", || {
+                let side = |g: u32| {
+                    (0..nodes)
+                        .filter(|&i| group[i] == g)
+                        .map(|i| format!("n{}", i + 1))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                format!(
+                    "PARTITION {{{}}} | {{{}}} for {:.3}s",
+                    side(0),
+                    side(1),
+                    lasts.as_secs_f64()
+                )
+            });
+            let id = self.partition;
+            self.w.after(lasts, Event::Heal { id });
+        } else {
+            self.w.group.iter_mut().for_each(|g| *g = 0);
+            self.w.log("net", "partition healed");
+        }
+        let (lo, hi) = self.cfg.fault_every_ms;
+        let delay = self.w.micros(lo * 1000, hi * 1000);
+        self.w.after(delay, Event::Fault);
+    }
+}

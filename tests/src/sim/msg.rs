@@ -1,0 +1,255 @@
+//! What travels on the simulated network: client requests and answers, and the peer protocol
+//! (ping, forward, replicate, read) with the node driver's request ids.
+
+use std::fmt;
+
+use cairn_node::coordinator::Outcome;
+use cairn_node::version::{Dot, Object, Payload};
+use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
+
+use super::fmt::{obj, payload};
+use super::history::WriteId;
+use super::world::{ClientIx, NodeIx};
+
+/// A sender or receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addr {
+    /// A node.
+    Node(NodeIx),
+    /// A client.
+    Client(ClientIx),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Node(n) => write!(f, "n{}", n + 1),
+            Addr::Client(c) => write!(f, "client{}", c + 1),
+        }
+    }
+}
+
+/// A client request, as the client library would send it.
+#[derive(Debug, Clone)]
+pub enum ClientRequest {
+    /// A get.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Quorum choices.
+        opts: ReadOptions,
+    },
+    /// A put (value) or delete (tombstone).
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The context token from the client's last read, or empty.
+        context: Context,
+        /// Value or tombstone.
+        payload: Payload,
+        /// Quorum choices.
+        opts: WriteOptions,
+        /// The history's name for this write: simulator bookkeeping the node never reads, only
+        /// passes to the replica that mints the dot so the checker knows which dot it got.
+        write: WriteId,
+    },
+}
+
+impl ClientRequest {
+    /// The key.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+        }
+    }
+}
+
+/// The answer to a client request.
+#[derive(Debug, Clone)]
+pub struct ClientResponse {
+    /// The coordinator's outcome, or why there is none.
+    pub result: Result<Outcome, String>,
+    /// For a write: the dot its coordinating replica minted (simulator bookkeeping).
+    pub minted: Option<Dot>,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone)]
+pub enum PeerReq {
+    /// Liveness probe.
+    Ping,
+    /// Coordinate this client request.
+    Forward(ClientRequest),
+    /// Merge and store durably; keep a hint for `hint_for`.
+    Replicate {
+        /// The key.
+        key: Vec<u8>,
+        /// The object.
+        object: Object,
+        /// The primary this copy stands in for.
+        hint_for: Option<NodeId>,
+    },
+    /// Return the local copy.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// A successful answer to a [`PeerReq`].
+#[derive(Debug, Clone)]
+pub enum PeerResp {
+    /// To `Ping`.
+    Pong,
+    /// To `Forward`.
+    Forwarded(ClientResponse),
+    /// To `Replicate`: durable.
+    Ack,
+    /// To `Read`.
+    Object(Object),
+}
+
+/// A message body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Client to node.
+    ClientReq {
+        /// The client's operation number.
+        seq: u64,
+        /// The request.
+        req: ClientRequest,
+    },
+    /// Node to client.
+    ClientResp {
+        /// The client's operation number.
+        seq: u64,
+        /// The answer.
+        resp: ClientResponse,
+    },
+    /// Node to node.
+    PeerReq {
+        /// The sender's incarnation: the answer goes to it only.
+        gen: u64,
+        /// The sender's request id.
+        rid: u64,
+        /// The request.
+        req: PeerReq,
+    },
+    /// The answer to a `PeerReq`.
+    PeerResp {
+        /// The requester's incarnation.
+        gen: u64,
+        /// The requester's request id.
+        rid: u64,
+        /// The answer.
+        resp: Result<PeerResp, ErrorReply>,
+    },
+}
+
+/// A message in flight.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Sender.
+    pub from: Addr,
+    /// Receiver.
+    pub to: Addr,
+    /// Content.
+    pub body: Body,
+}
+
+impl Body {
+    /// Pings and pongs (background chatter, not counted when waiting for quiet).
+    pub fn is_ping(&self) -> bool {
+        matches!(
+            self,
+            Body::PeerReq {
+                req: PeerReq::Ping,
+                ..
+            } | Body::PeerResp {
+                resp: Ok(PeerResp::Pong),
+                ..
+            }
+        )
+    }
+
+    /// One line for the trace.
+    pub fn describe(&self) -> String {
+        match self {
+            Body::ClientReq { seq, req } => format!("client op#{seq} {}", describe_req(req)),
+            Body::ClientResp { seq, resp } => {
+                format!("reply op#{seq} {}", describe_resp(resp))
+            }
+            Body::PeerReq { rid, req, .. } => match req {
+                PeerReq::Ping => format!("ping r{rid}"),
+                PeerReq::Forward(req) => format!("forward r{rid} {}", describe_req(req)),
+                PeerReq::Replicate {
+                    key,
+                    object,
+                    hint_for,
+                } => format!(
+                    "replicate r{rid} {} {}{}",
+                    key_str(key),
+                    obj(object),
+                    hint_for.map_or(String::new(), |h| format!(" hint_for={h}"))
+                ),
+                PeerReq::Read { key } => format!("read r{rid} {}", key_str(key)),
+            },
+            Body::PeerResp { rid, resp, .. } => match resp {
+                Ok(PeerResp::Pong) => format!("pong r{rid}"),
+                Ok(PeerResp::Ack) => format!("ack r{rid}"),
+                Ok(PeerResp::Object(o)) => format!("object r{rid} {}", obj(o)),
+                Ok(PeerResp::Forwarded(r)) => format!("forwarded r{rid} {}", describe_resp(r)),
+                Err(e) => format!("error r{rid}: {e}"),
+            },
+        }
+    }
+}
+
+/// A key for the trace.
+pub fn key_str(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// A client request for the trace.
+pub fn describe_req(req: &ClientRequest) -> String {
+    match req {
+        ClientRequest::Get { key, opts } => format!(
+            "get {} r={:?} pr={:?} notfound_ok={:?} basic_quorum={:?} timeout={:?}",
+            key_str(key),
+            opts.r,
+            opts.pr,
+            opts.notfound_ok,
+            opts.basic_quorum,
+            opts.timeout_ms
+        ),
+        ClientRequest::Put {
+            key,
+            context,
+            payload: p,
+            opts,
+            write,
+        } => format!(
+            "put w{write} {} := {} ctx={} w={:?} pw={:?} timeout={:?}",
+            key_str(key),
+            payload(p),
+            cairn_node::version::decode_context(context)
+                .map_or_else(|e| format!("<{e}>"), |vv| super::fmt::vclock(&vv)),
+            opts.w,
+            opts.pw,
+            opts.timeout_ms
+        ),
+    }
+}
+
+/// A client response for the trace.
+pub fn describe_resp(resp: &ClientResponse) -> String {
+    match &resp.result {
+        Ok(Outcome::Read(o)) => format!("read ok {}", obj(o)),
+        Ok(Outcome::Written(o)) => format!(
+            "written ok dot={} {}",
+            resp.minted.map_or("?".into(), super::fmt::dot),
+            obj(o)
+        ),
+        Err(e) => format!("error: {e}"),
+    }
+}

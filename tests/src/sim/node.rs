@@ -1,0 +1,1291 @@
+//! One simulated node: the real `Coordinator` and ring, driven the way `node/src/driver.rs`,
+//! `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over an in-memory store.
+//!
+//! Durability: the store (objects, hints, the dot lease end) survives a crash. A write queued
+//! for the disk becomes durable when its `Disk` event runs (one FIFO queue per node, like the
+//! engine's single writer thread); its acknowledgement is sent only then, and a crash before it
+//! loses the write. Everything else (the coordinator, the liveness view, requests in flight, the
+//! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
+//! persisted lease end, so no dot is minted twice.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use cairn_node::coordinator::{
+    route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
+    REQUEST_TIMEOUT_MAX,
+};
+use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_node::limits::HANDOFF_BATCH_MAX;
+use cairn_node::peers::{PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL};
+use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
+use cairn_proto::{ActorId, ErrorReply, NodeId};
+use cairn_ring::Ring;
+
+use super::fmt::{dot, node, obj};
+use super::history::{History, WriteId};
+use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq, PeerResp};
+use super::world::{ClientIx, Event, NodeIx, World};
+use super::Sabotage;
+
+/// How long a forwarded request may take at the coordinating replica (`server.rs`).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
+/// Dots leased per lease extension. Much smaller than the node's `DOT_LEASE_BLOCK` so that
+/// runs cross many lease boundaries; the rule (persist the lease end before using a counter
+/// under it, restart at the lease end) is the same.
+pub const SIM_LEASE_BLOCK: u64 = 5;
+
+/// What every node handler needs besides the node itself.
+pub struct Ctx<'a> {
+    /// Time, events, randomness, network.
+    pub w: &'a mut World,
+    /// The ring every node shares.
+    pub ring: &'a Ring,
+    /// Node id of each node index.
+    pub ids: &'a [NodeId],
+    /// The history being recorded.
+    pub history: &'a mut History,
+    /// Probability of crashing a coordinator right after it acknowledged a write (0 when faults
+    /// are off).
+    pub crash_after_ack: f64,
+    /// A deliberate bug in the simulated replica, to show the checker catches it.
+    pub sabotage: Sabotage,
+    /// Replies wait until every hint issued before them is durable (see `Options`).
+    pub hints_before_reply: bool,
+    /// Writes are coordinated only at a chosen replica (see `Options`).
+    pub strict_routing: bool,
+}
+
+impl Ctx<'_> {
+    fn ix(&self, id: NodeId) -> NodeIx {
+        self.ids
+            .iter()
+            .position(|&i| i == id)
+            .expect("every node id the ring names is a simulated node")
+    }
+}
+
+/// What a node keeps on disk.
+#[derive(Debug, Default)]
+pub struct Durable {
+    /// Objects by key.
+    pub objects: BTreeMap<Vec<u8>, Object>,
+    /// Hints: (target, key) → renewal sequence number.
+    pub hints: BTreeMap<(NodeId, Vec<u8>), u64>,
+    /// Dot counters below this may have been handed out; a restart begins here.
+    pub lease_end: u64,
+}
+
+/// A write waiting in the node's queue for the disk.
+#[derive(Debug)]
+pub enum DiskJob {
+    /// The coordinator's local update: mint a dot, update, store, answer `op`.
+    Update {
+        /// The key.
+        key: Vec<u8>,
+        /// The client's context.
+        ctx: VClock,
+        /// Value or tombstone.
+        payload: Payload,
+        /// The coordinator's op.
+        op: OpId,
+        /// The request and the history's write this update belongs to.
+        tag: Option<(RequestId, WriteId)>,
+    },
+    /// Merge an object (`sync`), keeping a hint for `hint_for` in the same transaction.
+    Merge {
+        /// The key.
+        key: Vec<u8>,
+        /// The incoming object.
+        object: Object,
+        /// The primary this copy stands in for.
+        hint_for: Option<NodeId>,
+        /// Who gets the acknowledgement.
+        done: MergeDone,
+    },
+    /// Keep a hint for `target` (the coordinator's `HintNeeded`).
+    AddHint {
+        /// The key.
+        key: Vec<u8>,
+        /// The replica that missed it.
+        target: NodeId,
+    },
+    /// Not a write: a reply held back until everything queued before it is durable.
+    Reply {
+        /// Who gets it.
+        to: ReplyTo,
+        /// The answer.
+        resp: ClientResponse,
+    },
+    /// A handed-off key was acknowledged: delete the hint unless it was renewed since.
+    HintDelivered {
+        /// The key.
+        key: Vec<u8>,
+        /// The node it was handed to.
+        target: NodeId,
+        /// The renewal the delivery started from.
+        seq: u64,
+    },
+}
+
+/// Where a merge's acknowledgement goes.
+#[derive(Debug)]
+pub enum MergeDone {
+    /// This node's coordinator (`None`: read repair, nobody waits).
+    Local(Option<OpId>),
+    /// A peer's request.
+    Peer {
+        /// The requester.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+        /// Its request id.
+        rid: u64,
+    },
+}
+
+/// Who gets the answer to a request coordinated here.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplyTo {
+    /// A client's operation.
+    Client {
+        /// The client.
+        client: ClientIx,
+        /// Its operation.
+        seq: u64,
+    },
+    /// A peer that forwarded the request.
+    Peer {
+        /// The peer.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+        /// Its request id.
+        rid: u64,
+    },
+}
+
+/// A peer request waiting for its answer.
+#[derive(Debug)]
+enum Outgoing {
+    Coord {
+        op: OpId,
+    },
+    Repair,
+    Ping,
+    Forward {
+        client: ClientIx,
+        seq: u64,
+        req: ClientRequest,
+    },
+    Handoff {
+        key: Vec<u8>,
+        seq: u64,
+    },
+}
+
+/// What this node believes about one peer (`peers.rs`).
+#[derive(Debug)]
+struct PeerView {
+    up: bool,
+    /// When the last successful exchange started: failures of exchanges that started earlier
+    /// are stale and ignored.
+    last_success: Option<Duration>,
+    backoff: Duration,
+    next_probe: Duration,
+    pinging: bool,
+}
+
+/// The hint delivery loop (`handoff.rs`): one round at a time, one target at a time, one key
+/// at a time.
+#[derive(Debug, Default)]
+struct Handoff {
+    busy: bool,
+    /// A peer came up during a round: start another right after it.
+    kick: bool,
+    /// Arming of the interval timer; older arms are stale.
+    arm: u64,
+    targets: VecDeque<NodeId>,
+    current: Option<NodeId>,
+    items: VecDeque<(Vec<u8>, u64)>,
+}
+
+/// The state a crash loses.
+pub struct Running {
+    coord: Coordinator,
+    dot_next: u64,
+    peers: BTreeMap<NodeId, PeerView>,
+    /// Peer requests awaiting an answer: (peer, when it started, what it was for).
+    outgoing: BTreeMap<u64, (NodeId, Duration, Outgoing)>,
+    next_rid: u64,
+    requests: BTreeMap<RequestId, ReplyTo>,
+    next_req: u64,
+    minted: BTreeMap<RequestId, Dot>,
+    put_tag: Option<(RequestId, WriteId)>,
+    coord_timer: Option<Duration>,
+    disk_free_at: Duration,
+    disk_pending: usize,
+    /// Hints queued for the disk and not yet durable.
+    hints_pending: usize,
+    handoff: Handoff,
+}
+
+/// A simulated node.
+pub struct SimNode {
+    /// Its index.
+    pub ix: NodeIx,
+    /// Its id.
+    pub id: NodeId,
+    /// The actor it mints dots as (it never loses its disk, so the epoch never changes).
+    pub actor: ActorId,
+    /// What survives a crash.
+    pub durable: Durable,
+    /// Incarnation: bumped by every crash, so events of an earlier life are ignored.
+    pub gen: u64,
+    /// The running process, `None` while crashed.
+    pub run: Option<Running>,
+}
+
+fn version_error(e: VersionError) -> ErrorReply {
+    // As `driver::engine_error` after `EngineError::from(VersionError)`.
+    match e {
+        VersionError::Limit(l) => ErrorReply::Limit(l),
+        other => ErrorReply::BadContext {
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl SimNode {
+    /// A node that has never run.
+    pub fn new(ix: NodeIx, id: NodeId, epoch: u64) -> SimNode {
+        SimNode {
+            ix,
+            id,
+            actor: ActorId { node: id, epoch },
+            durable: Durable {
+                lease_end: 1,
+                ..Durable::default()
+            },
+            gen: 0,
+            run: None,
+        }
+    }
+
+    fn me(&self) -> Addr {
+        Addr::Node(self.ix)
+    }
+
+    fn run(&mut self) -> &mut Running {
+        self.run
+            .as_mut()
+            .expect("handlers run only on a running node")
+    }
+
+    /// Whether the node is running.
+    pub fn is_running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Starts the process (first start or restart after a crash).
+    pub fn start(&mut self, cx: &mut Ctx) {
+        assert!(self.run.is_none(), "node started twice");
+        let now = cx.w.now;
+        let peers = cx
+            .ids
+            .iter()
+            .filter(|&&id| id != self.id)
+            .map(|&id| {
+                (
+                    id,
+                    // Optimistic, as `Peers::new`: up until a request or probe says otherwise.
+                    PeerView {
+                        up: true,
+                        last_success: None,
+                        backoff: PROBE_INTERVAL,
+                        next_probe: now,
+                        pinging: false,
+                    },
+                )
+            })
+            .collect();
+        let dot_next = match cx.sabotage {
+            // Forgets the lease: restarts counting from 1, reusing dots (Riak's KV679).
+            Sabotage::ReuseDots => 1,
+            _ => self.durable.lease_end,
+        };
+        self.run = Some(Running {
+            coord: Coordinator::new(self.id, cx.ring.clone()),
+            dot_next,
+            peers,
+            outgoing: BTreeMap::new(),
+            next_rid: 0,
+            requests: BTreeMap::new(),
+            next_req: 0,
+            minted: BTreeMap::new(),
+            put_tag: None,
+            coord_timer: None,
+            disk_free_at: now,
+            disk_pending: 0,
+            hints_pending: 0,
+            handoff: Handoff::default(),
+        });
+        cx.w.logf(self.me(), || {
+            format!(
+                "START gen={} dots resume at {} (lease end), {} objects, {} hints",
+                self.gen,
+                dot_next,
+                self.durable.objects.len(),
+                self.durable.hints.len()
+            )
+        });
+        let gen = self.gen;
+        cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
+        self.arm_handoff(cx, HANDOFF_INTERVAL);
+    }
+
+    /// Crashes the process: everything not durable is gone.
+    pub fn crash(&mut self, cx: &mut Ctx) {
+        let Some(run) = self.run.take() else { return };
+        self.gen += 1;
+        cx.w.logf(self.me(), || {
+            format!(
+                "CRASH: lost {} queued disk writes, {} peer requests in flight, {} coordinated requests",
+                run.disk_pending,
+                run.outgoing.len(),
+                run.requests.len()
+            )
+        });
+    }
+
+    /// Whether nothing is in progress here (besides pings).
+    pub fn idle(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| {
+            r.coord.in_flight() == 0
+                && r.disk_pending == 0
+                && !r.handoff.busy
+                && r.outgoing
+                    .values()
+                    .all(|(_, _, o)| matches!(o, Outgoing::Ping))
+        })
+    }
+
+    /// Peers this node believes down.
+    pub fn peers_down(&self) -> Vec<NodeId> {
+        self.run.as_ref().map_or_else(Vec::new, |r| {
+            r.peers
+                .iter()
+                .filter(|(_, v)| !v.up)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    // ---- messages ----
+
+    /// A message arrived (the node is running and the partition let it through).
+    pub fn on_deliver(&mut self, cx: &mut Ctx, env: Envelope) {
+        let from = env.from;
+        match env.body {
+            Body::ClientReq { seq, req } => {
+                let Addr::Client(client) = from else {
+                    unreachable!("client requests come from clients")
+                };
+                cx.w.logf(self.me(), || {
+                    format!("recv {from} op#{seq} {}", super::msg::describe_req(&req))
+                });
+                self.on_client_request(cx, client, seq, req);
+            }
+            Body::PeerReq { gen, rid, req } => {
+                let Addr::Node(peer) = from else {
+                    unreachable!("peer requests come from nodes")
+                };
+                self.on_peer_request(cx, peer, gen, rid, req);
+            }
+            Body::PeerResp { gen, rid, resp } => {
+                if gen != self.gen {
+                    return;
+                }
+                self.on_peer_response(cx, rid, resp);
+            }
+            Body::ClientResp { .. } => unreachable!("nodes get no client responses"),
+        }
+    }
+
+    /// `server.rs::handle`: forward to a chosen replica, or coordinate here.
+    fn on_client_request(&mut self, cx: &mut Ctx, client: ClientIx, seq: u64, req: ClientRequest) {
+        let me = self.id;
+        let run = self.run();
+        let peers = &run.peers;
+        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        match route(cx.ring, me, req.key(), &is_up) {
+            Route::Forward(to) => {
+                cx.w.logf(self.me(), || {
+                    format!("route {}: forward to {}", key_str(req.key()), node(to))
+                });
+                let to_ix = cx.ix(to);
+                let out = Outgoing::Forward {
+                    client,
+                    seq,
+                    req: req.clone(),
+                };
+                self.request(cx, to_ix, PeerReq::Forward(req), out, FORWARD_TIMEOUT);
+            }
+            Route::Local => {
+                cx.w.logf(self.me(), || {
+                    format!("route {}: Local, coordinating here", key_str(req.key()))
+                });
+                self.coordinate(cx, req, ReplyTo::Client { client, seq });
+            }
+            Route::Unavailable => {
+                cx.w.logf(self.me(), || {
+                    format!("route {}: Unavailable", key_str(req.key()))
+                });
+                self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
+            }
+        }
+    }
+
+    /// What `server.rs` does when it cannot hand a request to a chosen replica (its forward
+    /// failed, or it was forwarded here): coordinate here regardless. With `strict_routing`,
+    /// a write is coordinated only where `route` says `Local`, else refused.
+    fn coordinate_if_chosen(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
+        if cx.strict_routing && matches!(req, ClientRequest::Put { .. }) {
+            let me = self.id;
+            let run = self.run();
+            let peers = &run.peers;
+            let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+            let route = route(cx.ring, me, req.key(), &is_up);
+            if route != Route::Local {
+                cx.w.logf(self.me(), || {
+                    format!("strict routing: not a chosen replica ({route:?}), write refused")
+                });
+                let resp = ClientResponse {
+                    result: Err(format!("no chosen replica reachable ({route:?})")),
+                    minted: None,
+                };
+                self.answer(cx, reply, resp);
+                return;
+            }
+        }
+        self.coordinate(cx, req, reply);
+    }
+
+    /// `server.rs::handle_peer`.
+    fn on_peer_request(&mut self, cx: &mut Ctx, peer: NodeIx, gen: u64, rid: u64, req: PeerReq) {
+        let reply = |cx: &mut Ctx, me: Addr, resp: Result<PeerResp, ErrorReply>| {
+            cx.w.send(me, Addr::Node(peer), Body::PeerResp { gen, rid, resp });
+        };
+        match req {
+            PeerReq::Ping => reply(cx, self.me(), Ok(PeerResp::Pong)),
+            PeerReq::Forward(req) => {
+                cx.w.logf(self.me(), || {
+                    format!("recv forward from n{} r{rid}: coordinating", peer + 1)
+                });
+                // Never forwarded again.
+                self.coordinate_if_chosen(
+                    cx,
+                    req,
+                    ReplyTo::Peer {
+                        node: peer,
+                        gen,
+                        rid,
+                    },
+                );
+            }
+            PeerReq::Replicate {
+                key,
+                object,
+                hint_for,
+            } => {
+                let done = MergeDone::Peer {
+                    node: peer,
+                    gen,
+                    rid,
+                };
+                self.queue_disk(
+                    cx,
+                    DiskJob::Merge {
+                        key,
+                        object,
+                        hint_for,
+                        done,
+                    },
+                );
+            }
+            PeerReq::Read { key } => {
+                let obj = self.read_local(&key);
+                // `server.rs` sends an object without siblings as empty bytes, which the
+                // requester decodes as `Object::new()` (its history is not sent).
+                let obj = if obj.is_empty() { Object::new() } else { obj };
+                reply(cx, self.me(), Ok(PeerResp::Object(obj)));
+            }
+        }
+    }
+
+    fn read_local(&self, key: &[u8]) -> Object {
+        self.durable.objects.get(key).cloned().unwrap_or_default()
+    }
+
+    fn on_peer_response(&mut self, cx: &mut Ctx, rid: u64, resp: Result<PeerResp, ErrorReply>) {
+        let Some((peer, started, out)) = self.run().outgoing.remove(&rid) else {
+            // A duplicate, or the answer after the transport gave up.
+            return;
+        };
+        // `Peers::request`: any answer is a successful exchange.
+        self.mark(cx, peer, true, started, "");
+        match out {
+            Outgoing::Coord { op } => {
+                let result = match resp {
+                    Ok(PeerResp::Ack) => Ok(ReplicaResult::Ack),
+                    Ok(PeerResp::Object(o)) => Ok(ReplicaResult::Object(o)),
+                    Ok(other) => Err(ErrorReply::Malformed {
+                        reason: format!("peer answered {other:?}"),
+                    }),
+                    Err(e) => Err(e),
+                };
+                self.run().coord.handle_result(op, result);
+                self.pump(cx);
+            }
+            Outgoing::Repair => {}
+            Outgoing::Ping => match resp {
+                Ok(PeerResp::Pong) => {
+                    let now = cx.w.now;
+                    let v = self.run().peers.get_mut(&peer).expect("peer view");
+                    v.pinging = false;
+                    v.next_probe = now + PROBE_INTERVAL;
+                }
+                other => {
+                    let why = format!("odd answer to ping: {other:?}");
+                    self.mark(cx, peer, false, started, &why);
+                    self.ping_failed(cx, peer);
+                }
+            },
+            Outgoing::Forward { client, seq, req } => match resp {
+                Ok(PeerResp::Forwarded(r)) => {
+                    cx.w.send(
+                        self.me(),
+                        Addr::Client(client),
+                        Body::ClientResp { seq, resp: r },
+                    );
+                }
+                other => {
+                    cx.w.logf(self.me(), || {
+                        format!("forward failed ({other:?}); coordinating here")
+                    });
+                    self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
+                }
+            },
+            Outgoing::Handoff { key, seq } => match resp {
+                Ok(PeerResp::Ack) => {
+                    self.queue_disk(
+                        cx,
+                        DiskJob::HintDelivered {
+                            key,
+                            target: peer,
+                            seq,
+                        },
+                    );
+                }
+                other => {
+                    cx.w.logf(self.me(), || {
+                        format!("handoff to {} failed: {other:?}", node(peer))
+                    });
+                    self.handoff_next_target(cx);
+                }
+            },
+        }
+    }
+
+    /// The transport gave up on request `rid` (`Peers::request`: marks the peer down).
+    pub fn on_request_failed(&mut self, cx: &mut Ctx, rid: u64, reason: &str) {
+        let Some((peer, started, out)) = self.run().outgoing.remove(&rid) else {
+            return;
+        };
+        let reason = reason.to_owned();
+        self.mark(cx, peer, false, started, &reason);
+        match out {
+            Outgoing::Coord { op } => {
+                let err = ErrorReply::Unreachable {
+                    node: node(peer),
+                    reason,
+                };
+                self.run().coord.handle_result(op, Err(err));
+                self.pump(cx);
+            }
+            Outgoing::Repair => {}
+            Outgoing::Ping => self.ping_failed(cx, peer),
+            Outgoing::Forward { client, seq, req } => {
+                cx.w.logf(self.me(), || {
+                    format!("forward failed ({reason}); coordinating here")
+                });
+                self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
+            }
+            Outgoing::Handoff { .. } => self.handoff_next_target(cx),
+        }
+    }
+
+    /// Sends a peer request with a transport timeout.
+    fn request(
+        &mut self,
+        cx: &mut Ctx,
+        to: NodeIx,
+        req: PeerReq,
+        out: Outgoing,
+        timeout: Duration,
+    ) {
+        let peer = cx.ids[to];
+        let gen = self.gen;
+        let now = cx.w.now;
+        let run = self.run();
+        let rid = run.next_rid;
+        run.next_rid += 1;
+        run.outgoing.insert(rid, (peer, now, out));
+        cx.w.send(
+            Addr::Node(self.ix),
+            Addr::Node(to),
+            Body::PeerReq { gen, rid, req },
+        );
+        cx.w.after(
+            timeout,
+            Event::RequestFailed {
+                node: self.ix,
+                gen,
+                rid,
+                reason: "no answer in time",
+            },
+        );
+    }
+
+    // ---- coordination (driver.rs) ----
+
+    fn coordinate(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
+        let me = self.id;
+        let here = self.me();
+        let now = cx.w.instant();
+        let run = self.run();
+        let rid = RequestId(run.next_req);
+        run.next_req += 1;
+        run.requests.insert(rid, reply);
+        let peers = &run.peers;
+        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        if cx.w.tracing()
+            && matches!(req, ClientRequest::Put { .. })
+            && route(cx.ring, me, req.key(), &is_up) != Route::Local
+        {
+            cx.w.log(
+                here,
+                format!(
+                    "coordinating a write OFF its chosen replicas (req {})",
+                    rid.0
+                ),
+            );
+        }
+        match req {
+            ClientRequest::Get { key, opts } => {
+                run.coord.handle_get(now, rid, key, &opts, &is_up);
+            }
+            ClientRequest::Put {
+                key,
+                context,
+                payload,
+                opts,
+                write,
+            } => match decode_context(&context) {
+                Ok(ctx) => {
+                    run.put_tag = Some((rid, write));
+                    let w = ClientWrite {
+                        key,
+                        ctx,
+                        payload,
+                        opts,
+                    };
+                    run.coord.handle_put(now, rid, w, &is_up);
+                }
+                Err(e) => {
+                    run.requests.remove(&rid);
+                    let resp = ClientResponse {
+                        result: Err(format!("bad context: {e}")),
+                        minted: None,
+                    };
+                    self.answer(cx, reply, resp);
+                    return;
+                }
+            },
+        }
+        self.pump(cx);
+    }
+
+    /// Carries out everything the coordinator asked for, as the driver's loop does after each
+    /// input: transmits, then hints, then outcomes; then re-arms its timer.
+    fn pump(&mut self, cx: &mut Ctx) {
+        let me = self.id;
+        let gen = self.gen;
+        let mut transmits = Vec::new();
+        let mut hints = Vec::new();
+        let mut outcomes = Vec::new();
+        {
+            let run = self.run();
+            while let Some(t) = run.coord.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(h) = run.coord.poll_hint() {
+                hints.push(h);
+            }
+            while let Some(o) = run.coord.poll_outcome() {
+                outcomes.push(o);
+            }
+        }
+        let mut local_failures = Vec::new();
+        for t in transmits {
+            if t.to == me {
+                match t.msg {
+                    ReplicaOp::Update { key, ctx, payload } => {
+                        let op = t.op.expect("an update is always answered");
+                        let tag = self.run().put_tag.take();
+                        assert!(
+                            tag.is_some(),
+                            "an Update transmit that no handle_put just asked for"
+                        );
+                        cx.w.logf(self.me(), || {
+                            format!(
+                                "local update {} queued for disk (op {})",
+                                key_str(&key),
+                                op.0
+                            )
+                        });
+                        self.queue_disk(
+                            cx,
+                            DiskJob::Update {
+                                key,
+                                ctx,
+                                payload,
+                                op,
+                                tag,
+                            },
+                        );
+                    }
+                    ReplicaOp::Replicate {
+                        key,
+                        object,
+                        hint_for,
+                    } => {
+                        self.queue_disk(
+                            cx,
+                            DiskJob::Merge {
+                                key,
+                                object,
+                                hint_for,
+                                done: MergeDone::Local(t.op),
+                            },
+                        );
+                    }
+                    ReplicaOp::Read { key } => {
+                        let op = t.op.expect("a read is always answered");
+                        let delay = cx.w.micros(5, 300);
+                        cx.w.after(
+                            delay,
+                            Event::LocalRead {
+                                node: self.ix,
+                                gen,
+                                op,
+                                key,
+                            },
+                        );
+                    }
+                }
+            } else {
+                let to = cx.ix(t.to);
+                let out = match t.op {
+                    Some(op) => Outgoing::Coord { op },
+                    None => Outgoing::Repair,
+                };
+                let req = match t.msg {
+                    ReplicaOp::Update { .. } => {
+                        // `driver::execute_remote` refuses to send it.
+                        if let Some(op) = t.op {
+                            local_failures.push((
+                                op,
+                                ErrorReply::Malformed {
+                                    reason: "updates are applied by the coordinating replica only"
+                                        .into(),
+                                },
+                            ));
+                        }
+                        continue;
+                    }
+                    ReplicaOp::Replicate {
+                        key,
+                        object,
+                        hint_for,
+                    } => PeerReq::Replicate {
+                        key,
+                        object,
+                        hint_for,
+                    },
+                    ReplicaOp::Read { key } => PeerReq::Read { key },
+                };
+                self.request(cx, to, req, out, REQUEST_TIMEOUT_MAX);
+            }
+        }
+        self.run().put_tag = None;
+        for h in hints {
+            cx.w.logf(self.me(), || {
+                format!(
+                    "coordinator: hint needed for {} {}",
+                    node(h.target),
+                    key_str(&h.key)
+                )
+            });
+            self.run().hints_pending += 1;
+            self.queue_disk(
+                cx,
+                DiskJob::AddHint {
+                    key: h.key,
+                    target: h.target,
+                },
+            );
+        }
+        // Every hint issued so far must be durable before a reply goes out.
+        let hold_replies = cx.hints_before_reply && self.run().hints_pending > 0;
+        for (req, outcome) in outcomes {
+            let run = self.run();
+            let minted = run.minted.remove(&req);
+            let reply = run.requests.remove(&req);
+            let resp = ClientResponse {
+                result: outcome.map_err(|e| e.to_string()),
+                minted,
+            };
+            cx.w.logf(self.me(), || {
+                format!(
+                    "outcome req {}: {}",
+                    req.0,
+                    super::msg::describe_resp(&resp)
+                )
+            });
+            match reply {
+                // The disk is FIFO: the reply goes out once the hints queued above are durable.
+                Some(to) if hold_replies => self.queue_disk(cx, DiskJob::Reply { to, resp }),
+                Some(reply) => self.answer(cx, reply, resp),
+                None => {
+                    cx.w.log(self.me(), format!("outcome for unknown request {}", req.0))
+                }
+            }
+        }
+        if !local_failures.is_empty() {
+            for (op, err) in local_failures {
+                self.run().coord.handle_result(op, Err(err));
+            }
+            // Those answers may have produced more work; that pump re-arms the timer.
+            self.pump(cx);
+            return;
+        }
+        if let Some(deadline) = self.run().coord.poll_timeout() {
+            let at = cx.w.virtual_of(deadline);
+            let run = self.run();
+            if run.coord_timer.is_none_or(|t| at < t) {
+                run.coord_timer = Some(at);
+                cx.w.at(at, Event::CoordTimer { node: self.ix, gen });
+            }
+        }
+    }
+
+    fn answer(&mut self, cx: &mut Ctx, reply: ReplyTo, resp: ClientResponse) {
+        if matches!(resp.result, Ok(Outcome::Written(_))) && cx.w.chance(cx.crash_after_ack) {
+            // Adversarial timing: crash right after acknowledging a write, while whatever the
+            // coordinator still has to make durable (hints) sits in the queue.
+            // Mostly at once; sometimes later, while the request still waits for replicas.
+            let delay = if cx.w.chance(0.7) {
+                cx.w.micros(0, 3000)
+            } else {
+                cx.w.micros(3000, 5_000_000)
+            };
+            cx.w.after(delay, Event::Crash(self.ix));
+        }
+        match reply {
+            ReplyTo::Client { client, seq } => {
+                cx.w.send(
+                    self.me(),
+                    Addr::Client(client),
+                    Body::ClientResp { seq, resp },
+                );
+            }
+            ReplyTo::Peer { node, gen, rid } => {
+                cx.w.send(
+                    self.me(),
+                    Addr::Node(node),
+                    Body::PeerResp {
+                        gen,
+                        rid,
+                        resp: Ok(PeerResp::Forwarded(resp)),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The coordinator's timer fired.
+    pub fn on_coord_timer(&mut self, cx: &mut Ctx) {
+        let now = cx.w.now;
+        let instant = cx.w.instant();
+        let run = self.run();
+        if run.coord_timer.is_some_and(|t| t <= now) {
+            run.coord_timer = None;
+        }
+        let pending = run.coord.in_flight();
+        run.coord.handle_timeout(instant);
+        cx.w.logf(self.me(), || {
+            format!("coordinator timer ({pending} requests in flight)")
+        });
+        self.pump(cx);
+    }
+
+    /// A local read finished.
+    pub fn on_local_read(&mut self, cx: &mut Ctx, op: OpId, key: Vec<u8>) {
+        let copy = self.read_local(&key);
+        cx.w.logf(self.me(), || {
+            format!("local read {} -> {}", key_str(&key), obj(&copy))
+        });
+        self.run()
+            .coord
+            .handle_result(op, Ok(ReplicaResult::Object(copy)));
+        self.pump(cx);
+    }
+
+    // ---- the disk (engine.rs) ----
+
+    fn queue_disk(&mut self, cx: &mut Ctx, job: DiskJob) {
+        let now = cx.w.now;
+        let latency = cx.w.micros(50, 2000);
+        let gen = self.gen;
+        let run = self.run();
+        // One writer: jobs become durable in the order they were queued.
+        let at = run.disk_free_at.max(now) + latency;
+        run.disk_free_at = at;
+        run.disk_pending += 1;
+        cx.w.at(
+            at,
+            Event::Disk {
+                node: self.ix,
+                gen,
+                job,
+            },
+        );
+    }
+
+    /// Mints the next counter: the lease end is made durable before a counter under it is used.
+    fn mint(&mut self) -> u64 {
+        let lease_end = self.durable.lease_end;
+        let run = self.run.as_mut().expect("running");
+        if run.dot_next >= lease_end {
+            self.durable.lease_end = run.dot_next + 1 + SIM_LEASE_BLOCK;
+        }
+        let c = run.dot_next;
+        run.dot_next += 1;
+        c
+    }
+
+    fn add_hint(&mut self, target: NodeId, key: &[u8]) {
+        let seq = self.mint();
+        self.durable.hints.insert((target, key.to_vec()), seq);
+    }
+
+    /// A queued write reaches the disk: apply it durably, then answer.
+    pub fn on_disk(&mut self, cx: &mut Ctx, job: DiskJob) {
+        self.run().disk_pending -= 1;
+        match job {
+            DiskJob::Update {
+                key,
+                ctx,
+                payload,
+                op,
+                tag,
+            } => {
+                // A dot is spent even if the update is refused: counters only move forward.
+                let d = Dot::new(self.actor, self.mint());
+                let current = self.read_local(&key);
+                let result = match current.update(&ctx, d, payload) {
+                    Ok(next) => {
+                        cx.w.logf(self.me(), || {
+                            format!(
+                                "disk: update {} dot {} -> {}",
+                                key_str(&key),
+                                dot(d),
+                                obj(&next)
+                            )
+                        });
+                        self.durable.objects.insert(key, next.clone());
+                        if let Some((req, write)) = tag {
+                            self.run().minted.insert(req, d);
+                            cx.history.minted(write, self.ix, d);
+                        }
+                        Ok(ReplicaResult::Object(next))
+                    }
+                    Err(e) => {
+                        cx.w.logf(self.me(), || {
+                            format!("disk: update {} refused: {e}", key_str(&key))
+                        });
+                        Err(version_error(e))
+                    }
+                };
+                self.run().coord.handle_result(op, result);
+                self.pump(cx);
+            }
+            DiskJob::Merge {
+                key,
+                object,
+                hint_for,
+                done,
+            } => {
+                let current = self.read_local(&key);
+                let merged = match cx.sabotage {
+                    // Overwrites instead of merging: loses concurrent writes.
+                    Sabotage::OverwriteOnMerge => object.clone(),
+                    _ => current.sync(&object),
+                };
+                let result = match merged.check_limits() {
+                    Ok(()) => {
+                        if let Some(target) = hint_for {
+                            if cx.sabotage != Sabotage::ForgetHints {
+                                self.add_hint(target, &key);
+                            }
+                        }
+                        cx.w.logf(self.me(), || {
+                            format!(
+                                "disk: merge {}{} -> {}",
+                                key_str(&key),
+                                hint_for
+                                    .map_or(String::new(), |h| format!(" + hint for {}", node(h))),
+                                obj(&merged)
+                            )
+                        });
+                        self.durable.objects.insert(key, merged);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        cx.w.logf(self.me(), || {
+                            format!("disk: merge {} refused: {e}", key_str(&key))
+                        });
+                        Err(version_error(e))
+                    }
+                };
+                match done {
+                    MergeDone::Local(Some(op)) => {
+                        let result = result.map(|()| ReplicaResult::Ack);
+                        self.run().coord.handle_result(op, result);
+                        self.pump(cx);
+                    }
+                    MergeDone::Local(None) => {}
+                    MergeDone::Peer { node, gen, rid } => {
+                        let resp = result.map(|()| PeerResp::Ack);
+                        cx.w.send(
+                            self.me(),
+                            Addr::Node(node),
+                            Body::PeerResp { gen, rid, resp },
+                        );
+                    }
+                }
+            }
+            DiskJob::AddHint { key, target } => {
+                self.run().hints_pending -= 1;
+                if cx.sabotage != Sabotage::ForgetHints {
+                    self.add_hint(target, &key);
+                }
+                cx.w.logf(self.me(), || {
+                    format!("disk: hint for {} {}", node(target), key_str(&key))
+                });
+            }
+            DiskJob::Reply { to, resp } => self.answer(cx, to, resp),
+            DiskJob::HintDelivered { key, target, seq } => {
+                let k = (target, key);
+                if self.durable.hints.get(&k) == Some(&seq) {
+                    self.durable.hints.remove(&k);
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "disk: hint for {} {} delivered, deleted",
+                            node(target),
+                            key_str(&k.1)
+                        )
+                    });
+                } else {
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "disk: hint for {} {} renewed since, kept",
+                            node(target),
+                            key_str(&k.1)
+                        )
+                    });
+                }
+                self.handoff_next_item(cx);
+            }
+        }
+    }
+
+    // ---- liveness (peers.rs) ----
+
+    /// Records the outcome of an exchange with `peer` that started at `started`.
+    fn mark(&mut self, cx: &mut Ctx, peer: NodeId, up: bool, started: Duration, why: &str) {
+        let view = self.run().peers.get_mut(&peer).expect("peer view");
+        if !up && view.last_success.is_some_and(|t| t > started) {
+            // A newer exchange already succeeded: this failure says nothing current.
+            return;
+        }
+        let was = view.up;
+        view.up = up;
+        if up {
+            view.backoff = PROBE_INTERVAL;
+            view.last_success = Some(view.last_success.map_or(started, |t| t.max(started)));
+        }
+        if was != up {
+            cx.w.logf(self.me(), || {
+                if up {
+                    format!("view: {} is UP", node(peer))
+                } else {
+                    format!("view: {} is DOWN ({why})", node(peer))
+                }
+            });
+            if up {
+                self.handoff_up_event(cx);
+            }
+        }
+    }
+
+    fn ping_failed(&mut self, cx: &mut Ctx, peer: NodeId) {
+        let now = cx.w.now;
+        let v = self.run().peers.get_mut(&peer).expect("peer view");
+        v.pinging = false;
+        v.backoff = (v.backoff * 2).min(PROBE_BACKOFF_MAX);
+        v.next_probe = now + v.backoff;
+    }
+
+    /// The probe loop: ping every peer that is due, then tick again after `PROBE_INTERVAL`.
+    pub fn on_probe_tick(&mut self, cx: &mut Ctx) {
+        let now = cx.w.now;
+        let due: Vec<NodeId> = self
+            .run()
+            .peers
+            .iter_mut()
+            .filter(|(_, v)| !v.pinging && v.next_probe <= now)
+            .map(|(id, v)| {
+                v.pinging = true;
+                *id
+            })
+            .collect();
+        for peer in due {
+            let to = cx.ix(peer);
+            self.request(cx, to, PeerReq::Ping, Outgoing::Ping, PING_TIMEOUT);
+        }
+        let gen = self.gen;
+        cx.w.after(PROBE_INTERVAL, Event::ProbeTick { node: self.ix, gen });
+    }
+
+    // ---- hinted handoff (handoff.rs) ----
+
+    fn arm_handoff(&mut self, cx: &mut Ctx, delay: Duration) {
+        let gen = self.gen;
+        let h = &mut self.run().handoff;
+        h.arm += 1;
+        let arm = h.arm;
+        cx.w.after(
+            delay,
+            Event::HandoffTick {
+                node: self.ix,
+                gen,
+                arm,
+            },
+        );
+    }
+
+    /// The handoff interval elapsed.
+    pub fn on_handoff_tick(&mut self, cx: &mut Ctx, arm: u64) {
+        let h = &self.run().handoff;
+        if arm != h.arm || h.busy {
+            return;
+        }
+        self.handoff_round(cx);
+    }
+
+    fn handoff_up_event(&mut self, cx: &mut Ctx) {
+        let h = &mut self.run().handoff;
+        if h.busy {
+            h.kick = true;
+        } else {
+            self.handoff_round(cx);
+        }
+    }
+
+    fn handoff_round(&mut self, cx: &mut Ctx) {
+        let targets: BTreeSet<NodeId> = self.durable.hints.keys().map(|(t, _)| *t).collect();
+        let h = &mut self.run().handoff;
+        h.busy = true;
+        h.arm += 1; // The pending interval timer is replaced when this round ends.
+        h.targets = targets.into_iter().collect();
+        self.handoff_next_target(cx);
+    }
+
+    fn handoff_next_target(&mut self, cx: &mut Ctx) {
+        loop {
+            let next = self.run().handoff.targets.pop_front();
+            let Some(target) = next else {
+                let h = &mut self.run().handoff;
+                h.busy = false;
+                h.current = None;
+                if std::mem::take(&mut h.kick) {
+                    self.handoff_round(cx);
+                } else {
+                    self.arm_handoff(cx, HANDOFF_INTERVAL);
+                }
+                return;
+            };
+            // `is_up` is asked for each target in turn, after earlier deliveries.
+            if !self.run().peers.get(&target).is_some_and(|v| v.up) {
+                continue;
+            }
+            let items: VecDeque<(Vec<u8>, u64)> = self
+                .durable
+                .hints
+                .range((target, Vec::new())..)
+                .take_while(|((t, _), _)| *t == target)
+                .take(HANDOFF_BATCH_MAX)
+                .map(|((_, k), seq)| (k.clone(), *seq))
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            cx.w.logf(self.me(), || {
+                format!("handoff: {} hints for {}", items.len(), node(target))
+            });
+            let h = &mut self.run().handoff;
+            h.current = Some(target);
+            h.items = items;
+            self.handoff_next_item(cx);
+            return;
+        }
+    }
+
+    fn handoff_next_item(&mut self, cx: &mut Ctx) {
+        let h = &mut self.run().handoff;
+        let Some(target) = h.current else {
+            return;
+        };
+        match h.items.pop_front() {
+            Some((key, seq)) => {
+                let object = self.read_local(&key);
+                let to = cx.ix(target);
+                let req = PeerReq::Replicate {
+                    key: key.clone(),
+                    object,
+                    hint_for: None,
+                };
+                self.request(
+                    cx,
+                    to,
+                    req,
+                    Outgoing::Handoff { key, seq },
+                    HANDOFF_REQUEST_TIMEOUT,
+                );
+            }
+            None => self.handoff_next_target(cx),
+        }
+    }
+}
