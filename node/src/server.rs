@@ -190,10 +190,9 @@ impl Node {
 
     /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections and
     /// the database.
-    pub async fn shutdown(mut self) -> Result<(), NodeError> {
-        let accept = self.tasks.remove(0);
-        accept.abort();
-        let _ = accept.await;
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        // Refuse new connections; existing ones finish their requests below.
+        self.endpoint.set_server_config(None);
         // Taking every permit means no request is running; new streams cannot start after the
         // endpoint closes below.
         let drained = tokio::time::timeout(
@@ -206,7 +205,8 @@ impl Node {
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        // The coordinator, probes and handoff hold the endpoint and the engine: stop them so
+        // The accept loop (with every connection task), the coordinator, probes and handoff
+        // hold the endpoint and the engine: stop them so
         // the socket and the database are released before shutdown returns.
         for task in &self.tasks {
             task.abort();
@@ -248,7 +248,11 @@ impl Node {
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    // Every connection task lives in this set: when shutdown stops the accept loop, the set is
+    // dropped and aborts them, so none keeps the endpoint (and its UDP port) alive afterwards.
+    let mut connections = tokio::task::JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
+        while connections.try_join_next().is_some() {}
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(
                 "refusing connection from {}: CONNECTIONS_MAX ({CONNECTIONS_MAX}) reached",
@@ -258,7 +262,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(conn, shared).await,
@@ -273,8 +277,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let is_node = cairn_net::peer_is_node(&conn);
+    // Stream tasks die with their connection task (see `accept_loop`).
+    let mut streams = tokio::task::JoinSet::new();
     debug!(%remote, is_node, "connection open");
     loop {
+        while streams.try_join_next().is_some() {}
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
             Err(e) => {
@@ -286,7 +293,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         // connections by CONNECTIONS_MAX; the in-flight permit is taken once a request has
         // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
-        tokio::spawn(async move {
+        streams.spawn(async move {
             serve_stream(send, recv, &shared, is_node).await;
         });
     }
