@@ -1,6 +1,6 @@
 //! What an exchange costs, counted in bytes and trips rather than timed: with 100 differing keys,
-//! a replica of 1,000,000 keys must cost at most twice the bytes of one of 10,000 keys. Also the
-//! (ignored, run in release) measurement of a 1M-key rebuild.
+//! a replica of 1,000,000 keys must cost at most twice the bytes of one of 10,000 keys. (The
+//! rebuild timing is a benchmark: `examples/rebuild.rs`.)
 //!
 //! The 1M-key case builds two trees, about 3 seconds in a debug build, so it runs every time.
 //! Print the numbers with `cargo test -p cairn-antientropy --release --test cost -- --nocapture`.
@@ -10,7 +10,7 @@ mod common;
 use std::time::Instant;
 
 use cairn_antientropy::limits::DEPTH;
-use cairn_antientropy::{KeyHash, MerkleTree, ObjectHash};
+use cairn_antientropy::MerkleTree;
 use common::{exchange, key, object};
 
 const DIFFERENCES: u64 = 100;
@@ -104,45 +104,4 @@ fn bytes_follow_the_differences_not_the_keys() {
         small.keys / 1000,
         large.bytes as f64 / small.bytes as f64
     );
-}
-
-/// How long a restart's rebuild of one 1M-key partition takes. Timing, so not a regular test:
-/// `cargo test -p cairn-antientropy --release --test cost -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement to report, run in release"]
-fn rebuild_one_million_keys() {
-    let entries: Vec<(KeyHash, ObjectHash)> = (0..LARGE).map(|i| (key(i), object(i))).collect();
-    let rss_before = rss_kib();
-    let started = Instant::now();
-    let tree = MerkleTree::from_entries(entries.iter().copied());
-    let rebuilt = started.elapsed();
-    let rss_after = rss_kib();
-    let started = Instant::now();
-    let mut incremental = MerkleTree::new();
-    for (k, o) in &entries {
-        incremental.insert(*k, *o);
-    }
-    let inserted = started.elapsed();
-    let rss_incremental = rss_kib();
-    assert_eq!(tree.root(), incremental.root());
-    println!("from_entries, {LARGE} keys: {rebuilt:.2?}");
-    println!(
-        "insert one by one, {LARGE} keys: {inserted:.2?} ({:.0} ns per insert)",
-        inserted.as_nanos() as f64 / LARGE as f64
-    );
-    if let (Some(before), Some(after), Some(incr)) = (rss_before, rss_after, rss_incremental) {
-        println!(
-            "resident memory: +{:.0} bytes/key after from_entries, +{:.0} bytes/key for the \
-             incrementally built copy",
-            (after - before) as f64 * 1024.0 / LARGE as f64,
-            (incr - after) as f64 * 1024.0 / LARGE as f64
-        );
-    }
-}
-
-/// Resident set size from /proc, where there is one.
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
