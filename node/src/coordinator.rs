@@ -205,11 +205,27 @@ pub struct Coordinator {
     me: NodeId,
     ring: Ring,
     pending: BTreeMap<RequestId, Pending>,
-    ops: BTreeMap<OpId, RequestId>,
-    next_op: u64,
+    ops: Ops,
     transmits: VecDeque<Transmit>,
     outcomes: VecDeque<(RequestId, Result<Outcome, CoordinatorError>)>,
     hints: VecDeque<HintNeeded>,
+}
+
+/// The messages in flight and the request each belongs to. A field of its own so op ids can be
+/// minted while a request's state is borrowed.
+#[derive(Default)]
+struct Ops {
+    owner: BTreeMap<OpId, RequestId>,
+    next: u64,
+}
+
+impl Ops {
+    fn mint(&mut self, req: RequestId) -> OpId {
+        let op = OpId(self.next);
+        self.next += 1;
+        self.owner.insert(op, req);
+        op
+    }
 }
 
 fn quorum(n: usize) -> u8 {
@@ -229,8 +245,7 @@ impl Coordinator {
             me,
             ring,
             pending: BTreeMap::new(),
-            ops: BTreeMap::new(),
-            next_op: 0,
+            ops: Ops::default(),
             transmits: VecDeque::new(),
             outcomes: VecDeque::new(),
             hints: VecDeque::new(),
@@ -264,13 +279,6 @@ impl Coordinator {
     /// Where a request for `key` should be coordinated: at a chosen replica, preferably here.
     pub fn route(&self, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> Route {
         route(&self.ring, self.me, key, is_up)
-    }
-
-    fn op(&mut self, req: RequestId) -> OpId {
-        let op = OpId(self.next_op);
-        self.next_op += 1;
-        self.ops.insert(op, req);
-        op
     }
 
     fn admit(&mut self, req: RequestId) -> Result<(), CoordinatorError> {
@@ -325,7 +333,7 @@ impl Coordinator {
                 primary: false,
                 hint_for: None,
             });
-        let op = self.op(req);
+        let op = self.ops.mint(req);
         self.transmits.push_back(Transmit {
             op: Some(op),
             to: self.me,
@@ -386,7 +394,7 @@ impl Coordinator {
         let (targets, uncovered) = self.targets(&key, is_up);
         let mut waiting = BTreeMap::new();
         for t in targets {
-            let op = self.op(req);
+            let op = self.ops.mint(req);
             self.transmits.push_back(Transmit {
                 op: Some(op),
                 to: t.node,
@@ -424,7 +432,7 @@ impl Coordinator {
 
     /// A replica answered `op` (or failed to: `Err(why)`).
     pub fn handle_result(&mut self, op: OpId, result: Result<ReplicaResult, ErrorReply>) {
-        let Some(req) = self.ops.remove(&op) else {
+        let Some(req) = self.ops.owner.remove(&op) else {
             // Late answer to a request already finished, or to fire-and-forget repair.
             return;
         };
@@ -448,10 +456,7 @@ impl Coordinator {
                             s.primary_acks += u8::from(target.primary);
                         }
                         for t in s.targets.iter().filter(|t| t.node != target.node) {
-                            // Op ids are minted inline: `self.pending` is borrowed here.
-                            let op = OpId(self.next_op);
-                            self.next_op += 1;
-                            self.ops.insert(op, req);
+                            let op = self.ops.mint(req);
                             s.waiting.insert(op, *t);
                             self.transmits.push_back(Transmit {
                                 op: Some(op),
@@ -605,7 +610,7 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&req) else {
             return;
         };
-        self.ops.retain(|_, r| *r != req);
+        self.ops.owner.retain(|_, r| *r != req);
         if let Some(outcome) = outcome {
             self.outcomes.push_back((req, outcome));
         }

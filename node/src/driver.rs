@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::{
-    Context, ErrorReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Response,
-    WriteOptions,
+    Context, ErrorReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Request,
+    Response, WriteOptions,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -25,15 +25,13 @@ use crate::server::get_reply;
 use crate::version::{decode_context, Object, Payload};
 
 /// A client request for the coordinator.
-pub enum Command {
+pub enum Job {
     /// Read a key.
     Get {
         /// The key.
         key: Vec<u8>,
         /// Quorum choices.
         opts: ReadOptions,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Response>,
     },
     /// Write a value or tombstone.
     Put {
@@ -45,9 +43,40 @@ pub enum Command {
         payload: Payload,
         /// Quorum choices.
         opts: WriteOptions,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Response>,
     },
+}
+
+impl Job {
+    /// The coordinator job for a client get, put or delete; `None` for other requests.
+    pub fn from_request(req: Request) -> Option<Job> {
+        match req {
+            Request::Get { key, opts } => Some(Job::Get { key, opts }),
+            Request::Put {
+                key,
+                value,
+                context,
+                opts,
+            } => Some(Job::Put {
+                key,
+                context,
+                payload: Payload::Value(value),
+                opts,
+            }),
+            Request::Delete { key, context, opts } => Some(Job::Put {
+                key,
+                context,
+                payload: Payload::Tombstone,
+                opts,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A job and where its answer goes.
+struct Command {
+    job: Job,
+    reply: oneshot::Sender<Response>,
 }
 
 /// Handle to the coordinator task.
@@ -57,41 +86,10 @@ pub struct CoordinatorHandle {
 }
 
 impl CoordinatorHandle {
-    /// Submits `cmd`; a full queue is an `Overloaded` answer, not an unbounded wait.
-    pub async fn submit(&self, cmd: Command) -> Response {
-        let (cmd, rx) = match cmd {
-            Command::Get { key, opts, .. } => {
-                let (tx, rx) = oneshot::channel();
-                (
-                    Command::Get {
-                        key,
-                        opts,
-                        reply: tx,
-                    },
-                    rx,
-                )
-            }
-            Command::Put {
-                key,
-                context,
-                payload,
-                opts,
-                ..
-            } => {
-                let (tx, rx) = oneshot::channel();
-                (
-                    Command::Put {
-                        key,
-                        context,
-                        payload,
-                        opts,
-                        reply: tx,
-                    },
-                    rx,
-                )
-            }
-        };
-        if self.tx.try_send(cmd).is_err() {
+    /// Runs `job`; a full queue is an `Overloaded` answer, not an unbounded wait.
+    pub async fn submit(&self, job: Job) -> Response {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Command { job, reply }).is_err() {
             return Response::Error(ErrorReply::Overloaded {
                 reason: format!(
                     "coordinator queue is full (COORDINATOR_QUEUE_MAX = {COORDINATOR_QUEUE_MAX})"
@@ -149,23 +147,22 @@ async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<D
                 let req = RequestId(next_req);
                 next_req += 1;
                 let now = std::time::Instant::now();
-                match cmd {
-                    Command::Get { key, opts, reply } => {
+                let Command { job, reply } = cmd;
+                match job {
+                    Job::Get { key, opts } => {
                         waiting.insert(req, reply);
                         coord.handle_get(now, req, key, &opts, &is_up);
                     }
-                    Command::Put { key, context, payload, opts, reply } => {
-                        match decode_context(&context) {
-                            Ok(vv) => {
-                                waiting.insert(req, reply);
-                                let write = ClientWrite { key, ctx: vv, payload, opts };
-                                coord.handle_put(now, req, write, &is_up);
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Response::Error(engine_error(e.into())));
-                            }
+                    Job::Put { key, context, payload, opts } => match decode_context(&context) {
+                        Ok(ctx) => {
+                            waiting.insert(req, reply);
+                            let write = ClientWrite { key, ctx, payload, opts };
+                            coord.handle_put(now, req, write, &is_up);
                         }
-                    }
+                        Err(e) => {
+                            let _ = reply.send(Response::Error(EngineError::from(e).into()));
+                        }
+                    },
                 }
             }
             _ = sleep_until(deadline) => coord.handle_timeout(std::time::Instant::now()),
@@ -284,24 +281,6 @@ fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Respon
     }
 }
 
-/// Converts an engine failure into what a client or peer is told.
-pub fn engine_error(e: EngineError) -> ErrorReply {
-    match e {
-        EngineError::Limit(l) => ErrorReply::Limit(l),
-        EngineError::BadContext { reason } => ErrorReply::BadContext { reason },
-        EngineError::Overloaded { .. } | EngineError::HintsFull { .. } => ErrorReply::Overloaded {
-            reason: e.to_string(),
-        },
-        EngineError::Closed => ErrorReply::ShuttingDown,
-        other => {
-            warn!("request failed: {other}");
-            ErrorReply::Storage {
-                reason: other.to_string(),
-            }
-        }
-    }
-}
-
 /// Carries out one transmit and reports the result to the coordinator.
 async fn execute(
     t: Transmit,
@@ -324,8 +303,7 @@ async fn execute_local(msg: ReplicaOp, engine: &Arc<Engine>) -> Result<ReplicaRe
         ReplicaOp::Update { key, ctx, payload } => engine
             .apply(key, Write::Update { ctx, payload })
             .await
-            .map(ReplicaResult::Object)
-            .map_err(engine_error),
+            .map(ReplicaResult::Object),
         ReplicaOp::Replicate {
             key,
             object,
@@ -333,19 +311,10 @@ async fn execute_local(msg: ReplicaOp, engine: &Arc<Engine>) -> Result<ReplicaRe
         } => engine
             .apply(key, Write::Merge { object, hint_for })
             .await
-            .map(|_| ReplicaResult::Ack)
-            .map_err(engine_error),
-        ReplicaOp::Read { key } => {
-            let engine = engine.clone();
-            tokio::task::spawn_blocking(move || engine.get(&key))
-                .await
-                .map_err(|e| ErrorReply::Storage {
-                    reason: e.to_string(),
-                })?
-                .map(ReplicaResult::Object)
-                .map_err(engine_error)
-        }
+            .map(|_| ReplicaResult::Ack),
+        ReplicaOp::Read { key } => engine.read(key).await.map(ReplicaResult::Object),
     }
+    .map_err(ErrorReply::from)
 }
 
 /// Peer requests give up after this long; the coordinator's own deadline is usually shorter.

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cairn_proto::{ActorId, Context, LimitError, NodeId};
+use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
-use crate::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
+use crate::version::{Dot, Object, Payload, VClock, VersionError};
 
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -266,15 +266,37 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Closed)?
     }
 
-    /// A client write: `payload` supersedes exactly what `context` saw.
-    pub async fn update(
-        &self,
-        key: Vec<u8>,
-        context: &Context,
-        payload: Payload,
-    ) -> Result<Object, EngineError> {
-        let ctx = decode_context(context)?;
-        self.apply(key, Write::Update { ctx, payload }).await
+    /// The stored object for `key`, read off the async runtime (redb reads may block).
+    pub async fn read(self: &Arc<Self>, key: Vec<u8>) -> Result<Object, EngineError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.get(&key))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "read task",
+                reason: e.to_string(),
+            })?
+    }
+}
+
+/// What a client or peer is told when the engine fails.
+impl From<EngineError> for ErrorReply {
+    fn from(e: EngineError) -> ErrorReply {
+        match e {
+            EngineError::Limit(l) => ErrorReply::Limit(l),
+            EngineError::BadContext { reason } => ErrorReply::BadContext { reason },
+            EngineError::Overloaded { .. } | EngineError::HintsFull { .. } => {
+                ErrorReply::Overloaded {
+                    reason: e.to_string(),
+                }
+            }
+            EngineError::Closed => ErrorReply::ShuttingDown,
+            other => {
+                tracing::warn!("request failed: {other}");
+                ErrorReply::Storage {
+                    reason: other.to_string(),
+                }
+            }
+        }
     }
 }
 

@@ -44,13 +44,8 @@ async fn deliver(engine: &Arc<Engine>, peers: &Peers, target: NodeId) {
     };
     let mut delivered = 0usize;
     for hint in hints {
-        let object = {
-            let engine = engine.clone();
-            let key = hint.key.clone();
-            match tokio::task::spawn_blocking(move || engine.get(&key)).await {
-                Ok(Ok(obj)) => obj,
-                _ => return,
-            }
+        let Ok(object) = engine.read(hint.key.clone()).await else {
+            return;
         };
         let req = PeerRequest::Replicate {
             key: hint.key.clone(),

@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
 use crate::coordinator::{route, Coordinator, Route};
-use crate::driver::{engine_error, Command, CoordinatorHandle, DriverContext};
+use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
 use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
 use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
-use crate::version::{encode_context, Object, Payload};
+use crate::version::{encode_context, Object};
 
 /// How long a finished stream waits for the peer to take the response.
 const STREAM_LINGER_MAX: Duration = Duration::from_secs(5);
@@ -206,44 +206,46 @@ impl Node {
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         // The accept loop (with every connection task), the coordinator, probes and handoff
-        // hold the endpoint and the engine: stop them so
-        // the socket and the database are released before shutdown returns.
+        // hold the endpoint and the engine: stop them so the socket and the database are
+        // released before shutdown returns.
         for task in &self.tasks {
             task.abort();
         }
         for task in self.tasks {
             let _ = task.await;
         }
-        // Dropping the last engine handle drains the write queue and joins the writer thread.
-        let engine = self.engine;
-        tokio::task::spawn_blocking(move || {
-            // The coordinator task may still hold a handle for a moment after its channel
-            // closed; waiting for the last one keeps the writer's drain inside shutdown.
-            let mut engine = engine;
-            for _ in 0..200 {
-                match Arc::try_unwrap(engine) {
-                    Ok(e) => return drop(e),
-                    Err(e) => engine = e,
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-        .await
-        .expect("engine close panicked");
-        // Peer connections hold the UDP socket: wait (briefly) for the last task holding them,
-        // so a restart on the same address finds it free.
-        let peers = self.peers;
-        for _ in 0..200 {
-            if Arc::strong_count(&peers) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Tasks that were just stopped may release their handles a moment later; waiting for
+        // the last one keeps the writer's drain and the socket's release inside shutdown.
+        match sole_owner(self.engine).await {
+            // Dropping the engine drains the write queue and joins the writer thread.
+            Ok(engine) => tokio::task::spawn_blocking(move || drop(engine))
+                .await
+                .expect("engine close panicked"),
+            Err(_) => warn!(node = %self.name, "engine still in use after shutdown"),
         }
-        if Arc::strong_count(&peers) > 1 {
+        if sole_owner(self.peers).await.is_err() {
             warn!(node = %self.name, "peer connections still in use after shutdown");
         }
         info!(node = %self.name, "stopped");
         Ok(())
+    }
+}
+
+/// How long shutdown waits for the last handle of the engine or of the peer connections.
+const LAST_HANDLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits up to `LAST_HANDLE_WAIT` until `arc` is the only handle, then returns its value.
+async fn sole_owner<T>(mut arc: Arc<T>) -> Result<T, Arc<T>> {
+    let deadline = tokio::time::Instant::now() + LAST_HANDLE_WAIT;
+    loop {
+        match Arc::try_unwrap(arc) {
+            Ok(value) => return Ok(value),
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                arc = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(shared) => return Err(shared),
+        }
     }
 }
 
@@ -357,15 +359,10 @@ async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
         Request::Ring => Response::Ring(ring_reply(shared)),
         Request::Peer(_) if !is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared).await,
-        req => {
-            let key = match &req {
-                Request::Get { key, .. }
-                | Request::Put { key, .. }
-                | Request::Delete { key, .. } => key.clone(),
-                _ => unreachable!("other requests are handled above"),
-            };
+        Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+            let key = req.key().expect("gets, puts and deletes have a key");
             let is_up = |id| shared.peers.is_up(id);
-            if let Route::Forward(to) = route(&shared.ring, shared.me, &key, &is_up) {
+            if let Route::Forward(to) = route(&shared.ring, shared.me, key, &is_up) {
                 match shared
                     .peers
                     .request(
@@ -391,38 +388,12 @@ async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
 
 /// Coordinates a client get, put or delete at this node.
 async fn coordinate(req: Request, shared: &Shared) -> Response {
-    let cmd = match req {
-        Request::Get { key, opts } => Command::Get {
-            key,
-            opts,
-            reply: tokio::sync::oneshot::channel().0,
-        },
-        Request::Put {
-            key,
-            value,
-            context,
-            opts,
-        } => Command::Put {
-            key,
-            context,
-            payload: Payload::Value(value),
-            opts,
-            reply: tokio::sync::oneshot::channel().0,
-        },
-        Request::Delete { key, context, opts } => Command::Put {
-            key,
-            context,
-            payload: Payload::Tombstone,
-            opts,
-            reply: tokio::sync::oneshot::channel().0,
-        },
-        other => {
-            return Response::Error(ErrorReply::Malformed {
-                reason: format!("{other:?} cannot be coordinated"),
-            })
-        }
-    };
-    shared.coordinator.submit(cmd).await
+    match Job::from_request(req) {
+        Some(job) => shared.coordinator.submit(job).await,
+        None => Response::Error(ErrorReply::Malformed {
+            reason: "only gets, puts and deletes can be coordinated".into(),
+        }),
+    }
 }
 
 async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
@@ -430,17 +401,10 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
         PeerRequest::Ping { .. } => Ok(PeerResponse::Pong {
             node: shared.name.clone(),
         }),
-        PeerRequest::Forward(req) => match *req {
-            req @ (Request::Get { .. } | Request::Put { .. } | Request::Delete { .. }) => {
-                // Never forwarded again: two nodes with different views must not bounce it.
-                Ok(PeerResponse::Forwarded(Box::new(
-                    coordinate(req, shared).await,
-                )))
-            }
-            other => Err(ErrorReply::Malformed {
-                reason: format!("{other:?} cannot be forwarded"),
-            }),
-        },
+        // Never forwarded again: two nodes with different views must not bounce it.
+        PeerRequest::Forward(req) => Ok(PeerResponse::Forwarded(Box::new(
+            coordinate(*req, shared).await,
+        ))),
         PeerRequest::Replicate {
             key,
             object,
@@ -451,22 +415,17 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
                 .apply(key, Write::Merge { object, hint_for })
                 .await
                 .map(|_| PeerResponse::Ack)
-                .map_err(engine_error),
+                .map_err(ErrorReply::from),
             Err(e) => Err(ErrorReply::Malformed {
                 reason: format!("bad object: {e}"),
             }),
         },
-        PeerRequest::Read { key } => {
-            let engine = shared.engine.clone();
-            match tokio::task::spawn_blocking(move || engine.get(&key)).await {
-                Ok(Ok(obj)) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),
-                Ok(Ok(obj)) => Ok(PeerResponse::Object(obj.encode())),
-                Ok(Err(e)) => Err(engine_error(e)),
-                Err(e) => Err(ErrorReply::Storage {
-                    reason: e.to_string(),
-                }),
-            }
-        }
+        PeerRequest::Read { key } => match shared.engine.read(key).await {
+            // Empty bytes say "absent" without encoding an empty object.
+            Ok(obj) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),
+            Ok(obj) => Ok(PeerResponse::Object(obj.encode())),
+            Err(e) => Err(e.into()),
+        },
     };
     match resp {
         Ok(r) => Response::Peer(r),

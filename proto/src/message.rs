@@ -171,6 +171,18 @@ pub enum Request {
     Peer(PeerRequest),
 }
 
+impl Request {
+    /// The key a get, put or delete is about.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                Some(key)
+            }
+            Request::Ping | Request::Status | Request::Ring | Request::Peer(_) => None,
+        }
+    }
+}
+
 /// Per-request read choices; `None` takes the cluster default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadOptions {

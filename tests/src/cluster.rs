@@ -135,10 +135,7 @@ impl TestCluster {
                     return self.wait_all_up().await;
                 }
                 Err(e) if Instant::now() < deadline => {
-                    eprintln!(
-                        "{:?} restart of node{k} failed, retrying: {e}",
-                        Instant::now()
-                    );
+                    eprintln!("restart of node{k} failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e.into()),

@@ -247,7 +247,7 @@ pub struct SimNode {
 }
 
 fn version_error(e: VersionError) -> ErrorReply {
-    // As `driver::engine_error` after `EngineError::from(VersionError)`.
+    // As `ErrorReply::from(EngineError::from(VersionError))` in the driver.
     match e {
         VersionError::Limit(l) => ErrorReply::Limit(l),
         other => ErrorReply::BadContext {
