@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use cairn_client::Client;
 use cairn_net::{ClusterCa, Identity};
-use cairn_node::{ClusterConfig, MemberConfig, NodeConfig, TlsPaths};
+use cairn_node::{ClusterConfig, NodeConfig, TlsPaths};
 use clap::Args;
 use rustix::process::Signal;
 use tokio::sync::mpsc;
@@ -212,60 +212,51 @@ fn existing_nodes(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Checks that the configs in `dir` describe one cluster: each lists exactly the nodes that are
-/// there (or, in a one-node directory from before clusters, none).
+/// Checks that the configs in `dir` describe one cluster: every node has the ring shape (Q, N)
+/// of the first, so they can form one ring.
 fn check_members(dir: &Path, names: &[String]) -> anyhow::Result<()> {
-    let mut expected = names.to_vec();
-    expected.sort();
+    let mut shape = None;
     for name in names {
         let path = cluster::node_config(dir, name);
-        let config = NodeConfig::load(&path)?;
-        let listed = match &config.cluster {
-            Some(c) => {
-                let mut listed: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
-                listed.sort();
-                listed
-            }
-            None => vec![config.name.clone()],
-        };
-        if listed != expected {
-            bail!(
-                "{} lists the members {} but {} holds {}; restore the missing node directories, or remove {} to start a fresh cluster",
+        let config = NodeConfig::load(&path)?.cluster();
+        let this = (config.partitions, config.replicas);
+        match shape {
+            None => shape = Some((name, this)),
+            Some((first, s)) if s != this => bail!(
+                "{} has {} partitions and {} replicas but {first}'s config has {} and {}; make them agree, or remove {} to start a fresh cluster",
                 path.display(),
-                listed.join(", "),
-                dir.display(),
-                expected.join(", "),
+                this.0,
+                this.1,
+                s.0,
+                s.1,
                 dir.display()
-            );
+            ),
+            Some(_) => {}
         }
     }
     Ok(())
 }
 
-/// Makes `count` nodes in an empty cluster directory: ports picked up front, so every config can
-/// list every member.
+/// Makes `count` nodes in an empty cluster directory. Every node's only seed is node1: the
+/// others find each other through it by gossip.
 fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<DevNode>> {
     let names: Vec<String> = (1..=count).map(cluster::node_name).collect();
     let ports = free_udp_ports(count)?;
-    let members: Vec<MemberConfig> = names
+    let addrs: Vec<std::net::SocketAddr> = ports
         .iter()
-        .zip(&ports)
-        .map(|(name, port)| MemberConfig {
-            name: name.clone(),
-            addr: (std::net::Ipv4Addr::LOCALHOST, *port).into(),
-            zone: None,
-        })
+        .map(|port| (std::net::Ipv4Addr::LOCALHOST, *port).into())
         .collect();
     let replicas = DEV_REPLICAS.min(u8::try_from(count).unwrap_or(u8::MAX));
-    for member in &members {
-        let node_dir = dir.join(&member.name);
+    for (name, addr) in names.iter().zip(&addrs) {
+        let node_dir = dir.join(name);
         let data = node_dir.join("data");
         std::fs::create_dir_all(&data)
             .with_context(|| format!("cannot create {}", data.display()))?;
-        ensure_issued(&node_dir, "node", || ca.issue_node(&member.name, &[]))?;
+        ensure_issued(&node_dir, "node", || ca.issue_node(name, &[]))?;
         let config = NodeConfig {
-            name: member.name.clone(),
-            listen: member.addr,
+            name: name.clone(),
+            listen: *addr,
+            advertise: None,
             data_dir: "data".into(),
             tls: TlsPaths {
                 ca: "../ca.pem".into(),
@@ -275,7 +266,8 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
             cluster: Some(ClusterConfig {
                 replicas,
                 partitions: DEV_PARTITIONS,
-                members: members.clone(),
+                seeds: vec![addrs[0].to_string()],
+                ..ClusterConfig::default()
             }),
         };
         write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
@@ -570,9 +562,9 @@ async fn ping_until_ready(
     }
 }
 
-/// Waits until every node sees every member up. Nodes start one after another, so the first
-/// ones find the later ones down; until they have seen them answer, a write that needs every
-/// replica would fail, and "ready" would not be true.
+/// Waits until every node knows every node and sees it up. Nodes find each other by gossip
+/// through node1 over a few rounds; until then a write that needs every replica would fail, and
+/// "ready" would not be true.
 async fn wait_connected(
     nodes: &[DevNode],
     identity: &Identity,
@@ -631,6 +623,14 @@ async fn first_lagging(nodes: &[DevNode], clients: &[Client]) -> Option<String> 
         if let Some(m) = status.members.iter().find(|m| m.status != "up") {
             return Some(format!("{} sees {} {}", node.name, m.name, m.status));
         }
+        if status.members.len() < nodes.len() {
+            return Some(format!(
+                "{} knows {} of {} nodes so far",
+                node.name,
+                status.members.len(),
+                nodes.len()
+            ));
+        }
     }
     None
 }
@@ -673,19 +673,13 @@ mod tests {
         assert!(text.contains("127.0.0.1:"), "{text}");
         let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
 
-        // Every config lists every member, at the address that member listens on.
+        // Every config names node1, at the address it listens on, as its only seed.
         for node in &first {
             let config = NodeConfig::load(&node.config).unwrap();
             let cluster = config.cluster.expect("a cluster section");
             assert_eq!(cluster.replicas, 3);
             assert_eq!(cluster.partitions, 64);
-            let members: Vec<_> = cluster
-                .members
-                .iter()
-                .map(|m| (m.name.clone(), m.addr))
-                .collect();
-            let expected: Vec<_> = first.iter().map(|n| (n.name.clone(), n.addr)).collect();
-            assert_eq!(members, expected);
+            assert_eq!(cluster.seeds, vec![first[0].addr.to_string()]);
         }
         let mut ports: Vec<u16> = first.iter().map(|n| n.addr.port()).collect();
         ports.sort();

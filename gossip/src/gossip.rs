@@ -194,6 +194,20 @@ impl Gossip {
         Ok(())
     }
 
+    /// Adds `seed` to the seed addresses (`cairn join`): a node with no live peer contacts a seed
+    /// every round, so a node alone joins the seed's cluster on its next tick. Already listed
+    /// seeds are not added twice.
+    pub fn add_seed(&mut self, seed: String) -> Result<(), GossipError> {
+        if self.config.seeds.contains(&seed) {
+            return Ok(());
+        }
+        let mut config = self.config.clone();
+        config.seeds.push(seed);
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// One gossip round, due every `gossip_interval` ([`Gossip::poll_timeout`]).
     ///
     /// 1. If the previous tick was more than `local_pause_max` ago, this node was paused: every

@@ -163,6 +163,34 @@ fn two_nodes_meet_through_a_seed() {
 }
 
 #[test]
+fn a_node_alone_joins_through_a_seed_added_later() {
+    // Neither node has a seed: both are alone and send nothing.
+    let mut net = Net::new(&["a", "b"], &[]);
+    net.round();
+    assert_eq!(net.g(1).members().count(), 1);
+    // `cairn join a:7000` at b: its next round contacts a, and both learn each other.
+    net.nodes[1].1.add_seed("a:7000".into()).unwrap();
+    net.nodes[1].1.add_seed("a:7000".into()).unwrap();
+    assert_eq!(net.g(1).config().seeds, vec!["a:7000".to_string()]);
+    net.round();
+    for i in 0..2 {
+        assert_eq!(net.g(i).members().count(), 2, "node {i} knows both");
+    }
+    // A seed list cannot grow past its limit.
+    let mut g = Gossip::new(id("c"), config(&[]), state("c"), 1, net.now).unwrap();
+    for i in 0..SEEDS_MAX {
+        g.add_seed(format!("s{i}:1")).unwrap();
+    }
+    assert_eq!(
+        g.add_seed("one-too-many:1".into()),
+        Err(GossipError::TooManySeeds {
+            count: SEEDS_MAX + 1,
+            max: SEEDS_MAX,
+        })
+    );
+}
+
+#[test]
 fn local_writes_get_new_versions_and_reach_peers() {
     let mut net = Net::new(&["a", "b"], &["a:7000"]);
     net.round();

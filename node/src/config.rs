@@ -4,19 +4,28 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cairn_gossip::limits::{SEEDS_MAX, ZONE_BYTES_MAX};
+use cairn_proto::limits::ADDRESS_BYTES_MAX;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, NAME_BYTES_MAX};
 
 /// One node's configuration, as written to `node.toml`.
 ///
 /// Relative paths are relative to the directory holding the file, so a cluster directory can be
 /// moved as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node's name, unique in the cluster; its identity (`NodeId`) derives from it.
     pub name: String,
-    /// UDP address to serve QUIC on. Port 0 picks a free port (tests only: clients must learn it).
+    /// UDP address to serve QUIC on. Port 0 picks a free port (peers learn the bound one by
+    /// gossip; clients must be told).
     pub listen: SocketAddr,
+    /// The address other nodes reach this one at, gossiped to them. Default: the bound address,
+    /// which must then not be unspecified (`0.0.0.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
     /// Directory holding the node's redb file.
     pub data_dir: PathBuf,
     /// Certificates.
@@ -26,31 +35,53 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
 }
 
-/// The static cluster membership (the gossip issue replaces the member list with discovery).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The cluster this node belongs to: its shape, where to find it, and how to gossip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Replicas per key (N).
+    /// Replicas per key (N); every node of a cluster must agree.
     #[serde(default = "default_replicas")]
     pub replicas: u8,
-    /// Partitions in the ring (Q), a power of two, fixed when the cluster is created.
+    /// Partitions in the ring (Q), a power of two, fixed when the cluster is created; every node
+    /// of a cluster must agree.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
-    /// Every node of the cluster, this one included.
-    pub members: Vec<MemberConfig>,
-}
-
-/// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberConfig {
-    /// Its name.
-    pub name: String,
-    /// Its QUIC address.
-    pub addr: SocketAddr,
-    /// Its failure zone (rack, host); replicas of a key go to distinct zones when possible.
+    /// Addresses (host:port) of seed nodes: a starting node joins the cluster through them, and
+    /// every node turns to them now and then so views split by a partition merge again. Empty, or
+    /// only this node's own address: the node starts a cluster of its own.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// This node's failure zone (rack, host); replicas of a key go to distinct zones when
+    /// possible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Milliseconds between gossip rounds; every node of a cluster should agree.
+    #[serde(default = "default_gossip_interval_ms")]
+    pub gossip_interval_ms: u64,
+    /// Phi above which the failure detector judges a node down.
+    #[serde(default = "default_phi_threshold")]
+    pub phi_threshold: f64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            replicas: default_replicas(),
+            partitions: default_partitions(),
+            seeds: Vec::new(),
+            zone: None,
+            gossip_interval_ms: default_gossip_interval_ms(),
+            phi_threshold: default_phi_threshold(),
+        }
+    }
+}
+
+fn default_gossip_interval_ms() -> u64 {
+    cairn_gossip::limits::GOSSIP_INTERVAL_DEFAULT.as_millis() as u64
+}
+
+fn default_phi_threshold() -> f64 {
+    cairn_gossip::limits::PHI_THRESHOLD_DEFAULT
 }
 
 fn default_replicas() -> u8 {
@@ -102,6 +133,40 @@ pub enum ConfigError {
     },
 }
 
+impl ClusterConfig {
+    /// Checks every value against its limit; the error says which and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 {
+            return Err("cluster.replicas must be at least 1".into());
+        }
+        if self.seeds.len() > SEEDS_MAX {
+            return Err(format!(
+                "cluster.seeds lists {} addresses, over SEEDS_MAX ({SEEDS_MAX})",
+                self.seeds.len()
+            ));
+        }
+        if let Some(seed) = self.seeds.iter().find(|s| s.len() > ADDRESS_BYTES_MAX) {
+            return Err(format!(
+                "cluster.seeds: {seed:?} exceeds ADDRESS_BYTES_MAX ({ADDRESS_BYTES_MAX} bytes)"
+            ));
+        }
+        if self.zone.as_ref().is_some_and(|z| z.len() > ZONE_BYTES_MAX) {
+            return Err(format!(
+                "cluster.zone exceeds ZONE_BYTES_MAX ({ZONE_BYTES_MAX} bytes)"
+            ));
+        }
+        if !(GOSSIP_INTERVAL_MS_MIN..=GOSSIP_INTERVAL_MS_MAX).contains(&self.gossip_interval_ms) {
+            return Err(format!(
+                "cluster.gossip_interval_ms must be in {GOSSIP_INTERVAL_MS_MIN}..={GOSSIP_INTERVAL_MS_MAX}"
+            ));
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return Err("cluster.phi_threshold must be a positive number".into());
+        }
+        Ok(())
+    }
+}
+
 impl NodeConfig {
     /// Reads `path` and resolves relative paths against its directory.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
@@ -127,25 +192,20 @@ impl NodeConfig {
                 ),
             });
         }
+        if config.name.len() > NAME_BYTES_MAX {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                reason: format!(
+                    "name of {} bytes exceeds NAME_BYTES_MAX ({NAME_BYTES_MAX})",
+                    config.name.len()
+                ),
+            });
+        }
         if let Some(cluster) = &config.cluster {
-            let invalid = |reason: String| ConfigError::Invalid {
+            cluster.validate().map_err(|reason| ConfigError::Invalid {
                 path: path.to_owned(),
                 reason,
-            };
-            if !cluster.members.iter().any(|m| m.name == config.name) {
-                return Err(invalid(format!(
-                    "cluster.members does not list this node ({})",
-                    config.name
-                )));
-            }
-            let mut names: Vec<_> = cluster.members.iter().map(|m| &m.name).collect();
-            names.sort();
-            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                return Err(invalid(format!("cluster.members lists {} twice", w[0])));
-            }
-            if cluster.replicas == 0 {
-                return Err(invalid("cluster.replicas must be at least 1".into()));
-            }
+            })?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
@@ -164,6 +224,11 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+    }
+
+    /// The cluster section, or the defaults (a cluster of this node alone) without one.
+    pub fn cluster(&self) -> ClusterConfig {
+        self.cluster.clone().unwrap_or_default()
     }
 
     /// The TOML text of this configuration.

@@ -20,6 +20,7 @@ use crate::coordinator::{
 };
 use crate::engine::{Engine, EngineError, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
+use crate::membership::ClusterView;
 use crate::peers::Peers;
 use crate::server::get_reply;
 use crate::version::{decode_context, Object, Payload};
@@ -109,19 +110,26 @@ pub struct DriverContext {
     pub engine: Arc<Engine>,
     /// The other nodes.
     pub peers: Arc<Peers>,
+    /// The membership view; the coordinator routes by its ring.
+    pub view: watch::Receiver<Arc<ClusterView>>,
 }
 
 /// Starts the coordinator task.
-pub fn spawn(
-    coordinator: Coordinator,
-    ctx: Arc<DriverContext>,
-) -> (CoordinatorHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(ctx: Arc<DriverContext>) -> (CoordinatorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COORDINATOR_QUEUE_MAX);
-    let task = tokio::spawn(run(coordinator, rx, ctx));
+    let task = tokio::spawn(run(rx, ctx));
     (CoordinatorHandle { tx }, task)
 }
 
-async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
+async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
+    let mut view = ctx.view.clone();
+    // No coordinator until there is a ring (a joining node has none); requests meanwhile are
+    // refused by the server, and any that slip through are answered `NoRing` below.
+    let mut coord = view
+        .borrow_and_update()
+        .ring
+        .clone()
+        .map(|ring| Coordinator::new(ctx.me, ring));
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
     let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
     let (done_tx, hints_done) = watch::channel(0u64);
@@ -138,12 +146,35 @@ async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<D
         move |id| peers.is_up(id)
     };
     loop {
-        let deadline = coord.poll_timeout();
+        let deadline = coord.as_ref().and_then(Coordinator::poll_timeout);
         tokio::select! {
             biased;
-            Some((op, result)) = results.recv() => coord.handle_result(op, result),
+            Some((op, result)) = results.recv() => {
+                if let Some(coord) = &mut coord {
+                    coord.handle_result(op, result);
+                }
+            }
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Requests in flight keep the replicas they chose; new ones use the new ring.
+                if let Some(ring) = view.borrow_and_update().ring.clone() {
+                    match &mut coord {
+                        Some(coord) => coord.set_ring(ring),
+                        None => coord = Some(Coordinator::new(ctx.me, ring)),
+                    }
+                }
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
+                let Some(coord) = &mut coord else {
+                    let _ = cmd.reply.send(Response::Error(ErrorReply::NoRing {
+                        node: ctx.peers.name(ctx.me),
+                        reason: "no member is up in its view of the cluster".into(),
+                    }));
+                    continue;
+                };
                 let req = RequestId(next_req);
                 next_req += 1;
                 let now = std::time::Instant::now();
@@ -165,8 +196,13 @@ async fn run(mut coord: Coordinator, mut rx: mpsc::Receiver<Command>, ctx: Arc<D
                     },
                 }
             }
-            _ = sleep_until(deadline) => coord.handle_timeout(std::time::Instant::now()),
+            _ = sleep_until(deadline) => {
+                if let Some(coord) = &mut coord {
+                    coord.handle_timeout(std::time::Instant::now());
+                }
+            }
         }
+        let Some(coord) = &mut coord else { continue };
         // Reap finished tasks so the set stays as small as the work in flight.
         while tasks.try_join_next().is_some() {}
         while let Some(t) = coord.poll_transmit() {

@@ -7,10 +7,11 @@ pub mod driver;
 pub mod engine;
 pub mod handoff;
 pub mod limits;
+pub mod membership;
 pub mod peers;
 pub mod server;
 pub mod store;
 pub mod version;
 
-pub use config::{ClusterConfig, ConfigError, MemberConfig, NodeConfig, TlsPaths};
+pub use config::{ClusterConfig, ConfigError, NodeConfig, TlsPaths};
 pub use server::{Node, NodeError};

@@ -31,3 +31,22 @@ pub const REPLICA_RESULTS_QUEUE_MAX: usize = 8192;
 /// Hints waiting to be made durable by the coordinator's hint writer; when full, the coordinator
 /// waits (acknowledgements wait for hints anyway).
 pub const HINT_QUEUE_MAX: usize = 1024;
+
+/// Longest node name, in bytes; the name travels in every gossip round inside the ring field.
+pub const NAME_BYTES_MAX: usize = 64;
+/// Shortest gossip interval a configuration may set (tests use short ones).
+pub const GOSSIP_INTERVAL_MS_MIN: u64 = 10;
+/// Longest gossip interval a configuration may set: beyond it a dead node takes minutes to be
+/// noticed.
+pub const GOSSIP_INTERVAL_MS_MAX: u64 = 60_000;
+/// Gossip exchanges (SYN → ACK → ACK2) one node runs at once; a round starts at most three, so
+/// more means peers are slow to answer, and further rounds skip rather than pile up.
+pub const GOSSIP_EXCHANGES_MAX: usize = 16;
+/// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
+pub const GOSSIP_EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue
+/// drops the message.
+pub const GOSSIP_OUTBOX_MAX: usize = 64;
+/// Peer up-transitions waiting for the handoff loop; when full, the loop's periodic scan finds
+/// the peer anyway.
+pub const UP_EVENTS_MAX: usize = 64;

@@ -1,12 +1,14 @@
-//! Connections to the other nodes and the liveness view built from them: failed requests mark
-//! a peer down, a probe loop pings peers (down ones with backoff) and marks them up again.
+//! Connections to the other nodes and the liveness view built from them. A peer is up when
+//! gossip's failure detector judges it alive *and* the last exchange with it did not fail: gossip
+//! convicts a silent node within seconds, a failed request marks a peer down at once, and a probe
+//! loop pings peers marked down that way (with backoff) until they answer.
 //!
-//! This is the narrow membership interface the coordinator uses (`is_up`); the gossip issue
-//! replaces its insides with scuttlebutt and phi accrual.
+//! This is the membership interface the coordinator, hinted handoff and status use (`is_up`,
+//! `name`); the member table itself is kept by `membership` from gossip.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
@@ -17,23 +19,29 @@ use tracing::{debug, info};
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a ping may take before the peer counts as down.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often up peers are pinged.
+/// How often the probe loop looks for peers to ping.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait between probes of a down peer (the backoff doubles up to this).
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 #[derive(Debug)]
 struct PeerState {
-    up: bool,
-    /// Whether an exchange with the peer succeeded since it was last marked down (until then
-    /// `up` is only the optimistic start state).
-    confirmed: bool,
+    /// Transport view: false after an exchange failed, until one succeeds.
+    reachable: bool,
+    /// Gossip's view: the failure detector judges the node alive.
+    alive: bool,
     /// When the last successful exchange started; failures of exchanges that started earlier
     /// are stale (e.g. a ping sent before the peer was listening) and ignored.
     last_success: Option<Instant>,
     backoff: Duration,
     next_probe: Instant,
     last_error: Option<String>,
+}
+
+impl PeerState {
+    fn is_up(&self) -> bool {
+        self.alive && self.reachable
+    }
 }
 
 struct Peer {
@@ -48,60 +56,103 @@ pub struct Peers {
     me: NodeId,
     my_name: String,
     endpoint: quinn::Endpoint,
-    peers: BTreeMap<NodeId, Peer>,
+    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     up_events: mpsc::Sender<NodeId>,
 }
 
 impl Peers {
-    /// The peers `members` (this node may be among them; it is skipped), reached through
-    /// `endpoint`. Up-transitions are reported on `up_events` (hint delivery listens).
+    /// No peers yet, reached through `endpoint`; `membership` adds them as gossip finds them.
+    /// Up-transitions are reported on `up_events` (hint delivery listens).
     pub fn new(
         me: NodeId,
         my_name: String,
         endpoint: quinn::Endpoint,
-        members: impl IntoIterator<Item = (NodeId, String, SocketAddr)>,
         up_events: mpsc::Sender<NodeId>,
     ) -> Peers {
-        let now = Instant::now();
-        let peers = members
-            .into_iter()
-            .filter(|(id, _, _)| *id != me)
-            .map(|(id, name, addr)| {
-                (
-                    id,
-                    Peer {
-                        name,
+        Peers {
+            me,
+            my_name,
+            endpoint,
+            peers: RwLock::new(BTreeMap::new()),
+            up_events,
+        }
+    }
+
+    fn get(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.peers.read().expect("peers lock").get(&id).cloned()
+    }
+
+    /// Adds peer `id` or updates its name and address (a restarted node may move); `alive` is
+    /// gossip's judgement. A changed address drops the cached connection.
+    pub fn upsert(&self, id: NodeId, name: &str, addr: SocketAddr, alive: bool) {
+        if id == self.me {
+            return;
+        }
+        let became_up = {
+            let mut peers = self.peers.write().expect("peers lock");
+            let peer = match peers.get(&id) {
+                Some(p) if p.addr == addr && p.name == name => p.clone(),
+                _ => {
+                    let now = Instant::now();
+                    let fresh = Arc::new(Peer {
+                        name: name.to_owned(),
                         addr,
-                        // Optimistic: a peer is up until a request or a probe says otherwise.
+                        // Reachable until an exchange says otherwise: gossip decides first.
                         state: Mutex::new(PeerState {
-                            up: true,
-                            confirmed: false,
+                            reachable: true,
+                            alive: false,
                             last_success: None,
                             backoff: PROBE_INTERVAL,
                             next_probe: now,
                             last_error: None,
                         }),
                         conn: tokio::sync::Mutex::new(None),
-                    },
-                )
-            })
-            .collect();
-        Peers {
-            me,
-            my_name,
-            endpoint,
-            peers,
-            up_events,
+                    });
+                    if let Some(old) = peers.get(&id) {
+                        let old = old.state.lock().expect("peer lock");
+                        let mut s = fresh.state.lock().expect("peer lock");
+                        s.alive = old.alive;
+                    }
+                    peers.insert(id, fresh.clone());
+                    fresh
+                }
+            };
+            let mut s = peer.state.lock().expect("peer lock");
+            let was_up = s.is_up();
+            if alive && !s.alive {
+                // Gossip heard from it (through any node): worth trying again at once.
+                s.reachable = true;
+                s.backoff = PROBE_INTERVAL;
+            }
+            s.alive = alive;
+            !was_up && s.is_up()
+        };
+        if became_up {
+            info!(peer = %name, "peer is up");
+            // Full channel: the handoff loop's periodic scan picks the peer up anyway.
+            let _ = self.up_events.try_send(id);
         }
+    }
+
+    /// Forgets peer `id` (it was removed from the cluster).
+    pub fn remove(&self, id: NodeId) {
+        self.peers.write().expect("peers lock").remove(&id);
     }
 
     /// Whether `id` is believed reachable (this node always is).
     pub fn is_up(&self, id: NodeId) -> bool {
         id == self.me
             || self
-                .peers
-                .get(&id)
-                .is_some_and(|p| p.state.lock().expect("peer lock").up)
+                .get(id)
+                .is_some_and(|p| p.state.lock().expect("peer lock").is_up())
+    }
+
+    /// Whether the last exchange with `id` succeeded (or none failed yet).
+    pub fn is_reachable(&self, id: NodeId) -> bool {
+        id == self.me
+            || self
+                .get(id)
+                .is_some_and(|p| p.state.lock().expect("peer lock").reachable)
     }
 
     /// The name of `id`, or its id in hex if it is not a member.
@@ -109,85 +160,75 @@ impl Peers {
         if id == self.me {
             return self.my_name.clone();
         }
-        self.peers
-            .get(&id)
+        self.get(id)
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     }
 
     /// The address of peer `id`.
     pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.peers.get(&id).map(|p| p.addr)
+        self.get(id).map(|p| p.addr)
     }
 
     /// The last error seen talking to `id`.
     pub fn last_error(&self, id: NodeId) -> Option<String> {
-        self.peers
-            .get(&id)
+        self.get(id)
             .and_then(|p| p.state.lock().expect("peer lock").last_error.clone())
     }
 
-    /// Whether this node has confirmed `id` up by a successful exchange (status shows this;
-    /// routing uses the optimistic `is_up`).
-    pub fn is_confirmed_up(&self, id: NodeId) -> bool {
-        id == self.me
-            || self.peers.get(&id).is_some_and(|p| {
-                let s = p.state.lock().expect("peer lock");
-                s.up && s.confirmed
-            })
-    }
-
     /// Records the outcome of an exchange with `id` that started at `started`.
-    fn mark(&self, id: NodeId, up: bool, error: Option<String>, started: Instant) {
-        let Some(peer) = self.peers.get(&id) else {
+    fn mark(&self, id: NodeId, reachable: bool, error: Option<String>, started: Instant) {
+        let Some(peer) = self.get(id) else {
             return;
         };
-        let was_up = {
+        let (was_up, is_up) = {
             let mut s = peer.state.lock().expect("peer lock");
-            if !up && s.last_success.is_some_and(|t| t > started) {
+            if !reachable && s.last_success.is_some_and(|t| t > started) {
                 // A newer exchange already succeeded: this failure says nothing current.
                 return;
             }
-            let was_up = s.up;
-            s.up = up;
-            s.confirmed = up;
-            if up {
+            let was_up = s.is_up();
+            s.reachable = reachable;
+            if reachable {
                 s.backoff = PROBE_INTERVAL;
                 s.last_error = None;
                 s.last_success = Some(s.last_success.map_or(started, |t| t.max(started)));
             } else {
                 s.last_error = error.clone();
             }
-            was_up
+            (was_up, s.is_up())
         };
-        if was_up != up {
-            if up {
+        if was_up != is_up {
+            if is_up {
                 info!(peer = %peer.name, "peer is up");
-                // Full channel: the handoff loop's periodic scan picks the peer up anyway.
                 let _ = self.up_events.try_send(id);
             } else {
-                info!(peer = %peer.name, "peer is down: {}", error.clone().unwrap_or_default());
+                info!(peer = %peer.name, "peer is down: {}", error.unwrap_or_default());
             }
         }
     }
 
-    async fn connection(&self, id: NodeId) -> Result<quinn::Connection, String> {
-        let peer = self.peers.get(&id).ok_or("not a member")?;
+    async fn connection(&self, peer: &Peer) -> Result<quinn::Connection, String> {
         let mut cached = peer.conn.lock().await;
         if let Some(conn) = cached.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
         }
-        let connecting = self
-            .endpoint
-            .connect(peer.addr, cairn_net::SERVER_NAME)
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| format!("no connection within {PEER_CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+        let conn = self.connect(peer.addr).await?;
         *cached = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// A new connection to `addr` (a seed, whose id is not known yet, or a peer).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect(addr, cairn_net::SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(PEER_CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("no connection within {PEER_CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())
     }
 
     /// Sends `req` to peer `id`. Transport failures mark the peer down.
@@ -197,17 +238,16 @@ impl Peers {
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ErrorReply> {
+        let Some(peer) = self.get(id) else {
+            return Err(ErrorReply::Unreachable {
+                node: self.name(id),
+                reason: "not a member".into(),
+            });
+        };
         let started = Instant::now();
         let exchange = async {
-            let conn = self.connection(id).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            cairn_net::write_frame(&mut send, &Request::Peer(req))
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            cairn_net::read_frame::<Response>(&mut recv)
-                .await
-                .map_err(|e| e.to_string())
+            let conn = self.connection(&peer).await?;
+            exchange_on(&conn, req).await
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
@@ -217,20 +257,14 @@ impl Peers {
             self.mark(id, true, None, started);
         }
         match result {
-            Ok(Response::Peer(resp)) => Ok(resp),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(ErrorReply::Malformed {
-                reason: format!("peer answered {other:?}"),
-            }),
+            Ok(resp) => resp,
             Err(reason) => {
                 // The cached connection may belong to a peer process that is gone (killed and
                 // restarted peers do not reset old connections): dial afresh next time.
-                if let Some(peer) = self.peers.get(&id) {
-                    peer.conn.lock().await.take();
-                }
+                peer.conn.lock().await.take();
                 self.mark(id, false, Some(reason.clone()), started);
                 Err(ErrorReply::Unreachable {
-                    node: self.name(id),
+                    node: peer.name.clone(),
                     reason,
                 })
             }
@@ -260,7 +294,9 @@ impl Peers {
         }
     }
 
-    /// Pings peers forever: up peers every `PROBE_INTERVAL`, down ones with doubling backoff.
+    /// Pings, forever, the peers gossip judges alive but whose last exchange failed, with
+    /// doubling backoff, so a peer marked down by one failed request comes back as soon as it
+    /// answers. Peers gossip judges dead are left to gossip.
     pub async fn probe_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,15 +305,20 @@ impl Peers {
             let now = Instant::now();
             let due: Vec<NodeId> = self
                 .peers
+                .read()
+                .expect("peers lock")
                 .iter()
-                .filter(|(_, p)| p.state.lock().expect("peer lock").next_probe <= now)
+                .filter(|(_, p)| {
+                    let s = p.state.lock().expect("peer lock");
+                    s.alive && !s.reachable && s.next_probe <= now
+                })
                 .map(|(id, _)| *id)
                 .collect();
             let probes = due.into_iter().map(|id| {
                 let this = self.clone();
                 async move {
                     let ok = this.ping(id).await;
-                    let peer = &this.peers[&id];
+                    let Some(peer) = this.get(id) else { return };
                     let mut s = peer.state.lock().expect("peer lock");
                     if !ok {
                         s.backoff = (s.backoff * 2).min(PROBE_BACKOFF_MAX);
@@ -290,9 +331,36 @@ impl Peers {
     }
 
     /// Every peer id.
-    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.peers.keys().copied()
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.peers
+            .read()
+            .expect("peers lock")
+            .keys()
+            .copied()
+            .collect()
     }
+}
+
+/// One request and its response on a new stream of `conn`.
+pub async fn exchange_on(
+    conn: &quinn::Connection,
+    req: PeerRequest,
+) -> Result<Result<PeerResponse, ErrorReply>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    cairn_net::write_frame(&mut send, &Request::Peer(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let resp = cairn_net::read_frame::<Response>(&mut recv)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match resp {
+        Response::Peer(resp) => Ok(resp),
+        Response::Error(e) => Err(e),
+        other => Err(ErrorReply::Malformed {
+            reason: format!("peer answered {other:?}"),
+        }),
+    })
 }
 
 /// Runs futures concurrently and waits for all (a few lines instead of a dependency).

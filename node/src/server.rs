@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use cairn_net::{Identity, NetError};
 use cairn_proto::{
-    check_request, ErrorReply, FrameError, GetReply, MemberStatus, NodeId, PartitionEntry,
-    PeerRequest, PeerResponse, Request, Response, RingReply, Sibling, StatusReply,
+    check_request, ErrorReply, FrameError, GetReply, NodeId, PartitionEntry, PeerRequest,
+    PeerResponse, Request, Response, RingReply, Sibling, StatusReply,
 };
-use cairn_ring::{Member, Ring, RingConfig, RingError};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::coordinator::{route, Coordinator, Route};
+use crate::coordinator::{route, Route};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
-use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
+use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
 use crate::version::{encode_context, Object};
@@ -43,9 +43,9 @@ pub enum NodeError {
     /// The engine refused to start (e.g. the data directory belongs to another node).
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The cluster configuration does not make a ring.
-    #[error("invalid cluster configuration: {0}")]
-    Ring(#[from] RingError),
+    /// Membership could not start (its state file, or the gossip configuration).
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 /// A running node.
@@ -65,10 +65,9 @@ struct Shared {
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
-    ring: Ring,
+    membership: Arc<Membership>,
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
-    addrs: Vec<(NodeId, String, String)>,
 }
 
 impl Node {
@@ -90,59 +89,18 @@ impl Node {
             source,
         })?;
         let me = NodeId::from_name(&config.name);
-        // Without a cluster section the node is a cluster of one.
-        let (ring_config, members) = match &config.cluster {
-            Some(c) => (
-                RingConfig {
-                    partitions: c.partitions,
-                    replicas: c.replicas.into(),
-                },
-                c.members
-                    .iter()
-                    .map(|m| {
-                        (
-                            NodeId::from_name(&m.name),
-                            m.name.clone(),
-                            m.addr,
-                            m.zone.clone(),
-                        )
-                    })
-                    .collect(),
-            ),
-            None => (
-                RingConfig::default(),
-                vec![(me, config.name.clone(), local_addr, None)],
-            ),
-        };
-        let ring = Ring::new(
-            ring_config,
-            &members
-                .iter()
-                .map(|(id, _, _, zone)| Member {
-                    id: *id,
-                    zone: zone.clone(),
-                })
-                .collect::<Vec<_>>(),
-        )?;
         let engine = Arc::new(engine);
-        let (up_tx, up_rx) = mpsc::channel(members.len().max(1));
-        let peers = Arc::new(Peers::new(
+        // Room for a burst of peers coming up at once; the handoff loop also scans periodically.
+        let (up_tx, up_rx) = mpsc::channel(UP_EVENTS_MAX);
+        let peers = Arc::new(Peers::new(me, config.name.clone(), endpoint.clone(), up_tx));
+        let advertise = config.advertise.unwrap_or(local_addr);
+        let membership = Membership::open(&config, advertise, peers.clone())?;
+        let (coordinator, driver_task) = crate::driver::spawn(Arc::new(DriverContext {
             me,
-            config.name.clone(),
-            endpoint.clone(),
-            members
-                .iter()
-                .map(|(id, name, addr, _)| (*id, name.clone(), *addr)),
-            up_tx,
-        ));
-        let (coordinator, driver_task) = crate::driver::spawn(
-            Coordinator::new(me, ring.clone()),
-            Arc::new(DriverContext {
-                me,
-                engine: engine.clone(),
-                peers: peers.clone(),
-            }),
-        );
+            engine: engine.clone(),
+            peers: peers.clone(),
+            view: membership.subscribe(),
+        }));
         let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -150,19 +108,16 @@ impl Node {
             engine: engine.clone(),
             in_flight: in_flight.clone(),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
-            ring,
+            membership: membership.clone(),
             peers: peers.clone(),
             coordinator,
-            addrs: members
-                .iter()
-                .map(|(id, name, addr, _)| (*id, name.clone(), addr.to_string()))
-                .collect(),
         });
         let peers_handle = peers.clone();
         let tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared)),
             driver_task,
+            tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
@@ -357,12 +312,24 @@ async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
         },
         Request::Status => Response::Status(status(shared)),
         Request::Ring => Response::Ring(ring_reply(shared)),
+        Request::Join { seed } => match shared.membership.join(seed).await {
+            Ok(()) => Response::Status(status(shared)),
+            Err(e) => Response::Error(e),
+        },
+        Request::Leave => match shared.membership.leave().await {
+            Ok(()) => Response::Status(status(shared)),
+            Err(e) => Response::Error(e),
+        },
         Request::Peer(_) if !is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             let key = req.key().expect("gets, puts and deletes have a key");
             let is_up = |id| shared.peers.is_up(id);
-            if let Route::Forward(to) = route(&shared.ring, shared.me, key, &is_up) {
+            let view = shared.membership.view();
+            let Some(ring) = &view.ring else {
+                return Response::Error(no_ring(shared));
+            };
+            if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
                 match shared
                     .peers
                     .request(
@@ -420,6 +387,10 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
                 reason: format!("bad object: {e}"),
             }),
         },
+        PeerRequest::Gossip(message) => shared
+            .membership
+            .receive(&message)
+            .map(PeerResponse::Gossip),
         PeerRequest::Read { key } => match shared.engine.read(key).await {
             // Empty bytes say "absent" without encoding an empty object.
             Ok(obj) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),
@@ -433,34 +404,41 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
     }
 }
 
+/// Why client requests are refused while the node has no ring.
+fn no_ring(shared: &Shared) -> ErrorReply {
+    ErrorReply::NoRing {
+        node: shared.name.clone(),
+        reason: "no member is up in its view of the cluster".into(),
+    }
+}
+
 fn status(shared: &Shared) -> StatusReply {
     let hints: u64 = shared.engine.hint_counts().values().sum();
+    let view = shared.membership.view();
     StatusReply {
         node: shared.name.clone(),
-        replicas: crate::coordinator::replicas(&shared.ring) as u8,
-        partitions: shared.ring.config().partitions,
-        members: shared
-            .addrs
-            .iter()
-            .map(|(id, name, addr)| MemberStatus {
-                name: name.clone(),
-                addr: addr.clone(),
-                // Only what an exchange confirmed: a peer not heard from yet is not shown up.
-                status: if shared.peers.is_confirmed_up(*id) {
-                    "up"
-                } else {
-                    "down"
-                }
-                .to_owned(),
-                partitions: shared.ring.partitions_of(*id).len() as u32,
-                hints_pending: (*id == shared.me).then_some(hints),
-            })
-            .collect(),
+        replicas: view
+            .ring
+            .as_ref()
+            .map_or(0, |r| crate::coordinator::replicas(r) as u8),
+        partitions: view.ring.as_ref().map_or(0, |r| r.config().partitions),
+        members: shared.membership.status(hints),
     }
 }
 
 fn ring_reply(shared: &Shared) -> RingReply {
-    let ring = &shared.ring;
+    let view = shared.membership.view();
+    let Some(ring) = &view.ring else {
+        return RingReply {
+            replicas: 0,
+            partitions: Vec::new(),
+        };
+    };
+    let name = |id: &NodeId| {
+        view.members
+            .get(id)
+            .map_or_else(|| id.to_string(), |m| m.name.clone())
+    };
     RingReply {
         replicas: crate::coordinator::replicas(ring) as u8,
         partitions: (0..ring.config().partitions)
@@ -468,16 +446,8 @@ fn ring_reply(shared: &Shared) -> RingReply {
                 let pl = ring.preference_list(p);
                 PartitionEntry {
                     partition: p,
-                    primaries: pl
-                        .primaries
-                        .iter()
-                        .map(|id| shared.peers.name(*id))
-                        .collect(),
-                    fallbacks: pl
-                        .fallbacks
-                        .iter()
-                        .map(|id| shared.peers.name(*id))
-                        .collect(),
+                    primaries: pl.primaries.iter().map(name).collect(),
+                    fallbacks: pl.fallbacks.iter().map(name).collect(),
                 }
             })
             .collect(),

@@ -25,3 +25,6 @@ const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;
 const _: () = assert!(VALUE_BYTES_MAX < OBJECT_BYTES_MAX);
 const _: () = assert!(OBJECT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX < u32::MAX as usize);
+/// Longest node address (host:port) a request may carry; DNS names stop at 253 bytes. Gossip
+/// holds addresses to the same bound.
+pub const ADDRESS_BYTES_MAX: usize = 256;

@@ -5,7 +5,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{CONTEXT_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::limits::{ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// A node's stable identity in the cluster, derived from its configured name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -167,6 +167,16 @@ pub enum Request {
     Status,
     /// The partition ring: partition → preference list.
     Ring,
+    /// Join the cluster `seed` belongs to: the node gossips with that address until it has
+    /// learned the membership. Answered with the node's status at once; joining completes in the
+    /// background.
+    Join {
+        /// The seed's address (host:port), at most `ADDRESS_BYTES_MAX` bytes.
+        seed: String,
+    },
+    /// Leave the cluster: the node declares itself leaving, every node drops it from the ring,
+    /// and it stops owning new writes. Answered with the node's status.
+    Leave,
     /// A message between nodes; refused unless the sender holds a node certificate.
     Peer(PeerRequest),
 }
@@ -178,7 +188,12 @@ impl Request {
             Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
                 Some(key)
             }
-            Request::Ping | Request::Status | Request::Ring | Request::Peer(_) => None,
+            Request::Ping
+            | Request::Status
+            | Request::Ring
+            | Request::Join { .. }
+            | Request::Leave
+            | Request::Peer(_) => None,
         }
     }
 }
@@ -235,10 +250,13 @@ pub enum PeerRequest {
         /// The key.
         key: Vec<u8>,
     },
+    /// A gossip message (encoded by the `gossip` crate): a SYN is answered with the ACK, an
+    /// ACK2 with nothing.
+    Gossip(Vec<u8>),
 }
 
 /// A node's answer to a [`PeerRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// Answer to `Ping`.
     Pong {
@@ -251,10 +269,12 @@ pub enum PeerResponse {
     Object(Vec<u8>),
     /// Answer to `Forward`.
     Forwarded(Box<Response>),
+    /// Answer to `Gossip`: the reply message, if the message asked for one.
+    Gossip(Option<Vec<u8>>),
 }
 
 /// A node's answer to one [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Answer to `Ping`.
     Pong {
@@ -278,7 +298,7 @@ pub enum Response {
 }
 
 /// One node's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     /// The node asked.
     pub node: String,
@@ -286,19 +306,31 @@ pub struct StatusReply {
     pub replicas: u8,
     /// Partitions in the ring (Q).
     pub partitions: u32,
-    /// Every member as the asked node sees it.
+    /// Every member as the asked node sees it, the asked node included.
     pub members: Vec<MemberStatus>,
 }
 
 /// One member in a [`StatusReply`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberStatus {
     /// Its name.
     pub name: String,
     /// Its address.
     pub addr: String,
-    /// `up` or `down`, as the asked node believes.
+    /// `joining`, `up`, `down`, `leaving` or `left`, as the asked node believes: the status the
+    /// member declares, except `down` when the asked node judges it unreachable.
     pub status: String,
+    /// Its generation (incarnation): higher on every start of the node.
+    pub generation: u64,
+    /// The asked node's suspicion that it is down (phi accrual; 0 for the asked node itself).
+    pub phi: f64,
+    /// Milliseconds since its heartbeat last moved, as the asked node saw it (`None` for the
+    /// asked node itself and before any heartbeat arrived).
+    pub heartbeat_age_ms: Option<u64>,
+    /// Its failure zone, if it declares one.
+    pub zone: Option<String>,
+    /// Whether this entry is the asked node.
+    pub this_node: bool,
     /// Partitions it owns.
     pub partitions: u32,
     /// Hints it holds for other nodes, not yet delivered (known only for the asked node;
@@ -417,6 +449,14 @@ pub enum LimitError {
         /// `CONTEXT_BYTES_MAX`.
         max: u64,
     },
+    /// A node address is too long.
+    #[error("address of {len} bytes exceeds ADDRESS_BYTES_MAX ({max} bytes)")]
+    AddressTooLong {
+        /// Address length.
+        len: u64,
+        /// `ADDRESS_BYTES_MAX`.
+        max: u64,
+    },
 }
 
 /// Checks a key against its limits.
@@ -526,13 +566,39 @@ pub enum ErrorReply {
     /// A peer-only request came from a client certificate.
     #[error("peer requests need a node certificate")]
     NotAPeer,
+    /// The node has no ring to route by yet: no member is up in its view (it is still joining,
+    /// or every member left).
+    #[error(
+        "{node} is not part of a ring yet ({reason}); wait for it to join, or `cairn join SEED`"
+    )]
+    NoRing {
+        /// The node asked.
+        node: String,
+        /// What it is waiting for.
+        reason: String,
+    },
+    /// A membership command could not be carried out.
+    #[error("membership change refused: {reason}")]
+    Membership {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Limits checked by the sender before a request leaves, so a person gets the error without a
 /// round trip; the node checks the same limits again.
 pub fn check_request(req: &Request) -> Result<(), LimitError> {
     match req {
-        Request::Ping | Request::Status | Request::Ring | Request::Peer(_) => Ok(()),
+        Request::Ping | Request::Status | Request::Ring | Request::Leave | Request::Peer(_) => {
+            Ok(())
+        }
+        Request::Join { seed } if seed.len() > ADDRESS_BYTES_MAX => {
+            Err(LimitError::AddressTooLong {
+                len: seed.len() as u64,
+                max: ADDRESS_BYTES_MAX as u64,
+            })
+        }
+        Request::Join { .. } => Ok(()),
         Request::Get { key, .. } => check_key(key),
         Request::Put {
             key,

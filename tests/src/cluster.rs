@@ -4,11 +4,17 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use cairn_client::Client;
-use cairn_node::{ClusterConfig, MemberConfig, Node, NodeConfig};
+use cairn_node::{ClusterConfig, Node, NodeConfig};
 
 use crate::TestDir;
 
-/// A cluster of `n` nodes named node1..nodeN, each on its own loopback port.
+/// Gossip interval of test clusters: short, so membership settles in about a second, yet far
+/// above the scheduling noise of a loaded machine (the detector convicts after ~18 intervals of
+/// silence).
+pub const TEST_GOSSIP_INTERVAL_MS: u64 = 250;
+
+/// A cluster of `n` nodes named node1..nodeN, each on its own loopback port; node1 is every
+/// node's seed, the others find each other through it.
 pub struct TestCluster {
     /// Certificates and data directories.
     pub dir: TestDir,
@@ -42,15 +48,6 @@ impl TestCluster {
             .iter()
             .map(|_| free_addr())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let members: Vec<MemberConfig> = names
-            .iter()
-            .zip(&addrs)
-            .map(|(name, addr)| MemberConfig {
-                name: name.clone(),
-                addr: *addr,
-                zone: None,
-            })
-            .collect();
         let mut configs = Vec::new();
         for (name, addr) in names.iter().zip(&addrs) {
             let mut config = dir.node_config(name)?;
@@ -58,7 +55,9 @@ impl TestCluster {
             config.cluster = Some(ClusterConfig {
                 replicas,
                 partitions,
-                members: members.clone(),
+                seeds: vec![addrs[0].to_string()],
+                gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
+                ..ClusterConfig::default()
             });
             configs.push(config);
         }
@@ -76,7 +75,8 @@ impl TestCluster {
         Ok(cluster)
     }
 
-    /// Waits until every running node sees every running node up.
+    /// Waits until every running node sees every running node up (and so computes the same
+    /// ring over them).
     pub async fn wait_all_up(&self) -> anyhow::Result<()> {
         let running: Vec<usize> = (1..=self.nodes.len())
             .filter(|k| self.nodes[k - 1].is_some())
@@ -87,11 +87,12 @@ impl TestCluster {
             let client = self.client(k).await?;
             loop {
                 let status = client.status().await?;
-                let all_up = status
+                let up = status
                     .members
                     .iter()
-                    .filter(|m| names.contains(&m.name))
-                    .all(|m| m.status == "up");
+                    .filter(|m| names.contains(&m.name) && m.status == "up")
+                    .count();
+                let all_up = up == names.len();
                 if all_up {
                     break;
                 }

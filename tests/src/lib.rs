@@ -60,6 +60,7 @@ impl TestDir {
         Ok(NodeConfig {
             name: name.to_owned(),
             listen: "127.0.0.1:0".parse()?,
+            advertise: None,
             data_dir: node_dir.join("data"),
             tls: TlsPaths {
                 ca: self.path().join("ca.pem"),

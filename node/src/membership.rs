@@ -1,0 +1,669 @@
+//! Membership: runs the pure gossip state machine over QUIC, keeps this node's generation and
+//! seeds on disk, and publishes the cluster view (members, and the ring every node computes
+//! alike from them) that routing, the coordinator, hinted handoff and `cairn status` read.
+//!
+//! One exchange is SYN → ACK → ACK2: the initiator sends the SYN as a peer request and gets the
+//! ACK as its response, then sends the ACK2 as a second request on the same connection. The
+//! responder never dials back, so a joiner whose address nobody knows yet is answered too.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_gossip::{
+    Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
+    Payload, Status, Transmit, Value,
+};
+use cairn_proto::{ErrorReply, MemberStatus, NodeId, PeerRequest, PeerResponse};
+use cairn_ring::{Member, Ring, RingConfig};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::NodeConfig;
+use crate::limits::{GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX};
+use crate::peers::{exchange_on, Peers};
+
+/// The file in the data directory that keeps membership across restarts.
+pub const STATE_FILE: &str = "membership.toml";
+/// Gossip rounds a restarted node that was a member waits to hear from any peer before it
+/// serves alone (its peers may all be down); a node that never was a member waits for ever.
+pub const REJOIN_ROUNDS_MAX: u32 = 10;
+
+/// Why membership could not start or change.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The state file could not be read or written.
+    #[error("membership state {path}: {reason}")]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The gossip configuration or this node's state is refused.
+    #[error("gossip: {0}")]
+    Gossip(#[from] GossipError),
+    /// Other nodes could not reach the advertised address.
+    #[error(
+        "cannot advertise {addr}: set `advertise` in the node config to an address peers can reach"
+    )]
+    Advertise {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
+/// names and check them) and the ring shape it expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RingInfo {
+    name: String,
+    partitions: u32,
+    replicas: u8,
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberView {
+    /// Its name.
+    pub name: String,
+    /// Where it is reached.
+    pub addr: SocketAddr,
+    /// Its declared status.
+    pub status: Status,
+    /// Its failure zone.
+    pub zone: Option<String>,
+    /// Its generation.
+    pub generation: u64,
+    /// Whether its ring shape (Q, N) matches this node's; members that disagree are kept out of
+    /// the ring (and logged), never allowed to split it.
+    pub compatible: bool,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterView {
+    /// The ring over the members that are up and compatible; `None` while there are none.
+    pub ring: Option<Ring>,
+    /// Every member whose whole state has arrived, this node included.
+    pub members: BTreeMap<NodeId, MemberView>,
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Persisted {
+    /// The generation of the last start; the next start takes a higher one.
+    generation: u64,
+    /// `cairn leave` was run: the node stays leaving across restarts.
+    #[serde(default)]
+    leaving: bool,
+    /// Seeds added by `cairn join`.
+    #[serde(default)]
+    seeds: Vec<String>,
+    /// Addresses of the other members when last seen: a restarted node asks them too, so it
+    /// rejoins even when the configured seeds are down.
+    #[serde(default)]
+    peers: Vec<String>,
+}
+
+impl Persisted {
+    fn load(path: &Path) -> Result<Persisted, MembershipError> {
+        let err = |reason: String| MembershipError::StateFile {
+            path: path.to_owned(),
+            reason,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Writes the file whole and durably: a crash leaves the old file or the new one.
+    fn store(&self, path: &Path) -> Result<(), MembershipError> {
+        let err = |e: std::io::Error| MembershipError::StateFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let tmp = path.with_extension("toml.tmp");
+        let text = toml::to_string(self).expect("Persisted always serializes");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(text.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// This node's membership: its gossip, what it persisted, and the published view.
+pub struct Membership {
+    me: NodeId,
+    name: String,
+    advertise: SocketAddr,
+    ring_config: RingConfig,
+    gossip: Mutex<Gossip>,
+    view: watch::Sender<Arc<ClusterView>>,
+    peers: Arc<Peers>,
+    file: PathBuf,
+    persisted: Mutex<Persisted>,
+    outbox: mpsc::Sender<Transmit>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Transmit>>>,
+    /// Rounds ticked while joining without hearing from anyone.
+    lonely_rounds: Mutex<u32>,
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Membership {
+    /// Loads the persisted state from `config.data_dir`, takes a new generation (persisted before
+    /// anything is sent) and starts this node's gossip, advertising `advertise`.
+    pub fn open(
+        config: &NodeConfig,
+        advertise: SocketAddr,
+        peers: Arc<Peers>,
+    ) -> Result<Arc<Membership>, MembershipError> {
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(MembershipError::Advertise { addr: advertise });
+        }
+        let cluster = config.cluster();
+        let file = config.data_dir.join(STATE_FILE);
+        let mut persisted = Persisted::load(&file)?;
+        // Above every earlier start, and above any generation a lost data directory may have
+        // handed out (time only moves forward by more than one start per second in tests).
+        persisted.generation = (persisted.generation + 1).max(unix_seconds());
+        persisted.store(&file)?;
+
+        let own = advertise.to_string();
+        let mut seeds: Vec<String> = Vec::new();
+        for s in cluster
+            .seeds
+            .iter()
+            .chain(&persisted.seeds)
+            .chain(&persisted.peers)
+        {
+            if *s != own && !seeds.contains(s) && seeds.len() < cairn_gossip::limits::SEEDS_MAX {
+                seeds.push(s.clone());
+            }
+        }
+        let ring_config = RingConfig {
+            partitions: cluster.partitions,
+            replicas: cluster.replicas.into(),
+        };
+        let info = RingInfo {
+            name: config.name.clone(),
+            partitions: cluster.partitions,
+            replicas: cluster.replicas,
+        };
+        let status = if persisted.leaving {
+            Status::Leaving
+        } else if seeds.is_empty() {
+            // Nobody to join: this node starts a cluster of its own.
+            Status::Up
+        } else {
+            Status::Joining
+        };
+        let state = NodeState {
+            address: own,
+            status,
+            zone: cluster.zone.clone(),
+            ring: postcard::to_allocvec(&info).expect("RingInfo always serializes"),
+            load: 0,
+        };
+        let gossip_config = GossipConfig {
+            seeds,
+            phi_threshold: cluster.phi_threshold,
+            ..GossipConfig::with_interval(Duration::from_millis(cluster.gossip_interval_ms))
+        };
+        let me = NodeId::from_name(&config.name);
+        let generation = persisted.generation;
+        let gossip = Gossip::new(me, gossip_config, state, generation, Instant::now())?;
+        let (outbox, outbox_rx) = mpsc::channel(GOSSIP_OUTBOX_MAX);
+        let (view, _) = watch::channel(Arc::new(ClusterView::default()));
+        let membership = Arc::new(Membership {
+            me,
+            name: config.name.clone(),
+            advertise,
+            ring_config,
+            gossip: Mutex::new(gossip),
+            view,
+            peers,
+            file,
+            persisted: Mutex::new(persisted),
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
+            lonely_rounds: Mutex::new(0),
+        });
+        let mut g = membership.lock();
+        membership.refresh(&mut g);
+        drop(g);
+        info!(node = %config.name, generation, ?status, "membership started");
+        Ok(membership)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Gossip> {
+        self.gossip.lock().expect("gossip lock")
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Follows the view as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+
+    /// This node's generation.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation()
+    }
+
+    /// The name of `id` as gossiped (its id in hex if unknown).
+    pub fn name(&self, id: NodeId) -> String {
+        self.view
+            .borrow()
+            .members
+            .get(&id)
+            .map_or_else(|| self.peers.name(id), |m| m.name.clone())
+    }
+
+    /// Runs gossip rounds for ever (until the task is aborted).
+    pub async fn run(self: Arc<Self>) {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut outbox = self
+            .outbox_rx
+            .lock()
+            .expect("outbox lock")
+            .take()
+            .expect("membership runs once");
+        // Exchanges live in this set, so stopping the task stops them.
+        let mut exchanges = tokio::task::JoinSet::new();
+        loop {
+            let deadline = self.lock().poll_timeout();
+            let transmits = tokio::select! {
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                    let now = Instant::now();
+                    let mut g = self.lock();
+                    g.handle_tick(now, &mut rng);
+                    self.joining_timeout(&mut g);
+                    let transmits: Vec<Transmit> = std::iter::from_fn(|| g.poll_transmit()).collect();
+                    self.refresh(&mut g);
+                    transmits
+                }
+                Some(t) = outbox.recv() => vec![t],
+            };
+            while exchanges.try_join_next().is_some() {}
+            for t in transmits {
+                if exchanges.len() >= GOSSIP_EXCHANGES_MAX {
+                    debug!(
+                        "skipping a gossip message: GOSSIP_EXCHANGES_MAX ({GOSSIP_EXCHANGES_MAX}) exchanges running"
+                    );
+                    continue;
+                }
+                exchanges.spawn(self.clone().exchange(t));
+            }
+        }
+    }
+
+    /// A node that was a member and hears from nobody for `REJOIN_ROUNDS_MAX` rounds serves
+    /// alone rather than never (its peers may all be down, and their addresses are all it has).
+    fn joining_timeout(&self, g: &mut Gossip) {
+        if g.node(self.me).map(|v| v.status()) != Some(Status::Joining) {
+            return;
+        }
+        let mut rounds = self.lonely_rounds.lock().expect("rounds lock");
+        *rounds += 1;
+        let was_member = !self
+            .persisted
+            .lock()
+            .expect("persisted lock")
+            .peers
+            .is_empty();
+        if was_member && *rounds >= REJOIN_ROUNDS_MAX {
+            warn!("no peer answered in {REJOIN_ROUNDS_MAX} rounds; serving without them");
+            let _ = g.set_local(Value::Status(Status::Up));
+        }
+    }
+
+    /// Sends one message and carries the exchange it starts to its end.
+    async fn exchange(self: Arc<Self>, t: Transmit) {
+        let request = PeerRequest::Gossip(t.message.encode());
+        match t.to {
+            Destination::Node(id) => {
+                let mut next = Some(request);
+                while let Some(req) = next.take() {
+                    match self.peers.request(id, req, GOSSIP_EXCHANGE_TIMEOUT).await {
+                        Ok(PeerResponse::Gossip(Some(reply))) => {
+                            next = self.receive(&reply).ok().flatten().map(PeerRequest::Gossip);
+                        }
+                        Ok(PeerResponse::Gossip(None)) => {}
+                        Ok(other) => debug!("gossip to {} got {other:?}", self.name(id)),
+                        Err(e) => debug!("gossip to {} failed: {e}", self.name(id)),
+                    }
+                }
+            }
+            Destination::Seed(seed) => {
+                if let Err(e) = self.exchange_with_seed(&seed, request).await {
+                    debug!("gossip with seed {seed} failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// A seed is known only by address: dial it, run the exchange on that connection, close it.
+    async fn exchange_with_seed(&self, seed: &str, request: PeerRequest) -> Result<(), String> {
+        let addr = tokio::time::timeout(GOSSIP_EXCHANGE_TIMEOUT, tokio::net::lookup_host(seed))
+            .await
+            .map_err(|_| "name lookup timed out".to_owned())?
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        if addr == self.advertise {
+            return Ok(());
+        }
+        let conn = self.peers.connect(addr).await?;
+        let run = async {
+            let mut next = Some(request);
+            while let Some(req) = next.take() {
+                match exchange_on(&conn, req).await? {
+                    Ok(PeerResponse::Gossip(Some(reply))) => {
+                        next = self
+                            .receive(&reply)
+                            .map_err(|e| e.to_string())?
+                            .map(PeerRequest::Gossip);
+                    }
+                    Ok(PeerResponse::Gossip(None)) => {}
+                    Ok(other) => return Err(format!("answered {other:?}")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        };
+        let result = tokio::time::timeout(GOSSIP_EXCHANGE_TIMEOUT, run)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        conn.close(0u32.into(), b"gossip done");
+        result
+    }
+
+    /// Handles a gossip message from a peer; returns the reply to send back to it (an ACK for a
+    /// SYN, an ACK2 for an ACK), encoded. Anything else the message caused is queued for the
+    /// gossip task.
+    pub fn receive(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, ErrorReply> {
+        let message = GossipMessage::decode(bytes).map_err(|e| ErrorReply::Malformed {
+            reason: format!("gossip: {e}"),
+        })?;
+        let from = message.from;
+        let now = Instant::now();
+        let mut g = self.lock();
+        g.handle_message(now, message)
+            .map_err(|e| ErrorReply::Malformed {
+                reason: format!("gossip: {e}"),
+            })?;
+        let mut reply = None;
+        while let Some(t) = g.poll_transmit() {
+            let answers = t.to == Destination::Node(from)
+                && matches!(
+                    t.message.payload,
+                    Payload::Ack { .. } | Payload::Ack2 { .. }
+                );
+            if answers && reply.is_none() {
+                reply = Some(t.message.encode());
+            } else if self.outbox.try_send(t).is_err() {
+                debug!("gossip outbox full (GOSSIP_OUTBOX_MAX = {GOSSIP_OUTBOX_MAX}); dropped");
+            }
+        }
+        self.refresh(&mut g);
+        Ok(reply)
+    }
+
+    /// Declares this node leaving: every node drops it from the ring, so it stops owning new
+    /// writes. Survives restarts.
+    pub async fn leave(self: &Arc<Self>) -> Result<(), ErrorReply> {
+        {
+            let mut g = self.lock();
+            g.set_local(Value::Status(Status::Leaving))
+                .map_err(|e| ErrorReply::Membership {
+                    reason: e.to_string(),
+                })?;
+            self.refresh(&mut g);
+        }
+        self.persist(|p| p.leaving = true).await?;
+        info!("leaving the cluster");
+        Ok(())
+    }
+
+    /// Joins the cluster `seed` belongs to (and takes back a leave): the seed is contacted from
+    /// the next round on, and kept across restarts.
+    pub async fn join(self: &Arc<Self>, seed: String) -> Result<(), ErrorReply> {
+        if seed == self.advertise.to_string() {
+            return Err(ErrorReply::Membership {
+                reason: format!("{seed} is this node's own address"),
+            });
+        }
+        {
+            let mut g = self.lock();
+            g.add_seed(seed.clone())
+                .map_err(|e| ErrorReply::Membership {
+                    reason: e.to_string(),
+                })?;
+            if g.node(self.me).map(|v| v.status()) == Some(Status::Leaving) {
+                let _ = g.set_local(Value::Status(Status::Joining));
+            }
+            *self.lonely_rounds.lock().expect("rounds lock") = 0;
+            self.refresh(&mut g);
+        }
+        self.persist(|p| {
+            p.leaving = false;
+            if !p.seeds.contains(&seed) {
+                p.seeds.push(seed.clone());
+            }
+        })
+        .await?;
+        info!(%seed, "joining through seed");
+        Ok(())
+    }
+
+    async fn persist(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), ErrorReply> {
+        let snapshot = {
+            let mut p = self.persisted.lock().expect("persisted lock");
+            change(&mut p);
+            p.clone()
+        };
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || snapshot.store(&file))
+            .await
+            .expect("persist task panicked")
+            .map_err(|e| ErrorReply::Storage {
+                reason: e.to_string(),
+            })
+    }
+
+    /// Applies gossip's events and republishes the view: peers' names, addresses and liveness,
+    /// this node becoming up once it has heard from the cluster, and the ring.
+    fn refresh(&self, g: &mut Gossip) {
+        while let Some(event) = g.poll_event() {
+            match event {
+                MembershipEvent::NodeRemoved { node } => self.peers.remove(node),
+                MembershipEvent::SelfSuperseded { generation } => warn!(
+                    generation,
+                    "a peer holds this node with a higher generation: another process uses this name, or the clock went back; restart the node"
+                ),
+                MembershipEvent::NodeJoined { node, generation }
+                | MembershipEvent::NodeRestarted { node, generation } => {
+                    debug!(%node, generation, "node (re)started")
+                }
+                _ => {}
+            }
+        }
+        // Joining ends with the first other member heard of: from then on this node knows the
+        // cluster it joins, and claiming partitions cannot split it.
+        if g.node(self.me).map(|v| v.status()) == Some(Status::Joining)
+            && g.members().any(|(id, _)| id != self.me)
+        {
+            let _ = g.set_local(Value::Status(Status::Up));
+            info!("joined the cluster");
+        }
+        let mut members = BTreeMap::new();
+        for (id, v) in g.members() {
+            let state = v.state();
+            let (name, addr, compatible) = if id == self.me {
+                (self.name.clone(), self.advertise, true)
+            } else {
+                let Ok(info) = postcard::from_bytes::<RingInfo>(&state.ring) else {
+                    debug!(%id, "member without ring information; ignored");
+                    continue;
+                };
+                if NodeId::from_name(&info.name) != id {
+                    debug!(%id, name = %info.name, "member name does not match its id; ignored");
+                    continue;
+                }
+                let Ok(addr) = state.address.parse::<SocketAddr>() else {
+                    debug!(%id, address = %state.address, "member address is not ip:port; ignored");
+                    continue;
+                };
+                let compatible = info.partitions == self.ring_config.partitions
+                    && usize::from(info.replicas) == self.ring_config.replicas;
+                (info.name, addr, compatible)
+            };
+            if id != self.me {
+                let alive = v.is_alive() && state.status != Status::Left;
+                self.peers.upsert(id, &name, addr, alive);
+            }
+            members.insert(
+                id,
+                MemberView {
+                    name,
+                    addr,
+                    status: state.status,
+                    zone: state.zone.clone(),
+                    generation: v.generation(),
+                    compatible,
+                },
+            );
+        }
+        let ring_members: Vec<Member> = members
+            .iter()
+            .filter(|(_, m)| m.status == Status::Up && m.compatible)
+            .map(|(&id, m)| Member {
+                id,
+                zone: m.zone.clone(),
+            })
+            .collect();
+        let ring = if ring_members.is_empty() {
+            None
+        } else {
+            match Ring::new(self.ring_config, &ring_members) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    warn!("cannot build a ring from the members: {e}");
+                    self.view.borrow().ring.clone()
+                }
+            }
+        };
+        let view = ClusterView { ring, members };
+        let peers_now: Vec<String> = view
+            .members
+            .iter()
+            .filter(|(&id, m)| id != self.me && m.status != Status::Left)
+            .map(|(_, m)| m.addr.to_string())
+            .collect();
+        self.view.send_if_modified(|current| {
+            if **current == view {
+                return false;
+            }
+            if current.ring != view.ring {
+                info!(
+                    members = view.ring.as_ref().map_or(0, |r| r.members().len()),
+                    "ring changed"
+                );
+            }
+            *current = Arc::new(view);
+            true
+        });
+        self.remember_peers(peers_now);
+    }
+
+    /// Keeps the members' addresses on disk (off the gossip lock's caller, on a blocking thread)
+    /// when they changed, so a restart can find the cluster without the seeds.
+    fn remember_peers(&self, mut peers: Vec<String>) {
+        peers.truncate(cairn_gossip::limits::SEEDS_MAX);
+        let snapshot = {
+            let mut p = self.persisted.lock().expect("persisted lock");
+            if p.peers == peers || peers.is_empty() {
+                return;
+            }
+            p.peers = peers;
+            p.clone()
+        };
+        let file = self.file.clone();
+        // Best effort: an old list only means a restart asks a few more addresses.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = snapshot.store(&file) {
+                warn!("{e}");
+            }
+        });
+    }
+
+    /// Every member as this node sees it, for `cairn status`.
+    pub fn status(&self, hints_pending: u64) -> Vec<MemberStatus> {
+        let view = self.view();
+        let now = Instant::now();
+        let g = self.lock();
+        view.members
+            .iter()
+            .map(|(&id, m)| {
+                let this_node = id == self.me;
+                let gv = g.node(id);
+                let status = match m.status {
+                    Status::Left => "left",
+                    _ if !this_node && !self.peers.is_up(id) => "down",
+                    Status::Joining => "joining",
+                    Status::Up => "up",
+                    Status::Leaving => "leaving",
+                };
+                let phi = match gv {
+                    Some(v) if !this_node => v.phi(now),
+                    _ => 0.0,
+                };
+                MemberStatus {
+                    name: m.name.clone(),
+                    addr: m.addr.to_string(),
+                    status: status.to_owned(),
+                    generation: m.generation,
+                    // JSON has no infinity; a node never heard from is as suspect as can be.
+                    phi: if phi.is_finite() { phi } else { f64::MAX },
+                    heartbeat_age_ms: gv
+                        .filter(|_| !this_node)
+                        .and_then(|v| v.heartbeat_age(now))
+                        .map(|d| d.as_millis() as u64),
+                    zone: m.zone.clone(),
+                    this_node,
+                    partitions: view
+                        .ring
+                        .as_ref()
+                        .map_or(0, |r| r.partitions_of(id).len() as u32),
+                    hints_pending: this_node.then_some(hints_pending),
+                }
+            })
+            .collect()
+    }
+}
