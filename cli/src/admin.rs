@@ -9,7 +9,7 @@ use cairn_proto::{MemberStatus, RingReply, StatusReply};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cluster::dial_addr;
+use crate::cluster::{dial_addr, name_order};
 use crate::limits::{MEMBER_DOWN_STATUS_TIMEOUT, MEMBER_STATUS_TIMEOUT};
 use crate::target::{self, ClientArgs, Target};
 use crate::Outcome;
@@ -17,11 +17,15 @@ use crate::Outcome;
 /// `cairn status`
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Output: one line per member: name, address, up or down (as the asked node believes),
-partitions it owns, and hints it holds for other nodes that are not delivered yet (`-` when
-the member could not be asked). With --json: {\"node\":..,\"replicas\":..,\"partitions\":..,
-\"members\":[{\"name\",\"addr\",\"status\",\"partitions\",\"hints_pending\"}]}, hints_pending null for a
-member that could not be asked.")]
+Output: one line per member, as the asked node sees it (marked *): name, address, status
+(joining, up, down, leaving or left: the status the member declares, or down when the asked
+node judges it unreachable), generation (higher on every start), phi (the failure detector's
+suspicion; the node is judged down above 8 by default), seconds since its heartbeat last
+moved, partitions it owns, and hints it holds for other nodes that are not delivered yet (`-`
+when the member could not be asked). With --json: {\"node\":..,\"replicas\":..,
+\"partitions\":.., \"members\":[{\"name\",\"addr\",\"status\",\"generation\",\"phi\",
+\"heartbeat_age_ms\",\"zone\",\"this_node\",\"partitions\",\"hints_pending\"}]}; hints_pending is
+null for a member that could not be asked, heartbeat_age_ms null for the asked node.")]
 pub struct StatusArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -52,6 +56,11 @@ struct MemberJson {
     name: String,
     addr: String,
     status: String,
+    generation: u64,
+    phi: f64,
+    heartbeat_age_ms: Option<u64>,
+    zone: Option<String>,
+    this_node: bool,
     partitions: u32,
     hints_pending: Option<u64>,
 }
@@ -60,8 +69,11 @@ struct MemberJson {
 pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let args = args.client;
     let session = target::connect(&args).await?;
-    let reply = session.client.status().await.map_err(|e| session.fail(e))?;
+    let mut reply = session.client.status().await.map_err(|e| session.fail(e))?;
     session.close().await;
+    reply
+        .members
+        .sort_by(|a, b| name_order(&a.name).cmp(&name_order(&b.name)));
     let identity = args.identity()?;
     // Each member's hint count comes from that member: the asked node knows only its own.
     let asks = reply.members.iter().map(|m| {
@@ -94,6 +106,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 name: m.name.clone(),
                 addr: m.addr.clone(),
                 status: m.status.clone(),
+                generation: m.generation,
+                phi: m.phi,
+                heartbeat_age_ms: m.heartbeat_age_ms,
+                zone: m.zone.clone(),
+                this_node: m.this_node,
                 partitions: m.partitions,
                 hints_pending,
             })
@@ -179,9 +196,15 @@ fn status_text(s: &StatusJson) -> String {
         .iter()
         .map(|m| {
             vec![
-                m.name.clone(),
+                format!("{}{}", m.name, if m.this_node { " *" } else { "" }),
                 m.addr.clone(),
                 m.status.clone(),
+                m.generation.to_string(),
+                phi_text(m.phi),
+                m.heartbeat_age_ms.map_or_else(
+                    || "-".to_owned(),
+                    |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                ),
                 m.partitions.to_string(),
                 m.hints_pending
                     .map_or_else(|| "-".to_owned(), |h| h.to_string()),
@@ -189,10 +212,28 @@ fn status_text(s: &StatusJson) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["NAME", "ADDR", "STATUS", "PARTITIONS", "HINTS"],
+        &[
+            "NAME",
+            "ADDR",
+            "STATUS",
+            "GENERATION",
+            "PHI",
+            "HEARTBEAT",
+            "PARTITIONS",
+            "HINTS",
+        ],
         &rows,
     ));
     out
+}
+
+/// Phi for people: one decimal, and "inf" for a member never heard from.
+fn phi_text(phi: f64) -> String {
+    if phi >= 1e9 {
+        "inf".to_owned()
+    } else {
+        format!("{phi:.1}")
+    }
 }
 
 /// `cairn ring`
@@ -270,10 +311,16 @@ mod tests {
     use super::*;
 
     fn member(name: &str, status: &str, hints: Option<u64>) -> MemberJson {
+        let this_node = name == "node1";
         MemberJson {
             name: name.into(),
             addr: "127.0.0.1:7001".into(),
             status: status.into(),
+            generation: 1_700_000_000,
+            phi: if this_node { 0.0 } else { 9.25 },
+            heartbeat_age_ms: (!this_node).then_some(21_500),
+            zone: None,
+            this_node,
             partitions: 32,
             hints_pending: hints,
         }
@@ -294,9 +341,9 @@ mod tests {
             status_text(&s),
             "\
 1 of 2 members up, as node1 sees them; N=2 replicas per key, Q=64 partitions
-NAME   ADDR            STATUS  PARTITIONS  HINTS
-node1  127.0.0.1:7001  up      32          3
-node2  127.0.0.1:7001  down    32          -
+NAME     ADDR            STATUS  GENERATION  PHI  HEARTBEAT  PARTITIONS  HINTS
+node1 *  127.0.0.1:7001  up      1700000000  0.0  -          32          3
+node2    127.0.0.1:7001  down    1700000000  9.2  21.5s      32          -
 "
         );
         let json: serde_json::Value =

@@ -122,12 +122,14 @@ pub fn nodes(dir: &Path) -> anyhow::Result<Vec<NodeEntry>> {
 
 /// Orders `node2` before `node10`.
 pub fn sort_node_names(names: &mut [String]) {
-    fn key(name: &str) -> (&str, u64, &str) {
-        let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-        let (stem, number) = name.split_at(name.len() - digits);
-        (stem, number.parse().unwrap_or(0), name)
-    }
-    names.sort_by(|a, b| key(a).cmp(&key(b)));
+    names.sort_by(|a, b| name_order(a).cmp(&name_order(b)));
+}
+
+/// The sort key of a node name: its stem, then its number, so node2 comes before node10.
+pub fn name_order(name: &str) -> (&str, u64, &str) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (stem, number) = name.split_at(name.len() - digits);
+    (stem, number.parse().unwrap_or(0), name)
 }
 
 #[cfg(test)]

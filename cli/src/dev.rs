@@ -714,13 +714,22 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_missing_a_member_is_refused() {
+    fn nodes_that_disagree_on_the_ring_shape_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path(), Some(3)).unwrap();
-        std::fs::remove_dir_all(dir.path().join("node3")).unwrap();
+        let path = dir.path().join("node3/node.toml");
+        let mut config = NodeConfig::load(&path).unwrap();
+        config.cluster.as_mut().unwrap().partitions = 128;
+        config.data_dir = "data".into();
+        config.tls = TlsPaths {
+            ca: "../ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+        };
+        std::fs::write(&path, config.to_toml()).unwrap();
         let err = prepare(dir.path(), None).unwrap_err().to_string();
         assert!(
-            err.contains("lists the members node1, node2, node3 but"),
+            err.contains("has 128 partitions and 3 replicas but node1's config has 64 and 3"),
             "{err}"
         );
     }

@@ -48,3 +48,7 @@ const _: () = assert!(DEV_NODES_MAX <= NODES_MAX);
 const _: () = assert!(DEV_PARTITIONS.is_power_of_two());
 const _: () = assert!(DEV_NODES_MAX as u32 <= DEV_PARTITIONS);
 const _: () = assert!(MEMBER_DOWN_STATUS_TIMEOUT.as_millis() <= MEMBER_STATUS_TIMEOUT.as_millis());
+/// How long `cairn join` waits for the node to hear from the cluster when --wait is not given.
+pub const JOIN_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// How often `cairn join` asks the node whether it has joined.
+pub const JOIN_POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -12,6 +12,7 @@ mod cluster;
 mod dev;
 mod kv;
 mod limits;
+mod membership;
 mod render;
 mod signals;
 mod start;
@@ -56,6 +57,10 @@ enum Command {
     Status(admin::StatusArgs),
     /// The partition ring: each partition's primary replicas and fallbacks.
     Ring(admin::RingArgs),
+    /// Make a running node join the cluster of a seed node.
+    Join(membership::JoinArgs),
+    /// Make a running node leave its cluster: it stops owning partitions.
+    Leave(membership::LeaveArgs),
     /// Load the cluster with reads and writes; report throughput and latency percentiles.
     ///
     /// Workers are spread over every node of the cluster directory (one connection per node),
@@ -111,6 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Ping(args) => kv::ping(args).await,
         Command::Status(args) => admin::status(args).await,
         Command::Ring(args) => admin::ring(args).await,
+        Command::Join(args) => membership::join(args).await,
+        Command::Leave(args) => membership::leave(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Start(args) => start::run(args).await,

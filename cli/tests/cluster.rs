@@ -81,7 +81,18 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
         let keys: BTreeSet<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            BTreeSet::from(["name", "addr", "status", "partitions", "hints_pending"])
+            BTreeSet::from([
+                "name",
+                "addr",
+                "status",
+                "generation",
+                "phi",
+                "heartbeat_age_ms",
+                "zone",
+                "this_node",
+                "partitions",
+                "hints_pending"
+            ])
         );
     }
     let owned: u64 = members

@@ -82,13 +82,12 @@ fn dev_runs_again_on_the_same_directory_with_the_same_cluster_and_data() {
     let configs: Vec<String> = (1..=3)
         .map(|k| std::fs::read_to_string(dir.path().join(format!("node{k}/node.toml"))).unwrap())
         .collect();
+    let seed = first_lines[0].split_whitespace().nth(1).unwrap();
     for config in &configs {
-        for k in 1..=3 {
-            assert!(
-                config.contains(&format!("name = \"node{k}\"")),
-                "every config lists every member: {config}"
-            );
-        }
+        assert!(
+            config.contains(&format!("seeds = [\"{seed}\"]")),
+            "node1 is every node's seed: {config}"
+        );
     }
     let pids: Vec<u32> = (1..=3).map(|k| dev.node_pid(&format!("node{k}"))).collect();
 

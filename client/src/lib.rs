@@ -201,6 +201,26 @@ impl Client {
         }
     }
 
+    /// Asks the node to join the cluster `seed` belongs to; answers with its status at once
+    /// (joining completes over the next gossip rounds).
+    pub async fn join(&self, seed: &str) -> Result<StatusReply, ClientError> {
+        let req = Request::Join {
+            seed: seed.to_owned(),
+        };
+        match self.request(&req).await? {
+            Response::Status(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Asks the node to leave its cluster: it stops owning partitions. Answers with its status.
+    pub async fn leave(&self) -> Result<StatusReply, ClientError> {
+        match self.request(&Request::Leave).await? {
+            Response::Status(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// The partition ring as the node sees it.
     pub async fn ring(&self) -> Result<RingReply, ClientError> {
         match self.request(&Request::Ring).await? {

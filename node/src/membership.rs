@@ -29,6 +29,9 @@ use crate::peers::{exchange_on, Peers};
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
+/// Gossip rounds a newly seen member counts as up before its heartbeat is seen moving (unless
+/// a request to it fails first).
+pub const NEW_MEMBER_GRACE_ROUNDS: u32 = 5;
 /// Gossip rounds a restarted node that was a member waits to hear from any peer before it
 /// serves alone (its peers may all be down); a node that never was a member waits for ever.
 pub const REJOIN_ROUNDS_MAX: u32 = 10;
@@ -163,6 +166,14 @@ pub struct Membership {
     outbox_rx: Mutex<Option<mpsc::Receiver<Transmit>>>,
     /// Rounds ticked while joining without hearing from anyone.
     lonely_rounds: Mutex<u32>,
+    /// Per member: the generation first seen and when, for the grace period below.
+    first_seen: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
+    /// Members gossip convicted (`NodeDown`) and has not seen alive since.
+    convicted: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// How long a member newly seen (or in a new generation) counts as up before its heartbeat
+    /// has been seen moving: without it a node that just started would refuse to use peers that
+    /// are plainly there for the first rounds.
+    grace: Duration,
 }
 
 fn unix_seconds() -> u64 {
@@ -249,6 +260,9 @@ impl Membership {
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             lonely_rounds: Mutex::new(0),
+            first_seen: Mutex::new(BTreeMap::new()),
+            convicted: Mutex::new(std::collections::BTreeSet::new()),
+            grace: Duration::from_millis(cluster.gossip_interval_ms) * NEW_MEMBER_GRACE_ROUNDS,
         });
         let mut g = membership.lock();
         membership.refresh(&mut g);
@@ -500,8 +514,17 @@ impl Membership {
     /// Applies gossip's events and republishes the view: peers' names, addresses and liveness,
     /// this node becoming up once it has heard from the cluster, and the ring.
     fn refresh(&self, g: &mut Gossip) {
+        let now = Instant::now();
+        let mut convicted = self.convicted.lock().expect("convicted lock");
         while let Some(event) = g.poll_event() {
             match event {
+                MembershipEvent::NodeDown { node } => {
+                    info!(node = %self.name(node), "judged down by the failure detector");
+                    convicted.insert(node);
+                }
+                MembershipEvent::NodeUp { node } => {
+                    convicted.remove(&node);
+                }
                 MembershipEvent::NodeRemoved { node } => self.peers.remove(node),
                 MembershipEvent::SelfSuperseded { generation } => warn!(
                     generation,
@@ -509,6 +532,7 @@ impl Membership {
                 ),
                 MembershipEvent::NodeJoined { node, generation }
                 | MembershipEvent::NodeRestarted { node, generation } => {
+                    convicted.remove(&node);
                     debug!(%node, generation, "node (re)started")
                 }
                 _ => {}
@@ -545,7 +569,14 @@ impl Membership {
                 (info.name, addr, compatible)
             };
             if id != self.me {
-                let alive = v.is_alive() && state.status != Status::Left;
+                let mut first_seen = self.first_seen.lock().expect("first-seen lock");
+                let seen = first_seen.entry(id).or_insert((v.generation(), now));
+                if seen.0 != v.generation() {
+                    *seen = (v.generation(), now);
+                }
+                let in_grace =
+                    !convicted.contains(&id) && now.saturating_duration_since(seen.1) < self.grace;
+                let alive = (v.is_alive() || in_grace) && state.status != Status::Left;
                 self.peers.upsert(id, &name, addr, alive);
             }
             members.insert(
