@@ -1,0 +1,194 @@
+//! Membership over real processes and real QUIC: five `cairn dev` nodes that know only node1
+//! find each other by gossip and agree on the ring; a node killed with SIGKILL is seen down by
+//! every survivor within 20 s and comes back up with a higher generation; `leave` takes a node
+//! out of every node's ring and `join` brings it back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{kill, wait_for, Dev};
+use rustix::process::Signal;
+use serde_json::Value;
+
+/// The issue's bound: every survivor shows a killed node down within this.
+const DOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a restarted node may take to be up again everywhere (it joins through its seed and
+/// its remembered peers in a round or two; then its heartbeat must be seen moving).
+const UP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a membership change (leave, join) may take to reach every node's ring.
+const RING_DEADLINE: Duration = Duration::from_secs(20);
+
+fn members(status: &Value) -> BTreeMap<String, Value> {
+    status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_owned(), m.clone()))
+        .collect()
+}
+
+fn ring(dev: &Dev, node: &str) -> Value {
+    let run = dev.run(&["ring", "--json", "--node", node]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    run.json()
+}
+
+/// Whether `name` is a primary or fallback anywhere in `ring`.
+fn in_ring(ring: &Value, name: &str) -> bool {
+    ring["partitions"].as_array().unwrap().iter().any(|p| {
+        p["primaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(p["fallbacks"].as_array().unwrap())
+            .any(|n| n == name)
+    })
+}
+
+#[test]
+fn five_nodes_meet_through_node1_and_a_killed_node_is_seen_down_then_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // `cairn dev` is ready only once every node sees every node up.
+    let dev = Dev::start(dir.path(), Some(5));
+    let names: Vec<String> = (1..=5).map(|k| format!("node{k}")).collect();
+    for name in &names {
+        let status = dev.status(name);
+        let seen = members(&status);
+        assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), names, "{status}");
+        for (member, m) in &seen {
+            assert_eq!(m["status"], "up", "{name} sees {m}");
+            assert!(m["generation"].as_u64().unwrap() > 0, "{m}");
+            assert!(m["phi"].as_f64().unwrap() >= 0.0, "{m}");
+            assert_eq!(m["this_node"], member == name, "{m}");
+            assert_eq!(m["heartbeat_age_ms"].is_null(), member == name, "{m}");
+        }
+        let owned: u64 = seen
+            .values()
+            .map(|m| m["partitions"].as_u64().unwrap())
+            .sum();
+        assert_eq!(owned, 64, "{status}");
+    }
+    // Every node computes the same ring from the same membership.
+    let first = ring(&dev, "node1");
+    for name in &names[1..] {
+        assert_eq!(
+            ring(&dev, name),
+            first,
+            "{name}'s ring differs from node1's"
+        );
+    }
+
+    let generation = |status: &Value| members(status)["node4"]["generation"].as_u64().unwrap();
+    let old_generation = generation(&dev.status("node1"));
+    kill(dev.node_pid("node4"), Signal::KILL);
+    let killed = Instant::now();
+    let survivors = ["node1", "node2", "node3", "node5"];
+    // When each survivor first showed node4 down, and when its phi first crossed 8.
+    let mut down_at: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut phi_at: BTreeMap<&str, Duration> = BTreeMap::new();
+    wait_for("every survivor to see node4 down", DOWN_DEADLINE, || {
+        for name in survivors {
+            let seen = members(&dev.status(name));
+            let node4 = &seen["node4"];
+            if node4["status"] == "down" {
+                down_at.entry(name).or_insert_with(|| killed.elapsed());
+            }
+            if node4["phi"].as_f64().unwrap() > 8.0 {
+                phi_at.entry(name).or_insert_with(|| killed.elapsed());
+            }
+            // No false alarm about the survivors meanwhile.
+            for other in survivors {
+                assert_eq!(seen[other]["status"], "up", "{name} sees {other} {seen:?}");
+            }
+        }
+        (down_at.len() == survivors.len()).then_some(())
+    });
+    eprintln!("node4 killed; shown down after (per survivor): {down_at:?}");
+    // Keep watching phi a little (within the same 20 s bound) to report the detector's own time.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "phi above 8 everywhere",
+            DOWN_DEADLINE.saturating_sub(killed.elapsed()),
+            || {
+                for name in survivors {
+                    let seen = members(&dev.status(name));
+                    if seen["node4"]["phi"].as_f64().unwrap() > 8.0 {
+                        phi_at.entry(name).or_insert_with(|| killed.elapsed());
+                    }
+                }
+                (phi_at.len() == survivors.len()).then_some(())
+            },
+        )
+    }));
+    eprintln!("node4 killed; phi crossed 8 after (per survivor): {phi_at:?}");
+
+    let _node4 = dev.restart_node("node4");
+    let restarted = Instant::now();
+    wait_for("every node to see node4 up again", UP_DEADLINE, || {
+        names
+            .iter()
+            .all(|name| {
+                let status = dev.status(name);
+                let node4 = &members(&status)["node4"];
+                node4["status"] == "up" && generation(&status) > old_generation
+            })
+            .then_some(())
+    });
+    eprintln!(
+        "node4 restarted; up everywhere with a higher generation after {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_node_that_leaves_drops_out_of_every_ring_and_join_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path(), Some(4));
+    let names = ["node1", "node2", "node3", "node4"];
+
+    // Membership commands name their node: a default would pick node1.
+    let run = dev.run(&["leave"]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("--node"), "{run:?}");
+
+    let run = dev.run(&["leave", "--node", "node4", "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["status"], "leaving");
+    wait_for("node4 out of every ring", RING_DEADLINE, || {
+        names
+            .iter()
+            .all(|name| !in_ring(&ring(&dev, name), "node4"))
+            .then_some(())
+    });
+    for name in names {
+        let seen = members(&dev.status(name));
+        assert_eq!(seen["node4"]["status"], "leaving", "{name}: {seen:?}");
+        assert_eq!(seen["node4"]["partitions"], 0, "{name}: {seen:?}");
+    }
+    // The others own every partition, and the leaving node still serves clients.
+    dev.run(&["put", "k", "v", "--w", "3", "--node", "node4"])
+        .ok();
+    let run = dev.run(&["get", "k", "--r", "3", "--node", "node1"]);
+    assert_eq!(run.stdout.lines().next(), Some("v"), "{run:?}");
+
+    // Joining again (through node1) takes the leave back.
+    let seed = members(&dev.status("node1"))["node1"]["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = dev.run(&["join", &seed, "--node", "node4", "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["joined"], true, "{run:?}");
+    wait_for("node4 back in every ring", RING_DEADLINE, || {
+        let rings: Vec<Value> = names.iter().map(|name| ring(&dev, name)).collect();
+        (in_ring(&rings[0], "node4") && rings.iter().all(|r| *r == rings[0])).then_some(())
+    });
+    let run = dev.run(&["join", "nowhere:1", "--node", "node4", "--wait", "0"]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "a seed is kept even if it does not answer yet: {run:?}"
+    );
+}

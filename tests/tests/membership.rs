@@ -1,0 +1,156 @@
+//! Membership of in-process nodes over real QUIC: nodes started alone join into one cluster with
+//! one ring, a join and a leave survive restarts, generations rise on every start, and malformed
+//! gossip from a peer is refused without harm.
+
+use std::time::Duration;
+
+use cairn_client::Client;
+use cairn_net::Identity;
+use cairn_node::{ClusterConfig, Node, NodeConfig};
+use cairn_proto::{ErrorReply, MemberStatus, PeerRequest, Request, StatusReply};
+use cairn_tests::cluster::{eventually, TEST_GOSSIP_INTERVAL_MS};
+use cairn_tests::TestDir;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn config(dir: &TestDir, name: &str) -> NodeConfig {
+    let mut config = dir.node_config(name).unwrap();
+    config.cluster = Some(ClusterConfig {
+        gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
+        ..ClusterConfig::default()
+    });
+    config
+}
+
+async fn client(dir: &TestDir, node: &Node) -> Client {
+    Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+        .await
+        .unwrap()
+}
+
+fn member<'a>(status: &'a StatusReply, name: &str) -> Option<&'a MemberStatus> {
+    status.members.iter().find(|m| m.name == name)
+}
+
+/// Whether `status` shows exactly `names`, all up.
+fn all_up(status: &StatusReply, names: &[&str]) -> bool {
+    status.members.len() == names.len()
+        && names
+            .iter()
+            .all(|n| member(status, n).is_some_and(|m| m.status == "up"))
+}
+
+#[tokio::test]
+async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_restart() {
+    let dir = TestDir::new().unwrap();
+    let a = Node::start(config(&dir, "a")).await.unwrap();
+    // Port 0: b comes back from its restart on another port, which gossip must carry to a.
+    let b_config = config(&dir, "b");
+    let b = Node::start(b_config.clone()).await.unwrap();
+    let (ca, cb) = (client(&dir, &a).await, client(&dir, &b).await);
+    // Each is a cluster of its own, owning every partition.
+    for (c, name) in [(&ca, "a"), (&cb, "b")] {
+        let s = c.status().await.unwrap();
+        assert!(all_up(&s, &[name]), "{s:?}");
+        assert_eq!(s.members[0].partitions, 64);
+        assert!(s.members[0].this_node);
+    }
+    assert!(matches!(
+        cb.join(&b.local_addr().to_string()).await,
+        Err(cairn_client::ClientError::Node(
+            ErrorReply::Membership { .. }
+        ))
+    ));
+
+    cb.join(&a.local_addr().to_string()).await.unwrap();
+    for c in [&ca, &cb] {
+        eventually("both nodes to see both up", SETTLE, || async {
+            all_up(&c.status().await.unwrap(), &["a", "b"])
+        })
+        .await;
+    }
+    let ring = ca.ring().await.unwrap();
+    assert_eq!(ring, cb.ring().await.unwrap(), "one ring");
+    let s = ca.status().await.unwrap();
+    let owned: Vec<u32> = s.members.iter().map(|m| m.partitions).collect();
+    assert_eq!(owned, [32, 32], "{s:?}");
+
+    // b restarts on a new port: its generation rises, it rejoins through the seed it was told
+    // about (kept on disk, not in its config), and a learns its new address.
+    let old_generation = member(&s, "b").unwrap().generation;
+    cb.close().await;
+    b.shutdown().await.unwrap();
+    let b = Node::start(b_config).await.unwrap();
+    let cb = client(&dir, &b).await;
+    for c in [&ca, &cb] {
+        eventually("b to be up again everywhere", SETTLE, || async {
+            let s = c.status().await.unwrap();
+            all_up(&s, &["a", "b"])
+                && member(&s, "b").unwrap().generation > old_generation
+                && member(&s, "b").unwrap().addr == b.local_addr().to_string()
+        })
+        .await;
+    }
+
+    // A leave also survives a restart: b stays out of the ring.
+    cb.leave().await.unwrap();
+    eventually("a to see b leaving", SETTLE, || async {
+        let s = ca.status().await.unwrap();
+        member(&s, "b").is_some_and(|m| m.status == "leaving" && m.partitions == 0)
+    })
+    .await;
+    cb.close().await;
+    let b_addr = b.local_addr();
+    b.shutdown().await.unwrap();
+    let b = Node::start(config_with_addr(&dir, "b", b_addr))
+        .await
+        .unwrap();
+    let cb = client(&dir, &b).await;
+    eventually("b to come back still leaving", SETTLE, || async {
+        let s = cb.status().await.unwrap();
+        member(&s, "b").is_some_and(|m| m.status == "leaving")
+            && member(&s, "a").is_some_and(|m| m.status == "up" && m.partitions == 64)
+    })
+    .await;
+    cb.close().await;
+    ca.close().await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+fn config_with_addr(dir: &TestDir, name: &str, addr: std::net::SocketAddr) -> NodeConfig {
+    let mut c = config(dir, name);
+    c.listen = addr;
+    c
+}
+
+#[tokio::test]
+async fn malformed_gossip_from_a_peer_is_refused_and_changes_nothing() {
+    let dir = TestDir::new().unwrap();
+    let node = Node::start(config(&dir, "a")).await.unwrap();
+    // A node certificate (so the request is a peer's), sending bytes that are not gossip.
+    dir.node_config("mallory").unwrap();
+    let p = dir.path();
+    let peer = Identity::load(
+        &p.join("ca.pem"),
+        &p.join("mallory/node.pem"),
+        &p.join("mallory/node.key"),
+    )
+    .unwrap();
+    let conn = Client::connect(node.local_addr(), &peer).await.unwrap();
+    for garbage in [vec![], vec![0xff; 64], b"SYN please".to_vec()] {
+        let resp = conn
+            .request(&Request::Peer(PeerRequest::Gossip(garbage)))
+            .await;
+        assert!(
+            matches!(&resp, Err(cairn_client::ClientError::Node(ErrorReply::Malformed { reason })) if reason.starts_with("gossip:")),
+            "{resp:?}"
+        );
+    }
+    let c = client(&dir, &node).await;
+    let s = c.status().await.unwrap();
+    assert!(all_up(&s, &["a"]), "{s:?}");
+    c.close().await;
+    conn.close().await;
+    node.shutdown().await.unwrap();
+}
