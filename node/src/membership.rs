@@ -161,7 +161,10 @@ pub struct Membership {
     view: watch::Sender<Arc<ClusterView>>,
     peers: Arc<Peers>,
     file: PathBuf,
-    persisted: Mutex<Persisted>,
+    persisted: Arc<Mutex<Persisted>>,
+    /// Held while the state file is written, so writes never interleave on its temporary file
+    /// and the last write is always of the latest state.
+    file_lock: Arc<Mutex<()>>,
     outbox: mpsc::Sender<Transmit>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Transmit>>>,
     /// Rounds ticked while joining without hearing from anyone.
@@ -256,7 +259,8 @@ impl Membership {
             view,
             peers,
             file,
-            persisted: Mutex::new(persisted),
+            persisted: Arc::new(Mutex::new(persisted)),
+            file_lock: Arc::new(Mutex::new(())),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             lonely_rounds: Mutex::new(0),
@@ -497,18 +501,28 @@ impl Membership {
     }
 
     async fn persist(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), ErrorReply> {
-        let snapshot = {
-            let mut p = self.persisted.lock().expect("persisted lock");
-            change(&mut p);
-            p.clone()
-        };
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || snapshot.store(&file))
+        change(&mut self.persisted.lock().expect("persisted lock"));
+        tokio::task::spawn_blocking(self.save())
             .await
             .expect("persist task panicked")
             .map_err(|e| ErrorReply::Storage {
                 reason: e.to_string(),
             })
+    }
+
+    /// A job that writes the latest persisted state (taken under the file lock, so of two
+    /// concurrent saves the later one writes last and writes everything).
+    fn save(&self) -> impl FnOnce() -> Result<(), MembershipError> + Send + 'static {
+        let (persisted, lock, file) = (
+            self.persisted.clone(),
+            self.file_lock.clone(),
+            self.file.clone(),
+        );
+        move || {
+            let _writing = lock.lock().expect("file lock");
+            let snapshot = persisted.lock().expect("persisted lock").clone();
+            snapshot.store(&file)
+        }
     }
 
     /// Applies gossip's events and republishes the view: peers' names, addresses and liveness,
@@ -637,18 +651,17 @@ impl Membership {
     /// when they changed, so a restart can find the cluster without the seeds.
     fn remember_peers(&self, mut peers: Vec<String>) {
         peers.truncate(cairn_gossip::limits::SEEDS_MAX);
-        let snapshot = {
+        {
             let mut p = self.persisted.lock().expect("persisted lock");
             if p.peers == peers || peers.is_empty() {
                 return;
             }
             p.peers = peers;
-            p.clone()
-        };
-        let file = self.file.clone();
+        }
+        let save = self.save();
         // Best effort: an old list only means a restart asks a few more addresses.
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = snapshot.store(&file) {
+            if let Err(e) = save() {
                 warn!("{e}");
             }
         });

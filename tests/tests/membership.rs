@@ -154,3 +154,32 @@ async fn malformed_gossip_from_a_peer_is_refused_and_changes_nothing() {
     conn.close().await;
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_corrupt_membership_file_stops_the_start_with_its_path_and_is_left_alone() {
+    let dir = TestDir::new().unwrap();
+    let config = config(&dir, "a");
+    let node = Node::start(config.clone()).await.unwrap();
+    let c = client(&dir, &node).await;
+    let generation = c.status().await.unwrap().members[0].generation;
+    c.close().await;
+    node.shutdown().await.unwrap();
+    let file = config.data_dir.join(cairn_node::membership::STATE_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(&format!("generation = {generation}")),
+        "the generation in use is on disk: {text}"
+    );
+
+    std::fs::write(&file, "generation = \"soon\"\n").unwrap();
+    let err = match Node::start(config.clone()).await {
+        Ok(_) => panic!("a node started over a corrupt membership file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("membership.toml"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "generation = \"soon\"\n",
+        "nothing overwrote the file"
+    );
+}
