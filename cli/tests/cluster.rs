@@ -12,8 +12,8 @@ use common::{cairn, kill, wait_for, Dev, Run};
 use rustix::process::Signal;
 use serde_json::Value;
 
-/// How long the nodes may take to notice that a killed node is gone (they ping each other
-/// every 500 ms and give up on a ping after 1 s).
+/// How long the nodes may take to notice that a killed node is gone: a peer whose heartbeat is
+/// three gossip rounds late is pinged, and a failed ping (1 s) marks it down.
 const DOWN_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a restarted node may take to get every hint held for it: the others re-probe a down
 /// peer with backoff up to 4 s and deliver hints as soon as it answers.

@@ -29,6 +29,9 @@ use crate::peers::{exchange_on, Peers};
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
+/// Gossip rounds without a heartbeat after which a member is suspect and pinged directly: phi
+/// takes about 18 rounds to convict, a failed ping about one second.
+pub const SUSPECT_ROUNDS: u32 = 3;
 /// Gossip rounds a newly seen member counts as up before its heartbeat is seen moving (unless
 /// a request to it fails first).
 pub const NEW_MEMBER_GRACE_ROUNDS: u32 = 5;
@@ -177,6 +180,8 @@ pub struct Membership {
     /// has been seen moving: without it a node that just started would refuse to use peers that
     /// are plainly there for the first rounds.
     grace: Duration,
+    /// Heartbeat age after which a member is suspect (`SUSPECT_ROUNDS` intervals).
+    suspect_after: Duration,
 }
 
 fn unix_seconds() -> u64 {
@@ -267,6 +272,7 @@ impl Membership {
             first_seen: Mutex::new(BTreeMap::new()),
             convicted: Mutex::new(std::collections::BTreeSet::new()),
             grace: Duration::from_millis(cluster.gossip_interval_ms) * NEW_MEMBER_GRACE_ROUNDS,
+            suspect_after: Duration::from_millis(cluster.gossip_interval_ms) * SUSPECT_ROUNDS,
         });
         let mut g = membership.lock();
         membership.refresh(&mut g);
@@ -592,6 +598,10 @@ impl Membership {
                     !convicted.contains(&id) && now.saturating_duration_since(seen.1) < self.grace;
                 let alive = (v.is_alive() || in_grace) && state.status != Status::Left;
                 self.peers.upsert(id, &name, addr, alive);
+                let late = v
+                    .heartbeat_age(now)
+                    .is_some_and(|age| age > self.suspect_after);
+                self.peers.set_suspect(id, late && alive);
             }
             members.insert(
                 id,

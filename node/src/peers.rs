@@ -23,6 +23,8 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait between probes of a down peer (the backoff doubles up to this).
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// Time between pings of a suspect peer that keeps answering.
+pub const SUSPECT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct PeerState {
@@ -30,6 +32,9 @@ struct PeerState {
     reachable: bool,
     /// Gossip's view: the failure detector judges the node alive.
     alive: bool,
+    /// Its heartbeat has not moved for a few rounds: the probe loop pings it directly, so a
+    /// dead node is found by a failed ping long before phi convicts it.
+    suspect: bool,
     /// When the last successful exchange started; failures of exchanges that started earlier
     /// are stale (e.g. a ping sent before the peer was listening) and ignored.
     last_success: Option<Instant>,
@@ -101,6 +106,7 @@ impl Peers {
                         state: Mutex::new(PeerState {
                             reachable: true,
                             alive: false,
+                            suspect: false,
                             last_success: None,
                             backoff: PROBE_INTERVAL,
                             next_probe: now,
@@ -131,6 +137,14 @@ impl Peers {
             info!(peer = %name, "peer is up");
             // Full channel: the handoff loop's periodic scan picks the peer up anyway.
             let _ = self.up_events.try_send(id);
+        }
+    }
+
+    /// Marks `id` suspect (its heartbeat is late) or not; a suspect that is still reachable is
+    /// pinged by the probe loop.
+    pub fn set_suspect(&self, id: NodeId, suspect: bool) {
+        if let Some(peer) = self.get(id) {
+            peer.state.lock().expect("peer lock").suspect = suspect;
         }
     }
 
@@ -296,7 +310,9 @@ impl Peers {
 
     /// Pings, forever, the peers gossip judges alive but whose last exchange failed, with
     /// doubling backoff, so a peer marked down by one failed request comes back as soon as it
-    /// answers. Peers gossip judges dead are left to gossip.
+    /// answers; and reachable peers whose heartbeat is late (suspects), every
+    /// `SUSPECT_PROBE_INTERVAL`, so a dead one is marked down by its failed ping. Peers gossip
+    /// judges dead are left to gossip.
     pub async fn probe_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,7 +326,9 @@ impl Peers {
                 .iter()
                 .filter(|(_, p)| {
                     let s = p.state.lock().expect("peer lock");
-                    s.alive && !s.reachable && s.next_probe <= now
+                    let retry = s.alive && !s.reachable;
+                    let check = s.suspect && s.reachable;
+                    (retry || check) && s.next_probe <= now
                 })
                 .map(|(id, _)| *id)
                 .collect();
@@ -323,7 +341,14 @@ impl Peers {
                     if !ok {
                         s.backoff = (s.backoff * 2).min(PROBE_BACKOFF_MAX);
                     }
-                    s.next_probe = Instant::now() + if ok { PROBE_INTERVAL } else { s.backoff };
+                    s.next_probe = Instant::now()
+                        + match (ok, s.suspect) {
+                            // Reachable but its heartbeat is late (a slow gossip path in a
+                            // large cluster): check again, not in a tight loop.
+                            (true, true) => SUSPECT_PROBE_INTERVAL,
+                            (true, false) => PROBE_INTERVAL,
+                            (false, _) => s.backoff,
+                        };
                 }
             });
             futures_join_all(probes).await;
