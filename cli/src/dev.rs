@@ -277,6 +277,8 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
                 partitions: DEV_PARTITIONS,
                 members: members.clone(),
             }),
+            anti_entropy: Default::default(),
+            read_repair: true,
         };
         write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
     }

@@ -24,6 +24,90 @@ pub struct NodeConfig {
     /// The cluster this node belongs to. Absent: a cluster of this node alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// Background repair between replicas. Absent: on, with the defaults.
+    #[serde(default, skip_serializing_if = "AntiEntropyConfig::is_default")]
+    pub anti_entropy: AntiEntropyConfig,
+    /// Whether a get this node coordinates sends the merged object to replicas that answered
+    /// with less (read repair). On by default; tests switch it off to prove that anti-entropy
+    /// alone repairs.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub read_repair: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The `[anti_entropy]` section: how often and how hard replicas compare their Merkle trees and
+/// repair what differs. Every field has a default; the limits keep repair from starving client
+/// traffic (Riak's AAE once cost a third of a cluster's throughput).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiEntropyConfig {
+    /// Whether this node starts and answers exchanges.
+    pub enabled: bool,
+    /// Pause between two rounds, milliseconds; a round exchanges each partition this node is a
+    /// primary replica of with one other primary that is up.
+    pub interval_ms: u64,
+    /// Exchanges this node runs at once as initiator.
+    pub sessions_max: usize,
+    /// Objects this node repairs per second across all its exchanges (a token bucket; a key
+    /// repaired both ways costs one).
+    pub repair_keys_per_sec: u32,
+    /// Keys repaired concurrently in one batch, at most `KEYS_PER_DIFF_BATCH_MAX`.
+    pub repair_batch_keys: usize,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> AntiEntropyConfig {
+        AntiEntropyConfig {
+            enabled: true,
+            interval_ms: 30_000,
+            sessions_max: 2,
+            repair_keys_per_sec: 1_000,
+            repair_batch_keys: 64,
+        }
+    }
+}
+
+impl AntiEntropyConfig {
+    fn is_default(&self) -> bool {
+        *self == AntiEntropyConfig::default()
+    }
+
+    /// Checks every value against its limit.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::limits::{AE_INTERVAL_MIN, AE_SESSIONS_MAX};
+        use cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX;
+        if u128::from(self.interval_ms) < AE_INTERVAL_MIN.as_millis() {
+            return Err(format!(
+                "anti_entropy.interval_ms {} is below AE_INTERVAL_MIN ({} ms)",
+                self.interval_ms,
+                AE_INTERVAL_MIN.as_millis()
+            ));
+        }
+        if !(1..=AE_SESSIONS_MAX).contains(&self.sessions_max) {
+            return Err(format!(
+                "anti_entropy.sessions_max {} is outside 1..=AE_SESSIONS_MAX ({AE_SESSIONS_MAX})",
+                self.sessions_max
+            ));
+        }
+        if self.repair_keys_per_sec == 0 {
+            return Err("anti_entropy.repair_keys_per_sec must be at least 1".into());
+        }
+        if !(1..=KEYS_PER_DIFF_BATCH_MAX).contains(&self.repair_batch_keys) {
+            return Err(format!(
+                "anti_entropy.repair_batch_keys {} is outside 1..=KEYS_PER_DIFF_BATCH_MAX \
+                 ({KEYS_PER_DIFF_BATCH_MAX})",
+                self.repair_batch_keys
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The static cluster membership (the gossip issue replaces the member list with discovery).
@@ -147,6 +231,13 @@ impl NodeConfig {
                 return Err(invalid("cluster.replicas must be at least 1".into()));
             }
         }
+        config
+            .anti_entropy
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         Ok(config)

@@ -1,5 +1,7 @@
 //! The node's own limits: queues, batches and leases, qualifier last.
 
+use std::time::Duration;
+
 /// Write requests that may wait for the writer thread; when full, clients get `Overloaded`
 /// instead of the node queueing without bound.
 pub const WRITE_QUEUE_MAX: usize = 4096;
@@ -31,3 +33,24 @@ pub const REPLICA_RESULTS_QUEUE_MAX: usize = 8192;
 /// Hints waiting to be made durable by the coordinator's hint writer; when full, the coordinator
 /// waits (acknowledgements wait for hints anyway).
 pub const HINT_QUEUE_MAX: usize = 1024;
+
+/// Shortest pause between anti-entropy rounds a configuration may ask for.
+pub const AE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Most exchanges a node may be configured to run at once as initiator.
+pub const AE_SESSIONS_MAX: usize = 16;
+/// Exchanges one node answers at once (as responder, for all peers together); a new exchange
+/// beyond it is refused as overloaded after idle ones are dropped. Room for every peer of a
+/// large cluster to run its maximum at once would be wasteful: initiators simply retry next round.
+pub const AE_RESPONDER_SESSIONS_MAX: usize = 64;
+/// A responder's session that saw no request for this long is dropped (its initiator failed or
+/// gave up); the next exchange starts afresh from the roots.
+pub const AE_SESSION_IDLE_MAX: Duration = Duration::from_secs(60);
+/// How long one anti-entropy request (a message, a key lookup, one object) may take.
+pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const _: () = assert!(AE_RESPONDER_SESSIONS_MAX >= AE_SESSIONS_MAX);
+// A diff batch's key hashes fit one `PeerRequest::Keys`.
+const _: () = assert!(
+    cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX
+        <= cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX
+);
