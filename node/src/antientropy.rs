@@ -159,7 +159,10 @@ enum Direction {
     Both,
 }
 
-/// One side of a peer's exchange, kept between its requests.
+/// One side of a peer's exchange, kept between its requests. If the initiator spends longer than
+/// `AE_SESSION_IDLE_MAX` repairing between two requests (a very low configured rate), the
+/// session may be dropped and its exchange fails; the repairs done stay done, and the next
+/// round finds only what is left.
 struct Responder {
     session: Session,
     partition: PartitionId,

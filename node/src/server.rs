@@ -67,7 +67,7 @@ pub struct Node {
     peers: Arc<Peers>,
     trees: Arc<Trees>,
     /// The start-up rebuild of the Merkle trees (a blocking scan shutdown must wait for).
-    rebuild: tokio::task::JoinHandle<()>,
+    rebuild: Option<tokio::task::JoinHandle<()>>,
     anti_entropy: Arc<AntiEntropy>,
 }
 
@@ -97,19 +97,21 @@ impl Node {
             .await
             .expect("open task panicked")?;
         // Trees exist before the engine so the writer records every commit from the first.
+        // With anti-entropy off they stay empty and cost nothing.
         let trees = Arc::new(Trees::new(
             config
                 .cluster
                 .as_ref()
                 .map_or(RingConfig::default().partitions, |c| c.partitions),
         ));
+        let enabled = config.anti_entropy.enabled;
         let engine = Engine::open_with_trees(
             Arc::new(store),
             NodeId::from_name(&config.name),
             &mut rand::rngs::OsRng,
-            Some(trees.clone()),
+            enabled.then(|| trees.clone()),
         )?;
-        let rebuild = spawn_rebuild(&config.name, &trees, &engine);
+        let rebuild = enabled.then(|| spawn_rebuild(&config.name, &trees, &engine));
         let endpoint = cairn_net::server_endpoint(config.listen, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
@@ -206,7 +208,7 @@ impl Node {
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
-        if config.anti_entropy.enabled {
+        if enabled {
             tasks.push(tokio::spawn(anti_entropy.clone().run()));
         }
         info!(node = %config.name, actor = %engine.actor(), %local_addr, "serving");
@@ -268,7 +270,9 @@ impl Node {
         // The rebuild holds the store: stop it at its next object and wait, so the database
         // file is closed when shutdown returns.
         self.trees.cancel_rebuild();
-        let _ = self.rebuild.await;
+        if let Some(rebuild) = self.rebuild {
+            let _ = rebuild.await;
+        }
         drop(self.anti_entropy);
         // Tasks that were just stopped may release their handles a moment later; waiting for
         // the last one keeps the writer's drain and the socket's release inside shutdown.

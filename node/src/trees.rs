@@ -3,8 +3,8 @@
 //! the node starts.
 //!
 //! *Rebuilt, not loaded.* A restart scans the `objects` table once and builds every tree with
-//! `MerkleTree::from_entries` (the `rebuild_trees` example measures it: about two seconds per
-//! million keys on the development machine, see ARCHITECTURE.md). Persisting the trees would put
+//! `MerkleTree::from_entries` (the `rebuild_trees` example measures it: about 1.2 s per
+//! million keys on the 2-core development machine, see ARCHITECTURE.md). Persisting the trees would put
 //! a second write on every commit's path and a second copy of the truth on disk that a crash could
 //! leave behind the objects; the scan needs neither and cannot disagree with the store.
 //!
