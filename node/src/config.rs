@@ -262,3 +262,76 @@ impl NodeConfig {
         toml::to_string_pretty(self).expect("NodeConfig always serializes")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "n1"
+listen = "127.0.0.1:7001"
+data_dir = "data"
+
+[tls]
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+"#;
+
+    fn load(text: &str) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    #[test]
+    fn anti_entropy_and_read_repair_default_on_and_stay_out_of_the_file() {
+        let config = load(BASE).unwrap();
+        assert_eq!(config.anti_entropy, AntiEntropyConfig::default());
+        assert!(config.anti_entropy.enabled && config.read_repair);
+        let text = config.to_toml();
+        assert!(
+            !text.contains("anti_entropy") && !text.contains("read_repair"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let config = load(&format!(
+            "read_repair = false\n{BASE}\n[anti_entropy]\ninterval_ms = 250\n"
+        ))
+        .unwrap();
+        assert!(!config.read_repair);
+        assert_eq!(
+            config.anti_entropy,
+            AntiEntropyConfig {
+                interval_ms: 250,
+                ..AntiEntropyConfig::default()
+            }
+        );
+        // What is written reads back the same.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_by_name() {
+        for (line, limit) in [
+            ("interval_ms = 1", "AE_INTERVAL_MIN"),
+            ("sessions_max = 0", "AE_SESSIONS_MAX"),
+            ("sessions_max = 17", "AE_SESSIONS_MAX"),
+            ("repair_keys_per_sec = 0", "repair_keys_per_sec"),
+            ("repair_batch_keys = 0", "KEYS_PER_DIFF_BATCH_MAX"),
+            ("repair_batch_keys = 1025", "KEYS_PER_DIFF_BATCH_MAX"),
+        ] {
+            let err = load(&format!("{BASE}\n[anti_entropy]\n{line}\n")).unwrap_err();
+            assert!(err.to_string().contains(limit), "{line}: {err}");
+        }
+        let err = load(&format!("{BASE}\n[anti_entropy]\nrate = 5\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

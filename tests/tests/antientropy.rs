@@ -202,3 +202,137 @@ async fn concurrent_values_on_different_replicas_become_siblings_everywhere() {
     assert_eq!(repaired, after, "nothing left to repair once converged");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_requests_that_break_the_protocol_are_refused_and_the_node_serves_on() {
+    use cairn_antientropy::limits::{DEPTH, FANOUT};
+    use cairn_antientropy::{Digest, KeyHash, Message};
+    use cairn_client::{Client, ClientError};
+    use cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX;
+    use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
+
+    let dir = cairn_tests::TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let mut off = dir.node_config("node2").unwrap();
+    off.anti_entropy.enabled = false;
+    let off = cairn_node::Node::start(off).await.unwrap();
+    eventually("node1's trees to be rebuilt", REPAIR_DEADLINE, || async {
+        node.anti_entropy().trees_ready
+    })
+    .await;
+    let issued = dir.ca().issue_node("peer", &[]).unwrap();
+    let peer =
+        cairn_net::Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem)
+            .unwrap();
+    let client = Client::connect(node.local_addr(), &peer).await.unwrap();
+    let from = NodeId::from_name("peer");
+    // The peer's answer, or the error it sent.
+    async fn ask_at(client: &Client, req: PeerRequest) -> Result<PeerResponse, ErrorReply> {
+        match client.request(&Request::Peer(req)).await {
+            Ok(Response::Peer(resp)) => Ok(resp),
+            Err(ClientError::Node(e)) => Err(e),
+            other => panic!("{other:?}"),
+        }
+    }
+    let ask = |req: PeerRequest| ask_at(&client, req);
+    let exchange =
+        |partition: u32, session: u64, message: Option<Vec<u8>>| PeerRequest::AntiEntropy {
+            from,
+            partition,
+            session,
+            message,
+        };
+    let malformed = |resp: Result<PeerResponse, ErrorReply>, what: &str| {
+        assert!(
+            matches!(resp, Err(ErrorReply::Malformed { .. })),
+            "{what}: {resp:?}"
+        );
+    };
+    let root = |fanout: usize, digest: Digest| {
+        Message::Root {
+            fanout: fanout as u8,
+            depth: DEPTH as u8,
+            digest,
+        }
+        .encode()
+        .unwrap()
+    };
+
+    malformed(
+        ask(exchange(0, 1, Some(b"not a message".to_vec()))).await,
+        "garbage",
+    );
+    malformed(ask(exchange(0, 2, None)).await, "a pull for no session");
+    malformed(
+        ask(exchange(1 << 20, 3, Some(root(FANOUT, Digest::ZERO)))).await,
+        "a partition beyond Q",
+    );
+    malformed(
+        ask(exchange(0, 4, Some(root(FANOUT / 2, Digest::ZERO)))).await,
+        "a tree of another shape",
+    );
+    // A step out of order: the responder waits for the root, not for entries.
+    let entries = Message::Entries {
+        chunks: Vec::new(),
+        last: true,
+    }
+    .encode()
+    .unwrap();
+    malformed(ask(exchange(0, 5, Some(entries))).await, "entries first");
+    malformed(
+        ask(PeerRequest::Keys {
+            partition: 0,
+            key_hashes: vec![[0; 32]; KEY_HASHES_PER_REQUEST_MAX + 1],
+        })
+        .await,
+        "too many key hashes",
+    );
+    let stray = (0u32..)
+        .map(|i| KeyHash::of_key(&i.to_le_bytes()))
+        .find(|k| k.0[0] >= 0x80)
+        .unwrap();
+    malformed(
+        ask(PeerRequest::Keys {
+            partition: 0,
+            key_hashes: vec![stray.0],
+        })
+        .await,
+        "a key hash of another partition",
+    );
+
+    // A well-formed exchange still works: identical (empty) trees end after the root.
+    match ask(exchange(0, 6, Some(root(FANOUT, Digest::ZERO)))).await {
+        Ok(PeerResponse::AntiEntropy {
+            message: Some(bytes),
+        }) => assert_eq!(
+            Message::decode(&bytes).unwrap(),
+            Message::Nodes {
+                level: 1,
+                nodes: Vec::new(),
+                last: true
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A node with anti-entropy off says so.
+    let to_off = Client::connect(off.local_addr(), &peer).await.unwrap();
+    let resp = ask_at(&to_off, exchange(0, 7, Some(root(FANOUT, Digest::ZERO)))).await;
+    assert!(matches!(resp, Err(ErrorReply::Refused { .. })), "{resp:?}");
+    assert!(!off.anti_entropy().trees_ready && off.anti_entropy().keys == 0);
+
+    // The node serves on.
+    let c = dir.client_identity().unwrap();
+    let c = Client::connect(node.local_addr(), &c).await.unwrap();
+    c.put(b"k", b"v", &Context::empty(), &WriteOptions::default())
+        .await
+        .unwrap();
+    eventually(
+        "the write to reach node1's tree",
+        REPAIR_DEADLINE,
+        || async { node.anti_entropy().keys == 1 },
+    )
+    .await;
+    drop((client, to_off, c));
+    node.shutdown().await.unwrap();
+    off.shutdown().await.unwrap();
+}
