@@ -111,7 +111,6 @@ impl Node {
             &mut rand::rngs::OsRng,
             enabled.then(|| trees.clone()),
         )?;
-        let rebuild = enabled.then(|| spawn_rebuild(&config.name, &trees, &engine));
         let endpoint = cairn_net::server_endpoint(config.listen, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
@@ -208,6 +207,10 @@ impl Node {
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
+        // Started once nothing can fail any more: a failed start must not leave a scan
+        // holding the database. Commits before it are logged for it (the trees log from their
+        // creation).
+        let rebuild = enabled.then(|| spawn_rebuild(&config.name, &trees, &engine));
         if enabled {
             tasks.push(tokio::spawn(anti_entropy.clone().run()));
         }

@@ -83,10 +83,11 @@ async fn a_replica_that_missed_writes_catches_up_through_anti_entropy_alone() {
     let node2 = cluster.node(2).anti_entropy();
     let node3 = cluster.node(3).anti_entropy();
     assert!(node3.trees_ready && node3.enabled, "{node3:?}");
-    assert_eq!(
-        node2.keys_repaired + node3.keys_repaired,
-        KEYS as u64,
-        "each key repaired once, by whichever side started the exchange: {node2:?} {node3:?}"
+    // Each key was repaired by whichever side started an exchange of its partition, and
+    // sometimes by both at once.
+    assert!(
+        node2.keys_repaired + node3.keys_repaired >= KEYS as u64,
+        "{node2:?} {node3:?}"
     );
     assert!(node2.exchanges + node3.exchanges > 0);
     assert!(node2.bytes_sent > 0);
@@ -105,6 +106,21 @@ async fn a_replica_that_missed_writes_catches_up_through_anti_entropy_alone() {
     }
     drop(c3);
     cluster.shutdown().await;
+}
+
+/// Waits until every node of `cluster` (3 nodes, N = 3, Q = 16: each node starts 16 exchanges a
+/// round) finished `rounds` more rounds.
+async fn wait_rounds(cluster: &TestCluster, rounds: u64) {
+    let done = |k: usize| {
+        let ae = cluster.node(k).anti_entropy();
+        ae.exchanges + ae.exchanges_failed
+    };
+    let targets: Vec<u64> = (1..=3).map(|k| done(k) + rounds * 16).collect();
+    eventually("more anti-entropy rounds", REPAIR_DEADLINE, || {
+        let targets = targets.clone();
+        async move { (1..=3).all(|k| done(k) >= targets[k - 1]) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,23 +195,13 @@ async fn concurrent_values_on_different_replicas_become_siblings_everywhere() {
             "the tombstone reached node{k}, not the deleted value"
         );
     }
-    // Converged: the trees agree, so later rounds repair nothing more.
+    // Converged: the trees agree, so later rounds repair nothing more. Exchanges that started
+    // before convergence may still be repairing; two more rounds on every node see them out.
+    wait_rounds(&cluster, 2).await;
     let repaired: Vec<u64> = (1..=3)
         .map(|k| cluster.node(k).anti_entropy().keys_repaired)
         .collect();
-    let exchanges: u64 = (1..=3)
-        .map(|k| cluster.node(k).anti_entropy().exchanges)
-        .sum();
-    eventually("a few more rounds", REPAIR_DEADLINE, || {
-        let cluster = &cluster;
-        async move {
-            (1..=3)
-                .map(|k| cluster.node(k).anti_entropy().exchanges)
-                .sum::<u64>()
-                >= exchanges + 3 * 16
-        }
-    })
-    .await;
+    wait_rounds(&cluster, 1).await;
     let after: Vec<u64> = (1..=3)
         .map(|k| cluster.node(k).anti_entropy().keys_repaired)
         .collect();
