@@ -1,11 +1,11 @@
 //! `cairn status` and `cairn ring`: the cluster as one node sees it, with each member's own count
-//! of undelivered hints.
+//! of undelivered hints and its own anti-entropy counters.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_net::Identity;
-use cairn_proto::{MemberStatus, RingReply, StatusReply};
+use cairn_proto::{AntiEntropyStatus, MemberStatus, RingReply, StatusReply};
 use clap::Args;
 use serde::Serialize;
 
@@ -22,9 +22,14 @@ Output: one line per member, as the asked node sees it (marked *): name, address
 node judges it unreachable), generation (higher on every start), phi (the failure detector's
 suspicion; the node is judged down above 8 by default), seconds since its heartbeat last
 moved, partitions it owns, and hints it holds for other nodes that are not delivered yet (`-`
-when the member could not be asked). With --json: {\"node\":..,\"replicas\":..,
-\"partitions\":.., \"members\":[{\"name\",\"addr\",\"status\",\"generation\",\"phi\",
-\"heartbeat_age_ms\",\"zone\",\"this_node\",\"partitions\",\"hints_pending\"}]}; hints_pending is
+when the member could not be asked). Then one line per member about its anti-entropy: on, off
+or rebuilding (its Merkle trees, after a start), its last completed exchange (when, with which
+peer and partition), exchanges completed and failed, keys it repaired, bytes it sent, and keys
+in its trees. With --json: {\"node\":..,\"replicas\":..,\"partitions\":..,
+\"members\":[{\"name\",\"addr\",\"status\",\"generation\",\"phi\",\"heartbeat_age_ms\",\"zone\",
+\"this_node\",\"partitions\",\"hints_pending\",\"anti_entropy\"}]}, anti_entropy {\"enabled\",
+\"trees_ready\",\"keys\",\"exchanges\",\"exchanges_failed\",\"keys_repaired\",\"bytes_sent\",
+\"last_exchange_unix_ms\",\"last_peer\",\"last_partition\"}; hints_pending and anti_entropy are
 null for a member that could not be asked, heartbeat_age_ms null for the asked node.")]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -63,6 +68,7 @@ struct MemberJson {
     this_node: bool,
     partitions: u32,
     hints_pending: Option<u64>,
+    anti_entropy: Option<AntiEntropyStatus>,
 }
 
 /// `cairn status`
@@ -75,11 +81,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         .members
         .sort_by(|a, b| name_order(&a.name).cmp(&name_order(&b.name)));
     let identity = args.identity()?;
-    // Each member's hint count comes from that member: the asked node knows only its own.
+    // Each member's hint count and anti-entropy counters come from that member: the asked node
+    // knows only its own.
     let asks = reply.members.iter().map(|m| {
         let identity = identity.clone();
         let asked = m.name == reply.node;
-        let own = m.hints_pending;
+        let own = (m.hints_pending, Some(reply.anti_entropy.clone()));
         let member = m.clone();
         let timeout = match m.status.as_str() {
             "up" => MEMBER_STATUS_TIMEOUT,
@@ -89,11 +96,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         async move {
             match asked {
                 true => own,
-                false => own_hints(&member, &identity, timeout).await,
+                false => own_view(&member, &identity, timeout)
+                    .await
+                    .map_or((None, None), |(h, ae)| (h, Some(ae))),
             }
         }
     });
-    let hints = join_all(asks).await;
+    let views = join_all(asks).await;
     let json = StatusJson {
         node: reply.node.clone(),
         replicas: reply.replicas,
@@ -101,8 +110,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         members: reply
             .members
             .iter()
-            .zip(hints)
-            .map(|(m, hints_pending)| MemberJson {
+            .zip(views)
+            .map(|(m, (hints_pending, anti_entropy))| MemberJson {
                 name: m.name.clone(),
                 addr: m.addr.clone(),
                 status: m.status.clone(),
@@ -113,19 +122,31 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 this_node: m.this_node,
                 partitions: m.partitions,
                 hints_pending,
+                anti_entropy,
             })
             .collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&json)?);
     } else {
-        print!("{}", status_text(&json));
+        print!("{}", status_text(&json, unix_ms_now()));
     }
     Ok(Outcome::Done)
 }
 
-/// Asks `member` itself how many hints it holds; `None` if it cannot be asked within `timeout`.
-async fn own_hints(member: &MemberStatus, identity: &Identity, timeout: Duration) -> Option<u64> {
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Asks `member` itself how many hints it holds and what its anti-entropy did; `None` if it
+/// cannot be asked within `timeout`.
+async fn own_view(
+    member: &MemberStatus,
+    identity: &Identity,
+    timeout: Duration,
+) -> Option<(Option<u64>, AntiEntropyStatus)> {
     let addr: SocketAddr = member.addr.parse().ok()?;
     let target = Target::at(Some(member.name.clone()), dial_addr(addr));
     let ask = async {
@@ -134,11 +155,12 @@ async fn own_hints(member: &MemberStatus, identity: &Identity, timeout: Duration
         let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
         let reply = reply?;
         // An address that now belongs to another node does not answer for this one.
-        reply
+        let hints = reply
             .members
             .into_iter()
             .find(|m| m.name == member.name && reply.node == member.name)?
-            .hints_pending
+            .hints_pending;
+        Some((hints, reply.anti_entropy))
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
@@ -181,7 +203,62 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn status_text(s: &StatusJson) -> String {
+/// How long ago `unix_ms` was, seen at `now_unix_ms`, in a few characters.
+fn ago(unix_ms: u64, now_unix_ms: u64) -> String {
+    let ms = now_unix_ms.saturating_sub(unix_ms);
+    match ms {
+        0..=999 => "just now".to_owned(),
+        1_000..=59_999 => format!("{}s ago", ms / 1_000),
+        60_000..=3_599_999 => format!("{}m ago", ms / 60_000),
+        _ => format!("{}h ago", ms / 3_600_000),
+    }
+}
+
+/// A byte count for people: B, KiB, MiB, GiB.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// One member's anti-entropy line (`-` everywhere when it could not be asked).
+fn anti_entropy_row(name: &str, ae: Option<&AntiEntropyStatus>, now_unix_ms: u64) -> Vec<String> {
+    let Some(ae) = ae else {
+        let mut row = vec![name.to_owned()];
+        row.extend(std::iter::repeat_n("-".to_owned(), 7));
+        return row;
+    };
+    let state = match (ae.enabled, ae.trees_ready) {
+        (false, _) => "off",
+        (true, false) => "rebuilding",
+        (true, true) => "on",
+    };
+    let with = match (&ae.last_peer, ae.last_partition) {
+        (Some(peer), Some(p)) => format!("{peer}/p{p}"),
+        _ => "-".to_owned(),
+    };
+    vec![
+        name.to_owned(),
+        state.to_owned(),
+        ae.last_exchange_unix_ms
+            .map_or_else(|| "never".to_owned(), |t| ago(t, now_unix_ms)),
+        with,
+        format!("{} ({} failed)", ae.exchanges, ae.exchanges_failed),
+        ae.keys_repaired.to_string(),
+        bytes(ae.bytes_sent),
+        ae.keys.to_string(),
+    ]
+}
+
+fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
     let up = s.members.iter().filter(|m| m.status == "up").count();
     let mut out = format!(
         "{} of {} members up, as {} sees them; N={} replicas per key, Q={} partitions\n",
@@ -221,6 +298,25 @@ fn status_text(s: &StatusJson) -> String {
             "HEARTBEAT",
             "PARTITIONS",
             "HINTS",
+        ],
+        &rows,
+    ));
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| anti_entropy_row(&m.name, m.anti_entropy.as_ref(), now_unix_ms))
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "NAME",
+            "ANTI-ENTROPY",
+            "LAST EXCHANGE",
+            "WITH",
+            "EXCHANGES",
+            "REPAIRED",
+            "SENT",
+            "KEYS",
         ],
         &rows,
     ));
@@ -323,11 +419,23 @@ mod tests {
             this_node,
             partitions: 32,
             hints_pending: hints,
+            anti_entropy: hints.map(|_| AntiEntropyStatus {
+                enabled: true,
+                trees_ready: true,
+                keys: 10_000,
+                exchanges: 130,
+                exchanges_failed: 2,
+                keys_repaired: 9_998,
+                bytes_sent: 3 * 1024 * 1024 / 2,
+                last_exchange_unix_ms: Some(1_000_000),
+                last_peer: Some("node3".into()),
+                last_partition: Some(17),
+            }),
         }
     }
 
     #[test]
-    fn status_shows_unknown_hints_as_a_dash_and_null() {
+    fn status_shows_unknown_hints_and_anti_entropy_as_a_dash_and_null() {
         let s = StatusJson {
             node: "node1".into(),
             replicas: 2,
@@ -338,12 +446,16 @@ mod tests {
             ],
         };
         assert_eq!(
-            status_text(&s),
+            status_text(&s, 1_012_500),
             "\
 1 of 2 members up, as node1 sees them; N=2 replicas per key, Q=64 partitions
 NAME     ADDR            STATUS  GENERATION  PHI  HEARTBEAT  PARTITIONS  HINTS
 node1 *  127.0.0.1:7001  up      1700000000  0.0  -          32          3
 node2    127.0.0.1:7001  down    1700000000  9.2  21.5s      32          -
+
+NAME   ANTI-ENTROPY  LAST EXCHANGE  WITH       EXCHANGES       REPAIRED  SENT     KEYS
+node1  on            12s ago        node3/p17  130 (2 failed)  9998      1.5 MiB  10000
+node2  -             -              -          -               -         -        -
 "
         );
         let json: serde_json::Value =
@@ -351,6 +463,36 @@ node2    127.0.0.1:7001  down    1700000000  9.2  21.5s      32          -
         assert_eq!(json["members"][0]["hints_pending"], 3);
         assert!(json["members"][1]["hints_pending"].is_null());
         assert_eq!(json["members"][1]["status"], "down");
+        let ae = &json["members"][0]["anti_entropy"];
+        assert_eq!(ae["keys_repaired"], 9998);
+        assert_eq!(ae["bytes_sent"], 3 * 1024 * 1024 / 2);
+        assert_eq!(ae["last_exchange_unix_ms"], 1_000_000);
+        assert_eq!(ae["last_peer"], "node3");
+        assert_eq!(ae["last_partition"], 17);
+        assert!(json["members"][1]["anti_entropy"].is_null());
+    }
+
+    #[test]
+    fn anti_entropy_states_times_and_sizes_read_at_a_glance() {
+        let mut ae = AntiEntropyStatus {
+            enabled: true,
+            ..AntiEntropyStatus::default()
+        };
+        let row = |ae: &AntiEntropyStatus| anti_entropy_row("n", Some(ae), 5_000_000);
+        assert_eq!(row(&ae)[1..4], ["rebuilding", "never", "-"]);
+        ae.trees_ready = true;
+        assert_eq!(row(&ae)[1], "on");
+        ae.enabled = false;
+        assert_eq!(row(&ae)[1], "off");
+        assert_eq!(ago(5_000_000, 5_000_000), "just now");
+        assert_eq!(ago(5_000_001, 5_000_000), "just now", "a clock behind");
+        assert_eq!(ago(1_000_000, 5_000_000), "1h ago");
+        assert_eq!(ago(4_880_000, 5_000_000), "2m ago");
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+        assert_eq!(bytes(5 << 40), "5120.0 GiB");
     }
 
     #[test]

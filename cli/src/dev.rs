@@ -269,6 +269,8 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
                 seeds: vec![addrs[0].to_string()],
                 ..ClusterConfig::default()
             }),
+            anti_entropy: Default::default(),
+            read_repair: true,
         };
         write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
     }

@@ -91,9 +91,14 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
                 "zone",
                 "this_node",
                 "partitions",
-                "hints_pending"
+                "hints_pending",
+                "anti_entropy"
             ])
         );
+        // Each member answers for its own anti-entropy too; nothing differs in a new cluster.
+        let ae = &m["anti_entropy"];
+        assert_eq!(ae["enabled"], true, "{m}");
+        assert_eq!(ae["keys_repaired"], 0, "{m}");
     }
     let owned: u64 = members
         .iter()
@@ -112,7 +117,14 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
             .is_some_and(|l| l.starts_with("NAME") && l.ends_with("HINTS")),
         "{text}"
     );
-    assert_eq!(text.lines().count(), 5, "{text}");
+    // The member table, a blank line, and the anti-entropy table.
+    assert_eq!(text.lines().count(), 10, "{text}");
+    assert!(
+        text.lines()
+            .nth(6)
+            .is_some_and(|l| l.starts_with("NAME") && l.contains("ANTI-ENTROPY")),
+        "{text}"
+    );
 
     let ring = dev.run(&["ring", "--json", "--node", "node2"]).json();
     assert_eq!(ring["replicas"], 3);

@@ -33,6 +33,90 @@ pub struct NodeConfig {
     /// The cluster this node belongs to. Absent: a cluster of this node alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// Background repair between replicas. Absent: on, with the defaults.
+    #[serde(default, skip_serializing_if = "AntiEntropyConfig::is_default")]
+    pub anti_entropy: AntiEntropyConfig,
+    /// Whether a get this node coordinates sends the merged object to replicas that answered
+    /// with less (read repair). On by default; tests switch it off to prove that anti-entropy
+    /// alone repairs.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub read_repair: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The `[anti_entropy]` section: how often and how hard replicas compare their Merkle trees and
+/// repair what differs. Every field has a default; the limits keep repair from starving client
+/// traffic (Riak's AAE once cost a third of a cluster's throughput).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiEntropyConfig {
+    /// Whether this node starts and answers exchanges.
+    pub enabled: bool,
+    /// Pause between two rounds, milliseconds; a round exchanges each partition this node is a
+    /// primary replica of with one other primary that is up.
+    pub interval_ms: u64,
+    /// Exchanges this node runs at once as initiator.
+    pub sessions_max: usize,
+    /// Objects this node repairs per second across all its exchanges (a token bucket; a key
+    /// repaired both ways costs one).
+    pub repair_keys_per_sec: u32,
+    /// Keys repaired concurrently in one batch, at most `KEYS_PER_DIFF_BATCH_MAX`.
+    pub repair_batch_keys: usize,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> AntiEntropyConfig {
+        AntiEntropyConfig {
+            enabled: true,
+            interval_ms: 30_000,
+            sessions_max: 2,
+            repair_keys_per_sec: 1_000,
+            repair_batch_keys: 64,
+        }
+    }
+}
+
+impl AntiEntropyConfig {
+    fn is_default(&self) -> bool {
+        *self == AntiEntropyConfig::default()
+    }
+
+    /// Checks every value against its limit.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::limits::{AE_INTERVAL_MIN, AE_SESSIONS_MAX};
+        use cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX;
+        if u128::from(self.interval_ms) < AE_INTERVAL_MIN.as_millis() {
+            return Err(format!(
+                "anti_entropy.interval_ms {} is below AE_INTERVAL_MIN ({} ms)",
+                self.interval_ms,
+                AE_INTERVAL_MIN.as_millis()
+            ));
+        }
+        if !(1..=AE_SESSIONS_MAX).contains(&self.sessions_max) {
+            return Err(format!(
+                "anti_entropy.sessions_max {} is outside 1..=AE_SESSIONS_MAX ({AE_SESSIONS_MAX})",
+                self.sessions_max
+            ));
+        }
+        if self.repair_keys_per_sec == 0 {
+            return Err("anti_entropy.repair_keys_per_sec must be at least 1".into());
+        }
+        if !(1..=KEYS_PER_DIFF_BATCH_MAX).contains(&self.repair_batch_keys) {
+            return Err(format!(
+                "anti_entropy.repair_batch_keys {} is outside 1..=KEYS_PER_DIFF_BATCH_MAX \
+                 ({KEYS_PER_DIFF_BATCH_MAX})",
+                self.repair_batch_keys
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The cluster this node belongs to: its shape, where to find it, and how to gossip.
@@ -207,6 +291,13 @@ impl NodeConfig {
                 reason,
             })?;
         }
+        config
+            .anti_entropy
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         Ok(config)
@@ -234,5 +325,78 @@ impl NodeConfig {
     /// The TOML text of this configuration.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("NodeConfig always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "n1"
+listen = "127.0.0.1:7001"
+data_dir = "data"
+
+[tls]
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+"#;
+
+    fn load(text: &str) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    #[test]
+    fn anti_entropy_and_read_repair_default_on_and_stay_out_of_the_file() {
+        let config = load(BASE).unwrap();
+        assert_eq!(config.anti_entropy, AntiEntropyConfig::default());
+        assert!(config.anti_entropy.enabled && config.read_repair);
+        let text = config.to_toml();
+        assert!(
+            !text.contains("anti_entropy") && !text.contains("read_repair"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let config = load(&format!(
+            "read_repair = false\n{BASE}\n[anti_entropy]\ninterval_ms = 250\n"
+        ))
+        .unwrap();
+        assert!(!config.read_repair);
+        assert_eq!(
+            config.anti_entropy,
+            AntiEntropyConfig {
+                interval_ms: 250,
+                ..AntiEntropyConfig::default()
+            }
+        );
+        // What is written reads back the same.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_by_name() {
+        for (line, limit) in [
+            ("interval_ms = 1", "AE_INTERVAL_MIN"),
+            ("sessions_max = 0", "AE_SESSIONS_MAX"),
+            ("sessions_max = 17", "AE_SESSIONS_MAX"),
+            ("repair_keys_per_sec = 0", "repair_keys_per_sec"),
+            ("repair_batch_keys = 0", "KEYS_PER_DIFF_BATCH_MAX"),
+            ("repair_batch_keys = 1025", "KEYS_PER_DIFF_BATCH_MAX"),
+        ] {
+            let err = load(&format!("{BASE}\n[anti_entropy]\n{line}\n")).unwrap_err();
+            assert!(err.to_string().contains(limit), "{line}: {err}");
+        }
+        let err = load(&format!("{BASE}\n[anti_entropy]\nrate = 5\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 }

@@ -209,6 +209,8 @@ pub struct Coordinator {
     transmits: VecDeque<Transmit>,
     outcomes: VecDeque<(RequestId, Result<Outcome, CoordinatorError>)>,
     hints: VecDeque<HintNeeded>,
+    /// Whether finished gets send the merge to replicas that answered with less.
+    read_repair: bool,
 }
 
 /// The messages in flight and the request each belongs to. A field of its own so op ids can be
@@ -249,7 +251,14 @@ impl Coordinator {
             transmits: VecDeque::new(),
             outcomes: VecDeque::new(),
             hints: VecDeque::new(),
+            read_repair: true,
         }
+    }
+
+    /// Switches read repair on (the default) or off. Off, gets only answer; replicas that
+    /// answered with less are left to anti-entropy (tests prove anti-entropy alone this way).
+    pub fn set_read_repair(&mut self, on: bool) {
+        self.read_repair = on;
     }
 
     /// The ring this coordinator routes by.
@@ -614,7 +623,7 @@ impl Coordinator {
         if let Some(outcome) = outcome {
             self.outcomes.push_back((req, outcome));
         }
-        if let State::Get(s) = pending.state {
+        if let (State::Get(s), true) = (pending.state, self.read_repair) {
             // Read repair, after the reply: every replica that answered with less than the
             // merge gets the merge. Replicas that did not answer are left to anti-entropy.
             let merged = merge(&s.replies);

@@ -112,6 +112,8 @@ pub struct DriverContext {
     pub peers: Arc<Peers>,
     /// The membership view; the coordinator routes by its ring.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Whether gets repair stale replicas (tests switch it off to isolate anti-entropy).
+    pub read_repair: bool,
 }
 
 /// Starts the coordinator task.
@@ -125,11 +127,12 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
-    let mut coord = view
-        .borrow_and_update()
-        .ring
-        .clone()
-        .map(|ring| Coordinator::new(ctx.me, ring));
+    let new_coordinator = |ring| {
+        let mut coord = Coordinator::new(ctx.me, ring);
+        coord.set_read_repair(ctx.read_repair);
+        coord
+    };
+    let mut coord = view.borrow_and_update().ring.clone().map(new_coordinator);
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
     let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
     let (done_tx, hints_done) = watch::channel(0u64);
@@ -162,7 +165,7 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
                 if let Some(ring) = view.borrow_and_update().ring.clone() {
                     match &mut coord {
                         Some(coord) => coord.set_ring(ring),
-                        None => coord = Some(Coordinator::new(ctx.me, ring)),
+                        None => coord = Some(new_coordinator(ring)),
                     }
                 }
             }

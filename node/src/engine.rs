@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cairn_antientropy::KeyHash;
 use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
+use crate::trees::Trees;
 use crate::version::{Dot, Object, Payload, VClock, VersionError};
 
 /// Why the engine could not serve a request.
@@ -154,6 +156,17 @@ impl Engine {
         node: NodeId,
         rng: &mut dyn RngCore,
     ) -> Result<Engine, EngineError> {
+        Engine::open_with_trees(store, node, rng, None)
+    }
+
+    /// [`Engine::open`], and every committed object is also recorded in `trees` by the writer,
+    /// right after its commit and in commit order (anti-entropy's Merkle trees).
+    pub fn open_with_trees(
+        store: Arc<dyn Store>,
+        node: NodeId,
+        rng: &mut dyn RngCore,
+        trees: Option<Arc<Trees>>,
+    ) -> Result<Engine, EngineError> {
         let meta = match store.meta()? {
             Some(meta) if meta.node != node => {
                 return Err(EngineError::WrongNode {
@@ -202,6 +215,7 @@ impl Engine {
                         lease,
                         stats,
                         hint_counts,
+                        trees,
                     };
                     w.run(rx)
                 })
@@ -264,6 +278,32 @@ impl Engine {
                 mpsc::error::TrySendError::Closed(_) => EngineError::Closed,
             })?;
         rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// The stored key behind each key hash (`None` where none is stored), read off the async
+    /// runtime in one go.
+    pub async fn keys_for_hashes(
+        self: &Arc<Self>,
+        key_hashes: Vec<KeyHash>,
+    ) -> Result<Vec<Option<Vec<u8>>>, EngineError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            key_hashes
+                .iter()
+                .map(|k| engine.store.key_for_hash(k))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "key lookup task",
+            reason: e.to_string(),
+        })?
+        .map_err(EngineError::from)
+    }
+
+    /// The store, for the start-up rebuild of the Merkle trees (a blocking scan).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// The stored object for `key`, read off the async runtime (redb reads may block).
@@ -333,6 +373,7 @@ struct Writer {
     lease: Lease,
     stats: Arc<EngineStats>,
     hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
+    trees: Option<Arc<Trees>>,
 }
 
 impl Writer {
@@ -424,6 +465,12 @@ impl Writer {
         if committed.is_ok() {
             if !batch.is_empty() {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            // After the commit, before the acknowledgements: a tree never shows an object that
+            // is not durable, and a replica that acknowledged a write already shows it. Hashing
+            // costs microseconds per object against the commit's fsync.
+            if let Some(trees) = &self.trees {
+                trees.record(batch.puts.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
             }
             counts.retain(|_, c| *c > 0);
             *self.hint_counts.lock().expect("hint counts lock") = counts;

@@ -1,6 +1,7 @@
 //! The Cairn server: versioning, redb storage, the engine that applies writes with group commit,
 //! and the QUIC service clients talk to.
 
+pub mod antientropy;
 pub mod config;
 pub mod coordinator;
 pub mod driver;
@@ -11,6 +12,7 @@ pub mod membership;
 pub mod peers;
 pub mod server;
 pub mod store;
+pub mod trees;
 pub mod version;
 
 pub use config::{ClusterConfig, ConfigError, NodeConfig, TlsPaths};

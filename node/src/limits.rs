@@ -1,5 +1,7 @@
 //! The node's own limits: queues, batches and leases, qualifier last.
 
+use std::time::Duration;
+
 /// Write requests that may wait for the writer thread; when full, clients get `Overloaded`
 /// instead of the node queueing without bound.
 pub const WRITE_QUEUE_MAX: usize = 4096;
@@ -43,10 +45,30 @@ pub const GOSSIP_INTERVAL_MS_MAX: u64 = 60_000;
 /// more means peers are slow to answer, and further rounds skip rather than pile up.
 pub const GOSSIP_EXCHANGES_MAX: usize = 16;
 /// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
-pub const GOSSIP_EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue
 /// drops the message.
 pub const GOSSIP_OUTBOX_MAX: usize = 64;
 /// Peer up-transitions waiting for the handoff loop; when full, the loop's periodic scan finds
 /// the peer anyway.
 pub const UP_EVENTS_MAX: usize = 64;
+/// Shortest pause between anti-entropy rounds a configuration may ask for.
+pub const AE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Most exchanges a node may be configured to run at once as initiator.
+pub const AE_SESSIONS_MAX: usize = 16;
+/// Exchanges one node answers at once (as responder, for all peers together); a new exchange
+/// beyond it is refused as overloaded after idle ones are dropped. Room for every peer of a
+/// large cluster to run its maximum at once would be wasteful: initiators simply retry next round.
+pub const AE_RESPONDER_SESSIONS_MAX: usize = 64;
+/// A responder's session that saw no request for this long is dropped (its initiator failed or
+/// gave up); the next exchange starts afresh from the roots.
+pub const AE_SESSION_IDLE_MAX: Duration = Duration::from_secs(60);
+/// How long one anti-entropy request (a message, a key lookup, one object) may take.
+pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const _: () = assert!(AE_RESPONDER_SESSIONS_MAX >= AE_SESSIONS_MAX);
+// A diff batch's key hashes fit one `PeerRequest::Keys`.
+const _: () = assert!(
+    cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX
+        <= cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX
+);

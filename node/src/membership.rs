@@ -300,6 +300,11 @@ impl Membership {
         self.lock().generation()
     }
 
+    /// Whether `id` is believed reachable (this node always is).
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.peers.is_up(id)
+    }
+
     /// The name of `id` as gossiped (its id in hex if unknown).
     pub fn name(&self, id: NodeId) -> String {
         self.view

@@ -13,6 +13,7 @@ use cairn_proto::{
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::antientropy::AntiEntropy;
 use crate::config::NodeConfig;
 use crate::coordinator::{route, Route};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
@@ -21,6 +22,7 @@ use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
+use crate::trees::Trees;
 use crate::version::{encode_context, Object};
 
 /// How long a finished stream waits for the peer to take the response.
@@ -46,6 +48,12 @@ pub enum NodeError {
     /// Membership could not start (its state file, or the gossip configuration).
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// A value of the configuration is not acceptable.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// Which value and why.
+        reason: String,
+    },
 }
 
 /// A running node.
@@ -57,6 +65,10 @@ pub struct Node {
     in_flight: Arc<Semaphore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     peers: Arc<Peers>,
+    trees: Arc<Trees>,
+    /// The start-up rebuild of the Merkle trees (a blocking scan shutdown must wait for).
+    rebuild: Option<tokio::task::JoinHandle<()>>,
+    anti_entropy: Arc<AntiEntropy>,
 }
 
 struct Shared {
@@ -68,20 +80,30 @@ struct Shared {
     membership: Arc<Membership>,
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
+    anti_entropy: Arc<AntiEntropy>,
 }
 
 impl Node {
     /// Opens the node's database and starts serving on its configured address.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let identity = Identity::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+        config
+            .anti_entropy
+            .validate()
+            .map_err(|reason| NodeError::Config { reason })?;
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || RedbStore::open(&data_dir))
             .await
             .expect("open task panicked")?;
-        let engine = Engine::open(
+        // Trees exist before the engine so the writer records every commit from the first.
+        // With anti-entropy off they stay empty and cost nothing.
+        let trees = Arc::new(Trees::new(config.cluster().partitions));
+        let enabled = config.anti_entropy.enabled;
+        let engine = Engine::open_with_trees(
             Arc::new(store),
             NodeId::from_name(&config.name),
             &mut rand::rngs::OsRng,
+            enabled.then(|| trees.clone()),
         )?;
         let endpoint = cairn_net::server_endpoint(config.listen, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
@@ -100,7 +122,16 @@ impl Node {
             engine: engine.clone(),
             peers: peers.clone(),
             view: membership.subscribe(),
+            read_repair: config.read_repair,
         }));
+        let anti_entropy = Arc::new(AntiEntropy::new(
+            me,
+            config.anti_entropy.clone(),
+            membership.clone(),
+            engine.clone(),
+            trees.clone(),
+            peers.clone(),
+        ));
         let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -111,9 +142,10 @@ impl Node {
             membership: membership.clone(),
             peers: peers.clone(),
             coordinator,
+            anti_entropy: anti_entropy.clone(),
         });
         let peers_handle = peers.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared)),
             driver_task,
@@ -121,6 +153,13 @@ impl Node {
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
+        // Started once nothing can fail any more: a failed start must not leave a scan
+        // holding the database. Commits before it are logged for it (the trees log from their
+        // creation).
+        let rebuild = enabled.then(|| spawn_rebuild(&config.name, &trees, &engine));
+        if enabled {
+            tasks.push(tokio::spawn(anti_entropy.clone().run()));
+        }
         info!(node = %config.name, actor = %engine.actor(), %local_addr, "serving");
         Ok(Node {
             name: config.name,
@@ -130,6 +169,9 @@ impl Node {
             in_flight,
             tasks,
             peers: peers_handle,
+            trees,
+            rebuild,
+            anti_entropy,
         })
     }
 
@@ -141,6 +183,11 @@ impl Node {
     /// The engine, for in-process tests and benchmarks.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Anti-entropy's counters, as `status` reports them.
+    pub fn anti_entropy(&self) -> cairn_proto::AntiEntropyStatus {
+        self.anti_entropy.status()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections and
@@ -169,6 +216,13 @@ impl Node {
         for task in self.tasks {
             let _ = task.await;
         }
+        // The rebuild holds the store: stop it at its next object and wait, so the database
+        // file is closed when shutdown returns.
+        self.trees.cancel_rebuild();
+        if let Some(rebuild) = self.rebuild {
+            let _ = rebuild.await;
+        }
+        drop(self.anti_entropy);
         // Tasks that were just stopped may release their handles a moment later; waiting for
         // the last one keeps the writer's drain and the socket's release inside shutdown.
         match sole_owner(self.engine).await {
@@ -184,6 +238,30 @@ impl Node {
         info!(node = %self.name, "stopped");
         Ok(())
     }
+}
+
+/// Starts the rebuild of the Merkle trees from the store on a blocking thread; anti-entropy
+/// waits for it, client traffic does not.
+fn spawn_rebuild(name: &str, trees: &Arc<Trees>, engine: &Engine) -> tokio::task::JoinHandle<()> {
+    let trees = trees.clone();
+    let store = engine.store();
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        match trees.rebuild(&*store) {
+            Ok(r) if r.cancelled => debug!(node = %name, "tree rebuild stopped by shutdown"),
+            Ok(r) => info!(
+                node = %name,
+                objects = r.objects,
+                logged = r.logged,
+                "Merkle trees rebuilt in {:.2?}",
+                started.elapsed()
+            ),
+            Err(e) => {
+                warn!(node = %name, "rebuilding the Merkle trees failed, anti-entropy stays off: {e}")
+            }
+        }
+    })
 }
 
 /// How long shutdown waits for the last handle of the engine or of the peer connections.
@@ -397,6 +475,21 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
             Ok(obj) => Ok(PeerResponse::Object(obj.encode())),
             Err(e) => Err(e.into()),
         },
+        PeerRequest::AntiEntropy {
+            from,
+            partition,
+            session,
+            message,
+        } => {
+            shared
+                .anti_entropy
+                .respond(from, partition, session, message)
+                .await
+        }
+        PeerRequest::Keys {
+            partition,
+            key_hashes,
+        } => shared.anti_entropy.keys(partition, key_hashes).await,
     };
     match resp {
         Ok(r) => Response::Peer(r),
@@ -423,6 +516,7 @@ fn status(shared: &Shared) -> StatusReply {
             .map_or(0, |r| crate::coordinator::replicas(r) as u8),
         partitions: view.ring.as_ref().map_or(0, |r| r.config().partitions),
         members: shared.membership.status(hints),
+        anti_entropy: shared.anti_entropy.status(),
     }
 }
 

@@ -12,7 +12,8 @@ pub use message::*;
 
 /// Version of the message set carried in every frame; a peer speaking another version gets
 /// `ErrorReply::UnsupportedVersion` instead of a misread message.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: anti-entropy peer requests and the anti-entropy part of `StatusReply`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

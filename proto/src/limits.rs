@@ -19,6 +19,9 @@ pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40;
 /// Largest frame on the wire (length prefix excluded), checked before a byte of it is decoded.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
+pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
+
 /// Room in a frame for everything that is not the object itself (message tags, key, context).
 const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;
 
@@ -28,3 +31,8 @@ const _: () = assert!(FRAME_BYTES_MAX < u32::MAX as usize);
 /// Longest node address (host:port) a request may carry; DNS names stop at 253 bytes. Gossip
 /// holds addresses to the same bound.
 pub const ADDRESS_BYTES_MAX: usize = 256;
+// The keys answering a full `PeerRequest::Keys` (each with a length and an option tag) fit a
+// frame.
+const _: () = assert!(
+    KEY_HASHES_PER_REQUEST_MAX * (KEY_BYTES_MAX + 8) + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX
+);

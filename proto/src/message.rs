@@ -253,6 +253,27 @@ pub enum PeerRequest {
     /// A gossip message (encoded by the `gossip` crate): a SYN is answered with the ACK, an
     /// ACK2 with nothing.
     Gossip(Vec<u8>),
+    /// One message of the anti-entropy exchange `session` of `partition` (encoded by the
+    /// `cairn-antientropy` crate), or none to ask for the responder's next message. The
+    /// responder keeps its side of the exchange between requests.
+    AntiEntropy {
+        /// The initiator (with `session`, the responder's name for the exchange).
+        from: NodeId,
+        /// The partition whose trees are compared.
+        partition: u32,
+        /// Chosen by the initiator, fresh for each exchange.
+        session: u64,
+        /// The initiator's next message, if it has one.
+        message: Option<Vec<u8>>,
+    },
+    /// The keys stored under these key hashes (`blake3(key)`), which anti-entropy found the
+    /// asker lacks; at most `KEY_HASHES_PER_REQUEST_MAX`.
+    Keys {
+        /// The partition the keys belong to.
+        partition: u32,
+        /// The key hashes.
+        key_hashes: Vec<[u8; 32]>,
+    },
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -271,6 +292,13 @@ pub enum PeerResponse {
     Forwarded(Box<Response>),
     /// Answer to `Gossip`: the reply message, if the message asked for one.
     Gossip(Option<Vec<u8>>),
+    /// Answer to `AntiEntropy`: the responder's next message, if it has one now.
+    AntiEntropy {
+        /// The message.
+        message: Option<Vec<u8>>,
+    },
+    /// Answer to `Keys`: the key for each hash, in order (`None`: not stored here).
+    Keys(Vec<Option<Vec<u8>>>),
 }
 
 /// A node's answer to one [`Request`].
@@ -308,6 +336,33 @@ pub struct StatusReply {
     pub partitions: u32,
     /// Every member as the asked node sees it, the asked node included.
     pub members: Vec<MemberStatus>,
+    /// The asked node's anti-entropy.
+    pub anti_entropy: AntiEntropyStatus,
+}
+
+/// What anti-entropy did on one node since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyStatus {
+    /// Whether the node runs anti-entropy exchanges at all.
+    pub enabled: bool,
+    /// Whether its Merkle trees are rebuilt after the start (no exchange runs before).
+    pub trees_ready: bool,
+    /// Keys in its trees: every object it stores, tombstones included.
+    pub keys: u64,
+    /// Exchanges it started that completed.
+    pub exchanges: u64,
+    /// Exchanges it started that failed (peer unreachable, refused, timed out).
+    pub exchanges_failed: u64,
+    /// Keys it repaired in exchanges it started (sent, fetched, or both).
+    pub keys_repaired: u64,
+    /// Bytes of anti-entropy messages and repaired objects it sent.
+    pub bytes_sent: u64,
+    /// When its last exchange completed, milliseconds since the Unix epoch.
+    pub last_exchange_unix_ms: Option<u64>,
+    /// The peer of that exchange.
+    pub last_peer: Option<String>,
+    /// The partition of that exchange.
+    pub last_partition: Option<u32>,
 }
 
 /// One member in a [`StatusReply`].
@@ -580,6 +635,13 @@ pub enum ErrorReply {
     /// A membership command could not be carried out.
     #[error("membership change refused: {reason}")]
     Membership {
+        /// Why.
+        reason: String,
+    },
+    /// A peer asked for something this node does not take part in now (anti-entropy switched
+    /// off or still rebuilding its trees, or not a replica of the partition asked about).
+    #[error("refused: {reason}")]
+    Refused {
         /// Why.
         reason: String,
     },

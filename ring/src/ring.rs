@@ -84,6 +84,26 @@ impl RingConfig {
         }
         Ok(())
     }
+
+    /// The partition holding `key`: the top `log2(Q)` bits of `blake3(key)`. Depends on Q only,
+    /// never on the members, so a key stays in its partition through every membership change.
+    ///
+    /// Part of the storage format: changing it moves keys between partitions.
+    pub fn partition_of(&self, key: &[u8]) -> PartitionId {
+        self.partition_of_hash(blake3::hash(key).as_bytes())
+    }
+
+    /// The partition of a key whose `blake3` hash is `key_hash`, for callers that already hold
+    /// the hash (anti-entropy names keys by it).
+    pub fn partition_of_hash(&self, key_hash: &[u8; 32]) -> PartitionId {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&key_hash[..8]);
+        let bits = self.partitions.trailing_zeros();
+        // With Q = 1 there are no bits to keep: a 64-bit shift is `None`, partition 0.
+        u64::from_be_bytes(prefix)
+            .checked_shr(64 - bits)
+            .map_or(0, |p| p as PartitionId)
+    }
 }
 
 /// The replicas of one partition, in the order a coordinator should try them.
@@ -264,18 +284,10 @@ impl Ring {
         &self.owners
     }
 
-    /// The partition holding `key`: the top `log2(Q)` bits of `blake3(key)`.
-    ///
-    /// Part of the storage format: changing it moves keys between partitions.
+    /// The partition holding `key`: the top `log2(Q)` bits of `blake3(key)` (see
+    /// [`RingConfig::partition_of`]).
     pub fn partition_of(&self, key: &[u8]) -> PartitionId {
-        let hash = blake3::hash(key);
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&hash.as_bytes()[..8]);
-        let bits = self.config.partitions.trailing_zeros();
-        // With Q = 1 there are no bits to keep: a 64-bit shift is `None`, partition 0.
-        u64::from_be_bytes(prefix)
-            .checked_shr(64 - bits)
-            .map_or(0, |p| p as PartitionId)
+        self.config.partition_of(key)
     }
 
     /// The owner of partition `p`.

@@ -42,6 +42,16 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 impl TestCluster {
     /// Configures and starts `n` nodes with N = `replicas` and Q = `partitions`.
     pub async fn start(n: usize, replicas: u8, partitions: u32) -> anyhow::Result<TestCluster> {
+        TestCluster::start_with(n, replicas, partitions, |_| {}).await
+    }
+
+    /// [`TestCluster::start`], with `configure` applied to every node's configuration first.
+    pub async fn start_with(
+        n: usize,
+        replicas: u8,
+        partitions: u32,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<TestCluster> {
         let dir = TestDir::new()?;
         let names: Vec<String> = (1..=n).map(|k| format!("node{k}")).collect();
         let addrs = names
@@ -59,6 +69,7 @@ impl TestCluster {
                 gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
                 ..ClusterConfig::default()
             });
+            configure(&mut config);
             configs.push(config);
         }
         let mut cluster = TestCluster {

@@ -68,6 +68,8 @@ impl TestDir {
                 key: node_dir.join("node.key"),
             },
             cluster: None,
+            anti_entropy: Default::default(),
+            read_repair: true,
         })
     }
 

@@ -977,3 +977,28 @@ fn regression_2_a_coordinator_off_the_replicas_does_not_count_its_own_copy() {
         h.transcript.join("\n")
     );
 }
+
+#[test]
+fn with_read_repair_off_a_get_only_answers() {
+    let mut h = Harness::new(P0, &[]);
+    h.coord.set_read_repair(false);
+    h.start(&Req::Get(r(3)));
+    for step in [
+        Step::Has(P0, &["a"]),
+        Step::Has(P1, &["b"]),
+        Step::NotFound(P2),
+    ] {
+        h.step(step);
+    }
+    assert_eq!(
+        h.transcript.last().map(String::as_str),
+        Some("<= read [a b]"),
+        "replicas that answered with less get nothing: {:#?}",
+        h.transcript
+    );
+    assert!(
+        !h.transcript.iter().any(|l| l.contains("repair")),
+        "{:#?}",
+        h.transcript
+    );
+}

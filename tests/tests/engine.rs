@@ -68,6 +68,15 @@ impl Store for TestStore {
     fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError> {
         self.inner.hint_counts()
     }
+    fn key_for_hash(
+        &self,
+        key_hash: &cairn_antientropy::KeyHash,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_for_hash(key_hash)
+    }
+    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
+        self.inner.scan_objects(visit)
+    }
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut held = self.held.lock().unwrap();
         if *held {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
 
 use super::{Batch, Hint, NodeMeta, Store, StoreError};
@@ -18,6 +19,7 @@ pub struct MemoryStore {
 struct Inner {
     meta: Option<NodeMeta>,
     objects: BTreeMap<Vec<u8>, Vec<u8>>,
+    key_hashes: BTreeMap<KeyHash, Vec<u8>>,
     hints: BTreeMap<(NodeId, Vec<u8>), u64>,
     commits: u64,
 }
@@ -52,7 +54,9 @@ impl Store for MemoryStore {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().expect("store lock");
         for (k, v) in &batch.puts {
-            inner.objects.insert(k.clone(), v.clone());
+            if inner.objects.insert(k.clone(), v.clone()).is_none() {
+                inner.key_hashes.insert(KeyHash::of_key(k), k.clone());
+            }
         }
         for h in &batch.hints_put {
             inner.hints.insert((h.target, h.key.clone()), h.seq);
@@ -65,6 +69,29 @@ impl Store for MemoryStore {
         }
         inner.commits += 1;
         Ok(())
+    }
+
+    fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .expect("store lock")
+            .key_hashes
+            .get(key_hash)
+            .cloned())
+    }
+
+    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
+        // A copy is the snapshot: commits during the scan do not show.
+        let objects = self.inner.lock().expect("store lock").objects.clone();
+        let mut seen = 0;
+        for (k, v) in &objects {
+            seen += 1;
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(seen)
     }
 
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {

@@ -1,8 +1,8 @@
 //! Durable storage behind a small trait: the redb file in production, a map in unit tests and the
 //! simulator.
 //!
-//! The trait is deliberately narrow (point reads, atomic durable batches, node metadata): all
-//! versioning logic stays above it, in the engine, so every store behaves alike.
+//! The trait is deliberately narrow (point reads, a snapshot scan, the key-hash index, atomic
+//! durable batches, node metadata): all versioning logic stays above it, in the engine, so every store behaves alike.
 
 mod memory;
 mod redb_store;
@@ -10,6 +10,7 @@ mod redb_store;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
+use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
 
 /// The node's identity and dot-counter lease, kept with its data.
@@ -96,6 +97,12 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// The stored key whose `blake3` hash is `key_hash`, if an object is stored under it.
+    fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Calls `visit(key, encoded object)` for every stored object, in key order, over one
+    /// consistent snapshot (taken when the call starts), until `visit` returns false. Returns how
+    /// many objects were visited.
+    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError>;
     /// Up to `limit` hints for `target`, in key order.
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError>;
     /// The hint for (`target`, `key`), if any.
