@@ -271,6 +271,7 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
             }),
             anti_entropy: Default::default(),
             read_repair: true,
+            hinted_handoff: true,
         };
         write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
     }

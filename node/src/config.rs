@@ -41,6 +41,11 @@ pub struct NodeConfig {
     /// alone repairs.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub read_repair: bool,
+    /// Whether hints this node holds are handed to their targets when they come back. On by
+    /// default; tests switch it off to prove that anti-entropy alone repairs (hints are still
+    /// kept, so switching it on again delivers them).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub hinted_handoff: bool,
 }
 
 fn default_true() -> bool {

@@ -151,8 +151,14 @@ impl Node {
             driver_task,
             tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
-            tokio::spawn(crate::handoff::run(engine.clone(), peers, up_rx)),
         ];
+        if config.hinted_handoff {
+            tasks.push(tokio::spawn(crate::handoff::run(
+                engine.clone(),
+                peers,
+                up_rx,
+            )));
+        }
         // Started once nothing can fail any more: a failed start must not leave a scan
         // holding the database. Commits before it are logged for it (the trees log from their
         // creation).

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use cairn_client::Client;
 use cairn_node::{ClusterConfig, Node, NodeConfig};
 
+use crate::relay::Relays;
 use crate::TestDir;
 
 /// Gossip interval of test clusters: short, so membership settles in about a second, yet far
@@ -20,6 +21,8 @@ pub struct TestCluster {
     pub dir: TestDir,
     configs: Vec<NodeConfig>,
     nodes: Vec<Option<Node>>,
+    /// The relays in front of the nodes, for clusters that can be partitioned.
+    relays: Option<Relays>,
 }
 
 /// Ports handed to test nodes: below Linux's ephemeral range (32768–60999), so a port a
@@ -76,14 +79,64 @@ impl TestCluster {
             dir,
             configs,
             nodes: Vec::new(),
+            relays: None,
+        };
+        cluster.start_all().await?;
+        Ok(cluster)
+    }
+
+    /// [`TestCluster::start_with`], with every node behind a relay ([`Relays`]) that
+    /// [`TestCluster::relays`] can partition: nodes advertise their relay's address, so all
+    /// traffic between nodes passes the relays, while clients talk to the nodes directly.
+    pub async fn start_partitionable(
+        n: usize,
+        replicas: u8,
+        partitions: u32,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<TestCluster> {
+        let relays = Relays::new(n).await?;
+        let seed = relays.front(0).to_string();
+        let mut cluster = TestCluster {
+            dir: TestDir::new()?,
+            configs: Vec::new(),
+            nodes: Vec::new(),
+            relays: None,
         };
         for i in 0..n {
-            let node = Node::start(cluster.configs[i].clone()).await?;
-            cluster.nodes.push(Some(node));
+            let mut config = cluster.dir.node_config(&format!("node{}", i + 1))?;
+            config.listen = free_addr()?;
+            config.advertise = Some(relays.front(i));
+            relays.set_backend(i, config.listen);
+            config.cluster = Some(ClusterConfig {
+                replicas,
+                partitions,
+                seeds: vec![seed.clone()],
+                gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
+                ..ClusterConfig::default()
+            });
+            configure(&mut config);
+            cluster.configs.push(config);
         }
-        // Nodes that started before their peers saw them down; wait until every view agrees.
-        cluster.wait_all_up().await?;
+        cluster.relays = Some(relays);
+        cluster.start_all().await?;
         Ok(cluster)
+    }
+
+    /// The relays of a cluster made by [`TestCluster::start_partitionable`] (nodes are numbered
+    /// from 0 there: node `k` is relay `k - 1`).
+    pub fn relays(&self) -> &Relays {
+        self.relays
+            .as_ref()
+            .expect("a cluster started with start_partitionable")
+    }
+
+    async fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.configs.len() {
+            let node = Node::start(self.configs[i].clone()).await?;
+            self.nodes.push(Some(node));
+        }
+        // Nodes find each other over a few gossip rounds; wait until every view agrees.
+        self.wait_all_up().await
     }
 
     /// Waits until every running node sees every running node up (and so computes the same

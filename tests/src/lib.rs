@@ -2,6 +2,7 @@
 //! in-process nodes serving real QUIC on loopback.
 
 pub mod cluster;
+pub mod relay;
 pub mod sim;
 
 use std::net::SocketAddr;
@@ -70,6 +71,7 @@ impl TestDir {
             cluster: None,
             anti_entropy: Default::default(),
             read_repair: true,
+            hinted_handoff: true,
         })
     }
 

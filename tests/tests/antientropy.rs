@@ -1,7 +1,8 @@
 //! Anti-entropy between in-process nodes over real QUIC, with read repair switched off so only
 //! anti-entropy can have repaired anything: a replica that missed writes (and whose hints sit on
-//! a node that stays down) catches up, and concurrent values written on different replicas end
-//! up as siblings on every replica, nothing dropped.
+//! a node that stays down) catches up, a replica cut off by a real partition (UDP relays
+//! dropping its traffic, hinted handoff off) catches up once it heals, and concurrent values
+//! written on different replicas end up as siblings on every replica, nothing dropped.
 
 use std::time::Duration;
 
@@ -341,4 +342,91 @@ async fn anti_entropy_requests_that_break_the_protocol_are_refused_and_the_node_
     drop((client, to_off, c));
     node.shutdown().await.unwrap();
     off.shutdown().await.unwrap();
+}
+
+/// Whether node `k` shows `name` with `status`.
+async fn sees(cluster: &TestCluster, k: usize, name: &str, status: &str) -> bool {
+    let Ok(client) = cluster.client(k).await else {
+        return false;
+    };
+    let seen = client.status().await.is_ok_and(|s| {
+        s.members
+            .iter()
+            .any(|m| m.name == name && m.status == status)
+    });
+    client.close().await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_replica_catches_up_after_the_partition_heals_through_anti_entropy_alone() {
+    const KEYS: usize = 300;
+    // Read repair off, and hints kept but never handed off: only anti-entropy can repair.
+    let cluster = TestCluster::start_partitionable(3, 3, 16, |config| {
+        anti_entropy_only(config);
+        config.hinted_handoff = false;
+    })
+    .await
+    .unwrap();
+    // A real partition: every datagram between node3 and the others is dropped.
+    cluster.relays().partition(&[&[0, 1], &[2]]);
+    for (k, name) in [(1, "node3"), (2, "node3"), (3, "node1"), (3, "node2")] {
+        eventually(
+            &format!("node{k} to see {name} down"),
+            REPAIR_DEADLINE,
+            || sees(&cluster, k, name, "down"),
+        )
+        .await;
+    }
+    let c1 = cluster.client(1).await.unwrap();
+    let w2 = WriteOptions {
+        w: Some(2),
+        ..Default::default()
+    };
+    for i in 0..KEYS {
+        c1.put(&key(i), &value(i), &Context::empty(), &w2)
+            .await
+            .unwrap();
+    }
+    assert!(
+        (0..KEYS).all(|i| local_values(&cluster, 3, &key(i)).is_empty()),
+        "the partition kept every write from node3"
+    );
+
+    cluster.relays().heal();
+    let healed = std::time::Instant::now();
+    for k in 1..=3 {
+        for name in ["node1", "node2", "node3"] {
+            eventually(
+                &format!("node{k} to see {name} up"),
+                REPAIR_DEADLINE,
+                || sees(&cluster, k, name, "up"),
+            )
+            .await;
+        }
+    }
+    eventually(
+        "anti-entropy to bring every key to node3",
+        REPAIR_DEADLINE,
+        || async { (0..KEYS).all(|i| local_values(&cluster, 3, &key(i)) == [value(i)]) },
+    )
+    .await;
+    eprintln!(
+        "node3 caught up {:.1} s after the partition healed",
+        healed.elapsed().as_secs_f64()
+    );
+    // The hints are all still there: handoff did not do it, and nobody read a key.
+    let hints: u64 = (1..=2)
+        .map(|k| cluster.node(k).engine().hint_counts().values().sum::<u64>())
+        .sum();
+    assert!(hints >= KEYS as u64, "hints still held: {hints}");
+    let repaired: u64 = (1..=3)
+        .map(|k| cluster.node(k).anti_entropy().keys_repaired)
+        .sum();
+    assert!(
+        repaired >= KEYS as u64,
+        "repaired by anti-entropy: {repaired}"
+    );
+    drop(c1);
+    cluster.shutdown().await;
 }
