@@ -131,6 +131,7 @@ impl TestCluster {
     }
 
     async fn start_all(&mut self) -> anyhow::Result<()> {
+        crate::init_test_log();
         for i in 0..self.configs.len() {
             let node = Node::start(self.configs[i].clone()).await?;
             self.nodes.push(Some(node));

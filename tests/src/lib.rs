@@ -13,6 +13,17 @@ use cairn_client::Client;
 use cairn_net::{ClusterCa, Identity};
 use cairn_node::{Node, NodeConfig, TlsPaths};
 
+/// Sends the nodes' logs to stderr when `CAIRN_TEST_LOG` holds a filter (e.g.
+/// `CAIRN_TEST_LOG=cairn_node=debug`), for debugging a test; does nothing otherwise.
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("CAIRN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A temporary cluster directory: a CA, a client identity, and node configs.
 pub struct TestDir {
     dir: tempfile::TempDir,
