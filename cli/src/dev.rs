@@ -716,20 +716,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn nodes_that_disagree_on_the_ring_shape_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), Some(3)).unwrap();
-        let path = dir.path().join("node3/node.toml");
-        let mut config = NodeConfig::load(&path).unwrap();
-        config.cluster.as_mut().unwrap().partitions = 128;
+    /// Loads the config at `path`, applies `change`, and writes it back with the relative paths
+    /// `cairn dev` uses (loading made them absolute).
+    fn rewrite_config(path: &Path, change: impl FnOnce(&mut NodeConfig)) -> NodeConfig {
+        let mut config = NodeConfig::load(path).unwrap();
+        change(&mut config);
         config.data_dir = "data".into();
         config.tls = TlsPaths {
             ca: "../ca.pem".into(),
             cert: "node.pem".into(),
             key: "node.key".into(),
         };
-        std::fs::write(&path, config.to_toml()).unwrap();
+        std::fs::write(path, config.to_toml()).unwrap();
+        config
+    }
+
+    #[test]
+    fn nodes_that_disagree_on_the_ring_shape_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), Some(3)).unwrap();
+        rewrite_config(&dir.path().join("node3/node.toml"), |config| {
+            config.cluster.as_mut().unwrap().partitions = 128;
+        });
         let err = prepare(dir.path(), None).unwrap_err().to_string();
         assert!(
             err.contains("has 128 partitions and 3 replicas but node1's config has 64 and 3"),
@@ -741,16 +749,9 @@ mod tests {
     fn a_one_node_directory_without_a_cluster_section_is_reused() {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path(), Some(1)).unwrap();
-        let path = dir.path().join("node1/node.toml");
-        let mut config = NodeConfig::load(&path).unwrap();
-        config.cluster = None;
-        config.data_dir = "data".into();
-        config.tls = TlsPaths {
-            ca: "../ca.pem".into(),
-            cert: "node.pem".into(),
-            key: "node.key".into(),
-        };
-        std::fs::write(&path, config.to_toml()).unwrap();
+        let config = rewrite_config(&dir.path().join("node1/node.toml"), |config| {
+            config.cluster = None;
+        });
         let nodes = prepare(dir.path(), None).unwrap();
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].addr, config.listen);

@@ -55,34 +55,7 @@ impl TestCluster {
         partitions: u32,
         configure: impl Fn(&mut NodeConfig),
     ) -> anyhow::Result<TestCluster> {
-        let dir = TestDir::new()?;
-        let names: Vec<String> = (1..=n).map(|k| format!("node{k}")).collect();
-        let addrs = names
-            .iter()
-            .map(|_| free_addr())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut configs = Vec::new();
-        for (name, addr) in names.iter().zip(&addrs) {
-            let mut config = dir.node_config(name)?;
-            config.listen = *addr;
-            config.cluster = Some(ClusterConfig {
-                replicas,
-                partitions,
-                seeds: vec![addrs[0].to_string()],
-                gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
-                ..ClusterConfig::default()
-            });
-            configure(&mut config);
-            configs.push(config);
-        }
-        let mut cluster = TestCluster {
-            dir,
-            configs,
-            nodes: Vec::new(),
-            relays: None,
-        };
-        cluster.start_all().await?;
-        Ok(cluster)
+        TestCluster::build(n, replicas, partitions, None, configure).await
     }
 
     /// [`TestCluster::start_with`], with every node behind a relay ([`Relays`]) that
@@ -95,29 +68,46 @@ impl TestCluster {
         configure: impl Fn(&mut NodeConfig),
     ) -> anyhow::Result<TestCluster> {
         let relays = Relays::new(n).await?;
-        let seed = relays.front(0).to_string();
-        let mut cluster = TestCluster {
-            dir: TestDir::new()?,
-            configs: Vec::new(),
-            nodes: Vec::new(),
-            relays: None,
-        };
-        for i in 0..n {
-            let mut config = cluster.dir.node_config(&format!("node{}", i + 1))?;
-            config.listen = free_addr()?;
-            config.advertise = Some(relays.front(i));
-            relays.set_backend(i, config.listen);
+        TestCluster::build(n, replicas, partitions, Some(relays), configure).await
+    }
+
+    async fn build(
+        n: usize,
+        replicas: u8,
+        partitions: u32,
+        relays: Option<Relays>,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<TestCluster> {
+        let dir = TestDir::new()?;
+        let listens = (0..n)
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Nodes reach each other at their relay when there is one; node1 is everyone's seed.
+        let reach = |i: usize| relays.as_ref().map_or(listens[i], |r| r.front(i));
+        let mut configs = Vec::new();
+        for (i, listen) in listens.iter().enumerate() {
+            let mut config = dir.node_config(&format!("node{}", i + 1))?;
+            config.listen = *listen;
+            if let Some(relays) = &relays {
+                config.advertise = Some(relays.front(i));
+                relays.set_backend(i, *listen);
+            }
             config.cluster = Some(ClusterConfig {
                 replicas,
                 partitions,
-                seeds: vec![seed.clone()],
+                seeds: vec![reach(0).to_string()],
                 gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
                 ..ClusterConfig::default()
             });
             configure(&mut config);
-            cluster.configs.push(config);
+            configs.push(config);
         }
-        cluster.relays = Some(relays);
+        let mut cluster = TestCluster {
+            dir,
+            configs,
+            nodes: Vec::new(),
+            relays,
+        };
         cluster.start_all().await?;
         Ok(cluster)
     }
