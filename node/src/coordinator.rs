@@ -240,6 +240,16 @@ fn timeout(ms: Option<u32>) -> Duration {
     })
 }
 
+impl State {
+    /// Whether the client has its answer (the request only waits for late replicas).
+    fn replied(&self) -> bool {
+        match self {
+            State::Put(s) => s.replied,
+            State::Get(s) => s.replied,
+        }
+    }
+}
+
 impl Coordinator {
     /// A coordinator for node `me` over `ring`.
     pub fn new(me: NodeId, ring: Ring) -> Coordinator {
@@ -292,7 +302,20 @@ impl Coordinator {
 
     fn admit(&mut self, req: RequestId) -> Result<(), CoordinatorError> {
         if self.pending.len() >= COORDINATOR_REQUESTS_MAX {
-            return Err(CoordinatorError::Overloaded(COORDINATOR_REQUESTS_MAX));
+            // A request already answered only waits for late replicas (for hints or read
+            // repair). When a replica dies silently those pile up until its deadline; end the
+            // one closest to its deadline now, as the deadline would, rather than refuse a
+            // client. Only a coordinator full of unanswered requests is overloaded.
+            let oldest = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.state.replied())
+                .min_by_key(|(_, p)| p.deadline)
+                .map(|(r, _)| *r);
+            match oldest {
+                Some(answered) => self.expire(answered),
+                None => return Err(CoordinatorError::Overloaded(COORDINATOR_REQUESTS_MAX)),
+            }
         }
         assert!(
             !self.pending.contains_key(&req),
@@ -656,55 +679,61 @@ impl Coordinator {
             .map(|(r, _)| *r)
             .collect();
         for req in expired {
-            let Some(pending) = self.pending.get_mut(&req) else {
-                continue;
-            };
-            let mut outcome = None;
-            match &mut pending.state {
-                State::Put(s) => {
-                    for t in s.waiting.values() {
-                        s.failed.push((t.node, "timed out".into()));
-                        if s.object.is_some() {
-                            self.hints.push_back(HintNeeded {
-                                key: s.key.clone(),
-                                target: t.hint_for.unwrap_or(t.node),
-                            });
-                        }
-                    }
-                    s.waiting.clear();
-                    if !s.replied {
-                        outcome = Some(if s.object.is_none() {
-                            Err(CoordinatorError::Local(ErrorReply::Storage {
-                                reason: "the local write did not finish in time".into(),
-                            }))
-                        } else if s.acks < s.w {
-                            Err(quorum_err("acks", s.w, s.acks, &s.failed))
-                        } else {
-                            Err(quorum_err("primary acks", s.pw, s.primary_acks, &s.failed))
+            self.expire(req);
+        }
+    }
+
+    /// Ends `req` as its deadline does: replicas still waited for count as failed (a write
+    /// leaves hints for them), and an unanswered client gets the quorum error.
+    fn expire(&mut self, req: RequestId) {
+        let Some(pending) = self.pending.get_mut(&req) else {
+            return;
+        };
+        let mut outcome = None;
+        match &mut pending.state {
+            State::Put(s) => {
+                for t in s.waiting.values() {
+                    s.failed.push((t.node, "timed out".into()));
+                    if s.object.is_some() {
+                        self.hints.push_back(HintNeeded {
+                            key: s.key.clone(),
+                            target: t.hint_for.unwrap_or(t.node),
                         });
                     }
                 }
-                State::Get(s) => {
-                    for t in s.waiting.values() {
-                        s.failed.push((t.node, "timed out".into()));
-                    }
-                    s.waiting.clear();
-                    if !s.replied {
-                        outcome = Some(if s.counted < s.r {
-                            Err(quorum_err("replies", s.r, s.counted, &s.failed))
-                        } else {
-                            Err(quorum_err(
-                                "primary replies",
-                                s.pr,
-                                s.primary_counted,
-                                &s.failed,
-                            ))
-                        });
-                    }
+                s.waiting.clear();
+                if !s.replied {
+                    outcome = Some(if s.object.is_none() {
+                        Err(CoordinatorError::Local(ErrorReply::Storage {
+                            reason: "the local write did not finish in time".into(),
+                        }))
+                    } else if s.acks < s.w {
+                        Err(quorum_err("acks", s.w, s.acks, &s.failed))
+                    } else {
+                        Err(quorum_err("primary acks", s.pw, s.primary_acks, &s.failed))
+                    });
                 }
             }
-            self.finish(req, outcome);
+            State::Get(s) => {
+                for t in s.waiting.values() {
+                    s.failed.push((t.node, "timed out".into()));
+                }
+                s.waiting.clear();
+                if !s.replied {
+                    outcome = Some(if s.counted < s.r {
+                        Err(quorum_err("replies", s.r, s.counted, &s.failed))
+                    } else {
+                        Err(quorum_err(
+                            "primary replies",
+                            s.pr,
+                            s.primary_counted,
+                            &s.failed,
+                        ))
+                    });
+                }
+            }
         }
+        self.finish(req, outcome);
     }
 
     /// The next message to send.

@@ -1002,3 +1002,68 @@ fn with_read_repair_off_a_get_only_answers() {
         h.transcript
     );
 }
+
+#[test]
+fn a_full_coordinator_ends_an_answered_request_early_instead_of_refusing_a_client() {
+    use cairn_node::limits::COORDINATOR_REQUESTS_MAX;
+    let h = Harness::new(P0, &[]);
+    let mut coord = h.coord;
+    let now = h.now;
+    let up = |_: NodeId| true;
+    let put = |coord: &mut Coordinator, id: u64| {
+        coord.handle_put(
+            now,
+            RequestId(id),
+            ClientWrite {
+                key: KEY.to_vec(),
+                ctx: VClock::new(),
+                payload: Payload::Value(b"v".to_vec()),
+                opts: w(1),
+            },
+            &up,
+        );
+    };
+    // Every slot holds a write answered at W = 1 whose other two replicas never answer (they
+    // died silently): each only waits for its deadline to hint them.
+    for id in 0..COORDINATOR_REQUESTS_MAX as u64 {
+        put(&mut coord, id);
+        while let Some(t) = coord.poll_transmit() {
+            if let (Some(op), ReplicaOp::Update { .. }) = (t.op, &t.msg) {
+                coord.handle_result(op, Ok(ReplicaResult::Object(value_object("v"))));
+            }
+        }
+        let (req, outcome) = coord.poll_outcome().expect("answered at W = 1");
+        assert_eq!(req, RequestId(id));
+        assert!(matches!(outcome, Ok(Outcome::Written(_))), "{outcome:?}");
+    }
+    assert_eq!(coord.in_flight(), COORDINATOR_REQUESTS_MAX);
+    assert_eq!(coord.poll_hint(), None);
+
+    // One more client: the oldest answered write ends now, hinting its two silent replicas,
+    // and the new write is taken, not refused.
+    put(&mut coord, COORDINATOR_REQUESTS_MAX as u64);
+    assert_eq!(coord.in_flight(), COORDINATOR_REQUESTS_MAX);
+    let hints: Vec<_> = std::iter::from_fn(|| coord.poll_hint()).collect();
+    assert_eq!(hints.len(), 2, "{hints:?}");
+    assert!(hints.iter().all(|h| h.key == KEY));
+    assert_eq!(coord.poll_outcome(), None, "nobody was refused");
+}
+
+#[test]
+fn a_coordinator_full_of_unanswered_requests_is_overloaded() {
+    use cairn_node::limits::COORDINATOR_REQUESTS_MAX;
+    let h = Harness::new(P0, &[]);
+    let mut coord = h.coord;
+    let up = |_: NodeId| true;
+    // Reads nobody answers: none of them can be ended early.
+    for id in 0..=COORDINATOR_REQUESTS_MAX as u64 {
+        coord.handle_get(h.now, RequestId(id), KEY.to_vec(), &r(2), &up);
+        while coord.poll_transmit().is_some() {}
+    }
+    let (req, outcome) = coord.poll_outcome().expect("the last read is refused");
+    assert_eq!(req, RequestId(COORDINATOR_REQUESTS_MAX as u64));
+    assert!(
+        matches!(outcome, Err(CoordinatorError::Overloaded(_))),
+        "{outcome:?}"
+    );
+}
