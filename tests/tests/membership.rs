@@ -183,3 +183,19 @@ async fn a_corrupt_membership_file_stops_the_start_with_its_path_and_is_left_alo
         "nothing overwrote the file"
     );
 }
+
+#[tokio::test]
+async fn a_wildcard_listen_address_needs_an_advertised_one() {
+    let dir = TestDir::new().unwrap();
+    let mut config = config(&dir, "a");
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let err = match Node::start(config.clone()).await {
+        Ok(_) => panic!("a node advertised 0.0.0.0 to its peers"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("set `advertise`"), "{err}");
+    // With an address peers can reach, the same node starts.
+    config.advertise = Some("127.0.0.1:7999".parse().unwrap());
+    let node = Node::start(config).await.unwrap();
+    node.shutdown().await.unwrap();
+}
