@@ -9,7 +9,8 @@ mod tls;
 
 pub use io::{read_frame, write_frame};
 pub use tls::{
-    client_endpoint, peer_is_node, server_endpoint, ClusterCa, Identity, Issued, SERVER_NAME,
+    client_endpoint, peer_is_node, peer_node_name, server_endpoint, ClusterCa, Identity, Issued,
+    SERVER_NAME,
 };
 
 /// Why a transport operation failed.

@@ -93,7 +93,7 @@ impl ClusterCa {
             "localhost".to_owned(),
         ];
         sans.extend(hosts.iter().cloned());
-        let mut params = leaf_params(&format!("cairn node {name}"), &sans)?;
+        let mut params = leaf_params(&format!("{NODE_CN_PREFIX}{name}"), &sans)?;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -281,15 +281,32 @@ pub fn client_endpoint(id: &Identity, for_addr: SocketAddr) -> Result<quinn::End
 /// Whether the peer of `conn` presented a node certificate (one signed for server use), as
 /// opposed to a client certificate: only nodes may send peer requests.
 pub fn peer_is_node(conn: &quinn::Connection) -> bool {
-    let Some(identity) = conn.peer_identity() else {
-        return false;
-    };
-    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
-        return false;
-    };
-    let Some(leaf) = chain.first() else {
-        return false;
-    };
+    peer_leaf(conn).is_some_and(|cert| cert_is_node(&cert))
+}
+
+/// The node name in the peer's node certificate (its common name is `cairn node NAME`, as
+/// [`ClusterCa::issue_node`] writes it), so a node can check that a peer speaks for itself;
+/// `None` for client certificates and certificates of another shape.
+pub fn peer_node_name(conn: &quinn::Connection) -> Option<String> {
+    let leaf = peer_leaf(conn)?;
+    if !cert_is_node(&leaf) {
+        return None;
+    }
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    cn.strip_prefix(NODE_CN_PREFIX).map(str::to_owned)
+}
+
+/// What a node certificate's common name starts with; the node's name follows.
+const NODE_CN_PREFIX: &str = "cairn node ";
+
+fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().cloned()
+}
+
+fn cert_is_node(leaf: &CertificateDer<'_>) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return false;
     };

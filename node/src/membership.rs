@@ -381,7 +381,13 @@ impl Membership {
                 while let Some(req) = next.take() {
                     match self.peers.request(id, req, GOSSIP_EXCHANGE_TIMEOUT).await {
                         Ok(PeerResponse::Gossip(Some(reply))) => {
-                            next = self.receive(&reply).ok().flatten().map(PeerRequest::Gossip);
+                            next = match self.receive(&reply, id) {
+                                Ok(next) => next.map(PeerRequest::Gossip),
+                                Err(e) => {
+                                    debug!("gossip from {}: {e}", self.name(id));
+                                    None
+                                }
+                            };
                         }
                         Ok(PeerResponse::Gossip(None)) => {}
                         Ok(other) => debug!("gossip to {} got {other:?}", self.name(id)),
@@ -409,13 +415,19 @@ impl Membership {
             return Ok(());
         }
         let conn = self.peers.connect(addr).await?;
+        // Whoever answers at a seed's address speaks for the node its certificate names.
+        let Some(seed_node) = cairn_net::peer_node_name(&conn).map(|n| NodeId::from_name(&n))
+        else {
+            conn.close(0u32.into(), b"not a node");
+            return Err("the seed's certificate names no node".into());
+        };
         let run = async {
             let mut next = Some(request);
             while let Some(req) = next.take() {
                 match exchange_on(&conn, req).await? {
                     Ok(PeerResponse::Gossip(Some(reply))) => {
                         next = self
-                            .receive(&reply)
+                            .receive(&reply, seed_node)
                             .map_err(|e| e.to_string())?
                             .map(PeerRequest::Gossip);
                     }
@@ -436,11 +448,20 @@ impl Membership {
     /// Handles a gossip message from a peer; returns the reply to send back to it (an ACK for a
     /// SYN, an ACK2 for an ACK), encoded. Anything else the message caused is queued for the
     /// gossip task.
-    pub fn receive(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, ErrorReply> {
+    ///
+    /// `sender` is who sent it, as its certificate (or the address this node dialed) says: a
+    /// message claiming to come from another node is refused, so one node cannot speak for
+    /// another.
+    pub fn receive(&self, bytes: &[u8], sender: NodeId) -> Result<Option<Vec<u8>>, ErrorReply> {
         let message = GossipMessage::decode(bytes).map_err(|e| ErrorReply::Malformed {
             reason: format!("gossip: {e}"),
         })?;
         let from = message.from;
+        if from != sender {
+            return Err(ErrorReply::Malformed {
+                reason: format!("gossip: a message from {from} sent by {sender}"),
+            });
+        }
         let now = Instant::now();
         let mut g = self.lock();
         g.handle_message(now, message)

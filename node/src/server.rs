@@ -317,7 +317,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
-    let is_node = cairn_net::peer_is_node(&conn);
+    let peer = Peer {
+        is_node: cairn_net::peer_is_node(&conn),
+        node: cairn_net::peer_node_name(&conn).map(|name| NodeId::from_name(&name)),
+    };
+    let is_node = peer.is_node;
     // Stream tasks die with their connection task (see `accept_loop`).
     let mut streams = tokio::task::JoinSet::new();
     debug!(%remote, is_node, "connection open");
@@ -335,7 +339,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
         streams.spawn(async move {
-            serve_stream(send, recv, &shared, is_node).await;
+            serve_stream(send, recv, &shared, peer).await;
         });
     }
 }
@@ -344,14 +348,14 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: &Shared,
-    is_node: bool,
+    peer: Peer,
 ) {
     let response = match cairn_net::read_frame::<Request>(&mut recv).await {
         Ok(req) => {
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
             };
-            handle(req, shared, is_node).await
+            handle(req, shared, peer).await
         }
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
@@ -386,7 +390,16 @@ fn frame_error(e: FrameError) -> ErrorReply {
     }
 }
 
-async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
+/// Who is at the other end of a connection, as its certificate says.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// It holds a node certificate: it may send peer requests.
+    is_node: bool,
+    /// The node its certificate names, if it follows `ClusterCa::issue_node`'s form.
+    node: Option<NodeId>,
+}
+
+async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
     if let Err(e) = check_request(&req) {
         return Response::Error(e.into());
     }
@@ -404,8 +417,8 @@ async fn handle(req: Request, shared: &Shared, is_node: bool) -> Response {
             Ok(()) => Response::Status(status(shared)),
             Err(e) => Response::Error(e),
         },
-        Request::Peer(_) if !is_node => Response::Error(ErrorReply::NotAPeer),
-        Request::Peer(p) => handle_peer(p, shared).await,
+        Request::Peer(_) if !peer.is_node => Response::Error(ErrorReply::NotAPeer),
+        Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             let key = req.key().expect("gets, puts and deletes have a key");
             let is_up = |id| shared.peers.is_up(id);
@@ -447,7 +460,7 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
     }
 }
 
-async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
+async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) -> Response {
     let resp = match req {
         PeerRequest::Ping { .. } => Ok(PeerResponse::Pong {
             node: shared.name.clone(),
@@ -471,10 +484,14 @@ async fn handle_peer(req: PeerRequest, shared: &Shared) -> Response {
                 reason: format!("bad object: {e}"),
             }),
         },
-        PeerRequest::Gossip(message) => shared
-            .membership
-            .receive(&message)
-            .map(PeerResponse::Gossip),
+        // A node speaks only for itself: gossip claiming another sender is refused.
+        PeerRequest::Gossip(message) => match sender {
+            Some(sender) => shared
+                .membership
+                .receive(&message, sender)
+                .map(PeerResponse::Gossip),
+            None => Err(ErrorReply::NotAPeer),
+        },
         PeerRequest::Read { key } => match shared.engine.read(key).await {
             // Empty bytes say "absent" without encoding an empty object.
             Ok(obj) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),

@@ -199,3 +199,62 @@ async fn a_wildcard_listen_address_needs_an_advertised_one() {
     let node = Node::start(config).await.unwrap();
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_node_cannot_gossip_in_another_nodes_name() {
+    use cairn_gossip::{Gossip, GossipConfig, NodeState, Status};
+    let dir = TestDir::new().unwrap();
+    let node = Node::start(config(&dir, "a")).await.unwrap();
+    dir.node_config("mallory").unwrap();
+    let p = dir.path();
+    let mallory = Identity::load(
+        &p.join("ca.pem"),
+        &p.join("mallory/node.pem"),
+        &p.join("mallory/node.key"),
+    )
+    .unwrap();
+    let conn = Client::connect(node.local_addr(), &mallory).await.unwrap();
+    // A well-formed SYN from `name`, as that node's gossip would send it to a seed.
+    let syn = |name: &str| {
+        let now = std::time::Instant::now();
+        let config = GossipConfig {
+            seeds: vec![node.local_addr().to_string()],
+            ..GossipConfig::default()
+        };
+        let state = NodeState {
+            status: Status::Up,
+            ..NodeState::joining("127.0.0.1:9")
+        };
+        let mut g =
+            Gossip::new(cairn_proto::NodeId::from_name(name), config, state, 1, now).unwrap();
+        g.handle_tick(now + Duration::from_secs(1), &mut rand::thread_rng());
+        g.poll_transmit()
+            .expect("a SYN to the seed")
+            .message
+            .encode()
+    };
+    // In its own name, mallory is answered with an ACK...
+    let own = conn
+        .request(&Request::Peer(PeerRequest::Gossip(syn("mallory"))))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &own,
+            cairn_proto::Response::Peer(cairn_proto::PeerResponse::Gossip(Some(_)))
+        ),
+        "{own:?}"
+    );
+    // ...but a SYN claiming to be node "a" itself, or anyone else, is refused.
+    for victim in ["a", "b"] {
+        let forged = conn
+            .request(&Request::Peer(PeerRequest::Gossip(syn(victim))))
+            .await;
+        assert!(
+            matches!(&forged, Err(cairn_client::ClientError::Node(ErrorReply::Malformed { reason })) if reason.contains("sent by")),
+            "{forged:?}"
+        );
+    }
+    conn.close().await;
+    node.shutdown().await.unwrap();
+}
