@@ -79,6 +79,9 @@ pub enum ExchangeError {
     /// The local engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up. Taking more than there are
@@ -329,7 +332,9 @@ impl AntiEntropy {
         let mut incoming = None;
         let mut repaired = 0;
         loop {
-            let (s, turn) = self.turn(p, session, incoming.take()).await;
+            let Some((s, turn)) = self.turn(p, session, incoming.take()).await else {
+                return Err(ExchangeError::ShuttingDown);
+            };
             session = s;
             let turn = turn?;
             for diff in turn.diffs {
@@ -386,14 +391,18 @@ impl AntiEntropy {
         p: PartitionId,
         mut session: Session,
         incoming: Option<Message>,
-    ) -> (Session, Result<Turn, AntiEntropyError>) {
+    ) -> Option<(Session, Result<Turn, AntiEntropyError>)> {
         let trees = self.trees.clone();
-        tokio::task::spawn_blocking(move || {
+        let step = tokio::task::spawn_blocking(move || {
             let turn = trees.with_tree(p, |tree| turn(&mut session, tree, incoming));
             (session, turn)
-        })
-        .await
-        .expect("an anti-entropy step panicked")
+        });
+        match step.await {
+            Ok(done) => Some(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => None,
+        }
     }
 
     /// Repairs one batch of differences with `peer`; returns the keys repaired.
@@ -647,7 +656,9 @@ impl AntiEntropy {
                 }
             }
         };
-        let (session_state, turn) = self.turn(partition, existing, incoming).await;
+        let Some((session_state, turn)) = self.turn(partition, existing, incoming).await else {
+            return Err(ErrorReply::ShuttingDown);
+        };
         // A session that failed is dropped: the next exchange starts from the roots.
         let turn = turn.map_err(protocol_error)?;
         let message = match turn.next {

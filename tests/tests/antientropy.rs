@@ -84,10 +84,13 @@ async fn a_replica_that_missed_writes_catches_up_through_anti_entropy_alone() {
     let node2 = cluster.node(2).anti_entropy();
     let node3 = cluster.node(3).anti_entropy();
     assert!(node3.trees_ready && node3.enabled, "{node3:?}");
-    // Each key was repaired by whichever side started an exchange of its partition, and
-    // sometimes by both at once.
+    // Each key was repaired by whichever side started an exchange of its partition, sometimes
+    // by both at once. Counts are of repairs the initiator saw succeed: one whose answer was lost
+    // (a timeout on a loaded machine) is applied but not counted, so the sum is only a witness
+    // that anti-entropy did the work; every value is checked on node3 alone below.
+    eprintln!("repaired by node2: {node2:?}; by node3: {node3:?}");
     assert!(
-        node2.keys_repaired + node3.keys_repaired >= KEYS as u64,
+        node2.keys_repaired + node3.keys_repaired > 0,
         "{node2:?} {node3:?}"
     );
     assert!(node2.exchanges + node3.exchanges > 0);
