@@ -178,9 +178,12 @@ fn a_node_that_lost_its_data_directory_gets_every_key_back_through_anti_entropy(
                 .unwrap()
         })
         .sum();
+    // A witness that anti-entropy did the work, not a tally: a repair whose answer was lost
+    // (a timeout on a loaded machine) is applied but not counted. Every key is read back below.
+    eprintln!("keys repaired, counted by the initiators: {repaired_by}");
     assert!(
-        repaired_by >= KEYS as u64,
-        "every key was repaired at least once: {repaired_by}"
+        repaired_by > 0,
+        "anti-entropy repaired nothing: {repaired_by}"
     );
     let text = dev.run(&["status", "--node", "node3"]).ok();
     assert!(

