@@ -118,6 +118,19 @@ async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_resta
     a.shutdown().await.unwrap();
 }
 
+/// A connection to `node` with a node certificate issued to `name`, as a peer would have.
+async fn connect_as_node(dir: &TestDir, node: &Node, name: &str) -> Client {
+    dir.node_config(name).unwrap();
+    let p = dir.path().join(name);
+    let identity = Identity::load(
+        &dir.path().join("ca.pem"),
+        &p.join("node.pem"),
+        &p.join("node.key"),
+    )
+    .unwrap();
+    Client::connect(node.local_addr(), &identity).await.unwrap()
+}
+
 fn config_with_addr(dir: &TestDir, name: &str, addr: std::net::SocketAddr) -> NodeConfig {
     let mut c = config(dir, name);
     c.listen = addr;
@@ -129,15 +142,7 @@ async fn malformed_gossip_from_a_peer_is_refused_and_changes_nothing() {
     let dir = TestDir::new().unwrap();
     let node = Node::start(config(&dir, "a")).await.unwrap();
     // A node certificate (so the request is a peer's), sending bytes that are not gossip.
-    dir.node_config("mallory").unwrap();
-    let p = dir.path();
-    let peer = Identity::load(
-        &p.join("ca.pem"),
-        &p.join("mallory/node.pem"),
-        &p.join("mallory/node.key"),
-    )
-    .unwrap();
-    let conn = Client::connect(node.local_addr(), &peer).await.unwrap();
+    let conn = connect_as_node(&dir, &node, "mallory").await;
     for garbage in [vec![], vec![0xff; 64], b"SYN please".to_vec()] {
         let resp = conn
             .request(&Request::Peer(PeerRequest::Gossip(garbage)))
@@ -205,15 +210,7 @@ async fn a_node_cannot_gossip_in_another_nodes_name() {
     use cairn_gossip::{Gossip, GossipConfig, NodeState, Status};
     let dir = TestDir::new().unwrap();
     let node = Node::start(config(&dir, "a")).await.unwrap();
-    dir.node_config("mallory").unwrap();
-    let p = dir.path();
-    let mallory = Identity::load(
-        &p.join("ca.pem"),
-        &p.join("mallory/node.pem"),
-        &p.join("mallory/node.key"),
-    )
-    .unwrap();
-    let conn = Client::connect(node.local_addr(), &mallory).await.unwrap();
+    let conn = connect_as_node(&dir, &node, "mallory").await;
     // A well-formed SYN from `name`, as that node's gossip would send it to a seed.
     let syn = |name: &str| {
         let now = std::time::Instant::now();
