@@ -48,7 +48,7 @@ pub trait MembershipView: Send + Sync + 'static {
 
 impl MembershipView for crate::membership::Membership {
     fn ring(&self) -> Option<Arc<Ring>> {
-        self.view().ring.clone().map(Arc::new)
+        self.view().ring.clone()
     }
 
     fn is_up(&self, node: NodeId) -> bool {

@@ -24,6 +24,7 @@ use crate::membership::ClusterView;
 use crate::peers::Peers;
 use crate::server::get_reply;
 use crate::version::{decode_context, Object, Payload};
+use cairn_ring::Ring;
 
 /// A client request for the coordinator.
 pub enum Job {
@@ -127,8 +128,8 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
-    let new_coordinator = |ring| {
-        let mut coord = Coordinator::new(ctx.me, ring);
+    let new_coordinator = |ring: Arc<Ring>| {
+        let mut coord = Coordinator::new(ctx.me, Ring::clone(&ring));
         coord.set_read_repair(ctx.read_repair);
         coord
     };
@@ -164,7 +165,7 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
                 // Requests in flight keep the replicas they chose; new ones use the new ring.
                 if let Some(ring) = view.borrow_and_update().ring.clone() {
                     match &mut coord {
-                        Some(coord) => coord.set_ring(ring),
+                        Some(coord) => coord.set_ring(Ring::clone(&ring)),
                         None => coord = Some(new_coordinator(ring)),
                     }
                 }
@@ -172,10 +173,8 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 let Some(coord) = &mut coord else {
-                    let _ = cmd.reply.send(Response::Error(ErrorReply::NoRing {
-                        node: ctx.peers.name(ctx.me),
-                        reason: "no member is up in its view of the cluster".into(),
-                    }));
+                    let no_ring = crate::membership::no_ring(&ctx.peers.name(ctx.me));
+                    let _ = cmd.reply.send(Response::Error(no_ring));
                     continue;
                 };
                 let req = RequestId(next_req);

@@ -286,19 +286,14 @@ impl Engine {
         self: &Arc<Self>,
         key_hashes: Vec<KeyHash>,
     ) -> Result<Vec<Option<Vec<u8>>>, EngineError> {
-        let engine = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime("key lookup task", move |engine| {
             key_hashes
                 .iter()
                 .map(|k| engine.store.key_for_hash(k))
                 .collect::<Result<Vec<_>, StoreError>>()
+                .map_err(EngineError::from)
         })
         .await
-        .map_err(|e| StoreError::Io {
-            op: "key lookup task",
-            reason: e.to_string(),
-        })?
-        .map_err(EngineError::from)
     }
 
     /// The store, for the start-up rebuild of the Merkle trees (a blocking scan).
@@ -308,11 +303,22 @@ impl Engine {
 
     /// The stored object for `key`, read off the async runtime (redb reads may block).
     pub async fn read(self: &Arc<Self>, key: Vec<u8>) -> Result<Object, EngineError> {
+        self.off_runtime("read task", move |engine| engine.get(&key))
+            .await
+    }
+
+    /// Runs a blocking read of the store on a blocking thread (redb reads may block); a task
+    /// that could not run (shutdown) is a storage error named `op`.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        read: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.get(&key))
+        tokio::task::spawn_blocking(move || read(&engine))
             .await
             .map_err(|e| StoreError::Io {
-                op: "read task",
+                op,
                 reason: e.to_string(),
             })?
     }

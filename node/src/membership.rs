@@ -63,6 +63,14 @@ pub enum MembershipError {
     },
 }
 
+/// Why client requests are refused while node `node` has no ring.
+pub fn no_ring(node: &str) -> ErrorReply {
+    ErrorReply::NoRing {
+        node: node.to_owned(),
+        reason: "no member is up in its view of the cluster".into(),
+    }
+}
+
 /// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
 /// names and check them) and the ring shape it expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,7 +102,7 @@ pub struct MemberView {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterView {
     /// The ring over the members that are up and compatible; `None` while there are none.
-    pub ring: Option<Ring>,
+    pub ring: Option<Arc<Ring>>,
     /// Every member whose whole state has arrived, this node included.
     pub members: BTreeMap<NodeId, MemberView>,
 }
@@ -154,13 +162,40 @@ impl Persisted {
     }
 }
 
+/// The gossip state machine and what the driver keeps beside it; always changed together.
+struct Local {
+    gossip: Gossip,
+    /// Rounds ticked while joining without hearing from anyone.
+    lonely_rounds: u32,
+    /// Per member: the generation first seen and when, for the grace period below.
+    first_seen: BTreeMap<NodeId, (u64, Instant)>,
+    /// Members gossip convicted (`NodeDown`) and has not seen alive since.
+    convicted: std::collections::BTreeSet<NodeId>,
+}
+
+/// Most uses are of the gossip itself.
+impl std::ops::Deref for Local {
+    type Target = Gossip;
+
+    fn deref(&self) -> &Gossip {
+        &self.gossip
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Gossip {
+        &mut self.gossip
+    }
+}
+
 /// This node's membership: its gossip, what it persisted, and the published view.
 pub struct Membership {
     me: NodeId,
     name: String,
     advertise: SocketAddr,
     ring_config: RingConfig,
-    gossip: Mutex<Gossip>,
+    /// Gossip and the driver's own per-member bookkeeping, under one lock.
+    local: Mutex<Local>,
     view: watch::Sender<Arc<ClusterView>>,
     peers: Arc<Peers>,
     file: PathBuf,
@@ -170,12 +205,6 @@ pub struct Membership {
     file_lock: Arc<Mutex<()>>,
     outbox: mpsc::Sender<Transmit>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Transmit>>>,
-    /// Rounds ticked while joining without hearing from anyone.
-    lonely_rounds: Mutex<u32>,
-    /// Per member: the generation first seen and when, for the grace period below.
-    first_seen: Mutex<BTreeMap<NodeId, (u64, Instant)>>,
-    /// Members gossip convicted (`NodeDown`) and has not seen alive since.
-    convicted: Mutex<std::collections::BTreeSet<NodeId>>,
     /// How long a member newly seen (or in a new generation) counts as up before its heartbeat
     /// has been seen moving: without it a node that just started would refuse to use peers that
     /// are plainly there for the first rounds.
@@ -260,7 +289,12 @@ impl Membership {
             name: config.name.clone(),
             advertise,
             ring_config,
-            gossip: Mutex::new(gossip),
+            local: Mutex::new(Local {
+                gossip,
+                lonely_rounds: 0,
+                first_seen: BTreeMap::new(),
+                convicted: std::collections::BTreeSet::new(),
+            }),
             view,
             peers,
             file,
@@ -268,9 +302,6 @@ impl Membership {
             file_lock: Arc::new(Mutex::new(())),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
-            lonely_rounds: Mutex::new(0),
-            first_seen: Mutex::new(BTreeMap::new()),
-            convicted: Mutex::new(std::collections::BTreeSet::new()),
             grace: Duration::from_millis(cluster.gossip_interval_ms) * NEW_MEMBER_GRACE_ROUNDS,
             suspect_after: Duration::from_millis(cluster.gossip_interval_ms) * SUSPECT_ROUNDS,
         });
@@ -281,8 +312,8 @@ impl Membership {
         Ok(membership)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Gossip> {
-        self.gossip.lock().expect("gossip lock")
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().expect("gossip lock")
     }
 
     /// The current view.
@@ -293,11 +324,6 @@ impl Membership {
     /// Follows the view as it changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.subscribe()
-    }
-
-    /// This node's generation.
-    pub fn generation(&self) -> u64 {
-        self.lock().generation()
     }
 
     /// Whether `id` is believed reachable (this node always is).
@@ -354,19 +380,18 @@ impl Membership {
 
     /// A node that was a member and hears from nobody for `REJOIN_ROUNDS_MAX` rounds serves
     /// alone rather than never (its peers may all be down, and their addresses are all it has).
-    fn joining_timeout(&self, g: &mut Gossip) {
+    fn joining_timeout(&self, g: &mut Local) {
         if g.node(self.me).map(|v| v.status()) != Some(Status::Joining) {
             return;
         }
-        let mut rounds = self.lonely_rounds.lock().expect("rounds lock");
-        *rounds += 1;
+        g.lonely_rounds += 1;
         let was_member = !self
             .persisted
             .lock()
             .expect("persisted lock")
             .peers
             .is_empty();
-        if was_member && *rounds >= REJOIN_ROUNDS_MAX {
+        if was_member && g.lonely_rounds >= REJOIN_ROUNDS_MAX {
             warn!("no peer answered in {REJOIN_ROUNDS_MAX} rounds; serving without them");
             let _ = g.set_local(Value::Status(Status::Up));
         }
@@ -518,7 +543,7 @@ impl Membership {
             if g.node(self.me).map(|v| v.status()) == Some(Status::Leaving) {
                 let _ = g.set_local(Value::Status(Status::Joining));
             }
-            *self.lonely_rounds.lock().expect("rounds lock") = 0;
+            g.lonely_rounds = 0;
             self.refresh(&mut g);
         }
         self.persist(|p| {
@@ -559,9 +584,14 @@ impl Membership {
 
     /// Applies gossip's events and republishes the view: peers' names, addresses and liveness,
     /// this node becoming up once it has heard from the cluster, and the ring.
-    fn refresh(&self, g: &mut Gossip) {
+    fn refresh(&self, local: &mut Local) {
         let now = Instant::now();
-        let mut convicted = self.convicted.lock().expect("convicted lock");
+        let Local {
+            gossip: g,
+            first_seen,
+            convicted,
+            ..
+        } = local;
         while let Some(event) = g.poll_event() {
             match event {
                 MembershipEvent::NodeDown { node } => {
@@ -615,7 +645,6 @@ impl Membership {
                 (info.name, addr, compatible)
             };
             if id != self.me {
-                let mut first_seen = self.first_seen.lock().expect("first-seen lock");
                 let seen = first_seen.entry(id).or_insert((v.generation(), now));
                 if seen.0 != v.generation() {
                     *seen = (v.generation(), now);
@@ -623,11 +652,10 @@ impl Membership {
                 let in_grace =
                     !convicted.contains(&id) && now.saturating_duration_since(seen.1) < self.grace;
                 let alive = (v.is_alive() || in_grace) && state.status != Status::Left;
-                self.peers.upsert(id, &name, addr, alive);
                 let late = v
                     .heartbeat_age(now)
                     .is_some_and(|age| age > self.suspect_after);
-                self.peers.set_suspect(id, late && alive);
+                self.peers.upsert(id, &name, addr, alive, late);
             }
             members.insert(
                 id,
@@ -641,33 +669,11 @@ impl Membership {
                 },
             );
         }
-        let ring_members: Vec<Member> = members
-            .iter()
-            .filter(|(_, m)| m.status == Status::Up && m.compatible)
-            .map(|(&id, m)| Member {
-                id,
-                zone: m.zone.clone(),
-            })
-            .collect();
-        let ring = if ring_members.is_empty() {
-            None
-        } else {
-            match Ring::new(self.ring_config, &ring_members) {
-                Ok(ring) => Some(ring),
-                Err(e) => {
-                    warn!("cannot build a ring from the members: {e}");
-                    self.view.borrow().ring.clone()
-                }
-            }
+        let view = ClusterView {
+            ring: self.ring_for(&members),
+            members,
         };
-        let view = ClusterView { ring, members };
-        let peers_now: Vec<String> = view
-            .members
-            .iter()
-            .filter(|(&id, m)| id != self.me && m.status != Status::Left)
-            .map(|(_, m)| m.addr.to_string())
-            .collect();
-        self.view.send_if_modified(|current| {
+        let changed = self.view.send_if_modified(|current| {
             if **current == view {
                 return false;
             }
@@ -680,12 +686,53 @@ impl Membership {
             *current = Arc::new(view);
             true
         });
-        self.remember_peers(peers_now);
+        if changed {
+            self.remember_peers();
+        }
     }
 
-    /// Keeps the members' addresses on disk (off the gossip lock's caller, on a blocking thread)
-    /// when they changed, so a restart can find the cluster without the seeds.
-    fn remember_peers(&self, mut peers: Vec<String>) {
+    /// The ring over `members` that are up and compatible: the current one while that set is
+    /// unchanged (refresh runs on every gossip message; claims are computed only on changes).
+    fn ring_for(&self, members: &BTreeMap<NodeId, MemberView>) -> Option<Arc<Ring>> {
+        let ring_members: Vec<Member> = members
+            .iter()
+            .filter(|(_, m)| m.status == Status::Up && m.compatible)
+            .map(|(&id, m)| Member {
+                id,
+                zone: m.zone.clone(),
+            })
+            .collect();
+        if ring_members.is_empty() {
+            return None;
+        }
+        let current = self.view.borrow().ring.clone();
+        // `Ring::members` is in id order, as `members` is.
+        if current
+            .as_ref()
+            .is_some_and(|r| r.members() == ring_members.as_slice())
+        {
+            return current;
+        }
+        match Ring::new(self.ring_config, &ring_members) {
+            Ok(ring) => Some(Arc::new(ring)),
+            Err(e) => {
+                warn!("cannot build a ring from the members: {e}");
+                current
+            }
+        }
+    }
+
+    /// Keeps the members' addresses on disk (on a blocking thread, off the gossip lock's
+    /// holder) when they changed, so a restart can find the cluster without the seeds.
+    fn remember_peers(&self) {
+        let mut peers: Vec<String> = self
+            .view
+            .borrow()
+            .members
+            .iter()
+            .filter(|(&id, m)| id != self.me && m.status != Status::Left)
+            .map(|(_, m)| m.addr.to_string())
+            .collect();
         peers.truncate(cairn_gossip::limits::SEEDS_MAX);
         {
             let mut p = self.persisted.lock().expect("persisted lock");

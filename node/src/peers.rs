@@ -40,7 +40,6 @@ struct PeerState {
     last_success: Option<Instant>,
     backoff: Duration,
     next_probe: Instant,
-    last_error: Option<String>,
 }
 
 impl PeerState {
@@ -88,41 +87,18 @@ impl Peers {
     }
 
     /// Adds peer `id` or updates its name and address (a restarted node may move); `alive` is
-    /// gossip's judgement. A changed address drops the cached connection.
-    pub fn upsert(&self, id: NodeId, name: &str, addr: SocketAddr, alive: bool) {
+    /// gossip's judgement and `suspect` says its heartbeat is late (the probe loop pings it). A
+    /// changed address drops the cached connection. Called for every member on every gossip
+    /// message, so an unchanged peer costs a read lock only.
+    pub fn upsert(&self, id: NodeId, name: &str, addr: SocketAddr, alive: bool, suspect: bool) {
         if id == self.me {
             return;
         }
+        let peer = match self.get(id) {
+            Some(p) if p.addr == addr && p.name == name => p,
+            _ => self.replace(id, name, addr),
+        };
         let became_up = {
-            let mut peers = self.peers.write().expect("peers lock");
-            let peer = match peers.get(&id) {
-                Some(p) if p.addr == addr && p.name == name => p.clone(),
-                _ => {
-                    let now = Instant::now();
-                    let fresh = Arc::new(Peer {
-                        name: name.to_owned(),
-                        addr,
-                        // Reachable until an exchange says otherwise: gossip decides first.
-                        state: Mutex::new(PeerState {
-                            reachable: true,
-                            alive: false,
-                            suspect: false,
-                            last_success: None,
-                            backoff: PROBE_INTERVAL,
-                            next_probe: now,
-                            last_error: None,
-                        }),
-                        conn: tokio::sync::Mutex::new(None),
-                    });
-                    if let Some(old) = peers.get(&id) {
-                        let old = old.state.lock().expect("peer lock");
-                        let mut s = fresh.state.lock().expect("peer lock");
-                        s.alive = old.alive;
-                    }
-                    peers.insert(id, fresh.clone());
-                    fresh
-                }
-            };
             let mut s = peer.state.lock().expect("peer lock");
             let was_up = s.is_up();
             if alive && !s.alive {
@@ -131,6 +107,7 @@ impl Peers {
                 s.backoff = PROBE_INTERVAL;
             }
             s.alive = alive;
+            s.suspect = suspect && alive;
             !was_up && s.is_up()
         };
         if became_up {
@@ -140,12 +117,28 @@ impl Peers {
         }
     }
 
-    /// Marks `id` suspect (its heartbeat is late) or not; a suspect that is still reachable is
-    /// pinged by the probe loop.
-    pub fn set_suspect(&self, id: NodeId, suspect: bool) {
-        if let Some(peer) = self.get(id) {
-            peer.state.lock().expect("peer lock").suspect = suspect;
-        }
+    /// A fresh entry for `id` at `addr` (no cached connection), keeping gossip's judgement.
+    fn replace(&self, id: NodeId, name: &str, addr: SocketAddr) -> Arc<Peer> {
+        let mut peers = self.peers.write().expect("peers lock");
+        let alive = peers
+            .get(&id)
+            .is_some_and(|old| old.state.lock().expect("peer lock").alive);
+        let fresh = Arc::new(Peer {
+            name: name.to_owned(),
+            addr,
+            // Reachable until an exchange says otherwise: gossip decides first.
+            state: Mutex::new(PeerState {
+                reachable: true,
+                alive,
+                suspect: false,
+                last_success: None,
+                backoff: PROBE_INTERVAL,
+                next_probe: Instant::now(),
+            }),
+            conn: tokio::sync::Mutex::new(None),
+        });
+        peers.insert(id, fresh.clone());
+        fresh
     }
 
     /// Forgets peer `id` (it was removed from the cluster).
@@ -161,14 +154,6 @@ impl Peers {
                 .is_some_and(|p| p.state.lock().expect("peer lock").is_up())
     }
 
-    /// Whether the last exchange with `id` succeeded (or none failed yet).
-    pub fn is_reachable(&self, id: NodeId) -> bool {
-        id == self.me
-            || self
-                .get(id)
-                .is_some_and(|p| p.state.lock().expect("peer lock").reachable)
-    }
-
     /// The name of `id`, or its id in hex if it is not a member.
     pub fn name(&self, id: NodeId) -> String {
         if id == self.me {
@@ -176,17 +161,6 @@ impl Peers {
         }
         self.get(id)
             .map_or_else(|| id.to_string(), |p| p.name.clone())
-    }
-
-    /// The address of peer `id`.
-    pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.get(id).map(|p| p.addr)
-    }
-
-    /// The last error seen talking to `id`.
-    pub fn last_error(&self, id: NodeId) -> Option<String> {
-        self.get(id)
-            .and_then(|p| p.state.lock().expect("peer lock").last_error.clone())
     }
 
     /// Records the outcome of an exchange with `id` that started at `started`.
@@ -204,10 +178,7 @@ impl Peers {
             s.reachable = reachable;
             if reachable {
                 s.backoff = PROBE_INTERVAL;
-                s.last_error = None;
                 s.last_success = Some(s.last_success.map_or(started, |t| t.max(started)));
-            } else {
-                s.last_error = error.clone();
             }
             (was_up, s.is_up())
         };
@@ -353,16 +324,6 @@ impl Peers {
             });
             futures_join_all(probes).await;
         }
-    }
-
-    /// Every peer id.
-    pub fn ids(&self) -> Vec<NodeId> {
-        self.peers
-            .read()
-            .expect("peers lock")
-            .keys()
-            .copied()
-            .collect()
     }
 }
 

@@ -424,7 +424,7 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
             let is_up = |id| shared.peers.is_up(id);
             let view = shared.membership.view();
             let Some(ring) = &view.ring else {
-                return Response::Error(no_ring(shared));
+                return Response::Error(crate::membership::no_ring(&shared.name));
             };
             if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
                 match shared
@@ -517,14 +517,6 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
     match resp {
         Ok(r) => Response::Peer(r),
         Err(e) => Response::Error(e),
-    }
-}
-
-/// Why client requests are refused while the node has no ring.
-fn no_ring(shared: &Shared) -> ErrorReply {
-    ErrorReply::NoRing {
-        node: shared.name.clone(),
-        reason: "no member is up in its view of the cluster".into(),
     }
 }
 

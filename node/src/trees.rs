@@ -28,9 +28,8 @@ pub struct Trees {
     /// While the start-up rebuild runs: the entries committed since it began, in commit order.
     /// `None` once the rebuilt trees are in place.
     log: Mutex<Option<Vec<(KeyHash, ObjectHash)>>>,
-    /// Set, under `log`'s lock, when the rebuilt trees are in place.
-    ready: AtomicBool,
-    ready_tx: watch::Sender<bool>,
+    /// Set to true, under `log`'s lock, when the rebuilt trees are in place.
+    ready: watch::Sender<bool>,
     /// Asks a running rebuild to stop (shutdown).
     cancel: AtomicBool,
 }
@@ -70,8 +69,7 @@ impl Trees {
                 .map(|_| Mutex::new(MerkleTree::new()))
                 .collect(),
             log: Mutex::new(Some(Vec::new())),
-            ready: AtomicBool::new(false),
-            ready_tx: watch::Sender::new(false),
+            ready: watch::Sender::new(false),
             cancel: AtomicBool::new(false),
         }
     }
@@ -88,12 +86,12 @@ impl Trees {
 
     /// Whether the rebuilt trees are in place (anti-entropy waits for it).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
     }
 
     /// Resolves when the trees are ready; never if a rebuild was cancelled.
     pub async fn wait_ready(&self) {
-        let mut rx = self.ready_tx.subscribe();
+        let mut rx = self.ready.subscribe();
         // The sender lives in `self`, so the wait cannot fail while we are borrowed.
         let _ = rx.wait_for(|ready| *ready).await;
     }
@@ -181,9 +179,8 @@ impl Trees {
         for (key, object) in &logged {
             self.insert(*key, *object);
         }
-        self.ready.store(true, Ordering::Release);
+        self.ready.send_replace(true);
         drop(log);
-        self.ready_tx.send_replace(true);
         Ok(RebuildReport {
             objects,
             logged: logged.len() as u64,
