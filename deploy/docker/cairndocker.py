@@ -1,0 +1,384 @@
+"""Cairn's container cluster: its layout (names, networks, addresses), bringing it up and down,
+and the faults the nemesis puts on it. `cluster` and `nemesis` share it.
+
+Layout. Node K is the container `cairn-nodeK`, with its data on the volume `cairn-nodeK-data`.
+Each node has a *home network* `cairn-netK` (subnet PREFIX.K.0/24) where it is reached at
+PREFIX.K.10 — the address it advertises, its seeds use, and the host dials. Every node is also
+attached to every other node's home network (node J at PREFIX.K.(10+J)), so node J talks to node
+K over `cairn-netK`. The networks are `internal` (no gateway route), so a node detached from
+`cairn-netK` has no path to node K at all. Cutting the link J-K detaches J from `cairn-netK` and K
+from `cairn-netJ`; any partition shape (isolating one node, majority/minority, a bridge node that
+sees both sides) is a set of cut links. The host sits on every bridge, so it reaches every node
+whatever is cut. Only these networks are ever touched.
+
+The host-side cluster directory is the one `cairn dev` writes and the CLI reads
+(`cli/src/cluster.rs`): DIR/ca.pem, DIR/client/client.{pem,key}, DIR/nodeK/node.toml whose
+`listen` is the address the host dials. The container's own config (wildcard listen, advertised
+home address, absolute paths inside the container) is DIR/docker/nodeK.toml.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+IMAGE_DEFAULT = "cairn:dev"
+PROJECT = "cairn"
+PORT = 7000
+# The numeric user the image runs the node as (deploy/docker/build-image).
+NODE_UID = 10001
+NODES_DEFAULT = 5
+NODES_MAX = 9
+# The first two octets of every home network; override if they collide with a local network.
+SUBNET_PREFIX = os.environ.get("CAIRN_DOCKER_SUBNET_PREFIX", "10.213")
+# Anti-entropy rounds in the container cluster: more often than the default 30 s, so a healed
+# cluster converges within the nemesis' bound.
+AE_INTERVAL_MS = 5000
+# How long `up` waits for every node to see every other one up.
+READY_TIMEOUT_S = 120
+# Longest a single docker or cairn command may run before it is treated as hung.
+COMMAND_TIMEOUT_S = 60
+MARKER = "docker/cluster.json"
+
+
+class ClusterError(Exception):
+    """A cluster operation that failed, with what to do about it."""
+
+
+def node_name(k):
+    return f"node{k}"
+
+
+def container(k):
+    return f"cairn-node{k}"
+
+
+def network(k):
+    return f"cairn-net{k}"
+
+
+def volume(k):
+    return f"cairn-node{k}-data"
+
+
+def ip_on(net_k, node_j):
+    """Node J's address on node K's home network (its own home address when J == K)."""
+    return f"{SUBNET_PREFIX}.{net_k}.{10 if net_k == node_j else 10 + node_j}"
+
+
+def home_addr(k):
+    return f"{ip_on(k, k)}:{PORT}"
+
+
+def run(args, check=True, timeout=COMMAND_TIMEOUT_S, capture=True):
+    """Runs a command; returns the CompletedProcess. A failure (when `check`) raises ClusterError
+    naming the command and its stderr."""
+    try:
+        p = subprocess.run(args, capture_output=capture, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"`{' '.join(args)}` did not finish within {timeout} s")
+    if check and p.returncode != 0:
+        err = (p.stderr or "").strip() if capture else ""
+        raise ClusterError(f"`{' '.join(args)}` failed ({p.returncode}): {err}")
+    return p
+
+
+def cairn_binary():
+    """The `cairn` the host uses: $CAIRN_BIN, else the workspace's debug or release build, else
+    PATH."""
+    if os.environ.get("CAIRN_BIN"):
+        return os.environ["CAIRN_BIN"]
+    root = Path(__file__).resolve().parents[2]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+    for profile in ("debug", "release"):
+        candidate = target / profile / "cairn"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("cairn")
+    if not found:
+        raise ClusterError("no cairn binary: build it (cargo build -p cairn-cli) or set CAIRN_BIN")
+    return found
+
+
+class Cluster:
+    """A container cluster described by its host-side cluster directory."""
+
+    def __init__(self, dir, nodes=NODES_DEFAULT, image=IMAGE_DEFAULT):
+        self.dir = Path(dir).resolve()
+        self.nodes = nodes
+        self.image = image
+        self.cairn = cairn_binary()
+
+    @staticmethod
+    def load(dir):
+        dir = Path(dir).resolve()
+        marker = dir / MARKER
+        if not marker.is_file():
+            raise ClusterError(f"{dir} is not a container cluster directory (no {MARKER})")
+        meta = json.loads(marker.read_text())
+        return Cluster(dir, nodes=meta["nodes"], image=meta["image"])
+
+    @property
+    def compose_file(self):
+        return self.dir / "docker" / "compose.json"
+
+    def compose(self, *args, check=True, timeout=COMMAND_TIMEOUT_S * 3):
+        return run(["docker-compose", "-p", PROJECT, "-f", str(self.compose_file), *args],
+                   check=check, timeout=timeout)
+
+    # --- up -------------------------------------------------------------------------------
+
+    def up(self):
+        if not 1 <= self.nodes <= NODES_MAX:
+            raise ClusterError(f"--nodes {self.nodes} is outside 1..{NODES_MAX}")
+        taken = leftovers()
+        if any(taken.values()):
+            raise ClusterError(
+                f"a cairn container cluster already exists ({describe(taken)}); "
+                "take it down first: deploy/docker/cluster down --dir DIR")
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise ClusterError(f"{self.dir} exists and is not empty; give an empty or new --dir")
+        if run(["docker", "image", "inspect", self.image], check=False).returncode != 0:
+            raise ClusterError(f"no image {self.image}: build it with deploy/docker/build-image")
+        (self.dir / "docker").mkdir(parents=True, exist_ok=True)
+        (self.dir / MARKER).write_text(json.dumps({"nodes": self.nodes, "image": self.image}))
+        self._certificates()
+        self._configs()
+        self.compose_file.write_text(json.dumps(self._compose(), indent=2))
+        self.compose("up", "-d", "--no-build")
+        self.wait_ready()
+
+    def _certificates(self):
+        c = self.cairn
+        run([c, "cert", "ca", "--dir", str(self.dir), "--name", "cairn-docker"])
+        # An admin client; `cairn cert client` signs one that may do everything today.
+        run([c, "cert", "client", "--ca-dir", str(self.dir), "--name", "admin",
+             "--out", str(self.dir / "client")])
+        for k in range(1, self.nodes + 1):
+            out = self.dir / node_name(k)
+            run([c, "cert", "node", "--ca-dir", str(self.dir), "--name", node_name(k),
+                 "--out", str(out), "--host", ip_on(k, k), "--host", container(k)])
+            # The node runs as NODE_UID and must read its key through the bind mount.
+            key = out / "node.key"
+            if os.geteuid() == 0:
+                os.chown(key, NODE_UID, NODE_UID)
+            else:
+                key.chmod(0o644)
+
+    def _node_toml(self, k, listen, advertise, data_dir, ca, cert, key):
+        lines = [
+            f'name = "{node_name(k)}"',
+            f'listen = "{listen}"',
+        ]
+        if advertise:
+            lines.append(f'advertise = "{advertise}"')
+        lines += [
+            f'data_dir = "{data_dir}"',
+            "",
+            "[tls]",
+            f'ca = "{ca}"',
+            f'cert = "{cert}"',
+            f'key = "{key}"',
+            "",
+            "[cluster]",
+            f"replicas = {min(3, self.nodes)}",
+            "partitions = 64",
+            f'seeds = ["{home_addr(1)}"]',
+            "",
+            "[anti_entropy]",
+            f"interval_ms = {AE_INTERVAL_MS}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _configs(self):
+        for k in range(1, self.nodes + 1):
+            host = self._node_toml(k, home_addr(k), None, "data", "../ca.pem", "node.pem",
+                                   "node.key")
+            (self.dir / node_name(k) / "node.toml").write_text(
+                "# The host's view of a container node: `listen` is where the host dials it.\n"
+                "# The container runs ../docker/" + node_name(k) + ".toml.\n" + host)
+            inside = self._node_toml(k, f"0.0.0.0:{PORT}", home_addr(k), "/data",
+                                     "/etc/cairn/ca.pem", "/etc/cairn/node.pem",
+                                     "/etc/cairn/node.key")
+            (self.dir / "docker" / f"{node_name(k)}.toml").write_text(inside)
+
+    def _compose(self):
+        services = {}
+        for k in range(1, self.nodes + 1):
+            nd = self.dir / node_name(k)
+            services[node_name(k)] = {
+                "image": self.image,
+                "container_name": container(k),
+                "hostname": container(k),
+                "command": ["start", "--config", "/etc/cairn/node.toml"],
+                "user": f"{NODE_UID}:{NODE_UID}",
+                "read_only": True,
+                "cap_drop": ["ALL"],
+                "security_opt": ["no-new-privileges:true"],
+                "stop_grace_period": "10s",
+                "restart": "no",
+                "labels": {"cairn.cluster": str(self.dir)},
+                "volumes": [
+                    f"{self.dir / 'docker' / (node_name(k) + '.toml')}:/etc/cairn/node.toml:ro",
+                    f"{self.dir / 'ca.pem'}:/etc/cairn/ca.pem:ro",
+                    f"{nd / 'node.pem'}:/etc/cairn/node.pem:ro",
+                    f"{nd / 'node.key'}:/etc/cairn/node.key:ro",
+                    f"{volume(k)}:/data",
+                ],
+                "networks": {network(j): {"ipv4_address": ip_on(j, k)}
+                             for j in range(1, self.nodes + 1)},
+            }
+        networks = {network(j): {
+            "name": network(j),
+            "driver": "bridge",
+            "internal": True,
+            "labels": {"cairn.cluster": str(self.dir)},
+            "ipam": {"config": [{"subnet": f"{SUBNET_PREFIX}.{j}.0/24",
+                                 "gateway": f"{SUBNET_PREFIX}.{j}.1"}]},
+        } for j in range(1, self.nodes + 1)}
+        volumes = {volume(k): {"name": volume(k), "labels": {"cairn.cluster": str(self.dir)}}
+                   for k in range(1, self.nodes + 1)}
+        return {"version": "2.4", "services": services, "networks": networks, "volumes": volumes}
+
+    # --- talking to it ----------------------------------------------------------------------
+
+    def cli(self, *args, timeout=COMMAND_TIMEOUT_S):
+        """Runs `cairn ARGS --cluster DIR`; returns (exit code, stdout, stderr)."""
+        try:
+            p = subprocess.run([self.cairn, *args, "--cluster", str(self.dir)],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, "", f"cairn {' '.join(args)} did not finish within {timeout} s"
+        return p.returncode, p.stdout, p.stderr
+
+    def members_up(self, k):
+        """How many members node K sees up (None when it does not answer)."""
+        code, out, _ = self.cli("status", "--node", node_name(k), "--json", timeout=20)
+        if code != 0:
+            return None
+        try:
+            members = json.loads(out)["members"]
+        except (ValueError, KeyError):
+            return None
+        return sum(1 for m in members if m.get("status") == "up")
+
+    def wait_ready(self, timeout=READY_TIMEOUT_S):
+        """Waits until every node sees every node up; raises with the last view otherwise."""
+        deadline = time.monotonic() + timeout
+        views = {}
+        while time.monotonic() < deadline:
+            views = {k: self.members_up(k) for k in range(1, self.nodes + 1)}
+            if all(v == self.nodes for v in views.values()):
+                return time.monotonic()
+            time.sleep(1)
+        raise ClusterError(
+            f"not every node sees {self.nodes} members up within {timeout} s: "
+            + ", ".join(f"{node_name(k)} sees {v}" for k, v in views.items())
+            + f" (logs: docker logs {container(1)})")
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def docker(self, *args, check=True):
+        return run(["docker", *args], check=check)
+
+    def cut(self, a, b):
+        """Cuts the link between nodes A and B (both directions)."""
+        self.docker("network", "disconnect", network(b), container(a))
+        self.docker("network", "disconnect", network(a), container(b))
+
+    def mend(self, a, b):
+        """Restores the link between nodes A and B, at their usual addresses."""
+        self.docker("network", "connect", "--ip", ip_on(b, a), network(b), container(a))
+        self.docker("network", "connect", "--ip", ip_on(a, b), network(a), container(b))
+
+    def attached(self):
+        """{node: set of home networks (by node number) it is attached to}."""
+        out = {}
+        for k in range(1, self.nodes + 1):
+            p = self.docker("inspect", "--format", "{{json .NetworkSettings.Networks}}",
+                            container(k), check=False)
+            nets = json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else {}
+            out[k] = {j for j in range(1, self.nodes + 1) if network(j) in nets}
+        return out
+
+    def state(self, k):
+        p = self.docker("inspect", "--format", "{{.State.Status}}", container(k), check=False)
+        return p.stdout.strip() if p.returncode == 0 else "missing"
+
+    def heal(self):
+        """Every node running and unpaused, every link restored."""
+        for k in range(1, self.nodes + 1):
+            s = self.state(k)
+            if s == "paused":
+                self.docker("unpause", container(k))
+            elif s == "missing":
+                self.compose("up", "-d", "--no-deps", "--no-build", node_name(k))
+        for k, nets in self.attached().items():
+            for j in range(1, self.nodes + 1):
+                if j not in nets:
+                    self.docker("network", "connect", "--ip", ip_on(j, k), network(j),
+                                container(k))
+        for k in range(1, self.nodes + 1):
+            if self.state(k) != "running":
+                self.docker("start", container(k))
+
+    def wipe(self, k):
+        """Kills node K, deletes its volume (disk loss) and starts it again on a fresh one."""
+        self.docker("kill", "--signal", "KILL", container(k), check=False)
+        self.docker("rm", "-f", container(k))
+        self.docker("volume", "rm", volume(k))
+        self.compose("up", "-d", "--no-deps", "--no-build", node_name(k))
+
+    def save_logs(self, out):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in range(1, self.nodes + 1):
+            p = run(["docker", "logs", "--timestamps", container(k)], check=False)
+            (out / f"{node_name(k)}.log").write_text((p.stdout or "") + (p.stderr or ""))
+
+    # --- down --------------------------------------------------------------------------------
+
+    def down(self):
+        """Removes the containers, networks and volumes, then the cluster directory."""
+        errors = []
+        if self.compose_file.is_file():
+            p = self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5",
+                             check=False)
+            if p.returncode != 0:
+                errors.append(p.stderr.strip())
+        remove_leftovers()
+        left = leftovers()
+        if any(left.values()):
+            raise ClusterError(f"could not remove {describe(left)}: {'; '.join(errors)}")
+        shutil.rmtree(self.dir)
+
+
+def leftovers():
+    """Containers, networks and volumes named like this module's, whoever made them."""
+    def names(kind, fmt):
+        p = run(["docker", kind, "ls", *(["-a"] if kind == "container" else []),
+                 "--format", fmt], check=False)
+        return [n for n in p.stdout.split() if n.startswith("cairn-")]
+    return {
+        "containers": [n for n in names("container", "{{.Names}}") if n.startswith("cairn-node")],
+        "networks": [n for n in names("network", "{{.Name}}") if n.startswith("cairn-net")],
+        "volumes": [n for n in names("volume", "{{.Name}}")
+                    if n.startswith("cairn-node") and n.endswith("-data")],
+    }
+
+
+def remove_leftovers():
+    left = leftovers()
+    if left["containers"]:
+        run(["docker", "rm", "-f", "-v", *left["containers"]], check=False)
+    if left["networks"]:
+        run(["docker", "network", "rm", *left["networks"]], check=False)
+    if left["volumes"]:
+        run(["docker", "volume", "rm", "-f", *left["volumes"]], check=False)
+
+
+def describe(left):
+    return "; ".join(f"{kind}: {' '.join(names)}" for kind, names in left.items() if names)
