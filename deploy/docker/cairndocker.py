@@ -2,12 +2,13 @@
 and the faults the nemesis puts on it. `cluster` and `nemesis` share it.
 
 Layout. Node K is the container `cairn-nodeK`, with its data on the volume `cairn-nodeK-data`.
-Each node has a *home network* `cairn-netK` (subnet PREFIX.K.0/24) where it is reached at
-PREFIX.K.10 — the address it advertises, its seeds use, and the host dials. Every node is also
-attached to every other node's home network (node J at PREFIX.K.(10+J)), so node J talks to node
-K over `cairn-netK`. The networks are `internal` (no gateway route), so a node detached from
-`cairn-netK` has no path to node K at all. Cutting the link J-K detaches J from `cairn-netK` and K
-from `cairn-netJ`; any partition shape (isolating one node, majority/minority, a bridge node that
+Each node has a *home network* `cairn-TAG-netK` (TAG is random per cluster; subnet PREFIX.K.0/24,
+PREFIX the first of 10.213, 10.214, ... free in Docker) where it is reached at PREFIX.K.10 — the
+address it advertises, its seeds use, and the host dials. Every node is also attached to every
+other node's home network (node J at PREFIX.K.(10+J)), so node J talks to node K over node K's
+home network. The networks are `internal` (no gateway route), so a node detached from node K's
+home network has no path to node K at all. Cutting the link J-K detaches J from K's home network
+and K from J's; any partition shape (isolating one node, majority/minority, a bridge node that
 sees both sides) is a set of cut links. The host sits on every bridge, so it reaches every node
 whatever is cut. Only these networks are ever touched.
 
@@ -19,6 +20,9 @@ home address, absolute paths inside the container) is DIR/docker/nodeK.toml.
 
 import json
 import os
+import re
+import ipaddress
+import secrets
 import shutil
 import subprocess
 import time
@@ -31,8 +35,9 @@ PORT = 7000
 NODE_UID = 10001
 NODES_DEFAULT = 5
 NODES_MAX = 9
-# The first two octets of every home network; override if they collide with a local network.
-SUBNET_PREFIX = os.environ.get("CAIRN_DOCKER_SUBNET_PREFIX", "10.213")
+# The first two octets of the home networks: the first of these whose /24s overlap no existing
+# Docker network, unless CAIRN_DOCKER_SUBNET_PREFIX names one.
+SUBNET_PREFIXES = [f"10.{b}" for b in range(213, 233)]
 # Anti-entropy rounds in the container cluster: more often than the default 30 s, so a healed
 # cluster converges within the nemesis' bound.
 AE_INTERVAL_MS = 5000
@@ -41,6 +46,8 @@ READY_TIMEOUT_S = 120
 # Longest a single docker or cairn command may run before it is treated as hung.
 COMMAND_TIMEOUT_S = 60
 MARKER = "docker/cluster.json"
+# How long `down` retries removing what Docker is still releasing.
+DOWN_TIMEOUT_S = 20
 
 
 class ClusterError(Exception):
@@ -55,21 +62,8 @@ def container(k):
     return f"cairn-node{k}"
 
 
-def network(k):
-    return f"cairn-net{k}"
-
-
 def volume(k):
     return f"cairn-node{k}-data"
-
-
-def ip_on(net_k, node_j):
-    """Node J's address on node K's home network (its own home address when J == K)."""
-    return f"{SUBNET_PREFIX}.{net_k}.{10 if net_k == node_j else 10 + node_j}"
-
-
-def home_addr(k):
-    return f"{ip_on(k, k)}:{PORT}"
 
 
 def run(args, check=True, timeout=COMMAND_TIMEOUT_S, capture=True):
@@ -105,11 +99,25 @@ def cairn_binary():
 class Cluster:
     """A container cluster described by its host-side cluster directory."""
 
-    def __init__(self, dir, nodes=NODES_DEFAULT, image=IMAGE_DEFAULT):
+    def __init__(self, dir, nodes=NODES_DEFAULT, image=IMAGE_DEFAULT, prefix=None, tag=None):
         self.dir = Path(dir).resolve()
         self.nodes = nodes
         self.image = image
         self.cairn = cairn_binary()
+        # Chosen by `up` (a stale network Docker cannot remove must not block the next cluster).
+        self.prefix = prefix
+        self.tag = tag
+
+    def network(self, k):
+        """Node K's home network."""
+        return f"cairn-{self.tag}-net{k}"
+
+    def ip_on(self, net_k, node_j):
+        """Node J's address on node K's home network (its own home address when J == K)."""
+        return f"{self.prefix}.{net_k}.{10 if net_k == node_j else 10 + node_j}"
+
+    def home_addr(self, k):
+        return f"{self.ip_on(k, k)}:{PORT}"
 
     @staticmethod
     def load(dir):
@@ -118,7 +126,8 @@ class Cluster:
         if not marker.is_file():
             raise ClusterError(f"{dir} is not a container cluster directory (no {MARKER})")
         meta = json.loads(marker.read_text())
-        return Cluster(dir, nodes=meta["nodes"], image=meta["image"])
+        return Cluster(dir, nodes=meta["nodes"], image=meta["image"], prefix=meta["prefix"],
+                       tag=meta["tag"])
 
     @property
     def compose_file(self):
@@ -134,7 +143,7 @@ class Cluster:
         if not 1 <= self.nodes <= NODES_MAX:
             raise ClusterError(f"--nodes {self.nodes} is outside 1..{NODES_MAX}")
         taken = leftovers()
-        if any(taken.values()):
+        if taken["containers"] or taken["volumes"]:
             raise ClusterError(
                 f"a cairn container cluster already exists ({describe(taken)}); "
                 "take it down first: deploy/docker/cluster down --dir DIR")
@@ -142,8 +151,15 @@ class Cluster:
             raise ClusterError(f"{self.dir} exists and is not empty; give an empty or new --dir")
         if run(["docker", "image", "inspect", self.image], check=False).returncode != 0:
             raise ClusterError(f"no image {self.image}: build it with deploy/docker/build-image")
+        # Networks an earlier cluster left behind are removed if Docker can; the new ones get
+        # their own names and subnets either way.
+        for net in taken["networks"]:
+            run(["docker", "network", "rm", net], check=False)
+        self.prefix = free_prefix(self.nodes)
+        self.tag = secrets.token_hex(3)
         (self.dir / "docker").mkdir(parents=True, exist_ok=True)
-        (self.dir / MARKER).write_text(json.dumps({"nodes": self.nodes, "image": self.image}))
+        (self.dir / MARKER).write_text(json.dumps({
+            "nodes": self.nodes, "image": self.image, "prefix": self.prefix, "tag": self.tag}))
         self._certificates()
         self._configs()
         self.compose_file.write_text(json.dumps(self._compose(), indent=2))
@@ -159,7 +175,7 @@ class Cluster:
         for k in range(1, self.nodes + 1):
             out = self.dir / node_name(k)
             run([c, "cert", "node", "--ca-dir", str(self.dir), "--name", node_name(k),
-                 "--out", str(out), "--host", ip_on(k, k), "--host", container(k)])
+                 "--out", str(out), "--host", self.ip_on(k, k), "--host", container(k)])
             # The node runs as NODE_UID and must read its key through the bind mount.
             key = out / "node.key"
             if os.geteuid() == 0:
@@ -185,7 +201,7 @@ class Cluster:
             "[cluster]",
             f"replicas = {min(3, self.nodes)}",
             "partitions = 64",
-            f'seeds = ["{home_addr(1)}"]',
+            f'seeds = ["{self.home_addr(1)}"]',
             "",
             "[anti_entropy]",
             f"interval_ms = {AE_INTERVAL_MS}",
@@ -195,12 +211,12 @@ class Cluster:
 
     def _configs(self):
         for k in range(1, self.nodes + 1):
-            host = self._node_toml(k, home_addr(k), None, "data", "../ca.pem", "node.pem",
+            host = self._node_toml(k, self.home_addr(k), None, "data", "../ca.pem", "node.pem",
                                    "node.key")
             (self.dir / node_name(k) / "node.toml").write_text(
                 "# The host's view of a container node: `listen` is where the host dials it.\n"
                 "# The container runs ../docker/" + node_name(k) + ".toml.\n" + host)
-            inside = self._node_toml(k, f"0.0.0.0:{PORT}", home_addr(k), "/data",
+            inside = self._node_toml(k, f"0.0.0.0:{PORT}", self.home_addr(k), "/data",
                                      "/etc/cairn/ca.pem", "/etc/cairn/node.pem",
                                      "/etc/cairn/node.key")
             (self.dir / "docker" / f"{node_name(k)}.toml").write_text(inside)
@@ -217,7 +233,7 @@ class Cluster:
                 "user": f"{NODE_UID}:{NODE_UID}",
                 "read_only": True,
                 "cap_drop": ["ALL"],
-                "security_opt": ["no-new-privileges:true"],
+                "security_opt": ["no-new-privileges=true"],
                 "stop_grace_period": "10s",
                 "restart": "no",
                 "labels": {"cairn.cluster": str(self.dir)},
@@ -228,16 +244,16 @@ class Cluster:
                     f"{nd / 'node.key'}:/etc/cairn/node.key:ro",
                     f"{volume(k)}:/data",
                 ],
-                "networks": {network(j): {"ipv4_address": ip_on(j, k)}
+                "networks": {self.network(j): {"ipv4_address": self.ip_on(j, k)}
                              for j in range(1, self.nodes + 1)},
             }
-        networks = {network(j): {
-            "name": network(j),
+        networks = {self.network(j): {
+            "name": self.network(j),
             "driver": "bridge",
             "internal": True,
             "labels": {"cairn.cluster": str(self.dir)},
-            "ipam": {"config": [{"subnet": f"{SUBNET_PREFIX}.{j}.0/24",
-                                 "gateway": f"{SUBNET_PREFIX}.{j}.1"}]},
+            "ipam": {"config": [{"subnet": f"{self.prefix}.{j}.0/24",
+                                 "gateway": f"{self.prefix}.{j}.1"}]},
         } for j in range(1, self.nodes + 1)}
         volumes = {volume(k): {"name": volume(k), "labels": {"cairn.cluster": str(self.dir)}}
                    for k in range(1, self.nodes + 1)}
@@ -286,13 +302,13 @@ class Cluster:
 
     def cut(self, a, b):
         """Cuts the link between nodes A and B (both directions)."""
-        self.docker("network", "disconnect", network(b), container(a))
-        self.docker("network", "disconnect", network(a), container(b))
+        self.docker("network", "disconnect", self.network(b), container(a))
+        self.docker("network", "disconnect", self.network(a), container(b))
 
     def mend(self, a, b):
         """Restores the link between nodes A and B, at their usual addresses."""
-        self.docker("network", "connect", "--ip", ip_on(b, a), network(b), container(a))
-        self.docker("network", "connect", "--ip", ip_on(a, b), network(a), container(b))
+        self.docker("network", "connect", "--ip", self.ip_on(b, a), self.network(b), container(a))
+        self.docker("network", "connect", "--ip", self.ip_on(a, b), self.network(a), container(b))
 
     def attached(self):
         """{node: set of home networks (by node number) it is attached to}."""
@@ -301,7 +317,8 @@ class Cluster:
             p = self.docker("inspect", "--format", "{{json .NetworkSettings.Networks}}",
                             container(k), check=False)
             nets = json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else {}
-            out[k] = {j for j in range(1, self.nodes + 1) if network(j) in nets}
+            nets = nets or {}
+            out[k] = {j for j in range(1, self.nodes + 1) if self.network(j) in nets}
         return out
 
     def state(self, k):
@@ -315,21 +332,27 @@ class Cluster:
             if s == "paused":
                 self.docker("unpause", container(k))
             elif s == "missing":
-                self.compose("up", "-d", "--no-deps", "--no-build", node_name(k))
+                self.recreate(k)
         for k, nets in self.attached().items():
             for j in range(1, self.nodes + 1):
                 if j not in nets:
-                    self.docker("network", "connect", "--ip", ip_on(j, k), network(j),
+                    self.docker("network", "connect", "--ip", self.ip_on(j, k), self.network(j),
                                 container(k))
         for k in range(1, self.nodes + 1):
             if self.state(k) != "running":
                 self.docker("start", container(k))
 
-    def wipe(self, k):
-        """Kills node K, deletes its volume (disk loss) and starts it again on a fresh one."""
+    def destroy(self, k):
+        """Kills node K and removes its container and volume (disk loss). The container is
+        removed only once Docker has seen it exit: removing one mid-exit can leave a stale
+        network endpoint behind (moby/moby#17217)."""
         self.docker("kill", "--signal", "KILL", container(k), check=False)
-        self.docker("rm", "-f", container(k))
+        run(["docker", "wait", container(k)], check=False, timeout=COMMAND_TIMEOUT_S)
+        self.docker("rm", "-v", container(k))
         self.docker("volume", "rm", volume(k))
+
+    def recreate(self, k):
+        """Creates node K's container again (on a fresh volume, if `destroy` removed it)."""
         self.compose("up", "-d", "--no-deps", "--no-build", node_name(k))
 
     def save_logs(self, out):
@@ -342,18 +365,48 @@ class Cluster:
     # --- down --------------------------------------------------------------------------------
 
     def down(self):
-        """Removes the containers, networks and volumes, then the cluster directory."""
+        """Removes the containers, networks and volumes, then the cluster directory. Returns
+        warnings: networks Docker would not remove although nothing is attached to them (a
+        Docker bug, moby/moby#17217: a stale endpoint only a daemon restart clears; they hold
+        no container and later clusters use other names and subnets)."""
         errors = []
         if self.compose_file.is_file():
             p = self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5",
                              check=False)
             if p.returncode != 0:
-                errors.append(p.stderr.strip())
-        remove_leftovers()
-        left = leftovers()
-        if any(left.values()):
-            raise ClusterError(f"could not remove {describe(left)}: {'; '.join(errors)}")
+                errors.append(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "")
+        mine = {
+            "containers": [container(k) for k in range(1, self.nodes + 1)],
+            "networks": [self.network(k) for k in range(1, self.nodes + 1)],
+            "volumes": [volume(k) for k in range(1, self.nodes + 1)],
+        }
+        warnings = []
+        deadline = time.monotonic() + DOWN_TIMEOUT_S
+        while True:
+            left = {kind: [n for n in names if n in leftovers()[kind]]
+                    for kind, names in mine.items()}
+            if left["containers"]:
+                run(["docker", "rm", "-f", "-v", *left["containers"]], check=False)
+            for net in left["networks"]:
+                run(["docker", "network", "rm", net], check=False)
+            if left["volumes"]:
+                run(["docker", "volume", "rm", "-f", *left["volumes"]], check=False)
+            left = {kind: [n for n in names if n in leftovers()[kind]]
+                    for kind, names in mine.items()}
+            if not any(left.values()):
+                break
+            if time.monotonic() > deadline:
+                if left["containers"] or left["volumes"]:
+                    raise ClusterError(f"could not remove {describe(left)}: {'; '.join(errors)}")
+                for net in left["networks"]:
+                    warnings.append(
+                        f"Docker keeps network {net} although nothing is attached to it "
+                        "(a stale endpoint, moby/moby#17217; `docker network rm` works again "
+                        "after the Docker daemon restarts)")
+                break
+            time.sleep(1)
         shutil.rmtree(self.dir)
+        return warnings
 
 
 def leftovers():
@@ -364,20 +417,43 @@ def leftovers():
         return [n for n in p.stdout.split() if n.startswith("cairn-")]
     return {
         "containers": [n for n in names("container", "{{.Names}}") if n.startswith("cairn-node")],
-        "networks": [n for n in names("network", "{{.Name}}") if n.startswith("cairn-net")],
+        "networks": [n for n in names("network", "{{.Name}}")
+                     if re.fullmatch(r"cairn-([0-9a-f]{6}-)?net[0-9]+", n)],
         "volumes": [n for n in names("volume", "{{.Name}}")
                     if n.startswith("cairn-node") and n.endswith("-data")],
     }
 
 
-def remove_leftovers():
-    left = leftovers()
-    if left["containers"]:
-        run(["docker", "rm", "-f", "-v", *left["containers"]], check=False)
-    if left["networks"]:
-        run(["docker", "network", "rm", *left["networks"]], check=False)
-    if left["volumes"]:
-        run(["docker", "volume", "rm", "-f", *left["volumes"]], check=False)
+def free_prefix(nodes):
+    """The first candidate prefix whose home subnets overlap no existing Docker network."""
+    p = run(["docker", "network", "ls", "-q"], check=False)
+    ids = p.stdout.split()
+    taken = []
+    if ids:
+        p = run(["docker", "network", "inspect", "--format",
+                 "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids], check=False)
+        for subnet in p.stdout.split():
+            try:
+                taken.append(ipaddress.ip_network(subnet, strict=False))
+            except ValueError:
+                pass
+
+    def free(prefix):
+        return not any(ipaddress.ip_network(f"{prefix}.{k}.0/24").overlaps(t)
+                       for k in range(1, nodes + 1) for t in taken)
+
+    wanted = os.environ.get("CAIRN_DOCKER_SUBNET_PREFIX")
+    if wanted:
+        if not free(wanted):
+            raise ClusterError(f"CAIRN_DOCKER_SUBNET_PREFIX={wanted}: its subnets overlap an "
+                               "existing Docker network")
+        return wanted
+    for prefix in SUBNET_PREFIXES:
+        if free(prefix):
+            return prefix
+    raise ClusterError(f"every candidate subnet ({SUBNET_PREFIXES[0]}.K.0/24 to "
+                       f"{SUBNET_PREFIXES[-1]}.K.0/24) overlaps an existing Docker network; "
+                       "set CAIRN_DOCKER_SUBNET_PREFIX")
 
 
 def describe(left):
