@@ -169,8 +169,11 @@ class Cluster:
     def _certificates(self):
         c = self.cairn
         run([c, "cert", "ca", "--dir", str(self.dir), "--name", "cairn-docker"])
-        # An admin client; `cairn cert client` signs one that may do everything today.
-        run([c, "cert", "client", "--ca-dir", str(self.dir), "--name", "admin",
+        # An admin client. A `cairn` whose client certificates carry roles gets asked for the
+        # admin role; one without roles signs a client that may do everything.
+        role = (["--role", "admin"]
+                if "--role" in run([c, "cert", "client", "--help"], check=False).stdout else [])
+        run([c, "cert", "client", "--ca-dir", str(self.dir), "--name", "admin", *role,
              "--out", str(self.dir / "client")])
         for k in range(1, self.nodes + 1):
             out = self.dir / node_name(k)
