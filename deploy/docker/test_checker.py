@@ -103,6 +103,11 @@ class ScheduleTest(unittest.TestCase):
         self.assertNotEqual(a, nemesis.schedule(6, 3, 5))
         self.assertEqual({f["kind"] for f in a[: len(nemesis.KINDS)]}, set(nemesis.KINDS))
 
+    def test_layout_changes_only_when_asked(self):
+        self.assertNotIn("leave", {f["kind"] for f in nemesis.schedule(5, 10, 5)})
+        early = nemesis.schedule(5, 10, 5, layout=True)[: len(nemesis.KINDS) + 1]
+        self.assertEqual({f["kind"] for f in early}, set(nemesis.KINDS + nemesis.LAYOUT_KINDS))
+
     def test_faults_fit_the_run_and_do_not_overlap(self):
         for seed in range(50):
             faults = nemesis.schedule(seed, 4, 5)
