@@ -134,7 +134,9 @@ class Cluster:
         return self.dir / "docker" / "compose.json"
 
     def compose(self, *args, check=True, timeout=COMMAND_TIMEOUT_S * 3):
-        return run(["docker-compose", "-p", PROJECT, "-f", str(self.compose_file), *args],
+        # docker-compose (v1, as on this project's machines), else the compose plugin.
+        tool = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+        return run([*tool, "-p", PROJECT, "-f", str(self.compose_file), *args],
                    check=check, timeout=timeout)
 
     # --- up -------------------------------------------------------------------------------
