@@ -4,6 +4,7 @@ deploy/docker (CI does)."""
 
 import importlib.machinery
 import importlib.util
+import re
 import unittest
 from pathlib import Path
 
@@ -102,6 +103,13 @@ class ScheduleTest(unittest.TestCase):
         self.assertEqual(a, nemesis.schedule(5, 3, 5))
         self.assertNotEqual(a, nemesis.schedule(6, 3, 5))
         self.assertEqual({f["kind"] for f in a[: len(nemesis.KINDS)]}, set(nemesis.KINDS))
+
+    def test_the_ci_run_meets_every_kind_of_fault(self):
+        ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+        minutes = float(re.search(r"CAIRN_NEMESIS_MINUTES:-([0-9.]+)", ci).group(1))
+        seed = int(re.search(r"CAIRN_NEMESIS_SEED:-([0-9]+)", ci).group(1))
+        kinds = {f["kind"] for f in nemesis.schedule(seed, minutes, 5)}
+        self.assertEqual(kinds, set(nemesis.KINDS))
 
     def test_layout_changes_only_when_asked(self):
         self.assertNotIn("leave", {f["kind"] for f in nemesis.schedule(5, 10, 5)})
