@@ -15,6 +15,7 @@ fn workspace_root() -> PathBuf {
 const PURE_CRATES: &[&str] = &[
     "cairn-proto",
     "cairn-ring",
+    "cairn-layout",
     "cairn-gossip",
     "cairn-antientropy",
 ];
