@@ -71,7 +71,8 @@ pub struct Node {
     anti_entropy: Arc<AntiEntropy>,
 }
 
-struct Shared {
+/// What every request handler of the node shares, whatever front end the request came through.
+pub(crate) struct Shared {
     name: String,
     me: NodeId,
     engine: Arc<Engine>,
@@ -420,33 +421,48 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
         Request::Peer(_) if !peer.is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
-            let key = req.key().expect("gets, puts and deletes have a key");
-            let is_up = |id| shared.peers.is_up(id);
-            let view = shared.membership.view();
-            let Some(ring) = &view.ring else {
-                return Response::Error(crate::membership::no_ring(&shared.name));
-            };
-            if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
-                match shared
-                    .peers
-                    .request(
-                        to,
-                        PeerRequest::Forward(Box::new(req.clone())),
-                        FORWARD_TIMEOUT,
-                    )
-                    .await
-                {
-                    Ok(PeerResponse::Forwarded(resp)) => return *resp,
-                    // The chosen coordinator is unreachable (and now marked down): coordinate
-                    // here rather than fail, the write still reaches the replicas that are up.
-                    other => debug!(
-                        "forwarding to {} failed ({other:?}); coordinating here",
-                        shared.peers.name(to)
-                    ),
-                }
-            }
-            coordinate(req, shared).await
+            shared.client_request(req).await
         }
+    }
+}
+
+impl Shared {
+    /// Carries out a client get, put or delete that arrived at this node, whatever front end it
+    /// came through: forwards it to the key's first chosen replica, or coordinates it here.
+    pub(crate) async fn client_request(&self, req: Request) -> Response {
+        if let Err(e) = check_request(&req) {
+            return Response::Error(e.into());
+        }
+        let Some(key) = req.key() else {
+            return Response::Error(ErrorReply::Malformed {
+                reason: "only gets, puts and deletes are client requests".into(),
+            });
+        };
+        let is_up = |id| self.peers.is_up(id);
+        let view = self.membership.view();
+        let Some(ring) = &view.ring else {
+            return Response::Error(crate::membership::no_ring(&self.name));
+        };
+        if let Route::Forward(to) = route(ring, self.me, key, &is_up) {
+            match self
+                .peers
+                .request(
+                    to,
+                    PeerRequest::Forward(Box::new(req.clone())),
+                    FORWARD_TIMEOUT,
+                )
+                .await
+            {
+                Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                // The chosen coordinator is unreachable (and now marked down): coordinate
+                // here rather than fail, the write still reaches the replicas that are up.
+                other => debug!(
+                    "forwarding to {} failed ({other:?}); coordinating here",
+                    self.peers.name(to)
+                ),
+            }
+        }
+        coordinate(req, self).await
     }
 }
 
