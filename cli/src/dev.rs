@@ -843,6 +843,35 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_from_before_the_front_ends_gets_them_and_keeps_its_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = prepare(dir.path(), Some(2)).unwrap();
+        assert!(fresh
+            .iter()
+            .all(|n| n.resp.is_some() && n.http.is_some() && n.metrics.is_some()));
+        let path = dir.path().join("node1/node.toml");
+        rewrite_config(&path, |config| {
+            config.resp = Default::default();
+            config.http = Default::default();
+            config.metrics = Default::default();
+        });
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("[resp]"));
+        let nodes = prepare(dir.path(), None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[resp]") && text.contains("[metrics]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("data_dir = \"data\""),
+            "paths stay relative: {text}"
+        );
+        assert!(nodes[0].resp.is_some() && nodes[0].http.is_some());
+        // node2 kept its ports.
+        assert_eq!(nodes[1].resp, fresh[1].resp);
+    }
+
+    #[test]
     fn node_counts_are_bounded() {
         assert_eq!(parse_nodes("1"), Ok(1));
         assert_eq!(parse_nodes("16"), Ok(16));
