@@ -324,6 +324,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         connections.spawn(async move {
+            let _open = crate::metrics::ConnectionGuard::open("quic");
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(conn, shared).await,

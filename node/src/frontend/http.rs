@@ -236,7 +236,12 @@ async fn kv(
             let resp = run(client, shared, delete).await;
             (write_reply(&resp), resp)
         }
-        _ => unreachable!("methods are filtered by route"),
+        _ => (
+            not_allowed("GET, PUT, DELETE"),
+            NodeResponse::Error(ErrorReply::Malformed {
+                reason: "method not allowed".into(),
+            }),
+        ),
     }
 }
 

@@ -155,8 +155,12 @@ pub async fn read_command<R: tokio::io::AsyncBufRead + Unpin>(
             return Err(RespError::TooLarge);
         }
         budget -= len;
-        let mut arg = vec![0; len as usize];
-        r.read_exact(&mut arg).await?;
+        // Grown as the bytes arrive, so an announced length costs memory only once it is sent.
+        let mut arg = Vec::new();
+        (&mut *r).take(len).read_to_end(&mut arg).await?;
+        if arg.len() as u64 != len {
+            return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         let mut crlf = [0; 2];
         r.read_exact(&mut crlf).await?;
         if crlf != *b"\r\n" {
