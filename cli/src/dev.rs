@@ -121,20 +121,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
     }
 
     for (node, pid) in nodes.iter().zip(&children.pids) {
-        println!(
-            "{}  {}  pid {}  log {}",
-            node.name,
-            node.addr,
-            pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
-            node.log_file().display()
-        );
         let show =
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         println!(
-            "       resp {}  http {}  metrics {}",
+            "{}  {}  pid {}  resp {}  http {}  metrics {}  log {}",
+            node.name,
+            node.addr,
+            pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
             show(node.resp),
             show(node.http),
-            show(node.metrics)
+            show(node.metrics),
+            node.log_file().display()
         );
     }
     let cluster_flag = if args.dir == Path::new(DEFAULT_DIR) {
