@@ -59,6 +59,10 @@ struct DevNode {
     dir: PathBuf,
     config: PathBuf,
     addr: std::net::SocketAddr,
+    /// The RESP, HTTP and metrics TLS listeners, as a client here dials them.
+    resp: Option<std::net::SocketAddr>,
+    http: Option<std::net::SocketAddr>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl DevNode {
@@ -117,11 +121,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
     }
 
     for (node, pid) in nodes.iter().zip(&children.pids) {
+        let show =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         println!(
-            "{}  {}  pid {}  log {}",
+            "{}  {}  pid {}  resp {}  http {}  metrics {}  log {}",
             node.name,
             node.addr,
             pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            show(node.resp),
+            show(node.http),
+            show(node.metrics),
             node.log_file().display()
         );
     }
@@ -140,6 +149,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
     println!("  cairn put k v{cluster_flag}");
     println!("  cairn get k{cluster_flag}");
     println!("  cairn status{cluster_flag}");
+    let tls = format!(
+        "--cacert {} --cert {} --key {}",
+        cluster::ca_cert(&dir).display(),
+        cluster::client_cert(&dir).display(),
+        cluster::client_key(&dir).display()
+    );
+    if let Some(resp) = nodes[0].resp {
+        println!(
+            "  redis-cli --tls {tls} -h {} -p {}",
+            resp.ip(),
+            resp.port()
+        );
+    }
+    if let Some(http) = nodes[0].http {
+        println!("  curl {tls} https://{http}/kv/k");
+    }
+    if let Some(metrics) = nodes[0].metrics {
+        println!("  curl {tls} https://{metrics}/metrics");
+    }
 
     let stopped_by = loop {
         tokio::select! {
@@ -185,6 +213,7 @@ fn prepare(dir: &Path, nodes: Option<usize>) -> anyhow::Result<Vec<DevNode>> {
         .map(|name| {
             let node_dir = dir.join(name);
             ensure_issued(&node_dir, "node", || ca.issue_node(name, &[]))?;
+            add_frontends(dir, name)?;
             load_node(dir, name)
         })
         .collect()
@@ -242,6 +271,7 @@ fn check_members(dir: &Path, names: &[String]) -> anyhow::Result<()> {
 fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<DevNode>> {
     let names: Vec<String> = (1..=count).map(cluster::node_name).collect();
     let ports = free_udp_ports(count)?;
+    let mut tcp_ports = free_tcp_ports(count * 3)?.into_iter();
     let addrs: Vec<std::net::SocketAddr> = ports
         .iter()
         .map(|port| (std::net::Ipv4Addr::LOCALHOST, *port).into())
@@ -272,7 +302,11 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
             anti_entropy: Default::default(),
             read_repair: true,
             hinted_handoff: true,
+            resp: Default::default(),
+            http: Default::default(),
+            metrics: Default::default(),
         };
+        let config = with_frontends(config, &mut tcp_ports);
         write_atomically(&node_dir.join(cluster::NODE_CONFIG), &config.to_toml())?;
     }
     names.iter().map(|name| load_node(dir, name)).collect()
@@ -286,7 +320,55 @@ fn load_node(dir: &Path, name: &str) -> anyhow::Result<DevNode> {
         dir: dir.join(name),
         config: config_path,
         addr: dial_addr(config.listen),
+        resp: config.resp.listen.map(dial_addr),
+        http: config.http.listen.map(dial_addr),
+        metrics: config.metrics.listen.map(dial_addr),
     })
+}
+
+/// `config` with every front end that is off given a TLS listener on loopback, on the next of
+/// `ports`.
+fn with_frontends(mut config: NodeConfig, ports: &mut impl Iterator<Item = u16>) -> NodeConfig {
+    for section in [&mut config.resp, &mut config.http, &mut config.metrics] {
+        if section.listen.is_none() && section.plaintext_listen.is_none() {
+            if let Some(port) = ports.next() {
+                section.listen = Some((std::net::Ipv4Addr::LOCALHOST, port).into());
+            }
+        }
+    }
+    config
+}
+
+/// Gives a node directory made before the front ends existed its RESP, HTTP and metrics
+/// listeners (free ports, written to its node.toml); a config that has them is left alone.
+fn add_frontends(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let path = cluster::node_config(dir, name);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let config: NodeConfig =
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    let off = [&config.resp, &config.http, &config.metrics]
+        .iter()
+        .filter(|s| s.listen.is_none() && s.plaintext_listen.is_none())
+        .count();
+    if off == 0 {
+        return Ok(());
+    }
+    let mut ports = free_tcp_ports(off)?.into_iter();
+    write_atomically(&path, &with_frontends(config, &mut ports).to_toml())
+}
+
+/// `count` distinct TCP ports on loopback that were free a moment ago (bound at once, read,
+/// released).
+fn free_tcp_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free TCP ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr().context("cannot find free TCP ports")?.port()))
+        .collect()
 }
 
 /// Writes `OUT/STEM.pem` and `.key` unless both exist; one without the other is an error.
@@ -755,6 +837,35 @@ mod tests {
         let nodes = prepare(dir.path(), None).unwrap();
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].addr, config.listen);
+    }
+
+    #[test]
+    fn a_directory_from_before_the_front_ends_gets_them_and_keeps_its_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = prepare(dir.path(), Some(2)).unwrap();
+        assert!(fresh
+            .iter()
+            .all(|n| n.resp.is_some() && n.http.is_some() && n.metrics.is_some()));
+        let path = dir.path().join("node1/node.toml");
+        rewrite_config(&path, |config| {
+            config.resp = Default::default();
+            config.http = Default::default();
+            config.metrics = Default::default();
+        });
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("[resp]"));
+        let nodes = prepare(dir.path(), None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[resp]") && text.contains("[metrics]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("data_dir = \"data\""),
+            "paths stay relative: {text}"
+        );
+        assert!(nodes[0].resp.is_some() && nodes[0].http.is_some());
+        // node2 kept its ports.
+        assert_eq!(nodes[1].resp, fresh[1].resp);
     }
 
     #[test]

@@ -41,6 +41,19 @@ pub async fn run(args: StartArgs) -> anyhow::Result<Outcome> {
         .await
         .with_context(|| format!("node {name} could not start on {listen}"))?;
     println!("node {name}{LISTENING}{}", node.local_addr());
+    let f = node.frontends();
+    for (what, addr) in [
+        ("resp", f.resp),
+        ("resp plaintext", f.resp_plaintext),
+        ("http", f.http),
+        ("http plaintext", f.http_plaintext),
+        ("metrics", f.metrics),
+        ("metrics plaintext", f.metrics_plaintext),
+    ] {
+        if let Some(addr) = addr {
+            println!("node {name} {what} on {addr}");
+        }
+    }
     let signal = signals.recv().await;
     tracing::info!(node = %name, "{signal}: shutting down");
     node.shutdown()

@@ -5,9 +5,11 @@
 
 mod io;
 pub mod limits;
+mod tcp;
 mod tls;
 
 pub use io::{read_frame, write_frame};
+pub use tcp::{chain_is_node, tcp_server_config};
 pub use tls::{
     client_endpoint, peer_is_node, peer_node_name, server_endpoint, ClusterCa, Identity, Issued,
     SERVER_NAME,

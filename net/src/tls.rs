@@ -22,7 +22,7 @@ use crate::NetError;
 /// is *a* node of this cluster (signed by its CA for server use), whatever address it is reached at.
 pub const SERVER_NAME: &str = "cairn-node";
 
-fn tls_err(what: &str, e: impl std::fmt::Display) -> NetError {
+pub(crate) fn tls_err(what: &str, e: impl std::fmt::Display) -> NetError {
     NetError::Tls {
         reason: format!("{what}: {e}"),
     }
@@ -159,8 +159,8 @@ fn leaf_params(common_name: &str, sans: &[String]) -> Result<CertificateParams, 
 #[derive(Clone)]
 pub struct Identity {
     ca: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: Arc<PrivateKeyDer<'static>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -197,7 +197,7 @@ impl Identity {
         Identity::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
     }
 
-    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, NetError> {
+    pub(crate) fn roots(&self) -> Result<Arc<rustls::RootCertStore>, NetError> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(self.ca.clone())
@@ -206,7 +206,7 @@ impl Identity {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -306,7 +306,7 @@ fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     chain.first().cloned()
 }
 
-fn cert_is_node(leaf: &CertificateDer<'_>) -> bool {
+pub(crate) fn cert_is_node(leaf: &CertificateDer<'_>) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return false;
     };

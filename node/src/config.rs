@@ -46,6 +46,48 @@ pub struct NodeConfig {
     /// kept, so switching it on again delivers them).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub hinted_handoff: bool,
+    /// The Redis-protocol (RESP2/RESP3) port. Absent: not served.
+    #[serde(default, skip_serializing_if = "FrontendConfig::is_off")]
+    pub resp: FrontendConfig,
+    /// The HTTP/1.1 JSON API. Absent: not served.
+    #[serde(default, skip_serializing_if = "FrontendConfig::is_off")]
+    pub http: FrontendConfig,
+    /// Prometheus metrics (`GET /metrics`). Absent: not served.
+    #[serde(default, skip_serializing_if = "FrontendConfig::is_off")]
+    pub metrics: FrontendConfig,
+}
+
+/// Where one front end (`[resp]`, `[http]`, `[metrics]`) listens on TCP. Both addresses are
+/// optional; with neither the front end is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// TLS listener: the node's certificate, and a client certificate signed by the cluster CA
+    /// required of every client. Port 0 picks a free port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Plaintext listener, for local tools without TLS; only a loopback address is accepted,
+    /// since anyone who can connect can read and write every key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_listen: Option<SocketAddr>,
+}
+
+impl FrontendConfig {
+    fn is_off(&self) -> bool {
+        self.listen.is_none() && self.plaintext_listen.is_none()
+    }
+
+    /// Checks that a plaintext listener is on a loopback address; `section` names it.
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        match self.plaintext_listen {
+            Some(addr) if !addr.ip().is_loopback() => Err(format!(
+                "{section}.plaintext_listen {addr} is not a loopback address; a plaintext \
+                 listener serves anyone who can connect, so only 127.0.0.0/8 or ::1 is accepted \
+                 (use {section}.listen for TLS)"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -303,6 +345,18 @@ impl NodeConfig {
                 path: path.to_owned(),
                 reason,
             })?;
+        for (section, frontend) in [
+            ("resp", &config.resp),
+            ("http", &config.http),
+            ("metrics", &config.metrics),
+        ] {
+            frontend
+                .validate(section)
+                .map_err(|reason| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    reason,
+                })?;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         Ok(config)
@@ -403,5 +457,39 @@ key = "node.key"
         }
         let err = load(&format!("{BASE}\n[anti_entropy]\nrate = 5\n")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn front_ends_are_off_without_their_sections_and_round_trip_with_them() {
+        let config = load(BASE).unwrap();
+        assert_eq!(config.resp, FrontendConfig::default());
+        assert!(!config.to_toml().contains("[resp]"));
+        let config = load(&format!(
+            "{BASE}\n[resp]\nlisten = \"127.0.0.1:0\"\nplaintext_listen = \"127.0.0.1:6379\"\n\
+             [http]\nlisten = \"0.0.0.0:8080\"\n[metrics]\nplaintext_listen = \"[::1]:9100\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.resp.plaintext_listen,
+            Some("127.0.0.1:6379".parse().unwrap())
+        );
+        assert_eq!(config.http.listen, Some("0.0.0.0:8080".parse().unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn a_plaintext_listener_off_loopback_is_refused() {
+        let err = load(&format!(
+            "{BASE}\n[http]\nplaintext_listen = \"0.0.0.0:8080\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("http.plaintext_listen 0.0.0.0:8080 is not a loopback"),
+            "{err}"
+        );
     }
 }

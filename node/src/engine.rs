@@ -466,7 +466,7 @@ impl Writer {
         let committed = if batch.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&batch)
+            crate::metrics::timed_commit(ops.len(), || self.store.commit(&batch))
         };
         if committed.is_ok() {
             if !batch.is_empty() {

@@ -62,6 +62,7 @@ async fn deliver(engine: &Arc<Engine>, peers: &Peers, target: NodeId) {
                     return;
                 }
                 delivered += 1;
+                crate::metrics::record_hint_delivered();
             }
             Ok(other) => return debug!("handoff to {} got {other:?}", peers.name(target)),
             Err(e) => return debug!("handoff to {} failed: {e}", peers.name(target)),

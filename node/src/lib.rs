@@ -1,19 +1,22 @@
 //! The Cairn server: versioning, redb storage, the engine that applies writes with group commit,
-//! and the QUIC service clients talk to.
+//! the QUIC service clients talk to, and the RESP, HTTP and metrics front ends.
 
 pub mod antientropy;
 pub mod config;
 pub mod coordinator;
 pub mod driver;
 pub mod engine;
+pub mod frontend;
 pub mod handoff;
 pub mod limits;
 pub mod membership;
+pub mod metrics;
 pub mod peers;
 pub mod server;
 pub mod store;
 pub mod trees;
 pub mod version;
 
-pub use config::{ClusterConfig, ConfigError, NodeConfig, TlsPaths};
+pub use config::{ClusterConfig, ConfigError, FrontendConfig, NodeConfig, TlsPaths};
+pub use frontend::FrontendAddrs;
 pub use server::{Node, NodeError};

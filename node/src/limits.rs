@@ -74,3 +74,19 @@ const _: () = assert!(
     cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX
         <= cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX
 );
+
+/// Connections one TCP front-end listener (RESP, HTTP or metrics) accepts at once; beyond it new
+/// connections are closed at once.
+pub const FRONTEND_CONNECTIONS_MAX: usize = 1024;
+/// How long a TCP client may take to complete its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest RESP request (one command with its arguments, as sent), checked while it arrives:
+/// room for a value at `VALUE_BYTES_MAX` with its key, context and options.
+pub const RESP_REQUEST_BYTES_MAX: usize =
+    cairn_proto::limits::VALUE_BYTES_MAX + cairn_proto::limits::KEY_BYTES_MAX + 64 * 1024;
+/// Most arguments in one RESP command (`MSET` and `MGET` take several keys).
+pub const RESP_ARGS_MAX: usize = 1024;
+/// Commands of one RESP connection answered concurrently while pipelined; later ones wait.
+pub const RESP_PIPELINE_MAX: usize = 64;
+/// Largest HTTP request body: a value at `VALUE_BYTES_MAX`. A larger body is answered 413.
+pub const HTTP_BODY_BYTES_MAX: usize = cairn_proto::limits::VALUE_BYTES_MAX;

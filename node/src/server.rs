@@ -18,6 +18,7 @@ use crate::config::NodeConfig;
 use crate::coordinator::{route, Route};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
+use crate::frontend::FrontendAddrs;
 use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
@@ -48,6 +49,9 @@ pub enum NodeError {
     /// Membership could not start (its state file, or the gossip configuration).
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// A TCP front end (RESP, HTTP, metrics) could not start.
+    #[error(transparent)]
+    Frontend(#[from] crate::frontend::FrontendError),
     /// A value of the configuration is not acceptable.
     #[error("invalid configuration: {reason}")]
     Config {
@@ -69,9 +73,11 @@ pub struct Node {
     /// The start-up rebuild of the Merkle trees (a blocking scan shutdown must wait for).
     rebuild: Option<tokio::task::JoinHandle<()>>,
     anti_entropy: Arc<AntiEntropy>,
+    frontends: FrontendAddrs,
 }
 
-struct Shared {
+/// What every request handler of the node shares, whatever front end the request came through.
+pub(crate) struct Shared {
     name: String,
     me: NodeId,
     engine: Arc<Engine>,
@@ -110,6 +116,8 @@ impl Node {
             addr: config.listen,
             source,
         })?;
+        crate::metrics::install();
+        let (listeners, frontends) = crate::frontend::bind(&config, &identity)?;
         let me = NodeId::from_name(&config.name);
         let engine = Arc::new(engine);
         // Room for a burst of peers coming up at once; the handoff loop also scans periodically.
@@ -147,11 +155,17 @@ impl Node {
         let peers_handle = peers.clone();
         let mut tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
-            tokio::spawn(accept_loop(endpoint.clone(), shared)),
+            tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
             driver_task,
             tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
+            tokio::spawn(crate::metrics::upkeep()),
         ];
+        tasks.extend(
+            crate::frontend::serve(listeners, shared)
+                .into_iter()
+                .map(tokio::spawn),
+        );
         if config.hinted_handoff {
             tasks.push(tokio::spawn(crate::handoff::run(
                 engine.clone(),
@@ -166,7 +180,7 @@ impl Node {
         if enabled {
             tasks.push(tokio::spawn(anti_entropy.clone().run()));
         }
-        info!(node = %config.name, actor = %engine.actor(), %local_addr, "serving");
+        info!(node = %config.name, actor = %engine.actor(), %local_addr, ?frontends, "serving");
         Ok(Node {
             name: config.name,
             endpoint,
@@ -178,7 +192,13 @@ impl Node {
             trees,
             rebuild,
             anti_entropy,
+            frontends,
         })
+    }
+
+    /// Where the TCP front ends (RESP, HTTP, metrics) are bound.
+    pub fn frontends(&self) -> &FrontendAddrs {
+        &self.frontends
     }
 
     /// The address the node serves on (the bound port when the config asked for port 0).
@@ -304,6 +324,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         connections.spawn(async move {
+            let _open = crate::metrics::ConnectionGuard::open("quic");
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(conn, shared).await,
@@ -355,7 +376,10 @@ async fn serve_stream(
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
             };
-            handle(req, shared, peer).await
+            let (started, op) = (std::time::Instant::now(), crate::metrics::op(&req));
+            let response = handle(req, shared, peer).await;
+            crate::metrics::record_request("quic", op, &response, started);
+            response
         }
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
@@ -420,33 +444,73 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
         Request::Peer(_) if !peer.is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
-            let key = req.key().expect("gets, puts and deletes have a key");
-            let is_up = |id| shared.peers.is_up(id);
-            let view = shared.membership.view();
-            let Some(ring) = &view.ring else {
-                return Response::Error(crate::membership::no_ring(&shared.name));
-            };
-            if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
-                match shared
-                    .peers
-                    .request(
-                        to,
-                        PeerRequest::Forward(Box::new(req.clone())),
-                        FORWARD_TIMEOUT,
-                    )
-                    .await
-                {
-                    Ok(PeerResponse::Forwarded(resp)) => return *resp,
-                    // The chosen coordinator is unreachable (and now marked down): coordinate
-                    // here rather than fail, the write still reaches the replicas that are up.
-                    other => debug!(
-                        "forwarding to {} failed ({other:?}); coordinating here",
-                        shared.peers.name(to)
-                    ),
-                }
-            }
-            coordinate(req, shared).await
+            shared.client_request(req).await
         }
+    }
+}
+
+impl Shared {
+    /// Carries out a client get, put or delete that arrived at this node, whatever front end it
+    /// came through: forwards it to the key's first chosen replica, or coordinates it here.
+    pub(crate) async fn client_request(&self, req: Request) -> Response {
+        if let Err(e) = check_request(&req) {
+            return Response::Error(e.into());
+        }
+        let Some(key) = req.key() else {
+            return Response::Error(ErrorReply::Malformed {
+                reason: "only gets, puts and deletes are client requests".into(),
+            });
+        };
+        let is_up = |id| self.peers.is_up(id);
+        let view = self.membership.view();
+        let Some(ring) = &view.ring else {
+            return Response::Error(crate::membership::no_ring(&self.name));
+        };
+        if let Route::Forward(to) = route(ring, self.me, key, &is_up) {
+            crate::metrics::record_forward();
+            match self
+                .peers
+                .request(
+                    to,
+                    PeerRequest::Forward(Box::new(req.clone())),
+                    FORWARD_TIMEOUT,
+                )
+                .await
+            {
+                Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                // The chosen coordinator is unreachable (and now marked down): coordinate
+                // here rather than fail, the write still reaches the replicas that are up.
+                other => debug!(
+                    "forwarding to {} failed ({other:?}); coordinating here",
+                    self.peers.name(to)
+                ),
+            }
+        }
+        coordinate(req, self).await
+    }
+
+    /// A client request from a TCP front end: counted in flight (shutdown waits for it, as for
+    /// QUIC streams), then carried out like one from QUIC.
+    pub(crate) async fn frontend_request(&self, req: Request) -> Response {
+        let Ok(_permit) = self.in_flight.clone().acquire_owned().await else {
+            return Response::Error(ErrorReply::ShuttingDown);
+        };
+        self.client_request(req).await
+    }
+
+    /// This node's view of the cluster, as `status` answers it.
+    pub(crate) fn status(&self) -> StatusReply {
+        status(self)
+    }
+
+    /// The storage engine.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The `/metrics` page.
+    pub(crate) fn metrics(&self) -> String {
+        crate::metrics::render(&self.status(), self.engine.stats())
     }
 }
 

@@ -83,6 +83,9 @@ impl TestDir {
             anti_entropy: Default::default(),
             read_repair: true,
             hinted_handoff: true,
+            resp: Default::default(),
+            http: Default::default(),
+            metrics: Default::default(),
         })
     }
 
