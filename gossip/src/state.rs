@@ -68,7 +68,7 @@ pub enum Value {
     Zone(Option<String>),
     /// Opaque ring information (a ring version and hash, or a claim), at most `RING_BYTES_MAX`
     /// bytes. Gossip only carries it; the driver gives it meaning.
-    Ring(Vec<u8>),
+    Ring(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The node's load (for instance bytes stored), for operators and placement.
     Load(u64),
     /// The heartbeat counter.
@@ -120,6 +120,7 @@ pub struct NodeState {
     /// Its failure zone, if it has one.
     pub zone: Option<String>,
     /// Opaque ring information; see [`Value::Ring`].
+    #[serde(with = "serde_bytes")]
     pub ring: Vec<u8>,
     /// Its load.
     pub load: u64,

@@ -7,6 +7,15 @@ use std::time::Duration;
 pub const WRITE_QUEUE_MAX: usize = 4096;
 /// Most writes folded into one transaction (one fsync) by group commit.
 pub const WRITE_BATCH_MAX: usize = 512;
+/// Largest commit-log record (one group commit's batch); a batch over it is committed to redb
+/// durably instead, which also checkpoints. Replay takes a longer length field for a torn tail.
+pub const LOG_RECORD_BYTES_MAX: usize = 16 << 20;
+/// Commit-log bytes after which the store checkpoints (one durable redb commit) and empties the
+/// log: bounds the log on disk and the replay after a crash.
+pub const LOG_BYTES_MAX: u64 = 64 << 20;
+/// Group commits after which the store checkpoints even if the log is small: bounds redb's
+/// not-yet-durable state and the records a restart replays.
+pub const LOG_COMMITS_MAX: u64 = 1024;
 /// Dots leased per lease extension: the lease end is persisted before any dot under it is used,
 /// so a crash can skip at most this many counter values and never reuse one.
 pub const DOT_LEASE_BLOCK: u64 = 10_000;

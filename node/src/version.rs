@@ -77,7 +77,7 @@ pub enum VersionError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Payload {
     /// A value a client wrote.
-    Value(#[serde(with = "byte_buf")] Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A delete: it supersedes what its context saw, and is itself superseded like any value.
     Tombstone,
 }
@@ -463,48 +463,6 @@ pub fn decode_context(ctx: &Context) -> Result<VClock, VersionError> {
         dots.insert(actor, counter);
     }
     Ok(VClock { dots })
-}
-
-/// Serde for value bytes as one byte string rather than a sequence of `u8`: the same postcard
-/// bytes, but decoded with one copy instead of a call per byte.
-mod byte_buf {
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
-    }
-
-    struct BytesVisitor;
-
-    impl<'de> Visitor<'de> for BytesVisitor {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        // Formats without a byte-string type (JSON) send a sequence.
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(b) = seq.next_element()? {
-                out.push(b);
-            }
-            Ok(out)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl fmt::Display for DotId {
 ///
 /// Opaque to clients: bytes the node encoded, shown to people as a base64url token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Context(pub Vec<u8>);
+pub struct Context(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// Why a context token typed by a person or a script could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +139,7 @@ pub enum Request {
     /// Read every sibling of `key` and the context covering them.
     Get {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Quorum and timeout choices.
         opts: ReadOptions,
@@ -146,8 +147,10 @@ pub enum Request {
     /// Write `value`, superseding exactly what `context` saw.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// The context of the read this write follows, or empty for a blind write.
         context: Context,
@@ -157,6 +160,7 @@ pub enum Request {
     /// Write a tombstone, superseding exactly what `context` saw.
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The context of the read this delete follows.
         context: Context,
@@ -239,8 +243,10 @@ pub enum PeerRequest {
     /// this copy stands in for: the receiver keeps a hint and hands the key over later.
     Replicate {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The encoded object.
+        #[serde(with = "serde_bytes")]
         object: Vec<u8>,
         /// The unreachable primary this fallback copy is for.
         hint_for: Option<NodeId>,
@@ -248,11 +254,12 @@ pub enum PeerRequest {
     /// Read the local copy of `key`.
     Read {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// A gossip message (encoded by the `gossip` crate): a SYN is answered with the ACK, an
     /// ACK2 with nothing.
-    Gossip(Vec<u8>),
+    Gossip(#[serde(with = "serde_bytes")] Vec<u8>),
     /// One message of the anti-entropy exchange `session` of `partition` (encoded by the
     /// `cairn-antientropy` crate), or none to ask for the responder's next message. The
     /// responder keeps its side of the exchange between requests.
@@ -264,6 +271,7 @@ pub enum PeerRequest {
         /// Chosen by the initiator, fresh for each exchange.
         session: u64,
         /// The initiator's next message, if it has one.
+        #[serde(with = "serde_bytes")]
         message: Option<Vec<u8>>,
     },
     /// The keys stored under these key hashes (`blake3(key)`), which anti-entropy found the
@@ -287,18 +295,19 @@ pub enum PeerResponse {
     /// `Replicate` is durable.
     Ack,
     /// The local copy (empty bytes: the key is absent); answer to `Read`.
-    Object(Vec<u8>),
+    Object(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to `Forward`.
     Forwarded(Box<Response>),
     /// Answer to `Gossip`: the reply message, if the message asked for one.
-    Gossip(Option<Vec<u8>>),
+    Gossip(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// Answer to `AntiEntropy`: the responder's next message, if it has one now.
     AntiEntropy {
         /// The message.
+        #[serde(with = "serde_bytes")]
         message: Option<Vec<u8>>,
     },
     /// Answer to `Keys`: the key for each hash, in order (`None`: not stored here).
-    Keys(Vec<Option<Vec<u8>>>),
+    Keys(#[serde(with = "byte_strings")] Vec<Option<Vec<u8>>>),
 }
 
 /// A node's answer to one [`Request`].
@@ -445,6 +454,7 @@ pub struct GetReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
     /// The value's bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The write event that produced it.
     pub dot: DotId,
@@ -676,6 +686,25 @@ pub fn check_request(req: &Request) -> Result<(), LimitError> {
             check_key(key)?;
             check_context(context)
         }
+    }
+}
+
+/// Serde for a list of optional byte strings with each one as a byte string (`serde_bytes`):
+/// the postcard bytes of a plain `Vec<Option<Vec<u8>>>`, without a call per byte.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(list: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|item| item.as_deref().map(Bytes::new)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+        let list = Vec::<Option<ByteBuf>>::deserialize(d)?;
+        Ok(list
+            .into_iter()
+            .map(|item| item.map(ByteBuf::into_vec))
+            .collect())
     }
 }
 

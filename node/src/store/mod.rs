@@ -4,9 +4,11 @@
 //! The trait is deliberately narrow (point reads, a snapshot scan, the key-hash index, atomic
 //! durable batches, node metadata): all versioning logic stays above it, in the engine, so every store behaves alike.
 
+mod commit_log;
 mod memory;
 mod redb_store;
 
+pub use commit_log::Replayed;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 

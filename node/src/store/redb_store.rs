@@ -1,13 +1,29 @@
 //! The redb-backed store: one database file per node with `objects`, `key_hashes`, `hints` and
-//! `meta` tables.
+//! `meta` tables, behind a commit log that makes each commit durable with one append and one
+//! `fdatasync`.
+//!
+//! A commit appends the batch to the log (`commit_log.rs`) and syncs it — from then on it is
+//! durable and may be acknowledged — then applies it to redb in a transaction with
+//! `Durability::None`, which writes its pages but does not sync them (redb's documented pattern
+//! for many cheap commits). Readers see it at once. Every `LOG_COMMITS_MAX` commits or
+//! `LOG_BYTES_MAX` log bytes the store checkpoints: one `Durability::Immediate` commit makes
+//! every earlier commit durable in redb, then the log is emptied. After a crash redb opens at its
+//! last durable commit and `open` replays the log over it (every record holds whole objects and
+//! hint states, so replaying one redb already has changes nothing), ignoring a torn tail.
+//!
+//! The checkpoint runs inline, on the committing thread: redb admits one write transaction at a
+//! time, so a checkpoint on another thread would hold up the next commit for the same sync.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::commit_log::{CommitLog, Record, Replayed};
 use super::{Batch, Hint, NodeMeta, Store, StoreError};
+use crate::limits::{LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX};
 
 fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
@@ -51,6 +67,8 @@ const FORMAT_VERSION: u64 = 2;
 const FORMAT_VERSION_WITHOUT_KEY_HASHES: u64 = 1;
 /// The database file's name inside the node's data directory.
 pub const DB_FILE: &str = "cairn.redb";
+/// The commit log's name inside the node's data directory.
+pub const LOG_FILE: &str = "cairn.log";
 
 fn io<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Io {
@@ -59,10 +77,24 @@ fn io<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
     }
 }
 
-/// A node's redb database.
+/// A node's redb database and its commit log.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Held for the whole of a commit: log append, redb apply and checkpoint happen in order.
+    log: Mutex<LogState>,
+    /// What the last `open` replayed.
+    replayed: Replayed,
+}
+
+struct LogState {
+    log: CommitLog,
+    /// Commits applied to redb without a sync since the last checkpoint.
+    unsynced_commits: u64,
+    /// Set when the log and redb may disagree (a log or redb write failed after the log was
+    /// touched): every later commit is refused, so nothing is acknowledged on top of a state
+    /// the log does not describe. A restart replays the log and clears it.
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -83,12 +115,8 @@ impl RedbStore {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
-        let store = RedbStore {
-            db,
-            path: path.clone(),
-        };
         // Create every table up front so readers never meet a missing table.
-        let txn = store.db.begin_write().map_err(io("begin"))?;
+        let txn = db.begin_write().map_err(io("begin"))?;
         {
             let objects = txn.open_table(OBJECTS).map_err(io("open table"))?;
             let mut key_hashes = txn.open_table(KEY_HASHES).map_err(io("open table"))?;
@@ -123,13 +151,95 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(io("commit"))?;
-        Ok(store)
+
+        // Replay what the log holds over redb's last durable commit, then checkpoint so the log
+        // starts empty.
+        let replay = db.begin_write().map_err(io("begin"))?;
+        let (mut log, replayed) = CommitLog::open(&data_dir.join(LOG_FILE), &mut |record| {
+            write_record(&replay, &record)
+        })?;
+        replay.commit().map_err(io("commit replayed log"))?;
+        log.truncate()?;
+        Ok(RedbStore {
+            db,
+            path,
+            log: Mutex::new(LogState {
+                log,
+                unsynced_commits: 0,
+                failed: None,
+            }),
+            replayed,
+        })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// What opening replayed from the commit log.
+    pub fn replayed(&self) -> Replayed {
+        self.replayed
+    }
+
+    /// Bytes in the commit log now (its header included).
+    pub fn log_bytes(&self) -> u64 {
+        self.log.lock().expect("commit log lock").log.len()
+    }
+
+    /// Applies `record` to redb in one transaction of the given durability.
+    fn apply(&self, record: &Record<'_>, durability: Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(io("begin"))?;
+        txn.set_durability(durability)
+            .map_err(io("set durability"))?;
+        write_record(&txn, record)?;
+        txn.commit().map_err(io("commit"))
+    }
+
+    /// Empties the log after a durable redb commit covered everything in it.
+    fn emptied_log(&self, state: &mut LogState) -> Result<(), StoreError> {
+        state.log.truncate()?;
+        state.unsynced_commits = 0;
+        Ok(())
+    }
+}
+
+/// Writes `record` into `txn`'s tables.
+fn write_record(txn: &redb::WriteTransaction, record: &Record<'_>) -> Result<(), StoreError> {
+    let mut objects = txn.open_table(OBJECTS).map_err(io("open table"))?;
+    let mut key_hashes = txn.open_table(KEY_HASHES).map_err(io("open table"))?;
+    for (k, v) in &record.puts {
+        let existed = objects
+            .insert(&k[..], &v[..])
+            .map_err(io("write"))?
+            .is_some();
+        // Only a new key needs its hash: objects are never deleted.
+        if !existed {
+            key_hashes
+                .insert(KeyHash::of_key(k).0.as_slice(), &k[..])
+                .map_err(io("write key hash"))?;
+        }
+    }
+    if !record.hints_put.is_empty() || !record.hints_remove.is_empty() {
+        let mut hints = txn.open_table(HINTS).map_err(io("open table"))?;
+        for (target, key, seq) in &record.hints_put {
+            hints
+                .insert(hint_key(NodeId(*target), key).as_slice(), *seq)
+                .map_err(io("write hint"))?;
+        }
+        for (target, key) in &record.hints_remove {
+            hints
+                .remove(hint_key(NodeId(*target), key).as_slice())
+                .map_err(io("remove hint"))?;
+        }
+    }
+    if let Some((node, epoch, lease_end)) = record.meta {
+        let mut meta = txn.open_table(META).map_err(io("open table"))?;
+        for (k, v) in [("node", node), ("epoch", epoch), ("lease_end", lease_end)] {
+            meta.insert(k, v).map_err(io("write meta"))?;
+        }
+    }
+    Ok(())
 }
 
 impl RedbStore {
@@ -171,51 +281,42 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(io("begin"))?;
-        // The default already, stated because acknowledgements depend on it: commit returns only
-        // after the data is on stable storage.
-        txn.set_durability(Durability::Immediate)
-            .map_err(io("set durability"))?;
-        {
-            let mut objects = txn.open_table(OBJECTS).map_err(io("open table"))?;
-            let mut key_hashes = txn.open_table(KEY_HASHES).map_err(io("open table"))?;
-            for (k, v) in &batch.puts {
-                let existed = objects
-                    .insert(k.as_slice(), v.as_slice())
-                    .map_err(io("write"))?
-                    .is_some();
-                // Only a new key needs its hash: objects are never deleted.
-                if !existed {
-                    key_hashes
-                        .insert(KeyHash::of_key(k).0.as_slice(), k.as_slice())
-                        .map_err(io("write key hash"))?;
-                }
-            }
-            if !batch.hints_put.is_empty() || !batch.hints_remove.is_empty() {
-                let mut hints = txn.open_table(HINTS).map_err(io("open table"))?;
-                for h in &batch.hints_put {
-                    hints
-                        .insert(hint_key(h.target, &h.key).as_slice(), h.seq)
-                        .map_err(io("write hint"))?;
-                }
-                for (t, k) in &batch.hints_remove {
-                    hints
-                        .remove(hint_key(*t, k).as_slice())
-                        .map_err(io("remove hint"))?;
-                }
-            }
-            if let Some(m) = batch.meta {
-                let mut meta = txn.open_table(META).map_err(io("open table"))?;
-                for (k, v) in [
-                    ("node", m.node.0),
-                    ("epoch", m.epoch),
-                    ("lease_end", m.lease_end),
-                ] {
-                    meta.insert(k, v).map_err(io("write meta"))?;
-                }
+        let mut state = self.log.lock().expect("commit log lock");
+        if let Some(reason) = &state.failed {
+            return Err(StoreError::Io {
+                op: "commit",
+                reason: format!("the store stopped after an earlier failure: {reason}"),
+            });
+        }
+        let record = Record::of(batch);
+        let frame = record.frame();
+        if frame.len() > LOG_RECORD_BYTES_MAX {
+            // Too big for one log record: a durable redb commit, which makes every commit
+            // before it durable as well, so it is a checkpoint.
+            self.apply(&record, Durability::Immediate)?;
+            return self.emptied_log(&mut state);
+        }
+        // The durable step: from here the batch survives a crash.
+        if let Err(e) = state.log.append(&frame) {
+            state.failed = Some(e.to_string());
+            return Err(e);
+        }
+        if let Err(e) = self.apply(&record, Durability::None) {
+            state.failed = Some(e.to_string());
+            return Err(e);
+        }
+        state.unsynced_commits += 1;
+        if state.unsynced_commits >= LOG_COMMITS_MAX || state.log.len() >= LOG_BYTES_MAX {
+            // The batch is durable (logged) whatever happens now; a failed checkpoint stops
+            // later commits instead.
+            if let Err(e) = self
+                .apply(&Record::default(), Durability::Immediate)
+                .and_then(|()| self.emptied_log(&mut state))
+            {
+                state.failed = Some(e.to_string());
             }
         }
-        txn.commit().map_err(io("commit"))
+        Ok(())
     }
 
     fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
@@ -368,5 +469,166 @@ mod tests {
             .unwrap()
             .map(|g| g.value());
         assert_eq!(format, Some(FORMAT_VERSION));
+    }
+
+    fn get(store: &RedbStore, key: &[u8]) -> Option<Vec<u8>> {
+        store.get(key).unwrap()
+    }
+
+    /// Appends `batch` to the log in `dir` as a commit would, without applying it to redb: the
+    /// state a crash leaves between the log's sync and redb's (unsynced) apply, or after redb's
+    /// unsynced commits were lost with the page cache.
+    fn log_only(dir: &Path, batch: &Batch, torn_tail: usize) {
+        let (mut log, _) = CommitLog::open(&dir.join(LOG_FILE), &mut |_| Ok(())).unwrap();
+        let frame = Record::of(batch).frame();
+        log.append(&frame).unwrap();
+        if torn_tail > 0 {
+            // A later append the crash cut short: never acknowledged, so it must not appear.
+            let torn = Record::of(&Batch {
+                puts: vec![(b"torn".to_vec(), b"never acknowledged".to_vec())],
+                ..Batch::default()
+            })
+            .frame();
+            log.append(&torn[..torn_tail.min(torn.len() - 1)]).unwrap();
+        }
+    }
+
+    #[test]
+    fn logged_commits_that_redb_lost_are_replayed_on_open_and_a_torn_tail_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            put(&store, b"a", b"1");
+            store
+                .commit(&Batch {
+                    hints_put: vec![Hint {
+                        target: NodeId(4),
+                        key: b"a".to_vec(),
+                        seq: 1,
+                    }],
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        log_only(
+            dir.path(),
+            &Batch {
+                puts: vec![
+                    (b"a".to_vec(), b"2".to_vec()),
+                    (b"b".to_vec(), b"1".to_vec()),
+                ],
+                hints_remove: vec![(NodeId(4), b"a".to_vec())],
+                meta: Some(NodeMeta {
+                    node: NodeId(9),
+                    epoch: 5,
+                    lease_end: 20_000,
+                }),
+                ..Batch::default()
+            },
+            11,
+        );
+        let store = RedbStore::open(dir.path()).unwrap();
+        // The store's own two commits (logged, not yet checkpointed) and the one redb never saw.
+        assert_eq!(
+            store.replayed(),
+            Replayed {
+                records: 3,
+                torn_bytes: 11
+            }
+        );
+        assert_eq!(get(&store, b"a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(get(&store, b"b").as_deref(), Some(&b"1"[..]));
+        assert_eq!(get(&store, b"torn"), None);
+        assert_eq!(store.hint(NodeId(4), b"a").unwrap(), None);
+        assert_eq!(store.meta().unwrap().map(|m| m.lease_end), Some(20_000));
+        assert_eq!(
+            store
+                .key_for_hash(&KeyHash::of_key(b"b"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"b"[..])
+        );
+        // The replay was checkpointed: the log is empty and a second open replays nothing.
+        assert_eq!(store.log_bytes(), 8);
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed(), Replayed::default());
+        assert_eq!(get(&store, b"a").as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn replaying_records_redb_already_has_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Batch {
+            puts: vec![(b"k".to_vec(), b"old".to_vec())],
+            ..Batch::default()
+        };
+        let second = Batch {
+            puts: vec![(b"k".to_vec(), b"new".to_vec())],
+            ..Batch::default()
+        };
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store.commit(&first).unwrap();
+            store.commit(&second).unwrap();
+            // A crash after a checkpoint's redb sync but before the log was emptied: redb
+            // has both commits durably and the log still holds them.
+            store
+                .apply(&Record::default(), Durability::Immediate)
+                .unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed().records, 2);
+        assert_eq!(get(&store, b"k").as_deref(), Some(&b"new"[..]));
+        let mut keys = 0;
+        store
+            .scan_objects(&mut |_, _| {
+                keys += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(keys, 1);
+    }
+
+    #[test]
+    fn the_log_is_emptied_every_log_commits_max_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for i in 0..LOG_COMMITS_MAX - 1 {
+            put(&store, format!("k{i}").as_bytes(), b"v");
+        }
+        assert!(store.log_bytes() > 8 + LOG_COMMITS_MAX - 1);
+        put(&store, b"last", b"v");
+        assert_eq!(store.log_bytes(), 8, "the checkpoint emptied the log");
+        put(&store, b"after", b"v");
+        assert!(store.log_bytes() > 8);
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed().records, 1);
+        for key in [&b"k0"[..], b"last", b"after"] {
+            assert_eq!(get(&store, key).as_deref(), Some(&b"v"[..]));
+        }
+    }
+
+    #[test]
+    fn a_batch_too_big_for_one_log_record_is_committed_to_redb_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        put(&store, b"small", b"v");
+        let big = vec![7u8; LOG_RECORD_BYTES_MAX];
+        put(&store, b"big", &big);
+        assert_eq!(
+            store.log_bytes(),
+            8,
+            "a durable redb commit is a checkpoint"
+        );
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed(), Replayed::default());
+        assert_eq!(
+            get(&store, b"big").map(|v| v.len()),
+            Some(LOG_RECORD_BYTES_MAX)
+        );
+        assert_eq!(get(&store, b"small").as_deref(), Some(&b"v"[..]));
     }
 }
