@@ -3,7 +3,6 @@
 
 pub mod antientropy;
 pub mod config;
-pub mod coordinator;
 pub mod driver;
 pub mod engine;
 pub mod handoff;
@@ -13,7 +12,8 @@ pub mod peers;
 pub mod server;
 pub mod store;
 pub mod trees;
-pub mod version;
 
+// Versioning and coordination live in the pure core crate; these paths keep working.
+pub use cairn_core::{coordinator, version};
 pub use config::{ClusterConfig, ConfigError, NodeConfig, TlsPaths};
 pub use server::{Node, NodeError};
