@@ -521,7 +521,9 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
 }
 
 fn status(shared: &Shared) -> StatusReply {
-    let hints: u64 = shared.engine.hint_counts().values().sum();
+    // Writes a replica has not acknowledged yet count as pending hints: they are hints to be.
+    let hints: u64 = shared.engine.hint_counts().values().sum::<u64>()
+        + shared.coordinator.replicas_outstanding();
     let view = shared.membership.view();
     StatusReply {
         node: shared.name.clone(),
