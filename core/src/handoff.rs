@@ -245,6 +245,11 @@ impl Handoff {
         });
     }
 
+    /// Whether no target is in a round (nothing to read, send or answer).
+    pub fn is_idle(&self) -> bool {
+        self.targets.values().all(Target::is_idle)
+    }
+
     /// Hints set aside for `target` after it refused them.
     pub fn refused(&self, target: NodeId) -> usize {
         self.targets.get(&target).map_or(0, |t| t.refused.len())

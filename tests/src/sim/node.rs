@@ -1,5 +1,6 @@
-//! One simulated node: the real `Coordinator` and ring, driven the way `node/src/driver.rs`,
-//! `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over an in-memory store.
+//! One simulated node: the real `Coordinator`, ring and handoff policy, driven the way
+//! `node/src/driver.rs`, `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over
+//! an in-memory store.
 //!
 //! Durability: the store (objects, hints, the dot lease end) survives a crash. A write queued
 //! for the disk becomes durable when its `Disk` event runs (one FIFO queue per node, like the
@@ -8,15 +9,15 @@
 //! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
 //! persisted lease end, so no dot is minted twice.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_node::coordinator::{
     route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
     REQUEST_TIMEOUT_MAX,
 };
 use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_node::limits::HANDOFF_BATCH_MAX;
 use cairn_node::peers::{PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL};
 use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
 use cairn_proto::{ActorId, ErrorReply, NodeId};
@@ -178,10 +179,7 @@ enum Outgoing {
         seq: u64,
         req: ClientRequest,
     },
-    Handoff {
-        key: Vec<u8>,
-        seq: u64,
-    },
+    Handoff,
 }
 
 /// What this node believes about one peer (`peers.rs`).
@@ -194,20 +192,6 @@ struct PeerView {
     backoff: Duration,
     next_probe: Duration,
     pinging: bool,
-}
-
-/// The hint delivery loop (`handoff.rs`): one round at a time, one target at a time, one key
-/// at a time.
-#[derive(Debug, Default)]
-struct Handoff {
-    busy: bool,
-    /// A peer came up during a round: start another right after it.
-    kick: bool,
-    /// Arming of the interval timer; older arms are stale.
-    arm: u64,
-    targets: VecDeque<NodeId>,
-    current: Option<NodeId>,
-    items: VecDeque<(Vec<u8>, u64)>,
 }
 
 /// The state a crash loses.
@@ -227,7 +211,11 @@ pub struct Running {
     disk_pending: usize,
     /// Hints queued for the disk and not yet durable.
     hints_pending: usize,
+    /// The node's own hint delivery policy (`cairn_core::handoff`), carried out as
+    /// `node/src/handoff.rs` does.
     handoff: Handoff,
+    /// Arming of the handoff interval timer; older arms are stale.
+    handoff_arm: u64,
 }
 
 /// A simulated node.
@@ -328,7 +316,8 @@ impl SimNode {
             disk_free_at: now,
             disk_pending: 0,
             hints_pending: 0,
-            handoff: Handoff::default(),
+            handoff: Handoff::new(),
+            handoff_arm: 0,
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -363,7 +352,7 @@ impl SimNode {
         self.run.as_ref().is_some_and(|r| {
             r.coord.in_flight() == 0
                 && r.disk_pending == 0
-                && !r.handoff.busy
+                && r.handoff.is_idle()
                 && r.outgoing
                     .values()
                     .all(|(_, _, o)| matches!(o, Outgoing::Ping))
@@ -576,24 +565,15 @@ impl SimNode {
                     self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
                 }
             },
-            Outgoing::Handoff { key, seq } => match resp {
-                Ok(PeerResp::Ack) => {
-                    self.queue_disk(
-                        cx,
-                        DiskJob::HintDelivered {
-                            key,
-                            target: peer,
-                            seq,
-                        },
-                    );
-                }
-                other => {
-                    cx.w.logf(self.me(), || {
-                        format!("handoff to {} failed: {other:?}", node(peer))
-                    });
-                    self.handoff_next_target(cx);
-                }
-            },
+            Outgoing::Handoff => {
+                // As `node/src/handoff.rs::send` reads the answer.
+                let answer = match resp {
+                    Ok(PeerResp::Ack) => Answer::Acked,
+                    Ok(other) => Answer::Refused(format!("answered {other:?}")),
+                    Err(e) => Answer::from_error(&e),
+                };
+                self.handoff_answer(cx, peer, answer);
+            }
         }
     }
 
@@ -621,7 +601,14 @@ impl SimNode {
                 });
                 self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
             }
-            Outgoing::Handoff { .. } => self.handoff_next_target(cx),
+            Outgoing::Handoff => self.handoff_answer(
+                cx,
+                peer,
+                Answer::from_error(&ErrorReply::Unreachable {
+                    node: node(peer),
+                    reason,
+                }),
+            ),
         }
     }
 
@@ -1116,7 +1103,6 @@ impl SimNode {
                         )
                     });
                 }
-                self.handoff_next_item(cx);
             }
         }
     }
@@ -1179,13 +1165,13 @@ impl SimNode {
         cx.w.after(PROBE_INTERVAL, Event::ProbeTick { node: self.ix, gen });
     }
 
-    // ---- hinted handoff (handoff.rs) ----
+    // ---- hinted handoff (`cairn_core::handoff`, carried out as handoff.rs does) ----
 
     fn arm_handoff(&mut self, cx: &mut Ctx, delay: Duration) {
         let gen = self.gen;
-        let h = &mut self.run().handoff;
-        h.arm += 1;
-        let arm = h.arm;
+        let run = self.run();
+        run.handoff_arm += 1;
+        let arm = run.handoff_arm;
         cx.w.after(
             delay,
             Event::HandoffTick {
@@ -1198,94 +1184,82 @@ impl SimNode {
 
     /// The handoff interval elapsed.
     pub fn on_handoff_tick(&mut self, cx: &mut Ctx, arm: u64) {
-        let h = &self.run().handoff;
-        if arm != h.arm || h.busy {
+        if arm != self.run().handoff_arm {
             return;
         }
         self.handoff_round(cx);
+        self.arm_handoff(cx, HANDOFF_INTERVAL);
     }
 
     fn handoff_up_event(&mut self, cx: &mut Ctx) {
-        let h = &mut self.run().handoff;
-        if h.busy {
-            h.kick = true;
-        } else {
-            self.handoff_round(cx);
-        }
+        self.handoff_round(cx);
     }
 
     fn handoff_round(&mut self, cx: &mut Ctx) {
-        let targets: BTreeSet<NodeId> = self.durable.hints.keys().map(|(t, _)| *t).collect();
-        let h = &mut self.run().handoff;
-        h.busy = true;
-        h.arm += 1; // The pending interval timer is replaced when this round ends.
-        h.targets = targets.into_iter().collect();
-        self.handoff_next_target(cx);
-    }
-
-    fn handoff_next_target(&mut self, cx: &mut Ctx) {
-        loop {
-            let next = self.run().handoff.targets.pop_front();
-            let Some(target) = next else {
-                let h = &mut self.run().handoff;
-                h.busy = false;
-                h.current = None;
-                if std::mem::take(&mut h.kick) {
-                    self.handoff_round(cx);
-                } else {
-                    self.arm_handoff(cx, HANDOFF_INTERVAL);
-                }
-                return;
-            };
-            // `is_up` is asked for each target in turn, after earlier deliveries.
-            if !self.run().peers.get(&target).is_some_and(|v| v.up) {
-                continue;
-            }
-            let items: VecDeque<(Vec<u8>, u64)> = self
-                .durable
-                .hints
-                .range((target, Vec::new())..)
-                .take_while(|((t, _), _)| *t == target)
-                .take(HANDOFF_BATCH_MAX)
-                .map(|((_, k), seq)| (k.clone(), *seq))
-                .collect();
-            if items.is_empty() {
-                continue;
-            }
-            cx.w.logf(self.me(), || {
-                format!("handoff: {} hints for {}", items.len(), node(target))
-            });
-            let h = &mut self.run().handoff;
-            h.current = Some(target);
-            h.items = items;
-            self.handoff_next_item(cx);
-            return;
+        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for (target, _) in self.durable.hints.keys() {
+            *counts.entry(*target).or_insert(0) += 1;
         }
+        let now = cx.w.instant();
+        let run = self.run();
+        let peers = &run.peers;
+        run.handoff
+            .handle_round(now, &counts, &|id| peers.get(&id).is_some_and(|v| v.up));
+        self.handoff_actions(cx);
     }
 
-    fn handoff_next_item(&mut self, cx: &mut Ctx) {
-        let h = &mut self.run().handoff;
-        let Some(target) = h.current else {
-            return;
-        };
-        match h.items.pop_front() {
-            Some((key, seq)) => {
-                let object = self.read_local(&key);
-                let to = cx.ix(target);
-                let req = PeerReq::Replicate {
-                    key: key.clone(),
-                    object,
-                    hint_for: None,
-                };
-                self.request(
+    fn handoff_answer(&mut self, cx: &mut Ctx, target: NodeId, answer: Answer) {
+        if let Answer::Refused(why) | Answer::Failed(why) = &answer {
+            cx.w.logf(self.me(), || {
+                format!("handoff to {} failed: {why}", node(target))
+            });
+        }
+        let now = cx.w.instant();
+        self.run().handoff.handle_answer(now, target, answer);
+        self.handoff_actions(cx);
+    }
+
+    /// Carries out what the policy asks, as `node/src/handoff.rs::carry_out` does.
+    fn handoff_actions(&mut self, cx: &mut Ctx) {
+        while let Some(action) = self.run().handoff.poll_action() {
+            match action {
+                Action::ReadHints { target, limit } => {
+                    let hints: Vec<HintRef> = self
+                        .durable
+                        .hints
+                        .range((target, Vec::new())..)
+                        .take_while(|((t, _), _)| *t == target)
+                        .take(limit)
+                        .map(|((_, key), seq)| HintRef {
+                            key: key.clone(),
+                            seq: *seq,
+                        })
+                        .collect();
+                    cx.w.logf(self.me(), || {
+                        format!("handoff: {} hints for {}", hints.len(), node(target))
+                    });
+                    self.run().handoff.handle_hints(target, hints);
+                }
+                Action::Send { target, hint } => {
+                    let object = self.read_local(&hint.key);
+                    let to = cx.ix(target);
+                    let req = PeerReq::Replicate {
+                        key: hint.key,
+                        object,
+                        hint_for: None,
+                    };
+                    self.request(cx, to, req, Outgoing::Handoff, HANDOFF_REQUEST_TIMEOUT);
+                }
+                Action::Delete { target, hint } => self.queue_disk(
                     cx,
-                    to,
-                    req,
-                    Outgoing::Handoff { key, seq },
-                    HANDOFF_REQUEST_TIMEOUT,
-                );
+                    DiskJob::HintDelivered {
+                        key: hint.key,
+                        target,
+                        seq: hint.seq,
+                    },
+                ),
+                Action::RoundDone { .. } => {}
             }
-            None => self.handoff_next_target(cx),
         }
     }
 }
