@@ -18,6 +18,63 @@ use tracing::{debug, info};
 
 pub use cairn_core::liveness::{PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL};
 
+/// Why a request to a peer got no answer, with what is known about whether it arrived.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PeerError {
+    /// The node is not a member: nothing was sent.
+    #[error("{node} is not a member")]
+    NotAMember {
+        /// The node, by name or id.
+        node: String,
+    },
+    /// No connection could be made (or opened a stream on): nothing was sent.
+    #[error("cannot reach {node}: {reason}")]
+    Connect {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request went out and no answer came within `after`: the peer may have acted on it.
+    #[error("{node} did not answer within {after:?}")]
+    Timeout {
+        /// The node.
+        node: String,
+        /// How long the caller waited.
+        after: Duration,
+    },
+    /// The request went out and the exchange broke before the answer: the peer may have acted
+    /// on it.
+    #[error("lost the exchange with {node}: {reason}")]
+    Lost {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PeerError {
+    /// Whether the peer may have received the request (and acted on it): a write whose
+    /// forward failed this way must not be applied again elsewhere.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, PeerError::Timeout { .. } | PeerError::Lost { .. })
+    }
+}
+
+impl From<PeerError> for ErrorReply {
+    fn from(e: PeerError) -> ErrorReply {
+        let reason = e.to_string();
+        let node = match e {
+            PeerError::NotAMember { node }
+            | PeerError::Connect { node, .. }
+            | PeerError::Timeout { node, .. }
+            | PeerError::Lost { node, .. } => node,
+        };
+        ErrorReply::Unreachable { node, reason }
+    }
+}
+
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a ping may take before the peer counts as down.
@@ -162,41 +219,61 @@ impl Peers {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends `req` to peer `id`. Transport failures mark the peer down.
+    /// Sends `req` to peer `id`. Transport failures mark the peer down. An error answer from
+    /// the peer is `Err` too; see [`Peers::call`] for a transport failure told apart.
     pub async fn request(
         &self,
         id: NodeId,
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ErrorReply> {
+        self.call(id, req, timeout).await?
+    }
+
+    /// Sends `req` to peer `id`: the peer's answer (which may be an error reply), or why there
+    /// was none, saying whether the request may have arrived. Transport failures mark the peer
+    /// down.
+    pub async fn call(
+        &self,
+        id: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<Result<PeerResponse, ErrorReply>, PeerError> {
         let Some(peer) = self.get(id) else {
-            return Err(ErrorReply::Unreachable {
+            return Err(PeerError::NotAMember {
                 node: self.name(id),
-                reason: "not a member".into(),
             });
         };
         let started = Instant::now();
+        // Set once the request is on its way: from then on a failure may follow its arrival.
+        let sent = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             let conn = self.connection(&peer).await?;
-            exchange_on(&conn, req).await
+            exchange_on(&conn, req, &sent).await
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+        let (result, timed_out) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => (r, false),
+            Err(_) => (Err(format!("no answer within {timeout:?}")), true),
         };
         if result.is_ok() {
             self.mark(id, started, Ok(()));
         }
         match result {
-            Ok(resp) => resp,
+            Ok(resp) => Ok(resp),
             Err(reason) => {
                 // The cached connection may belong to a peer process that is gone (killed and
                 // restarted peers do not reset old connections): dial afresh next time.
                 peer.conn.lock().await.take();
                 self.mark(id, started, Err(reason.clone()));
-                Err(ErrorReply::Unreachable {
-                    node: peer.name.clone(),
-                    reason,
+                let node = peer.name.clone();
+                let sent = sent.load(std::sync::atomic::Ordering::Acquire);
+                Err(match (sent, timed_out) {
+                    (false, _) => PeerError::Connect { node, reason },
+                    (true, true) => PeerError::Timeout {
+                        node,
+                        after: timeout,
+                    },
+                    (true, false) => PeerError::Lost { node, reason },
                 })
             }
         }
@@ -247,12 +324,15 @@ impl Peers {
     }
 }
 
-/// One request and its response on a new stream of `conn`.
+/// One request and its response on a new stream of `conn`; `sent` is set once any of the
+/// request may have left.
 pub async fn exchange_on(
     conn: &quinn::Connection,
     req: PeerRequest,
+    sent: &std::sync::atomic::AtomicBool,
 ) -> Result<Result<PeerResponse, ErrorReply>, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    sent.store(true, std::sync::atomic::Ordering::Release);
     cairn_net::write_frame(&mut send, &Request::Peer(req))
         .await
         .map_err(|e| e.to_string())?;

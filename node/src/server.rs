@@ -429,14 +429,24 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
             if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
                 match shared
                     .peers
-                    .request(
+                    .call(
                         to,
                         PeerRequest::Forward(Box::new(req.clone())),
                         FORWARD_TIMEOUT,
                     )
                     .await
                 {
-                    Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                    Ok(Ok(PeerResponse::Forwarded(resp))) => return *resp,
+                    // The write may have been applied there: applying it here too would make
+                    // one client write two siblings. A read is safe to retry here.
+                    Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {
+                        return Response::Error(ErrorReply::Unreachable {
+                            node: shared.peers.name(to),
+                            reason: format!(
+                                "{e}; the write may have been applied there: read the key before writing again"
+                            ),
+                        });
+                    }
                     // The chosen coordinator is unreachable (and now marked down): coordinate
                     // here rather than fail, the write still reaches the replicas that are up.
                     other => debug!(

@@ -244,6 +244,42 @@ fn regression_1_acks_wait_for_hints() {
     );
 }
 
+/// Known bug 3, found by rule 5 ("one write, two siblings") when it was added: a node that
+/// forwarded a write and got no answer in time coordinated it again itself, but the forward had
+/// arrived and been applied, so one client write became two siblings (seed 35: w114 at n2 as
+/// n2:41 and again at n3 as n3:60). Also seeds 130, 196 and 271.
+///
+/// Fixed: `server.rs` coordinates a forwarded write here only if the forward never left
+/// (`PeerError::may_have_arrived`), else answers an error saying the write may have been
+/// applied; the simulated node follows it (`forward_once: true` in `Options::default`).
+#[test]
+fn regression_3_a_write_whose_forward_went_out_is_not_applied_again() {
+    const SEEDS: &[u64] = &[35, 130, 196, 271];
+    // As `sweep_as_the_node_drives_it` found them.
+    let fixed = Options {
+        crash_after_ack: false,
+        ..Options::default()
+    };
+    let old = Options {
+        forward_once: false,
+        ..fixed.clone()
+    };
+    let (failures, _) = sweep(SEEDS, &old, false);
+    let doubled = failures
+        .iter()
+        .filter(|r| {
+            r.violations
+                .iter()
+                .any(|v| v.rule == "5 one write, two siblings")
+        })
+        .count();
+    assert!(
+        doubled > 0,
+        "with the old forward, rule 5 should catch a doubled write in seeds {SEEDS:?}"
+    );
+    expect_no_failures("regression_3", SEEDS, &fixed);
+}
+
 fn expect_no_failures(suite: &str, seeds: &[u64], opts: &Options) {
     let (failures, _) = sweep(seeds, opts, false);
     if let Some(first) = failures.first() {
@@ -347,6 +383,10 @@ fn the_checker_catches_broken_replicas() {
         (Sabotage::ForgetHints, "1 acknowledged write lost"),
         // Restarting the dot counter at 1 mints dots again (Riak's KV679).
         (Sabotage::ReuseDots, "dot minted twice"),
+        // Applying a write twice leaves two siblings of it.
+        (Sabotage::ApplyTwice, "5 one write, two siblings"),
+        // Dropping tombstones for an incoming stale copy brings the deleted value back.
+        (Sabotage::ForgetTombstones, "6 deleted value reappeared"),
     ];
     let seeds: Vec<u64> = (0..60).collect();
     for (sabotage, rule) in cases {

@@ -80,6 +80,12 @@ pub enum Sabotage {
     ForgetHints,
     /// The dot counter restarts at 1 after a crash instead of at the persisted lease end.
     ReuseDots,
+    /// The coordinating replica applies a client write twice, under two dots (as a forward
+    /// retried after a lost reply would, if the first attempt had applied it).
+    ApplyTwice,
+    /// A replica whose copy of a key is only tombstones stores an incoming copy as it is,
+    /// instead of merging: a stale replica's value comes back after a delete.
+    ForgetTombstones,
 }
 
 /// How to run one seed.
@@ -101,6 +107,10 @@ pub struct Options {
     /// that is not among the key's chosen replicas refuses the write. `false` does as
     /// `server.rs` does today: it coordinates there anyway.
     pub strict_routing: bool,
+    /// A write whose forward went out unanswered is not coordinated again here (as
+    /// `server.rs` does since bug 3: it may have been applied there). `false` retries it here,
+    /// as `server.rs` did before, which can apply one client write twice.
+    pub forward_once: bool,
 }
 
 impl Default for Options {
@@ -112,6 +122,7 @@ impl Default for Options {
             // As node/src/driver.rs does: an ack waits for the hints issued before it.
             hints_before_reply: true,
             strict_routing: false,
+            forward_once: true,
         }
     }
 }
@@ -501,6 +512,7 @@ impl Sim {
                 crash_after_ack,
                 sabotage: opts.sabotage,
                 hints_before_reply: opts.hints_before_reply,
+                forward_once: opts.forward_once,
                 strict_routing: opts.strict_routing,
             },
         )

@@ -53,6 +53,8 @@ pub struct Ctx<'a> {
     pub sabotage: Sabotage,
     /// Replies wait until every hint issued before them is durable (see `Options`).
     pub hints_before_reply: bool,
+    /// A write whose forward went out unanswered is not coordinated again (see `Options`).
+    pub forward_once: bool,
     /// Writes are coordinated only at a chosen replica (see `Options`).
     pub strict_routing: bool,
 }
@@ -596,6 +598,26 @@ impl SimNode {
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
             Outgoing::Forward { client, seq, req } => {
+                // `server.rs`: a write whose forward went out unanswered may have been applied
+                // there; applying it here too would make two siblings of one write (rule 5).
+                // Only a forward that never reached a process is coordinated here.
+                if cx.forward_once
+                    && matches!(req, ClientRequest::Put { .. })
+                    && reason != "no connection"
+                {
+                    cx.w.logf(self.me(), || {
+                        format!("forward failed ({reason}) after it went out; write not retried")
+                    });
+                    let resp = ClientResponse {
+                        result: Err(format!(
+                            "forward to {} failed ({reason}); the write may have been applied there",
+                            node(peer)
+                        )),
+                        minted: None,
+                    };
+                    self.answer(cx, ReplyTo::Client { client, seq }, resp);
+                    return;
+                }
                 cx.w.logf(self.me(), || {
                     format!("forward failed ({reason}); coordinating here")
                 });
@@ -991,7 +1013,17 @@ impl SimNode {
                 // A dot is spent even if the update is refused: counters only move forward.
                 let d = Dot::new(self.actor, self.mint());
                 let current = self.read_local(&key);
-                let result = match current.update(&ctx, d, payload) {
+                let applied = current.update(&ctx, d, payload.clone());
+                let (applied, twice) = match (cx.sabotage, applied) {
+                    // Applies the client's write a second time under a new dot, as a retried
+                    // forward whose first attempt did apply would.
+                    (Sabotage::ApplyTwice, Ok(once)) => {
+                        let d2 = Dot::new(self.actor, self.mint());
+                        (once.update(&ctx, d2, payload), Some(d2))
+                    }
+                    (_, applied) => (applied, None),
+                };
+                let result = match applied {
                     Ok(next) => {
                         cx.w.logf(self.me(), || {
                             format!(
@@ -1001,10 +1033,14 @@ impl SimNode {
                                 obj(&next)
                             )
                         });
+                        cx.history.stored(self.ix, &key, &current, &next);
                         self.durable.objects.insert(key, next.clone());
                         if let Some((req, write)) = tag {
                             self.run().minted.insert(req, d);
                             cx.history.minted(write, self.ix, d);
+                            if let Some(d2) = twice {
+                                cx.history.minted(write, self.ix, d2);
+                            }
                         }
                         Ok(ReplicaResult::Object(next))
                     }
@@ -1028,6 +1064,13 @@ impl SimNode {
                 let merged = match cx.sabotage {
                     // Overwrites instead of merging: loses concurrent writes.
                     Sabotage::OverwriteOnMerge => object.clone(),
+                    // Forgets a deleted key's tombstones when a copy arrives: the stale copy's
+                    // value comes back.
+                    Sabotage::ForgetTombstones
+                        if !current.is_empty() && current.live().is_empty() =>
+                    {
+                        object.clone()
+                    }
                     _ => current.sync(&object),
                 };
                 let result = match merged.check_limits() {
@@ -1046,6 +1089,7 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
+                        cx.history.stored(self.ix, &key, &current, &merged);
                         self.durable.objects.insert(key, merged);
                         Ok(())
                     }
