@@ -95,9 +95,12 @@ async fn send(engine: &Arc<Engine>, peers: &Peers, target: NodeId, key: Vec<u8>)
         object: object.encode(),
         hint_for: None,
     };
-    match peers.request(target, req, HANDOFF_REQUEST_TIMEOUT).await {
-        Ok(PeerResponse::Ack) => Answer::Acked,
-        Ok(other) => Answer::Refused(format!("answered {other:?}")),
-        Err(e) => Answer::from_error(&e),
+    match peers.call(target, req, HANDOFF_REQUEST_TIMEOUT).await {
+        Ok(Ok(PeerResponse::Ack)) => Answer::Acked,
+        Ok(Ok(other)) => Answer::Refused(format!("answered {other:?}")),
+        // The target's own refusal says whether the others may still go.
+        Ok(Err(reply)) => Answer::from_error(&reply),
+        // No answer at all: the others would most likely get none either.
+        Err(e) => Answer::Failed(e.to_string()),
     }
 }
