@@ -24,22 +24,23 @@
 //!   first chosen replica, coordinate locally when that fails); the engine's durability (one
 //!   FIFO disk queue per node, a write durable and acknowledged only when its disk event runs,
 //!   lost if the node crashes first; dots and hint sequence numbers from one leased counter that
-//!   a restart resumes at the persisted lease end); `peers.rs`'s liveness view (optimistic start,
-//!   any answer marks a peer up, a failed exchange marks it down unless a newer one succeeded,
-//!   pings every `PROBE_INTERVAL`, down peers with doubling backoff); hinted handoff is the
-//!   node's own policy (`cairn_core::handoff`: per target one key at a time, refused hints set
-//!   aside, a failure ending the target's round), carried out as `handoff.rs` does, the hint
-//!   deleted only if its sequence number is unchanged.
+//!   a restart resumes at the persisted lease end); liveness is the node's own policy
+//!   (`cairn_core::liveness`, fed as `peers.rs` feeds it; with no gossip here every peer counts
+//!   as alive and suspect, so probes find a dead one: any answer marks a peer up, a failed
+//!   exchange marks it down unless a newer one succeeded, down peers are pinged with doubling
+//!   backoff); hinted handoff is the node's own policy (`cairn_core::handoff`: per target one
+//!   key at a time, refused hints set aside, a failure ending the target's round), carried out
+//!   as `handoff.rs` does, the hint deleted only if its sequence number is unchanged.
 //! - `world`: virtual time, the event queue, the network: per-message delay, loss,
-//!   duplication, slow messages that reorder, partitions between groups of nodes; a request to
+//!   duplicated answers (never requests), slow messages that reorder, partitions between groups of nodes; a request to
 //!   a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition times out.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
 //! Not modelled: membership changes, anti-entropy, disks that fail or are lost (a node's epoch
 //! never changes), limits other than the object's (`SIBLINGS_MAX` and friends are real).
 //!
-//! The ring, the coordinator, the versioning and the handoff policy are the node's own code
-//! (`cairn-core`); the drivers around them are still re-enacted here. When `driver.rs`,
+//! The ring, the coordinator, the versioning, the liveness and handoff policies are the node's
+//! own code (`cairn-core`); the drivers around them are still re-enacted here. When `driver.rs`,
 //! `server.rs`, `engine.rs`, `peers.rs` or `handoff.rs` change what they do, change the
 //! matching code in `node` (and `Options`).
 

@@ -9,16 +9,17 @@
 //! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
 //! persisted lease end, so no dot is minted twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
+use cairn_core::liveness::{Liveness, Transition};
 use cairn_node::coordinator::{
     route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
     REQUEST_TIMEOUT_MAX,
 };
 use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_node::peers::{PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL};
+use cairn_node::peers::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
 use cairn_proto::{ActorId, ErrorReply, NodeId};
 use cairn_ring::Ring;
@@ -184,23 +185,16 @@ enum Outgoing {
     Handoff,
 }
 
-/// What this node believes about one peer (`peers.rs`).
-#[derive(Debug)]
-struct PeerView {
-    up: bool,
-    /// When the last successful exchange started: failures of exchanges that started earlier
-    /// are stale and ignored.
-    last_success: Option<Duration>,
-    backoff: Duration,
-    next_probe: Duration,
-    pinging: bool,
-}
-
 /// The state a crash loses.
 pub struct Running {
     coord: Coordinator,
     dot_next: u64,
-    peers: BTreeMap<NodeId, PeerView>,
+    /// The node's own liveness policy (`cairn_core::liveness`), fed as `peers.rs` feeds it.
+    liveness: Liveness,
+    /// The other nodes.
+    peer_ids: Vec<NodeId>,
+    /// Peers with a ping in flight (the node's probe loop waits for its pings).
+    pinging: BTreeSet<NodeId>,
     /// Peer requests awaiting an answer: (peer, when it started, what it was for).
     outgoing: BTreeMap<u64, (NodeId, Duration, Outgoing)>,
     next_rid: u64,
@@ -281,24 +275,15 @@ impl SimNode {
     pub fn start(&mut self, cx: &mut Ctx) {
         assert!(self.run.is_none(), "node started twice");
         let now = cx.w.now;
-        let peers = cx
-            .ids
-            .iter()
-            .filter(|&&id| id != self.id)
-            .map(|&id| {
-                (
-                    id,
-                    // Optimistic, as `Peers::new`: up until a request or probe says otherwise.
-                    PeerView {
-                        up: true,
-                        last_success: None,
-                        backoff: PROBE_INTERVAL,
-                        next_probe: now,
-                        pinging: false,
-                    },
-                )
-            })
-            .collect();
+        let instant = cx.w.instant();
+        let peer_ids: Vec<NodeId> = cx.ids.iter().copied().filter(|&id| id != self.id).collect();
+        let mut liveness = Liveness::new(self.id);
+        for &id in &peer_ids {
+            // No gossip here: every peer counts as alive to gossip and as a suspect, so the
+            // probes find a dead one, as a suspect's pings do in the node.
+            liveness.handle_gossip(instant, id, true, true);
+        }
+        while liveness.poll_transition().is_some() {}
         let dot_next = match cx.sabotage {
             // Forgets the lease: restarts counting from 1, reusing dots (Riak's KV679).
             Sabotage::ReuseDots => 1,
@@ -307,7 +292,9 @@ impl SimNode {
         self.run = Some(Running {
             coord: Coordinator::new(self.id, cx.ring.clone()),
             dot_next,
-            peers,
+            liveness,
+            peer_ids,
+            pinging: BTreeSet::new(),
             outgoing: BTreeMap::new(),
             next_rid: 0,
             requests: BTreeMap::new(),
@@ -364,10 +351,10 @@ impl SimNode {
     /// Peers this node believes down.
     pub fn peers_down(&self) -> Vec<NodeId> {
         self.run.as_ref().map_or_else(Vec::new, |r| {
-            r.peers
+            r.peer_ids
                 .iter()
-                .filter(|(_, v)| !v.up)
-                .map(|(id, _)| *id)
+                .copied()
+                .filter(|id| !r.liveness.is_up(*id))
                 .collect()
         })
     }
@@ -407,8 +394,8 @@ impl SimNode {
     fn on_client_request(&mut self, cx: &mut Ctx, client: ClientIx, seq: u64, req: ClientRequest) {
         let me = self.id;
         let run = self.run();
-        let peers = &run.peers;
-        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        let liveness = &run.liveness;
+        let is_up = |id: NodeId| id == me || liveness.is_up(id);
         match route(cx.ring, me, req.key(), &is_up) {
             Route::Forward(to) => {
                 cx.w.logf(self.me(), || {
@@ -444,8 +431,8 @@ impl SimNode {
         if cx.strict_routing && matches!(req, ClientRequest::Put { .. }) {
             let me = self.id;
             let run = self.run();
-            let peers = &run.peers;
-            let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+            let liveness = &run.liveness;
+            let is_up = |id: NodeId| id == me || liveness.is_up(id);
             let route = route(cx.ring, me, req.key(), &is_up);
             if route != Route::Local {
                 cx.w.logf(self.me(), || {
@@ -541,10 +528,10 @@ impl SimNode {
             Outgoing::Repair => {}
             Outgoing::Ping => match resp {
                 Ok(PeerResp::Pong) => {
-                    let now = cx.w.now;
-                    let v = self.run().peers.get_mut(&peer).expect("peer view");
-                    v.pinging = false;
-                    v.next_probe = now + PROBE_INTERVAL;
+                    let now = cx.w.instant();
+                    let run = self.run();
+                    run.pinging.remove(&peer);
+                    run.liveness.handle_probe(now, peer, true);
                 }
                 other => {
                     let why = format!("odd answer to ping: {other:?}");
@@ -676,8 +663,8 @@ impl SimNode {
         let rid = RequestId(run.next_req);
         run.next_req += 1;
         run.requests.insert(rid, reply);
-        let peers = &run.peers;
-        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        let liveness = &run.liveness;
+        let is_up = |id: NodeId| id == me || liveness.is_up(id);
         if cx.w.tracing()
             && matches!(req, ClientRequest::Put { .. })
             && route(cx.ring, me, req.key(), &is_up) != Route::Local
@@ -1155,51 +1142,41 @@ impl SimNode {
 
     /// Records the outcome of an exchange with `peer` that started at `started`.
     fn mark(&mut self, cx: &mut Ctx, peer: NodeId, up: bool, started: Duration, why: &str) {
-        let view = self.run().peers.get_mut(&peer).expect("peer view");
-        if !up && view.last_success.is_some_and(|t| t > started) {
-            // A newer exchange already succeeded: this failure says nothing current.
-            return;
-        }
-        let was = view.up;
-        view.up = up;
-        if up {
-            view.backoff = PROBE_INTERVAL;
-            view.last_success = Some(view.last_success.map_or(started, |t| t.max(started)));
-        }
-        if was != up {
-            cx.w.logf(self.me(), || {
-                if up {
-                    format!("view: {} is UP", node(peer))
-                } else {
-                    format!("view: {} is DOWN ({why})", node(peer))
+        let started = cx.w.base + started;
+        let outcome = if up { Ok(()) } else { Err(why.to_owned()) };
+        let run = self.run();
+        run.liveness.handle_exchange(peer, started, outcome);
+        let transitions: Vec<Transition> =
+            std::iter::from_fn(|| run.liveness.poll_transition()).collect();
+        for t in transitions {
+            cx.w.logf(self.me(), || match &t {
+                Transition::Up(p) => format!("view: {} is UP", node(*p)),
+                Transition::Down { node: p, reason } => {
+                    format!("view: {} is DOWN ({reason})", node(*p))
                 }
             });
-            if up {
+            if matches!(t, Transition::Up(_)) {
                 self.handoff_up_event(cx);
             }
         }
     }
 
     fn ping_failed(&mut self, cx: &mut Ctx, peer: NodeId) {
-        let now = cx.w.now;
-        let v = self.run().peers.get_mut(&peer).expect("peer view");
-        v.pinging = false;
-        v.backoff = (v.backoff * 2).min(PROBE_BACKOFF_MAX);
-        v.next_probe = now + v.backoff;
+        let now = cx.w.instant();
+        let run = self.run();
+        run.pinging.remove(&peer);
+        run.liveness.handle_probe(now, peer, false);
     }
 
     /// The probe loop: ping every peer that is due, then tick again after `PROBE_INTERVAL`.
     pub fn on_probe_tick(&mut self, cx: &mut Ctx) {
-        let now = cx.w.now;
-        let due: Vec<NodeId> = self
-            .run()
-            .peers
-            .iter_mut()
-            .filter(|(_, v)| !v.pinging && v.next_probe <= now)
-            .map(|(id, v)| {
-                v.pinging = true;
-                *id
-            })
+        let now = cx.w.instant();
+        let run = self.run();
+        let due: Vec<NodeId> = run
+            .liveness
+            .poll_probes(now)
+            .into_iter()
+            .filter(|id| run.pinging.insert(*id))
             .collect();
         for peer in due {
             let to = cx.ix(peer);
@@ -1246,9 +1223,9 @@ impl SimNode {
         }
         let now = cx.w.instant();
         let run = self.run();
-        let peers = &run.peers;
+        let liveness = &run.liveness;
         run.handoff
-            .handle_round(now, &counts, &|id| peers.get(&id).is_some_and(|v| v.up));
+            .handle_round(now, &counts, &|id| liveness.is_up(id));
         self.handoff_actions(cx);
     }
 
