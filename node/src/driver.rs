@@ -3,6 +3,7 @@
 //! peer requests, hints).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,9 +86,37 @@ struct Command {
 #[derive(Clone)]
 pub struct CoordinatorHandle {
     tx: mpsc::Sender<Command>,
+    unsettled: Arc<Unsettled>,
+}
+
+/// Replicas the coordinator task knows missed (or may have missed) a write stored here, but
+/// which no durable hint covers yet.
+#[derive(Debug, Default)]
+struct Unsettled {
+    /// `Coordinator::replicas_outstanding` after the task's last step; published after
+    /// `hints_issued`, so a replica leaving this count for a hint is already counted there.
+    outstanding: AtomicU64,
+    /// Hints handed to the hint writer.
+    hints_issued: AtomicU64,
+    /// Hints the hint writer finished (in issue order).
+    hints_done: AtomicU64,
 }
 
 impl CoordinatorHandle {
+    /// Replicas sent a write stored here that have neither acknowledged it nor a durable hint
+    /// for it yet: those still silent (`Coordinator::replicas_outstanding`) and those whose
+    /// hint is still being written. `status` adds them to the hints pending: a replica that
+    /// died silently gets its hint only at the write's deadline, and until then "no hints"
+    /// would claim it has every write (issue 10's quick-restart defect).
+    pub fn replicas_outstanding(&self) -> u64 {
+        let u = &self.unsettled;
+        // This order with the task's (issued, then outstanding) never misses one in between.
+        let outstanding = u.outstanding.load(Ordering::Acquire);
+        let issued = u.hints_issued.load(Ordering::Acquire);
+        let done = u.hints_done.load(Ordering::Acquire);
+        outstanding + issued.saturating_sub(done)
+    }
+
     /// Runs `job`; a full queue is an `Overloaded` answer, not an unbounded wait.
     pub async fn submit(&self, job: Job) -> Response {
         let (reply, rx) = oneshot::channel();
@@ -120,11 +149,12 @@ pub struct DriverContext {
 /// Starts the coordinator task.
 pub fn spawn(ctx: Arc<DriverContext>) -> (CoordinatorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COORDINATOR_QUEUE_MAX);
-    let task = tokio::spawn(run(rx, ctx));
-    (CoordinatorHandle { tx }, task)
+    let unsettled = Arc::new(Unsettled::default());
+    let task = tokio::spawn(run(rx, ctx, unsettled.clone()));
+    (CoordinatorHandle { tx, unsettled }, task)
 }
 
-async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
+async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled: Arc<Unsettled>) {
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
@@ -142,7 +172,12 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
     // it too, and nothing keeps the endpoint or the engine alive afterwards.
     let mut tasks = tokio::task::JoinSet::new();
     // Stops the hint writer when the driver ends (shutdown aborts the driver).
-    let _hint_writer = AbortOnDrop(tokio::spawn(write_hints(ctx.clone(), hints_rx, done_tx)));
+    let _hint_writer = AbortOnDrop(tokio::spawn(write_hints(
+        ctx.clone(),
+        hints_rx,
+        done_tx,
+        unsettled.clone(),
+    )));
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut next_req = 0u64;
     let is_up = {
@@ -217,6 +252,12 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>) {
             }
             hints_issued += 1;
         }
+        unsettled
+            .hints_issued
+            .store(hints_issued, Ordering::Release);
+        unsettled
+            .outstanding
+            .store(coord.replicas_outstanding() as u64, Ordering::Release);
         while let Some((req, outcome)) = coord.poll_outcome() {
             let Some(reply) = waiting.remove(&req) else {
                 continue;
@@ -254,6 +295,7 @@ async fn write_hints(
     ctx: Arc<DriverContext>,
     mut rx: mpsc::Receiver<crate::coordinator::HintNeeded>,
     done: watch::Sender<u64>,
+    unsettled: Arc<Unsettled>,
 ) {
     let mut finished = 0u64;
     let mut batch = Vec::new();
@@ -277,6 +319,7 @@ async fn write_hints(
         }
         while set.join_next().await.is_some() {}
         finished += n;
+        unsettled.hints_done.store(finished, Ordering::Release);
         let _ = done.send(finished);
     }
 }

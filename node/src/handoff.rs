@@ -1,15 +1,17 @@
-//! Hinted handoff: keys this node holds hints for are handed to the node that missed them once
-//! it is reachable again; a hint is deleted only after the target acknowledged durable storage.
+//! Hinted handoff's I/O: keys this node holds hints for are handed to the node that missed them
+//! once it is reachable again; a hint is deleted only after the target acknowledged durable
+//! storage. What to send when, and what an answer means, is the pure policy in
+//! `cairn_core::handoff`; this loop reads the store, talks to peers and keeps the time.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_proto::{NodeId, PeerRequest, PeerResponse};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::engine::{Engine, Write};
-use crate::limits::HANDOFF_BATCH_MAX;
 use crate::peers::Peers;
 
 /// How often hints are retried when no peer came up in between.
@@ -19,56 +21,87 @@ pub const HANDOFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Delivers hints forever: on every peer up-transition and every `HANDOFF_INTERVAL`.
 pub async fn run(engine: Arc<Engine>, peers: Arc<Peers>, mut up_events: mpsc::Receiver<NodeId>) {
+    let mut policy = Handoff::new();
     loop {
         tokio::select! {
             _ = up_events.recv() => {}
             _ = tokio::time::sleep(HANDOFF_INTERVAL) => {}
         }
-        for (target, count) in engine.hint_counts() {
-            if count > 0 && peers.is_up(target) {
-                deliver(&engine, &peers, target).await;
+        policy.handle_round(Instant::now(), &engine.hint_counts(), &|t| peers.is_up(t));
+        while let Some(action) = policy.poll_action() {
+            carry_out(action, &mut policy, &engine, &peers).await;
+        }
+    }
+}
+
+async fn carry_out(action: Action, policy: &mut Handoff, engine: &Arc<Engine>, peers: &Peers) {
+    match action {
+        Action::ReadHints { target, limit } => {
+            let engine = engine.clone();
+            match tokio::task::spawn_blocking(move || engine.hints(target, limit)).await {
+                Ok(Ok(hints)) => policy.handle_hints(
+                    target,
+                    hints
+                        .into_iter()
+                        .map(|h| HintRef {
+                            key: h.key,
+                            seq: h.seq,
+                        })
+                        .collect(),
+                ),
+                Ok(Err(e)) => policy.handle_read_failed(target, format!("reading hints: {e}")),
+                Err(e) => policy.handle_read_failed(target, format!("reading hints: {e}")),
+            }
+        }
+        Action::Send { target, hint } => {
+            let answer = send(engine, peers, target, hint.key).await;
+            policy.handle_answer(Instant::now(), target, answer);
+        }
+        Action::Delete { target, hint } => {
+            let done = Write::HintDelivered {
+                target,
+                seq: hint.seq,
+            };
+            match engine.apply(hint.key, done).await {
+                Ok(_) => crate::metrics::record_hint_delivered(),
+                // The hint stays and is delivered again: a merge is idempotent.
+                Err(e) => debug!("deleting a delivered hint failed: {e}"),
+            }
+        }
+        Action::RoundDone {
+            target,
+            delivered,
+            refused,
+            failure,
+        } => {
+            let peer = peers.name(target);
+            if delivered > 0 || refused > 0 {
+                info!(%peer, delivered, refused, "hints handed off");
+            }
+            if let Some(why) = failure {
+                debug!("handoff to {peer} stopped: {why}");
             }
         }
     }
 }
 
-/// Hands over up to `HANDOFF_BATCH_MAX` keys to `target`, stopping at the first failure.
-async fn deliver(engine: &Arc<Engine>, peers: &Peers, target: NodeId) {
-    let hints = {
-        let engine = engine.clone();
-        match tokio::task::spawn_blocking(move || engine.hints(target, HANDOFF_BATCH_MAX)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return debug!("reading hints failed: {e}"),
-            Err(e) => return debug!("reading hints failed: {e}"),
-        }
+/// Sends the current object of `key` to `target`.
+async fn send(engine: &Arc<Engine>, peers: &Peers, target: NodeId, key: Vec<u8>) -> Answer {
+    let object = match engine.read(key.clone()).await {
+        Ok(object) => object,
+        Err(e) => return Answer::Failed(format!("reading the object: {e}")),
     };
-    let mut delivered = 0usize;
-    for hint in hints {
-        let Ok(object) = engine.read(hint.key.clone()).await else {
-            return;
-        };
-        let req = PeerRequest::Replicate {
-            key: hint.key.clone(),
-            object: object.encode(),
-            hint_for: None,
-        };
-        match peers.request(target, req, HANDOFF_REQUEST_TIMEOUT).await {
-            Ok(PeerResponse::Ack) => {
-                let done = Write::HintDelivered {
-                    target,
-                    seq: hint.seq,
-                };
-                if engine.apply(hint.key, done).await.is_err() {
-                    return;
-                }
-                delivered += 1;
-                crate::metrics::record_hint_delivered();
-            }
-            Ok(other) => return debug!("handoff to {} got {other:?}", peers.name(target)),
-            Err(e) => return debug!("handoff to {} failed: {e}", peers.name(target)),
-        }
-    }
-    if delivered > 0 {
-        info!(peer = %peers.name(target), delivered, "hints handed off");
+    let req = PeerRequest::Replicate {
+        key,
+        object: object.encode(),
+        hint_for: None,
+    };
+    match peers.call(target, req, HANDOFF_REQUEST_TIMEOUT).await {
+        Ok(Ok(PeerResponse::Ack)) => Answer::Acked,
+        Ok(Ok(other)) => Answer::Refused(format!("answered {other:?}")),
+        // The target's own refusal says whether the others may still go.
+        Ok(Err(reply)) => Answer::from_error(&reply),
+        // No answer at all: the others would most likely get none either.
+        Err(e) => Answer::Failed(e.to_string()),
     }
 }

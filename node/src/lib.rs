@@ -3,7 +3,6 @@
 
 pub mod antientropy;
 pub mod config;
-pub mod coordinator;
 pub mod driver;
 pub mod engine;
 pub mod frontend;
@@ -15,8 +14,9 @@ pub mod peers;
 pub mod server;
 pub mod store;
 pub mod trees;
-pub mod version;
 
+// Versioning and coordination live in the pure core crate; these paths keep working.
+pub use cairn_core::{coordinator, version};
 pub use config::{ClusterConfig, ConfigError, FrontendConfig, NodeConfig, TlsPaths};
 pub use frontend::FrontendAddrs;
 pub use server::{Node, NodeError};

@@ -27,16 +27,13 @@ pub const CONNECTIONS_MAX: usize = 1024;
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
 const _: () = assert!((WRITE_BATCH_MAX as u64) < DOT_LEASE_BLOCK);
 
-/// Client requests one node coordinates at once (including ones answered but still collecting
-/// late replies for hints or read repair). When it is reached, the answered request closest to
-/// its deadline is ended early (its silent replicas get hints); only when none is answered are
-/// new clients refused as overloaded.
-pub const COORDINATOR_REQUESTS_MAX: usize = 4096;
+/// Defined by the pure core, which enforces it.
+pub use cairn_core::limits::COORDINATOR_REQUESTS_MAX;
 /// Hints one node keeps for one unreachable peer; beyond it, fallback writes for that peer are
 /// refused (the coordinator counts them as failed) rather than growing without bound.
 pub const HINTS_PER_PEER_MAX: u64 = 100_000;
-/// Hinted keys handed to a peer per delivery round.
-pub const HANDOFF_BATCH_MAX: usize = 256;
+/// Defined by the pure core's handoff policy, which enforces them.
+pub use cairn_core::limits::{HANDOFF_BATCH_MAX, HANDOFF_REFUSED_MAX, HANDOFF_REFUSED_RETRY};
 /// Client requests waiting for the coordinator task; when full, clients get `Overloaded`.
 pub const COORDINATOR_QUEUE_MAX: usize = 4096;
 /// Replica answers waiting for the coordinator task (senders wait when it is full).

@@ -449,7 +449,9 @@ impl Membership {
         let run = async {
             let mut next = Some(request);
             while let Some(req) = next.take() {
-                match exchange_on(&conn, req).await? {
+                // Gossip tolerates loss: whether the request arrived does not matter here.
+                let sent = std::sync::atomic::AtomicBool::new(false);
+                match exchange_on(&conn, req, &sent).await? {
                     Ok(PeerResponse::Gossip(Some(reply))) => {
                         next = self
                             .receive(&reply, seed_node)

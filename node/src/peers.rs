@@ -1,7 +1,7 @@
-//! Connections to the other nodes and the liveness view built from them. A peer is up when
-//! gossip's failure detector judges it alive *and* the last exchange with it did not fail: gossip
-//! convicts a silent node within seconds, a failed request marks a peer down at once, and a probe
-//! loop pings peers marked down that way (with backoff) until they answer.
+//! Connections to the other nodes, and the liveness view built from them: the up/down policy
+//! is the pure `cairn_core::liveness` machine; this module feeds it gossip's judgements,
+//! exchange outcomes and probe results, runs the probe pings, and reports its transitions (an
+//! up-transition wakes hint delivery).
 //!
 //! This is the membership interface the coordinator, hinted handoff and status use (`is_up`,
 //! `name`); the member table itself is kept by `membership` from gossip.
@@ -11,47 +11,78 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use cairn_core::liveness::{Liveness, Transition};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
+
+pub use cairn_core::liveness::{PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL};
+
+/// Why a request to a peer got no answer, with what is known about whether it arrived.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PeerError {
+    /// The node is not a member: nothing was sent.
+    #[error("{node} is not a member")]
+    NotAMember {
+        /// The node, by name or id.
+        node: String,
+    },
+    /// No connection could be made (or opened a stream on): nothing was sent.
+    #[error("cannot reach {node}: {reason}")]
+    Connect {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request went out and no answer came within `after`: the peer may have acted on it.
+    #[error("{node} did not answer within {after:?}")]
+    Timeout {
+        /// The node.
+        node: String,
+        /// How long the caller waited.
+        after: Duration,
+    },
+    /// The request went out and the exchange broke before the answer: the peer may have acted
+    /// on it.
+    #[error("lost the exchange with {node}: {reason}")]
+    Lost {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PeerError {
+    /// Whether the peer may have received the request (and acted on it): a write whose
+    /// forward failed this way must not be applied again elsewhere.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, PeerError::Timeout { .. } | PeerError::Lost { .. })
+    }
+}
+
+impl From<PeerError> for ErrorReply {
+    fn from(e: PeerError) -> ErrorReply {
+        let reason = e.to_string();
+        let node = match e {
+            PeerError::NotAMember { node }
+            | PeerError::Connect { node, .. }
+            | PeerError::Timeout { node, .. }
+            | PeerError::Lost { node, .. } => node,
+        };
+        ErrorReply::Unreachable { node, reason }
+    }
+}
 
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a ping may take before the peer counts as down.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the probe loop looks for peers to ping.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// Longest wait between probes of a down peer (the backoff doubles up to this).
-pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
-/// Time between pings of a suspect peer that keeps answering.
-pub const SUSPECT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-#[derive(Debug)]
-struct PeerState {
-    /// Transport view: false after an exchange failed, until one succeeds.
-    reachable: bool,
-    /// Gossip's view: the failure detector judges the node alive.
-    alive: bool,
-    /// Its heartbeat has not moved for a few rounds: the probe loop pings it directly, so a
-    /// dead node is found by a failed ping long before phi convicts it.
-    suspect: bool,
-    /// When the last successful exchange started; failures of exchanges that started earlier
-    /// are stale (e.g. a ping sent before the peer was listening) and ignored.
-    last_success: Option<Instant>,
-    backoff: Duration,
-    next_probe: Instant,
-}
-
-impl PeerState {
-    fn is_up(&self) -> bool {
-        self.alive && self.reachable
-    }
-}
 
 struct Peer {
     name: String,
     addr: SocketAddr,
-    state: Mutex<PeerState>,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
 }
 
@@ -61,6 +92,7 @@ pub struct Peers {
     my_name: String,
     endpoint: quinn::Endpoint,
     peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
+    liveness: Mutex<Liveness>,
     up_events: mpsc::Sender<NodeId>,
 }
 
@@ -78,6 +110,7 @@ impl Peers {
             my_name,
             endpoint,
             peers: RwLock::new(BTreeMap::new()),
+            liveness: Mutex::new(Liveness::new(me)),
             up_events,
         }
     }
@@ -86,72 +119,66 @@ impl Peers {
         self.peers.read().expect("peers lock").get(&id).cloned()
     }
 
+    /// Runs `step` on the liveness machine, then reports the transitions it made.
+    fn liveness<T>(&self, step: impl FnOnce(&mut Liveness) -> T) -> T {
+        let (out, transitions) = {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            let out = step(&mut l);
+            (
+                out,
+                std::iter::from_fn(|| l.poll_transition()).collect::<Vec<_>>(),
+            )
+        };
+        for t in transitions {
+            match t {
+                Transition::Up(id) => {
+                    info!(peer = %self.name(id), "peer is up");
+                    // Full channel: the handoff loop's periodic scan picks the peer up anyway.
+                    let _ = self.up_events.try_send(id);
+                }
+                Transition::Down { node, reason } => {
+                    info!(peer = %self.name(node), "peer is down: {reason}")
+                }
+            }
+        }
+        out
+    }
+
     /// Adds peer `id` or updates its name and address (a restarted node may move); `alive` is
     /// gossip's judgement and `suspect` says its heartbeat is late (the probe loop pings it). A
     /// changed address drops the cached connection. Called for every member on every gossip
-    /// message, so an unchanged peer costs a read lock only.
+    /// message, so an unchanged peer costs a read lock and the liveness lock only.
     pub fn upsert(&self, id: NodeId, name: &str, addr: SocketAddr, alive: bool, suspect: bool) {
         if id == self.me {
             return;
         }
-        let peer = match self.get(id) {
-            Some(p) if p.addr == addr && p.name == name => p,
-            _ => self.replace(id, name, addr),
-        };
-        let became_up = {
-            let mut s = peer.state.lock().expect("peer lock");
-            let was_up = s.is_up();
-            if alive && !s.alive {
-                // Gossip heard from it (through any node): worth trying again at once.
-                s.reachable = true;
-                s.backoff = PROBE_INTERVAL;
-            }
-            s.alive = alive;
-            s.suspect = suspect && alive;
-            !was_up && s.is_up()
-        };
-        if became_up {
-            info!(peer = %name, "peer is up");
-            // Full channel: the handoff loop's periodic scan picks the peer up anyway.
-            let _ = self.up_events.try_send(id);
+        let moved = !matches!(self.get(id), Some(p) if p.addr == addr && p.name == name);
+        if moved {
+            let fresh = Arc::new(Peer {
+                name: name.to_owned(),
+                addr,
+                conn: tokio::sync::Mutex::new(None),
+            });
+            self.peers.write().expect("peers lock").insert(id, fresh);
         }
-    }
-
-    /// A fresh entry for `id` at `addr` (no cached connection), keeping gossip's judgement.
-    fn replace(&self, id: NodeId, name: &str, addr: SocketAddr) -> Arc<Peer> {
-        let mut peers = self.peers.write().expect("peers lock");
-        let alive = peers
-            .get(&id)
-            .is_some_and(|old| old.state.lock().expect("peer lock").alive);
-        let fresh = Arc::new(Peer {
-            name: name.to_owned(),
-            addr,
-            // Reachable until an exchange says otherwise: gossip decides first.
-            state: Mutex::new(PeerState {
-                reachable: true,
-                alive,
-                suspect: false,
-                last_success: None,
-                backoff: PROBE_INTERVAL,
-                next_probe: Instant::now(),
-            }),
-            conn: tokio::sync::Mutex::new(None),
+        let now = Instant::now();
+        self.liveness(|l| {
+            if moved {
+                l.handle_new_address(now, id);
+            }
+            l.handle_gossip(now, id, alive, suspect);
         });
-        peers.insert(id, fresh.clone());
-        fresh
     }
 
     /// Forgets peer `id` (it was removed from the cluster).
     pub fn remove(&self, id: NodeId) {
         self.peers.write().expect("peers lock").remove(&id);
+        self.liveness(|l| l.remove(id));
     }
 
     /// Whether `id` is believed reachable (this node always is).
     pub fn is_up(&self, id: NodeId) -> bool {
-        id == self.me
-            || self
-                .get(id)
-                .is_some_and(|p| p.state.lock().expect("peer lock").is_up())
+        self.liveness.lock().expect("liveness lock").is_up(id)
     }
 
     /// The name of `id`, or its id in hex if it is not a member.
@@ -164,32 +191,8 @@ impl Peers {
     }
 
     /// Records the outcome of an exchange with `id` that started at `started`.
-    fn mark(&self, id: NodeId, reachable: bool, error: Option<String>, started: Instant) {
-        let Some(peer) = self.get(id) else {
-            return;
-        };
-        let (was_up, is_up) = {
-            let mut s = peer.state.lock().expect("peer lock");
-            if !reachable && s.last_success.is_some_and(|t| t > started) {
-                // A newer exchange already succeeded: this failure says nothing current.
-                return;
-            }
-            let was_up = s.is_up();
-            s.reachable = reachable;
-            if reachable {
-                s.backoff = PROBE_INTERVAL;
-                s.last_success = Some(s.last_success.map_or(started, |t| t.max(started)));
-            }
-            (was_up, s.is_up())
-        };
-        if was_up != is_up {
-            if is_up {
-                info!(peer = %peer.name, "peer is up");
-                let _ = self.up_events.try_send(id);
-            } else {
-                info!(peer = %peer.name, "peer is down: {}", error.unwrap_or_default());
-            }
-        }
+    fn mark(&self, id: NodeId, started: Instant, outcome: Result<(), String>) {
+        self.liveness(|l| l.handle_exchange(id, started, outcome));
     }
 
     async fn connection(&self, peer: &Peer) -> Result<quinn::Connection, String> {
@@ -216,41 +219,61 @@ impl Peers {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends `req` to peer `id`. Transport failures mark the peer down.
+    /// Sends `req` to peer `id`. Transport failures mark the peer down. An error answer from
+    /// the peer is `Err` too; see [`Peers::call`] for a transport failure told apart.
     pub async fn request(
         &self,
         id: NodeId,
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, ErrorReply> {
+        self.call(id, req, timeout).await?
+    }
+
+    /// Sends `req` to peer `id`: the peer's answer (which may be an error reply), or why there
+    /// was none, saying whether the request may have arrived. Transport failures mark the peer
+    /// down.
+    pub async fn call(
+        &self,
+        id: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<Result<PeerResponse, ErrorReply>, PeerError> {
         let Some(peer) = self.get(id) else {
-            return Err(ErrorReply::Unreachable {
+            return Err(PeerError::NotAMember {
                 node: self.name(id),
-                reason: "not a member".into(),
             });
         };
         let started = Instant::now();
+        // Set once the request is on its way: from then on a failure may follow its arrival.
+        let sent = std::sync::atomic::AtomicBool::new(false);
         let exchange = async {
             let conn = self.connection(&peer).await?;
-            exchange_on(&conn, req).await
+            exchange_on(&conn, req, &sent).await
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+        let (result, timed_out) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => (r, false),
+            Err(_) => (Err(format!("no answer within {timeout:?}")), true),
         };
         if result.is_ok() {
-            self.mark(id, true, None, started);
+            self.mark(id, started, Ok(()));
         }
         match result {
-            Ok(resp) => resp,
+            Ok(resp) => Ok(resp),
             Err(reason) => {
                 // The cached connection may belong to a peer process that is gone (killed and
                 // restarted peers do not reset old connections): dial afresh next time.
                 peer.conn.lock().await.take();
-                self.mark(id, false, Some(reason.clone()), started);
-                Err(ErrorReply::Unreachable {
-                    node: peer.name.clone(),
-                    reason,
+                self.mark(id, started, Err(reason.clone()));
+                let node = peer.name.clone();
+                let sent = sent.load(std::sync::atomic::Ordering::Acquire);
+                Err(match (sent, timed_out) {
+                    (false, _) => PeerError::Connect { node, reason },
+                    (true, true) => PeerError::Timeout {
+                        node,
+                        after: timeout,
+                    },
+                    (true, false) => PeerError::Lost { node, reason },
                 })
             }
         }
@@ -264,12 +287,7 @@ impl Peers {
         match self.request(id, req, PING_TIMEOUT).await {
             Ok(PeerResponse::Pong { .. }) => true,
             Ok(other) => {
-                self.mark(
-                    id,
-                    false,
-                    Some(format!("odd answer to ping: {other:?}")),
-                    started,
-                );
+                self.mark(id, started, Err(format!("odd answer to ping: {other:?}")));
                 false
             }
             Err(e) => {
@@ -289,37 +307,16 @@ impl Peers {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = Instant::now();
-            let due: Vec<NodeId> = self
-                .peers
-                .read()
-                .expect("peers lock")
-                .iter()
-                .filter(|(_, p)| {
-                    let s = p.state.lock().expect("peer lock");
-                    let retry = s.alive && !s.reachable;
-                    let check = s.suspect && s.reachable;
-                    (retry || check) && s.next_probe <= now
-                })
-                .map(|(id, _)| *id)
-                .collect();
+            let due = self
+                .liveness
+                .lock()
+                .expect("liveness lock")
+                .poll_probes(Instant::now());
             let probes = due.into_iter().map(|id| {
                 let this = self.clone();
                 async move {
                     let ok = this.ping(id).await;
-                    let Some(peer) = this.get(id) else { return };
-                    let mut s = peer.state.lock().expect("peer lock");
-                    if !ok {
-                        s.backoff = (s.backoff * 2).min(PROBE_BACKOFF_MAX);
-                    }
-                    s.next_probe = Instant::now()
-                        + match (ok, s.suspect) {
-                            // Reachable but its heartbeat is late (a slow gossip path in a
-                            // large cluster): check again, not in a tight loop.
-                            (true, true) => SUSPECT_PROBE_INTERVAL,
-                            (true, false) => PROBE_INTERVAL,
-                            (false, _) => s.backoff,
-                        };
+                    this.liveness(|l| l.handle_probe(Instant::now(), id, ok));
                 }
             });
             futures_join_all(probes).await;
@@ -327,12 +324,15 @@ impl Peers {
     }
 }
 
-/// One request and its response on a new stream of `conn`.
+/// One request and its response on a new stream of `conn`; `sent` is set once any of the
+/// request may have left.
 pub async fn exchange_on(
     conn: &quinn::Connection,
     req: PeerRequest,
+    sent: &std::sync::atomic::AtomicBool,
 ) -> Result<Result<PeerResponse, ErrorReply>, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    sent.store(true, std::sync::atomic::Ordering::Release);
     cairn_net::write_frame(&mut send, &Request::Peer(req))
         .await
         .map_err(|e| e.to_string())?;

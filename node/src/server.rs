@@ -470,14 +470,24 @@ impl Shared {
             crate::metrics::record_forward();
             match self
                 .peers
-                .request(
+                .call(
                     to,
                     PeerRequest::Forward(Box::new(req.clone())),
                     FORWARD_TIMEOUT,
                 )
                 .await
             {
-                Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                Ok(Ok(PeerResponse::Forwarded(resp))) => return *resp,
+                // The write may have been applied there: applying it here too would make
+                // one client write two siblings. A read is safe to retry here.
+                Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {
+                    return Response::Error(ErrorReply::Unreachable {
+                        node: self.peers.name(to),
+                        reason: format!(
+                            "{e}; the write may have been applied there: read the key before writing again"
+                        ),
+                    });
+                }
                 // The chosen coordinator is unreachable (and now marked down): coordinate
                 // here rather than fail, the write still reaches the replicas that are up.
                 other => debug!(
@@ -585,7 +595,9 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
 }
 
 fn status(shared: &Shared) -> StatusReply {
-    let hints: u64 = shared.engine.hint_counts().values().sum();
+    // Writes a replica has not acknowledged yet count as pending hints: they are hints to be.
+    let hints: u64 = shared.engine.hint_counts().values().sum::<u64>()
+        + shared.coordinator.replicas_outstanding();
     let view = shared.membership.view();
     StatusReply {
         node: shared.name.clone(),

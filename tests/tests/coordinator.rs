@@ -1038,6 +1038,11 @@ fn a_full_coordinator_ends_an_answered_request_early_instead_of_refusing_a_clien
     }
     assert_eq!(coord.in_flight(), COORDINATOR_REQUESTS_MAX);
     assert_eq!(coord.poll_hint(), None);
+    assert_eq!(
+        coord.replicas_outstanding(),
+        2 * COORDINATOR_REQUESTS_MAX,
+        "every silent replica is outstanding until it is hinted"
+    );
 
     // One more client: the oldest answered write ends now, hinting its two silent replicas,
     // and the new write is taken, not refused.
@@ -1047,6 +1052,38 @@ fn a_full_coordinator_ends_an_answered_request_early_instead_of_refusing_a_clien
     assert_eq!(hints.len(), 2, "{hints:?}");
     assert!(hints.iter().all(|h| h.key == KEY));
     assert_eq!(coord.poll_outcome(), None, "nobody was refused");
+    assert_eq!(
+        coord.replicas_outstanding(),
+        2 * (COORDINATOR_REQUESTS_MAX - 1),
+        "the two hinted replicas are no longer outstanding; the new write has sent nothing yet"
+    );
+}
+
+/// Issue 10's quick-restart defect: a replica that died silently is known to have missed an
+/// acknowledged write only at the write's deadline, when it gets its hint. Until then it is
+/// outstanding, so `status` (which adds outstanding replicas to the hints pending) never shows
+/// "0 hints pending" while a replica lacks an acknowledged write that nobody holds a hint for.
+#[test]
+fn regression_10_a_silent_replica_is_outstanding_until_it_answers_or_is_hinted() {
+    for late in [Some(Step::Ack(P2)), Some(Step::Fail(P2)), None] {
+        let mut h = Harness::new(P0, &[]);
+        h.start(&Req::Put(w(2)));
+        assert_eq!(h.coord.replicas_outstanding(), 0, "nothing stored yet");
+        h.step(Step::Local);
+        assert_eq!(h.coord.replicas_outstanding(), 2, "{:#?}", h.transcript);
+        h.step(Step::Ack(P1));
+        assert!(h.transcript.iter().any(|l| l == "<= written [v]"));
+        assert_eq!(
+            h.coord.replicas_outstanding(),
+            1,
+            "acknowledged at W = 2 while P2 has neither the write nor a hint"
+        );
+        h.step(late.unwrap_or(Step::Wait(DEFAULT_MS)));
+        assert_eq!(h.coord.replicas_outstanding(), 0, "{:#?}", h.transcript);
+        let hinted = h.transcript.iter().any(|l| l == "hint P2");
+        assert_eq!(hinted, !matches!(late, Some(Step::Ack(_))), "{late:?}");
+        assert_eq!(h.coord.in_flight(), 0);
+    }
 }
 
 #[test]

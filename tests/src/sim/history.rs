@@ -20,6 +20,13 @@
 //! 4. *Nothing superseded returns*: no sibling of the final object is covered by the context of
 //!    a write that took effect in it; in particular no value an acknowledged delete saw.
 //!
+//! 5. *One write, one sibling*: no object (final, read or written reply) holds two siblings
+//!    produced by the same client write (a forward retried after a lost reply must not apply a
+//!    write twice).
+//! 6. *Nothing removed reappears on a replica*: once a replica stores an object whose context
+//!    covers a dot that is not among its siblings (deleted or superseded there), no later object
+//!    it stores has that dot as a sibling. Checked on every store, as it happens.
+//!
 //! Also: every sibling ever returned (during the run or at the end) was produced by a write to
 //! that key with that payload (no phantoms), and an acknowledged write's reply holds its own dot.
 
@@ -251,7 +258,62 @@ impl History {
             .map(|&id| &self.writes[id as usize])
     }
 
+    /// Rule 5 for one object: the writes that produced two or more of its siblings.
+    fn doubled_writes(&self, o: &Object) -> Vec<WriteId> {
+        let mut per_write: BTreeMap<WriteId, usize> = BTreeMap::new();
+        for (d, _) in o.siblings() {
+            if let Some(w) = self.writer_of(d) {
+                *per_write.entry(w.id).or_insert(0) += 1;
+            }
+        }
+        per_write
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Replica `node` replaces its object for `key`, `old`, with `new` (rule 6).
+    pub fn stored(&mut self, node: NodeIx, key: &[u8], old: &Object, new: &Object) {
+        let seen = old.join();
+        let old_sibs: Vec<Dot> = old.siblings().into_iter().map(|(d, _)| d).collect();
+        let deleted = !old.is_empty() && old.live().is_empty();
+        for (d, p) in new.siblings() {
+            if covers(&seen, d) && !old_sibs.contains(&d) {
+                let rule = if deleted {
+                    "6 deleted value reappeared"
+                } else {
+                    "6 superseded value reappeared"
+                };
+                let detail = format!(
+                    "n{} held {} (which covers {}@{} without it) and then stored {}",
+                    node + 1,
+                    obj(old),
+                    payload_str(p),
+                    dot(d),
+                    obj(new)
+                );
+                self.online.push(Violation {
+                    rule,
+                    key: key.to_vec(),
+                    detail,
+                });
+            }
+        }
+    }
+
     fn check_phantoms(&mut self, what: &str, key: &[u8], o: &Object) {
+        for id in self.doubled_writes(o) {
+            let detail = format!(
+                "{what} returned {} with two siblings from write w{id}",
+                obj(o)
+            );
+            self.online.push(Violation {
+                rule: "5 one write, two siblings",
+                key: key.to_vec(),
+                detail,
+            });
+        }
         for (d, p) in o.siblings() {
             let ok = self
                 .writer_of(d)
@@ -321,6 +383,14 @@ impl History {
                         ),
                     );
                 }
+            }
+
+            // Rule 5: one write, at most one sibling.
+            for id in self.doubled_writes(&fin) {
+                v(
+                    "5 one write, two siblings",
+                    format!("final object {} has two siblings from w{id}", obj(&fin)),
+                );
             }
 
             // Rule 1: no acknowledged write lost.

@@ -24,21 +24,25 @@
 //!   first chosen replica, coordinate locally when that fails); the engine's durability (one
 //!   FIFO disk queue per node, a write durable and acknowledged only when its disk event runs,
 //!   lost if the node crashes first; dots and hint sequence numbers from one leased counter that
-//!   a restart resumes at the persisted lease end); `peers.rs`'s liveness view (optimistic start,
-//!   any answer marks a peer up, a failed exchange marks it down unless a newer one succeeded,
-//!   pings every `PROBE_INTERVAL`, down peers with doubling backoff); `handoff.rs` (one round at
-//!   a time, one key at a time, the hint deleted only if its sequence number is unchanged).
+//!   a restart resumes at the persisted lease end); liveness is the node's own policy
+//!   (`cairn_core::liveness`, fed as `peers.rs` feeds it; with no gossip here every peer counts
+//!   as alive and suspect, so probes find a dead one: any answer marks a peer up, a failed
+//!   exchange marks it down unless a newer one succeeded, down peers are pinged with doubling
+//!   backoff); hinted handoff is the node's own policy (`cairn_core::handoff`: per target one
+//!   key at a time, refused hints set aside, a failure ending the target's round), carried out
+//!   as `handoff.rs` does, the hint deleted only if its sequence number is unchanged.
 //! - `world`: virtual time, the event queue, the network: per-message delay, loss,
-//!   duplication, slow messages that reorder, partitions between groups of nodes; a request to
+//!   duplicated answers (never requests), slow messages that reorder, partitions between groups of nodes; a request to
 //!   a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition times out.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
 //! Not modelled: membership changes, anti-entropy, disks that fail or are lost (a node's epoch
 //! never changes), limits other than the object's (`SIBLINGS_MAX` and friends are real).
 //!
-//! The ring, the coordinator and the versioning are the node's own code; the drivers around
-//! them are re-enacted here. When `driver.rs`, `server.rs`, `engine.rs`, `peers.rs` or
-//! `handoff.rs` change what they do, change the matching code in `node` (and `Options`).
+//! The ring, the coordinator, the versioning, the liveness and handoff policies are the node's
+//! own code (`cairn-core`); the drivers around them are still re-enacted here. When `driver.rs`,
+//! `server.rs`, `engine.rs`, `peers.rs` or `handoff.rs` change what they do, change the
+//! matching code in `node` (and `Options`).
 
 mod client;
 mod fmt;
@@ -77,6 +81,12 @@ pub enum Sabotage {
     ForgetHints,
     /// The dot counter restarts at 1 after a crash instead of at the persisted lease end.
     ReuseDots,
+    /// The coordinating replica applies a client write twice, under two dots (as a forward
+    /// retried after a lost reply would, if the first attempt had applied it).
+    ApplyTwice,
+    /// A replica whose copy of a key is only tombstones stores an incoming copy as it is,
+    /// instead of merging: a stale replica's value comes back after a delete.
+    ForgetTombstones,
 }
 
 /// How to run one seed.
@@ -98,6 +108,10 @@ pub struct Options {
     /// that is not among the key's chosen replicas refuses the write. `false` does as
     /// `server.rs` does today: it coordinates there anyway.
     pub strict_routing: bool,
+    /// A write whose forward went out unanswered is not coordinated again here (as
+    /// `server.rs` does since bug 3: it may have been applied there). `false` retries it here,
+    /// as `server.rs` did before, which can apply one client write twice.
+    pub forward_once: bool,
 }
 
 impl Default for Options {
@@ -109,6 +123,7 @@ impl Default for Options {
             // As node/src/driver.rs does: an ack waits for the hints issued before it.
             hints_before_reply: true,
             strict_routing: false,
+            forward_once: true,
         }
     }
 }
@@ -498,6 +513,7 @@ impl Sim {
                 crash_after_ack,
                 sabotage: opts.sabotage,
                 hints_before_reply: opts.hints_before_reply,
+                forward_once: opts.forward_once,
                 strict_routing: opts.strict_routing,
             },
         )

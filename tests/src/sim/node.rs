@@ -1,5 +1,6 @@
-//! One simulated node: the real `Coordinator` and ring, driven the way `node/src/driver.rs`,
-//! `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over an in-memory store.
+//! One simulated node: the real `Coordinator`, ring and handoff policy, driven the way
+//! `node/src/driver.rs`, `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over
+//! an in-memory store.
 //!
 //! Durability: the store (objects, hints, the dot lease end) survives a crash. A write queued
 //! for the disk becomes durable when its `Disk` event runs (one FIFO queue per node, like the
@@ -8,16 +9,17 @@
 //! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
 //! persisted lease end, so no dot is minted twice.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
+use cairn_core::liveness::{Liveness, Transition};
 use cairn_node::coordinator::{
     route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
     REQUEST_TIMEOUT_MAX,
 };
 use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_node::limits::HANDOFF_BATCH_MAX;
-use cairn_node::peers::{PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL};
+use cairn_node::peers::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
 use cairn_proto::{ActorId, ErrorReply, NodeId};
 use cairn_ring::Ring;
@@ -52,6 +54,8 @@ pub struct Ctx<'a> {
     pub sabotage: Sabotage,
     /// Replies wait until every hint issued before them is durable (see `Options`).
     pub hints_before_reply: bool,
+    /// A write whose forward went out unanswered is not coordinated again (see `Options`).
+    pub forward_once: bool,
     /// Writes are coordinated only at a chosen replica (see `Options`).
     pub strict_routing: bool,
 }
@@ -178,43 +182,19 @@ enum Outgoing {
         seq: u64,
         req: ClientRequest,
     },
-    Handoff {
-        key: Vec<u8>,
-        seq: u64,
-    },
-}
-
-/// What this node believes about one peer (`peers.rs`).
-#[derive(Debug)]
-struct PeerView {
-    up: bool,
-    /// When the last successful exchange started: failures of exchanges that started earlier
-    /// are stale and ignored.
-    last_success: Option<Duration>,
-    backoff: Duration,
-    next_probe: Duration,
-    pinging: bool,
-}
-
-/// The hint delivery loop (`handoff.rs`): one round at a time, one target at a time, one key
-/// at a time.
-#[derive(Debug, Default)]
-struct Handoff {
-    busy: bool,
-    /// A peer came up during a round: start another right after it.
-    kick: bool,
-    /// Arming of the interval timer; older arms are stale.
-    arm: u64,
-    targets: VecDeque<NodeId>,
-    current: Option<NodeId>,
-    items: VecDeque<(Vec<u8>, u64)>,
+    Handoff,
 }
 
 /// The state a crash loses.
 pub struct Running {
     coord: Coordinator,
     dot_next: u64,
-    peers: BTreeMap<NodeId, PeerView>,
+    /// The node's own liveness policy (`cairn_core::liveness`), fed as `peers.rs` feeds it.
+    liveness: Liveness,
+    /// The other nodes.
+    peer_ids: Vec<NodeId>,
+    /// Peers with a ping in flight (the node's probe loop waits for its pings).
+    pinging: BTreeSet<NodeId>,
     /// Peer requests awaiting an answer: (peer, when it started, what it was for).
     outgoing: BTreeMap<u64, (NodeId, Duration, Outgoing)>,
     next_rid: u64,
@@ -227,7 +207,11 @@ pub struct Running {
     disk_pending: usize,
     /// Hints queued for the disk and not yet durable.
     hints_pending: usize,
+    /// The node's own hint delivery policy (`cairn_core::handoff`), carried out as
+    /// `node/src/handoff.rs` does.
     handoff: Handoff,
+    /// Arming of the handoff interval timer; older arms are stale.
+    handoff_arm: u64,
 }
 
 /// A simulated node.
@@ -291,24 +275,15 @@ impl SimNode {
     pub fn start(&mut self, cx: &mut Ctx) {
         assert!(self.run.is_none(), "node started twice");
         let now = cx.w.now;
-        let peers = cx
-            .ids
-            .iter()
-            .filter(|&&id| id != self.id)
-            .map(|&id| {
-                (
-                    id,
-                    // Optimistic, as `Peers::new`: up until a request or probe says otherwise.
-                    PeerView {
-                        up: true,
-                        last_success: None,
-                        backoff: PROBE_INTERVAL,
-                        next_probe: now,
-                        pinging: false,
-                    },
-                )
-            })
-            .collect();
+        let instant = cx.w.instant();
+        let peer_ids: Vec<NodeId> = cx.ids.iter().copied().filter(|&id| id != self.id).collect();
+        let mut liveness = Liveness::new(self.id);
+        for &id in &peer_ids {
+            // No gossip here: every peer counts as alive to gossip and as a suspect, so the
+            // probes find a dead one, as a suspect's pings do in the node.
+            liveness.handle_gossip(instant, id, true, true);
+        }
+        while liveness.poll_transition().is_some() {}
         let dot_next = match cx.sabotage {
             // Forgets the lease: restarts counting from 1, reusing dots (Riak's KV679).
             Sabotage::ReuseDots => 1,
@@ -317,7 +292,9 @@ impl SimNode {
         self.run = Some(Running {
             coord: Coordinator::new(self.id, cx.ring.clone()),
             dot_next,
-            peers,
+            liveness,
+            peer_ids,
+            pinging: BTreeSet::new(),
             outgoing: BTreeMap::new(),
             next_rid: 0,
             requests: BTreeMap::new(),
@@ -328,7 +305,8 @@ impl SimNode {
             disk_free_at: now,
             disk_pending: 0,
             hints_pending: 0,
-            handoff: Handoff::default(),
+            handoff: Handoff::new(),
+            handoff_arm: 0,
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -363,7 +341,7 @@ impl SimNode {
         self.run.as_ref().is_some_and(|r| {
             r.coord.in_flight() == 0
                 && r.disk_pending == 0
-                && !r.handoff.busy
+                && r.handoff.is_idle()
                 && r.outgoing
                     .values()
                     .all(|(_, _, o)| matches!(o, Outgoing::Ping))
@@ -373,10 +351,10 @@ impl SimNode {
     /// Peers this node believes down.
     pub fn peers_down(&self) -> Vec<NodeId> {
         self.run.as_ref().map_or_else(Vec::new, |r| {
-            r.peers
+            r.peer_ids
                 .iter()
-                .filter(|(_, v)| !v.up)
-                .map(|(id, _)| *id)
+                .copied()
+                .filter(|id| !r.liveness.is_up(*id))
                 .collect()
         })
     }
@@ -416,8 +394,8 @@ impl SimNode {
     fn on_client_request(&mut self, cx: &mut Ctx, client: ClientIx, seq: u64, req: ClientRequest) {
         let me = self.id;
         let run = self.run();
-        let peers = &run.peers;
-        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        let liveness = &run.liveness;
+        let is_up = |id: NodeId| id == me || liveness.is_up(id);
         match route(cx.ring, me, req.key(), &is_up) {
             Route::Forward(to) => {
                 cx.w.logf(self.me(), || {
@@ -453,8 +431,8 @@ impl SimNode {
         if cx.strict_routing && matches!(req, ClientRequest::Put { .. }) {
             let me = self.id;
             let run = self.run();
-            let peers = &run.peers;
-            let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+            let liveness = &run.liveness;
+            let is_up = |id: NodeId| id == me || liveness.is_up(id);
             let route = route(cx.ring, me, req.key(), &is_up);
             if route != Route::Local {
                 cx.w.logf(self.me(), || {
@@ -550,10 +528,10 @@ impl SimNode {
             Outgoing::Repair => {}
             Outgoing::Ping => match resp {
                 Ok(PeerResp::Pong) => {
-                    let now = cx.w.now;
-                    let v = self.run().peers.get_mut(&peer).expect("peer view");
-                    v.pinging = false;
-                    v.next_probe = now + PROBE_INTERVAL;
+                    let now = cx.w.instant();
+                    let run = self.run();
+                    run.pinging.remove(&peer);
+                    run.liveness.handle_probe(now, peer, true);
                 }
                 other => {
                     let why = format!("odd answer to ping: {other:?}");
@@ -576,24 +554,15 @@ impl SimNode {
                     self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
                 }
             },
-            Outgoing::Handoff { key, seq } => match resp {
-                Ok(PeerResp::Ack) => {
-                    self.queue_disk(
-                        cx,
-                        DiskJob::HintDelivered {
-                            key,
-                            target: peer,
-                            seq,
-                        },
-                    );
-                }
-                other => {
-                    cx.w.logf(self.me(), || {
-                        format!("handoff to {} failed: {other:?}", node(peer))
-                    });
-                    self.handoff_next_target(cx);
-                }
-            },
+            Outgoing::Handoff => {
+                // As `node/src/handoff.rs::send` reads the answer.
+                let answer = match resp {
+                    Ok(PeerResp::Ack) => Answer::Acked,
+                    Ok(other) => Answer::Refused(format!("answered {other:?}")),
+                    Err(e) => Answer::from_error(&e),
+                };
+                self.handoff_answer(cx, peer, answer);
+            }
         }
     }
 
@@ -616,12 +585,39 @@ impl SimNode {
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
             Outgoing::Forward { client, seq, req } => {
+                // `server.rs`: a write whose forward went out unanswered may have been applied
+                // there; applying it here too would make two siblings of one write (rule 5).
+                // Only a forward that never reached a process is coordinated here.
+                if cx.forward_once
+                    && matches!(req, ClientRequest::Put { .. })
+                    && reason != "no connection"
+                {
+                    cx.w.logf(self.me(), || {
+                        format!("forward failed ({reason}) after it went out; write not retried")
+                    });
+                    let resp = ClientResponse {
+                        result: Err(format!(
+                            "forward to {} failed ({reason}); the write may have been applied there",
+                            node(peer)
+                        )),
+                        minted: None,
+                    };
+                    self.answer(cx, ReplyTo::Client { client, seq }, resp);
+                    return;
+                }
                 cx.w.logf(self.me(), || {
                     format!("forward failed ({reason}); coordinating here")
                 });
                 self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
             }
-            Outgoing::Handoff { .. } => self.handoff_next_target(cx),
+            Outgoing::Handoff => self.handoff_answer(
+                cx,
+                peer,
+                Answer::from_error(&ErrorReply::Unreachable {
+                    node: node(peer),
+                    reason,
+                }),
+            ),
         }
     }
 
@@ -667,8 +663,8 @@ impl SimNode {
         let rid = RequestId(run.next_req);
         run.next_req += 1;
         run.requests.insert(rid, reply);
-        let peers = &run.peers;
-        let is_up = |id: NodeId| id == me || peers.get(&id).is_some_and(|p| p.up);
+        let liveness = &run.liveness;
+        let is_up = |id: NodeId| id == me || liveness.is_up(id);
         if cx.w.tracing()
             && matches!(req, ClientRequest::Put { .. })
             && route(cx.ring, me, req.key(), &is_up) != Route::Local
@@ -1004,7 +1000,17 @@ impl SimNode {
                 // A dot is spent even if the update is refused: counters only move forward.
                 let d = Dot::new(self.actor, self.mint());
                 let current = self.read_local(&key);
-                let result = match current.update(&ctx, d, payload) {
+                let applied = current.update(&ctx, d, payload.clone());
+                let (applied, twice) = match (cx.sabotage, applied) {
+                    // Applies the client's write a second time under a new dot, as a retried
+                    // forward whose first attempt did apply would.
+                    (Sabotage::ApplyTwice, Ok(once)) => {
+                        let d2 = Dot::new(self.actor, self.mint());
+                        (once.update(&ctx, d2, payload), Some(d2))
+                    }
+                    (_, applied) => (applied, None),
+                };
+                let result = match applied {
                     Ok(next) => {
                         cx.w.logf(self.me(), || {
                             format!(
@@ -1014,10 +1020,14 @@ impl SimNode {
                                 obj(&next)
                             )
                         });
+                        cx.history.stored(self.ix, &key, &current, &next);
                         self.durable.objects.insert(key, next.clone());
                         if let Some((req, write)) = tag {
                             self.run().minted.insert(req, d);
                             cx.history.minted(write, self.ix, d);
+                            if let Some(d2) = twice {
+                                cx.history.minted(write, self.ix, d2);
+                            }
                         }
                         Ok(ReplicaResult::Object(next))
                     }
@@ -1041,6 +1051,13 @@ impl SimNode {
                 let merged = match cx.sabotage {
                     // Overwrites instead of merging: loses concurrent writes.
                     Sabotage::OverwriteOnMerge => object.clone(),
+                    // Forgets a deleted key's tombstones when a copy arrives: the stale copy's
+                    // value comes back.
+                    Sabotage::ForgetTombstones
+                        if !current.is_empty() && current.live().is_empty() =>
+                    {
+                        object.clone()
+                    }
                     _ => current.sync(&object),
                 };
                 let result = match merged.check_limits() {
@@ -1059,6 +1076,7 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
+                        cx.history.stored(self.ix, &key, &current, &merged);
                         self.durable.objects.insert(key, merged);
                         Ok(())
                     }
@@ -1116,7 +1134,6 @@ impl SimNode {
                         )
                     });
                 }
-                self.handoff_next_item(cx);
             }
         }
     }
@@ -1125,51 +1142,41 @@ impl SimNode {
 
     /// Records the outcome of an exchange with `peer` that started at `started`.
     fn mark(&mut self, cx: &mut Ctx, peer: NodeId, up: bool, started: Duration, why: &str) {
-        let view = self.run().peers.get_mut(&peer).expect("peer view");
-        if !up && view.last_success.is_some_and(|t| t > started) {
-            // A newer exchange already succeeded: this failure says nothing current.
-            return;
-        }
-        let was = view.up;
-        view.up = up;
-        if up {
-            view.backoff = PROBE_INTERVAL;
-            view.last_success = Some(view.last_success.map_or(started, |t| t.max(started)));
-        }
-        if was != up {
-            cx.w.logf(self.me(), || {
-                if up {
-                    format!("view: {} is UP", node(peer))
-                } else {
-                    format!("view: {} is DOWN ({why})", node(peer))
+        let started = cx.w.base + started;
+        let outcome = if up { Ok(()) } else { Err(why.to_owned()) };
+        let run = self.run();
+        run.liveness.handle_exchange(peer, started, outcome);
+        let transitions: Vec<Transition> =
+            std::iter::from_fn(|| run.liveness.poll_transition()).collect();
+        for t in transitions {
+            cx.w.logf(self.me(), || match &t {
+                Transition::Up(p) => format!("view: {} is UP", node(*p)),
+                Transition::Down { node: p, reason } => {
+                    format!("view: {} is DOWN ({reason})", node(*p))
                 }
             });
-            if up {
+            if matches!(t, Transition::Up(_)) {
                 self.handoff_up_event(cx);
             }
         }
     }
 
     fn ping_failed(&mut self, cx: &mut Ctx, peer: NodeId) {
-        let now = cx.w.now;
-        let v = self.run().peers.get_mut(&peer).expect("peer view");
-        v.pinging = false;
-        v.backoff = (v.backoff * 2).min(PROBE_BACKOFF_MAX);
-        v.next_probe = now + v.backoff;
+        let now = cx.w.instant();
+        let run = self.run();
+        run.pinging.remove(&peer);
+        run.liveness.handle_probe(now, peer, false);
     }
 
     /// The probe loop: ping every peer that is due, then tick again after `PROBE_INTERVAL`.
     pub fn on_probe_tick(&mut self, cx: &mut Ctx) {
-        let now = cx.w.now;
-        let due: Vec<NodeId> = self
-            .run()
-            .peers
-            .iter_mut()
-            .filter(|(_, v)| !v.pinging && v.next_probe <= now)
-            .map(|(id, v)| {
-                v.pinging = true;
-                *id
-            })
+        let now = cx.w.instant();
+        let run = self.run();
+        let due: Vec<NodeId> = run
+            .liveness
+            .poll_probes(now)
+            .into_iter()
+            .filter(|id| run.pinging.insert(*id))
             .collect();
         for peer in due {
             let to = cx.ix(peer);
@@ -1179,13 +1186,13 @@ impl SimNode {
         cx.w.after(PROBE_INTERVAL, Event::ProbeTick { node: self.ix, gen });
     }
 
-    // ---- hinted handoff (handoff.rs) ----
+    // ---- hinted handoff (`cairn_core::handoff`, carried out as handoff.rs does) ----
 
     fn arm_handoff(&mut self, cx: &mut Ctx, delay: Duration) {
         let gen = self.gen;
-        let h = &mut self.run().handoff;
-        h.arm += 1;
-        let arm = h.arm;
+        let run = self.run();
+        run.handoff_arm += 1;
+        let arm = run.handoff_arm;
         cx.w.after(
             delay,
             Event::HandoffTick {
@@ -1198,94 +1205,82 @@ impl SimNode {
 
     /// The handoff interval elapsed.
     pub fn on_handoff_tick(&mut self, cx: &mut Ctx, arm: u64) {
-        let h = &self.run().handoff;
-        if arm != h.arm || h.busy {
+        if arm != self.run().handoff_arm {
             return;
         }
         self.handoff_round(cx);
+        self.arm_handoff(cx, HANDOFF_INTERVAL);
     }
 
     fn handoff_up_event(&mut self, cx: &mut Ctx) {
-        let h = &mut self.run().handoff;
-        if h.busy {
-            h.kick = true;
-        } else {
-            self.handoff_round(cx);
-        }
+        self.handoff_round(cx);
     }
 
     fn handoff_round(&mut self, cx: &mut Ctx) {
-        let targets: BTreeSet<NodeId> = self.durable.hints.keys().map(|(t, _)| *t).collect();
-        let h = &mut self.run().handoff;
-        h.busy = true;
-        h.arm += 1; // The pending interval timer is replaced when this round ends.
-        h.targets = targets.into_iter().collect();
-        self.handoff_next_target(cx);
-    }
-
-    fn handoff_next_target(&mut self, cx: &mut Ctx) {
-        loop {
-            let next = self.run().handoff.targets.pop_front();
-            let Some(target) = next else {
-                let h = &mut self.run().handoff;
-                h.busy = false;
-                h.current = None;
-                if std::mem::take(&mut h.kick) {
-                    self.handoff_round(cx);
-                } else {
-                    self.arm_handoff(cx, HANDOFF_INTERVAL);
-                }
-                return;
-            };
-            // `is_up` is asked for each target in turn, after earlier deliveries.
-            if !self.run().peers.get(&target).is_some_and(|v| v.up) {
-                continue;
-            }
-            let items: VecDeque<(Vec<u8>, u64)> = self
-                .durable
-                .hints
-                .range((target, Vec::new())..)
-                .take_while(|((t, _), _)| *t == target)
-                .take(HANDOFF_BATCH_MAX)
-                .map(|((_, k), seq)| (k.clone(), *seq))
-                .collect();
-            if items.is_empty() {
-                continue;
-            }
-            cx.w.logf(self.me(), || {
-                format!("handoff: {} hints for {}", items.len(), node(target))
-            });
-            let h = &mut self.run().handoff;
-            h.current = Some(target);
-            h.items = items;
-            self.handoff_next_item(cx);
-            return;
+        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for (target, _) in self.durable.hints.keys() {
+            *counts.entry(*target).or_insert(0) += 1;
         }
+        let now = cx.w.instant();
+        let run = self.run();
+        let liveness = &run.liveness;
+        run.handoff
+            .handle_round(now, &counts, &|id| liveness.is_up(id));
+        self.handoff_actions(cx);
     }
 
-    fn handoff_next_item(&mut self, cx: &mut Ctx) {
-        let h = &mut self.run().handoff;
-        let Some(target) = h.current else {
-            return;
-        };
-        match h.items.pop_front() {
-            Some((key, seq)) => {
-                let object = self.read_local(&key);
-                let to = cx.ix(target);
-                let req = PeerReq::Replicate {
-                    key: key.clone(),
-                    object,
-                    hint_for: None,
-                };
-                self.request(
+    fn handoff_answer(&mut self, cx: &mut Ctx, target: NodeId, answer: Answer) {
+        if let Answer::Refused(why) | Answer::Failed(why) = &answer {
+            cx.w.logf(self.me(), || {
+                format!("handoff to {} failed: {why}", node(target))
+            });
+        }
+        let now = cx.w.instant();
+        self.run().handoff.handle_answer(now, target, answer);
+        self.handoff_actions(cx);
+    }
+
+    /// Carries out what the policy asks, as `node/src/handoff.rs::carry_out` does.
+    fn handoff_actions(&mut self, cx: &mut Ctx) {
+        while let Some(action) = self.run().handoff.poll_action() {
+            match action {
+                Action::ReadHints { target, limit } => {
+                    let hints: Vec<HintRef> = self
+                        .durable
+                        .hints
+                        .range((target, Vec::new())..)
+                        .take_while(|((t, _), _)| *t == target)
+                        .take(limit)
+                        .map(|((_, key), seq)| HintRef {
+                            key: key.clone(),
+                            seq: *seq,
+                        })
+                        .collect();
+                    cx.w.logf(self.me(), || {
+                        format!("handoff: {} hints for {}", hints.len(), node(target))
+                    });
+                    self.run().handoff.handle_hints(target, hints);
+                }
+                Action::Send { target, hint } => {
+                    let object = self.read_local(&hint.key);
+                    let to = cx.ix(target);
+                    let req = PeerReq::Replicate {
+                        key: hint.key,
+                        object,
+                        hint_for: None,
+                    };
+                    self.request(cx, to, req, Outgoing::Handoff, HANDOFF_REQUEST_TIMEOUT);
+                }
+                Action::Delete { target, hint } => self.queue_disk(
                     cx,
-                    to,
-                    req,
-                    Outgoing::Handoff { key, seq },
-                    HANDOFF_REQUEST_TIMEOUT,
-                );
+                    DiskJob::HintDelivered {
+                        key: hint.key,
+                        target,
+                        seq: hint.seq,
+                    },
+                ),
+                Action::RoundDone { .. } => {}
             }
-            None => self.handoff_next_target(cx),
         }
     }
 }

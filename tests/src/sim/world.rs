@@ -254,7 +254,11 @@ impl World {
             }
             return;
         }
-        let copies = if !self.reliable && self.chance(self.net.duplicate) {
+        // QUIC hands a stream's request to the server once or not at all, so only answers are
+        // duplicated (as a retransmission after a lost acknowledgement would look, at worst);
+        // a request applied twice would be the node's bug, which rule 5 looks for.
+        let duplicable = matches!(body, Body::PeerResp { .. } | Body::ClientResp { .. });
+        let copies = if !self.reliable && self.chance(self.net.duplicate) && duplicable {
             2
         } else {
             1

@@ -209,6 +209,9 @@ pub struct Coordinator {
     transmits: VecDeque<Transmit>,
     outcomes: VecDeque<(RequestId, Result<Outcome, CoordinatorError>)>,
     hints: VecDeque<HintNeeded>,
+    /// Replicas that were sent a write stored here and have neither answered nor been given a
+    /// hint yet (see [`Coordinator::replicas_outstanding`]).
+    outstanding: usize,
     /// Whether finished gets send the merge to replicas that answered with less.
     read_repair: bool,
 }
@@ -261,6 +264,7 @@ impl Coordinator {
             transmits: VecDeque::new(),
             outcomes: VecDeque::new(),
             hints: VecDeque::new(),
+            outstanding: 0,
             read_repair: true,
         }
     }
@@ -289,6 +293,14 @@ impl Coordinator {
     /// Requests in flight (including those answered but still collecting late replies).
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Replicas that were sent a write already stored here and have neither acknowledged it nor
+    /// been given a hint for it yet. A replica that died silently is only known to have missed
+    /// the write at the request's deadline, when it gets its hint; until then this counts it, so
+    /// a node showing no hints *and* nothing outstanding has handed every write on.
+    pub fn replicas_outstanding(&self) -> usize {
+        self.outstanding
     }
 
     fn targets(&self, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> (Vec<Target>, Vec<NodeId>) {
@@ -477,6 +489,9 @@ impl Coordinator {
                 let Some(target) = s.waiting.remove(&op) else {
                     return;
                 };
+                if s.object.is_some() {
+                    self.outstanding -= 1;
+                }
                 match result {
                     Ok(ReplicaResult::Object(obj)) if s.object.is_none() => {
                         // The local update is durable: count it, then replicate its result.
@@ -490,6 +505,7 @@ impl Coordinator {
                         for t in s.targets.iter().filter(|t| t.node != target.node) {
                             let op = self.ops.mint(req);
                             s.waiting.insert(op, *t);
+                            self.outstanding += 1;
                             self.transmits.push_back(Transmit {
                                 op: Some(op),
                                 to: t.node,
@@ -642,6 +658,12 @@ impl Coordinator {
         let Some(pending) = self.pending.remove(&req) else {
             return;
         };
+        if let State::Put(s) = &pending.state {
+            // Every way here empties `waiting` first; this keeps the count true regardless.
+            if s.object.is_some() {
+                self.outstanding -= s.waiting.len();
+            }
+        }
         self.ops.owner.retain(|_, r| *r != req);
         if let Some(outcome) = outcome {
             self.outcomes.push_back((req, outcome));
@@ -695,6 +717,7 @@ impl Coordinator {
                 for t in s.waiting.values() {
                     s.failed.push((t.node, "timed out".into()));
                     if s.object.is_some() {
+                        self.outstanding -= 1;
                         self.hints.push_back(HintNeeded {
                             key: s.key.clone(),
                             target: t.hint_for.unwrap_or(t.node),
