@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 /// How long connecting to a peer may take.
@@ -53,6 +53,17 @@ struct Peer {
     addr: SocketAddr,
     state: Mutex<PeerState>,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// Counts the peer's up-to-down transitions: requests in flight to it watch this and fail
+    /// at once when it moves, instead of waiting out their own (long) timeouts for a peer
+    /// already judged gone.
+    went_down: watch::Sender<u64>,
+}
+
+impl Peer {
+    /// Wakes every request in flight to this peer: it was just judged down.
+    fn went_down(&self) {
+        self.went_down.send_modify(|n| *n += 1);
+    }
 }
 
 /// The other members of the cluster, as this node reaches them.
@@ -98,7 +109,7 @@ impl Peers {
             Some(p) if p.addr == addr && p.name == name => p,
             _ => self.replace(id, name, addr),
         };
-        let became_up = {
+        let (became_up, became_down) = {
             let mut s = peer.state.lock().expect("peer lock");
             let was_up = s.is_up();
             if alive && !s.alive {
@@ -108,8 +119,11 @@ impl Peers {
             }
             s.alive = alive;
             s.suspect = suspect && alive;
-            !was_up && s.is_up()
+            (!was_up && s.is_up(), was_up && !s.is_up())
         };
+        if became_down {
+            peer.went_down();
+        }
         if became_up {
             info!(peer = %name, "peer is up");
             // Full channel: the handoff loop's periodic scan picks the peer up anyway.
@@ -136,6 +150,7 @@ impl Peers {
                 next_probe: Instant::now(),
             }),
             conn: tokio::sync::Mutex::new(None),
+            went_down: watch::Sender::new(0),
         });
         peers.insert(id, fresh.clone());
         fresh
@@ -188,6 +203,7 @@ impl Peers {
                 let _ = self.up_events.try_send(id);
             } else {
                 info!(peer = %peer.name, "peer is down: {}", error.unwrap_or_default());
+                peer.went_down();
             }
         }
     }
@@ -216,7 +232,10 @@ impl Peers {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends `req` to peer `id`. Transport failures mark the peer down.
+    /// Sends `req` to peer `id`. Transport failures mark the peer down. Fails early, before
+    /// `timeout`, when the peer is judged down meanwhile (another exchange with it failed, or
+    /// gossip convicted it): a forward or replica request to a node that went silent must not
+    /// outlast the client's deadline.
     pub async fn request(
         &self,
         id: NodeId,
@@ -230,13 +249,22 @@ impl Peers {
             });
         };
         let started = Instant::now();
+        // Subscribed before the exchange starts, so a transition during it is seen.
+        let mut went_down = peer.went_down.subscribe();
         let exchange = async {
             let conn = self.connection(&peer).await?;
             exchange_on(&conn, req).await
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, exchange) => match r {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            },
+            // The sender lives as long as `peer`, which this holds: only a transition ends it.
+            _ = went_down.changed() => Err(format!(
+                "no answer after {:?}, and the peer was judged down meanwhile",
+                started.elapsed()
+            )),
         };
         if result.is_ok() {
             self.mark(id, true, None, started);
