@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_core::liveness::{Liveness, Transition};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 pub use cairn_core::liveness::{PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL};
@@ -84,6 +84,16 @@ struct Peer {
     name: String,
     addr: SocketAddr,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// Counts this peer's up-to-down transitions: requests in flight to it watch it, so a peer
+    /// judged down (by any failed exchange, or by gossip) fails them at once instead of at
+    /// their own timeout.
+    went_down: watch::Sender<u64>,
+}
+
+impl Peer {
+    fn went_down(&self) {
+        self.went_down.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// The other members of the cluster, as this node reaches them.
@@ -137,7 +147,10 @@ impl Peers {
                     let _ = self.up_events.try_send(id);
                 }
                 Transition::Down { node, reason } => {
-                    info!(peer = %self.name(node), "peer is down: {reason}")
+                    info!(peer = %self.name(node), "peer is down: {reason}");
+                    if let Some(peer) = self.get(node) {
+                        peer.went_down();
+                    }
                 }
             }
         }
@@ -158,6 +171,7 @@ impl Peers {
                 name: name.to_owned(),
                 addr,
                 conn: tokio::sync::Mutex::new(None),
+                went_down: watch::Sender::new(0),
             });
             self.peers.write().expect("peers lock").insert(id, fresh);
         }
@@ -232,7 +246,9 @@ impl Peers {
 
     /// Sends `req` to peer `id`: the peer's answer (which may be an error reply), or why there
     /// was none, saying whether the request may have arrived. Transport failures mark the peer
-    /// down.
+    /// down. Fails early, before `timeout`, when the peer is judged down meanwhile (another
+    /// exchange with it failed, or gossip convicted it): a forward or replica request to a node
+    /// that went silent must not outlast the client's deadline.
     pub async fn call(
         &self,
         id: NodeId,
@@ -247,13 +263,25 @@ impl Peers {
         let started = Instant::now();
         // Set once the request is on its way: from then on a failure may follow its arrival.
         let sent = std::sync::atomic::AtomicBool::new(false);
+        // Subscribed before the exchange starts, so a transition during it is seen.
+        let mut went_down = peer.went_down.subscribe();
         let exchange = async {
             let conn = self.connection(&peer).await?;
             exchange_on(&conn, req, &sent).await
         };
-        let (result, timed_out) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => (r, false),
-            Err(_) => (Err(format!("no answer within {timeout:?}")), true),
+        let (result, timed_out) = tokio::select! {
+            r = tokio::time::timeout(timeout, exchange) => match r {
+                Ok(r) => (r, false),
+                Err(_) => (Err(format!("no answer within {timeout:?}")), true),
+            },
+            // The sender lives as long as `peer`, which this holds: only a transition ends it.
+            _ = went_down.changed() => (
+                Err(format!(
+                    "no answer after {:?}, and the peer was judged down meanwhile",
+                    started.elapsed()
+                )),
+                false,
+            ),
         };
         if result.is_ok() {
             self.mark(id, started, Ok(()));
