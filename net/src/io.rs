@@ -18,6 +18,13 @@ pub async fn write_frame<T: Serialize>(
 /// Reads one frame: the length is checked against `FRAME_BYTES_MAX` before the body is read, and
 /// the protocol version before the message is decoded.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, NetError> {
+    let body = read_frame_body(recv).await?;
+    Ok(decode_body(&body)?)
+}
+
+/// Reads one frame's body (version and message, undecoded), its length checked against
+/// `FRAME_BYTES_MAX` before it is read, for a caller that decodes by who sent it.
+pub async fn read_frame_body(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     recv.read_exact(&mut header)
         .await
@@ -31,5 +38,5 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
         .map_err(|e| NetError::Read {
             reason: e.to_string(),
         })?;
-    Ok(decode_body(&body)?)
+    Ok(body)
 }

@@ -7,7 +7,7 @@ mod io;
 pub mod limits;
 mod tls;
 
-pub use io::{read_frame, write_frame};
+pub use io::{read_frame, read_frame_body, write_frame};
 pub use tls::{
     client_endpoint, peer_is_node, peer_node_name, server_endpoint, ClusterCa, Identity, Issued,
     SERVER_NAME,

@@ -74,3 +74,5 @@ const _: () = assert!(
     cairn_antientropy::limits::KEYS_PER_DIFF_BATCH_MAX
         <= cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX
 );
+// A configured name fits the name a peer's ping may carry.
+const _: () = assert!(NAME_BYTES_MAX <= cairn_proto::limits::NODE_NAME_BYTES_MAX);

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cairn_net::{Identity, NetError};
 use cairn_proto::{
-    check_request, ErrorReply, FrameError, GetReply, NodeId, PartitionEntry, PeerRequest,
-    PeerResponse, Request, Response, RingReply, Sibling, StatusReply,
+    check_request, decode_body, decode_client_request, ErrorReply, FrameError, GetReply,
+    KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response, RingReply,
+    Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -350,7 +351,7 @@ async fn serve_stream(
     shared: &Shared,
     peer: Peer,
 ) {
-    let response = match cairn_net::read_frame::<Request>(&mut recv).await {
+    let response = match read_request(&mut recv, peer.is_node).await {
         Ok(req) => {
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
@@ -379,8 +380,20 @@ async fn serve_stream(
     let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
 }
 
+/// Reads one request, decoded as what the sender's certificate allows: only a node's frame may
+/// decode as a peer request.
+async fn read_request(recv: &mut quinn::RecvStream, is_node: bool) -> Result<Request, NetError> {
+    let body = cairn_net::read_frame_body(recv).await?;
+    if is_node {
+        Ok(decode_body(&body)?)
+    } else {
+        Ok(decode_client_request(&body)?.into())
+    }
+}
+
 fn frame_error(e: FrameError) -> ErrorReply {
     match e {
+        FrameError::PeerRequestFromClient => ErrorReply::NotAPeer,
         FrameError::UnsupportedVersion { got, supported } => {
             ErrorReply::UnsupportedVersion { got, supported }
         }
@@ -427,16 +440,16 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
                 return Response::Error(crate::membership::no_ring(&shared.name));
             };
             if let Route::Forward(to) = route(ring, shared.me, key, &is_up) {
+                let op = req
+                    .clone()
+                    .into_op()
+                    .expect("gets, puts and deletes are key operations");
                 match shared
                     .peers
-                    .request(
-                        to,
-                        PeerRequest::Forward(Box::new(req.clone())),
-                        FORWARD_TIMEOUT,
-                    )
+                    .request(to, PeerRequest::Forward(op), FORWARD_TIMEOUT)
                     .await
                 {
-                    Ok(PeerResponse::Forwarded(resp)) => return *resp,
+                    Ok(PeerResponse::Forwarded(reply)) => return reply.into(),
                     // The chosen coordinator is unreachable (and now marked down): coordinate
                     // here rather than fail, the write still reaches the replicas that are up.
                     other => debug!(
@@ -466,8 +479,8 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
             node: shared.name.clone(),
         }),
         // Never forwarded again: two nodes with different views must not bounce it.
-        PeerRequest::Forward(req) => Ok(PeerResponse::Forwarded(Box::new(
-            coordinate(*req, shared).await,
+        PeerRequest::Forward(op) => Ok(PeerResponse::Forwarded(KeyOpReply::from_response(
+            coordinate(op.into(), shared).await,
         ))),
         PeerRequest::Replicate {
             key,

@@ -221,3 +221,103 @@ async fn a_client_certificate_cannot_send_peer_requests() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// The frame that once aborted every node: `Request::Peer(PeerRequest::Forward(…))` nested
+/// 200,000 deep (`08 01` repeated, then `00`) under the current protocol version.
+fn nested_forward_frame() -> Vec<u8> {
+    let mut body = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    for _ in 0..200_000 {
+        body.extend_from_slice(&[0x08, 0x01]);
+    }
+    body.push(0x00);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[tokio::test]
+async fn a_deeply_nested_forward_gets_an_error_and_the_node_keeps_serving() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let client_id = dir.client_identity().unwrap();
+    let frame = nested_forward_frame();
+
+    // A client certificate: refused by the peer tag, before anything of it is decoded.
+    let conn = raw_connection(node.local_addr(), &client_id).await;
+    assert_eq!(
+        send_raw(&conn, &frame).await.unwrap(),
+        Response::Error(ErrorReply::NotAPeer)
+    );
+    // A node certificate: the forward's content is not a key operation.
+    let peer = raw_connection(node.local_addr(), &node_id).await;
+    match send_raw(&peer, &frame).await.unwrap() {
+        Response::Error(ErrorReply::Malformed { reason }) => {
+            assert!(reason.contains("malformed message"), "{reason}")
+        }
+        other => panic!("nested forward from a node answered with {other:?}"),
+    }
+
+    // Both connections, and a new client, are still served.
+    let ping = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    for conn in [&conn, &peer] {
+        assert_eq!(
+            send_raw(conn, &ping).await.unwrap(),
+            Response::Pong {
+                node: "node1".into()
+            }
+        );
+    }
+    let client = Client::connect(node.local_addr(), &client_id)
+        .await
+        .unwrap();
+    client
+        .put(b"k", b"v", &Context::empty(), &Default::default())
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn peer_requests_from_nodes_are_held_to_their_limits() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let peer = raw_connection(node.local_addr(), &node_id).await;
+    let oversized_key = Request::Peer(cairn_proto::PeerRequest::Replicate {
+        key: vec![b'k'; cairn_proto::limits::KEY_BYTES_MAX + 1],
+        object: Vec::new(),
+        hint_for: None,
+    });
+    let forwarded_value =
+        Request::Peer(cairn_proto::PeerRequest::Forward(cairn_proto::KeyOp::Put {
+            key: b"k".to_vec(),
+            value: vec![0; cairn_proto::limits::VALUE_BYTES_MAX + 1],
+            context: Context::empty(),
+            opts: Default::default(),
+        }));
+    let too_many_hashes = Request::Peer(cairn_proto::PeerRequest::Keys {
+        partition: 0,
+        key_hashes: vec![[0; 32]; cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX + 1],
+    });
+    for (req, limit) in [
+        (oversized_key, "KEY_BYTES_MAX"),
+        (forwarded_value, "VALUE_BYTES_MAX"),
+        (too_many_hashes, "KEY_HASHES_PER_REQUEST_MAX"),
+    ] {
+        match send_raw(&peer, &cairn_proto::encode_frame(&req).unwrap())
+            .await
+            .unwrap()
+        {
+            Response::Error(ErrorReply::Limit(l)) => {
+                assert!(l.to_string().contains(limit), "{l}")
+            }
+            other => panic!("a peer request over {limit} answered with {other:?}"),
+        }
+    }
+    node.shutdown().await.unwrap();
+}
