@@ -7,10 +7,11 @@ mod io;
 pub mod limits;
 mod tls;
 
+pub use cairn_proto::Role;
 pub use io::{read_frame, read_frame_body, write_frame};
 pub use tls::{
-    client_endpoint, peer_is_node, peer_node_name, server_endpoint, ClusterCa, Identity, Issued,
-    SERVER_NAME,
+    certificate_role, client_endpoint, peer_is_node, peer_node_name, peer_role, server_endpoint,
+    ClusterCa, Identity, Issued, SERVER_NAME,
 };
 
 /// Why a transport operation failed.

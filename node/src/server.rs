@@ -9,7 +9,7 @@ use cairn_net::{Identity, NetError};
 use cairn_proto::{
     check_request, decode_body, decode_client_request, ErrorReply, FrameError, GetReply,
     KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response, RingReply,
-    Sibling, StatusReply,
+    Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -319,13 +319,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let peer = Peer {
-        is_node: cairn_net::peer_is_node(&conn),
+        role: cairn_net::peer_role(&conn),
         node: cairn_net::peer_node_name(&conn).map(|name| NodeId::from_name(&name)),
     };
-    let is_node = peer.is_node;
+    let role = peer.role;
     // Stream tasks die with their connection task (see `accept_loop`).
     let mut streams = tokio::task::JoinSet::new();
-    debug!(%remote, is_node, "connection open");
+    debug!(%remote, %role, "connection open");
     loop {
         while streams.try_join_next().is_some() {}
         let (send, recv) = match conn.accept_bi().await {
@@ -351,7 +351,7 @@ async fn serve_stream(
     shared: &Shared,
     peer: Peer,
 ) {
-    let response = match read_request(&mut recv, peer.is_node).await {
+    let response = match read_request(&mut recv, peer.role).await {
         Ok(req) => {
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
@@ -363,7 +363,7 @@ async fn serve_stream(
             // connection and every other stream carry on.
             let _ = recv.stop(1u32.into());
             debug!("refused frame: {e}");
-            Response::Error(frame_error(e))
+            Response::Error(frame_error(e, peer.role))
         }
         Err(e) => {
             debug!("stream ended before a request: {e}");
@@ -382,18 +382,17 @@ async fn serve_stream(
 
 /// Reads one request, decoded as what the sender's certificate allows: only a node's frame may
 /// decode as a peer request.
-async fn read_request(recv: &mut quinn::RecvStream, is_node: bool) -> Result<Request, NetError> {
+async fn read_request(recv: &mut quinn::RecvStream, role: Role) -> Result<Request, NetError> {
     let body = cairn_net::read_frame_body(recv).await?;
-    if is_node {
-        Ok(decode_body(&body)?)
-    } else {
-        Ok(decode_client_request(&body)?.into())
+    match role {
+        Role::Node => Ok(decode_body(&body)?),
+        Role::Admin | Role::Data => Ok(decode_client_request(&body)?.into()),
     }
 }
 
-fn frame_error(e: FrameError) -> ErrorReply {
+fn frame_error(e: FrameError, role: Role) -> ErrorReply {
     match e {
-        FrameError::PeerRequestFromClient => ErrorReply::NotAPeer,
+        FrameError::PeerRequestFromClient => forbidden("a peer request", Role::Node, role),
         FrameError::UnsupportedVersion { got, supported } => {
             ErrorReply::UnsupportedVersion { got, supported }
         }
@@ -403,16 +402,43 @@ fn frame_error(e: FrameError) -> ErrorReply {
     }
 }
 
+fn forbidden(what: &str, needed: Role, held: Role) -> ErrorReply {
+    ErrorReply::Forbidden {
+        what: what.to_owned(),
+        needed,
+        held,
+    }
+}
+
+/// What a refused request is called in the error that names the role it needs.
+fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Ping => "ping",
+        Request::Get { .. } => "get",
+        Request::Put { .. } => "put",
+        Request::Delete { .. } => "delete",
+        Request::Status => "status",
+        Request::Ring => "ring",
+        Request::Join { .. } => "join",
+        Request::Leave => "leave",
+        Request::Peer(_) => "a peer request",
+    }
+}
+
 /// Who is at the other end of a connection, as its certificate says.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
-    /// It holds a node certificate: it may send peer requests.
-    is_node: bool,
+    /// What its certificate lets it do.
+    role: Role,
     /// The node its certificate names, if it follows `ClusterCa::issue_node`'s form.
     node: Option<NodeId>,
 }
 
 async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
+    let needed = req.role_needed();
+    if !peer.role.permits(needed) {
+        return Response::Error(forbidden(request_name(&req), needed, peer.role));
+    }
     if let Err(e) = check_request(&req) {
         return Response::Error(e.into());
     }
@@ -430,7 +456,6 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
             Ok(()) => Response::Status(status(shared)),
             Err(e) => Response::Error(e),
         },
-        Request::Peer(_) if !peer.is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             let key = req.key().expect("gets, puts and deletes have a key");
@@ -503,7 +528,8 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
                 .membership
                 .receive(&message, sender)
                 .map(PeerResponse::Gossip),
-            None => Err(ErrorReply::NotAPeer),
+            // A node certificate always names its node (`certificate_role`).
+            None => Err(forbidden("gossip", Role::Node, Role::Data)),
         },
         PeerRequest::Read { key } => match shared.engine.read(key).await {
             // Empty bytes say "absent" without encoding an empty object.

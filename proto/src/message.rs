@@ -273,6 +273,52 @@ impl<P> RequestOf<P> {
     }
 }
 
+/// What a certificate lets its holder do; the cluster CA writes it into every certificate it
+/// signs (`cairn_net::certificate_role` reads it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A node of the cluster: peer requests (replicate, read, forward, gossip, anti-entropy).
+    Node,
+    /// An operator: membership and layout changes, and everything a data client may do.
+    Admin,
+    /// An application: get, put, delete, ping, status and ring.
+    Data,
+}
+
+impl Role {
+    /// Whether a holder of this role may send a request that needs `needed`: every role may do
+    /// what a data client does; admin and node requests need exactly that role.
+    pub fn permits(self, needed: Role) -> bool {
+        needed == Role::Data || self == needed
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Node => "node",
+            Role::Admin => "admin",
+            Role::Data => "data",
+        })
+    }
+}
+
+impl<P> RequestOf<P> {
+    /// The role a sender needs for this request.
+    pub fn role_needed(&self) -> Role {
+        match self {
+            RequestOf::Join { .. } | RequestOf::Leave => Role::Admin,
+            RequestOf::Peer(_) => Role::Node,
+            RequestOf::Ping
+            | RequestOf::Get { .. }
+            | RequestOf::Put { .. }
+            | RequestOf::Delete { .. }
+            | RequestOf::Status
+            | RequestOf::Ring => Role::Data,
+        }
+    }
+}
+
 /// A client's get, put or delete: the only requests a node forwards to another. It cannot hold
 /// another request, so a forward cannot nest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -602,6 +648,20 @@ pub struct ReplicaFailure {
     pub reason: String,
 }
 
+fn article(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "n",
+        Role::Node | Role::Data => "",
+    }
+}
+
+fn role_hint(needed: Role) -> &'static str {
+    match needed {
+        Role::Admin => " (issue one with `cairn cert client --role admin`)",
+        Role::Node | Role::Data => "",
+    }
+}
+
 fn failures(f: &[ReplicaFailure]) -> String {
     if f.is_empty() {
         return "no replica failed, but too few were reachable".to_owned();
@@ -822,9 +882,16 @@ pub enum ErrorReply {
         /// What failed.
         reason: String,
     },
-    /// A peer-only request came from a client certificate.
-    #[error("peer requests need a node certificate")]
-    NotAPeer,
+    /// The sender's certificate does not allow this request.
+    #[error("{what} needs a{} {needed} certificate; this connection presented a{} {held} certificate{}", article(*.needed), article(*.held), role_hint(*.needed))]
+    Forbidden {
+        /// What was refused ("leave", "a peer request", …).
+        what: String,
+        /// The role the request needs.
+        needed: Role,
+        /// The role of the certificate presented.
+        held: Role,
+    },
     /// The node has no ring to route by yet: no member is up in its view (it is still joining,
     /// or every member left).
     #[error(

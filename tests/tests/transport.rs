@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cairn_client::{Client, ClientError};
 use cairn_net::{ClusterCa, Identity, NetError};
 use cairn_proto::{
-    limits::FRAME_BYTES_MAX, Context, ErrorReply, Request, Response, ALPN, PROTOCOL_VERSION,
+    limits::FRAME_BYTES_MAX, Context, ErrorReply, Request, Response, Role, ALPN, PROTOCOL_VERSION,
 };
 use cairn_tests::TestDir;
 
@@ -217,7 +217,11 @@ async fn a_client_certificate_cannot_send_peer_requests() {
         send_raw(&conn, &cairn_proto::encode_frame(&forged).unwrap())
             .await
             .unwrap(),
-        Response::Error(ErrorReply::NotAPeer)
+        Response::Error(ErrorReply::Forbidden {
+            what: "a peer request".into(),
+            needed: Role::Node,
+            held: Role::Data
+        })
     );
     node.shutdown().await.unwrap();
 }
@@ -247,10 +251,13 @@ async fn a_deeply_nested_forward_gets_an_error_and_the_node_keeps_serving() {
 
     // A client certificate: refused by the peer tag, before anything of it is decoded.
     let conn = raw_connection(node.local_addr(), &client_id).await;
-    assert_eq!(
+    assert!(matches!(
         send_raw(&conn, &frame).await.unwrap(),
-        Response::Error(ErrorReply::NotAPeer)
-    );
+        Response::Error(ErrorReply::Forbidden {
+            needed: Role::Node,
+            ..
+        })
+    ));
     // A node certificate: the forward's content is not a key operation.
     let peer = raw_connection(node.local_addr(), &node_id).await;
     match send_raw(&peer, &frame).await.unwrap() {
@@ -319,5 +326,86 @@ async fn peer_requests_from_nodes_are_held_to_their_limits() {
             other => panic!("a peer request over {limit} answered with {other:?}"),
         }
     }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requests() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let ca_pem = &dir.ca().pem().cert_pem;
+    let identity = |issued: cairn_net::Issued| {
+        Identity::from_pem(ca_pem, &issued.cert_pem, &issued.key_pem).unwrap()
+    };
+    let data = Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+        .await
+        .unwrap();
+    let admin = identity(dir.ca().issue_admin("ops").unwrap());
+    let admin = Client::connect(node.local_addr(), &admin).await.unwrap();
+    let peer = identity(dir.ca().issue_node("node2", &[]).unwrap());
+    let peer = Client::connect(node.local_addr(), &peer).await.unwrap();
+
+    // A data certificate may read and write, not change membership; the error names the role.
+    data.put(b"k", b"v", &Context::empty(), &Default::default())
+        .await
+        .unwrap();
+    match data.leave().await {
+        Err(ClientError::Node(e @ ErrorReply::Forbidden { .. })) => {
+            assert_eq!(
+                e,
+                ErrorReply::Forbidden {
+                    what: "leave".into(),
+                    needed: Role::Admin,
+                    held: Role::Data
+                }
+            );
+            let text = e.to_string();
+            assert!(text.contains("needs an admin certificate"), "{text}");
+            assert!(text.contains("--role admin"), "{text}");
+        }
+        other => panic!("a data certificate's leave answered {other:?}"),
+    }
+    assert!(matches!(
+        data.join("127.0.0.1:1").await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Admin,
+            ..
+        }))
+    ));
+    // A node certificate is not an admin either.
+    assert!(matches!(
+        peer.leave().await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Admin,
+            held: Role::Node,
+            ..
+        }))
+    ));
+    // An admin may read, and may not send peer requests.
+    assert_eq!(
+        admin
+            .get(b"k", &Default::default())
+            .await
+            .unwrap()
+            .siblings
+            .len(),
+        1
+    );
+    assert!(matches!(
+        admin
+            .request(&Request::Peer(cairn_proto::PeerRequest::Read {
+                key: b"k".to_vec()
+            }))
+            .await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Node,
+            held: Role::Admin,
+            ..
+        }))
+    ));
+    // The admin's leave is carried out.
+    let status = admin.leave().await.unwrap();
+    let me = status.members.iter().find(|m| m.this_node).unwrap();
+    assert_eq!(me.status, "leaving");
     node.shutdown().await.unwrap();
 }
