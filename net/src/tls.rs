@@ -14,7 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::limits::{
-    CERT_VALIDITY_DAYS, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, STREAMS_PER_CONNECTION_MAX,
+    CERT_VALIDITY_DAYS, CONNECTION_RECEIVE_WINDOW_BYTES, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    STREAMS_PER_CONNECTION_MAX,
 };
 use crate::NetError;
 
@@ -235,6 +236,7 @@ fn transport() -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_net::{Identity, NetError};
+use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
     check_request, decode_body, decode_client_request, ErrorReply, FrameError, GetReply,
     KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response, RingReply,
@@ -78,6 +78,8 @@ struct Shared {
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// Bytes of request frames in flight, per node and per connection.
+    frame_budget: FrameBudget,
     membership: Arc<Membership>,
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
@@ -140,6 +142,7 @@ impl Node {
             engine: engine.clone(),
             in_flight: in_flight.clone(),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            frame_budget: FrameBudget::new(),
             membership: membership.clone(),
             peers: peers.clone(),
             coordinator,
@@ -323,6 +326,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         node: cairn_net::peer_node_name(&conn).map(|name| NodeId::from_name(&name)),
     };
     let role = peer.role;
+    let budget = shared.frame_budget.connection();
     // Stream tasks die with their connection task (see `accept_loop`).
     let mut streams = tokio::task::JoinSet::new();
     debug!(%remote, %role, "connection open");
@@ -339,8 +343,9 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         // connections by CONNECTIONS_MAX; the in-flight permit is taken once a request has
         // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
+        let budget = budget.clone();
         streams.spawn(async move {
-            serve_stream(send, recv, &shared, peer).await;
+            serve_stream(send, recv, &shared, peer, &budget).await;
         });
     }
 }
@@ -350,13 +355,22 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: &Shared,
     peer: Peer,
+    budget: &ConnectionBudget,
 ) {
-    let response = match read_request(&mut recv, peer.role).await {
-        Ok(req) => {
+    let response = match read_request(&mut recv, peer.role, budget).await {
+        // The frame's budget is held while its request is served: the request holds its bytes.
+        Ok((req, _frame_budget)) => {
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
             };
             handle(req, shared, peer).await
+        }
+        Err(e @ NetError::OverBudget { .. }) => {
+            let _ = recv.stop(1u32.into());
+            debug!("refused frame: {e}");
+            Response::Error(ErrorReply::Overloaded {
+                reason: e.to_string(),
+            })
         }
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
@@ -380,14 +394,22 @@ async fn serve_stream(
     let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
 }
 
-/// Reads one request, decoded as what the sender's certificate allows: only a node's frame may
-/// decode as a peer request.
-async fn read_request(recv: &mut quinn::RecvStream, role: Role) -> Result<Request, NetError> {
-    let body = cairn_net::read_frame_body(recv).await?;
-    match role {
-        Role::Node => Ok(decode_body(&body)?),
-        Role::Admin | Role::Data => Ok(decode_client_request(&body)?.into()),
-    }
+/// Reads one request within the connection's budget, decoded as what the sender's certificate
+/// allows (only a node's frame may decode as a peer request); the returned reservation covers
+/// the request's bytes.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    role: Role,
+    budget: &ConnectionBudget,
+) -> Result<(Request, BudgetedFrame), NetError> {
+    let mut frame = cairn_net::read_frame_body_within(recv, budget).await?;
+    let req = match role {
+        Role::Node => decode_body(&frame.body)?,
+        Role::Admin | Role::Data => decode_client_request(&frame.body)?.into(),
+    };
+    // The decoded request holds copies; the reservation now stands for them.
+    frame.body = Vec::new();
+    Ok((req, frame))
 }
 
 fn frame_error(e: FrameError, role: Role) -> ErrorReply {
