@@ -409,3 +409,51 @@ async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requ
     assert_eq!(me.status, "leaving");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn random_and_truncated_frames_from_clients_and_nodes_leave_the_node_serving() {
+    use rand::{Rng as _, SeedableRng as _};
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let conns = [
+        raw_connection(node.local_addr(), &dir.client_identity().unwrap()).await,
+        raw_connection(node.local_addr(), &node_id).await,
+    ];
+    // Seeded, so a failure replays; printed so it can be found.
+    let seed: u64 = rand::random();
+    println!("random frames seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..200 {
+        let conn = &conns[i % 2];
+        // A correct length and version over random bytes, or random bytes altogether, sometimes
+        // cut short.
+        let len = rng.gen_range(0..2048);
+        let mut frame = ((len + 2) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        frame.extend((0..len).map(|_| rng.gen::<u8>()));
+        if rng.gen_bool(0.2) {
+            frame.iter_mut().take(4).for_each(|b| *b = rng.gen());
+        }
+        if rng.gen_bool(0.2) {
+            frame.truncate(rng.gen_range(0..frame.len()));
+        }
+        // Whatever the node answers (an error, or nothing for a truncated frame), it answers
+        // only on that stream; a frame that happens to be a request is answered like one.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(10), send_raw(conn, &frame)).await;
+    }
+    let ping = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    for conn in &conns {
+        assert_eq!(
+            send_raw(conn, &ping).await.unwrap(),
+            Response::Pong {
+                node: "node1".into()
+            },
+            "seed {seed}"
+        );
+    }
+    node.shutdown().await.unwrap();
+}
