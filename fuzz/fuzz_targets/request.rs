@@ -3,8 +3,8 @@
 #![no_main]
 
 use cairn_proto::{
-    check_request, decode_body, decode_client_request, encode_frame, frame_body_len, Request,
-    Response,
+    check_peer_request, check_request, decode_body, decode_client_request, encode_frame,
+    frame_body_len, Request, Response,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = frame_body_len(*header);
     }
     if let Ok(req) = decode_body::<Request>(data) {
-        let _ = check_request(&req);
+        match &req {
+            Request::Peer(p) => drop(check_peer_request(p)),
+            other => drop(check_request(other)),
+        }
         // Whatever decodes encodes back to a frame that decodes to the same request.
         let frame = encode_frame(&req).expect("a decoded request encodes");
         assert_eq!(decode_body::<Request>(&frame[4..]).as_ref(), Ok(&req));

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
-    check_request, decode_body, decode_client_request, ErrorReply, FrameError, GetReply,
-    KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response, RingReply,
-    Role, Sibling, StatusReply,
+    check_peer_request, check_request, decode_body, decode_client_request, ErrorReply, FrameError,
+    GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response,
+    RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -461,7 +461,11 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
     if !peer.role.permits(needed) {
         return Response::Error(forbidden(request_name(&req), needed, peer.role));
     }
-    if let Err(e) = check_request(&req) {
+    let checked = match &req {
+        Request::Peer(p) => check_peer_request(p),
+        other => check_request(other),
+    };
+    if let Err(e) = checked {
         return Response::Error(e.into());
     }
     match req {
