@@ -107,3 +107,5 @@ const _: () = assert!(NODES_PER_MESSAGE_MAX >= 1);
 const _: () = assert!(KEYS_PER_DIFF_BATCH_MAX >= 1 && KEYS_PER_LEAF_CHUNK_MAX >= 1);
 // A message, wrapped by the driver, fits one frame of the wire protocol.
 const _: () = assert!(MESSAGE_BYTES_MAX + MESSAGE_ENVELOPE_BYTES_MAX <= FRAME_BYTES_MAX);
+// An anti-entropy message fits the room a peer request gives it (`PEER_MESSAGE_BYTES_MAX`).
+const _: () = assert!(MESSAGE_BYTES_MAX <= cairn_proto::limits::PEER_MESSAGE_BYTES_MAX);

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use cairn_net::{ClusterCa, Issued};
+use cairn_net::{ClusterCa, Issued, Role};
 use clap::{Args, Subcommand};
 
 use crate::Outcome;
@@ -18,7 +18,9 @@ pub enum CertCommand {
     Ca(CaArgs),
     /// Sign a node certificate: OUT/node.pem and OUT/node.key.
     Node(NodeCertArgs),
-    /// Sign a client certificate: OUT/client.pem and OUT/client.key.
+    /// Sign a client certificate: OUT/client.pem and OUT/client.key. Its role says what its
+    /// holder may do: `data` (get, put, delete, ping, status, ring) or `admin` (also join and
+    /// leave).
     Client(ClientCertArgs),
 }
 
@@ -63,6 +65,27 @@ pub struct ClientCertArgs {
     /// Directory to write client.pem and client.key into (created if missing).
     #[arg(long, value_name = "OUTDIR")]
     out: PathBuf,
+    /// What the holder may do: `data` reads and writes keys; `admin` also changes membership.
+    #[arg(long, value_enum, default_value_t = ClientRole::Data)]
+    role: ClientRole,
+}
+
+/// The roles a client certificate can have (node certificates come from `cairn cert node`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientRole {
+    /// Get, put, delete, ping, status, ring.
+    Data,
+    /// What data may do, and membership changes (join, leave).
+    Admin,
+}
+
+impl From<ClientRole> for Role {
+    fn from(role: ClientRole) -> Role {
+        match role {
+            ClientRole::Data => Role::Data,
+            ClientRole::Admin => Role::Admin,
+        }
+    }
 }
 
 /// Runs a `cert` subcommand.
@@ -86,11 +109,16 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<Outcome> {
         }
         CertCommand::Client(args) => {
             let ca = load_ca(&args.ca_dir)?;
-            let issued = ca
-                .issue_client(&args.name)
-                .with_context(|| format!("signing a certificate for client {:?}", args.name))?;
+            let role = Role::from(args.role);
+            let issued = ca.issue_client_as(&args.name, role).with_context(|| {
+                format!("signing a {role} certificate for client {:?}", args.name)
+            })?;
             let (cert, key) = write_issued(&args.out, "client", &issued)?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "wrote {} and {} (role {role})",
+                cert.display(),
+                key.display()
+            );
         }
     }
     Ok(Outcome::Done)

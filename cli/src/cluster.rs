@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! DIR/ca.pem, DIR/ca.key                  the cluster CA
-//! DIR/client/client.pem, client.key       the client identity
+//! DIR/client/client.pem, client.key       the data client identity (get, put, delete, ...)
+//! DIR/admin/admin.pem, admin.key          the admin identity (join, leave)
 //! DIR/nodeK/node.toml                     node K's config (paths relative to DIR/nodeK)
 //! DIR/nodeK/node.pem, node.key, data/     its certificate and data
 //! DIR/nodeK/pid, node.log                 while `cairn dev` runs it
@@ -36,6 +37,21 @@ pub fn client_cert(dir: &Path) -> PathBuf {
 /// The client key.
 pub fn client_key(dir: &Path) -> PathBuf {
     client_dir(dir).join("client.key")
+}
+
+/// The directory holding the admin identity, which membership commands use by default.
+pub fn admin_dir(dir: &Path) -> PathBuf {
+    dir.join("admin")
+}
+
+/// The admin certificate.
+pub fn admin_cert(dir: &Path) -> PathBuf {
+    admin_dir(dir).join("admin.pem")
+}
+
+/// The admin key.
+pub fn admin_key(dir: &Path) -> PathBuf {
+    admin_dir(dir).join("admin.key")
 }
 
 /// The name of the `k`-th node (1-based).

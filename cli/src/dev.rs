@@ -98,10 +98,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<Outcome> {
     }
     let identity = Identity::load(
         &cluster::ca_cert(&dir),
-        &cluster::client_cert(&dir),
-        &cluster::client_key(&dir),
+        &cluster::admin_cert(&dir),
+        &cluster::admin_key(&dir),
     )
-    .context("loading the dev client identity")?;
+    .context("loading the dev admin identity")?;
 
     let mut children = Children::new(nodes.clone());
     let started = async {
@@ -195,6 +195,9 @@ fn prepare(dir: &Path, nodes: Option<usize>) -> anyhow::Result<Vec<DevNode>> {
     let ca = cert::load_or_create_ca(dir, DEV_CLUSTER_NAME)?;
     let client_dir = cluster::client_dir(dir);
     ensure_issued(&client_dir, "client", || ca.issue_client("dev"))?;
+    // `cairn dev` checks readiness with the admin identity, and `join`/`leave` use it by
+    // default; an older cluster directory gets one on its next start.
+    ensure_issued(&cluster::admin_dir(dir), "admin", || ca.issue_admin("dev"))?;
     let existing = existing_nodes(dir)?;
     if existing.is_empty() {
         return create_nodes(dir, &ca, nodes.unwrap_or(DEV_NODES_DEFAULT));
@@ -752,6 +755,7 @@ mod tests {
             }
         }
         assert!(dir.path().join("client/client.pem").exists());
+        assert!(dir.path().join("admin/admin.pem").exists());
         let text = std::fs::read_to_string(dir.path().join("node1/node.toml")).unwrap();
         assert!(text.contains("data_dir = \"data\""), "{text}");
         assert!(text.contains("ca = \"../ca.pem\""), "{text}");

@@ -75,7 +75,7 @@ fn joined(status: &StatusReply) -> bool {
 /// `cairn join SEED --node N`
 pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
     require_node(&args.client, "join")?;
-    let session = target::connect(&args.client).await?;
+    let session = target::connect(&args.client.as_admin()).await?;
     let mut status = session
         .client
         .join(&args.seed)
@@ -118,7 +118,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
 /// `cairn leave --node N`
 pub async fn leave(args: LeaveArgs) -> anyhow::Result<Outcome> {
     require_node(&args.client, "leave")?;
-    let session = target::connect(&args.client).await?;
+    let session = target::connect(&args.client.as_admin()).await?;
     let status = session.client.leave().await.map_err(|e| session.fail(e))?;
     session.close().await;
     if args.client.json {

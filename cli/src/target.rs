@@ -30,10 +30,12 @@ pub struct ClientArgs {
     /// Cluster CA certificate to trust [default: DIR/ca.pem].
     #[arg(long, value_name = "PATH")]
     pub ca: Option<PathBuf>,
-    /// Client certificate, signed by the cluster CA [default: DIR/client/client.pem].
+    /// Client certificate, signed by the cluster CA [default: DIR/client/client.pem, or
+    /// DIR/admin/admin.pem for join and leave].
     #[arg(long, value_name = "PATH")]
     pub cert: Option<PathBuf>,
-    /// Client private key [default: DIR/client/client.key].
+    /// Client private key [default: DIR/client/client.key, or DIR/admin/admin.key for join and
+    /// leave].
     #[arg(long = "key", id = "key_file", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Print one JSON object on one line instead of text. Values (and keys) that are not valid
@@ -78,6 +80,17 @@ impl ClientArgs {
             Some(t) => t + REPLY_GRACE,
             None => REQUEST_TIMEOUT_DEFAULT,
         }
+    }
+
+    /// These flags for a membership command: without --cert, the cluster directory's admin
+    /// identity (DIR/admin/admin.pem and admin.key) instead of the data one.
+    pub fn as_admin(&self) -> ClientArgs {
+        let mut args = self.clone();
+        if args.cert.is_none() && args.key_file.is_none() {
+            args.cert = Some(cluster::admin_cert(&self.cluster));
+            args.key_file = Some(cluster::admin_key(&self.cluster));
+        }
+        args
     }
 
     /// The client identity the flags name.

@@ -180,3 +180,56 @@ fn a_node_that_leaves_drops_out_of_every_ring_and_join_brings_it_back() {
         "a seed is kept even if it does not answer yet: {run:?}"
     );
 }
+
+#[test]
+fn a_data_certificate_cannot_leave_and_the_error_names_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path(), Some(1));
+    let cert = dir.path().join("client/client.pem");
+    let key = dir.path().join("client/client.key");
+    let run = dev.run(&[
+        "leave",
+        "--node",
+        "node1",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
+    assert!(
+        run.stderr.contains(
+            "leave needs an admin certificate; this connection presented a data certificate"
+        ),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("--role admin"), "{run:?}");
+    let members = members(&dev.status("node1"));
+    assert_ne!(members["node1"]["status"], "leaving", "{members:?}");
+
+    // A certificate made with `cairn cert client --role admin` may.
+    let out = dir.path().join("ops");
+    let ca_dir = dir.path().to_str().unwrap();
+    let made = common::cairn()
+        .args([
+            "cert", "client", "--ca-dir", ca_dir, "--name", "ops", "--role", "admin",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let run = dev.run(&[
+        "leave",
+        "--node",
+        "node1",
+        "--json",
+        "--cert",
+        out.join("client.pem").to_str().unwrap(),
+        "--key",
+        out.join("client.key").to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json()["status"], "leaving");
+}

@@ -46,7 +46,7 @@ impl Answer {
             | ErrorReply::ShuttingDown
             | ErrorReply::Storage { .. }
             | ErrorReply::UnsupportedVersion { .. }
-            | ErrorReply::NotAPeer
+            | ErrorReply::Forbidden { .. }
             | ErrorReply::NoRing { .. } => Answer::Failed(e.to_string()),
             // About this object: its size, its context, its encoding.
             _ => Answer::Refused(e.to_string()),

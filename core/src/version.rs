@@ -137,16 +137,19 @@ impl TryFrom<ObjectRepr> for Object {
             if entry.counter == 0 {
                 return Err(bad_object(format!("actor {actor} has counter 0")));
             }
-            let mut above = entry.counter + 1;
+            // The next sibling's counter may be at most this: the entry's counter first, then
+            // strictly below the previous sibling's. (Not `counter + 1` as a bound: a counter of
+            // u64::MAX from a disk or a peer must be an answer, not an overflow; found by fuzzing.)
+            let mut at_most = entry.counter;
             for (counter, _) in &entry.values {
-                if *counter == 0 || *counter >= above {
+                if *counter == 0 || *counter > at_most {
                     return Err(bad_object(format!(
-                        "actor {actor}: sibling counter {counter} is not strictly below {above} \
+                        "actor {actor}: sibling counter {counter} is not between 1 and {at_most} \
                          (entry counter {}, siblings newest first)",
                         entry.counter
                     )));
                 }
-                above = *counter;
+                at_most = counter - 1;
             }
             entries.insert(actor, entry);
         }

@@ -123,3 +123,5 @@ const _: () = assert!(LOCAL_PAUSE_DEFAULT.as_nanos() > GOSSIP_INTERVAL_DEFAULT.a
 const _: () = assert!(TRANSMITS_QUEUED_MAX >= 3);
 // One node can cause a handful of events per message; room for every member to change at once.
 const _: () = assert!(EVENTS_QUEUED_MAX >= MEMBERS_MAX * 4);
+// A gossip message fits the room a peer request gives it (`PEER_MESSAGE_BYTES_MAX`).
+const _: () = assert!(MESSAGE_BYTES_MAX <= cairn_proto::limits::PEER_MESSAGE_BYTES_MAX);

@@ -8,11 +8,14 @@ pub mod limits;
 mod tcp;
 mod tls;
 
-pub use io::{read_frame, write_frame};
+pub use cairn_proto::Role;
+pub use io::{
+    read_frame, read_frame_body_within, write_frame, BudgetedFrame, ConnectionBudget, FrameBudget,
+};
 pub use tcp::{chain_is_node, tcp_server_config};
 pub use tls::{
-    client_endpoint, peer_is_node, peer_node_name, server_endpoint, ClusterCa, Identity, Issued,
-    SERVER_NAME,
+    certificate_role, client_endpoint, peer_is_node, peer_node_name, peer_role, server_endpoint,
+    ClusterCa, Identity, Issued, SERVER_NAME,
 };
 
 /// Why a transport operation failed.
@@ -51,6 +54,17 @@ pub enum NetError {
     Read {
         /// What failed.
         reason: String,
+    },
+    /// A frame's announced length does not fit the receiver's budget of frame bytes in flight;
+    /// nothing of its body was read.
+    #[error("frame of {len} bytes refused: {limit} ({max} bytes) is in use by frames in flight")]
+    OverBudget {
+        /// The limit that is full.
+        limit: &'static str,
+        /// The frame's announced length.
+        len: u64,
+        /// The limit's value.
+        max: u64,
     },
     /// The frame was refused (too large, wrong version, malformed).
     #[error(transparent)]

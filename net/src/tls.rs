@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_proto::ALPN;
+use cairn_proto::{Role, ALPN};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -14,7 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::limits::{
-    CERT_VALIDITY_DAYS, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, STREAMS_PER_CONNECTION_MAX,
+    CERT_VALIDITY_DAYS, CONNECTION_RECEIVE_WINDOW_BYTES, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    STREAMS_PER_CONNECTION_MAX,
 };
 use crate::NetError;
 
@@ -101,9 +102,30 @@ impl ClusterCa {
         self.sign(params)
     }
 
-    /// Signs a client certificate: it can connect to nodes but cannot act as one.
+    /// Signs a data client certificate: it can get, put and delete, but neither change
+    /// membership nor act as a node.
     pub fn issue_client(&self, name: &str) -> Result<Issued, NetError> {
-        let mut params = leaf_params(&format!("cairn client {name}"), &[])?;
+        self.issue_client_as(name, Role::Data)
+    }
+
+    /// Signs an admin client certificate: what a data client may do, and membership changes.
+    pub fn issue_admin(&self, name: &str) -> Result<Issued, NetError> {
+        self.issue_client_as(name, Role::Admin)
+    }
+
+    /// Signs a client certificate of `role` (admin or data; nodes get [`ClusterCa::issue_node`]).
+    pub fn issue_client_as(&self, name: &str, role: Role) -> Result<Issued, NetError> {
+        let prefix = match role {
+            Role::Admin => ADMIN_CN_PREFIX,
+            Role::Data => DATA_CN_PREFIX,
+            Role::Node => {
+                return Err(tls_err(
+                    "signing a client certificate",
+                    "a node certificate comes from issue_node",
+                ))
+            }
+        };
+        let mut params = leaf_params(&format!("{prefix}{name}"), &[])?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
@@ -214,6 +236,7 @@ fn transport() -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
@@ -278,10 +301,48 @@ pub fn client_endpoint(id: &Identity, for_addr: SocketAddr) -> Result<quinn::End
     Ok(ep)
 }
 
-/// Whether the peer of `conn` presented a node certificate (one signed for server use), as
-/// opposed to a client certificate: only nodes may send peer requests.
+/// Whether the peer of `conn` presented a node certificate, as opposed to a client
+/// certificate: only nodes may send peer requests.
 pub fn peer_is_node(conn: &quinn::Connection) -> bool {
-    peer_leaf(conn).is_some_and(|cert| cert_is_node(&cert))
+    peer_role(conn) == Role::Node
+}
+
+/// The role the peer of `conn` holds, from its certificate (see [`certificate_role`]). A
+/// connection without a readable certificate (never the case for a node's mutual TLS) holds
+/// the least role, data.
+pub fn peer_role(conn: &quinn::Connection) -> Role {
+    peer_leaf(conn)
+        .and_then(|cert| certificate_role(cert.as_ref()).ok())
+        .unwrap_or(Role::Data)
+}
+
+/// The role a certificate from the cluster CA grants, for any front end that authenticates
+/// clients with it (QUIC here; other protocols call the same function):
+///
+/// - node: extended key usage `serverAuth` and common name `cairn node NAME`;
+/// - admin: common name `cairn admin NAME`, without `serverAuth`;
+/// - data: anything else the CA signed (`cairn client NAME`, as every client certificate was
+///   before roles existed), so an unknown form gets the least role.
+///
+/// The caller must have verified the certificate's chain to the cluster CA; this only reads
+/// what the CA wrote. An unparseable certificate is an error.
+pub fn certificate_role(der: &[u8]) -> Result<Role, NetError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| tls_err("reading certificate", e))?;
+    let server = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth);
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("");
+    Ok(if server && cn.starts_with(NODE_CN_PREFIX) {
+        Role::Node
+    } else if !server && cn.starts_with(ADMIN_CN_PREFIX) {
+        Role::Admin
+    } else {
+        Role::Data
+    })
 }
 
 /// The node name in the peer's node certificate (its common name is `cairn node NAME`, as
@@ -289,7 +350,7 @@ pub fn peer_is_node(conn: &quinn::Connection) -> bool {
 /// `None` for client certificates and certificates of another shape.
 pub fn peer_node_name(conn: &quinn::Connection) -> Option<String> {
     let leaf = peer_leaf(conn)?;
-    if !cert_is_node(&leaf) {
+    if certificate_role(leaf.as_ref()).ok()? != Role::Node {
         return None;
     }
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
@@ -299,6 +360,10 @@ pub fn peer_node_name(conn: &quinn::Connection) -> Option<String> {
 
 /// What a node certificate's common name starts with; the node's name follows.
 const NODE_CN_PREFIX: &str = "cairn node ";
+/// What an admin client certificate's common name starts with.
+const ADMIN_CN_PREFIX: &str = "cairn admin ";
+/// What a data client certificate's common name starts with.
+const DATA_CN_PREFIX: &str = "cairn client ";
 
 fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let identity = conn.peer_identity()?;
@@ -306,9 +371,42 @@ fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     chain.first().cloned()
 }
 
+/// Whether a leaf certificate is a node's (its role, as [`certificate_role`] reads it).
 pub(crate) fn cert_is_node(leaf: &CertificateDer<'_>) -> bool {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
-        return false;
-    };
-    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth)
+    matches!(certificate_role(leaf.as_ref()), Ok(Role::Node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role_of(issued: &Issued) -> Role {
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        certificate_role(der.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn certificates_carry_their_role() {
+        let ca = ClusterCa::generate("t").unwrap();
+        assert_eq!(role_of(&ca.issue_node("n1", &[]).unwrap()), Role::Node);
+        assert_eq!(role_of(&ca.issue_admin("ops").unwrap()), Role::Admin);
+        assert_eq!(role_of(&ca.issue_client("app").unwrap()), Role::Data);
+        assert_eq!(
+            role_of(&ca.issue_client_as("ops", Role::Admin).unwrap()),
+            Role::Admin
+        );
+        assert!(ca.issue_client_as("n1", Role::Node).is_err());
+        // A client certificate named like a node (or an admin, but for server use) is a data
+        // client: each role needs both its name and its key usage.
+        let sign = |cn: &str, eku: ExtendedKeyUsagePurpose| {
+            let mut params = leaf_params(cn, &[]).unwrap();
+            params.extended_key_usages = vec![eku];
+            ca.sign(params).unwrap()
+        };
+        let client_auth = ExtendedKeyUsagePurpose::ClientAuth;
+        assert_eq!(role_of(&sign("cairn node n1", client_auth)), Role::Data);
+        let server_auth = ExtendedKeyUsagePurpose::ServerAuth;
+        assert_eq!(role_of(&sign("cairn admin ops", server_auth)), Role::Data);
+        assert!(certificate_role(b"not a certificate").is_err());
+    }
 }

@@ -305,7 +305,14 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and checks the text of a `node.toml` read from `path` (named in errors; relative
+    /// paths are resolved against its directory). Anything a person can write is an error
+    /// naming the value, never a panic.
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;

@@ -96,3 +96,6 @@ pub const RESP_ARGS_MAX: usize = 1024;
 pub const RESP_PIPELINE_MAX: usize = 64;
 /// Largest HTTP request body: a value at `VALUE_BYTES_MAX`. A larger body is answered 413.
 pub const HTTP_BODY_BYTES_MAX: usize = cairn_proto::limits::VALUE_BYTES_MAX;
+
+// A configured name fits the name a peer's ping may carry.
+const _: () = assert!(NAME_BYTES_MAX <= cairn_proto::limits::NODE_NAME_BYTES_MAX);

@@ -137,7 +137,7 @@ fn error_kind(e: &ErrorReply) -> &'static str {
         ErrorReply::QuorumNotReached { .. } => "quorum_not_reached",
         ErrorReply::BadOptions { .. } => "bad_options",
         ErrorReply::Unreachable { .. } => "unreachable",
-        ErrorReply::NotAPeer => "not_a_peer",
+        ErrorReply::Forbidden { .. } => "forbidden",
         ErrorReply::NoRing { .. } => "no_ring",
         ErrorReply::Membership { .. } => "membership",
         ErrorReply::Refused { .. } => "refused",

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_net::{Identity, NetError};
+use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
-    check_request, ErrorReply, FrameError, GetReply, NodeId, PartitionEntry, PeerRequest,
-    PeerResponse, Request, Response, RingReply, Sibling, StatusReply,
+    check_peer_request, check_request, decode_body, decode_client_request, ErrorReply, FrameError,
+    GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response,
+    RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// Bytes of request frames in flight, per node and per connection.
+    frame_budget: FrameBudget,
     membership: Arc<Membership>,
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
@@ -147,6 +150,7 @@ impl Node {
             engine: engine.clone(),
             in_flight: in_flight.clone(),
             connections: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            frame_budget: FrameBudget::new(),
             membership: membership.clone(),
             peers: peers.clone(),
             coordinator,
@@ -339,13 +343,14 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let peer = Peer {
-        is_node: cairn_net::peer_is_node(&conn),
+        role: cairn_net::peer_role(&conn),
         node: cairn_net::peer_node_name(&conn).map(|name| NodeId::from_name(&name)),
     };
-    let is_node = peer.is_node;
+    let role = peer.role;
+    let budget = shared.frame_budget.connection();
     // Stream tasks die with their connection task (see `accept_loop`).
     let mut streams = tokio::task::JoinSet::new();
-    debug!(%remote, is_node, "connection open");
+    debug!(%remote, %role, "connection open");
     loop {
         while streams.try_join_next().is_some() {}
         let (send, recv) = match conn.accept_bi().await {
@@ -359,8 +364,9 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         // connections by CONNECTIONS_MAX; the in-flight permit is taken once a request has
         // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
+        let budget = budget.clone();
         streams.spawn(async move {
-            serve_stream(send, recv, &shared, peer).await;
+            serve_stream(send, recv, &shared, peer, &budget).await;
         });
     }
 }
@@ -370,9 +376,11 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: &Shared,
     peer: Peer,
+    budget: &ConnectionBudget,
 ) {
-    let response = match cairn_net::read_frame::<Request>(&mut recv).await {
-        Ok(req) => {
+    let response = match read_request(&mut recv, peer.role, budget).await {
+        // The frame's budget is held while its request is served: the request holds its bytes.
+        Ok((req, _frame_budget)) => {
             let Ok(_permit) = shared.in_flight.clone().acquire_owned().await else {
                 return;
             };
@@ -381,12 +389,19 @@ async fn serve_stream(
             crate::metrics::record_request("quic", op, &response, started);
             response
         }
+        Err(e @ NetError::OverBudget { .. }) => {
+            let _ = recv.stop(1u32.into());
+            debug!("refused frame: {e}");
+            Response::Error(ErrorReply::Overloaded {
+                reason: e.to_string(),
+            })
+        }
         Err(NetError::Frame(e)) => {
             // Tell the sender why, and stop reading whatever else it sends on this stream; the
             // connection and every other stream carry on.
             let _ = recv.stop(1u32.into());
             debug!("refused frame: {e}");
-            Response::Error(frame_error(e))
+            Response::Error(frame_error(e, peer.role))
         }
         Err(e) => {
             debug!("stream ended before a request: {e}");
@@ -403,8 +418,27 @@ async fn serve_stream(
     let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
 }
 
-fn frame_error(e: FrameError) -> ErrorReply {
+/// Reads one request within the connection's budget, decoded as what the sender's certificate
+/// allows (only a node's frame may decode as a peer request); the returned reservation covers
+/// the request's bytes.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    role: Role,
+    budget: &ConnectionBudget,
+) -> Result<(Request, BudgetedFrame), NetError> {
+    let mut frame = cairn_net::read_frame_body_within(recv, budget).await?;
+    let req = match role {
+        Role::Node => decode_body(&frame.body)?,
+        Role::Admin | Role::Data => decode_client_request(&frame.body)?.into(),
+    };
+    // The decoded request holds copies; the reservation now stands for them.
+    frame.body = Vec::new();
+    Ok((req, frame))
+}
+
+fn frame_error(e: FrameError, role: Role) -> ErrorReply {
     match e {
+        FrameError::PeerRequestFromClient => forbidden("a peer request", Role::Node, role),
         FrameError::UnsupportedVersion { got, supported } => {
             ErrorReply::UnsupportedVersion { got, supported }
         }
@@ -414,17 +448,48 @@ fn frame_error(e: FrameError) -> ErrorReply {
     }
 }
 
+fn forbidden(what: &str, needed: Role, held: Role) -> ErrorReply {
+    ErrorReply::Forbidden {
+        what: what.to_owned(),
+        needed,
+        held,
+    }
+}
+
+/// What a refused request is called in the error that names the role it needs.
+pub(crate) fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Ping => "ping",
+        Request::Get { .. } => "get",
+        Request::Put { .. } => "put",
+        Request::Delete { .. } => "delete",
+        Request::Status => "status",
+        Request::Ring => "ring",
+        Request::Join { .. } => "join",
+        Request::Leave => "leave",
+        Request::Peer(_) => "a peer request",
+    }
+}
+
 /// Who is at the other end of a connection, as its certificate says.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
-    /// It holds a node certificate: it may send peer requests.
-    is_node: bool,
+    /// What its certificate lets it do.
+    role: Role,
     /// The node its certificate names, if it follows `ClusterCa::issue_node`'s form.
     node: Option<NodeId>,
 }
 
 async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
-    if let Err(e) = check_request(&req) {
+    let needed = req.role_needed();
+    if !peer.role.permits(needed) {
+        return Response::Error(forbidden(request_name(&req), needed, peer.role));
+    }
+    let checked = match &req {
+        Request::Peer(p) => check_peer_request(p),
+        other => check_request(other),
+    };
+    if let Err(e) = checked {
         return Response::Error(e.into());
     }
     match req {
@@ -441,7 +506,6 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
             Ok(()) => Response::Status(status(shared)),
             Err(e) => Response::Error(e),
         },
-        Request::Peer(_) if !peer.is_node => Response::Error(ErrorReply::NotAPeer),
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             shared.client_request(req).await
@@ -468,16 +532,16 @@ impl Shared {
         };
         if let Route::Forward(to) = route(ring, self.me, key, &is_up) {
             crate::metrics::record_forward();
+            let op = req
+                .clone()
+                .into_op()
+                .expect("gets, puts and deletes are key operations");
             match self
                 .peers
-                .call(
-                    to,
-                    PeerRequest::Forward(Box::new(req.clone())),
-                    FORWARD_TIMEOUT,
-                )
+                .call(to, PeerRequest::Forward(op), FORWARD_TIMEOUT)
                 .await
             {
-                Ok(Ok(PeerResponse::Forwarded(resp))) => return *resp,
+                Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
                 // The write may have been applied there: applying it here too would make
                 // one client write two siblings. A read is safe to retry here.
                 Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {
@@ -540,8 +604,8 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
             node: shared.name.clone(),
         }),
         // Never forwarded again: two nodes with different views must not bounce it.
-        PeerRequest::Forward(req) => Ok(PeerResponse::Forwarded(Box::new(
-            coordinate(*req, shared).await,
+        PeerRequest::Forward(op) => Ok(PeerResponse::Forwarded(KeyOpReply::from_response(
+            coordinate(op.into(), shared).await,
         ))),
         PeerRequest::Replicate {
             key,
@@ -564,7 +628,8 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
                 .membership
                 .receive(&message, sender)
                 .map(PeerResponse::Gossip),
-            None => Err(ErrorReply::NotAPeer),
+            // A node certificate always names its node (`certificate_role`).
+            None => Err(forbidden("gossip", Role::Node, Role::Data)),
         },
         PeerRequest::Read { key } => match shared.engine.read(key).await {
             // Empty bytes say "absent" without encoding an empty object.

@@ -6,7 +6,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::limits::FRAME_BYTES_MAX;
-use crate::PROTOCOL_VERSION;
+use crate::{ClientRequest, PEER_REQUEST_TAG, PROTOCOL_VERSION};
 
 /// Bytes of the length prefix that precedes every frame body.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -43,6 +43,10 @@ pub enum FrameError {
         /// What postcard reported.
         reason: String,
     },
+    /// A peer request from a sender without a node certificate; nothing after its tag was
+    /// decoded.
+    #[error("peer requests need a node certificate")]
+    PeerRequestFromClient,
     /// The message could not be encoded (a bug, or a value that cannot be serialized).
     #[error("cannot encode message: {reason}")]
     Encode {
@@ -85,21 +89,13 @@ pub fn frame_body_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, FrameEr
 }
 
 /// Decodes a frame body (the bytes after the length prefix): version first, then the message.
+///
+/// Every message type this crate defines is bounded in depth (no type contains itself), so
+/// decoding uses a bounded stack whatever the bytes say.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    if body.len() < VERSION_BYTES {
-        return Err(FrameError::TooShort {
-            len: body.len() as u64,
-        });
-    }
-    let got = u16::from_be_bytes([body[0], body[1]]);
-    if got != PROTOCOL_VERSION {
-        return Err(FrameError::UnsupportedVersion {
-            got,
-            supported: PROTOCOL_VERSION,
-        });
-    }
+    let message = check_version(body)?;
     let (msg, rest): (T, &[u8]) =
-        postcard::take_from_bytes(&body[VERSION_BYTES..]).map_err(|e| FrameError::Decode {
+        postcard::take_from_bytes(message).map_err(|e| FrameError::Decode {
             reason: e.to_string(),
         })?;
     if !rest.is_empty() {
@@ -108,6 +104,33 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
         });
     }
     Ok(msg)
+}
+
+/// Decodes a request from a sender without a node certificate: a peer request is refused by its
+/// tag, before any of it is decoded, and no other request can carry one.
+pub fn decode_client_request(body: &[u8]) -> Result<ClientRequest, FrameError> {
+    let message = check_version(body)?;
+    if message.first() == Some(&PEER_REQUEST_TAG) {
+        return Err(FrameError::PeerRequestFromClient);
+    }
+    decode_body(body)
+}
+
+/// Checks the protocol version at the start of `body` and returns the message after it.
+fn check_version(body: &[u8]) -> Result<&[u8], FrameError> {
+    let Some((version, message)) = body.split_first_chunk::<VERSION_BYTES>() else {
+        return Err(FrameError::TooShort {
+            len: body.len() as u64,
+        });
+    };
+    let got = u16::from_be_bytes(*version);
+    if got != PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion {
+            got,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    Ok(message)
 }
 
 #[cfg(test)]
@@ -181,7 +204,115 @@ mod tests {
         ));
     }
 
+    /// The frame that overflowed a node's stack before version 3: a `Request::Peer(Forward(…))`
+    /// nested 200,000 deep (`08 01` repeated, then `00`), under the version it was sent with
+    /// and under the current one.
+    fn nested_forward_body(version: u16) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        for _ in 0..200_000 {
+            body.extend_from_slice(&[0x08, 0x01]);
+        }
+        body.push(0x00);
+        body
+    }
+
+    /// Runs `f` on a thread with a small stack: decoding must not need more, whatever it reads.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .expect("decoding overflowed a 128 KiB stack or panicked")
+    }
+
+    #[test]
+    fn deeply_nested_forwards_are_refused_with_a_bounded_stack() {
+        let (from_node, from_client, old) = on_small_stack(|| {
+            let body = nested_forward_body(PROTOCOL_VERSION);
+            (
+                decode_body::<Request>(&body),
+                decode_client_request(&body),
+                decode_client_request(&nested_forward_body(2)),
+            )
+        });
+        // A node certificate gets as far as the forward's operation, which cannot be a request.
+        assert!(
+            matches!(from_node, Err(FrameError::Decode { .. })),
+            "{from_node:?}"
+        );
+        assert_eq!(from_client, Err(FrameError::PeerRequestFromClient));
+        assert_eq!(
+            old,
+            Err(FrameError::UnsupportedVersion {
+                got: 2,
+                supported: PROTOCOL_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn a_client_request_is_a_request_without_the_peer_variant() {
+        use crate::{ClientRequest, KeyOp, PeerRequest};
+        let peer = encode_frame(&Request::Peer(PeerRequest::Ping { from: "n".into() })).unwrap();
+        assert_eq!(peer[6], PEER_REQUEST_TAG);
+        assert_eq!(
+            decode_client_request(&peer[4..]),
+            Err(FrameError::PeerRequestFromClient)
+        );
+        // Ping to Leave: each client request decodes as itself from a node's encoding.
+        for req in [
+            Request::Ping,
+            Request::Get {
+                key: b"k".to_vec(),
+                opts: Default::default(),
+            },
+            Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                context: Context(vec![9]),
+                opts: Default::default(),
+            },
+            Request::Delete {
+                key: b"k".to_vec(),
+                context: Context::empty(),
+                opts: Default::default(),
+            },
+            Request::Status,
+            Request::Ring,
+            Request::Join {
+                seed: "127.0.0.1:1".into(),
+            },
+            Request::Leave,
+        ] {
+            let frame = encode_frame(&req).unwrap();
+            let client: ClientRequest = decode_client_request(&frame[4..]).unwrap();
+            assert_eq!(Request::from(client), req);
+            if let Some(op) = req.clone().into_op() {
+                let forwarded = Request::Peer(PeerRequest::Forward(op.clone()));
+                assert_eq!(roundtrip(&forwarded), forwarded);
+                assert_eq!(Request::from(op), req);
+            }
+        }
+        // A forward holding a forward does not exist any more: its tag is not a key operation.
+        let mut nested = encode_frame(&Request::Peer(PeerRequest::Forward(KeyOp::Get {
+            key: b"k".to_vec(),
+            opts: Default::default(),
+        })))
+        .unwrap();
+        nested[8] = PEER_REQUEST_TAG;
+        assert!(matches!(
+            decode_body::<Request>(&nested[4..]),
+            Err(FrameError::Decode { .. })
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn arbitrary_client_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_client_request(&body);
+        }
+
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_body::<Request>(&body);

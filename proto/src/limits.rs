@@ -19,6 +19,13 @@ pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40;
 /// Largest frame on the wire (length prefix excluded), checked before a byte of it is decoded.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Longest node name a peer request may carry (the node refuses longer names in `node.toml`).
+pub const NODE_NAME_BYTES_MAX: usize = 64;
+/// Largest gossip or anti-entropy message a peer request or response may embed; each protocol's
+/// own message limit is asserted to be within it.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(PEER_MESSAGE_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
+
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
 

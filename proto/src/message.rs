@@ -5,7 +5,10 @@ use std::fmt;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::limits::{
+    ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
+    NODE_NAME_BYTES_MAX, OBJECT_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
+};
 
 /// A node's stable identity in the cluster, derived from its configured name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -131,9 +134,14 @@ impl Context {
     }
 }
 
-/// A client's request; one per QUIC bidirectional stream.
+/// A request; one per QUIC bidirectional stream.
+///
+/// Generic over what its `Peer` variant carries so that one definition gives both the type a
+/// node decodes from another node ([`Request`]) and the type it decodes from a client
+/// ([`ClientRequest`], whose `Peer` variant holds the uninhabited [`NoPeer`]): the two share
+/// every byte of their encoding, and nothing a client sends can be decoded as a peer message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
+pub enum RequestOf<P> {
     /// Liveness and identity check.
     Ping,
     /// Read every sibling of `key` and the context covering them.
@@ -181,23 +189,189 @@ pub enum Request {
     /// Leave the cluster: the node declares itself leaving, every node drops it from the ring,
     /// and it stops owning new writes. Answered with the node's status.
     Leave,
-    /// A message between nodes; refused unless the sender holds a node certificate.
-    Peer(PeerRequest),
+    /// A message between nodes; refused unless the sender holds a node certificate. Must stay
+    /// the last variant: its tag is [`PEER_REQUEST_TAG`].
+    Peer(P),
 }
 
-impl Request {
+/// Any request, peer requests included: what a node certificate may send.
+pub type Request = RequestOf<PeerRequest>;
+
+/// A request from a client certificate: the same encoding as [`Request`], but its `Peer`
+/// variant cannot be decoded, so a client's frame is never decoded as a peer message.
+pub type ClientRequest = RequestOf<NoPeer>;
+
+/// The uninhabited content of a [`ClientRequest`]'s `Peer` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoPeer {}
+
+/// The first byte of an encoded `Request::Peer` (postcard writes a variant's index as a varint,
+/// and `Peer` is the ninth variant), so a refused peer request can be named without decoding it.
+pub const PEER_REQUEST_TAG: u8 = 8;
+
+impl From<ClientRequest> for Request {
+    fn from(req: ClientRequest) -> Request {
+        match req {
+            RequestOf::Ping => Request::Ping,
+            RequestOf::Get { key, opts } => Request::Get { key, opts },
+            RequestOf::Put {
+                key,
+                value,
+                context,
+                opts,
+            } => Request::Put {
+                key,
+                value,
+                context,
+                opts,
+            },
+            RequestOf::Delete { key, context, opts } => Request::Delete { key, context, opts },
+            RequestOf::Status => Request::Status,
+            RequestOf::Ring => Request::Ring,
+            RequestOf::Join { seed } => Request::Join { seed },
+            RequestOf::Leave => Request::Leave,
+            RequestOf::Peer(never) => match never {},
+        }
+    }
+}
+
+impl<P> RequestOf<P> {
     /// The key a get, put or delete is about.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-                Some(key)
-            }
-            Request::Ping
-            | Request::Status
-            | Request::Ring
-            | Request::Join { .. }
-            | Request::Leave
-            | Request::Peer(_) => None,
+            RequestOf::Get { key, .. }
+            | RequestOf::Put { key, .. }
+            | RequestOf::Delete { key, .. } => Some(key),
+            RequestOf::Ping
+            | RequestOf::Status
+            | RequestOf::Ring
+            | RequestOf::Join { .. }
+            | RequestOf::Leave
+            | RequestOf::Peer(_) => None,
+        }
+    }
+
+    /// The key operation this request is, if it is a get, put or delete.
+    pub fn into_op(self) -> Option<KeyOp> {
+        match self {
+            RequestOf::Get { key, opts } => Some(KeyOp::Get { key, opts }),
+            RequestOf::Put {
+                key,
+                value,
+                context,
+                opts,
+            } => Some(KeyOp::Put {
+                key,
+                value,
+                context,
+                opts,
+            }),
+            RequestOf::Delete { key, context, opts } => Some(KeyOp::Delete { key, context, opts }),
+            RequestOf::Ping
+            | RequestOf::Status
+            | RequestOf::Ring
+            | RequestOf::Join { .. }
+            | RequestOf::Leave
+            | RequestOf::Peer(_) => None,
+        }
+    }
+}
+
+/// What a certificate lets its holder do; the cluster CA writes it into every certificate it
+/// signs (`cairn_net::certificate_role` reads it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A node of the cluster: peer requests (replicate, read, forward, gossip, anti-entropy).
+    Node,
+    /// An operator: membership and layout changes, and everything a data client may do.
+    Admin,
+    /// An application: get, put, delete, ping, status and ring.
+    Data,
+}
+
+impl Role {
+    /// Whether a holder of this role may send a request that needs `needed`: every role may do
+    /// what a data client does; admin and node requests need exactly that role.
+    pub fn permits(self, needed: Role) -> bool {
+        needed == Role::Data || self == needed
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Node => "node",
+            Role::Admin => "admin",
+            Role::Data => "data",
+        })
+    }
+}
+
+impl<P> RequestOf<P> {
+    /// The role a sender needs for this request.
+    pub fn role_needed(&self) -> Role {
+        match self {
+            RequestOf::Join { .. } | RequestOf::Leave => Role::Admin,
+            RequestOf::Peer(_) => Role::Node,
+            RequestOf::Ping
+            | RequestOf::Get { .. }
+            | RequestOf::Put { .. }
+            | RequestOf::Delete { .. }
+            | RequestOf::Status
+            | RequestOf::Ring => Role::Data,
+        }
+    }
+}
+
+/// A client's get, put or delete: the only requests a node forwards to another. It cannot hold
+/// another request, so a forward cannot nest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyOp {
+    /// As `Request::Get`.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Quorum and timeout choices.
+        opts: ReadOptions,
+    },
+    /// As `Request::Put`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The context of the read this write follows, or empty for a blind write.
+        context: Context,
+        /// Quorum and timeout choices.
+        opts: WriteOptions,
+    },
+    /// As `Request::Delete`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+        /// The context of the read this delete follows.
+        context: Context,
+        /// Quorum and timeout choices.
+        opts: WriteOptions,
+    },
+}
+
+impl From<KeyOp> for Request {
+    fn from(op: KeyOp) -> Request {
+        match op {
+            KeyOp::Get { key, opts } => Request::Get { key, opts },
+            KeyOp::Put {
+                key,
+                value,
+                context,
+                opts,
+            } => Request::Put {
+                key,
+                value,
+                context,
+                opts,
+            },
+            KeyOp::Delete { key, context, opts } => Request::Delete { key, context, opts },
         }
     }
 }
@@ -237,8 +411,8 @@ pub enum PeerRequest {
         /// The sender's name.
         from: String,
     },
-    /// Coordinate this client request: the sender is not a replica of its key.
-    Forward(Box<Request>),
+    /// Coordinate this client get, put or delete: the sender is not a replica of its key.
+    Forward(KeyOp),
     /// Merge `object` into the local copy and make it durable. `hint_for` names the primary
     /// this copy stands in for: the receiver keeps a hint and hands the key over later.
     Replicate {
@@ -297,7 +471,7 @@ pub enum PeerResponse {
     /// The local copy (empty bytes: the key is absent); answer to `Read`.
     Object(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to `Forward`.
-    Forwarded(Box<Response>),
+    Forwarded(KeyOpReply),
     /// Answer to `Gossip`: the reply message, if the message asked for one.
     Gossip(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// Answer to `AntiEntropy`: the responder's next message, if it has one now.
@@ -332,6 +506,58 @@ pub enum Response {
     Peer(PeerResponse),
     /// The request failed; nothing was changed unless the variant says otherwise.
     Error(ErrorReply),
+}
+
+/// What a node answers to a [`KeyOp`]; carried back by `PeerResponse::Forwarded`, and holding no
+/// response inside, so an answer cannot nest either.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeyOpReply {
+    /// As `Response::Value`.
+    Value(GetReply),
+    /// As `Response::Written`.
+    Written(GetReply),
+    /// As `Response::Error`.
+    Error(ErrorReply),
+}
+
+impl From<KeyOpReply> for Response {
+    fn from(reply: KeyOpReply) -> Response {
+        match reply {
+            KeyOpReply::Value(r) => Response::Value(r),
+            KeyOpReply::Written(r) => Response::Written(r),
+            KeyOpReply::Error(e) => Response::Error(e),
+        }
+    }
+}
+
+impl KeyOpReply {
+    /// The reply to a key operation, from the response its coordinator gave; any other kind of
+    /// response (a bug) becomes an error rather than a wrong answer.
+    pub fn from_response(resp: Response) -> KeyOpReply {
+        match resp {
+            Response::Value(r) => KeyOpReply::Value(r),
+            Response::Written(r) => KeyOpReply::Written(r),
+            Response::Error(e) => KeyOpReply::Error(e),
+            other => KeyOpReply::Error(ErrorReply::Malformed {
+                reason: format!(
+                    "a key operation was answered with {}",
+                    response_kind(&other)
+                ),
+            }),
+        }
+    }
+}
+
+fn response_kind(resp: &Response) -> &'static str {
+    match resp {
+        Response::Pong { .. } => "a pong",
+        Response::Value(_) => "a value",
+        Response::Written(_) => "a write reply",
+        Response::Status(_) => "a status",
+        Response::Ring(_) => "a ring",
+        Response::Peer(_) => "a peer response",
+        Response::Error(_) => "an error",
+    }
 }
 
 /// One node's view of the cluster.
@@ -431,6 +657,20 @@ pub struct ReplicaFailure {
     pub reason: String,
 }
 
+fn article(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "n",
+        Role::Node | Role::Data => "",
+    }
+}
+
+fn role_hint(needed: Role) -> &'static str {
+    match needed {
+        Role::Admin => " (issue one with `cairn cert client --role admin`)",
+        Role::Node | Role::Data => "",
+    }
+}
+
 fn failures(f: &[ReplicaFailure]) -> String {
     if f.is_empty() {
         return "no replica failed, but too few were reachable".to_owned();
@@ -520,6 +760,30 @@ pub enum LimitError {
         /// Address length.
         len: u64,
         /// `ADDRESS_BYTES_MAX`.
+        max: u64,
+    },
+    /// A node name in a peer request is too long.
+    #[error("node name of {len} bytes exceeds NODE_NAME_BYTES_MAX ({max} bytes)")]
+    NameTooLong {
+        /// Name length.
+        len: u64,
+        /// `NODE_NAME_BYTES_MAX`.
+        max: u64,
+    },
+    /// A gossip or anti-entropy message in a peer request is too long.
+    #[error("peer message of {len} bytes exceeds PEER_MESSAGE_BYTES_MAX ({max} bytes)")]
+    MessageTooLarge {
+        /// Message length.
+        len: u64,
+        /// `PEER_MESSAGE_BYTES_MAX`.
+        max: u64,
+    },
+    /// A `Keys` request asks for too many key hashes.
+    #[error("{count} key hashes exceed KEY_HASHES_PER_REQUEST_MAX ({max})")]
+    TooManyKeyHashes {
+        /// Hashes asked for.
+        count: u64,
+        /// `KEY_HASHES_PER_REQUEST_MAX`.
         max: u64,
     },
 }
@@ -628,9 +892,16 @@ pub enum ErrorReply {
         /// What failed.
         reason: String,
     },
-    /// A peer-only request came from a client certificate.
-    #[error("peer requests need a node certificate")]
-    NotAPeer,
+    /// The sender's certificate does not allow this request.
+    #[error("{what} needs a{} {needed} certificate; this connection presented a{} {held} certificate{}", article(*.needed), article(*.held), role_hint(*.needed))]
+    Forbidden {
+        /// What was refused ("leave", "a peer request", …).
+        what: String,
+        /// The role the request needs.
+        needed: Role,
+        /// The role of the certificate presented.
+        held: Role,
+    },
     /// The node has no ring to route by yet: no member is up in its view (it is still joining,
     /// or every member left).
     #[error(
@@ -658,19 +929,17 @@ pub enum ErrorReply {
 }
 
 /// Limits checked by the sender before a request leaves, so a person gets the error without a
-/// round trip; the node checks the same limits again.
+/// round trip; the node checks the same limits again. Peer requests are not checked here: the
+/// receiving node checks them with [`check_peer_request`] (and tests send them over the limits
+/// on purpose).
 pub fn check_request(req: &Request) -> Result<(), LimitError> {
     match req {
         Request::Ping | Request::Status | Request::Ring | Request::Leave | Request::Peer(_) => {
             Ok(())
         }
-        Request::Join { seed } if seed.len() > ADDRESS_BYTES_MAX => {
-            Err(LimitError::AddressTooLong {
-                len: seed.len() as u64,
-                max: ADDRESS_BYTES_MAX as u64,
-            })
-        }
-        Request::Join { .. } => Ok(()),
+        Request::Join { seed } => check_len(seed.len(), ADDRESS_BYTES_MAX, |len, max| {
+            LimitError::AddressTooLong { len, max }
+        }),
         Request::Get { key, .. } => check_key(key),
         Request::Put {
             key,
@@ -706,6 +975,66 @@ mod byte_strings {
             .map(|item| item.map(ByteBuf::into_vec))
             .collect())
     }
+}
+
+/// Limits of a key operation, as for the client request it came from.
+pub fn check_op(op: &KeyOp) -> Result<(), LimitError> {
+    match op {
+        KeyOp::Get { key, .. } => check_key(key),
+        KeyOp::Put {
+            key,
+            value,
+            context,
+            ..
+        } => {
+            check_key(key)?;
+            check_value(value)?;
+            check_context(context)
+        }
+        KeyOp::Delete { key, context, .. } => {
+            check_key(key)?;
+            check_context(context)
+        }
+    }
+}
+
+/// Limits of a peer request, checked by the receiving node before it acts on it: a node
+/// certificate does not make a message well-formed.
+pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
+    let message = |len, max| LimitError::MessageTooLarge { len, max };
+    match req {
+        PeerRequest::Ping { from } => check_len(from.len(), NODE_NAME_BYTES_MAX, |len, max| {
+            LimitError::NameTooLong { len, max }
+        }),
+        PeerRequest::Forward(op) => check_op(op),
+        PeerRequest::Replicate { key, object, .. } => {
+            check_key(key)?;
+            check_len(object.len(), OBJECT_BYTES_MAX, |len, max| {
+                LimitError::ObjectTooLarge { len, max }
+            })
+        }
+        PeerRequest::Read { key } => check_key(key),
+        PeerRequest::Gossip(m) => check_len(m.len(), PEER_MESSAGE_BYTES_MAX, message),
+        PeerRequest::AntiEntropy { message: m, .. } => m.as_ref().map_or(Ok(()), |m| {
+            check_len(m.len(), PEER_MESSAGE_BYTES_MAX, message)
+        }),
+        PeerRequest::Keys { key_hashes, .. } => check_len(
+            key_hashes.len(),
+            KEY_HASHES_PER_REQUEST_MAX,
+            |count, max| LimitError::TooManyKeyHashes { count, max },
+        ),
+    }
+}
+
+fn check_len(
+    len: usize,
+    max: usize,
+    err: impl FnOnce(u64, u64) -> LimitError,
+) -> Result<(), LimitError> {
+    if len > max {
+        return Err(err(len as u64, max as u64));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

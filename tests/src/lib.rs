@@ -24,7 +24,7 @@ pub fn init_test_log() {
     }
 }
 
-/// A temporary cluster directory: a CA, a client identity, and node configs.
+/// A temporary cluster directory: a CA, a data and an admin client identity, and node configs.
 pub struct TestDir {
     dir: tempfile::TempDir,
     ca: ClusterCa,
@@ -39,6 +39,9 @@ impl TestDir {
         let client = ca.issue_client("tester")?;
         std::fs::write(dir.path().join("client.pem"), &client.cert_pem)?;
         std::fs::write(dir.path().join("client.key"), &client.key_pem)?;
+        let admin = ca.issue_admin("operator")?;
+        std::fs::write(dir.path().join("admin.pem"), &admin.cert_pem)?;
+        std::fs::write(dir.path().join("admin.key"), &admin.key_pem)?;
         Ok(TestDir { dir, ca })
     }
 
@@ -52,13 +55,23 @@ impl TestDir {
         &self.ca
     }
 
-    /// The client identity signed by this cluster's CA.
+    /// The (data) client identity signed by this cluster's CA.
     pub fn client_identity(&self) -> anyhow::Result<Identity> {
         let p = self.path();
         Ok(Identity::load(
             &p.join("ca.pem"),
             &p.join("client.pem"),
             &p.join("client.key"),
+        )?)
+    }
+
+    /// An admin client identity (it may also join and leave) signed by this cluster's CA.
+    pub fn admin_identity(&self) -> anyhow::Result<Identity> {
+        let p = self.path();
+        Ok(Identity::load(
+            &p.join("ca.pem"),
+            &p.join("admin.pem"),
+            &p.join("admin.key"),
         )?)
     }
 

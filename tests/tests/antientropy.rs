@@ -289,13 +289,20 @@ async fn anti_entropy_requests_that_break_the_protocol_are_refused_and_the_node_
     .encode()
     .unwrap();
     malformed(ask(exchange(0, 5, Some(entries))).await, "entries first");
-    malformed(
-        ask(PeerRequest::Keys {
-            partition: 0,
-            key_hashes: vec![[0; 32]; KEY_HASHES_PER_REQUEST_MAX + 1],
-        })
-        .await,
-        "too many key hashes",
+    // Refused by the peer request's limits, before anti-entropy sees it.
+    let resp = ask(PeerRequest::Keys {
+        partition: 0,
+        key_hashes: vec![[0; 32]; KEY_HASHES_PER_REQUEST_MAX + 1],
+    })
+    .await;
+    assert!(
+        matches!(
+            resp,
+            Err(ErrorReply::Limit(
+                cairn_proto::LimitError::TooManyKeyHashes { .. }
+            ))
+        ),
+        "too many key hashes: {resp:?}"
     );
     let stray = (0u32..)
         .map(|i| KeyHash::of_key(&i.to_le_bytes()))

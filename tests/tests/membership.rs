@@ -22,8 +22,9 @@ fn config(dir: &TestDir, name: &str) -> NodeConfig {
     config
 }
 
+/// An operator's client: an admin certificate, since these tests join and leave.
 async fn client(dir: &TestDir, node: &Node) -> Client {
-    Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+    Client::connect(node.local_addr(), &dir.admin_identity().unwrap())
         .await
         .unwrap()
 }

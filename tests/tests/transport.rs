@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cairn_client::{Client, ClientError};
 use cairn_net::{ClusterCa, Identity, NetError};
 use cairn_proto::{
-    limits::FRAME_BYTES_MAX, Context, ErrorReply, Request, Response, ALPN, PROTOCOL_VERSION,
+    limits::FRAME_BYTES_MAX, Context, ErrorReply, Request, Response, Role, ALPN, PROTOCOL_VERSION,
 };
 use cairn_tests::TestDir;
 
@@ -217,7 +217,243 @@ async fn a_client_certificate_cannot_send_peer_requests() {
         send_raw(&conn, &cairn_proto::encode_frame(&forged).unwrap())
             .await
             .unwrap(),
-        Response::Error(ErrorReply::NotAPeer)
+        Response::Error(ErrorReply::Forbidden {
+            what: "a peer request".into(),
+            needed: Role::Node,
+            held: Role::Data
+        })
     );
+    node.shutdown().await.unwrap();
+}
+
+/// The frame that once aborted every node: `Request::Peer(PeerRequest::Forward(…))` nested
+/// 200,000 deep (`08 01` repeated, then `00`) under the current protocol version.
+fn nested_forward_frame() -> Vec<u8> {
+    let mut body = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    for _ in 0..200_000 {
+        body.extend_from_slice(&[0x08, 0x01]);
+    }
+    body.push(0x00);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[tokio::test]
+async fn a_deeply_nested_forward_gets_an_error_and_the_node_keeps_serving() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let client_id = dir.client_identity().unwrap();
+    let frame = nested_forward_frame();
+
+    // A client certificate: refused by the peer tag, before anything of it is decoded.
+    let conn = raw_connection(node.local_addr(), &client_id).await;
+    assert!(matches!(
+        send_raw(&conn, &frame).await.unwrap(),
+        Response::Error(ErrorReply::Forbidden {
+            needed: Role::Node,
+            ..
+        })
+    ));
+    // A node certificate: the forward's content is not a key operation.
+    let peer = raw_connection(node.local_addr(), &node_id).await;
+    match send_raw(&peer, &frame).await.unwrap() {
+        Response::Error(ErrorReply::Malformed { reason }) => {
+            assert!(reason.contains("malformed message"), "{reason}")
+        }
+        other => panic!("nested forward from a node answered with {other:?}"),
+    }
+
+    // Both connections, and a new client, are still served.
+    let ping = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    for conn in [&conn, &peer] {
+        assert_eq!(
+            send_raw(conn, &ping).await.unwrap(),
+            Response::Pong {
+                node: "node1".into()
+            }
+        );
+    }
+    let client = Client::connect(node.local_addr(), &client_id)
+        .await
+        .unwrap();
+    client
+        .put(b"k", b"v", &Context::empty(), &Default::default())
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn peer_requests_from_nodes_are_held_to_their_limits() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let peer = raw_connection(node.local_addr(), &node_id).await;
+    let oversized_key = Request::Peer(cairn_proto::PeerRequest::Replicate {
+        key: vec![b'k'; cairn_proto::limits::KEY_BYTES_MAX + 1],
+        object: Vec::new(),
+        hint_for: None,
+    });
+    let forwarded_value =
+        Request::Peer(cairn_proto::PeerRequest::Forward(cairn_proto::KeyOp::Put {
+            key: b"k".to_vec(),
+            value: vec![0; cairn_proto::limits::VALUE_BYTES_MAX + 1],
+            context: Context::empty(),
+            opts: Default::default(),
+        }));
+    let too_many_hashes = Request::Peer(cairn_proto::PeerRequest::Keys {
+        partition: 0,
+        key_hashes: vec![[0; 32]; cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX + 1],
+    });
+    for (req, limit) in [
+        (oversized_key, "KEY_BYTES_MAX"),
+        (forwarded_value, "VALUE_BYTES_MAX"),
+        (too_many_hashes, "KEY_HASHES_PER_REQUEST_MAX"),
+    ] {
+        match send_raw(&peer, &cairn_proto::encode_frame(&req).unwrap())
+            .await
+            .unwrap()
+        {
+            Response::Error(ErrorReply::Limit(l)) => {
+                assert!(l.to_string().contains(limit), "{l}")
+            }
+            other => panic!("a peer request over {limit} answered with {other:?}"),
+        }
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requests() {
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let ca_pem = &dir.ca().pem().cert_pem;
+    let identity = |issued: cairn_net::Issued| {
+        Identity::from_pem(ca_pem, &issued.cert_pem, &issued.key_pem).unwrap()
+    };
+    let data = Client::connect(node.local_addr(), &dir.client_identity().unwrap())
+        .await
+        .unwrap();
+    let admin = identity(dir.ca().issue_admin("ops").unwrap());
+    let admin = Client::connect(node.local_addr(), &admin).await.unwrap();
+    let peer = identity(dir.ca().issue_node("node2", &[]).unwrap());
+    let peer = Client::connect(node.local_addr(), &peer).await.unwrap();
+
+    // A data certificate may read and write, not change membership; the error names the role.
+    data.put(b"k", b"v", &Context::empty(), &Default::default())
+        .await
+        .unwrap();
+    match data.leave().await {
+        Err(ClientError::Node(e @ ErrorReply::Forbidden { .. })) => {
+            assert_eq!(
+                e,
+                ErrorReply::Forbidden {
+                    what: "leave".into(),
+                    needed: Role::Admin,
+                    held: Role::Data
+                }
+            );
+            let text = e.to_string();
+            assert!(text.contains("needs an admin certificate"), "{text}");
+            assert!(text.contains("--role admin"), "{text}");
+        }
+        other => panic!("a data certificate's leave answered {other:?}"),
+    }
+    assert!(matches!(
+        data.join("127.0.0.1:1").await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Admin,
+            ..
+        }))
+    ));
+    // A node certificate is not an admin either.
+    assert!(matches!(
+        peer.leave().await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Admin,
+            held: Role::Node,
+            ..
+        }))
+    ));
+    // An admin may read, and may not send peer requests.
+    assert_eq!(
+        admin
+            .get(b"k", &Default::default())
+            .await
+            .unwrap()
+            .siblings
+            .len(),
+        1
+    );
+    assert!(matches!(
+        admin
+            .request(&Request::Peer(cairn_proto::PeerRequest::Read {
+                key: b"k".to_vec()
+            }))
+            .await,
+        Err(ClientError::Node(ErrorReply::Forbidden {
+            needed: Role::Node,
+            held: Role::Admin,
+            ..
+        }))
+    ));
+    // The admin's leave is carried out.
+    let status = admin.leave().await.unwrap();
+    let me = status.members.iter().find(|m| m.this_node).unwrap();
+    assert_eq!(me.status, "leaving");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn random_and_truncated_frames_from_clients_and_nodes_leave_the_node_serving() {
+    use rand::{Rng as _, SeedableRng as _};
+    let dir = TestDir::new().unwrap();
+    let node = dir.start_node("node1").await.unwrap();
+    let issued = dir.ca().issue_node("node2", &[]).unwrap();
+    let node_id =
+        Identity::from_pem(&dir.ca().pem().cert_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let conns = [
+        raw_connection(node.local_addr(), &dir.client_identity().unwrap()).await,
+        raw_connection(node.local_addr(), &node_id).await,
+    ];
+    // Seeded, so a failure replays; printed so it can be found.
+    let seed: u64 = rand::random();
+    println!("random frames seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..200 {
+        let conn = &conns[i % 2];
+        // A correct length and version over random bytes, or random bytes altogether, sometimes
+        // cut short.
+        let len = rng.gen_range(0..2048);
+        let mut frame = ((len + 2) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        frame.extend((0..len).map(|_| rng.gen::<u8>()));
+        if rng.gen_bool(0.2) {
+            frame.iter_mut().take(4).for_each(|b| *b = rng.gen());
+        }
+        if rng.gen_bool(0.2) {
+            frame.truncate(rng.gen_range(0..frame.len()));
+        }
+        // Whatever the node answers (an error, or nothing for a truncated frame), it answers
+        // only on that stream; a frame that happens to be a request is answered like one.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(10), send_raw(conn, &frame)).await;
+    }
+    let ping = cairn_proto::encode_frame(&Request::Ping).unwrap();
+    for conn in &conns {
+        assert_eq!(
+            send_raw(conn, &ping).await.unwrap(),
+            Response::Pong {
+                node: "node1".into()
+            },
+            "seed {seed}"
+        );
+    }
     node.shutdown().await.unwrap();
 }

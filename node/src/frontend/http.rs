@@ -379,7 +379,7 @@ fn failure(resp: &NodeResponse) -> Reply {
         | ErrorReply::Malformed { .. }
         | ErrorReply::BadOptions { .. }
         | ErrorReply::UnsupportedVersion { .. } => (StatusCode::BAD_REQUEST, None),
-        ErrorReply::NotAPeer => (StatusCode::FORBIDDEN, None),
+        ErrorReply::Forbidden { .. } => (StatusCode::FORBIDDEN, None),
         // The node cannot make writes durable now (its disk failed, or its own write missed the
         // deadline): unavailable, as a retry elsewhere or later may succeed.
         ErrorReply::Storage { .. }
@@ -427,6 +427,9 @@ fn limit_name(l: &LimitError) -> &'static str {
         LimitError::ObjectTooLarge { .. } => "OBJECT_BYTES_MAX",
         LimitError::ContextTooLarge { .. } => "CONTEXT_BYTES_MAX",
         LimitError::AddressTooLong { .. } => "ADDRESS_BYTES_MAX",
+        LimitError::NameTooLong { .. } => "NODE_NAME_BYTES_MAX",
+        LimitError::MessageTooLarge { .. } => "PEER_MESSAGE_BYTES_MAX",
+        LimitError::TooManyKeyHashes { .. } => "KEY_HASHES_PER_REQUEST_MAX",
     }
 }
 

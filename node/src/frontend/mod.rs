@@ -193,14 +193,25 @@ pub(crate) struct ClientId {
     pub chain: Option<Vec<CertificateDer<'static>>>,
 }
 
-/// The one place a front-end request is allowed or refused. Today every holder of a certificate
-/// from the cluster CA (the handshake verified it) and every local process on a plaintext
-/// loopback listener may run every client request; a check of certificate roles goes here.
-pub(crate) fn authorize(_client: &ClientId, req: &Request) -> Result<(), ErrorReply> {
-    match req {
-        // Peer messages travel only over QUIC between nodes.
-        Request::Peer(_) => Err(ErrorReply::NotAPeer),
-        _ => Ok(()),
+/// The one place a front-end request is allowed or refused, by the role its certificate carries
+/// (`cairn_net::certificate_role`), as for QUIC. A local process on a plaintext loopback listener
+/// holds the data role: it may get, put and delete, nothing more.
+pub(crate) fn authorize(client: &ClientId, req: &Request) -> Result<(), ErrorReply> {
+    let held = client
+        .chain
+        .as_deref()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| cairn_net::certificate_role(leaf.as_ref()).ok())
+        .unwrap_or(cairn_net::Role::Data);
+    let needed = req.role_needed();
+    if held.permits(needed) {
+        Ok(())
+    } else {
+        Err(ErrorReply::Forbidden {
+            what: crate::server::request_name(req).to_owned(),
+            needed,
+            held,
+        })
     }
 }
 
