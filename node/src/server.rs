@@ -459,15 +459,8 @@ fn forbidden(what: &str, needed: Role, held: Role) -> ErrorReply {
 /// What a refused request is called in the error that names the role it needs.
 pub(crate) fn request_name(req: &Request) -> &'static str {
     match req {
-        Request::Ping => "ping",
-        Request::Get { .. } => "get",
-        Request::Put { .. } => "put",
-        Request::Delete { .. } => "delete",
-        Request::Status => "status",
-        Request::Ring => "ring",
-        Request::Join { .. } => "join",
-        Request::Leave => "leave",
         Request::Peer(_) => "a peer request",
+        other => crate::metrics::op(other),
     }
 }
 
