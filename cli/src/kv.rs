@@ -91,6 +91,7 @@ impl ReadFlags {
             notfound_ok: self.notfound_ok,
             basic_quorum: self.basic_quorum,
             timeout_ms: client.timeout_ms(),
+            local: None,
         }
     }
 }
@@ -108,6 +109,11 @@ pub struct GetArgs {
     pub key: String,
     #[command(flatten)]
     pub quorum: ReadFlags,
+    /// Print the asked node's own stored copy (choose the node with --node): no quorum, no
+    /// forward, no read repair, to compare replicas. Needs an admin certificate (the cluster
+    /// directory's admin identity is used unless --cert is given).
+    #[arg(long)]
+    pub local: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -256,12 +262,18 @@ pub async fn put(args: PutArgs) -> anyhow::Result<Outcome> {
 /// `cairn get`
 pub async fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let key = args.key.as_bytes();
-    let opts = args.quorum.options(&args.client);
+    let mut opts = args.quorum.options(&args.client);
+    let client = if args.local {
+        opts.local = Some(true);
+        args.client.as_admin()
+    } else {
+        args.client.clone()
+    };
     check_request(&Request::Get {
         key: key.to_vec(),
         opts: opts.clone(),
     })?;
-    let session = target::connect(&args.client).await?;
+    let session = target::connect(&client).await?;
     let reply = session
         .client
         .get(key, &opts)

@@ -273,3 +273,32 @@ fn values_come_from_arguments_files_or_stdin_and_flags_go_anywhere() {
     let text = dev.run(&["get", "from-file", "--node", &addr]).ok();
     assert_eq!(text.lines().next(), Some("file value"));
 }
+
+#[test]
+fn get_local_prints_the_nodes_own_copy_with_the_admin_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path(), Some(1));
+    dev.run(&["put", "k", "v"]).ok();
+    let out = dev.run(&["get", "k", "--local", "--node", "node1"]).ok();
+    assert_eq!(out.lines().next(), Some("v"), "{out}");
+    assert_eq!(
+        dev.run(&["get", "absent", "--local", "--node", "node1"])
+            .code,
+        Some(1)
+    );
+    // With the data certificate instead of the admin one, the node refuses and says why.
+    let client = dir.path().join("client");
+    let refused = dev.run(&[
+        "get",
+        "k",
+        "--local",
+        "--node",
+        "node1",
+        "--cert",
+        client.join("client.pem").to_str().unwrap(),
+        "--key",
+        client.join("client.key").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, Some(3), "{refused:?}");
+    assert!(refused.stderr.contains("admin"), "{refused:?}");
+}

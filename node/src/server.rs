@@ -513,6 +513,15 @@ impl Shared {
         if let Err(e) = check_request(&req) {
             return Response::Error(e.into());
         }
+        if let Request::Get { key, opts } = &req {
+            if opts.is_local() {
+                // This node's own copy, as stored: never forwarded, nothing repaired.
+                return match self.engine.read(key.clone()).await {
+                    Ok(obj) => Response::Value(get_reply(&obj)),
+                    Err(e) => Response::Error(e.into()),
+                };
+            }
+        }
         let Some(key) = req.key() else {
             return Response::Error(ErrorReply::Malformed {
                 reason: "only gets, puts and deletes are client requests".into(),

@@ -312,6 +312,8 @@ impl<P> RequestOf<P> {
     pub fn role_needed(&self) -> Role {
         match self {
             RequestOf::Join { .. } | RequestOf::Leave => Role::Admin,
+            // A replica's own copy is for operators checking convergence, not for applications.
+            RequestOf::Get { opts, .. } if opts.is_local() => Role::Admin,
             RequestOf::Peer(_) => Role::Node,
             RequestOf::Ping
             | RequestOf::Get { .. }
@@ -390,6 +392,16 @@ pub struct ReadOptions {
     pub basic_quorum: Option<bool>,
     /// How long to wait for replicas, milliseconds.
     pub timeout_ms: Option<u32>,
+    /// Answer from the asked node's own stored copy alone: no quorum, no forward, no read
+    /// repair, so each replica can be compared with the others (needs an admin certificate).
+    pub local: Option<bool>,
+}
+
+impl ReadOptions {
+    /// Whether this read asks for the node's own copy only.
+    pub fn is_local(&self) -> bool {
+        self.local == Some(true)
+    }
 }
 
 /// Per-request write choices; `None` takes the cluster default.

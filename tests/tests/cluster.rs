@@ -236,3 +236,61 @@ async fn hints_survive_a_restart_of_the_node_holding_them() {
     .await;
     cluster.shutdown().await;
 }
+
+/// A local read answers with the asked node's own copy only, repairs nothing, and needs an
+/// admin certificate: it is how an operator (or the nemesis) compares replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_read_shows_one_replica_as_stored_and_needs_an_admin_certificate() {
+    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    // Only node2 holds the key, behind everyone's back.
+    cluster
+        .node(2)
+        .engine()
+        .apply(
+            b"k".to_vec(),
+            Write::Update {
+                ctx: VClock::default(),
+                payload: Payload::Value(b"only-on-2".to_vec()),
+            },
+        )
+        .await
+        .unwrap();
+    let local = ReadOptions {
+        local: Some(true),
+        ..Default::default()
+    };
+    let admin = |k: usize| {
+        let addr = cluster.addr(k);
+        let identity = cluster.dir.admin_identity().unwrap();
+        async move {
+            cairn_client::Client::connect(addr, &identity)
+                .await
+                .unwrap()
+        }
+    };
+    for k in [1, 3, 2] {
+        let reply = admin(k).await.get(b"k", &local).await.unwrap();
+        let expected = if k == 2 {
+            vec![b"only-on-2".to_vec()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(values(&reply), expected, "node{k}'s own copy");
+    }
+    // Nothing was repaired by those reads: node1 and node3 still lack the key.
+    assert!(local_values(&cluster, 1, b"k").await.is_empty());
+    assert!(local_values(&cluster, 3, b"k").await.is_empty());
+    // A data certificate is refused, naming the role it needs.
+    let refused = cluster.client(1).await.unwrap().get(b"k", &local).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Node(ErrorReply::Forbidden {
+                needed: cairn_proto::Role::Admin,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
+}

@@ -262,6 +262,7 @@ fn read_options(w: &mut World, n: u8) -> ReadOptions {
         },
         basic_quorum: w.chance(0.3).then(|| w.rng.gen_bool(0.5)),
         timeout_ms: timeout_ms(w),
+        local: None,
     }
 }
 
