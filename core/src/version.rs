@@ -25,7 +25,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use cairn_proto::limits::{CONTEXT_BYTES_MAX, OBJECT_BYTES_MAX, SIBLINGS_MAX, VV_ENTRIES_MAX};
-use cairn_proto::{Context, LimitError};
+use cairn_proto::{check_len, Context, LimitError};
 use serde::{Deserialize, Serialize};
 
 pub use cairn_proto::ActorId;
@@ -168,33 +168,21 @@ fn bad_context(reason: String) -> VersionError {
 }
 
 fn check_entries(entries: usize) -> Result<(), LimitError> {
-    if entries > VV_ENTRIES_MAX {
-        return Err(LimitError::VersionVectorTooLarge {
-            entries: entries as u64,
-            max: VV_ENTRIES_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(entries, VV_ENTRIES_MAX, |entries, max| {
+        LimitError::VersionVectorTooLarge { entries, max }
+    })
 }
 
 fn check_siblings(count: usize) -> Result<(), LimitError> {
-    if count > SIBLINGS_MAX {
-        return Err(LimitError::TooManySiblings {
-            count: count as u64,
-            max: SIBLINGS_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(count, SIBLINGS_MAX, |count, max| {
+        LimitError::TooManySiblings { count, max }
+    })
 }
 
 fn check_object_bytes(len: usize) -> Result<(), LimitError> {
-    if len > OBJECT_BYTES_MAX {
-        return Err(LimitError::ObjectTooLarge {
-            len: len as u64,
-            max: OBJECT_BYTES_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(len, OBJECT_BYTES_MAX, |len, max| {
+        LimitError::ObjectTooLarge { len, max }
+    })
 }
 
 impl Object {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::tls::{cert_is_node, provider, tls_err};
+use crate::tls::{cert_is_node, mutual_tls_server};
 use crate::{Identity, NetError};
 
 /// A rustls server configuration for a TCP front end: the node's certificate, TLS 1.3, and a
@@ -15,18 +15,7 @@ pub fn tcp_server_config(
     id: &Identity,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, NetError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots()?, provider())
-            .build()
-            .map_err(|e| tls_err("client verifier", e))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err("TLS versions", e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| tls_err("node certificate", e))?;
-    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(tls))
+    Ok(Arc::new(mutual_tls_server(id, alpn)?))
 }
 
 /// Whether the leaf of a verified TCP client's chain is a node certificate (one signed for server

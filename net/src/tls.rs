@@ -246,7 +246,13 @@ fn transport() -> Result<Arc<quinn::TransportConfig>, NetError> {
     Ok(Arc::new(t))
 }
 
-fn server_config(id: &Identity) -> Result<quinn::ServerConfig, NetError> {
+/// The node's side of mutual TLS, for QUIC and the TCP front ends alike: its certificate,
+/// TLS 1.3 only, and a client certificate signed by the cluster CA required of every peer;
+/// `alpn` lists the application protocols offered (empty: none negotiated).
+pub(crate) fn mutual_tls_server(
+    id: &Identity,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, NetError> {
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots()?, provider())
             .build()
@@ -257,7 +263,12 @@ fn server_config(id: &Identity) -> Result<quinn::ServerConfig, NetError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| tls_err("node certificate", e))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tls)
+}
+
+fn server_config(id: &Identity) -> Result<quinn::ServerConfig, NetError> {
+    let tls = mutual_tls_server(id, &[ALPN])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| tls_err("QUIC server config", e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));

@@ -213,19 +213,12 @@ impl From<ClientRequest> for Request {
     fn from(req: ClientRequest) -> Request {
         match req {
             RequestOf::Ping => Request::Ping,
-            RequestOf::Get { key, opts } => Request::Get { key, opts },
-            RequestOf::Put {
-                key,
-                value,
-                context,
-                opts,
-            } => Request::Put {
-                key,
-                value,
-                context,
-                opts,
-            },
-            RequestOf::Delete { key, context, opts } => Request::Delete { key, context, opts },
+            op @ (RequestOf::Get { .. } | RequestOf::Put { .. } | RequestOf::Delete { .. }) => {
+                Request::from(
+                    op.into_op()
+                        .expect("gets, puts and deletes are key operations"),
+                )
+            }
             RequestOf::Status => Request::Status,
             RequestOf::Ring => Request::Ring,
             RequestOf::Join { seed } => Request::Join { seed },
@@ -805,35 +798,23 @@ pub fn check_key(key: &[u8]) -> Result<(), LimitError> {
     if key.is_empty() {
         return Err(LimitError::KeyEmpty);
     }
-    if key.len() > KEY_BYTES_MAX {
-        return Err(LimitError::KeyTooLarge {
-            len: key.len() as u64,
-            max: KEY_BYTES_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(key.len(), KEY_BYTES_MAX, |len, max| {
+        LimitError::KeyTooLarge { len, max }
+    })
 }
 
 /// Checks a value against its limit.
 pub fn check_value(value: &[u8]) -> Result<(), LimitError> {
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(LimitError::ValueTooLarge {
-            len: value.len() as u64,
-            max: VALUE_BYTES_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(value.len(), VALUE_BYTES_MAX, |len, max| {
+        LimitError::ValueTooLarge { len, max }
+    })
 }
 
 /// Checks a context against its limit.
 pub fn check_context(context: &Context) -> Result<(), LimitError> {
-    if context.0.len() > CONTEXT_BYTES_MAX {
-        return Err(LimitError::ContextTooLarge {
-            len: context.0.len() as u64,
-            max: CONTEXT_BYTES_MAX as u64,
-        });
-    }
-    Ok(())
+    check_len(context.0.len(), CONTEXT_BYTES_MAX, |len, max| {
+        LimitError::ContextTooLarge { len, max }
+    })
 }
 
 /// Why a node refused or failed a request.
@@ -1038,7 +1019,9 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
     }
 }
 
-fn check_len(
+/// Checks a size (a length or a count) against its limit: `err(size, max)` names the limit.
+/// Every size limit is checked through this one comparison.
+pub fn check_len(
     len: usize,
     max: usize,
     err: impl FnOnce(u64, u64) -> LimitError,

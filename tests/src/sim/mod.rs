@@ -1,7 +1,14 @@
-//! A deterministic whole-cluster simulator: the real ring, coordinator and versioning state
-//! machines of several nodes over virtual time and a seeded faulty network (drops, duplicates,
-//! delays that reorder, partitions, crashes and restarts that lose what was not durable), with
-//! random clients and a history checker (see `history`).
+//! A deterministic whole-cluster simulator: the node's own pure core (`cairn_core`'s coordinator,
+//! versioning, hint-delivery and liveness machines, and the real ring) for several nodes, over
+//! virtual time and a seeded faulty network (drops, duplicates, delays that reorder, partitions,
+//! crashes and restarts that lose what was not durable), with random clients and a history
+//! checker (see `history`).
+//!
+//! Not yet the whole node: the glue between those machines (`driver.rs` carrying out the
+//! coordinator's transmits, the engine's writer, `server.rs`'s routing) is still re-enacted in
+//! `node.rs` below, because that glue lives in `cairn-node` with tokio and redb. Moving it into
+//! `cairn-core` as one `NodeCore` that both drive is the open part of issue 10; until then a bug
+//! in that glue is one this simulator cannot see.
 //!
 //! A run is a pure function of its seed: the cluster shape, the network's faults, the clients'
 //! operations and every timing come from one `StdRng`, and events at the same instant run in the
