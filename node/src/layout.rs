@@ -630,4 +630,110 @@ mod tests {
             .to_string();
         assert!(err.contains("128"), "{err}");
     }
+
+    #[tokio::test]
+    async fn changes_are_persisted_before_they_are_published_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(&["n1", "n2", "n3"]);
+        let held = NodeLayout::open(dir.path(), "n1", &c, false).unwrap();
+        let mut rx = held.subscribe();
+        let n4 = NodeId::from_name("n4");
+        held.modify(|l| {
+            let plan = l
+                .plan(&cairn_layout::Change::Join {
+                    node: n4,
+                    name: "n4".into(),
+                    zone: None,
+                })
+                .unwrap();
+            l.apply(plan).map_err(|e| ErrorReply::Membership {
+                reason: e.to_string(),
+            })
+        })
+        .await
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        let published = rx.borrow_and_update().clone().unwrap();
+        assert_eq!(published.current().version(), 2);
+        // What was published is what the file holds.
+        let stored = load(&dir.path().join(LAYOUT_FILE)).unwrap().unwrap();
+        assert_eq!(stored.layout, *published);
+        assert_eq!(Some(Stamp::of(&stored)), held.stamp());
+        drop(held);
+        let reopened = NodeLayout::open(dir.path(), "n1", &c, false).unwrap();
+        assert_eq!(reopened.get().unwrap(), published);
+        // A refused change publishes nothing.
+        let err = reopened
+            .modify(|_| -> Result<(), ErrorReply> {
+                Err(ErrorReply::Membership {
+                    reason: "no".into(),
+                })
+            })
+            .await;
+        assert!(err.is_err());
+        assert_eq!(reopened.get().unwrap(), published);
+    }
+
+    #[tokio::test]
+    async fn layouts_of_two_clusters_never_merge_and_only_a_lone_node_enters_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir, w_dir) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("w"),
+        );
+        for d in [&a_dir, &b_dir, &w_dir] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let three = cluster(&["n1", "n2", "n3"]);
+        let a = NodeLayout::open(&a_dir, "n1", &three, false).unwrap();
+        // n9 alone: a cluster of its own, with another version 1.
+        let lone = NodeLayout::open(&b_dir, "n9", &cluster(&[]), true).unwrap();
+        let theirs = a.held().unwrap();
+        assert_ne!(theirs.cluster, lone.stamp().unwrap().cluster);
+        let err = lone.merge(&theirs).await.unwrap_err().to_string();
+        assert!(err.contains("another cluster"), "{err}");
+        assert_eq!(lone.get().unwrap().current().names().len(), 1);
+        // ...and the three-node cluster does not take the lone node's layout either.
+        let err = a
+            .merge(&lone.held().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another cluster"), "{err}");
+        // `cairn join` moves the lone node into the cluster.
+        assert!(lone.enter(NodeId::from_name("n9"), &theirs).await.unwrap());
+        assert_eq!(lone.held().unwrap(), theirs);
+        // A member of a cluster of three may not be moved so.
+        let err = a
+            .enter(NodeId::from_name("n1"), &lone_layout(&w_dir))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("member of another cluster"), "{err}");
+        // A node without a layout adopts the first one it is sent.
+        let waiting = NodeLayout::open(&w_dir, "n4", &three, false).unwrap();
+        assert!(waiting.get().is_none());
+        assert!(matches!(
+            waiting.merge(&theirs).await.unwrap(),
+            MergeOutcome::Adopted { from: 0, to: 1 }
+        ));
+        assert_eq!(waiting.held().unwrap(), theirs);
+    }
+
+    fn lone_layout(dir: &Path) -> Held {
+        let d = dir.join("lone");
+        std::fs::create_dir_all(&d).unwrap();
+        NodeLayout::open(&d, "n8", &cluster(&[]), true)
+            .unwrap()
+            .held()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_peer_layout_over_its_limit_is_refused_before_decoding() {
+        let err = decode(&vec![0u8; HELD_ENCODED_BYTES_MAX + 1]).unwrap_err();
+        assert!(err.contains("HELD_ENCODED_BYTES_MAX"), "{err}");
+        assert!(decode(b"garbage").is_err());
+    }
 }

@@ -192,6 +192,41 @@ async fn a_corrupt_membership_file_stops_the_start_with_its_path_and_is_left_alo
 }
 
 #[tokio::test]
+async fn a_corrupt_layout_file_stops_the_start_with_its_path_and_is_never_replaced() {
+    let dir = TestDir::new().unwrap();
+    let config = config(&dir, "a");
+    let node = Node::start(config.clone()).await.unwrap();
+    let c = client(&dir, &node).await;
+    let layout = c.status().await.unwrap().layout.unwrap();
+    assert_eq!(
+        (layout.version, layout.members.clone()),
+        (1, vec!["a".to_owned()])
+    );
+    c.close().await;
+    node.shutdown().await.unwrap();
+    let file = config.data_dir.join(cairn_node::layout::LAYOUT_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    for _ in 0..2 {
+        let err = match Node::start(config.clone()).await {
+            Ok(_) => panic!("a node started over a corrupt layout file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("layout.bin") && err.contains("corrupt") && err.contains("checksum"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            bytes,
+            "nothing overwrote the file"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_wildcard_listen_address_needs_an_advertised_one() {
     let dir = TestDir::new().unwrap();
     let mut config = config(&dir, "a");
