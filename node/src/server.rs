@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
-    check_peer_request, check_request, decode_body, decode_client_request, ErrorReply, FrameError,
-    GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response,
-    RingReply, Role, Sibling, StatusReply,
+    check_peer_request, check_request, decode_body, decode_client_request, Context, ContextKey,
+    ErrorReply, FrameError, GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest,
+    PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -53,6 +53,9 @@ pub enum NodeError {
     /// A TCP front end (RESP, HTTP, metrics) could not start.
     #[error(transparent)]
     Frontend(#[from] crate::frontend::FrontendError),
+    /// The cluster's context key is missing or unreadable.
+    #[error(transparent)]
+    ContextKey(#[from] crate::config::ConfigError),
     /// A value of the configuration is not acceptable.
     #[error("invalid configuration: {reason}")]
     Config {
@@ -90,12 +93,15 @@ pub(crate) struct Shared {
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
     anti_entropy: Arc<AntiEntropy>,
+    /// Tags the contexts handed to clients and checks the ones they hand back.
+    context_key: ContextKey,
 }
 
 impl Node {
     /// Opens the node's database and starts serving on its configured address.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let identity = Identity::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+        let context_key = config.tls.load_context_key()?;
         config
             .anti_entropy
             .validate()
@@ -155,6 +161,7 @@ impl Node {
             peers: peers.clone(),
             coordinator,
             anti_entropy: anti_entropy.clone(),
+            context_key,
         });
         let peers_handle = peers.clone();
         let mut tasks = vec![
@@ -508,11 +515,23 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
 
 impl Shared {
     /// Carries out a client get, put or delete that arrived at this node, whatever front end it
-    /// came through: forwards it to the key's first chosen replica, or coordinates it here.
+    /// came through: checks the tag of the context it carries, forwards it to the key's first
+    /// chosen replica or coordinates it here, and tags the context of the reply. Between nodes
+    /// (forwards) contexts travel raw.
     pub(crate) async fn client_request(&self, req: Request) -> Response {
         if let Err(e) = check_request(&req) {
             return Response::Error(e.into());
         }
+        let req = match open_context(&self.context_key, req) {
+            Ok(req) => req,
+            Err(e) => return Response::Error(e),
+        };
+        let key = req.key().map(<[u8]>::to_vec).unwrap_or_default();
+        seal_context(&self.context_key, &key, self.client_request_raw(req).await)
+    }
+
+    /// [`Shared::client_request`] once the context is opened: answers with a raw context.
+    async fn client_request_raw(&self, req: Request) -> Response {
         if let Request::Get { key, opts } = &req {
             if opts.is_local() {
                 // This node's own copy, as stored: never forwarded, nothing repaired.
@@ -587,6 +606,50 @@ impl Shared {
     /// The `/metrics` page.
     pub(crate) fn metrics(&self) -> String {
         crate::metrics::render(&self.status(), self.engine.stats())
+    }
+}
+
+/// A client's put or delete with its context's tag checked and removed; a context that was
+/// edited, or handed out for another key or by another cluster, is refused.
+fn open_context(context_key: &ContextKey, req: Request) -> Result<Request, ErrorReply> {
+    let open = |key: &[u8], context: Context| {
+        context_key
+            .open(key, &context)
+            .map_err(|e| ErrorReply::BadContext {
+                reason: e.to_string(),
+            })
+    };
+    Ok(match req {
+        Request::Put {
+            key,
+            value,
+            context,
+            opts,
+        } => Request::Put {
+            context: open(&key, context)?,
+            key,
+            value,
+            opts,
+        },
+        Request::Delete { key, context, opts } => Request::Delete {
+            context: open(&key, context)?,
+            key,
+            opts,
+        },
+        other => other,
+    })
+}
+
+/// A reply for a client: the raw context of a read or write answer tagged for item `key`.
+fn seal_context(context_key: &ContextKey, key: &[u8], response: Response) -> Response {
+    let seal = |mut reply: GetReply| {
+        reply.context = context_key.seal(key, &reply.context);
+        reply
+    };
+    match response {
+        Response::Value(reply) => Response::Value(seal(reply)),
+        Response::Written(reply) => Response::Written(seal(reply)),
+        other => other,
     }
 }
 

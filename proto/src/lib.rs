@@ -6,19 +6,23 @@
 pub mod frame;
 pub mod limits;
 mod message;
+mod sealed;
 
 pub use frame::{
     decode_body, decode_client_request, encode_frame, frame_body_len, FrameError,
     FRAME_HEADER_BYTES,
 };
 pub use message::*;
+pub use sealed::{ContextKey, SealError};
 
 /// Version of the message set carried in every frame; a peer speaking another version gets
 /// `ErrorReply::UnsupportedVersion` instead of a misread message.
 /// 2: anti-entropy peer requests and the anti-entropy part of `StatusReply`.
 /// 3: a forward carries a `KeyOp` and its answer a `KeyOpReply`, so neither can nest.
 /// 4: certificate roles; `ErrorReply::Forbidden` names the role a request needs.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 5: `ReadOptions.local`.
+/// 6: a client's context carries a tag (`ContextKey`); an untagged one is refused.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -14,8 +14,11 @@ pub const SIBLINGS_MAX: usize = 64;
 pub const VV_ENTRIES_MAX: usize = 64;
 /// Largest encoded object (all siblings plus their causal history) one key may hold.
 pub const OBJECT_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest encoded client context token, in bytes before base64.
-pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40;
+/// Bytes of the tag (keyed blake3) that ends every context a node hands to a client.
+pub const CONTEXT_TAG_BYTES: usize = 32;
+/// Largest encoded client context token, in bytes before base64: a full version vector and its
+/// tag.
+pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40 + CONTEXT_TAG_BYTES;
 /// Largest frame on the wire (length prefix excluded), checked before a byte of it is decoded.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
