@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
 use crate::trees::Trees;
-use crate::version::{Dot, Object, Payload, VClock, VersionError};
+use crate::version::{Dot, Limits, Object, Payload, VClock, VersionError};
 
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -551,11 +551,26 @@ impl Writer {
                 current.update(ctx, dot, payload.clone())?
             }
             Write::Merge { object, hint_for } => {
-                // `sync` never fails, but its result may exceed the limits `decode` enforces;
-                // storing it would make the key unreadable, so the merge is refused instead
-                // and the sender keeps its copy.
+                // Merges are held to the hard limits, not the client ones: replicas that each
+                // took writes up to the client limits must still converge. Past a hard limit
+                // (which `decode` enforces) the merge is refused and the sender keeps its copy.
+                // Either way the key is reported: client writes to it are refused until its
+                // siblings are resolved.
                 let merged = current.sync(object);
-                merged.check_limits()?;
+                if let Err(e) = merged.check_limits(Limits::Merge) {
+                    tracing::warn!(key = %String::from_utf8_lossy(&op.key), "merge from a peer refused: {e}");
+                    crate::metrics::record_merge_over_client_limits(false);
+                    return Err(e.into());
+                }
+                if merged.over_client_limits() && !current.over_client_limits() {
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(&op.key),
+                        siblings = merged.sibling_count(),
+                        "a merge from a peer left the key over a client limit; client writes \
+                         to it are refused until a write with its context resolves its siblings"
+                    );
+                    crate::metrics::record_merge_over_client_limits(true);
+                }
                 if let Some(target) = hint_for {
                     self.add_hint(hints, counts, *target, &op.key)?;
                 }

@@ -78,6 +78,11 @@ fn describe() {
         "Client requests this node forwarded to a replica of their key."
     );
     describe_counter!(
+        "cairn_merges_over_client_limits_total",
+        "Merges from peers accepted although they leave a key over a client limit (siblings, \
+         version vector or bytes), by outcome: accepted (within the hard limits) or refused."
+    );
+    describe_counter!(
         "cairn_hints_delivered_total",
         "Hints handed to their target node after it came back."
     );
@@ -158,6 +163,13 @@ pub fn record_request(frontend: &'static str, op: &'static str, resp: &Response,
 /// Records that a client request was forwarded to a replica of its key.
 pub fn record_forward() {
     counter!("cairn_forwards_total").increment(1);
+}
+
+/// Records a merge from a peer that left (`accepted`) or would have left (`refused`) a key over
+/// a client limit; the key is logged where this is called.
+pub fn record_merge_over_client_limits(accepted: bool) {
+    let outcome = if accepted { "accepted" } else { "refused" };
+    counter!("cairn_merges_over_client_limits_total", "outcome" => outcome).increment(1);
 }
 
 /// Records that a hint reached its target.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
     check_peer_request, check_request, decode_body, decode_client_request, Context, ContextKey,
-    ErrorReply, FrameError, GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest,
+    ErrorReply, FrameError, GetReply, KeyOpReply, LimitError, NodeId, PartitionEntry, PeerRequest,
     PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
@@ -415,7 +415,14 @@ async fn serve_stream(
             return;
         }
     };
-    if let Err(e) = cairn_net::write_frame(&mut send, &response).await {
+    let frame = match encode_response(&response) {
+        Ok(frame) => frame,
+        Err(e) => {
+            warn!("could not encode a response: {e}");
+            return;
+        }
+    };
+    if let Err(e) = send.write_all(&frame).await {
         debug!("could not send response: {e}");
         return;
     }
@@ -423,6 +430,25 @@ async fn serve_stream(
     // Wait until the peer has the response (or is gone) so finishing is not a reset; bounded,
     // so a vanished client does not keep the task for the idle timeout.
     let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
+}
+
+/// The frame of `response`, or — when it does not fit a frame (a read whose merged siblings
+/// exceed it) — of an error naming the limit, so the asker gets an answer rather than a reset
+/// stream it would take for a failed node.
+fn encode_response(response: &Response) -> Result<Vec<u8>, FrameError> {
+    match cairn_proto::encode_frame(response) {
+        Err(FrameError::TooLarge { len, max }) => {
+            warn!("an answer of {len} bytes exceeds FRAME_BYTES_MAX; answered with an error");
+            cairn_proto::encode_frame(&Response::Error(ErrorReply::Limit(
+                LimitError::FrameTooLarge {
+                    what: "the answer".to_owned(),
+                    len,
+                    max,
+                },
+            )))
+        }
+        other => other,
+    }
 }
 
 /// Reads one request within the connection's budget, decoded as what the sender's certificate
@@ -563,6 +589,8 @@ impl Shared {
                 .await
             {
                 Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
+                // Over a limit there (an answer too large for a frame): so it would be here.
+                Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
                 // The write may have been applied there: applying it here too would make
                 // one client write two siblings. A read is safe to retry here.
                 Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {

@@ -22,7 +22,8 @@ pub use sealed::{ContextKey, SealError};
 /// 4: certificate roles; `ErrorReply::Forbidden` names the role a request needs.
 /// 5: `ReadOptions.local`.
 /// 6: a client's context carries a tag (`ContextKey`); an untagged one is refused.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: `LimitError::{OverHardLimit, FrameTooLarge}`; merges held to the hard limits.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

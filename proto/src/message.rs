@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    NODE_NAME_BYTES_MAX, OBJECT_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
+    NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -783,6 +783,30 @@ pub enum LimitError {
         /// `PEER_MESSAGE_BYTES_MAX`.
         max: u64,
     },
+    /// A merge from a peer would leave a key over a hard limit (only three or more sides of a
+    /// partition filling one key at once get there); the replicas keep their copies until a
+    /// client resolves the key's siblings.
+    #[error("merge would leave {value} against {limit} ({max}); resolve the key's siblings so its replicas can converge")]
+    OverHardLimit {
+        /// The hard limit's name (`SIBLINGS_HARD_MAX`, `VV_ENTRIES_HARD_MAX`,
+        /// `OBJECT_BYTES_HARD_MAX`).
+        limit: String,
+        /// What the merge would leave.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A reply or a peer request would not fit in a frame (a read whose merged answer is too
+    /// large, or an object to send that grew past what a frame carries).
+    #[error("{what} of {len} bytes exceeds FRAME_BYTES_MAX ({max} bytes); read with a smaller R, or resolve the key's siblings")]
+    FrameTooLarge {
+        /// What would not fit ("the answer", "a replicate request", …).
+        what: String,
+        /// Its encoded length.
+        len: u64,
+        /// `FRAME_BYTES_MAX`.
+        max: u64,
+    },
     /// A `Keys` request asks for too many key hashes.
     #[error("{count} key hashes exceed KEY_HASHES_PER_REQUEST_MAX ({max})")]
     TooManyKeyHashes {
@@ -1002,8 +1026,13 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
         PeerRequest::Forward(op) => check_op(op),
         PeerRequest::Replicate { key, object, .. } => {
             check_key(key)?;
-            check_len(object.len(), OBJECT_BYTES_MAX, |len, max| {
-                LimitError::ObjectTooLarge { len, max }
+            // A replicated object may be a merge past the client limits, up to the hard ones.
+            check_len(object.len(), OBJECT_BYTES_HARD_MAX, |len, max| {
+                LimitError::OverHardLimit {
+                    limit: "OBJECT_BYTES_HARD_MAX".to_owned(),
+                    value: len,
+                    max,
+                }
             })
         }
         PeerRequest::Read { key } => check_key(key),
