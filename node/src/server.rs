@@ -8,8 +8,8 @@ use std::time::Duration;
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
     check_peer_request, check_request, decode_body, decode_client_request, Context, ContextKey,
-    ErrorReply, FrameError, GetReply, KeyOpReply, LimitError, NodeId, PartitionEntry, PeerRequest,
-    PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
+    ErrorReply, FrameError, GetReply, KeyOp, KeyOpReply, LimitError, NodeId, PartitionEntry,
+    PeerRequest, PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -19,8 +19,11 @@ use crate::config::NodeConfig;
 use crate::coordinator::{route, Route};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
+use crate::forwards::{Admit, Forwards};
 use crate::frontend::FrontendAddrs;
-use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
+use crate::limits::{
+    CONNECTIONS_MAX, FORWARD_ATTEMPTS_MAX, FORWARD_REPLY_TTL, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX,
+};
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
@@ -95,6 +98,8 @@ pub(crate) struct Shared {
     anti_entropy: Arc<AntiEntropy>,
     /// Tags the contexts handed to clients and checks the ones they hand back.
     context_key: ContextKey,
+    /// Outcomes of forwarded writes, so a retried forward is not applied twice.
+    forwards: Forwards,
 }
 
 impl Node {
@@ -162,6 +167,7 @@ impl Node {
             coordinator,
             anti_entropy: anti_entropy.clone(),
             context_key,
+            forwards: Forwards::new(std::time::Instant::now()),
         });
         let peers_handle = peers.clone();
         let mut tasks = vec![
@@ -381,7 +387,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: Peer,
     budget: &ConnectionBudget,
 ) {
@@ -506,7 +512,7 @@ struct Peer {
     node: Option<NodeId>,
 }
 
-async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
+async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
     if !peer.role.permits(needed) {
         return Response::Error(forbidden(request_name(&req), needed, peer.role));
@@ -583,30 +589,51 @@ impl Shared {
                 .clone()
                 .into_op()
                 .expect("gets, puts and deletes are key operations");
-            match self
-                .peers
-                .call(to, PeerRequest::Forward(op), FORWARD_TIMEOUT)
-                .await
-            {
-                Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
-                // Over a limit there (an answer too large for a frame): so it would be here.
-                Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
-                // The write may have been applied there: applying it here too would make
-                // one client write two siblings. A read is safe to retry here.
-                Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {
-                    return Response::Error(ErrorReply::Unreachable {
-                        node: self.peers.name(to),
-                        reason: format!(
-                            "{e}; the write may have been applied there: read the key before writing again"
-                        ),
-                    });
+            let is_get = matches!(req, Request::Get { .. });
+            // One id for every attempt: the replica applies a forwarded write at most once
+            // and answers a retry with the first outcome.
+            let id: u64 = rand::random();
+            let mut sent_before = false;
+            for attempt in 1..=FORWARD_ATTEMPTS_MAX {
+                let forward = PeerRequest::Forward {
+                    id,
+                    retry: sent_before,
+                    op: op.clone(),
+                };
+                match self.peers.call(to, forward, FORWARD_TIMEOUT).await {
+                    Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
+                    // Over a limit there (an answer too large for a frame): so it would be here.
+                    Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
+                    // The write may have been applied there and its reply lost: ask again with
+                    // the same id, which is never applied twice.
+                    Err(e) if !is_get && (sent_before || e.may_have_arrived()) => {
+                        sent_before = true;
+                        if attempt == FORWARD_ATTEMPTS_MAX || !e.may_have_arrived() {
+                            // Out of attempts, or the replica cannot be reached any more:
+                            // applying the write here too could make it two siblings.
+                            return Response::Error(ErrorReply::Unreachable {
+                                node: self.peers.name(to),
+                                reason: format!(
+                                    "{e} (after {attempt} attempts); the write may have been applied there: read the key before writing again"
+                                ),
+                            });
+                        }
+                        debug!(
+                            "forward {id:x} to {} got no answer ({e}); asking again",
+                            self.peers.name(to)
+                        );
+                    }
+                    // The chosen coordinator is unreachable (and now marked down): coordinate
+                    // here rather than fail, the write still reaches the replicas that are up.
+                    // A read is safe to carry out here whatever happened there.
+                    other => {
+                        debug!(
+                            "forwarding to {} failed ({other:?}); coordinating here",
+                            self.peers.name(to)
+                        );
+                        break;
+                    }
                 }
-                // The chosen coordinator is unreachable (and now marked down): coordinate
-                // here rather than fail, the write still reaches the replicas that are up.
-                other => debug!(
-                    "forwarding to {} failed ({other:?}); coordinating here",
-                    self.peers.name(to)
-                ),
             }
         }
         coordinate(req, self).await
@@ -691,15 +718,78 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
     }
 }
 
-async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) -> Response {
+/// How long after a forward's first attempt its last retry can arrive.
+const FORWARD_RETRY_WINDOW: Duration =
+    Duration::from_secs(FORWARD_TIMEOUT.as_secs() * FORWARD_ATTEMPTS_MAX as u64);
+const _: () = assert!(FORWARD_RETRY_WINDOW.as_secs() < FORWARD_REPLY_TTL.as_secs());
+
+/// Carries out a forwarded operation. A forwarded write is applied at most once per (sender,
+/// id): a retry gets the first attempt's outcome, waiting for it if it is still running.
+async fn forwarded(
+    shared: &Arc<Shared>,
+    sender: Option<NodeId>,
+    id: u64,
+    retry: bool,
+    op: KeyOp,
+) -> KeyOpReply {
+    // A read is safe to carry out again; a node certificate always names its node.
+    let (Some(sender), false) = (sender, matches!(op, KeyOp::Get { .. })) else {
+        return KeyOpReply::from_response(coordinate(op.into(), shared).await);
+    };
+    let key = (sender, id);
+    match shared
+        .forwards
+        .admit(key, retry, FORWARD_RETRY_WINDOW, std::time::Instant::now())
+    {
+        Admit::Done(reply) => {
+            debug!("forward {id:x} retried: answered with its first outcome");
+            reply
+        }
+        Admit::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
+            Ok(reply) => reply.clone().expect("waited for an outcome"),
+            Err(_) => KeyOpReply::Error(ErrorReply::ShuttingDown),
+        },
+        Admit::Unknown => KeyOpReply::Error(ErrorReply::Unreachable {
+            node: shared.name.clone(),
+            reason: format!(
+                "a retried forward {id:x} of which this node has no record (it restarted or \
+                 forgot it within its limits); the first attempt may have been applied: read \
+                 the key before writing again"
+            ),
+        }),
+        Admit::First => {
+            // Coordinated in a task of its own: if the forwarder's connection breaks, this
+            // stream is dropped, but the write must still finish and be remembered for the
+            // retry. It ends with the coordinator's deadline.
+            let task_shared = shared.clone();
+            let task = tokio::spawn(async move {
+                let reply = KeyOpReply::from_response(coordinate(op.into(), &task_shared).await);
+                task_shared.forwards.complete(key, &reply);
+                reply
+            });
+            match task.await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    let reply = KeyOpReply::Error(ErrorReply::Storage {
+                        reason: format!("coordinating the forward failed: {e}"),
+                    });
+                    shared.forwards.complete(key, &reply);
+                    reply
+                }
+            }
+        }
+    }
+}
+
+async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<NodeId>) -> Response {
     let resp = match req {
         PeerRequest::Ping { .. } => Ok(PeerResponse::Pong {
             node: shared.name.clone(),
         }),
         // Never forwarded again: two nodes with different views must not bounce it.
-        PeerRequest::Forward(op) => Ok(PeerResponse::Forwarded(KeyOpReply::from_response(
-            coordinate(op.into(), shared).await,
-        ))),
+        PeerRequest::Forward { id, retry, op } => Ok(PeerResponse::Forwarded(
+            forwarded(shared, sender, id, retry, op).await,
+        )),
         PeerRequest::Replicate {
             key,
             object,

@@ -23,7 +23,8 @@ pub use sealed::{ContextKey, SealError};
 /// 5: `ReadOptions.local`.
 /// 6: a client's context carries a tag (`ContextKey`); an untagged one is refused.
 /// 7: `LimitError::{OverHardLimit, FrameTooLarge}`; merges held to the hard limits.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: `PeerRequest::Forward` carries a request id (forwarded writes applied at most once).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

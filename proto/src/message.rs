@@ -417,7 +417,18 @@ pub enum PeerRequest {
         from: String,
     },
     /// Coordinate this client get, put or delete: the sender is not a replica of its key.
-    Forward(KeyOp),
+    Forward {
+        /// Drawn at random by the sender for this client request and kept across its retries:
+        /// the receiver remembers the outcome of a forwarded write by (sender, id), so a retry
+        /// after a lost reply is answered with it instead of applying the write twice.
+        id: u64,
+        /// Whether an earlier attempt with this id was sent and got no answer. A receiver with
+        /// no record of the id then applies the write only if its records cover the time the
+        /// earlier attempt could have arrived (not after a restart, say).
+        retry: bool,
+        /// The operation.
+        op: KeyOp,
+    },
     /// Merge `object` into the local copy and make it durable. `hint_for` names the primary
     /// this copy stands in for: the receiver keeps a hint and hands the key over later.
     Replicate {
@@ -1023,7 +1034,7 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
         PeerRequest::Ping { from } => check_len(from.len(), NODE_NAME_BYTES_MAX, |len, max| {
             LimitError::NameTooLong { len, max }
         }),
-        PeerRequest::Forward(op) => check_op(op),
+        PeerRequest::Forward { op, .. } => check_op(op),
         PeerRequest::Replicate { key, object, .. } => {
             check_key(key)?;
             // A replicated object may be a merge past the client limits, up to the hard ones.
