@@ -128,6 +128,54 @@ pub struct EngineStats {
     pub writes: AtomicU64,
     /// Lease extensions persisted.
     pub lease_extensions: AtomicU64,
+    /// Why the last commit failed, while the store is failing: set by a failed commit, cleared
+    /// by the next one that succeeds (a `RedbStore` refuses every commit after a failure until
+    /// the node restarts, so there it stays until then).
+    pub degraded: Mutex<Option<StorageFault>>,
+}
+
+/// What the disk did to the last commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFault {
+    /// The disk is full (the OS said ENOSPC), as opposed to any other I/O error.
+    pub disk_full: bool,
+    /// What the store reported.
+    pub reason: String,
+}
+
+impl StorageFault {
+    /// Classifies a failed commit. The store's errors carry the OS's words, not its codes, so
+    /// this reads them: ENOSPC is "No space left on device (os error 28)" on Linux.
+    pub fn of(error: &StoreError) -> StorageFault {
+        let reason = error.to_string();
+        StorageFault {
+            disk_full: reason.contains("os error 28") || reason.contains("No space left"),
+            reason,
+        }
+    }
+
+    /// The error a client gets for a write the fault refused.
+    fn client_reason(&self) -> String {
+        if self.disk_full {
+            format!(
+                "the disk of this node is full; nothing was acknowledged (free space and restart \
+                 the node): {}",
+                self.reason
+            )
+        } else {
+            format!(
+                "the disk of this node failed; nothing was acknowledged: {}",
+                self.reason
+            )
+        }
+    }
+}
+
+impl EngineStats {
+    /// The storage fault of the last commit, if it failed.
+    pub fn degraded(&self) -> Option<StorageFault> {
+        self.degraded.lock().expect("degraded lock").clone()
+    }
 }
 
 /// The node's versioned storage.
@@ -481,12 +529,20 @@ impl Writer {
             counts.retain(|_, c| *c > 0);
             *self.hint_counts.lock().expect("hint counts lock") = counts;
         }
-        let failure = committed.err().map(|e| e.to_string());
+        let failure = committed.err().map(|e| {
+            let fault = StorageFault::of(&e);
+            tracing::error!(
+                disk_full = fault.disk_full,
+                "commit failed, node degraded: {e}"
+            );
+            fault
+        });
+        *self.stats.degraded.lock().expect("degraded lock") = failure.clone();
         for (op, result) in ops.drain(..).zip(results) {
             let result = match (&failure, result) {
-                (Some(reason), Ok(_)) => Err(EngineError::Store(StoreError::Io {
+                (Some(fault), Ok(_)) => Err(EngineError::Store(StoreError::Io {
                     op: "commit",
-                    reason: reason.clone(),
+                    reason: fault.client_reason(),
                 })),
                 (_, result) => result,
             };

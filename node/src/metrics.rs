@@ -239,6 +239,19 @@ fn scrape_time(out: &mut String, status: &StatusReply, engine: &EngineStats) {
         "Always 1; its label names the node.",
         &[(format!("{{node=\"{}\"}}", escape(&status.node)), 1.0)],
     );
+    let fault = engine.degraded();
+    metric(
+        "cairn_storage_degraded",
+        "gauge",
+        "1 while this node's last commit failed (its disk refuses writes), else 0; the label says whether the disk is full.",
+        &[(
+            format!(
+                "{{disk_full=\"{}\"}}",
+                fault.as_ref().is_some_and(|f| f.disk_full)
+            ),
+            f64::from(u8::from(fault.is_some())),
+        )],
+    );
     let me = status.members.iter().find(|m| m.this_node);
     let hints = me.and_then(|m| m.hints_pending).unwrap_or(0);
     metric(
