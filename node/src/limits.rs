@@ -115,4 +115,11 @@ pub const FORWARD_REPLY_KEPT_BYTES_MAX: usize = 1 << 20;
 /// Attempts a forwarder makes at one forward (same request id) before telling the client the
 /// write may have been applied.
 pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
+/// How long a forwarder waits for a replica whose forward failed to be judged up again (a
+/// failure marks it down at once; its probe brings it back) before retrying; a replica still
+/// down after it gets no retry, and the client hears at once that the write may have been
+/// applied.
+pub const FORWARD_RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How often the forwarder looks whether the replica is up again while it waits.
+pub const FORWARD_RETRY_POLL: Duration = Duration::from_millis(50);
 const _: () = assert!(FORWARD_REPLY_KEPT_BYTES_MAX <= FORWARD_REPLY_BYTES_MAX);

@@ -22,7 +22,8 @@ use crate::engine::{Engine, EngineError, Write};
 use crate::forwards::{Admit, Forwards};
 use crate::frontend::FrontendAddrs;
 use crate::limits::{
-    CONNECTIONS_MAX, FORWARD_ATTEMPTS_MAX, FORWARD_REPLY_TTL, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX,
+    CONNECTIONS_MAX, FORWARD_ATTEMPTS_MAX, FORWARD_REPLY_TTL, FORWARD_RETRY_POLL,
+    FORWARD_RETRY_WAIT_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX,
 };
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
@@ -608,9 +609,12 @@ impl Shared {
                     // the same id, which is never applied twice.
                     Err(e) if !is_get && (sent_before || e.may_have_arrived()) => {
                         sent_before = true;
-                        if attempt == FORWARD_ATTEMPTS_MAX || !e.may_have_arrived() {
-                            // Out of attempts, or the replica cannot be reached any more:
-                            // applying the write here too could make it two siblings.
+                        if attempt == FORWARD_ATTEMPTS_MAX
+                            || !e.may_have_arrived()
+                            || !self.up_again(to).await
+                        {
+                            // Out of attempts, or the replica cannot be reached (or stays
+                            // down): applying the write here too could make it two siblings.
                             return Response::Error(ErrorReply::Unreachable {
                                 node: self.peers.name(to),
                                 reason: format!(
@@ -637,6 +641,20 @@ impl Shared {
             }
         }
         coordinate(req, self).await
+    }
+
+    /// Waits, at most `FORWARD_RETRY_WAIT_MAX`, for peer `to` to be judged up again after a
+    /// failed forward marked it down; a node that went silent stays down, and its forwards get
+    /// no retry that would wait for its timeout.
+    async fn up_again(&self, to: NodeId) -> bool {
+        let deadline = tokio::time::Instant::now() + FORWARD_RETRY_WAIT_MAX;
+        while !self.peers.is_up(to) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(FORWARD_RETRY_POLL).await;
+        }
+        true
     }
 
     /// A client request from a TCP front end: counted in flight (shutdown waits for it, as for
