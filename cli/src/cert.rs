@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use cairn_net::{ClusterCa, Issued, Role};
+use cairn_proto::ContextKey;
 use clap::{Args, Subcommand};
 
 use crate::Outcome;
@@ -14,8 +15,12 @@ use crate::Outcome;
 /// `cairn cert ...`
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
-    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key. Refuses to replace an existing CA.
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key, and the cluster's context key
+    /// DIR/context.key (every node needs a copy). Refuses to replace an existing CA.
     Ca(CaArgs),
+    /// Create the cluster's context key DIR/context.key for a CA made before context keys
+    /// existed. Every node of the cluster needs the same file; refuses to replace one.
+    ContextKey(ContextKeyArgs),
     /// Sign a node certificate: OUT/node.pem and OUT/node.key.
     Node(NodeCertArgs),
     /// Sign a client certificate: OUT/client.pem and OUT/client.key. Its role says what its
@@ -33,6 +38,14 @@ pub struct CaArgs {
     /// The cluster's name, recorded in the CA certificate.
     #[arg(long, value_name = "CLUSTER", default_value = "cairn")]
     name: String,
+}
+
+/// `cairn cert context-key`
+#[derive(Debug, Args)]
+pub struct ContextKeyArgs {
+    /// Directory to write context.key into (the CA's, where nodes look by default).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
 }
 
 /// `cairn cert node`
@@ -94,10 +107,15 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<Outcome> {
         CertCommand::Ca(args) => {
             create_ca(&args.dir, &args.name)?;
             println!(
-                "wrote {} and {}",
+                "wrote {}, {} and {}",
                 ca_cert_path(&args.dir).display(),
-                ca_key_path(&args.dir).display()
+                ca_key_path(&args.dir).display(),
+                context_key_path(&args.dir).display()
             );
+        }
+        CertCommand::ContextKey(args) => {
+            create_context_key(&args.dir)?;
+            println!("wrote {}", context_key_path(&args.dir).display());
         }
         CertCommand::Node(args) => {
             let ca = load_ca(&args.ca_dir)?;
@@ -134,10 +152,32 @@ pub fn ca_key_path(dir: &Path) -> PathBuf {
     dir.join("ca.key")
 }
 
-/// Creates a CA in `dir`, refusing if either of its files exists.
+/// The cluster's context key in `dir` (where nodes look for it next to `ca.pem`).
+pub fn context_key_path(dir: &Path) -> PathBuf {
+    dir.join(cairn_node::config::CONTEXT_KEY_FILE)
+}
+
+/// Writes a new random context key to `dir`, refusing to replace one: contexts tagged with the
+/// old key would be refused by nodes given the new one.
+pub fn create_context_key(dir: &Path) -> anyhow::Result<()> {
+    use rand::RngCore as _;
+    let path = context_key_path(dir);
+    if path.exists() {
+        bail!(
+            "{} already exists; refusing to replace the cluster's context key (every context handed out would stop working)",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    write_new(&path, &ContextKey::from_bytes(bytes).to_text(), 0o600)
+}
+
+/// Creates a CA and a context key in `dir`, refusing if any of their files exists.
 pub fn create_ca(dir: &Path, cluster: &str) -> anyhow::Result<ClusterCa> {
     let (cert, key) = (ca_cert_path(dir), ca_key_path(dir));
-    for path in [&cert, &key] {
+    for path in [&cert, &key, &context_key_path(dir)] {
         if path.exists() {
             bail!(
                 "{} already exists; refusing to replace the cluster CA (every certificate it signed would stop working). Remove it first, or choose another --dir",
@@ -147,6 +187,7 @@ pub fn create_ca(dir: &Path, cluster: &str) -> anyhow::Result<ClusterCa> {
     }
     let ca = ClusterCa::generate(cluster).context("creating the cluster CA")?;
     write_pair(dir, &cert, &key, ca.pem())?;
+    create_context_key(dir)?;
     Ok(ca)
 }
 
@@ -168,10 +209,16 @@ pub fn load_ca(dir: &Path) -> anyhow::Result<ClusterCa> {
 }
 
 /// Loads the CA in `dir`, creating it if neither file exists; one file without the other is an
-/// error rather than a silent new CA.
+/// error rather than a silent new CA. A CA made before context keys gets one.
 pub fn load_or_create_ca(dir: &Path, cluster: &str) -> anyhow::Result<ClusterCa> {
     match (ca_cert_path(dir).exists(), ca_key_path(dir).exists()) {
-        (true, true) => load_ca(dir),
+        (true, true) => {
+            let ca = load_ca(dir)?;
+            if !context_key_path(dir).exists() {
+                create_context_key(dir)?;
+            }
+            Ok(ca)
+        }
         (false, false) => create_ca(dir, cluster),
         _ => bail!(
             "{} holds only one of ca.pem and ca.key; restore the missing file or remove the directory",
@@ -228,10 +275,28 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_without_a_context_key_gets_one_and_an_existing_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), "t").unwrap();
+        let path = context_key_path(dir.path());
+        let before = std::fs::read_to_string(&path).unwrap();
+        load_or_create_ca(dir.path(), "t").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        assert!(create_context_key(dir.path()).is_err());
+        std::fs::remove_file(&path).unwrap();
+        load_or_create_ca(dir.path(), "t").unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_ne!(after, before, "a fresh key is drawn at random");
+    }
+
+    #[test]
     fn ca_is_written_once_with_a_private_key() {
         let dir = tempfile::tempdir().unwrap();
         create_ca(dir.path(), "t").unwrap();
         assert_eq!(mode(&ca_key_path(dir.path())), 0o600);
+        assert_eq!(mode(&context_key_path(dir.path())), 0o600);
+        let text = std::fs::read_to_string(context_key_path(dir.path())).unwrap();
+        ContextKey::from_text(&text).unwrap();
         let err = create_ca(dir.path(), "t").err().unwrap().to_string();
         assert!(err.contains("already exists"), "{err}");
         // The existing CA still loads and signs.

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DIR/ca.pem, DIR/ca.key                  the cluster CA
+//! DIR/context.key                         the cluster's context key (nodes find it next to ca.pem)
 //! DIR/client/client.pem, client.key       the data client identity (get, put, delete, ...)
 //! DIR/admin/admin.pem, admin.key          the admin identity (layout changes)
 //! DIR/nodeK/node.toml                     node K's config (paths relative to DIR/nodeK)

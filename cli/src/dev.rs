@@ -296,6 +296,7 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
                 ca: "../ca.pem".into(),
                 cert: "node.pem".into(),
                 key: "node.key".into(),
+                context_key: None,
             },
             cluster: Some(ClusterConfig {
                 replicas,
@@ -815,6 +816,7 @@ mod tests {
             ca: "../ca.pem".into(),
             cert: "node.pem".into(),
             key: "node.key".into(),
+            context_key: None,
         };
         std::fs::write(path, config.to_toml()).unwrap();
         config

@@ -24,7 +24,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use cairn_proto::limits::{CONTEXT_BYTES_MAX, OBJECT_BYTES_MAX, SIBLINGS_MAX, VV_ENTRIES_MAX};
+use cairn_proto::limits::{
+    CONTEXT_BYTES_MAX, OBJECT_BYTES_HARD_MAX, OBJECT_BYTES_MAX, SIBLINGS_HARD_MAX, SIBLINGS_MAX,
+    VV_ENTRIES_HARD_MAX, VV_ENTRIES_MAX,
+};
 use cairn_proto::{check_len, Context, LimitError};
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +127,7 @@ impl TryFrom<ObjectRepr> for Object {
 
     fn try_from(repr: ObjectRepr) -> Result<Object, VersionError> {
         // Counted before anything else so an oversized vector is refused as a limit, not as noise.
-        check_entries(repr.entries.len())?;
+        check_entries(repr.entries.len(), Limits::Merge)?;
         let mut entries = BTreeMap::new();
         let mut previous: Option<ActorId> = None;
         for (actor, entry) in repr.entries {
@@ -154,7 +157,7 @@ impl TryFrom<ObjectRepr> for Object {
             entries.insert(actor, entry);
         }
         let object = Object { entries };
-        check_siblings(object.sibling_count())?;
+        check_siblings(object.sibling_count(), Limits::Merge)?;
         Ok(object)
     }
 }
@@ -167,22 +170,66 @@ fn bad_context(reason: String) -> VersionError {
     VersionError::BadContext { reason }
 }
 
-fn check_entries(entries: usize) -> Result<(), LimitError> {
-    check_len(entries, VV_ENTRIES_MAX, |entries, max| {
-        LimitError::VersionVectorTooLarge { entries, max }
-    })
+/// The limits an object is held to.
+///
+/// Client writes stop at the client limits; merges from peers (replicate, read repair,
+/// anti-entropy, handoff) and whatever comes from a disk or a peer are held to the larger hard
+/// limits, so replicas that each took writes up to the client limits still converge
+/// (`proto/src/limits.rs` states the rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// `SIBLINGS_MAX`, `VV_ENTRIES_MAX`, `OBJECT_BYTES_MAX`.
+    Client,
+    /// `SIBLINGS_HARD_MAX`, `VV_ENTRIES_HARD_MAX`, `OBJECT_BYTES_HARD_MAX`.
+    Merge,
 }
 
-fn check_siblings(count: usize) -> Result<(), LimitError> {
-    check_len(count, SIBLINGS_MAX, |count, max| {
-        LimitError::TooManySiblings { count, max }
-    })
+fn over_hard(limit: &str, value: usize, max: usize) -> LimitError {
+    LimitError::OverHardLimit {
+        limit: limit.to_owned(),
+        value: value as u64,
+        max: max as u64,
+    }
 }
 
-fn check_object_bytes(len: usize) -> Result<(), LimitError> {
-    check_len(len, OBJECT_BYTES_MAX, |len, max| {
-        LimitError::ObjectTooLarge { len, max }
-    })
+fn check_entries(entries: usize, limits: Limits) -> Result<(), LimitError> {
+    match limits {
+        Limits::Client => check_len(entries, VV_ENTRIES_MAX, |entries, max| {
+            LimitError::VersionVectorTooLarge { entries, max }
+        }),
+        Limits::Merge if entries > VV_ENTRIES_HARD_MAX => Err(over_hard(
+            "VV_ENTRIES_HARD_MAX",
+            entries,
+            VV_ENTRIES_HARD_MAX,
+        )),
+        Limits::Merge => Ok(()),
+    }
+}
+
+fn check_siblings(count: usize, limits: Limits) -> Result<(), LimitError> {
+    match limits {
+        Limits::Client => check_len(count, SIBLINGS_MAX, |count, max| {
+            LimitError::TooManySiblings { count, max }
+        }),
+        Limits::Merge if count > SIBLINGS_HARD_MAX => {
+            Err(over_hard("SIBLINGS_HARD_MAX", count, SIBLINGS_HARD_MAX))
+        }
+        Limits::Merge => Ok(()),
+    }
+}
+
+fn check_object_bytes(len: usize, limits: Limits) -> Result<(), LimitError> {
+    match limits {
+        Limits::Client => check_len(len, OBJECT_BYTES_MAX, |len, max| {
+            LimitError::ObjectTooLarge { len, max }
+        }),
+        Limits::Merge if len > OBJECT_BYTES_HARD_MAX => Err(over_hard(
+            "OBJECT_BYTES_HARD_MAX",
+            len,
+            OBJECT_BYTES_HARD_MAX,
+        )),
+        Limits::Merge => Ok(()),
+    }
 }
 
 impl Object {
@@ -210,7 +257,12 @@ impl Object {
         let entry = next.entries.entry(dot.actor).or_default();
         entry.counter = dot.counter;
         entry.values.insert(0, (dot.counter, payload));
-        next.check_limits()?;
+        next.check_limits(Limits::Client)?;
+        // A key merged past `VV_ENTRIES_MAX` must stay writable (nothing prunes actors): a
+        // write is refused for the vector only if it adds an actor.
+        if next.entries.len() > self.entries.len().max(VV_ENTRIES_MAX) {
+            check_entries(next.entries.len(), Limits::Client)?;
+        }
         Ok(next)
     }
 
@@ -313,14 +365,28 @@ impl Object {
         self.entries.get(&actor).map_or(0, |entry| entry.counter)
     }
 
-    /// Checks the object against `SIBLINGS_MAX`, `VV_ENTRIES_MAX` and `OBJECT_BYTES_MAX`.
-    pub fn check_limits(&self) -> Result<(), VersionError> {
-        check_siblings(self.sibling_count())?;
-        check_entries(self.entries.len())?;
-        let len = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
-            .expect("measuring the encoding of an Object cannot fail");
-        check_object_bytes(len)?;
+    /// Checks the object against `limits`. For [`Limits::Client`] the version vector is left
+    /// to [`Object::update`], which refuses only a write that adds an actor past the limit.
+    pub fn check_limits(&self, limits: Limits) -> Result<(), VersionError> {
+        check_siblings(self.sibling_count(), limits)?;
+        if limits == Limits::Merge {
+            check_entries(self.entries.len(), limits)?;
+        }
+        check_object_bytes(self.encoded_len(), limits)?;
         Ok(())
+    }
+
+    /// Whether the object is over a client limit (it can be, up to the hard limits, after a
+    /// merge): a key the node reports, since client writes to it are refused until resolved.
+    pub fn over_client_limits(&self) -> bool {
+        self.sibling_count() > SIBLINGS_MAX
+            || self.entries.len() > VV_ENTRIES_MAX
+            || self.encoded_len() > OBJECT_BYTES_MAX
+    }
+
+    fn encoded_len(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .expect("measuring the encoding of an Object cannot fail")
     }
 
     /// The object's bytes (postcard), for the store and for peers.
@@ -332,7 +398,7 @@ impl Object {
     /// malformed or over a limit is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Object, VersionError> {
         // Checked before decoding so a huge buffer is refused without work.
-        check_object_bytes(bytes.len())?;
+        check_object_bytes(bytes.len(), Limits::Merge)?;
         let (repr, rest) = postcard::take_from_bytes::<ObjectRepr>(bytes)
             .map_err(|e| bad_object(format!("cannot decode: {e}")))?;
         if !rest.is_empty() {
@@ -438,7 +504,7 @@ pub fn decode_context(ctx: &Context) -> Result<VClock, VersionError> {
             rest.len()
         )));
     }
-    check_entries(pairs.len())?;
+    check_entries(pairs.len(), Limits::Merge)?;
     let mut dots = BTreeMap::new();
     let mut previous: Option<ActorId> = None;
     for (actor, counter) in pairs {
@@ -779,6 +845,41 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_past_the_client_limits_is_kept_and_stays_writable_by_its_actors() {
+        // Two sides of a partition, each at the client limits.
+        let (mut left, mut right) = (Object::new(), Object::new());
+        for i in 0..SIBLINGS_MAX / 2 + 1 {
+            left = put(&left, &VClock::new(), actor(1000 + i as u64), "l");
+            right = put(&right, &VClock::new(), actor(2000 + i as u64), "r");
+        }
+        for i in 0..VV_ENTRIES_MAX / 2 {
+            left = left.sync(&Object::lift(&vv(&[(actor(3000 + i as u64), 1)])));
+        }
+        let merged = left.sync(&right);
+        assert!(merged.over_client_limits());
+        assert!(merged.entries.len() > VV_ENTRIES_MAX);
+        assert_eq!(merged.check_limits(Limits::Merge), Ok(()));
+        assert!(merged.check_limits(Limits::Client).is_err());
+        // A blind write by an actor it already holds is refused for the siblings only...
+        assert!(matches!(
+            merged.update_next(&VClock::new(), actor(1000), v("more")),
+            Err(VersionError::Limit(LimitError::TooManySiblings { .. }))
+        ));
+        // ...one that adds an actor, for the vector...
+        assert!(matches!(
+            merged.update_next(&merged.join(), actor(9999), v("new actor")),
+            Err(VersionError::Limit(
+                LimitError::VersionVectorTooLarge { .. }
+            ))
+        ));
+        // ...and a write with the context by one of its actors resolves it.
+        let resolved = merged
+            .update_next(&merged.join(), actor(1000), v("resolved"))
+            .unwrap();
+        assert_eq!(resolved.sibling_count(), 1);
+    }
+
+    #[test]
     fn too_many_actors_is_refused() {
         let ctx = vv(&(1..=VV_ENTRIES_MAX as u64)
             .map(|n| (actor(100 + n), 1))
@@ -849,14 +950,24 @@ mod tests {
         let ctx = vv(&[(a(), 3), (x(), u64::MAX), (b(), 1)]);
         assert_eq!(decode_context(&encode_context(&ctx)), Ok(ctx));
 
-        let too_many = vv(&(0..=VV_ENTRIES_MAX as u64)
+        // A key merged past the client limit hands out contexts past it, and must take them
+        // back; past the hard limit no node made the context.
+        let over_client = vv(&(0..=VV_ENTRIES_MAX as u64)
+            .map(|n| (actor(n), n + 1))
+            .collect::<Vec<_>>());
+        assert_eq!(
+            decode_context(&encode_context(&over_client)),
+            Ok(over_client)
+        );
+        let too_many = vv(&(0..=VV_ENTRIES_HARD_MAX as u64)
             .map(|n| (actor(n), n + 1))
             .collect::<Vec<_>>());
         assert_eq!(
             decode_context(&encode_context(&too_many)),
-            Err(VersionError::Limit(LimitError::VersionVectorTooLarge {
-                entries: VV_ENTRIES_MAX as u64 + 1,
-                max: VV_ENTRIES_MAX as u64,
+            Err(VersionError::Limit(LimitError::OverHardLimit {
+                limit: "VV_ENTRIES_HARD_MAX".into(),
+                value: VV_ENTRIES_HARD_MAX as u64 + 1,
+                max: VV_ENTRIES_HARD_MAX as u64,
             }))
         );
 
@@ -925,27 +1036,23 @@ mod tests {
                 Object::decode(&bytes)
             );
         }
-        let many_actors = raw((0..=VV_ENTRIES_MAX as u64)
-            .map(|n| (actor(n), 1, vec![]))
-            .collect());
+        // Stored and replicated objects are held to the hard limits (a merge may pass the
+        // client limits).
+        let actors = |n: u64| raw((0..n).map(|n| (actor(n), 1, vec![])).collect());
+        assert!(Object::decode(&actors(VV_ENTRIES_MAX as u64 + 1)).is_ok());
         assert!(matches!(
-            Object::decode(&many_actors),
-            Err(VersionError::Limit(
-                LimitError::VersionVectorTooLarge { .. }
-            ))
+            Object::decode(&actors(VV_ENTRIES_HARD_MAX as u64 + 1)),
+            Err(VersionError::Limit(LimitError::OverHardLimit { .. }))
         ));
-        let many_siblings = raw(vec![(
-            a(),
-            100,
-            (1..=SIBLINGS_MAX as u64 + 1).rev().collect(),
-        )]);
+        let siblings = |n: u64| raw(vec![(a(), 1000, (1..=n).rev().collect())]);
+        assert!(Object::decode(&siblings(SIBLINGS_MAX as u64 + 1)).is_ok());
         assert!(matches!(
-            Object::decode(&many_siblings),
-            Err(VersionError::Limit(LimitError::TooManySiblings { .. }))
+            Object::decode(&siblings(SIBLINGS_HARD_MAX as u64 + 1)),
+            Err(VersionError::Limit(LimitError::OverHardLimit { .. }))
         ));
         assert!(matches!(
-            Object::decode(&vec![0; OBJECT_BYTES_MAX + 1]),
-            Err(VersionError::Limit(LimitError::ObjectTooLarge { .. }))
+            Object::decode(&vec![0; OBJECT_BYTES_HARD_MAX + 1]),
+            Err(VersionError::Limit(LimitError::OverHardLimit { .. }))
         ));
         // The serde path validates too (objects embedded in peer messages).
         let embedded: Result<Object, _> = postcard::from_bytes(&raw(vec![(a(), 2, vec![3])]));

@@ -171,6 +171,13 @@ class Cluster:
     def _certificates(self):
         c = self.cairn
         run([c, "cert", "ca", "--dir", str(self.dir), "--name", "cairn-docker"])
+        # The node runs as NODE_UID and must read the context key through the bind mount.
+        context_key = self.dir / "context.key"
+        if context_key.exists():
+            if os.geteuid() == 0:
+                os.chown(context_key, NODE_UID, NODE_UID)
+            else:
+                context_key.chmod(0o644)
         # An admin client. A `cairn` whose client certificates carry roles gets asked for the
         # admin role; one without roles signs a client that may do everything.
         role = (["--role", "admin"]
@@ -248,6 +255,8 @@ class Cluster:
                 "volumes": [
                     f"{self.dir / 'docker' / (node_name(k) + '.toml')}:/etc/cairn/node.toml:ro",
                     f"{self.dir / 'ca.pem'}:/etc/cairn/ca.pem:ro",
+                    # The cluster's context key: nodes look for it next to ca.pem.
+                    f"{self.dir / 'context.key'}:/etc/cairn/context.key:ro",
                     f"{nd / 'node.pem'}:/etc/cairn/node.pem:ro",
                     f"{nd / 'node.key'}:/etc/cairn/node.key:ro",
                     f"{volume(k)}:/data",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_gossip::limits::{SEEDS_MAX, ZONE_BYTES_MAX};
 use cairn_proto::limits::ADDRESS_BYTES_MAX;
+use cairn_proto::ContextKey;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{GOSSIP_INTERVAL_MS_MAX, GOSSIP_INTERVAL_MS_MIN, NAME_BYTES_MAX};
@@ -242,6 +243,47 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// This node's private key (PEM).
     pub key: PathBuf,
+    /// The cluster's context key (`cairn cert ca` writes it as `context.key` next to the CA):
+    /// 64 hex digits every node of the cluster shares, which tag the contexts handed to clients
+    /// so an edited one is refused. Absent: `context.key` in the CA certificate's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_key: Option<PathBuf>,
+}
+
+/// The file name of the cluster's context key, next to the CA certificate by default.
+pub const CONTEXT_KEY_FILE: &str = "context.key";
+
+impl TlsPaths {
+    /// Where the context key is: `context_key`, or `context.key` next to the CA certificate.
+    pub fn context_key_path(&self) -> PathBuf {
+        self.context_key.clone().unwrap_or_else(|| {
+            self.ca
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(CONTEXT_KEY_FILE)
+        })
+    }
+
+    /// Reads the context key. A node without one refuses to start rather than make up a key
+    /// of its own: contexts it tagged would be refused by every other node.
+    pub fn load_context_key(&self) -> Result<ContextKey, ConfigError> {
+        let path = self.context_key_path();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ContextKey {
+            reason: match source.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "no such file; `cairn cert ca` writes one next to ca.pem, and \
+                     `cairn cert context-key --dir CA_DIR` adds one to an existing CA \
+                     (every node of a cluster needs the same file): {source}"
+                ),
+                _ => source.to_string(),
+            },
+            path: path.clone(),
+        })?;
+        ContextKey::from_text(&text).map_err(|e| ConfigError::ContextKey {
+            path,
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// Why a configuration file could not be used.
@@ -261,6 +303,14 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// What the TOML parser reported.
+        reason: String,
+    },
+    /// The cluster's context key could not be read.
+    #[error("cannot use the context key {path}: {reason}")]
+    ContextKey {
+        /// The key file.
+        path: PathBuf,
+        /// What was wrong with it.
         reason: String,
     },
     /// A value is not acceptable.
@@ -445,7 +495,10 @@ impl NodeConfig {
             &mut self.tls.ca,
             &mut self.tls.cert,
             &mut self.tls.key,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.tls.context_key.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
 use crate::trees::Trees;
-use crate::version::{Dot, Object, Payload, VClock, VersionError};
+use crate::version::{Dot, Limits, Object, Payload, VClock, VersionError};
 
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,54 @@ pub struct EngineStats {
     pub writes: AtomicU64,
     /// Lease extensions persisted.
     pub lease_extensions: AtomicU64,
+    /// Why the last commit failed, while the store is failing: set by a failed commit, cleared
+    /// by the next one that succeeds (a `RedbStore` refuses every commit after a failure until
+    /// the node restarts, so there it stays until then).
+    pub degraded: Mutex<Option<StorageFault>>,
+}
+
+/// What the disk did to the last commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFault {
+    /// The disk is full (the OS said ENOSPC), as opposed to any other I/O error.
+    pub disk_full: bool,
+    /// What the store reported.
+    pub reason: String,
+}
+
+impl StorageFault {
+    /// Classifies a failed commit. The store's errors carry the OS's words, not its codes, so
+    /// this reads them: ENOSPC is "No space left on device (os error 28)" on Linux.
+    pub fn of(error: &StoreError) -> StorageFault {
+        let reason = error.to_string();
+        StorageFault {
+            disk_full: reason.contains("os error 28") || reason.contains("No space left"),
+            reason,
+        }
+    }
+
+    /// The error a client gets for a write the fault refused.
+    fn client_reason(&self) -> String {
+        if self.disk_full {
+            format!(
+                "the disk of this node is full; nothing was acknowledged (free space and restart \
+                 the node): {}",
+                self.reason
+            )
+        } else {
+            format!(
+                "the disk of this node failed; nothing was acknowledged: {}",
+                self.reason
+            )
+        }
+    }
+}
+
+impl EngineStats {
+    /// The storage fault of the last commit, if it failed.
+    pub fn degraded(&self) -> Option<StorageFault> {
+        self.degraded.lock().expect("degraded lock").clone()
+    }
 }
 
 /// The node's versioned storage.
@@ -481,12 +529,20 @@ impl Writer {
             counts.retain(|_, c| *c > 0);
             *self.hint_counts.lock().expect("hint counts lock") = counts;
         }
-        let failure = committed.err().map(|e| e.to_string());
+        let failure = committed.err().map(|e| {
+            let fault = StorageFault::of(&e);
+            tracing::error!(
+                disk_full = fault.disk_full,
+                "commit failed, node degraded: {e}"
+            );
+            fault
+        });
+        *self.stats.degraded.lock().expect("degraded lock") = failure.clone();
         for (op, result) in ops.drain(..).zip(results) {
             let result = match (&failure, result) {
-                (Some(reason), Ok(_)) => Err(EngineError::Store(StoreError::Io {
+                (Some(fault), Ok(_)) => Err(EngineError::Store(StoreError::Io {
                     op: "commit",
-                    reason: reason.clone(),
+                    reason: fault.client_reason(),
                 })),
                 (_, result) => result,
             };
@@ -551,11 +607,26 @@ impl Writer {
                 current.update(ctx, dot, payload.clone())?
             }
             Write::Merge { object, hint_for } => {
-                // `sync` never fails, but its result may exceed the limits `decode` enforces;
-                // storing it would make the key unreadable, so the merge is refused instead
-                // and the sender keeps its copy.
+                // Merges are held to the hard limits, not the client ones: replicas that each
+                // took writes up to the client limits must still converge. Past a hard limit
+                // (which `decode` enforces) the merge is refused and the sender keeps its copy.
+                // Either way the key is reported: client writes to it are refused until its
+                // siblings are resolved.
                 let merged = current.sync(object);
-                merged.check_limits()?;
+                if let Err(e) = merged.check_limits(Limits::Merge) {
+                    tracing::warn!(key = %String::from_utf8_lossy(&op.key), "merge from a peer refused: {e}");
+                    crate::metrics::record_merge_over_client_limits(false);
+                    return Err(e.into());
+                }
+                if merged.over_client_limits() && !current.over_client_limits() {
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(&op.key),
+                        siblings = merged.sibling_count(),
+                        "a merge from a peer left the key over a client limit; client writes \
+                         to it are refused until a write with its context resolves its siblings"
+                    );
+                    crate::metrics::record_merge_over_client_limits(true);
+                }
                 if let Some(target) = hint_for {
                     self.add_hint(hints, counts, *target, &op.key)?;
                 }

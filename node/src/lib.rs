@@ -5,6 +5,7 @@ pub mod antientropy;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod forwards;
 pub mod frontend;
 pub mod handoff;
 pub mod layout;

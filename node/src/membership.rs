@@ -193,10 +193,15 @@ impl Persisted {
             reason,
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string())),
+            Ok(text) => Persisted::parse(&text).map_err(err),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
             Err(e) => Err(err(e.to_string())),
         }
+    }
+
+    /// Reads the text of the state file.
+    fn parse(text: &str) -> Result<Persisted, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Writes the file whole and durably: a crash leaves the old file or the new one.
@@ -221,6 +226,13 @@ impl Persisted {
         }
         Ok(())
     }
+}
+
+/// Reads the text of a state file (`data/membership.toml`) as a node does at start, and gives
+/// back the state it holds written out again (the state itself is private to this module): the
+/// fuzz target's entry point, which checks that the answer reads back as itself.
+pub fn parse_state_file(text: &str) -> Result<String, String> {
+    Persisted::parse(text).map(|p| toml::to_string(&p).expect("Persisted always serializes"))
 }
 
 /// The gossip state machine and what the driver keeps beside it; always changed together.

@@ -78,6 +78,11 @@ fn describe() {
         "Client requests this node forwarded to a replica of their key."
     );
     describe_counter!(
+        "cairn_merges_over_client_limits_total",
+        "Merges from peers accepted although they leave a key over a client limit (siblings, \
+         version vector or bytes), by outcome: accepted (within the hard limits) or refused."
+    );
+    describe_counter!(
         "cairn_hints_delivered_total",
         "Hints handed to their target node after it came back."
     );
@@ -162,6 +167,13 @@ pub fn record_forward() {
     counter!("cairn_forwards_total").increment(1);
 }
 
+/// Records a merge from a peer that left (`accepted`) or would have left (`refused`) a key over
+/// a client limit; the key is logged where this is called.
+pub fn record_merge_over_client_limits(accepted: bool) {
+    let outcome = if accepted { "accepted" } else { "refused" };
+    counter!("cairn_merges_over_client_limits_total", "outcome" => outcome).increment(1);
+}
+
 /// Records that a hint reached its target.
 pub fn record_hint_delivered() {
     counter!("cairn_hints_delivered_total").increment(1);
@@ -228,6 +240,19 @@ fn scrape_time(out: &mut String, status: &StatusReply, engine: &EngineStats) {
         "gauge",
         "Always 1; its label names the node.",
         &[(format!("{{node=\"{}\"}}", escape(&status.node)), 1.0)],
+    );
+    let fault = engine.degraded();
+    metric(
+        "cairn_storage_degraded",
+        "gauge",
+        "1 while this node's last commit failed (its disk refuses writes), else 0; the label says whether the disk is full.",
+        &[(
+            format!(
+                "{{disk_full=\"{}\"}}",
+                fault.as_ref().is_some_and(|f| f.disk_full)
+            ),
+            f64::from(u8::from(fault.is_some())),
+        )],
     );
     let me = status.members.iter().find(|m| m.this_node);
     let hints = me.and_then(|m| m.hints_pending).unwrap_or(0);

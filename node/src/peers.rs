@@ -359,11 +359,24 @@ pub async fn exchange_on(
     req: PeerRequest,
     sent: &std::sync::atomic::AtomicBool,
 ) -> Result<Result<PeerResponse, ErrorReply>, String> {
+    // Encoded before a stream opens: a request too large for a frame (read repair of a merge
+    // past the hard limits) is this node's problem, not a failure of the peer.
+    let frame = match cairn_proto::encode_frame(&Request::Peer(req)) {
+        Ok(frame) => frame,
+        Err(cairn_proto::FrameError::TooLarge { len, max }) => {
+            return Ok(Err(ErrorReply::Limit(
+                cairn_proto::LimitError::FrameTooLarge {
+                    what: "a peer request".to_owned(),
+                    len,
+                    max,
+                },
+            )))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     sent.store(true, std::sync::atomic::Ordering::Release);
-    cairn_net::write_frame(&mut send, &Request::Peer(req))
-        .await
-        .map_err(|e| e.to_string())?;
+    send.write_all(&frame).await.map_err(|e| e.to_string())?;
     let _ = send.finish();
     let resp = cairn_net::read_frame::<Response>(&mut recv)
         .await

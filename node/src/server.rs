@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
-    check_peer_request, check_request, decode_body, decode_client_request, ErrorReply, FrameError,
-    GetReply, KeyOpReply, NodeId, PartitionEntry, PeerRequest, PeerResponse, Request, Response,
-    RingReply, Role, Sibling, StatusReply,
+    check_peer_request, check_request, decode_body, decode_client_request, Context, ContextKey,
+    ErrorReply, FrameError, GetReply, KeyOp, KeyOpReply, LimitError, NodeId, PartitionEntry,
+    PeerRequest, PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -19,8 +19,12 @@ use crate::config::NodeConfig;
 use crate::coordinator::{route, Route};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
+use crate::forwards::{Admit, Forwards};
 use crate::frontend::FrontendAddrs;
-use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
+use crate::limits::{
+    CONNECTIONS_MAX, FORWARD_ATTEMPTS_MAX, FORWARD_REPLY_TTL, FORWARD_RETRY_POLL,
+    FORWARD_RETRY_WAIT_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX,
+};
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
 use crate::store::{RedbStore, StoreError};
@@ -53,6 +57,9 @@ pub enum NodeError {
     /// A TCP front end (RESP, HTTP, metrics) could not start.
     #[error(transparent)]
     Frontend(#[from] crate::frontend::FrontendError),
+    /// The cluster's context key is missing or unreadable.
+    #[error(transparent)]
+    ContextKey(#[from] crate::config::ConfigError),
     /// A value of the configuration is not acceptable.
     #[error("invalid configuration: {reason}")]
     Config {
@@ -90,12 +97,17 @@ pub(crate) struct Shared {
     peers: Arc<Peers>,
     coordinator: CoordinatorHandle,
     anti_entropy: Arc<AntiEntropy>,
+    /// Tags the contexts handed to clients and checks the ones they hand back.
+    context_key: ContextKey,
+    /// Outcomes of forwarded writes, so a retried forward is not applied twice.
+    forwards: Forwards,
 }
 
 impl Node {
     /// Opens the node's database and starts serving on its configured address.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let identity = Identity::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+        let context_key = config.tls.load_context_key()?;
         config
             .anti_entropy
             .validate()
@@ -155,6 +167,8 @@ impl Node {
             peers: peers.clone(),
             coordinator,
             anti_entropy: anti_entropy.clone(),
+            context_key,
+            forwards: Forwards::new(std::time::Instant::now()),
         });
         let peers_handle = peers.clone();
         let mut tasks = vec![
@@ -374,7 +388,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: Peer,
     budget: &ConnectionBudget,
 ) {
@@ -408,7 +422,14 @@ async fn serve_stream(
             return;
         }
     };
-    if let Err(e) = cairn_net::write_frame(&mut send, &response).await {
+    let frame = match encode_response(&response) {
+        Ok(frame) => frame,
+        Err(e) => {
+            warn!("could not encode a response: {e}");
+            return;
+        }
+    };
+    if let Err(e) = send.write_all(&frame).await {
         debug!("could not send response: {e}");
         return;
     }
@@ -416,6 +437,25 @@ async fn serve_stream(
     // Wait until the peer has the response (or is gone) so finishing is not a reset; bounded,
     // so a vanished client does not keep the task for the idle timeout.
     let _ = tokio::time::timeout(STREAM_LINGER_MAX, send.stopped()).await;
+}
+
+/// The frame of `response`, or — when it does not fit a frame (a read whose merged siblings
+/// exceed it) — of an error naming the limit, so the asker gets an answer rather than a reset
+/// stream it would take for a failed node.
+fn encode_response(response: &Response) -> Result<Vec<u8>, FrameError> {
+    match cairn_proto::encode_frame(response) {
+        Err(FrameError::TooLarge { len, max }) => {
+            warn!("an answer of {len} bytes exceeds FRAME_BYTES_MAX; answered with an error");
+            cairn_proto::encode_frame(&Response::Error(ErrorReply::Limit(
+                LimitError::FrameTooLarge {
+                    what: "the answer".to_owned(),
+                    len,
+                    max,
+                },
+            )))
+        }
+        other => other,
+    }
 }
 
 /// Reads one request within the connection's budget, decoded as what the sender's certificate
@@ -473,7 +513,7 @@ struct Peer {
     node: Option<NodeId>,
 }
 
-async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
+async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
     if !peer.role.permits(needed) {
         return Response::Error(forbidden(request_name(&req), needed, peer.role));
@@ -517,11 +557,23 @@ fn layout_change(result: Result<cairn_proto::LayoutChangeReply, ErrorReply>) -> 
 
 impl Shared {
     /// Carries out a client get, put or delete that arrived at this node, whatever front end it
-    /// came through: forwards it to the key's first chosen replica, or coordinates it here.
+    /// came through: checks the tag of the context it carries, forwards it to the key's first
+    /// chosen replica or coordinates it here, and tags the context of the reply. Between nodes
+    /// (forwards) contexts travel raw.
     pub(crate) async fn client_request(&self, req: Request) -> Response {
         if let Err(e) = check_request(&req) {
             return Response::Error(e.into());
         }
+        let req = match open_context(&self.context_key, req) {
+            Ok(req) => req,
+            Err(e) => return Response::Error(e),
+        };
+        let key = req.key().map(<[u8]>::to_vec).unwrap_or_default();
+        seal_context(&self.context_key, &key, self.client_request_raw(req).await)
+    }
+
+    /// [`Shared::client_request`] once the context is opened: answers with a raw context.
+    async fn client_request_raw(&self, req: Request) -> Response {
         if let Request::Get { key, opts } = &req {
             if opts.is_local() {
                 // This node's own copy, as stored: never forwarded, nothing repaired.
@@ -547,31 +599,71 @@ impl Shared {
                 .clone()
                 .into_op()
                 .expect("gets, puts and deletes are key operations");
-            match self
-                .peers
-                .call(to, PeerRequest::Forward(op), FORWARD_TIMEOUT)
-                .await
-            {
-                Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
-                // The write may have been applied there: applying it here too would make
-                // one client write two siblings. A read is safe to retry here.
-                Err(e) if e.may_have_arrived() && !matches!(req, Request::Get { .. }) => {
-                    return Response::Error(ErrorReply::Unreachable {
-                        node: self.peers.name(to),
-                        reason: format!(
-                            "{e}; the write may have been applied there: read the key before writing again"
-                        ),
-                    });
+            let is_get = matches!(req, Request::Get { .. });
+            // One id for every attempt: the replica applies a forwarded write at most once
+            // and answers a retry with the first outcome.
+            let id: u64 = rand::random();
+            let mut sent_before = false;
+            for attempt in 1..=FORWARD_ATTEMPTS_MAX {
+                let forward = PeerRequest::Forward {
+                    id,
+                    retry: sent_before,
+                    op: op.clone(),
+                };
+                match self.peers.call(to, forward, FORWARD_TIMEOUT).await {
+                    Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
+                    // Over a limit there (an answer too large for a frame): so it would be here.
+                    Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
+                    // The write may have been applied there and its reply lost: ask again with
+                    // the same id, which is never applied twice.
+                    Err(e) if !is_get && (sent_before || e.may_have_arrived()) => {
+                        sent_before = true;
+                        if attempt == FORWARD_ATTEMPTS_MAX
+                            || !e.may_have_arrived()
+                            || !self.up_again(to).await
+                        {
+                            // Out of attempts, or the replica cannot be reached (or stays
+                            // down): applying the write here too could make it two siblings.
+                            return Response::Error(ErrorReply::Unreachable {
+                                node: self.peers.name(to),
+                                reason: format!(
+                                    "{e} (after {attempt} attempts); the write may have been applied there: read the key before writing again"
+                                ),
+                            });
+                        }
+                        debug!(
+                            "forward {id:x} to {} got no answer ({e}); asking again",
+                            self.peers.name(to)
+                        );
+                    }
+                    // The chosen coordinator is unreachable (and now marked down): coordinate
+                    // here rather than fail, the write still reaches the replicas that are up.
+                    // A read is safe to carry out here whatever happened there.
+                    other => {
+                        debug!(
+                            "forwarding to {} failed ({other:?}); coordinating here",
+                            self.peers.name(to)
+                        );
+                        break;
+                    }
                 }
-                // The chosen coordinator is unreachable (and now marked down): coordinate
-                // here rather than fail, the write still reaches the replicas that are up.
-                other => debug!(
-                    "forwarding to {} failed ({other:?}); coordinating here",
-                    self.peers.name(to)
-                ),
             }
         }
         coordinate(req, self).await
+    }
+
+    /// Waits, at most `FORWARD_RETRY_WAIT_MAX`, for peer `to` to be judged up again after a
+    /// failed forward marked it down; a node that went silent stays down, and its forwards get
+    /// no retry that would wait for its timeout.
+    async fn up_again(&self, to: NodeId) -> bool {
+        let deadline = tokio::time::Instant::now() + FORWARD_RETRY_WAIT_MAX;
+        while !self.peers.is_up(to) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(FORWARD_RETRY_POLL).await;
+        }
+        true
     }
 
     /// A client request from a TCP front end: counted in flight (shutdown waits for it, as for
@@ -599,6 +691,50 @@ impl Shared {
     }
 }
 
+/// A client's put or delete with its context's tag checked and removed; a context that was
+/// edited, or handed out for another key or by another cluster, is refused.
+fn open_context(context_key: &ContextKey, req: Request) -> Result<Request, ErrorReply> {
+    let open = |key: &[u8], context: Context| {
+        context_key
+            .open(key, &context)
+            .map_err(|e| ErrorReply::BadContext {
+                reason: e.to_string(),
+            })
+    };
+    Ok(match req {
+        Request::Put {
+            key,
+            value,
+            context,
+            opts,
+        } => Request::Put {
+            context: open(&key, context)?,
+            key,
+            value,
+            opts,
+        },
+        Request::Delete { key, context, opts } => Request::Delete {
+            context: open(&key, context)?,
+            key,
+            opts,
+        },
+        other => other,
+    })
+}
+
+/// A reply for a client: the raw context of a read or write answer tagged for item `key`.
+fn seal_context(context_key: &ContextKey, key: &[u8], response: Response) -> Response {
+    let seal = |mut reply: GetReply| {
+        reply.context = context_key.seal(key, &reply.context);
+        reply
+    };
+    match response {
+        Response::Value(reply) => Response::Value(seal(reply)),
+        Response::Written(reply) => Response::Written(seal(reply)),
+        other => other,
+    }
+}
+
 /// Coordinates a client get, put or delete at this node.
 async fn coordinate(req: Request, shared: &Shared) -> Response {
     match Job::from_request(req) {
@@ -609,15 +745,78 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
     }
 }
 
-async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) -> Response {
+/// How long after a forward's first attempt its last retry can arrive.
+const FORWARD_RETRY_WINDOW: Duration =
+    Duration::from_secs(FORWARD_TIMEOUT.as_secs() * FORWARD_ATTEMPTS_MAX as u64);
+const _: () = assert!(FORWARD_RETRY_WINDOW.as_secs() < FORWARD_REPLY_TTL.as_secs());
+
+/// Carries out a forwarded operation. A forwarded write is applied at most once per (sender,
+/// id): a retry gets the first attempt's outcome, waiting for it if it is still running.
+async fn forwarded(
+    shared: &Arc<Shared>,
+    sender: Option<NodeId>,
+    id: u64,
+    retry: bool,
+    op: KeyOp,
+) -> KeyOpReply {
+    // A read is safe to carry out again; a node certificate always names its node.
+    let (Some(sender), false) = (sender, matches!(op, KeyOp::Get { .. })) else {
+        return KeyOpReply::from_response(coordinate(op.into(), shared).await);
+    };
+    let key = (sender, id);
+    match shared
+        .forwards
+        .admit(key, retry, FORWARD_RETRY_WINDOW, std::time::Instant::now())
+    {
+        Admit::Done(reply) => {
+            debug!("forward {id:x} retried: answered with its first outcome");
+            reply
+        }
+        Admit::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
+            Ok(reply) => reply.clone().expect("waited for an outcome"),
+            Err(_) => KeyOpReply::Error(ErrorReply::ShuttingDown),
+        },
+        Admit::Unknown => KeyOpReply::Error(ErrorReply::Unreachable {
+            node: shared.name.clone(),
+            reason: format!(
+                "a retried forward {id:x} of which this node has no record (it restarted or \
+                 forgot it within its limits); the first attempt may have been applied: read \
+                 the key before writing again"
+            ),
+        }),
+        Admit::First => {
+            // Coordinated in a task of its own: if the forwarder's connection breaks, this
+            // stream is dropped, but the write must still finish and be remembered for the
+            // retry. It ends with the coordinator's deadline.
+            let task_shared = shared.clone();
+            let task = tokio::spawn(async move {
+                let reply = KeyOpReply::from_response(coordinate(op.into(), &task_shared).await);
+                task_shared.forwards.complete(key, &reply);
+                reply
+            });
+            match task.await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    let reply = KeyOpReply::Error(ErrorReply::Storage {
+                        reason: format!("coordinating the forward failed: {e}"),
+                    });
+                    shared.forwards.complete(key, &reply);
+                    reply
+                }
+            }
+        }
+    }
+}
+
+async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<NodeId>) -> Response {
     let resp = match req {
         PeerRequest::Ping { .. } => Ok(PeerResponse::Pong {
             node: shared.name.clone(),
         }),
         // Never forwarded again: two nodes with different views must not bounce it.
-        PeerRequest::Forward(op) => Ok(PeerResponse::Forwarded(KeyOpReply::from_response(
-            coordinate(op.into(), shared).await,
-        ))),
+        PeerRequest::Forward { id, retry, op } => Ok(PeerResponse::Forwarded(
+            forwarded(shared, sender, id, retry, op).await,
+        )),
         PeerRequest::Replicate {
             key,
             object,

@@ -206,7 +206,7 @@ mod tests {
 
     /// The frame that overflowed a node's stack before version 3: a `Request::Peer(Forward(…))`
     /// nested 200,000 deep (`08 01` repeated, then `00`), under the version it was sent with
-    /// and under the current one.
+    /// and under the current one (where `08` after a forward's tag reads as its request id).
     fn nested_forward_body(version: u16) -> Vec<u8> {
         let mut body = version.to_be_bytes().to_vec();
         for _ in 0..200_000 {
@@ -299,18 +299,27 @@ mod tests {
             let client: ClientRequest = decode_client_request(&frame[4..]).unwrap();
             assert_eq!(Request::from(client), req);
             if let Some(op) = req.clone().into_op() {
-                let forwarded = Request::Peer(PeerRequest::Forward(op.clone()));
+                let forwarded = Request::Peer(PeerRequest::Forward {
+                    id: 7,
+                    retry: false,
+                    op: op.clone(),
+                });
                 assert_eq!(roundtrip(&forwarded), forwarded);
                 assert_eq!(Request::from(op), req);
             }
         }
         // A forward holding a forward does not exist any more: its tag is not a key operation.
-        let mut nested = encode_frame(&Request::Peer(PeerRequest::Forward(KeyOp::Get {
-            key: b"k".to_vec(),
-            opts: Default::default(),
-        })))
+        let mut nested = encode_frame(&Request::Peer(PeerRequest::Forward {
+            id: 1,
+            retry: false,
+            op: KeyOp::Get {
+                key: b"k".to_vec(),
+                opts: Default::default(),
+            },
+        }))
         .unwrap();
-        nested[8] = PEER_REQUEST_TAG;
+        // [len 4][version 2][Peer][Forward][id 1][retry 0]: then the operation's tag.
+        nested[10] = PEER_REQUEST_TAG;
         assert!(matches!(
             decode_body::<Request>(&nested[4..]),
             Err(FrameError::Decode { .. })

@@ -6,12 +6,14 @@
 pub mod frame;
 pub mod limits;
 mod message;
+mod sealed;
 
 pub use frame::{
     decode_body, decode_client_request, encode_frame, frame_body_len, FrameError,
     FRAME_HEADER_BYTES,
 };
 pub use message::*;
+pub use sealed::{ContextKey, SealError};
 
 /// Version of the message set carried in every frame; a peer speaking another version gets
 /// `ErrorReply::UnsupportedVersion` instead of a misread message.
@@ -20,7 +22,10 @@ pub use message::*;
 /// 4: certificate roles; `ErrorReply::Forbidden` names the role a request needs.
 /// 5: `ReadOptions.local`.
 /// 6: `PeerRequest::Layout` and its answer: layouts exchanged between nodes.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: a client's context carries a tag (`ContextKey`); an untagged one is refused.
+/// 8: `LimitError::{OverHardLimit, FrameTooLarge}`; merges held to the hard limits.
+/// 9: `PeerRequest::Forward` carries a request id (forwarded writes applied at most once).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -7,15 +7,36 @@
 pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest single value, in bytes.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
-/// Most siblings (live values and tombstones) one key may hold; a write that would exceed it is
-/// refused rather than silently dropping a concurrent value (Riak's `too_many_siblings`).
+/// Most siblings (live values and tombstones) a client write may leave on a key; a write that
+/// would exceed it is refused rather than silently dropping a concurrent value (Riak's
+/// `too_many_siblings`).
 pub const SIBLINGS_MAX: usize = 64;
-/// Most entries (actors) in one key's version vector or in a client context.
+/// Most entries (actors) a client write may leave in a key's version vector.
 pub const VV_ENTRIES_MAX: usize = 64;
-/// Largest encoded object (all siblings plus their causal history) one key may hold.
-pub const OBJECT_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest encoded client context token, in bytes before base64.
-pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_MAX * 40;
+/// Largest encoded object (all siblings plus their causal history) a client write may leave.
+pub const OBJECT_BYTES_MAX: usize = 3 * 1024 * 1024;
+
+// The rule that keeps replicas together: client writes stop at the limits above, but merges from
+// peers (replicate, read repair, anti-entropy, handoff) are accepted up to the larger hard limits
+// below, and a merge that leaves a key over a client limit is reported (log and metric). Replicas
+// on the two sides of a partition each accept writes up to the client limits, so their merge, at
+// most twice a client limit, is always accepted; only three or more sides filling one key at once
+// can pass a hard limit, and such a merge is refused (and reported).
+
+/// Most siblings a merge from a peer may leave on a key.
+pub const SIBLINGS_HARD_MAX: usize = 4 * SIBLINGS_MAX;
+/// Most entries a merge from a peer may leave in a key's version vector.
+pub const VV_ENTRIES_HARD_MAX: usize = 2 * VV_ENTRIES_MAX;
+/// Largest encoded object a merge from a peer may leave: whatever a replicate frame carries.
+pub const OBJECT_BYTES_HARD_MAX: usize = FRAME_BYTES_MAX - FRAME_OVERHEAD_MAX;
+const _: () = assert!(SIBLINGS_HARD_MAX >= 2 * SIBLINGS_MAX);
+const _: () = assert!(VV_ENTRIES_HARD_MAX >= 2 * VV_ENTRIES_MAX);
+const _: () = assert!(OBJECT_BYTES_HARD_MAX >= 2 * OBJECT_BYTES_MAX);
+/// Bytes of the tag (keyed blake3) that ends every context a node hands to a client.
+pub const CONTEXT_TAG_BYTES: usize = 32;
+/// Largest encoded client context token, in bytes before base64: the version vector of a key
+/// merged up to its hard limit, and its tag (a client must be able to resolve such a key).
+pub const CONTEXT_BYTES_MAX: usize = 64 + VV_ENTRIES_HARD_MAX * 40 + CONTEXT_TAG_BYTES;
 /// Largest frame on the wire (length prefix excluded), checked before a byte of it is decoded.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
@@ -34,11 +55,12 @@ const _: () = assert!(LAYOUT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
 
-/// Room in a frame for everything that is not the object itself (message tags, key, context).
+/// Room in a frame for everything that is not the object itself (message tags, key, context,
+/// a forward's request id).
 const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;
 
 const _: () = assert!(VALUE_BYTES_MAX < OBJECT_BYTES_MAX);
-const _: () = assert!(OBJECT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(OBJECT_BYTES_HARD_MAX + FRAME_OVERHEAD_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX < u32::MAX as usize);
 /// Longest node address (host:port) a request may carry; DNS names stop at 253 bytes. Gossip
 /// holds addresses to the same bound.

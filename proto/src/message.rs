@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_MAX, PEER_MESSAGE_BYTES_MAX,
+    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX,
     VALUE_BYTES_MAX,
 };
 
@@ -450,7 +450,18 @@ pub enum PeerRequest {
         from: String,
     },
     /// Coordinate this client get, put or delete: the sender is not a replica of its key.
-    Forward(KeyOp),
+    Forward {
+        /// Drawn at random by the sender for this client request and kept across its retries:
+        /// the receiver remembers the outcome of a forwarded write by (sender, id), so a retry
+        /// after a lost reply is answered with it instead of applying the write twice.
+        id: u64,
+        /// Whether an earlier attempt with this id was sent and got no answer. A receiver with
+        /// no record of the id then applies the write only if its records cover the time the
+        /// earlier attempt could have arrived (not after a restart, say).
+        retry: bool,
+        /// The operation.
+        op: KeyOp,
+    },
     /// Merge `object` into the local copy and make it durable. `hint_for` names the primary
     /// this copy stands in for: the receiver keeps a hint and hands the key over later.
     Replicate {
@@ -919,6 +930,30 @@ pub enum LimitError {
         /// `PEER_MESSAGE_BYTES_MAX`.
         max: u64,
     },
+    /// A merge from a peer would leave a key over a hard limit (only three or more sides of a
+    /// partition filling one key at once get there); the replicas keep their copies until a
+    /// client resolves the key's siblings.
+    #[error("merge would leave {value} against {limit} ({max}); resolve the key's siblings so its replicas can converge")]
+    OverHardLimit {
+        /// The hard limit's name (`SIBLINGS_HARD_MAX`, `VV_ENTRIES_HARD_MAX`,
+        /// `OBJECT_BYTES_HARD_MAX`).
+        limit: String,
+        /// What the merge would leave.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A reply or a peer request would not fit in a frame (a read whose merged answer is too
+    /// large, or an object to send that grew past what a frame carries).
+    #[error("{what} of {len} bytes exceeds FRAME_BYTES_MAX ({max} bytes); read with a smaller R, or resolve the key's siblings")]
+    FrameTooLarge {
+        /// What would not fit ("the answer", "a replicate request", …).
+        what: String,
+        /// Its encoded length.
+        len: u64,
+        /// `FRAME_BYTES_MAX`.
+        max: u64,
+    },
     /// A `Keys` request asks for too many key hashes.
     #[error("{count} key hashes exceed KEY_HASHES_PER_REQUEST_MAX ({max})")]
     TooManyKeyHashes {
@@ -1148,11 +1183,16 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
         PeerRequest::Ping { from } => check_len(from.len(), NODE_NAME_BYTES_MAX, |len, max| {
             LimitError::NameTooLong { len, max }
         }),
-        PeerRequest::Forward(op) => check_op(op),
+        PeerRequest::Forward { op, .. } => check_op(op),
         PeerRequest::Replicate { key, object, .. } => {
             check_key(key)?;
-            check_len(object.len(), OBJECT_BYTES_MAX, |len, max| {
-                LimitError::ObjectTooLarge { len, max }
+            // A replicated object may be a merge past the client limits, up to the hard ones.
+            check_len(object.len(), OBJECT_BYTES_HARD_MAX, |len, max| {
+                LimitError::OverHardLimit {
+                    limit: "OBJECT_BYTES_HARD_MAX".to_owned(),
+                    value: len,
+                    max,
+                }
             })
         }
         PeerRequest::Read { key } => check_key(key),

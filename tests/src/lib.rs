@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use cairn_client::Client;
 use cairn_net::{ClusterCa, Identity};
 use cairn_node::{Node, NodeConfig, TlsPaths};
+use cairn_proto::ContextKey;
 
 /// Sends the nodes' logs to stderr when `CAIRN_TEST_LOG` holds a filter (e.g.
 /// `CAIRN_TEST_LOG=cairn_node=debug`), for debugging a test; does nothing otherwise.
@@ -36,6 +37,13 @@ impl TestDir {
         let dir = tempfile::tempdir()?;
         let ca = ClusterCa::generate("test")?;
         std::fs::write(dir.path().join("ca.pem"), &ca.pem().cert_pem)?;
+        // Nodes find the cluster's context key next to the CA certificate.
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        std::fs::write(
+            dir.path().join(cairn_node::config::CONTEXT_KEY_FILE),
+            ContextKey::from_bytes(secret).to_text(),
+        )?;
         let client = ca.issue_client("tester")?;
         std::fs::write(dir.path().join("client.pem"), &client.cert_pem)?;
         std::fs::write(dir.path().join("client.key"), &client.key_pem)?;
@@ -91,6 +99,7 @@ impl TestDir {
                 ca: self.path().join("ca.pem"),
                 cert: node_dir.join("node.pem"),
                 key: node_dir.join("node.key"),
+                context_key: None,
             },
             cluster: None,
             anti_entropy: Default::default(),

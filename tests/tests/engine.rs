@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cairn_node::engine::{Engine, EngineError, Write};
 use cairn_node::store::{Batch, Hint, MemoryStore, NodeMeta, RedbStore, Store, StoreError};
 use cairn_node::version::{Object, Payload, VClock};
-use cairn_proto::NodeId;
+use cairn_proto::{ErrorReply, NodeId};
 use rand::{rngs::StdRng, SeedableRng};
 
 fn node() -> NodeId {
@@ -40,6 +40,8 @@ struct TestStore {
     /// Writes in the batch currently stuck at the gate.
     blocked_writes: AtomicUsize,
     fail_objects: AtomicBool,
+    /// Object writes fail as a full disk does.
+    disk_full: AtomicBool,
 }
 
 impl TestStore {
@@ -87,6 +89,12 @@ impl Store for TestStore {
             held = self.released.wait(held).unwrap();
         }
         drop(held);
+        if !batch.puts.is_empty() && self.disk_full.load(Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "commit log append",
+                reason: "No space left on device (os error 28)".into(),
+            });
+        }
         if !batch.puts.is_empty() && self.fail_objects.load(Ordering::SeqCst) {
             return Err(StoreError::Io {
                 op: "commit",
@@ -174,6 +182,49 @@ async fn a_crash_between_minting_and_persisting_never_reuses_a_dot() {
         newest >= lease_before,
         "dot {newest} minted after restart is below the persisted lease end {lease_before}: it may repeat the lost write's dot"
     );
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_clear_error_and_marks_the_engine_degraded_until_a_commit_succeeds() {
+    let store = Arc::new(TestStore::default());
+    let engine = Engine::open(store.clone(), node(), &mut StdRng::seed_from_u64(1)).unwrap();
+    engine.apply(b"k".to_vec(), put("a")).await.unwrap();
+    assert_eq!(engine.stats().degraded(), None);
+
+    store.disk_full.store(true, Ordering::SeqCst);
+    let refused = engine.apply(b"k".to_vec(), put("b")).await;
+    let reason = match refused {
+        Err(e @ EngineError::Store(_)) => ErrorReply::from(e).to_string(),
+        other => panic!("a write to a full disk answered {other:?}"),
+    };
+    assert!(
+        reason.contains("disk of this node is full") && reason.contains("nothing was acknowledged"),
+        "{reason}"
+    );
+    let fault = engine
+        .stats()
+        .degraded()
+        .expect("degraded after a failed commit");
+    assert!(fault.disk_full, "{fault:?}");
+    // Another I/O error is not called a full disk.
+    store.disk_full.store(false, Ordering::SeqCst);
+    store.fail_objects.store(true, Ordering::SeqCst);
+    assert!(engine.apply(b"k".to_vec(), put("c")).await.is_err());
+    assert!(!engine.stats().degraded().unwrap().disk_full);
+
+    // Space again: the next commit succeeds and clears the flag; what was acknowledged stays.
+    store.fail_objects.store(false, Ordering::SeqCst);
+    engine.apply(b"k".to_vec(), put("d")).await.unwrap();
+    assert_eq!(engine.stats().degraded(), None);
+    let mut values: Vec<_> = engine
+        .get(b"k")
+        .unwrap()
+        .live()
+        .into_iter()
+        .map(|(_, v)| v.to_vec())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec![b"a".to_vec(), b"d".to_vec()]);
 }
 
 #[tokio::test]

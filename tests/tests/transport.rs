@@ -300,13 +300,16 @@ async fn peer_requests_from_nodes_are_held_to_their_limits() {
         object: Vec::new(),
         hint_for: None,
     });
-    let forwarded_value =
-        Request::Peer(cairn_proto::PeerRequest::Forward(cairn_proto::KeyOp::Put {
+    let forwarded_value = Request::Peer(cairn_proto::PeerRequest::Forward {
+        id: 1,
+        retry: false,
+        op: cairn_proto::KeyOp::Put {
             key: b"k".to_vec(),
             value: vec![0; cairn_proto::limits::VALUE_BYTES_MAX + 1],
             context: Context::empty(),
             opts: Default::default(),
-        }));
+        },
+    });
     let too_many_hashes = Request::Peer(cairn_proto::PeerRequest::Keys {
         partition: 0,
         key_hashes: vec![[0; 32]; cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX + 1],

@@ -418,7 +418,7 @@ fn failure(resp: &NodeResponse) -> Reply {
     json_reply(status, &body)
 }
 
-fn limit_name(l: &LimitError) -> &'static str {
+fn limit_name(l: &LimitError) -> &str {
     match l {
         LimitError::KeyEmpty | LimitError::KeyTooLarge { .. } => "KEY_BYTES_MAX",
         LimitError::ValueTooLarge { .. } => "VALUE_BYTES_MAX",
@@ -430,6 +430,8 @@ fn limit_name(l: &LimitError) -> &'static str {
         LimitError::NameTooLong { .. } => "NODE_NAME_BYTES_MAX",
         LimitError::MessageTooLarge { .. } => "PEER_MESSAGE_BYTES_MAX",
         LimitError::TooManyKeyHashes { .. } => "KEY_HASHES_PER_REQUEST_MAX",
+        LimitError::OverHardLimit { limit, .. } => limit,
+        LimitError::FrameTooLarge { .. } => "FRAME_BYTES_MAX",
     }
 }
 

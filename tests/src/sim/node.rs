@@ -1060,7 +1060,7 @@ impl SimNode {
                     }
                     _ => current.sync(&object),
                 };
-                let result = match merged.check_limits() {
+                let result = match merged.check_limits(cairn_node::version::Limits::Merge) {
                     Ok(()) => {
                         if let Some(target) = hint_for {
                             if cx.sabotage != Sabotage::ForgetHints {
