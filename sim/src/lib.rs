@@ -106,7 +106,7 @@ pub struct Options {
     /// Let the fault injector crash a coordinator right after it acknowledged a write (with the
     /// probability the seed draws), while what it still has to make durable is queued.
     pub crash_after_ack: bool,
-    /// Drive the coordinator as `driver.rs` should (known bug 1 in `tests/tests/sim.rs`): a
+    /// Drive the coordinator as `driver.rs` should (known bug 1 in `sim/tests/sim.rs`): a
     /// reply waits until every hint issued before it is durable. `false` drives it as
     /// `driver.rs` does today: the reply goes out while its hints are still queued.
     pub hints_before_reply: bool,

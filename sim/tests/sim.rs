@@ -1,4 +1,4 @@
-//! The whole-cluster simulator's suites (`tests/src/sim/`): seed sweeps judged by the history
+//! The whole-cluster simulator's suites (`sim/src/`): seed sweeps judged by the history
 //! checker, the proof that a seed replays bit for bit, the proof that the checker catches
 //! broken replicas, and the known bug the simulator found.
 //!
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cairn_tests::sim::{run, Options, Report, Sabotage};
+use cairn_sim::{run, Options, Report, Sabotage};
 
 /// Seeds a sweep runs when `CAIRN_SIM_SEEDS` is not set (each suite below runs them all).
 const SEEDS_DEFAULT: u64 = 300;
