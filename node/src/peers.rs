@@ -16,7 +16,10 @@ use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Respon
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-pub use cairn_core::liveness::{PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL};
+/// Defined by the pure liveness policy, which the simulator drives too.
+pub use cairn_core::liveness::{
+    PEER_CONNECT_TIMEOUT, PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL,
+};
 
 /// Why a request to a peer got no answer, with what is known about whether it arrived.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -74,11 +77,6 @@ impl From<PeerError> for ErrorReply {
         ErrorReply::Unreachable { node, reason }
     }
 }
-
-/// How long connecting to a peer may take.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a ping may take before the peer counts as down.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Peer {
     name: String,

@@ -34,8 +34,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use cairn_node::coordinator::Outcome;
-use cairn_node::version::{Dot, Object, Payload, VClock};
+use cairn_core::coordinator::Outcome;
+use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_proto::ActorId;
 
 use super::fmt::{dot, obj, payload as payload_str, vclock};

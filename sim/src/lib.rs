@@ -61,7 +61,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_node::peers::PEER_CONNECT_TIMEOUT;
+use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
 use cairn_proto::NodeId;
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::rngs::StdRng;
@@ -381,7 +381,7 @@ impl Sim {
         let mut finals = BTreeMap::new();
         for key in &keys {
             let pl = self.ring.preference_list(self.ring.partition_of(key));
-            let copies: Vec<(usize, cairn_node::version::Object)> = pl
+            let copies: Vec<(usize, cairn_core::version::Object)> = pl
                 .primaries
                 .iter()
                 .map(|id| {

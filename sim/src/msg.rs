@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use cairn_node::coordinator::Outcome;
-use cairn_node::version::{Dot, Object, Payload};
+use cairn_core::coordinator::Outcome;
+use cairn_core::version::{Dot, Object, Payload};
 use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
 
 use super::fmt::{obj, payload};
@@ -232,7 +232,7 @@ pub fn describe_req(req: &ClientRequest) -> String {
             "put w{write} {} := {} ctx={} w={:?} pw={:?} timeout={:?}",
             key_str(key),
             payload(p),
-            cairn_node::version::decode_context(context)
+            cairn_core::version::decode_context(context)
                 .map_or_else(|e| format!("<{e}>"), |vv| super::fmt::vclock(&vv)),
             opts.w,
             opts.pw,

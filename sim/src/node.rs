@@ -12,15 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
-use cairn_core::liveness::{Liveness, Transition};
-use cairn_node::coordinator::{
+use cairn_core::coordinator::{
     route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
     REQUEST_TIMEOUT_MAX,
 };
-use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_node::peers::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
+use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
+use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_core::liveness::{Liveness, Transition};
+use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
+use cairn_core::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
 use cairn_proto::{ActorId, ErrorReply, NodeId};
 use cairn_ring::Ring;
 

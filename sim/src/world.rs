@@ -40,7 +40,7 @@ pub enum Event {
         /// Its incarnation.
         gen: u64,
         /// The coordinator's op.
-        op: cairn_node::coordinator::OpId,
+        op: cairn_core::coordinator::OpId,
         /// The key.
         key: Vec<u8>,
     },
