@@ -7,4 +7,5 @@ pub mod coordinator;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;
+pub mod store;
 pub mod version;
