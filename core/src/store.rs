@@ -58,7 +58,7 @@ impl Batch {
 }
 
 /// Why the store failed; the operation that hit it is not acknowledged.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The database file could not be opened or created.
     #[error("cannot open database {path}: {reason}")]

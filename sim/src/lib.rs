@@ -76,25 +76,9 @@ use msg::{Addr, Body, ClientResponse};
 use node::{Ctx, SimNode};
 use world::{Event, World};
 
-/// A deliberate bug in the simulated replica, to show that the checker catches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sabotage {
-    /// None: the replica behaves as the node does.
-    #[default]
-    None,
-    /// A replica stores an incoming object instead of merging it (`sync`) with its own.
-    OverwriteOnMerge,
-    /// Hints are never stored.
-    ForgetHints,
-    /// The dot counter restarts at 1 after a crash instead of at the persisted lease end.
-    ReuseDots,
-    /// The coordinating replica applies a client write twice, under two dots (as a forward
-    /// retried after a lost reply would, if the first attempt had applied it).
-    ApplyTwice,
-    /// A replica whose copy of a key is only tombstones stores an incoming copy as it is,
-    /// instead of merging: a stale replica's value comes back after a delete.
-    ForgetTombstones,
-}
+/// A deliberate bug in the node's writer (`cairn_core::writer`, built with its `sabotage`
+/// feature), to show that the checker catches it.
+pub use cairn_core::writer::Sabotage;
 
 /// How to run one seed.
 #[derive(Debug, Clone)]
@@ -386,12 +370,7 @@ impl Sim {
                 .iter()
                 .map(|id| {
                     let ix = self.ids.iter().position(|i| i == id).expect("member");
-                    let o = self.nodes[ix]
-                        .durable
-                        .objects
-                        .get(key)
-                        .cloned()
-                        .unwrap_or_default();
+                    let o = self.nodes[ix].object(key);
                     (ix, o)
                 })
                 .collect();
@@ -426,10 +405,9 @@ impl Sim {
         let mut detail = vec![what.to_owned()];
         for n in &self.nodes {
             let hints: Vec<String> = n
-                .durable
-                .hints
-                .keys()
-                .map(|(t, k)| format!("{}:{}", fmt::node(*t), msg::key_str(k)))
+                .hint_counts()
+                .iter()
+                .map(|(t, c)| format!("{}:{c}", fmt::node(*t)))
                 .collect();
             detail.push(format!(
                 "n{} running={} idle={} hints=[{}] believes down=[{}]",
@@ -459,7 +437,7 @@ impl Sim {
             && self.nodes.iter().all(|n| {
                 n.is_running()
                     && n.idle()
-                    && n.durable.hints.is_empty()
+                    && n.hint_counts().is_empty()
                     && n.peers_down().is_empty()
             })
     }

@@ -2,12 +2,13 @@
 //! `node/src/driver.rs`, `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over
 //! an in-memory store.
 //!
-//! Durability: the store (objects, hints, the dot lease end) survives a crash. A write queued
-//! for the disk becomes durable when its `Disk` event runs (one FIFO queue per node, like the
-//! engine's single writer thread); its acknowledgement is sent only then, and a crash before it
-//! loses the write. Everything else (the coordinator, the liveness view, requests in flight, the
-//! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
-//! persisted lease end, so no dot is minted twice.
+//! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
+//! over a `MemoryStore` that survives a crash. A write queued for the disk is applied and
+//! becomes durable when its `Disk` event runs (one FIFO queue per node, like the engine's single
+//! writer thread); its acknowledgement is sent only then, and a crash before it loses the write.
+//! Everything else (the coordinator, the liveness view, requests in flight, the handoff loop,
+//! the writer with its next dot counter) is lost on a crash; a restart reopens the writer, which
+//! resumes dots at the persisted lease end, so no dot is minted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,8 +21,10 @@ use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_core::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
-use cairn_proto::{ActorId, ErrorReply, NodeId};
+use cairn_core::store::{MemoryStore, Store};
+use cairn_core::version::{decode_context, Dot, Object, Payload, VClock};
+use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
+use cairn_proto::{ErrorReply, NodeId};
 use cairn_ring::Ring;
 
 use super::fmt::{dot, node, obj};
@@ -34,8 +37,11 @@ use super::Sabotage;
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 /// Dots leased per lease extension. Much smaller than the node's `DOT_LEASE_BLOCK` so that
 /// runs cross many lease boundaries; the rule (persist the lease end before using a counter
-/// under it, restart at the lease end) is the same.
+/// under it, restart at the lease end) is the writer's own.
 pub const SIM_LEASE_BLOCK: u64 = 5;
+/// Hints a simulated node keeps per target (the node's `HINTS_PER_PEER_MAX` is 100,000, which
+/// no run reaches).
+pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
 
 /// What every node handler needs besides the node itself.
 pub struct Ctx<'a> {
@@ -67,17 +73,6 @@ impl Ctx<'_> {
             .position(|&i| i == id)
             .expect("every node id the ring names is a simulated node")
     }
-}
-
-/// What a node keeps on disk.
-#[derive(Debug, Default)]
-pub struct Durable {
-    /// Objects by key.
-    pub objects: BTreeMap<Vec<u8>, Object>,
-    /// Hints: (target, key) → renewal sequence number.
-    pub hints: BTreeMap<(NodeId, Vec<u8>), u64>,
-    /// Dot counters below this may have been handed out; a restart begins here.
-    pub lease_end: u64,
 }
 
 /// A write waiting in the node's queue for the disk.
@@ -188,7 +183,8 @@ enum Outgoing {
 /// The state a crash loses.
 pub struct Running {
     coord: Coordinator,
-    dot_next: u64,
+    /// The engine's writer over this node's store: it mints dots and hint renewals.
+    writer: Writer,
     /// The node's own liveness policy (`cairn_core::liveness`), fed as `peers.rs` feeds it.
     liveness: Liveness,
     /// The other nodes.
@@ -220,24 +216,14 @@ pub struct SimNode {
     pub ix: NodeIx,
     /// Its id.
     pub id: NodeId,
-    /// The actor it mints dots as (it never loses its disk, so the epoch never changes).
-    pub actor: ActorId,
-    /// What survives a crash.
-    pub durable: Durable,
+    /// The epoch its store gets when fresh (it never loses its disk, so the epoch never changes).
+    pub epoch: u64,
+    /// What survives a crash: objects, hints and the node's metadata (epoch, dot lease end).
+    pub store: MemoryStore,
     /// Incarnation: bumped by every crash, so events of an earlier life are ignored.
     pub gen: u64,
     /// The running process, `None` while crashed.
     pub run: Option<Running>,
-}
-
-fn version_error(e: VersionError) -> ErrorReply {
-    // As `ErrorReply::from(EngineError::from(VersionError))` in the driver.
-    match e {
-        VersionError::Limit(l) => ErrorReply::Limit(l),
-        other => ErrorReply::BadContext {
-            reason: other.to_string(),
-        },
-    }
 }
 
 impl SimNode {
@@ -246,14 +232,23 @@ impl SimNode {
         SimNode {
             ix,
             id,
-            actor: ActorId { node: id, epoch },
-            durable: Durable {
-                lease_end: 1,
-                ..Durable::default()
-            },
+            epoch,
+            store: MemoryStore::new(),
             gen: 0,
             run: None,
         }
+    }
+
+    /// The stored copy of `key` (empty if none).
+    pub fn object(&self, key: &[u8]) -> Object {
+        read_object(&self.store, key).expect("the simulated store holds only objects it encoded")
+    }
+
+    /// Hints held per target.
+    pub fn hint_counts(&self) -> BTreeMap<NodeId, u64> {
+        self.store
+            .hint_counts()
+            .expect("the simulated store does not fail")
     }
 
     fn me(&self) -> Addr {
@@ -284,14 +279,19 @@ impl SimNode {
             liveness.handle_gossip(instant, id, true, true);
         }
         while liveness.poll_transition().is_some() {}
-        let dot_next = match cx.sabotage {
-            // Forgets the lease: restarts counting from 1, reusing dots (Riak's KV679).
-            Sabotage::ReuseDots => 1,
-            _ => self.durable.lease_end,
-        };
+        let writer = Writer::open(
+            &self.store,
+            self.id,
+            self.epoch,
+            WriterConfig::new(SIM_LEASE_BLOCK, SIM_HINTS_PER_PEER_MAX).with_sabotage(cx.sabotage),
+        )
+        .expect("the simulated store belongs to this node and does not fail");
+        let meta = self.store.meta().ok().flatten();
+        let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
+        let hints: u64 = self.hint_counts().values().sum();
         self.run = Some(Running {
             coord: Coordinator::new(self.id, cx.ring.clone()),
-            dot_next,
+            writer,
             liveness,
             peer_ids,
             pinging: BTreeSet::new(),
@@ -310,11 +310,9 @@ impl SimNode {
         });
         cx.w.logf(self.me(), || {
             format!(
-                "START gen={} dots resume at {} (lease end), {} objects, {} hints",
+                "START gen={} dots resume at {} (lease end), {objects} objects, {hints} hints",
                 self.gen,
-                dot_next,
-                self.durable.objects.len(),
-                self.durable.hints.len()
+                meta.map_or(1, |m| m.lease_end),
             )
         });
         let gen = self.gen;
@@ -502,7 +500,7 @@ impl SimNode {
     }
 
     fn read_local(&self, key: &[u8]) -> Object {
-        self.durable.objects.get(key).cloned().unwrap_or_default()
+        self.object(key)
     }
 
     fn on_peer_response(&mut self, cx: &mut Ctx, rid: u64, resp: Result<PeerResp, ErrorReply>) {
@@ -969,21 +967,18 @@ impl SimNode {
         );
     }
 
-    /// Mints the next counter: the lease end is made durable before a counter under it is used.
-    fn mint(&mut self) -> u64 {
-        let lease_end = self.durable.lease_end;
+    /// Applies one write through the node's writer (`cairn_core::writer`) over this node's
+    /// store, as the engine's writer thread does for a batch; returns the copy before and the
+    /// writer's result.
+    fn write(&mut self, key: &[u8], write: Write) -> (Object, Result<Object, ErrorReply>) {
+        let before = self.object(key);
+        let store = &self.store;
         let run = self.run.as_mut().expect("running");
-        if run.dot_next >= lease_end {
-            self.durable.lease_end = run.dot_next + 1 + SIM_LEASE_BLOCK;
-        }
-        let c = run.dot_next;
-        run.dot_next += 1;
-        c
-    }
-
-    fn add_hint(&mut self, target: NodeId, key: &[u8]) {
-        let seq = self.mint();
-        self.durable.hints.insert((target, key.to_vec()), seq);
+        let mut outcome = run
+            .writer
+            .apply_batch(store, &[(key.to_vec(), write)], &mut |b| store.commit(b));
+        let result = outcome.results.pop().expect("one result per write");
+        (before, result.map_err(ErrorReply::from))
     }
 
     /// A queued write reaches the disk: apply it durably, then answer.
@@ -997,36 +992,35 @@ impl SimNode {
                 op,
                 tag,
             } => {
-                // A dot is spent even if the update is refused: counters only move forward.
-                let d = Dot::new(self.actor, self.mint());
-                let current = self.read_local(&key);
-                let applied = current.update(&ctx, d, payload.clone());
-                let (applied, twice) = match (cx.sabotage, applied) {
-                    // Applies the client's write a second time under a new dot, as a retried
-                    // forward whose first attempt did apply would.
-                    (Sabotage::ApplyTwice, Ok(once)) => {
-                        let d2 = Dot::new(self.actor, self.mint());
-                        (once.update(&ctx, d2, payload), Some(d2))
-                    }
-                    (_, applied) => (applied, None),
-                };
-                let result = match applied {
+                let (current, result) = self.write(&key, Write::Update { ctx, payload });
+                let result = match result {
                     Ok(next) => {
+                        // The dots this update minted: its new siblings (more than one only
+                        // under `Sabotage::ApplyTwice`).
+                        let old: Vec<Dot> = current.siblings().iter().map(|(d, _)| *d).collect();
+                        let actor = self.run().writer.actor();
+                        let minted: Vec<Dot> = next
+                            .siblings()
+                            .iter()
+                            .map(|(d, _)| *d)
+                            .filter(|d| d.actor == actor && !old.contains(d))
+                            .collect();
                         cx.w.logf(self.me(), || {
+                            let dots: Vec<String> = minted.iter().map(|d| dot(*d)).collect();
                             format!(
                                 "disk: update {} dot {} -> {}",
                                 key_str(&key),
-                                dot(d),
+                                dots.join(","),
                                 obj(&next)
                             )
                         });
                         cx.history.stored(self.ix, &key, &current, &next);
-                        self.durable.objects.insert(key, next.clone());
                         if let Some((req, write)) = tag {
-                            self.run().minted.insert(req, d);
-                            cx.history.minted(write, self.ix, d);
-                            if let Some(d2) = twice {
-                                cx.history.minted(write, self.ix, d2);
+                            if let Some(&first) = minted.first() {
+                                self.run().minted.insert(req, first);
+                            }
+                            for d in &minted {
+                                cx.history.minted(write, self.ix, *d);
                             }
                         }
                         Ok(ReplicaResult::Object(next))
@@ -1035,7 +1029,7 @@ impl SimNode {
                         cx.w.logf(self.me(), || {
                             format!("disk: update {} refused: {e}", key_str(&key))
                         });
-                        Err(version_error(e))
+                        Err(e)
                     }
                 };
                 self.run().coord.handle_result(op, result);
@@ -1047,26 +1041,9 @@ impl SimNode {
                 hint_for,
                 done,
             } => {
-                let current = self.read_local(&key);
-                let merged = match cx.sabotage {
-                    // Overwrites instead of merging: loses concurrent writes.
-                    Sabotage::OverwriteOnMerge => object.clone(),
-                    // Forgets a deleted key's tombstones when a copy arrives: the stale copy's
-                    // value comes back.
-                    Sabotage::ForgetTombstones
-                        if !current.is_empty() && current.live().is_empty() =>
-                    {
-                        object.clone()
-                    }
-                    _ => current.sync(&object),
-                };
-                let result = match merged.check_limits() {
-                    Ok(()) => {
-                        if let Some(target) = hint_for {
-                            if cx.sabotage != Sabotage::ForgetHints {
-                                self.add_hint(target, &key);
-                            }
-                        }
+                let (current, result) = self.write(&key, Write::Merge { object, hint_for });
+                let result = match result {
+                    Ok(merged) => {
                         cx.w.logf(self.me(), || {
                             format!(
                                 "disk: merge {}{} -> {}",
@@ -1077,14 +1054,13 @@ impl SimNode {
                             )
                         });
                         cx.history.stored(self.ix, &key, &current, &merged);
-                        self.durable.objects.insert(key, merged);
                         Ok(())
                     }
                     Err(e) => {
                         cx.w.logf(self.me(), || {
                             format!("disk: merge {} refused: {e}", key_str(&key))
                         });
-                        Err(version_error(e))
+                        Err(e)
                     }
                 };
                 match done {
@@ -1106,34 +1082,35 @@ impl SimNode {
             }
             DiskJob::AddHint { key, target } => {
                 self.run().hints_pending -= 1;
-                if cx.sabotage != Sabotage::ForgetHints {
-                    self.add_hint(target, &key);
-                }
-                cx.w.logf(self.me(), || {
-                    format!("disk: hint for {} {}", node(target), key_str(&key))
+                let (_, result) = self.write(&key, Write::AddHint { target });
+                // As the driver's hint writer: a hint that cannot be kept is logged; read
+                // repair still repairs the key.
+                cx.w.logf(self.me(), || match &result {
+                    Ok(_) => format!("disk: hint for {} {}", node(target), key_str(&key)),
+                    Err(e) => format!(
+                        "disk: could not keep a hint for {} {}: {e}",
+                        node(target),
+                        key_str(&key)
+                    ),
                 });
             }
             DiskJob::Reply { to, resp } => self.answer(cx, to, resp),
             DiskJob::HintDelivered { key, target, seq } => {
-                let k = (target, key);
-                if self.durable.hints.get(&k) == Some(&seq) {
-                    self.durable.hints.remove(&k);
-                    cx.w.logf(self.me(), || {
-                        format!(
-                            "disk: hint for {} {} delivered, deleted",
-                            node(target),
-                            key_str(&k.1)
-                        )
-                    });
-                } else {
-                    cx.w.logf(self.me(), || {
-                        format!(
-                            "disk: hint for {} {} renewed since, kept",
-                            node(target),
-                            key_str(&k.1)
-                        )
-                    });
-                }
+                let before = self.store.hint(target, &key).ok().flatten();
+                let (_, result) = self.write(&key, Write::HintDelivered { target, seq });
+                let deleted = before.is_some_and(|h| h.seq == seq) && result.is_ok();
+                cx.w.logf(self.me(), || {
+                    format!(
+                        "disk: hint for {} {} delivered, {}",
+                        node(target),
+                        key_str(&key),
+                        if deleted {
+                            "deleted"
+                        } else {
+                            "renewed since, kept"
+                        }
+                    )
+                });
             }
         }
     }
@@ -1217,10 +1194,7 @@ impl SimNode {
     }
 
     fn handoff_round(&mut self, cx: &mut Ctx) {
-        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
-        for (target, _) in self.durable.hints.keys() {
-            *counts.entry(*target).or_insert(0) += 1;
-        }
+        let counts = self.run().writer.hint_counts().clone();
         let now = cx.w.instant();
         let run = self.run();
         let liveness = &run.liveness;
@@ -1246,14 +1220,13 @@ impl SimNode {
             match action {
                 Action::ReadHints { target, limit } => {
                     let hints: Vec<HintRef> = self
-                        .durable
-                        .hints
-                        .range((target, Vec::new())..)
-                        .take_while(|((t, _), _)| *t == target)
-                        .take(limit)
-                        .map(|((_, key), seq)| HintRef {
-                            key: key.clone(),
-                            seq: *seq,
+                        .store
+                        .hints(target, limit)
+                        .expect("the simulated store does not fail")
+                        .into_iter()
+                        .map(|h| HintRef {
+                            key: h.key,
+                            seq: h.seq,
                         })
                         .collect();
                     cx.w.logf(self.me(), || {
