@@ -5,6 +5,7 @@
 //! nothing here may depend, even transitively, on an I/O crate (see `tests/tests/architecture.rs`).
 
 pub mod coordinator;
+pub mod driver;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;

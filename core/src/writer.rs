@@ -148,6 +148,13 @@ pub enum Sabotage {
     /// A key whose stored copy is only tombstones takes an incoming copy as it is instead of
     /// merging: a stale replica's value comes back after a delete.
     ForgetTombstones,
+    /// A client update ignores its context: what the client saw stays as a sibling of what it
+    /// wrote over it.
+    IgnoreContext,
+    /// A merge is acknowledged but not stored.
+    AckWithoutStoring,
+    /// A client update stores a value nobody wrote.
+    CorruptValue,
 }
 
 /// How a writer is set up.
@@ -369,9 +376,9 @@ impl Writer {
         dirty.sort();
         dirty.dedup();
         for key in dirty {
-            batch
-                .puts
-                .push((key.clone(), pending.objects[&key].encode()));
+            if let Some(object) = pending.objects.get(&key) {
+                batch.puts.push((key, object.encode()));
+            }
         }
         let mut hints: Vec<_> = pending.hints.into_iter().collect();
         // A deterministic order (the simulator replays bit for bit).
@@ -437,6 +444,12 @@ impl Writer {
             Write::Update { ctx, payload } => {
                 // A dot is spent even if the update is refused: counters only move forward.
                 let dot = Dot::new(self.actor, self.mint());
+                #[cfg(feature = "sabotage")]
+                let (ctx, payload) = match self.sabotage() {
+                    Sabotage::IgnoreContext => (&VClock::default(), payload),
+                    Sabotage::CorruptValue => (ctx, &Payload::Value(b"corrupt".to_vec())),
+                    _ => (ctx, payload),
+                };
                 let next = current.update(ctx, dot, payload.clone())?;
                 #[cfg(feature = "sabotage")]
                 let next = if self.sabotage() == Sabotage::ApplyTwice {
@@ -455,6 +468,10 @@ impl Writer {
                 merged.check_limits()?;
                 if let Some(target) = hint_for {
                     self.add_hint(store, pending, *target, key)?;
+                }
+                #[cfg(feature = "sabotage")]
+                if self.sabotage() == Sabotage::AckWithoutStoring {
+                    return Ok(merged);
                 }
                 merged
             }

@@ -29,8 +29,6 @@ use crate::version::{encode_context, Object};
 
 /// How long a finished stream waits for the peer to take the response.
 const STREAM_LINGER_MAX: Duration = Duration::from_secs(5);
-/// How long a forwarded request may take at the coordinating replica.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// How long shutdown waits for in-flight requests before closing connections anyway.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -538,11 +536,15 @@ impl Shared {
                 .clone()
                 .into_op()
                 .expect("gets, puts and deletes are key operations");
-            match self
-                .peers
-                .call(to, PeerRequest::Forward(op), FORWARD_TIMEOUT)
-                .await
-            {
+            // The request's own timeout plus a margin (a fixed 65 s outlasted every client).
+            let timeout_ms = match &req {
+                Request::Get { opts, .. } => opts.timeout_ms,
+                Request::Put { opts, .. } | Request::Delete { opts, .. } => opts.timeout_ms,
+                _ => None,
+            };
+            let timeout = crate::coordinator::request_timeout(timeout_ms)
+                + cairn_core::driver::FORWARD_TIMEOUT_MARGIN;
+            match self.peers.call(to, PeerRequest::Forward(op), timeout).await {
                 Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
                 // The write may have been applied there: applying it here too would make
                 // one client write two siblings. A read is safe to retry here.

@@ -52,6 +52,7 @@
 //! matching code in `node` (and `Options`).
 
 mod client;
+mod disk;
 mod fmt;
 mod history;
 mod msg;
@@ -90,10 +91,9 @@ pub struct Options {
     /// Let the fault injector crash a coordinator right after it acknowledged a write (with the
     /// probability the seed draws), while what it still has to make durable is queued.
     pub crash_after_ack: bool,
-    /// Drive the coordinator as `driver.rs` should (known bug 1 in `sim/tests/sim.rs`): a
-    /// reply waits until every hint issued before it is durable. `false` drives it as
-    /// `driver.rs` does today: the reply goes out while its hints are still queued.
-    pub hints_before_reply: bool,
+    /// The driver's bug of seed 106 put back (`DriverSabotage::AckDespiteFailedHint`): a
+    /// fallback acknowledges a write whose hint could not be kept.
+    pub ack_despite_failed_hint: bool,
     /// Coordinate a write only at a node that `route` chooses for it (known bug 2 in
     /// `tests/tests/coordinator.rs`): after a failed forward, and on receiving a forward, a node
     /// that is not among the key's chosen replicas refuses the write. `false` does as
@@ -103,6 +103,11 @@ pub struct Options {
     /// `server.rs` does since bug 3: it may have been applied there). `false` retries it here,
     /// as `server.rs` did before, which can apply one client write twice.
     pub forward_once: bool,
+    /// The faults added with the shared node core: disks that fail their commits for a while,
+    /// nodes paused and resumed, restarts right after a crash, and (drawn per seed) a small hint
+    /// store that fills up. `false` keeps the random choices of the seeds found before them
+    /// (the regression seeds of bug 1).
+    pub more_faults: bool,
 }
 
 impl Default for Options {
@@ -112,9 +117,10 @@ impl Default for Options {
             sabotage: Sabotage::None,
             crash_after_ack: true,
             // As node/src/driver.rs does: an ack waits for the hints issued before it.
-            hints_before_reply: true,
+            ack_despite_failed_hint: false,
             strict_routing: false,
             forward_once: true,
+            more_faults: true,
         }
     }
 }
@@ -142,13 +148,17 @@ pub struct Config {
     pub crash_after_ack: f64,
     /// Client think time, milliseconds.
     pub think_ms: (u64, u64),
+    /// Disk failures, pauses and quick restarts among the faults (`Options::more_faults`).
+    pub more_faults: bool,
+    /// Hints each node keeps per target (the writer refuses more).
+    pub hints_per_peer_max: u64,
 }
 
 impl Config {
     /// The configuration for `rng`'s seed.
-    fn draw(rng: &mut StdRng) -> Config {
+    fn draw(rng: &mut StdRng, more_faults: bool) -> Config {
         let faulty = rng.gen_bool(0.85);
-        Config {
+        let mut cfg = Config {
             nodes: rng.gen_range(3..=5),
             partitions: 16,
             replicas: 3,
@@ -185,13 +195,20 @@ impl Config {
                 0.0
             },
             think_ms: (0, rng.gen_range(10..=200)),
+            more_faults,
+            hints_per_peer_max: node::SIM_HINTS_PER_PEER_MAX,
+        };
+        // Drawn last, and only with the new faults, so the seeds before them keep their runs.
+        if more_faults && rng.gen_bool(0.3) {
+            cfg.hints_per_peer_max = rng.gen_range(1..=4);
         }
+        cfg
     }
 
     fn one_line(&self) -> String {
         format!(
             "nodes={} Q={} N={} clients={} ops={} keys={} drop={:.3} dup={:.3} slow={:.3} \
-             faults_every={:?}ms crash_after_ack={:.3}",
+             faults_every={:?}ms crash_after_ack={:.3} more_faults={} hints_max={}",
             self.nodes,
             self.partitions,
             self.replicas,
@@ -202,7 +219,9 @@ impl Config {
             self.net.duplicate,
             self.net.slow,
             self.fault_every_ms,
-            self.crash_after_ack
+            self.crash_after_ack,
+            self.more_faults,
+            self.hints_per_peer_max
         )
     }
 }
@@ -264,12 +283,14 @@ struct Sim {
     faults_on: bool,
     partition: u64,
     problems: Vec<Violation>,
+    /// Until when each node is paused (`Duration::ZERO`: running).
+    paused_until: Vec<Duration>,
 }
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cfg = Config::draw(&mut rng);
+    let mut cfg = Config::draw(&mut rng, opts.more_faults);
     if !opts.crash_after_ack {
         // Drawn all the same, so a seed's other choices do not depend on this option.
         cfg.crash_after_ack = 0.0;
@@ -292,6 +313,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         .collect();
     let clients = (0..cfg.clients).map(SimClient::new).collect();
     let w = World::new(rng, cfg.net.clone(), cfg.nodes, opts.trace);
+    let paused_until = vec![Duration::ZERO; ids.len()];
     let sim = Sim {
         ops_left: cfg.ops,
         cfg,
@@ -305,6 +327,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         faults_on: true,
         partition: 0,
         problems: Vec::new(),
+        paused_until,
     };
     sim.run_all(seed)
 }
@@ -449,6 +472,9 @@ impl Sim {
         );
         self.faults_on = false;
         self.w.reliable = true;
+        for n in &self.nodes {
+            n.store.set_failing(false);
+        }
         self.w.group.iter_mut().for_each(|g| *g = 0);
         for n in 0..self.nodes.len() {
             if !self.nodes[n].is_running() {
@@ -486,6 +512,7 @@ impl Sim {
             history,
             nodes,
             opts,
+            cfg,
             ..
         } = self;
         (
@@ -496,8 +523,9 @@ impl Sim {
                 ids,
                 history,
                 crash_after_ack,
+                hints_per_peer_max: cfg.hints_per_peer_max,
                 sabotage: opts.sabotage,
-                hints_before_reply: opts.hints_before_reply,
+                ack_despite_failed_hint: opts.ack_despite_failed_hint,
                 forward_once: opts.forward_once,
                 strict_routing: opts.strict_routing,
             },
@@ -538,6 +566,14 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Event) {
+        if let Some(n) = event.node() {
+            let until = self.paused_until[n];
+            if self.w.now < until && self.nodes[n].is_running() {
+                // A paused process handles nothing; its events wait for it, in order.
+                self.w.at(until, event);
+                return;
+            }
+        }
         match event {
             Event::Deliver(env) => {
                 if !env.body.is_ping() {
@@ -637,8 +673,31 @@ impl Sim {
                 if self.faults_on && self.nodes[n].is_running() {
                     let (node, mut cx) = self.split(n);
                     node.crash(&mut cx);
-                    let down_for = self.w.micros(200_000, 8_000_000);
+                    self.paused_until[n] = Duration::ZERO;
+                    // Sometimes back at once (issue 10's quick restart: peers still have
+                    // requests to it in flight).
+                    let down_for = if self.cfg.more_faults && self.w.chance(0.3) {
+                        self.w.micros(1_000, 50_000)
+                    } else {
+                        self.w.micros(200_000, 8_000_000)
+                    };
                     self.w.after(down_for, Event::Restart(n));
+                }
+            }
+            Event::DiskFails { node, failing } => {
+                if !failing || self.faults_on {
+                    self.nodes[node].store.set_failing(failing);
+                    self.w.logf(Addr::Node(node), || {
+                        format!("DISK {}", if failing { "FAILING" } else { "works again" })
+                    });
+                }
+            }
+            Event::Pause { node, until } => {
+                if self.faults_on && self.nodes[node].is_running() {
+                    self.paused_until[node] = until;
+                    self.w.logf(Addr::Node(node), || {
+                        format!("PAUSED until {:.3}s", until.as_secs_f64())
+                    });
                 }
             }
             Event::Restart(n) => {
@@ -663,7 +722,30 @@ impl Sim {
         }
         let roll = self.w.rng.gen_range(0..100);
         let nodes = self.nodes.len();
-        if roll < 45 {
+        if self.cfg.more_faults && roll < 20 {
+            let n = self.w.rng.gen_range(0..nodes);
+            let lasts = self.w.micros(100_000, 5_000_000);
+            if roll < 10 {
+                self.w.after(
+                    Duration::ZERO,
+                    Event::DiskFails {
+                        node: n,
+                        failing: true,
+                    },
+                );
+                self.w.after(
+                    lasts,
+                    Event::DiskFails {
+                        node: n,
+                        failing: false,
+                    },
+                );
+            } else {
+                let until = self.w.now + lasts;
+                self.w
+                    .after(Duration::ZERO, Event::Pause { node: n, until });
+            }
+        } else if roll < 45 {
             let n = self.w.rng.gen_range(0..nodes);
             self.w.after(Duration::ZERO, Event::Crash(n));
         } else if roll < 85 {

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use cairn_core::coordinator::Outcome;
+use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
 use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
 
@@ -60,6 +61,28 @@ impl ClientRequest {
     pub fn key(&self) -> &[u8] {
         match self {
             ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+        }
+    }
+
+    /// The node's job for it, and the history's name of a write.
+    pub fn into_job(self) -> (Job, Option<WriteId>) {
+        match self {
+            ClientRequest::Get { key, opts } => (Job::Get { key, opts }, None),
+            ClientRequest::Put {
+                key,
+                context,
+                payload,
+                opts,
+                write,
+            } => (
+                Job::Put {
+                    key,
+                    context,
+                    payload,
+                    opts,
+                },
+                Some(write),
+            ),
         }
     }
 }

@@ -13,34 +13,31 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cairn_core::coordinator::{
-    route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
-    REQUEST_TIMEOUT_MAX,
-};
+use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
+use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_core::store::{MemoryStore, Store};
-use cairn_core::version::{decode_context, Dot, Object, Payload, VClock};
+use cairn_core::store::Store;
+use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
-use cairn_proto::{ErrorReply, NodeId};
+use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::Ring;
 
+use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
 use super::history::{History, WriteId};
 use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq, PeerResp};
 use super::world::{ClientIx, Event, NodeIx, World};
 use super::Sabotage;
 
-/// How long a forwarded request may take at the coordinating replica (`server.rs`).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 /// Dots leased per lease extension. Much smaller than the node's `DOT_LEASE_BLOCK` so that
 /// runs cross many lease boundaries; the rule (persist the lease end before using a counter
 /// under it, restart at the lease end) is the writer's own.
 pub const SIM_LEASE_BLOCK: u64 = 5;
-/// Hints a simulated node keeps per target (the node's `HINTS_PER_PEER_MAX` is 100,000, which
-/// no run reaches).
+/// Hints a simulated node keeps per target unless the seed draws a small store (the node's
+/// `HINTS_PER_PEER_MAX` is 100,000, which no run reaches).
 pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
 
 /// What every node handler needs besides the node itself.
@@ -56,10 +53,12 @@ pub struct Ctx<'a> {
     /// Probability of crashing a coordinator right after it acknowledged a write (0 when faults
     /// are off).
     pub crash_after_ack: f64,
+    /// Hints each node keeps per target (drawn per seed; the writer refuses more).
+    pub hints_per_peer_max: u64,
     /// A deliberate bug in the simulated replica, to show the checker catches it.
     pub sabotage: Sabotage,
-    /// Replies wait until every hint issued before them is durable (see `Options`).
-    pub hints_before_reply: bool,
+    /// The driver's bug of seed 106 put back (see `Options`).
+    pub ack_despite_failed_hint: bool,
     /// A write whose forward went out unanswered is not coordinated again (see `Options`).
     pub forward_once: bool,
     /// Writes are coordinated only at a chosen replica (see `Options`).
@@ -104,17 +103,12 @@ pub enum DiskJob {
     },
     /// Keep a hint for `target` (the coordinator's `HintNeeded`).
     AddHint {
+        /// The driver's number for the hint.
+        seq: u64,
         /// The key.
         key: Vec<u8>,
         /// The replica that missed it.
         target: NodeId,
-    },
-    /// Not a write: a reply held back until everything queued before it is durable.
-    Reply {
-        /// Who gets it.
-        to: ReplyTo,
-        /// The answer.
-        resp: ClientResponse,
     },
     /// A handed-off key was acknowledged: delete the hint unless it was renewed since.
     HintDelivered {
@@ -182,7 +176,8 @@ enum Outgoing {
 
 /// The state a crash loses.
 pub struct Running {
-    coord: Coordinator,
+    /// The node's own request driver (`cairn_core::driver`, holding the coordinator).
+    driver: RequestDriver<ReplyTo>,
     /// The engine's writer over this node's store: it mints dots and hint renewals.
     writer: Writer,
     /// The node's own liveness policy (`cairn_core::liveness`), fed as `peers.rs` feeds it.
@@ -194,15 +189,13 @@ pub struct Running {
     /// Peer requests awaiting an answer: (peer, when it started, what it was for).
     outgoing: BTreeMap<u64, (NodeId, Duration, Outgoing)>,
     next_rid: u64,
-    requests: BTreeMap<RequestId, ReplyTo>,
-    next_req: u64,
     minted: BTreeMap<RequestId, Dot>,
     put_tag: Option<(RequestId, WriteId)>,
     coord_timer: Option<Duration>,
     disk_free_at: Duration,
     disk_pending: usize,
-    /// Hints queued for the disk and not yet durable.
-    hints_pending: usize,
+    /// Hints the disk finished (kept or failed), in issue order, for the driver.
+    hints_done: u64,
     /// The node's own hint delivery policy (`cairn_core::handoff`), carried out as
     /// `node/src/handoff.rs` does.
     handoff: Handoff,
@@ -219,7 +212,7 @@ pub struct SimNode {
     /// The epoch its store gets when fresh (it never loses its disk, so the epoch never changes).
     pub epoch: u64,
     /// What survives a crash: objects, hints and the node's metadata (epoch, dot lease end).
-    pub store: MemoryStore,
+    pub store: SimDisk,
     /// Incarnation: bumped by every crash, so events of an earlier life are ignored.
     pub gen: u64,
     /// The running process, `None` while crashed.
@@ -233,7 +226,7 @@ impl SimNode {
             ix,
             id,
             epoch,
-            store: MemoryStore::new(),
+            store: SimDisk::default(),
             gen: 0,
             run: None,
         }
@@ -283,28 +276,32 @@ impl SimNode {
             &self.store,
             self.id,
             self.epoch,
-            WriterConfig::new(SIM_LEASE_BLOCK, SIM_HINTS_PER_PEER_MAX).with_sabotage(cx.sabotage),
+            WriterConfig::new(SIM_LEASE_BLOCK, cx.hints_per_peer_max).with_sabotage(cx.sabotage),
         )
         .expect("the simulated store belongs to this node and does not fail");
         let meta = self.store.meta().ok().flatten();
         let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
         let hints: u64 = self.hint_counts().values().sum();
         self.run = Some(Running {
-            coord: Coordinator::new(self.id, cx.ring.clone()),
+            driver: {
+                let mut driver = RequestDriver::new(self.id, cx.ring.clone(), true);
+                if cx.ack_despite_failed_hint {
+                    driver.set_sabotage(DriverSabotage::AckDespiteFailedHint);
+                }
+                driver
+            },
             writer,
             liveness,
             peer_ids,
             pinging: BTreeSet::new(),
             outgoing: BTreeMap::new(),
             next_rid: 0,
-            requests: BTreeMap::new(),
-            next_req: 0,
             minted: BTreeMap::new(),
             put_tag: None,
             coord_timer: None,
             disk_free_at: now,
             disk_pending: 0,
-            hints_pending: 0,
+            hints_done: 0,
             handoff: Handoff::new(),
             handoff_arm: 0,
         });
@@ -329,7 +326,7 @@ impl SimNode {
                 "CRASH: lost {} queued disk writes, {} peer requests in flight, {} coordinated requests",
                 run.disk_pending,
                 run.outgoing.len(),
-                run.requests.len()
+                run.driver.coordinator().in_flight()
             )
         });
     }
@@ -337,7 +334,7 @@ impl SimNode {
     /// Whether nothing is in progress here (besides pings).
     pub fn idle(&self) -> bool {
         self.run.as_ref().is_some_and(|r| {
-            r.coord.in_flight() == 0
+            r.driver.is_idle()
                 && r.disk_pending == 0
                 && r.handoff.is_idle()
                 && r.outgoing
@@ -405,7 +402,9 @@ impl SimNode {
                     seq,
                     req: req.clone(),
                 };
-                self.request(cx, to_ix, PeerReq::Forward(req), out, FORWARD_TIMEOUT);
+                // As `server.rs`: the request's own timeout plus the core's margin.
+                let timeout = req.clone().into_job().0.forward_timeout();
+                self.request(cx, to_ix, PeerReq::Forward(req), out, timeout);
             }
             Route::Local => {
                 cx.w.logf(self.me(), || {
@@ -512,16 +511,17 @@ impl SimNode {
         self.mark(cx, peer, true, started, "");
         match out {
             Outgoing::Coord { op } => {
-                let result = match resp {
-                    Ok(PeerResp::Ack) => Ok(ReplicaResult::Ack),
-                    Ok(PeerResp::Object(o)) => Ok(ReplicaResult::Object(o)),
-                    Ok(other) => Err(ErrorReply::Malformed {
-                        reason: format!("peer answered {other:?}"),
-                    }),
-                    Err(e) => Err(e),
-                };
-                self.run().coord.handle_result(op, result);
-                self.pump(cx);
+                // On the wire as the node's peer protocol has it: an absent key as no bytes.
+                let answer = resp.map(|r| match r {
+                    PeerResp::Ack => PeerResponse::Ack,
+                    PeerResp::Object(o) if o.is_empty() => PeerResponse::Object(Vec::new()),
+                    PeerResp::Object(o) => PeerResponse::Object(o.encode()),
+                    PeerResp::Pong | PeerResp::Forwarded(_) => {
+                        unreachable!("replica requests are answered with acks and objects")
+                    }
+                });
+                self.run().driver.handle_peer_reply(op, answer);
+                self.drain(cx);
             }
             Outgoing::Repair => {}
             Outgoing::Ping => match resp {
@@ -577,8 +577,8 @@ impl SimNode {
                     node: node(peer),
                     reason,
                 };
-                self.run().coord.handle_result(op, Err(err));
-                self.pump(cx);
+                self.run().driver.handle_peer_failure(op, err);
+                self.drain(cx);
             }
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
@@ -651,16 +651,13 @@ impl SimNode {
         );
     }
 
-    // ---- coordination (driver.rs) ----
+    // ---- coordination (the core's request driver, run as node/src/driver.rs runs it) ----
 
     fn coordinate(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
         let me = self.id;
         let here = self.me();
         let now = cx.w.instant();
         let run = self.run();
-        let rid = RequestId(run.next_req);
-        run.next_req += 1;
-        run.requests.insert(rid, reply);
         let liveness = &run.liveness;
         let is_up = |id: NodeId| id == me || liveness.is_up(id);
         if cx.w.tracing()
@@ -669,212 +666,139 @@ impl SimNode {
         {
             cx.w.log(
                 here,
-                format!(
-                    "coordinating a write OFF its chosen replicas (req {})",
-                    rid.0
-                ),
+                "coordinating a write OFF its chosen replicas".to_owned(),
             );
         }
-        match req {
-            ClientRequest::Get { key, opts } => {
-                run.coord.handle_get(now, rid, key, &opts, &is_up);
-            }
-            ClientRequest::Put {
-                key,
-                context,
-                payload,
-                opts,
-                write,
-            } => match decode_context(&context) {
-                Ok(ctx) => {
-                    run.put_tag = Some((rid, write));
-                    let w = ClientWrite {
-                        key,
-                        ctx,
-                        payload,
-                        opts,
-                    };
-                    run.coord.handle_put(now, rid, w, &is_up);
-                }
-                Err(e) => {
-                    run.requests.remove(&rid);
-                    let resp = ClientResponse {
-                        result: Err(format!("bad context: {e}")),
-                        minted: None,
-                    };
-                    self.answer(cx, reply, resp);
-                    return;
-                }
-            },
-        }
-        self.pump(cx);
+        let (job, write) = req.into_job();
+        let rid = run.driver.handle_client(now, job, reply, &is_up);
+        run.put_tag = write.map(|w| (rid, w));
+        self.drain(cx);
     }
 
-    /// Carries out everything the coordinator asked for, as the driver's loop does after each
-    /// input: transmits, then hints, then outcomes; then re-arms its timer.
-    fn pump(&mut self, cx: &mut Ctx) {
-        let me = self.id;
+    /// Carries out everything the driver asked for, as `node/src/driver.rs` does after each
+    /// input; then re-arms its timer.
+    fn drain(&mut self, cx: &mut Ctx) {
         let gen = self.gen;
-        let mut transmits = Vec::new();
-        let mut hints = Vec::new();
-        let mut outcomes = Vec::new();
-        {
-            let run = self.run();
-            while let Some(t) = run.coord.poll_transmit() {
-                transmits.push(t);
-            }
-            while let Some(h) = run.coord.poll_hint() {
-                hints.push(h);
-            }
-            while let Some(o) = run.coord.poll_outcome() {
-                outcomes.push(o);
-            }
-        }
-        let mut local_failures = Vec::new();
-        for t in transmits {
-            if t.to == me {
-                match t.msg {
-                    ReplicaOp::Update { key, ctx, payload } => {
-                        let op = t.op.expect("an update is always answered");
-                        let tag = self.run().put_tag.take();
-                        assert!(
-                            tag.is_some(),
-                            "an Update transmit that no handle_put just asked for"
-                        );
-                        cx.w.logf(self.me(), || {
-                            format!(
-                                "local update {} queued for disk (op {})",
-                                key_str(&key),
-                                op.0
-                            )
-                        });
-                        self.queue_disk(
-                            cx,
-                            DiskJob::Update {
-                                key,
-                                ctx,
-                                payload,
-                                op,
-                                tag,
-                            },
-                        );
-                    }
-                    ReplicaOp::Replicate {
-                        key,
-                        object,
-                        hint_for,
-                    } => {
-                        self.queue_disk(
-                            cx,
-                            DiskJob::Merge {
-                                key,
-                                object,
-                                hint_for,
-                                done: MergeDone::Local(t.op),
-                            },
-                        );
-                    }
-                    ReplicaOp::Read { key } => {
-                        let op = t.op.expect("a read is always answered");
-                        let delay = cx.w.micros(5, 300);
-                        cx.w.after(
-                            delay,
-                            Event::LocalRead {
-                                node: self.ix,
-                                gen,
-                                op,
-                                key,
-                            },
-                        );
-                    }
+        while let Some(output) = self.run().driver.poll_output() {
+            match output {
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Write(Write::Update { ctx, payload }),
+                } => {
+                    let op = op.expect("an update is always answered");
+                    let tag = self.run().put_tag.take();
+                    assert!(
+                        tag.is_some(),
+                        "an Update that no handle_client just asked for"
+                    );
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "local update {} queued for disk (op {})",
+                            key_str(&key),
+                            op.0
+                        )
+                    });
+                    self.queue_disk(
+                        cx,
+                        DiskJob::Update {
+                            key,
+                            ctx,
+                            payload,
+                            op,
+                            tag,
+                        },
+                    );
                 }
-            } else {
-                let to = cx.ix(t.to);
-                let out = match t.op {
-                    Some(op) => Outgoing::Coord { op },
-                    None => Outgoing::Repair,
-                };
-                let req = match t.msg {
-                    ReplicaOp::Update { .. } => {
-                        // `driver::execute_remote` refuses to send it.
-                        if let Some(op) = t.op {
-                            local_failures.push((
-                                op,
-                                ErrorReply::Malformed {
-                                    reason: "updates are applied by the coordinating replica only"
-                                        .into(),
-                                },
-                            ));
-                        }
-                        continue;
-                    }
-                    ReplicaOp::Replicate {
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Write(Write::Merge { object, hint_for }),
+                } => self.queue_disk(
+                    cx,
+                    DiskJob::Merge {
                         key,
                         object,
                         hint_for,
-                    } => PeerReq::Replicate {
-                        key,
-                        object,
-                        hint_for,
+                        done: MergeDone::Local(op),
                     },
-                    ReplicaOp::Read { key } => PeerReq::Read { key },
-                };
-                self.request(cx, to, req, out, REQUEST_TIMEOUT_MAX);
+                ),
+                Output::Local {
+                    work: LocalOp::Write(other),
+                    ..
+                } => unreachable!("the driver asks only for updates and merges: {other:?}"),
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Read,
+                } => {
+                    let Some(op) = op else { continue };
+                    let delay = cx.w.micros(5, 300);
+                    cx.w.after(
+                        delay,
+                        Event::LocalRead {
+                            node: self.ix,
+                            gen,
+                            op,
+                            key,
+                        },
+                    );
+                }
+                Output::SendPeer {
+                    op,
+                    to,
+                    request,
+                    timeout,
+                } => {
+                    let req = match request {
+                        PeerRequest::Replicate {
+                            key,
+                            object,
+                            hint_for,
+                        } => PeerReq::Replicate {
+                            key,
+                            object: Object::decode(&object).expect("the driver encodes objects"),
+                            hint_for,
+                        },
+                        PeerRequest::Read { key } => PeerReq::Read { key },
+                        other => unreachable!("the driver sends replica requests only: {other:?}"),
+                    };
+                    let out = match op {
+                        Some(op) => Outgoing::Coord { op },
+                        None => Outgoing::Repair,
+                    };
+                    let to = cx.ix(to);
+                    self.request(cx, to, req, out, timeout);
+                }
+                Output::Hint { seq, key, target } => {
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "coordinator: hint needed for {} {}",
+                            node(target),
+                            key_str(&key)
+                        )
+                    });
+                    self.queue_disk(cx, DiskJob::AddHint { seq, key, target });
+                }
+                Output::Reply { req, to, result } => {
+                    let minted = self.run().minted.remove(&req);
+                    let resp = ClientResponse {
+                        result: result.map_err(|e| e.to_string()),
+                        minted,
+                    };
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "outcome req {}: {}",
+                            req.0,
+                            super::msg::describe_resp(&resp)
+                        )
+                    });
+                    self.answer(cx, to, resp);
+                }
             }
         }
         self.run().put_tag = None;
-        for h in hints {
-            cx.w.logf(self.me(), || {
-                format!(
-                    "coordinator: hint needed for {} {}",
-                    node(h.target),
-                    key_str(&h.key)
-                )
-            });
-            self.run().hints_pending += 1;
-            self.queue_disk(
-                cx,
-                DiskJob::AddHint {
-                    key: h.key,
-                    target: h.target,
-                },
-            );
-        }
-        // Every hint issued so far must be durable before a reply goes out.
-        let hold_replies = cx.hints_before_reply && self.run().hints_pending > 0;
-        for (req, outcome) in outcomes {
-            let run = self.run();
-            let minted = run.minted.remove(&req);
-            let reply = run.requests.remove(&req);
-            let resp = ClientResponse {
-                result: outcome.map_err(|e| e.to_string()),
-                minted,
-            };
-            cx.w.logf(self.me(), || {
-                format!(
-                    "outcome req {}: {}",
-                    req.0,
-                    super::msg::describe_resp(&resp)
-                )
-            });
-            match reply {
-                // The disk is FIFO: the reply goes out once the hints queued above are durable.
-                Some(to) if hold_replies => self.queue_disk(cx, DiskJob::Reply { to, resp }),
-                Some(reply) => self.answer(cx, reply, resp),
-                None => {
-                    cx.w.log(self.me(), format!("outcome for unknown request {}", req.0))
-                }
-            }
-        }
-        if !local_failures.is_empty() {
-            for (op, err) in local_failures {
-                self.run().coord.handle_result(op, Err(err));
-            }
-            // Those answers may have produced more work; that pump re-arms the timer.
-            self.pump(cx);
-            return;
-        }
-        if let Some(deadline) = self.run().coord.poll_timeout() {
+        if let Some(deadline) = self.run().driver.poll_timeout() {
             let at = cx.w.virtual_of(deadline);
             let run = self.run();
             if run.coord_timer.is_none_or(|t| at < t) {
@@ -926,12 +850,12 @@ impl SimNode {
         if run.coord_timer.is_some_and(|t| t <= now) {
             run.coord_timer = None;
         }
-        let pending = run.coord.in_flight();
-        run.coord.handle_timeout(instant);
+        let pending = run.driver.coordinator().in_flight();
+        run.driver.handle_tick(instant);
         cx.w.logf(self.me(), || {
             format!("coordinator timer ({pending} requests in flight)")
         });
-        self.pump(cx);
+        self.drain(cx);
     }
 
     /// A local read finished.
@@ -941,9 +865,9 @@ impl SimNode {
             format!("local read {} -> {}", key_str(&key), obj(&copy))
         });
         self.run()
-            .coord
-            .handle_result(op, Ok(ReplicaResult::Object(copy)));
-        self.pump(cx);
+            .driver
+            .handle_local(op, Ok(ReplicaResult::Object(copy)));
+        self.drain(cx);
     }
 
     // ---- the disk (engine.rs) ----
@@ -1032,8 +956,8 @@ impl SimNode {
                         Err(e)
                     }
                 };
-                self.run().coord.handle_result(op, result);
-                self.pump(cx);
+                self.run().driver.handle_local(op, result);
+                self.drain(cx);
             }
             DiskJob::Merge {
                 key,
@@ -1066,8 +990,8 @@ impl SimNode {
                 match done {
                     MergeDone::Local(Some(op)) => {
                         let result = result.map(|()| ReplicaResult::Ack);
-                        self.run().coord.handle_result(op, result);
-                        self.pump(cx);
+                        self.run().driver.handle_local(op, result);
+                        self.drain(cx);
                     }
                     MergeDone::Local(None) => {}
                     MergeDone::Peer { node, gen, rid } => {
@@ -1080,8 +1004,7 @@ impl SimNode {
                     }
                 }
             }
-            DiskJob::AddHint { key, target } => {
-                self.run().hints_pending -= 1;
+            DiskJob::AddHint { seq, key, target } => {
                 let (_, result) = self.write(&key, Write::AddHint { target });
                 // As the driver's hint writer: a hint that cannot be kept is logged; read
                 // repair still repairs the key.
@@ -1093,8 +1016,17 @@ impl SimNode {
                         key_str(&key)
                     ),
                 });
+                // Kept or not, it is done: replies held for it may go (a failure first).
+                if let Err(e) = result {
+                    let reason = format!("hint for {}: {e}", node(target));
+                    self.run().driver.handle_hint_failed(seq, key, reason);
+                }
+                let run = self.run();
+                run.hints_done += 1;
+                let done = run.hints_done;
+                run.driver.handle_hints_done(done);
+                self.drain(cx);
             }
-            DiskJob::Reply { to, resp } => self.answer(cx, to, resp),
             DiskJob::HintDelivered { key, target, seq } => {
                 let before = self.store.hint(target, &key).ok().flatten();
                 let (_, result) = self.write(&key, Write::HintDelivered { target, seq });

@@ -93,6 +93,21 @@ pub enum Event {
     Crash(NodeIx),
     /// A crashed node restarts.
     Restart(NodeIx),
+    /// A node's disk starts (`true`) or stops failing its commits.
+    DiskFails {
+        /// The node.
+        node: NodeIx,
+        /// Whether commits fail from now on.
+        failing: bool,
+    },
+    /// A node stops running (as SIGSTOP or a long GC pause) until `until`: its events wait,
+    /// nothing is lost.
+    Pause {
+        /// The node.
+        node: NodeIx,
+        /// When it resumes.
+        until: Duration,
+    },
     /// The installed partition heals.
     Heal {
         /// Which partition (a later one may have replaced it).
@@ -104,6 +119,25 @@ struct Scheduled {
     at: Duration,
     seq: u64,
     event: Event,
+}
+
+impl Event {
+    /// The node whose process handles this event, if one does.
+    pub fn node(&self) -> Option<NodeIx> {
+        match self {
+            Event::Deliver(env) => match env.to {
+                Addr::Node(n) => Some(n),
+                Addr::Client(_) => None,
+            },
+            Event::Disk { node, .. }
+            | Event::LocalRead { node, .. }
+            | Event::CoordTimer { node, .. }
+            | Event::RequestFailed { node, .. }
+            | Event::ProbeTick { node, .. }
+            | Event::HandoffTick { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
 }
 
 impl PartialEq for Scheduled {
