@@ -130,6 +130,10 @@ pub struct History {
     by_dot: BTreeMap<(ActorId, u64), WriteId>,
     /// Violations found while the run went on (phantoms, bad acknowledgements).
     pub online: Vec<Violation>,
+    /// The nodes whose store holds each dot as a sibling (since their last data loss).
+    holders: BTreeMap<(ActorId, u64), std::collections::BTreeSet<NodeIx>>,
+    /// Dots every holder of which lost its data directory: a write may be lost with them.
+    orphaned: std::collections::BTreeSet<(ActorId, u64)>,
 }
 
 fn covers(vv: &VClock, d: Dot) -> bool {
@@ -273,8 +277,27 @@ impl History {
             .collect()
     }
 
+    /// Node `node` lost its data directory: the dots only it held are gone with it.
+    pub fn wiped(&mut self, node: NodeIx) {
+        for (d, nodes) in &mut self.holders {
+            if nodes.remove(&node) && nodes.is_empty() {
+                self.orphaned.insert(*d);
+            }
+        }
+    }
+
+    /// Whether every node that stored dot `d` lost its data since (so rules 1 and 4 excuse it).
+    fn orphaned(&self, d: Dot) -> bool {
+        self.orphaned.contains(&(d.actor, d.counter))
+    }
+
     /// Replica `node` replaces its object for `key`, `old`, with `new` (rule 6).
     pub fn stored(&mut self, node: NodeIx, key: &[u8], old: &Object, new: &Object) {
+        for (d, _) in new.siblings() {
+            let id = (d.actor, d.counter);
+            self.holders.entry(id).or_default().insert(node);
+            self.orphaned.remove(&id);
+        }
         let seen = old.join();
         let old_sibs: Vec<Dot> = old.siblings().into_iter().map(|(d, _)| d).collect();
         let deleted = !old.is_empty() && old.live().is_empty();
@@ -402,7 +425,7 @@ impl History {
                     );
                     continue;
                 };
-                if sibs.iter().any(|(s, _)| *s == d) {
+                if sibs.iter().any(|(s, _)| *s == d) || self.orphaned(d) {
                     continue;
                 }
                 let superseded_by = writes
@@ -458,7 +481,10 @@ impl History {
             }
 
             // Rule 4: nothing a write that took effect saw comes back.
-            for w2 in writes.iter().filter(|w2| took_effect(w2)) {
+            for w2 in writes
+                .iter()
+                .filter(|w2| took_effect(w2) && !w2.minted.iter().any(|(_, m)| self.orphaned(*m)))
+            {
                 for (d, p) in &sibs {
                     if covers(&w2.ctx, *d) && !w2.minted.iter().any(|(_, m)| m == d) {
                         let rule = if w2.payload == Payload::Tombstone {

@@ -338,7 +338,7 @@ impl Sim {
             .log("sim", format!("seed {seed}: {}", self.cfg.one_line()));
         for n in 0..self.nodes.len() {
             let (node, mut cx) = self.split(n);
-            node.start(&mut cx);
+            assert!(node.start(&mut cx), "a fresh node on a healthy disk starts");
         }
         for c in 0..self.clients.len() {
             let delay = self.w.micros(0, 10_000);
@@ -479,7 +479,7 @@ impl Sim {
         for n in 0..self.nodes.len() {
             if !self.nodes[n].is_running() {
                 let (node, mut cx) = self.split(n);
-                node.start(&mut cx);
+                assert!(node.start(&mut cx), "disks are healed before the restarts");
             }
         }
     }
@@ -674,6 +674,15 @@ impl Sim {
                     let (node, mut cx) = self.split(n);
                     node.crash(&mut cx);
                     self.paused_until[n] = Duration::ZERO;
+                    // Sometimes the data directory is lost with the process: the node comes
+                    // back empty, under a new epoch.
+                    if self.cfg.more_faults && self.w.chance(0.15) {
+                        let epoch = self.w.rng.gen::<u64>().max(1);
+                        self.nodes[n].lose_data(epoch);
+                        self.history.wiped(n);
+                        self.w
+                            .log(Addr::Node(n), "DATA DIR LOST: restarts empty, new epoch");
+                    }
                     // Sometimes back at once (issue 10's quick restart: peers still have
                     // requests to it in flight).
                     let down_for = if self.cfg.more_faults && self.w.chance(0.3) {
@@ -703,7 +712,9 @@ impl Sim {
             Event::Restart(n) => {
                 if !self.nodes[n].is_running() {
                     let (node, mut cx) = self.split(n);
-                    node.start(&mut cx);
+                    if !node.start(&mut cx) {
+                        self.w.after(Duration::from_secs(1), Event::Restart(n));
+                    }
                 }
             }
             Event::Heal { id } => {

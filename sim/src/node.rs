@@ -209,7 +209,7 @@ pub struct SimNode {
     pub ix: NodeIx,
     /// Its id.
     pub id: NodeId,
-    /// The epoch its store gets when fresh (it never loses its disk, so the epoch never changes).
+    /// The epoch its store gets when fresh (a new one after its data directory is lost).
     pub epoch: u64,
     /// What survives a crash: objects, hints and the node's metadata (epoch, dot lease end).
     pub store: SimDisk,
@@ -259,8 +259,9 @@ impl SimNode {
         self.run.is_some()
     }
 
-    /// Starts the process (first start or restart after a crash).
-    pub fn start(&mut self, cx: &mut Ctx) {
+    /// Starts the process (first start or restart after a crash); false if it could not start
+    /// (a fresh store whose disk fails cannot record its metadata).
+    pub fn start(&mut self, cx: &mut Ctx) -> bool {
         assert!(self.run.is_none(), "node started twice");
         let now = cx.w.now;
         let instant = cx.w.instant();
@@ -272,13 +273,19 @@ impl SimNode {
             liveness.handle_gossip(instant, id, true, true);
         }
         while liveness.poll_transition().is_some() {}
-        let writer = Writer::open(
+        let writer = match Writer::open(
             &self.store,
             self.id,
             self.epoch,
             WriterConfig::new(SIM_LEASE_BLOCK, cx.hints_per_peer_max).with_sabotage(cx.sabotage),
-        )
-        .expect("the simulated store belongs to this node and does not fail");
+        ) {
+            Ok(writer) => writer,
+            Err(e) => {
+                // As `Node::start` failing on its engine: the process exits; try again later.
+                cx.w.logf(self.me(), || format!("START failed: {e}"));
+                return false;
+            }
+        };
         let meta = self.store.meta().ok().flatten();
         let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
         let hints: u64 = self.hint_counts().values().sum();
@@ -315,6 +322,18 @@ impl SimNode {
         let gen = self.gen;
         cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
         self.arm_handoff(cx, HANDOFF_INTERVAL);
+        true
+    }
+
+    /// The data directory is gone (the process is down): the node restarts with an empty
+    /// store and mints dots under `epoch`.
+    pub fn lose_data(&mut self, epoch: u64) {
+        assert!(
+            self.run.is_none(),
+            "data is lost only while the node is down"
+        );
+        self.store = SimDisk::default();
+        self.epoch = epoch;
     }
 
     /// Crashes the process: everything not durable is gone.

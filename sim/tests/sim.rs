@@ -4,7 +4,7 @@
 //!
 //! - `CAIRN_SIM_SEED=<seed>`: run only that seed; its whole trace is written to
 //!   `target/tmp/<suite>-seed-<seed>.trace` and printed if it fails.
-//! - `CAIRN_SIM_SEEDS=<count>`: sweep that many seeds (default 300), starting at
+//! - `CAIRN_SIM_SEEDS=<count>`: sweep that many seeds (default 500), starting at
 //!   `CAIRN_SIM_SEED_BASE` (default 0), e.g. `CAIRN_SIM_SEEDS=5000` for a long sweep.
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use std::time::Instant;
 use cairn_sim::{run, Options, Report, Sabotage};
 
 /// Seeds a sweep runs when `CAIRN_SIM_SEEDS` is not set (each suite below runs them all).
-const SEEDS_DEFAULT: u64 = 300;
+const SEEDS_DEFAULT: u64 = 500;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -394,6 +394,10 @@ fn runs_exercise_the_interesting_paths() {
     let mut crashes = 0;
     let mut partitions = 0;
     let mut handoffs = 0;
+    let mut data_lost = 0;
+    let mut disk_failures = 0;
+    let mut pauses = 0;
+    let mut hints_refused = 0;
     for seed in 0..20 {
         let r = run(
             seed,
@@ -418,11 +422,26 @@ fn runs_exercise_the_interesting_paths() {
             .iter()
             .filter(|l| l.contains("delivered, deleted"))
             .count();
+        let count = |what: &str| r.trace.iter().filter(|l| l.contains(what)).count();
+        data_lost += count("DATA DIR LOST");
+        disk_failures += count("simulated disk write failure");
+        pauses += count("PAUSED until");
+        hints_refused += count("hint store for node");
     }
     println!(
         "acked={acked} failed={failed} unknown={unknown} sibling_reads={sibling_reads} \
-         crashes={crashes} partitions={partitions} handoffs={handoffs}"
+         crashes={crashes} partitions={partitions} handoffs={handoffs} data_lost={data_lost} \
+         disk_failures={disk_failures} pauses={pauses} hints_refused={hints_refused}"
     );
+    // Rarer faults: each must happen at least once in these seeds.
+    for (what, n) in [
+        ("data directories lost", data_lost),
+        ("failed disk writes", disk_failures),
+        ("pauses", pauses),
+        ("hints refused by a full hint store", hints_refused),
+    ] {
+        assert!(n >= 1, "no {what} in 20 seeds");
+    }
     for (what, n) in [
         ("acknowledged writes", acked),
         ("failed writes", failed),
