@@ -30,6 +30,7 @@ use crate::coordinator::{
     request_timeout, ClientWrite, Coordinator, CoordinatorError, OpId, Outcome, ReplicaOp,
     ReplicaResult, RequestId, REQUEST_TIMEOUT_MAX,
 };
+use crate::peer::PeerError;
 use crate::version::{decode_context, Object, Payload};
 use crate::writer::{Write, WriteError};
 
@@ -309,10 +310,10 @@ impl<T> RequestDriver<T> {
         self.pump();
     }
 
-    /// No answer came from the peer for op `op`: the transport's error, as the reply a client
-    /// would see for it (`ErrorReply::Unreachable` naming the node and why).
-    pub fn handle_peer_failure(&mut self, op: OpId, failure: ErrorReply) {
-        self.coord.handle_result(op, Err(failure));
+    /// No answer came from the peer for op `op` (the transport's error; a client sees it as
+    /// `ErrorReply::Unreachable` naming the node and why).
+    pub fn handle_peer_failure(&mut self, op: OpId, failure: PeerError) {
+        self.coord.handle_result(op, Err(failure.into()));
         self.pump();
     }
 

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;
+pub mod peer;
 pub mod store;
 pub mod version;
 pub mod writer;

@@ -108,7 +108,7 @@ enum Answer {
     /// The peer answered (an error answer is its refusal).
     Peer(OpId, Result<PeerResponse, ErrorReply>),
     /// No answer came from the peer.
-    PeerFailed(OpId, ErrorReply),
+    PeerFailed(OpId, crate::peers::PeerError),
 }
 
 async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled: Arc<Unsettled>) {
@@ -224,7 +224,7 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                         if let Some(op) = op {
                             let answer = match answer {
                                 Ok(answer) => Answer::Peer(op, answer),
-                                Err(failure) => Answer::PeerFailed(op, failure.into()),
+                                Err(failure) => Answer::PeerFailed(op, failure),
                             };
                             let _ = results.send(answer).await;
                         }

@@ -75,7 +75,7 @@ pub use world::NetConfig;
 use client::{ClientCtx, SimClient};
 use msg::{Addr, Body, ClientResponse};
 use node::{Ctx, SimNode};
-use world::{Event, World};
+use world::{Event, TransportFailure, World};
 
 /// A deliberate bug in the node's writer (`cairn_core::writer`, built with its `sabotage`
 /// feature), to show that the checker catches it.
@@ -597,7 +597,7 @@ impl Sim {
                                         node: from,
                                         gen: *gen,
                                         rid: *rid,
-                                        reason: "no connection",
+                                        failure: TransportFailure::NoConnection,
                                     },
                                 );
                             }
@@ -650,9 +650,9 @@ impl Sim {
                 node,
                 gen,
                 rid,
-                reason,
+                failure,
             } => {
-                self.on_node(node, gen, |n, cx| n.on_request_failed(cx, rid, reason));
+                self.on_node(node, gen, |n, cx| n.on_request_failed(cx, rid, failure));
             }
             Event::ProbeTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_probe_tick(cx));

@@ -17,8 +17,9 @@ use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Ro
 use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_core::liveness::{Liveness, Transition};
+use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
+use cairn_core::peer::PeerError;
 use cairn_core::store::Store;
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
@@ -29,7 +30,7 @@ use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
 use super::history::{History, WriteId};
 use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq, PeerResp};
-use super::world::{ClientIx, Event, NodeIx, World};
+use super::world::{ClientIx, Event, NodeIx, TransportFailure, World};
 use super::Sabotage;
 
 /// Dots leased per lease extension. Much smaller than the node's `DOT_LEASE_BLOCK` so that
@@ -584,19 +585,26 @@ impl SimNode {
     }
 
     /// The transport gave up on request `rid` (`Peers::request`: marks the peer down).
-    pub fn on_request_failed(&mut self, cx: &mut Ctx, rid: u64, reason: &str) {
+    pub fn on_request_failed(&mut self, cx: &mut Ctx, rid: u64, failure: TransportFailure) {
         let Some((peer, started, out)) = self.run().outgoing.remove(&rid) else {
             return;
         };
-        let reason = reason.to_owned();
+        // What `Peers::call` reports for it.
+        let error = match failure {
+            TransportFailure::NoConnection => PeerError::Connect {
+                node: node(peer),
+                reason: format!("no connection within {PEER_CONNECT_TIMEOUT:?}"),
+            },
+            TransportFailure::NoAnswer => PeerError::Timeout {
+                node: node(peer),
+                after: cx.w.now.saturating_sub(started),
+            },
+        };
+        let reason = error.to_string();
         self.mark(cx, peer, false, started, &reason);
         match out {
             Outgoing::Coord { op } => {
-                let err = ErrorReply::Unreachable {
-                    node: node(peer),
-                    reason,
-                };
-                self.run().driver.handle_peer_failure(op, err);
+                self.run().driver.handle_peer_failure(op, error);
                 self.drain(cx);
             }
             Outgoing::Repair => {}
@@ -607,7 +615,7 @@ impl SimNode {
                 // Only a forward that never reached a process is coordinated here.
                 if cx.forward_once
                     && matches!(req, ClientRequest::Put { .. })
-                    && reason != "no connection"
+                    && error.may_have_arrived()
                 {
                     cx.w.logf(self.me(), || {
                         format!("forward failed ({reason}) after it went out; write not retried")
@@ -627,14 +635,9 @@ impl SimNode {
                 });
                 self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
             }
-            Outgoing::Handoff => self.handoff_answer(
-                cx,
-                peer,
-                Answer::from_error(&ErrorReply::Unreachable {
-                    node: node(peer),
-                    reason,
-                }),
-            ),
+            Outgoing::Handoff => {
+                self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
+            }
         }
     }
 
@@ -665,7 +668,7 @@ impl SimNode {
                 node: self.ix,
                 gen,
                 rid,
-                reason: "no answer in time",
+                failure: TransportFailure::NoAnswer,
             },
         );
     }

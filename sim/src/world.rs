@@ -19,6 +19,15 @@ pub type NodeIx = usize;
 /// Index of a simulated client.
 pub type ClientIx = usize;
 
+/// How a simulated peer request failed, as the transport sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// Nothing listens at the peer: the connection attempt failed, nothing was sent.
+    NoConnection,
+    /// The request went out and no answer came in time.
+    NoAnswer,
+}
+
 /// Something that happens at an instant of virtual time.
 #[derive(Debug)]
 pub enum Event {
@@ -59,8 +68,8 @@ pub enum Event {
         gen: u64,
         /// The request.
         rid: u64,
-        /// What the transport reports.
-        reason: &'static str,
+        /// What the transport saw.
+        failure: TransportFailure,
     },
     /// The liveness probe loop ticks.
     ProbeTick {
