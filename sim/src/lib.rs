@@ -1,14 +1,8 @@
-//! A deterministic whole-cluster simulator: the node's own pure core (`cairn_core`'s coordinator,
-//! versioning, hint-delivery and liveness machines, and the real ring) for several nodes, over
-//! virtual time and a seeded faulty network (drops, duplicates, delays that reorder, partitions,
-//! crashes and restarts that lose what was not durable), with random clients and a history
-//! checker (see `history`).
-//!
-//! Not yet the whole node: the glue between those machines (`driver.rs` carrying out the
-//! coordinator's transmits, the engine's writer, `server.rs`'s routing) is still re-enacted in
-//! `node.rs` below, because that glue lives in `cairn-node` with tokio and redb. Moving it into
-//! `cairn-core` as one `NodeCore` that both drive is the open part of issue 10; until then a bug
-//! in that glue is one this simulator cannot see.
+//! A deterministic whole-cluster simulator: the node's own pure core (`cairn_core`'s request
+//! driver with its coordinator, the writer over a synchronous store, versioning, the
+//! hint-delivery and liveness policies, and the real ring) for several nodes, over virtual time,
+//! a seeded faulty network and in-memory disks, with random clients and a history checker (see
+//! `history`). This crate depends on no I/O crate (`tests/tests/architecture.rs` checks it).
 //!
 //! A run is a pure function of its seed: the cluster shape, the network's faults, the clients'
 //! operations and every timing come from one `StdRng`, and events at the same instant run in the
@@ -17,39 +11,35 @@
 //!
 //! Phases of a run:
 //! 1. *Active*: clients issue their operations while the fault injector crashes and restarts
-//!    nodes and installs and heals partitions.
-//! 2. *Heal*: partitions heal, crashed nodes restart, the network stops dropping and
+//!    nodes (sometimes at once, sometimes with the data directory lost), pauses them, makes
+//!    their disks fail for a while, and installs and heals partitions.
+//! 2. *Heal*: partitions heal, disks work, crashed nodes restart, the network stops dropping and
 //!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
 //!    up, every hint delivered).
-//! 3. *Repair*: there is no anti-entropy yet, so a verifier reads every key written with R = N
+//! 3. *Repair*: there is no anti-entropy here, so a verifier reads every key written with R = N
 //!    (read repair), and the run waits for quiet again.
 //! 4. *Check*: the history checker judges what every primary holds.
 //!
-//! What is modelled, and where (each mirrors a file of `node/src`):
-//! - `node`: per node the real `Coordinator`, driven as `driver.rs` drives it (local ops are
-//!   transmits to itself; hints are separate writes); `server.rs`'s routing (forward to the
-//!   first chosen replica, coordinate locally when that fails); the engine's durability (one
-//!   FIFO disk queue per node, a write durable and acknowledged only when its disk event runs,
-//!   lost if the node crashes first; dots and hint sequence numbers from one leased counter that
-//!   a restart resumes at the persisted lease end); liveness is the node's own policy
-//!   (`cairn_core::liveness`, fed as `peers.rs` feeds it; with no gossip here every peer counts
-//!   as alive and suspect, so probes find a dead one: any answer marks a peer up, a failed
-//!   exchange marks it down unless a newer one succeeded, down peers are pinged with doubling
-//!   backoff); hinted handoff is the node's own policy (`cairn_core::handoff`: per target one
-//!   key at a time, refused hints set aside, a failure ending the target's round), carried out
-//!   as `handoff.rs` does, the hint deleted only if its sequence number is unchanged.
-//! - `world`: virtual time, the event queue, the network: per-message delay, loss,
-//!   duplicated answers (never requests), slow messages that reorder, partitions between groups of nodes; a request to
-//!   a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition times out.
+//! What runs the node's own code, and what is still this simulator's:
+//! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
+//!   fallback's ack failed when its hint could not be kept), carried out as
+//!   `node/src/driver.rs` carries out its outputs; the core's `Writer` applying each queued
+//!   write (one per batch, FIFO, like the engine's single writer thread without group commit)
+//!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
+//!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
+//!   and `handoff.rs` do (that glue, and `server.rs`'s routing and peer handlers, is still
+//!   this crate's own: forward to the first chosen replica, coordinate here when the forward
+//!   never left). With no gossip here every peer counts as alive and suspect, so probes find a
+//!   dead one.
+//! - `world`: virtual time, the event queue, the network: per-message delay, loss, duplicated
+//!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
+//!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
+//!   times out; a paused node's events wait until it resumes.
+//! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
-//! Not modelled: membership changes, anti-entropy, disks that fail or are lost (a node's epoch
-//! never changes), limits other than the object's (`SIBLINGS_MAX` and friends are real).
-//!
-//! The ring, the coordinator, the versioning, the liveness and handoff policies are the node's
-//! own code (`cairn-core`); the drivers around them are still re-enacted here. When `driver.rs`,
-//! `server.rs`, `engine.rs`, `peers.rs` or `handoff.rs` change what they do, change the
-//! matching code in `node` (and `Options`).
+//! Not modelled: gossip membership and membership changes, anti-entropy, layout changes, limits
+//! other than the object's and the hint store's.
 
 mod client;
 mod disk;

@@ -1,9 +1,9 @@
-//! One simulated node: the real `Coordinator`, ring and handoff policy, driven the way
-//! `node/src/driver.rs`, `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over
-//! an in-memory store.
+//! One simulated node: the core's request driver, writer, liveness and handoff policies,
+//! carried out over the simulated world as `node/src/driver.rs`, `engine.rs`, `peers.rs` and
+//! `handoff.rs` carry them out; `server.rs`'s routing and peer handlers are still this file's.
 //!
 //! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
-//! over a `MemoryStore` that survives a crash. A write queued for the disk is applied and
+//! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for the disk is applied and
 //! becomes durable when its `Disk` event runs (one FIFO queue per node, like the engine's single
 //! writer thread); its acknowledgement is sent only then, and a crash before it loses the write.
 //! Everything else (the coordinator, the liveness view, requests in flight, the handoff loop,
