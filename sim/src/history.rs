@@ -131,9 +131,20 @@ pub struct History {
     /// Violations found while the run went on (phantoms, bad acknowledgements).
     pub online: Vec<Violation>,
     /// The nodes whose store holds each dot as a sibling (since their last data loss).
-    holders: BTreeMap<(ActorId, u64), std::collections::BTreeSet<NodeIx>>,
+    holders: BTreeMap<(ActorId, u64), Holders>,
     /// Dots every holder of which lost its data directory: a write may be lost with them.
     orphaned: std::collections::BTreeSet<(ActorId, u64)>,
+}
+
+/// Who holds a dot.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Primaries of its key.
+    primaries: std::collections::BTreeSet<NodeIx>,
+    /// Other nodes (fallbacks, coordinators off the key's replicas).
+    others: std::collections::BTreeSet<NodeIx>,
+    /// Whether a primary ever stored it.
+    reached_primary: bool,
 }
 
 fn covers(vv: &VClock, d: Dot) -> bool {
@@ -277,10 +288,22 @@ impl History {
             .collect()
     }
 
-    /// Node `node` lost its data directory: the dots only it held are gone with it.
+    /// Node `node` lost its data directory: the dots only it held are gone with it. Once a dot
+    /// reached a primary of its key, only primaries count: a fallback's copy has no way to a
+    /// primary but its hint, which was for a primary that got it. Before, the fallbacks (with
+    /// their hints) are all it has.
     pub fn wiped(&mut self, node: NodeIx) {
-        for (d, nodes) in &mut self.holders {
-            if nodes.remove(&node) && nodes.is_empty() {
+        for (d, h) in &mut self.holders {
+            h.others.remove(&node);
+            if h.primaries.remove(&node) {
+                h.reached_primary = true;
+            }
+            let gone = if h.reached_primary {
+                h.primaries.is_empty()
+            } else {
+                h.others.is_empty()
+            };
+            if gone {
                 self.orphaned.insert(*d);
             }
         }
@@ -291,11 +314,18 @@ impl History {
         self.orphaned.contains(&(d.actor, d.counter))
     }
 
-    /// Replica `node` replaces its object for `key`, `old`, with `new` (rule 6).
-    pub fn stored(&mut self, node: NodeIx, key: &[u8], old: &Object, new: &Object) {
+    /// Replica `node` (a primary of `key` or not) replaces its object for `key`, `old`, with
+    /// `new` (rule 6).
+    pub fn stored(&mut self, node: NodeIx, primary: bool, key: &[u8], old: &Object, new: &Object) {
         for (d, _) in new.siblings() {
             let id = (d.actor, d.counter);
-            self.holders.entry(id).or_default().insert(node);
+            let h = self.holders.entry(id).or_default();
+            if primary {
+                h.primaries.insert(node);
+                h.reached_primary = true;
+            } else {
+                h.others.insert(node);
+            }
             self.orphaned.remove(&id);
         }
         let seen = old.join();

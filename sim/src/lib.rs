@@ -443,9 +443,11 @@ impl Sim {
         });
     }
 
-    /// Every node running and idle, every view up, every hint delivered, nothing in flight.
+    /// Every node running (none paused) and idle, every view up, every hint delivered,
+    /// nothing in flight.
     fn quiet(&self) -> bool {
         self.w.in_flight == 0
+            && self.paused_until.iter().all(|&until| self.w.now >= until)
             && self.clients.iter().all(|c| !c.busy())
             && self.nodes.iter().all(|n| {
                 n.is_running()

@@ -233,6 +233,14 @@ impl SimNode {
         }
     }
 
+    /// Whether this node is a primary of `key` (for the checker's bookkeeping).
+    fn is_primary(&self, cx: &Ctx, key: &[u8]) -> bool {
+        cx.ring
+            .preference_list(cx.ring.partition_of(key))
+            .primaries
+            .contains(&self.id)
+    }
+
     /// The stored copy of `key` (empty if none).
     pub fn object(&self, key: &[u8]) -> Object {
         read_object(&self.store, key).expect("the simulated store holds only objects it encoded")
@@ -960,7 +968,8 @@ impl SimNode {
                                 obj(&next)
                             )
                         });
-                        cx.history.stored(self.ix, &key, &current, &next);
+                        let primary = self.is_primary(cx, &key);
+                        cx.history.stored(self.ix, primary, &key, &current, &next);
                         if let Some((req, write)) = tag {
                             if let Some(&first) = minted.first() {
                                 self.run().minted.insert(req, first);
@@ -999,7 +1008,8 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
-                        cx.history.stored(self.ix, &key, &current, &merged);
+                        let primary = self.is_primary(cx, &key);
+                        cx.history.stored(self.ix, primary, &key, &current, &merged);
                         Ok(())
                     }
                     Err(e) => {
