@@ -844,3 +844,9 @@ fn quorum_err(
         failed: failed.to_vec(),
     }
 }
+
+/// How long a request with the client's `timeout_ms` may take at its coordinator (the default
+/// when unset, capped at `REQUEST_TIMEOUT_MAX`): a forwarding node waits this long plus a margin.
+pub fn request_timeout(timeout_ms: Option<u32>) -> Duration {
+    timeout(timeout_ms)
+}

@@ -10,11 +10,16 @@
 //! storage error) ends the target's round: the rest would most likely fail the same way.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_proto::{ErrorReply, NodeId};
 
 use crate::limits::{HANDOFF_BATCH_MAX, HANDOFF_REFUSED_MAX, HANDOFF_REFUSED_RETRY};
+
+/// How often hints are retried when no peer came up in between.
+pub const HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one handed-off key may take to be acknowledged.
+pub const HANDOFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One stored hint: `key` must reach the target; `seq` is the hint's renewal, so deleting it
 /// after delivery can leave a hint renewed meanwhile alone.

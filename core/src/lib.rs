@@ -1,10 +1,15 @@
 //! Cairn's node core: the decisions a node makes that need no socket, disk, clock or runtime
-//! (versioning, request coordination, hinted handoff's policy, peer liveness), as sans-I/O state machines that the production node
+//! (versioning, request coordination, the writer's batch application over a synchronous store,
+//! hinted handoff's policy, peer liveness), as sans-I/O state machines that the production node
 //! (`cairn-node`, over tokio, quinn and redb) and the simulator both drive. Cargo keeps it pure:
 //! nothing here may depend, even transitively, on an I/O crate (see `tests/tests/architecture.rs`).
 
 pub mod coordinator;
+pub mod driver;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;
+pub mod peer;
+pub mod store;
 pub mod version;
+pub mod writer;

@@ -18,6 +18,11 @@ use cairn_proto::NodeId;
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait between probes of a down peer (the backoff doubles up to this).
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// How long connecting to a peer may take: a request to a node with nothing listening fails
+/// after this, not after its own timeout.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a ping may take before the peer counts as down.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time between pings of a suspect peer that keeps answering.
 pub const SUSPECT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 

@@ -1,80 +1,27 @@
-//! The coordinator's driver: one task owns the `Coordinator` state machine, feeds it client
-//! requests, replica answers and time, and carries out what it asks for (local engine calls,
-//! peer requests, hints).
+//! The coordinator's task: it owns the pure request driver (`cairn_core::driver`, which holds
+//! the `Coordinator`), feeds it client requests, replica answers, finished hints and time, and
+//! carries out what it asks for (engine writes and reads, peer requests over QUIC, hint writes,
+//! replies). What those mean is decided in the core, which the simulator runs too.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use cairn_proto::{
-    Context, ErrorReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Request,
-    Response, WriteOptions,
-};
+use cairn_core::driver::{LocalOp, Output, RequestDriver};
+use cairn_proto::{ErrorReply, NodeId, PeerResponse, ReplicaFailure, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::coordinator::{
-    ClientWrite, Coordinator, CoordinatorError, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId,
-    Transmit, REQUEST_TIMEOUT_MAX,
-};
-use crate::engine::{Engine, EngineError, Write};
+use crate::coordinator::{CoordinatorError, OpId, Outcome, ReplicaResult};
+use crate::engine::{Engine, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::membership::ClusterView;
 use crate::peers::Peers;
 use crate::server::get_reply;
-use crate::version::{decode_context, Object, Payload};
 use cairn_ring::Ring;
 
-/// A client request for the coordinator.
-pub enum Job {
-    /// Read a key.
-    Get {
-        /// The key.
-        key: Vec<u8>,
-        /// Quorum choices.
-        opts: ReadOptions,
-    },
-    /// Write a value or tombstone.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The client's context.
-        context: Context,
-        /// Value or tombstone.
-        payload: Payload,
-        /// Quorum choices.
-        opts: WriteOptions,
-    },
-}
-
-impl Job {
-    /// The coordinator job for a client get, put or delete; `None` for other requests.
-    pub fn from_request(req: Request) -> Option<Job> {
-        match req {
-            Request::Get { key, opts } => Some(Job::Get { key, opts }),
-            Request::Put {
-                key,
-                value,
-                context,
-                opts,
-            } => Some(Job::Put {
-                key,
-                context,
-                payload: Payload::Value(value),
-                opts,
-            }),
-            Request::Delete { key, context, opts } => Some(Job::Put {
-                key,
-                context,
-                payload: Payload::Tombstone,
-                opts,
-            }),
-            _ => None,
-        }
-    }
-}
+/// A client request for the coordinator: defined by the pure driver.
+pub use cairn_core::driver::Job;
 
 /// A job and where its answer goes.
 struct Command {
@@ -154,20 +101,28 @@ pub fn spawn(ctx: Arc<DriverContext>) -> (CoordinatorHandle, tokio::task::JoinHa
     (CoordinatorHandle { tx, unsettled }, task)
 }
 
+/// What a replica op's task reports back to the coordinator task.
+enum Answer {
+    /// This node's engine answered.
+    Local(OpId, Result<ReplicaResult, ErrorReply>),
+    /// The peer answered (an error answer is its refusal).
+    Peer(OpId, Result<PeerResponse, ErrorReply>),
+    /// No answer came from the peer.
+    PeerFailed(OpId, crate::peers::PeerError),
+}
+
 async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled: Arc<Unsettled>) {
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
-    let new_coordinator = |ring: Arc<Ring>| {
-        let mut coord = Coordinator::new(ctx.me, Ring::clone(&ring));
-        coord.set_read_repair(ctx.read_repair);
-        coord
-    };
-    let mut coord = view.borrow_and_update().ring.clone().map(new_coordinator);
+    let new_driver =
+        |ring: Arc<Ring>| RequestDriver::new(ctx.me, Ring::clone(&ring), ctx.read_repair);
+    let mut driver: Option<RequestDriver<oneshot::Sender<Response>>> =
+        view.borrow_and_update().ring.clone().map(new_driver);
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
     let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
-    let (done_tx, hints_done) = watch::channel(0u64);
-    let mut hints_issued = 0u64;
+    let (done_tx, mut hints_done) = watch::channel(0u64);
+    let hints_failed: Arc<Mutex<Vec<HintFailure>>> = Arc::default();
     // Everything the driver starts lives in this set, so stopping the driver (shutdown) stops
     // it too, and nothing keeps the endpoint or the engine alive afterwards.
     let mut tasks = tokio::task::JoinSet::new();
@@ -175,22 +130,41 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
     let _hint_writer = AbortOnDrop(tokio::spawn(write_hints(
         ctx.clone(),
         hints_rx,
-        done_tx,
+        HintsFinished {
+            done: done_tx,
+            failed: hints_failed.clone(),
+        },
         unsettled.clone(),
     )));
-    let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
-    let mut next_req = 0u64;
     let is_up = {
         let peers = ctx.peers.clone();
         move |id| peers.is_up(id)
     };
     loop {
-        let deadline = coord.as_ref().and_then(Coordinator::poll_timeout);
+        let deadline = driver.as_ref().and_then(RequestDriver::poll_timeout);
         tokio::select! {
             biased;
-            Some((op, result)) = results.recv() => {
-                if let Some(coord) = &mut coord {
-                    coord.handle_result(op, result);
+            Some(answer) = results.recv() => {
+                if let Some(driver) = &mut driver {
+                    match answer {
+                        Answer::Local(op, result) => driver.handle_local(op, result),
+                        Answer::Peer(op, answer) => driver.handle_peer_reply(op, answer),
+                        Answer::PeerFailed(op, failure) => driver.handle_peer_failure(op, failure),
+                    }
+                }
+            }
+            changed = hints_done.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let done = *hints_done.borrow_and_update();
+                // Failures are recorded before the count that includes them is published.
+                let failed = std::mem::take(&mut *hints_failed.lock().expect("hint failures"));
+                if let Some(driver) = &mut driver {
+                    for HintFailure { seq, key, reason } in failed {
+                        driver.handle_hint_failed(seq, key, reason);
+                    }
+                    driver.handle_hints_done(done);
                 }
             }
             changed = view.changed() => {
@@ -199,84 +173,81 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                 }
                 // Requests in flight keep the replicas they chose; new ones use the new ring.
                 if let Some(ring) = view.borrow_and_update().ring.clone() {
-                    match &mut coord {
-                        Some(coord) => coord.set_ring(Ring::clone(&ring)),
-                        None => coord = Some(new_coordinator(ring)),
+                    match &mut driver {
+                        Some(driver) => driver.set_ring(Ring::clone(&ring)),
+                        None => driver = Some(new_driver(ring)),
                     }
                 }
             }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
-                let Some(coord) = &mut coord else {
+                let Some(driver) = &mut driver else {
                     let no_ring = crate::membership::no_ring(&ctx.peers.name(ctx.me));
                     let _ = cmd.reply.send(Response::Error(no_ring));
                     continue;
                 };
-                let req = RequestId(next_req);
-                next_req += 1;
-                let now = std::time::Instant::now();
                 let Command { job, reply } = cmd;
-                match job {
-                    Job::Get { key, opts } => {
-                        waiting.insert(req, reply);
-                        coord.handle_get(now, req, key, &opts, &is_up);
-                    }
-                    Job::Put { key, context, payload, opts } => match decode_context(&context) {
-                        Ok(ctx) => {
-                            waiting.insert(req, reply);
-                            let write = ClientWrite { key, ctx, payload, opts };
-                            coord.handle_put(now, req, write, &is_up);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Response::Error(EngineError::from(e).into()));
-                        }
-                    },
-                }
+                driver.handle_client(std::time::Instant::now(), job, reply, &is_up);
             }
             _ = sleep_until(deadline) => {
-                if let Some(coord) = &mut coord {
-                    coord.handle_timeout(std::time::Instant::now());
+                if let Some(driver) = &mut driver {
+                    driver.handle_tick(std::time::Instant::now());
                 }
             }
         }
-        let Some(coord) = &mut coord else { continue };
+        let Some(driver) = &mut driver else { continue };
         // Reap finished tasks so the set stays as small as the work in flight.
         while tasks.try_join_next().is_some() {}
-        while let Some(t) = coord.poll_transmit() {
-            tasks.spawn(execute(t, ctx.clone(), results_tx.clone()));
-        }
-        while let Some(h) = coord.poll_hint() {
-            // Bounded: when the hint writer falls behind, the coordinator waits for it.
-            if hints_tx.send(h).await.is_err() {
-                return;
+        while let Some(output) = driver.poll_output() {
+            match output {
+                Output::Local { op, key, work } => {
+                    let engine = ctx.engine.clone();
+                    let results = results_tx.clone();
+                    tasks.spawn(async move {
+                        let result = execute_local(key, work, &engine).await;
+                        if let Some(op) = op {
+                            // The coordinator task is gone only at shutdown.
+                            let _ = results.send(Answer::Local(op, result)).await;
+                        }
+                    });
+                }
+                Output::SendPeer {
+                    op,
+                    to,
+                    request,
+                    timeout,
+                } => {
+                    let peers = ctx.peers.clone();
+                    let results = results_tx.clone();
+                    tasks.spawn(async move {
+                        let answer = peers.call(to, request, timeout).await;
+                        if let Some(op) = op {
+                            let answer = match answer {
+                                Ok(answer) => Answer::Peer(op, answer),
+                                Err(failure) => Answer::PeerFailed(op, failure),
+                            };
+                            let _ = results.send(answer).await;
+                        }
+                    });
+                }
+                Output::Hint { seq, key, target } => {
+                    // Bounded: when the hint writer falls behind, the coordinator waits for it.
+                    if hints_tx.send((seq, key, target)).await.is_err() {
+                        return;
+                    }
+                }
+                Output::Reply { to, result, .. } => {
+                    let _ = to.send(response(result, &ctx.peers));
+                }
             }
-            hints_issued += 1;
         }
         unsettled
             .hints_issued
-            .store(hints_issued, Ordering::Release);
-        unsettled
-            .outstanding
-            .store(coord.replicas_outstanding() as u64, Ordering::Release);
-        while let Some((req, outcome)) = coord.poll_outcome() {
-            let Some(reply) = waiting.remove(&req) else {
-                continue;
-            };
-            let response = response(outcome, &ctx.peers);
-            // A write is acknowledged only once every hint issued before its outcome is
-            // durable: otherwise a crash right after the ack could lose the only record that
-            // a replica missed it.
-            if *hints_done.borrow() >= hints_issued {
-                let _ = reply.send(response);
-            } else {
-                let mut done = hints_done.clone();
-                let issued = hints_issued;
-                tasks.spawn(async move {
-                    let _ = done.wait_for(|d| *d >= issued).await;
-                    let _ = reply.send(response);
-                });
-            }
-        }
+            .store(driver.hints_issued(), Ordering::Release);
+        unsettled.outstanding.store(
+            driver.coordinator().replicas_outstanding() as u64,
+            Ordering::Release,
+        );
     }
 }
 
@@ -288,13 +259,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Makes hints durable in the order they were issued, a batch at a time, and publishes how
-/// many are done (failed ones count as done: they are logged, and waiting on them forever
-/// would stall every later acknowledgement).
+/// A hint that could not be kept.
+struct HintFailure {
+    /// Its number (`Output::Hint::seq`).
+    seq: u64,
+    /// The key.
+    key: Vec<u8>,
+    /// Why.
+    reason: String,
+}
+
+/// Where the hint writer reports: failures first, then the count of finished hints. The list
+/// holds at most the hints issued between two of the driver's reads of the count, which the
+/// coordinator's own limits bound.
+struct HintsFinished {
+    /// Hints finished since the start, in issue order.
+    done: watch::Sender<u64>,
+    /// Failures not yet taken by the driver.
+    failed: Arc<Mutex<Vec<HintFailure>>>,
+}
+
+/// Makes hints durable in the order they were issued, a batch at a time, and reports how many
+/// are done and which failed (failed ones count as done: they are logged and reported to the
+/// driver, and waiting on them forever would stall every later acknowledgement).
 async fn write_hints(
     ctx: Arc<DriverContext>,
-    mut rx: mpsc::Receiver<crate::coordinator::HintNeeded>,
-    done: watch::Sender<u64>,
+    mut rx: mpsc::Receiver<(u64, Vec<u8>, NodeId)>,
+    report: HintsFinished,
     unsettled: Arc<Unsettled>,
 ) {
     let mut finished = 0u64;
@@ -303,24 +294,34 @@ async fn write_hints(
         let n = batch.len() as u64;
         // Submitted together so they share the engine's group commit.
         let mut set = tokio::task::JoinSet::new();
-        for h in batch.drain(..) {
+        for (seq, key, target) in batch.drain(..) {
             let engine = ctx.engine.clone();
-            let name = ctx.peers.name(h.target);
+            let name = ctx.peers.name(target);
             set.spawn(async move {
-                if let Err(e) = engine
-                    .apply(h.key, Write::AddHint { target: h.target })
-                    .await
-                {
-                    // Read repair (and later anti-entropy) still repair the key; the hint
-                    // only makes it prompt.
-                    warn!("could not keep a hint for {name}: {e}");
+                match engine.apply(key.clone(), Write::AddHint { target }).await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        // Read repair (and later anti-entropy) still repair the key when a
+                        // primary holds it; the driver fails a held acknowledgement that
+                        // depended on this hint.
+                        warn!("could not keep a hint for {name}: {e}");
+                        Some(HintFailure {
+                            seq,
+                            key,
+                            reason: format!("hint for {name}: {e}"),
+                        })
+                    }
                 }
             });
         }
-        while set.join_next().await.is_some() {}
+        while let Some(joined) = set.join_next().await {
+            if let Ok(Some(failure)) = joined {
+                report.failed.lock().expect("hint failures").push(failure);
+            }
+        }
         finished += n;
         unsettled.hints_done.store(finished, Ordering::Release);
-        let _ = done.send(finished);
+        let _ = report.done.send(finished);
     }
 }
 
@@ -362,79 +363,18 @@ fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Respon
     }
 }
 
-/// Carries out one transmit and reports the result to the coordinator.
-async fn execute(
-    t: Transmit,
-    ctx: Arc<DriverContext>,
-    results: mpsc::Sender<(OpId, Result<ReplicaResult, ErrorReply>)>,
-) {
-    let result = if t.to == ctx.me {
-        execute_local(t.msg, &ctx.engine).await
-    } else {
-        execute_remote(t.to, t.msg, &ctx.peers).await
-    };
-    if let Some(op) = t.op {
-        // The coordinator task is gone only at shutdown.
-        let _ = results.send((op, result)).await;
-    }
-}
-
-async fn execute_local(msg: ReplicaOp, engine: &Arc<Engine>) -> Result<ReplicaResult, ErrorReply> {
-    match msg {
-        ReplicaOp::Update { key, ctx, payload } => engine
-            .apply(key, Write::Update { ctx, payload })
-            .await
-            .map(ReplicaResult::Object),
-        ReplicaOp::Replicate {
-            key,
-            object,
-            hint_for,
-        } => engine
-            .apply(key, Write::Merge { object, hint_for })
-            .await
-            .map(|_| ReplicaResult::Ack),
-        ReplicaOp::Read { key } => engine.read(key).await.map(ReplicaResult::Object),
+/// Carries out work on this node's replica.
+async fn execute_local(
+    key: Vec<u8>,
+    work: LocalOp,
+    engine: &Arc<Engine>,
+) -> Result<ReplicaResult, ErrorReply> {
+    match work {
+        LocalOp::Write(write @ Write::Update { .. }) => {
+            engine.apply(key, write).await.map(ReplicaResult::Object)
+        }
+        LocalOp::Write(write) => engine.apply(key, write).await.map(|_| ReplicaResult::Ack),
+        LocalOp::Read => engine.read(key).await.map(ReplicaResult::Object),
     }
     .map_err(ErrorReply::from)
-}
-
-/// Peer requests give up after this long; the coordinator's own deadline is usually shorter.
-const PEER_REQUEST_TIMEOUT: Duration = REQUEST_TIMEOUT_MAX;
-
-async fn execute_remote(
-    to: NodeId,
-    msg: ReplicaOp,
-    peers: &Peers,
-) -> Result<ReplicaResult, ErrorReply> {
-    let req = match msg {
-        ReplicaOp::Update { .. } => {
-            return Err(ErrorReply::Malformed {
-                reason: "updates are applied by the coordinating replica only".into(),
-            })
-        }
-        ReplicaOp::Replicate {
-            key,
-            object,
-            hint_for,
-        } => PeerRequest::Replicate {
-            key,
-            object: object.encode(),
-            hint_for,
-        },
-        ReplicaOp::Read { key } => PeerRequest::Read { key },
-    };
-    match peers.request(to, req, PEER_REQUEST_TIMEOUT).await? {
-        PeerResponse::Ack => Ok(ReplicaResult::Ack),
-        PeerResponse::Object(bytes) if bytes.is_empty() => Ok(ReplicaResult::Object(Object::new())),
-        PeerResponse::Object(bytes) => {
-            Object::decode(&bytes)
-                .map(ReplicaResult::Object)
-                .map_err(|e| ErrorReply::Malformed {
-                    reason: format!("peer sent a bad object: {e}"),
-                })
-        }
-        other => Err(ErrorReply::Malformed {
-            reason: format!("peer answered {other:?}"),
-        }),
-    }
 }

@@ -1,23 +1,28 @@
 //! The engine: applies versioned writes to the store through one writer thread that folds
-//! concurrent writes into one durable transaction (group commit), and mints dots from a leased,
-//! persisted counter so no dot is ever minted twice.
+//! concurrent writes into one durable transaction (group commit). What a batch does (fresh
+//! dots from the leased counter, merges, hint changes) is the pure `cairn_core::writer`, which
+//! the simulator runs too; this module owns the thread, the queue and the metrics.
 //!
 //! Reads go straight to the store: a write is acknowledged only after its batch committed, so a
 //! read that starts after an acknowledgement sees it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_antientropy::KeyHash;
+use cairn_core::writer::{OpenError, WriteError, Writer, WriterConfig};
 use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
-use crate::store::{Batch, Hint, NodeMeta, Store, StoreError};
+use crate::store::{Hint, Store, StoreError};
 use crate::trees::Trees;
-use crate::version::{Dot, Limits, Object, Payload, VClock, VersionError};
+use crate::version::{Object, VersionError};
+
+/// One change to a key: defined by the pure writer, which applies it.
+pub use cairn_core::writer::Write;
 
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,27 @@ pub enum EngineError {
     },
 }
 
+impl From<WriteError> for EngineError {
+    fn from(e: WriteError) -> EngineError {
+        match e {
+            WriteError::Limit(l) => EngineError::Limit(l),
+            WriteError::BadContext { reason } => EngineError::BadContext { reason },
+            WriteError::Corrupt { key, reason } => EngineError::Corrupt { key, reason },
+            WriteError::HintsFull { target, max } => EngineError::HintsFull { target, max },
+            WriteError::Store(e) => EngineError::Store(e),
+        }
+    }
+}
+
+impl From<OpenError> for EngineError {
+    fn from(e: OpenError) -> EngineError {
+        match e {
+            OpenError::WrongNode { expected, found } => EngineError::WrongNode { expected, found },
+            OpenError::Store(e) => EngineError::Store(e),
+        }
+    }
+}
+
 impl From<VersionError> for EngineError {
     fn from(e: VersionError) -> EngineError {
         match e {
@@ -78,39 +104,6 @@ impl From<VersionError> for EngineError {
             },
         }
     }
-}
-
-/// One change to a key.
-#[derive(Debug, Clone)]
-pub enum Write {
-    /// A client write at this node: supersede what `ctx` saw with `payload`, under a fresh dot.
-    Update {
-        /// The client's context.
-        ctx: VClock,
-        /// The value or a tombstone.
-        payload: Payload,
-    },
-    /// An object from another replica, merged with `sync` (no new dot). With `hint_for`, this
-    /// node is a fallback for that primary and keeps a hint, in the same transaction.
-    Merge {
-        /// The peer's object.
-        object: Object,
-        /// The primary this copy stands in for.
-        hint_for: Option<NodeId>,
-    },
-    /// Remember that `target` missed a write to the key (the object is unchanged).
-    AddHint {
-        /// The node that missed it.
-        target: NodeId,
-    },
-    /// `target` acknowledged the key as of hint renewal `seq`: delete the hint unless it was
-    /// renewed since.
-    HintDelivered {
-        /// The node.
-        target: NodeId,
-        /// The renewal the delivery started from.
-        seq: u64,
-    },
 }
 
 struct WriteOp {
@@ -215,52 +208,27 @@ impl Engine {
         rng: &mut dyn RngCore,
         trees: Option<Arc<Trees>>,
     ) -> Result<Engine, EngineError> {
-        let meta = match store.meta()? {
-            Some(meta) if meta.node != node => {
-                return Err(EngineError::WrongNode {
-                    expected: node,
-                    found: meta.node,
-                })
-            }
-            Some(meta) => meta,
-            None => {
-                let meta = NodeMeta {
-                    node,
-                    // Zero is avoided only so a fresh epoch is never mistaken for a default.
-                    epoch: rng.next_u64().max(1),
-                    lease_end: 1,
-                };
-                store.commit(&Batch {
-                    meta: Some(meta),
-                    ..Batch::default()
-                })?;
-                meta
-            }
-        };
-        let actor = ActorId {
+        let writer = Writer::open(
+            &*store,
             node,
-            epoch: meta.epoch,
-        };
-        // Every counter below the persisted lease end may have been used before a crash: start
-        // there, and extend the lease (durably) before minting the first dot.
-        let lease = Lease {
-            meta,
-            next: meta.lease_end,
-        };
+            rng.next_u64(),
+            WriterConfig::new(DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX),
+        )?;
+        let actor = writer.actor();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let stats = Arc::new(EngineStats::default());
-        let hint_counts = Arc::new(Mutex::new(store.hint_counts()?));
+        let hint_counts = Arc::new(Mutex::new(writer.hint_counts().clone()));
         let writer = {
+            let core = writer;
             let store = store.clone();
             let stats = stats.clone();
             let hint_counts = hint_counts.clone();
             std::thread::Builder::new()
                 .name("cairn-writer".into())
                 .spawn(move || {
-                    let mut w = Writer {
+                    let mut w = WriterThread {
+                        core,
                         store,
-                        actor,
-                        lease,
                         stats,
                         hint_counts,
                         trees,
@@ -405,32 +373,19 @@ impl Drop for Engine {
 }
 
 fn read_object(store: &dyn Store, key: &[u8]) -> Result<Object, EngineError> {
-    match store.get(key)? {
-        None => Ok(Object::new()),
-        Some(bytes) => Object::decode(&bytes).map_err(|e| EngineError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        }),
-    }
+    Ok(cairn_core::writer::read_object(store, key)?)
 }
 
-/// The dot counter: `next` is the next counter to mint; counters up to `meta.lease_end` are
-/// covered by a durable lease.
-struct Lease {
-    meta: NodeMeta,
-    next: u64,
-}
-
-struct Writer {
+/// The writer thread: takes queued writes in batches and has the core writer apply them.
+struct WriterThread {
+    core: Writer,
     store: Arc<dyn Store>,
-    actor: ActorId,
-    lease: Lease,
     stats: Arc<EngineStats>,
     hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
     trees: Option<Arc<Trees>>,
 }
 
-impl Writer {
+impl WriterThread {
     fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut ops = Vec::with_capacity(WRITE_BATCH_MAX);
         while let Some(first) = rx.blocking_recv() {
@@ -447,206 +402,78 @@ impl Writer {
         }
     }
 
-    /// Mints the next counter (dots and hint renewals share the leased sequence).
-    fn mint(&mut self) -> u64 {
-        let c = self.lease.next;
-        self.lease.next += 1;
-        c
-    }
-
-    fn extend_lease(&mut self, needed: u64) -> Result<(), StoreError> {
-        if self.lease.next + needed <= self.lease.meta.lease_end {
-            return Ok(());
-        }
-        // Persist the lease before any counter under it is used: after a crash the node
-        // restarts at the lease end and cannot mint a dot it may already have handed out.
-        let meta = NodeMeta {
-            lease_end: self.lease.next + needed + DOT_LEASE_BLOCK,
-            ..self.lease.meta
-        };
-        self.store.commit(&Batch {
-            meta: Some(meta),
-            ..Batch::default()
-        })?;
-        self.lease.meta = meta;
-        self.stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     fn run_batch(&mut self, ops: &mut Vec<WriteOp>) {
-        if let Err(e) = self.extend_lease(ops.len() as u64) {
-            let reason = e.to_string();
-            for op in ops.drain(..) {
-                let _ = op.reply.send(Err(EngineError::Store(StoreError::Io {
-                    op: "extend dot lease",
-                    reason: reason.clone(),
-                })));
+        let (writes, replies): (Vec<_>, Vec<_>) = ops
+            .drain(..)
+            .map(|op| ((op.key, op.write), op.reply))
+            .unzip();
+        let store = &*self.store;
+        let n = writes.len();
+        let mut commit_fault = None;
+        let outcome = self.core.apply_batch(store, &writes, &mut |batch| {
+            let committed = crate::metrics::timed_commit(n, || store.commit(batch));
+            if let Err(e) = &committed {
+                commit_fault = Some(StorageFault::of(e));
             }
-            return;
+            committed
+        });
+        if outcome.lease_extended {
+            self.stats.lease_extensions.fetch_add(1, Ordering::Relaxed);
         }
-
-        // Later writes in the batch must see earlier ones to the same key (and hint).
-        let mut objects: HashMap<Vec<u8>, Object> = HashMap::new();
-        let mut hints: HashMap<(NodeId, Vec<u8>), Option<u64>> = HashMap::new();
-        let mut counts = self.hint_counts.lock().expect("hint counts lock").clone();
-        let mut dirty = Vec::new();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops.iter() {
-            let result = self.apply(op, &mut objects, &mut hints, &mut counts);
-            if result.is_ok() && matches!(op.write, Write::Update { .. } | Write::Merge { .. }) {
-                dirty.push(op.key.clone());
-            }
-            results.push(result);
-        }
-
-        let mut batch = Batch::default();
-        dirty.sort();
-        dirty.dedup();
-        for key in dirty {
-            batch.puts.push((key.clone(), objects[&key].encode()));
-        }
-        for ((target, key), seq) in hints {
-            match seq {
-                Some(seq) => batch.hints_put.push(Hint { target, key, seq }),
-                None => batch.hints_remove.push((target, key)),
-            }
-        }
-        let committed = if batch.is_empty() {
-            Ok(())
-        } else {
-            crate::metrics::timed_commit(ops.len(), || self.store.commit(&batch))
-        };
-        if committed.is_ok() {
-            if !batch.is_empty() {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            }
+        if outcome.committed {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
             // After the commit, before the acknowledgements: a tree never shows an object that
             // is not durable, and a replica that acknowledged a write already shows it. Hashing
             // costs microseconds per object against the commit's fsync.
             if let Some(trees) = &self.trees {
-                trees.record(batch.puts.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                trees.record(
+                    outcome
+                        .puts
+                        .iter()
+                        .map(|(k, v)| (k.as_slice(), v.as_slice())),
+                );
             }
-            counts.retain(|_, c| *c > 0);
-            *self.hint_counts.lock().expect("hint counts lock") = counts;
         }
-        let failure = committed.err().map(|e| {
-            let fault = StorageFault::of(&e);
+        for report in &outcome.merge_reports {
+            let key = String::from_utf8_lossy(&report.key);
+            if report.refused {
+                tracing::warn!(%key, "merge from a peer refused: {}", report.reason);
+            } else {
+                tracing::warn!(
+                    %key,
+                    "a merge from a peer left the key over a client limit ({}); client writes \
+                     to it are refused until a write with its context resolves its siblings",
+                    report.reason
+                );
+            }
+            crate::metrics::record_merge_over_client_limits(!report.refused);
+        }
+        if let Some(fault) = &commit_fault {
             tracing::error!(
                 disk_full = fault.disk_full,
-                "commit failed, node degraded: {e}"
+                "commit failed, node degraded: {}",
+                fault.reason
             );
-            fault
-        });
-        *self.stats.degraded.lock().expect("degraded lock") = failure.clone();
-        for (op, result) in ops.drain(..).zip(results) {
-            let result = match (&failure, result) {
-                (Some(fault), Ok(_)) => Err(EngineError::Store(StoreError::Io {
-                    op: "commit",
-                    reason: fault.client_reason(),
-                })),
-                (_, result) => result,
+        }
+        if outcome.committed || commit_fault.is_some() {
+            *self.stats.degraded.lock().expect("degraded lock") = commit_fault.clone();
+        }
+        *self.hint_counts.lock().expect("hint counts lock") = self.core.hint_counts().clone();
+        for (reply, result) in replies.into_iter().zip(outcome.results) {
+            let result = match (&commit_fault, result) {
+                (Some(fault), Err(WriteError::Store(StoreError::Io { op: "commit", .. }))) => {
+                    Err(EngineError::Store(StoreError::Io {
+                        op: "commit",
+                        reason: fault.client_reason(),
+                    }))
+                }
+                (_, result) => result.map_err(EngineError::from),
             };
             if result.is_ok() {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }
             // The requester may have gone away (timeout); the write is durable regardless.
-            let _ = op.reply.send(result);
+            let _ = reply.send(result);
         }
-    }
-
-    fn current_hint(
-        &self,
-        hints: &HashMap<(NodeId, Vec<u8>), Option<u64>>,
-        target: NodeId,
-        key: &[u8],
-    ) -> Result<Option<u64>, EngineError> {
-        match hints.get(&(target, key.to_vec())) {
-            Some(seq) => Ok(*seq),
-            None => Ok(self.store.hint(target, key)?.map(|h| h.seq)),
-        }
-    }
-
-    fn add_hint(
-        &mut self,
-        hints: &mut HashMap<(NodeId, Vec<u8>), Option<u64>>,
-        counts: &mut BTreeMap<NodeId, u64>,
-        target: NodeId,
-        key: &[u8],
-    ) -> Result<(), EngineError> {
-        let exists = self.current_hint(hints, target, key)?.is_some();
-        let count = counts.entry(target).or_insert(0);
-        if !exists {
-            if *count >= HINTS_PER_PEER_MAX {
-                return Err(EngineError::HintsFull {
-                    target,
-                    max: HINTS_PER_PEER_MAX,
-                });
-            }
-            *count += 1;
-        }
-        let seq = self.mint();
-        hints.insert((target, key.to_vec()), Some(seq));
-        Ok(())
-    }
-
-    fn apply(
-        &mut self,
-        op: &WriteOp,
-        objects: &mut HashMap<Vec<u8>, Object>,
-        hints: &mut HashMap<(NodeId, Vec<u8>), Option<u64>>,
-        counts: &mut BTreeMap<NodeId, u64>,
-    ) -> Result<Object, EngineError> {
-        let current = match objects.get(&op.key) {
-            Some(obj) => obj.clone(),
-            None => read_object(&*self.store, &op.key)?,
-        };
-        let next = match &op.write {
-            Write::Update { ctx, payload } => {
-                // A dot is spent even if the update is refused: counters only move forward.
-                let dot = Dot::new(self.actor, self.mint());
-                current.update(ctx, dot, payload.clone())?
-            }
-            Write::Merge { object, hint_for } => {
-                // Merges are held to the hard limits, not the client ones: replicas that each
-                // took writes up to the client limits must still converge. Past a hard limit
-                // (which `decode` enforces) the merge is refused and the sender keeps its copy.
-                // Either way the key is reported: client writes to it are refused until its
-                // siblings are resolved.
-                let merged = current.sync(object);
-                if let Err(e) = merged.check_limits(Limits::Merge) {
-                    tracing::warn!(key = %String::from_utf8_lossy(&op.key), "merge from a peer refused: {e}");
-                    crate::metrics::record_merge_over_client_limits(false);
-                    return Err(e.into());
-                }
-                if merged.over_client_limits() && !current.over_client_limits() {
-                    tracing::warn!(
-                        key = %String::from_utf8_lossy(&op.key),
-                        siblings = merged.sibling_count(),
-                        "a merge from a peer left the key over a client limit; client writes \
-                         to it are refused until a write with its context resolves its siblings"
-                    );
-                    crate::metrics::record_merge_over_client_limits(true);
-                }
-                if let Some(target) = hint_for {
-                    self.add_hint(hints, counts, *target, &op.key)?;
-                }
-                merged
-            }
-            Write::AddHint { target } => {
-                self.add_hint(hints, counts, *target, &op.key)?;
-                return Ok(current);
-            }
-            Write::HintDelivered { target, seq } => {
-                if self.current_hint(hints, *target, &op.key)? == Some(*seq) {
-                    hints.insert((*target, op.key.clone()), None);
-                    if let Some(c) = counts.get_mut(target) {
-                        *c = c.saturating_sub(1);
-                    }
-                }
-                return Ok(current);
-            }
-        };
-        objects.insert(op.key.clone(), next.clone());
-        Ok(next)
     }
 }

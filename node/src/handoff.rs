@@ -4,7 +4,7 @@
 //! `cairn_core::handoff`; this loop reads the store, talks to peers and keeps the time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_proto::{NodeId, PeerRequest, PeerResponse};
@@ -14,10 +14,8 @@ use tracing::{debug, info};
 use crate::engine::{Engine, Write};
 use crate::peers::Peers;
 
-/// How often hints are retried when no peer came up in between.
-pub const HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
-/// How long one handed-off key may take to be acknowledged.
-pub const HANDOFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Defined by the pure handoff policy, which the simulator drives too.
+pub use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
 
 /// Delivers hints forever: on every peer up-transition and every `HANDOFF_INTERVAL`.
 pub async fn run(engine: Arc<Engine>, peers: Arc<Peers>, mut up_events: mpsc::Receiver<NodeId>) {

@@ -16,69 +16,14 @@ use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Respon
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-pub use cairn_core::liveness::{PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL};
+/// Defined by the pure liveness policy, which the simulator drives too.
+pub use cairn_core::liveness::{
+    PEER_CONNECT_TIMEOUT, PING_TIMEOUT, PROBE_BACKOFF_MAX, PROBE_INTERVAL, SUSPECT_PROBE_INTERVAL,
+};
 
-/// Why a request to a peer got no answer, with what is known about whether it arrived.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PeerError {
-    /// The node is not a member: nothing was sent.
-    #[error("{node} is not a member")]
-    NotAMember {
-        /// The node, by name or id.
-        node: String,
-    },
-    /// No connection could be made (or opened a stream on): nothing was sent.
-    #[error("cannot reach {node}: {reason}")]
-    Connect {
-        /// The node.
-        node: String,
-        /// Why.
-        reason: String,
-    },
-    /// The request went out and no answer came within `after`: the peer may have acted on it.
-    #[error("{node} did not answer within {after:?}")]
-    Timeout {
-        /// The node.
-        node: String,
-        /// How long the caller waited.
-        after: Duration,
-    },
-    /// The request went out and the exchange broke before the answer: the peer may have acted
-    /// on it.
-    #[error("lost the exchange with {node}: {reason}")]
-    Lost {
-        /// The node.
-        node: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl PeerError {
-    /// Whether the peer may have received the request (and acted on it): a write whose
-    /// forward failed this way must not be applied again elsewhere.
-    pub fn may_have_arrived(&self) -> bool {
-        matches!(self, PeerError::Timeout { .. } | PeerError::Lost { .. })
-    }
-}
-
-impl From<PeerError> for ErrorReply {
-    fn from(e: PeerError) -> ErrorReply {
-        let reason = e.to_string();
-        let node = match e {
-            PeerError::NotAMember { node }
-            | PeerError::Connect { node, .. }
-            | PeerError::Timeout { node, .. }
-            | PeerError::Lost { node, .. } => node,
-        };
-        ErrorReply::Unreachable { node, reason }
-    }
-}
-
-/// How long connecting to a peer may take.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a ping may take before the peer counts as down.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Why a peer request got no answer: defined by the pure core, whose driver (and the
+/// simulator) act on it.
+pub use cairn_core::peer::PeerError;
 
 struct Peer {
     name: String,

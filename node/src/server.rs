@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::antientropy::AntiEntropy;
 use crate::config::NodeConfig;
-use crate::coordinator::{route, Route};
+use crate::coordinator::{route, Route, REQUEST_TIMEOUT_MAX};
 use crate::driver::{CoordinatorHandle, DriverContext, Job};
 use crate::engine::{Engine, EngineError, Write};
 use crate::forwards::{Admit, Forwards};
@@ -33,8 +33,6 @@ use crate::version::{encode_context, Object};
 
 /// How long a finished stream waits for the peer to take the response.
 const STREAM_LINGER_MAX: Duration = Duration::from_secs(5);
-/// How long a forwarded request may take at the coordinating replica.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// How long shutdown waits for in-flight requests before closing connections anyway.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -600,6 +598,14 @@ impl Shared {
                 .into_op()
                 .expect("gets, puts and deletes are key operations");
             let is_get = matches!(req, Request::Get { .. });
+            // The request's own timeout plus a margin (a fixed 65 s outlasted every client).
+            let timeout_ms = match &req {
+                Request::Get { opts, .. } => opts.timeout_ms,
+                Request::Put { opts, .. } | Request::Delete { opts, .. } => opts.timeout_ms,
+                _ => None,
+            };
+            let timeout = crate::coordinator::request_timeout(timeout_ms)
+                + cairn_core::driver::FORWARD_TIMEOUT_MARGIN;
             // One id for every attempt: the replica applies a forwarded write at most once
             // and answers a retry with the first outcome.
             let id: u64 = rand::random();
@@ -610,7 +616,7 @@ impl Shared {
                     retry: sent_before,
                     op: op.clone(),
                 };
-                match self.peers.call(to, forward, FORWARD_TIMEOUT).await {
+                match self.peers.call(to, forward, timeout).await {
                     Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
                     // Over a limit there (an answer too large for a frame): so it would be here.
                     Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
@@ -746,8 +752,10 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
 }
 
 /// How long after a forward's first attempt its last retry can arrive.
-const FORWARD_RETRY_WINDOW: Duration =
-    Duration::from_secs(FORWARD_TIMEOUT.as_secs() * FORWARD_ATTEMPTS_MAX as u64);
+const FORWARD_RETRY_WINDOW: Duration = Duration::from_secs(
+    (REQUEST_TIMEOUT_MAX.as_secs() + cairn_core::driver::FORWARD_TIMEOUT_MARGIN.as_secs())
+        * FORWARD_ATTEMPTS_MAX as u64,
+);
 const _: () = assert!(FORWARD_RETRY_WINDOW.as_secs() < FORWARD_REPLY_TTL.as_secs());
 
 /// Carries out a forwarded operation. A forwarded write is applied at most once per (sender,

@@ -3,7 +3,6 @@
 
 pub mod cluster;
 pub mod relay;
-pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

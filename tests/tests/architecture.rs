@@ -30,68 +30,133 @@ const IO_CRATES: &[&str] = &[
     "socket2",
 ];
 
-#[test]
-fn pure_crates_never_depend_on_io_crates() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1"])
-        .current_dir(workspace_root())
-        .output()
-        .expect("run cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: HashMap<&str, &str> = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
-        .collect();
-    let nodes: HashMap<&str, Vec<&str>> = meta["resolve"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let deps = n["deps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                // Only normal dependencies count: dev-dependencies never ship in the crate.
-                .filter(|d| {
-                    d["dep_kinds"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|k| k["kind"].is_null())
-                })
-                .map(|d| d["pkg"].as_str().unwrap())
-                .collect();
-            (n["id"].as_str().unwrap(), deps)
-        })
-        .collect();
-    for krate in PURE_CRATES {
-        let root = names
+/// The workspace's resolved dependency graph, from `cargo metadata`: package names by id, and
+/// each package's *normal* dependencies (dev- and build-dependencies never ship in the crate).
+struct Graph {
+    names: HashMap<String, String>,
+    deps: HashMap<String, Vec<String>>,
+}
+
+impl Graph {
+    fn load() -> Graph {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["metadata", "--format-version", "1"])
+            .current_dir(workspace_root())
+            .output()
+            .expect("run cargo metadata");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let id = p["id"].as_str().unwrap().to_owned();
+                (id, p["name"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        let deps = meta["resolve"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let deps = n["deps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| {
+                        d["dep_kinds"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|k| k["kind"].is_null())
+                    })
+                    .map(|d| d["pkg"].as_str().unwrap().to_owned())
+                    .collect();
+                (n["id"].as_str().unwrap().to_owned(), deps)
+            })
+            .collect();
+        Graph { names, deps }
+    }
+
+    fn id(&self, krate: &str) -> &str {
+        self.names
             .iter()
             .find(|(_, n)| *n == krate)
-            .map(|(id, _)| *id)
-            .unwrap_or_else(|| panic!("{krate} not in workspace"));
+            .map(|(id, _)| id.as_str())
+            .unwrap_or_else(|| panic!("{krate} not in workspace"))
+    }
+
+    /// The names of `krate`'s direct normal dependencies.
+    fn direct(&self, krate: &str) -> BTreeSet<&str> {
+        self.deps[self.id(krate)]
+            .iter()
+            .map(|id| self.names[id].as_str())
+            .collect()
+    }
+
+    /// The first I/O crate `krate` reaches through normal dependencies, with the path to it.
+    fn reaches_io(&self, krate: &str) -> Option<Vec<&str>> {
         let mut seen = BTreeSet::new();
-        let mut stack = vec![root];
-        while let Some(id) = stack.pop() {
+        let mut stack = vec![vec![self.id(krate)]];
+        while let Some(path) = stack.pop() {
+            let id = *path.last().unwrap();
             if !seen.insert(id) {
                 continue;
             }
-            let name = names[id];
-            assert!(
-                !IO_CRATES.contains(&name),
-                "architecture invariant broken: {krate} depends on {name}"
+            if IO_CRATES.contains(&self.names[id].as_str()) {
+                return Some(path.iter().map(|id| self.names[*id].as_str()).collect());
+            }
+            for dep in &self.deps[id] {
+                let mut next = path.clone();
+                next.push(dep.as_str());
+                stack.push(next);
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn pure_crates_and_the_simulator_never_depend_on_io_crates() {
+    let graph = Graph::load();
+    for krate in PURE_CRATES.iter().chain(&["cairn-sim"]) {
+        if let Some(path) = graph.reaches_io(krate) {
+            panic!(
+                "architecture invariant broken: {krate} depends on {} ({})",
+                path.last().unwrap(),
+                path.join(" -> ")
             );
-            stack.extend(nodes[id].iter().copied());
         }
     }
+}
+
+#[test]
+fn the_node_and_the_simulator_drive_the_same_core() {
+    let graph = Graph::load();
+    for driver in ["cairn-node", "cairn-sim"] {
+        assert!(
+            graph.direct(driver).contains("cairn-core"),
+            "architecture invariant broken: {driver} does not depend on cairn-core"
+        );
+    }
+    // Only one cairn-core in the graph: both resolve to the workspace's.
+    let cores = graph.names.values().filter(|n| *n == "cairn-core").count();
+    assert_eq!(cores, 1, "more than one cairn-core package in the graph");
+}
+
+#[test]
+fn the_simulated_client_waits_as_long_as_the_real_one() {
+    assert_eq!(
+        cairn_sim::CLIENT_TIMEOUT,
+        cairn_client::REQUEST_TIMEOUT_DEFAULT,
+        "cairn-sim's CLIENT_TIMEOUT must follow the client library's default"
+    );
 }
 
 /// What the pure core may not call from std (Cargo cannot see std): its clippy configuration

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cairn_node::coordinator::Outcome;
-use cairn_node::version::{decode_context, encode_context};
+use cairn_core::coordinator::Outcome;
+use cairn_core::version::{decode_context, encode_context};
 use cairn_proto::{Context, ReadOptions, WriteOptions};
 use rand::Rng;
 
@@ -14,8 +14,10 @@ use super::history::{History, Violation, WriteId};
 use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse};
 use super::world::{ClientIx, Event, NodeIx, World};
 
-/// How long a client waits for an answer (the client library's default).
-pub const CLIENT_TIMEOUT: Duration = cairn_client::REQUEST_TIMEOUT_DEFAULT;
+/// How long a client waits for an answer: the client library's default
+/// (`cairn_client::REQUEST_TIMEOUT_DEFAULT`, which lives with tokio and quinn and so cannot be
+/// named here); `tests/tests/architecture.rs` checks that the two agree.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What clients need from the simulation.
 pub struct ClientCtx<'a> {

@@ -1,41 +1,45 @@
-//! One simulated node: the real `Coordinator`, ring and handoff policy, driven the way
-//! `node/src/driver.rs`, `server.rs`, `engine.rs`, `peers.rs` and `handoff.rs` drive them, over
-//! an in-memory store.
+//! One simulated node: the core's request driver, writer, liveness and handoff policies,
+//! carried out over the simulated world as `node/src/driver.rs`, `engine.rs`, `peers.rs` and
+//! `handoff.rs` carry them out; `server.rs`'s routing and peer handlers are still this file's.
 //!
-//! Durability: the store (objects, hints, the dot lease end) survives a crash. A write queued
-//! for the disk becomes durable when its `Disk` event runs (one FIFO queue per node, like the
-//! engine's single writer thread); its acknowledgement is sent only then, and a crash before it
-//! loses the write. Everything else (the coordinator, the liveness view, requests in flight, the
-//! handoff loop, the next dot counter) is lost on a crash; a restart resumes dots at the
-//! persisted lease end, so no dot is minted twice.
+//! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
+//! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for the disk is applied and
+//! becomes durable when its `Disk` event runs (one FIFO queue per node, like the engine's single
+//! writer thread); its acknowledgement is sent only then, and a crash before it loses the write.
+//! Everything else (the coordinator, the liveness view, requests in flight, the handoff loop,
+//! the writer with its next dot counter) is lost on a crash; a restart reopens the writer, which
+//! resumes dots at the persisted lease end, so no dot is minted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
+use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
-use cairn_core::liveness::{Liveness, Transition};
-use cairn_node::coordinator::{
-    route, ClientWrite, Coordinator, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId, Route,
-    REQUEST_TIMEOUT_MAX,
-};
-use cairn_node::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_node::peers::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_node::version::{decode_context, Dot, Object, Payload, VClock, VersionError};
-use cairn_proto::{ActorId, ErrorReply, NodeId};
+use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
+use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
+use cairn_core::peer::PeerError;
+use cairn_core::store::Store;
+use cairn_core::version::{Dot, Object, Payload, VClock};
+use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
+use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::Ring;
 
+use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
 use super::history::{History, WriteId};
 use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq, PeerResp};
-use super::world::{ClientIx, Event, NodeIx, World};
+use super::world::{ClientIx, Event, NodeIx, TransportFailure, World};
 use super::Sabotage;
 
-/// How long a forwarded request may take at the coordinating replica (`server.rs`).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(65);
 /// Dots leased per lease extension. Much smaller than the node's `DOT_LEASE_BLOCK` so that
 /// runs cross many lease boundaries; the rule (persist the lease end before using a counter
-/// under it, restart at the lease end) is the same.
+/// under it, restart at the lease end) is the writer's own.
 pub const SIM_LEASE_BLOCK: u64 = 5;
+/// Hints a simulated node keeps per target unless the seed draws a small store (the node's
+/// `HINTS_PER_PEER_MAX` is 100,000, which no run reaches).
+pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
 
 /// What every node handler needs besides the node itself.
 pub struct Ctx<'a> {
@@ -50,10 +54,12 @@ pub struct Ctx<'a> {
     /// Probability of crashing a coordinator right after it acknowledged a write (0 when faults
     /// are off).
     pub crash_after_ack: f64,
+    /// Hints each node keeps per target (drawn per seed; the writer refuses more).
+    pub hints_per_peer_max: u64,
     /// A deliberate bug in the simulated replica, to show the checker catches it.
     pub sabotage: Sabotage,
-    /// Replies wait until every hint issued before them is durable (see `Options`).
-    pub hints_before_reply: bool,
+    /// The driver's bug of seed 106 put back (see `Options`).
+    pub ack_despite_failed_hint: bool,
     /// A write whose forward went out unanswered is not coordinated again (see `Options`).
     pub forward_once: bool,
     /// Writes are coordinated only at a chosen replica (see `Options`).
@@ -67,17 +73,6 @@ impl Ctx<'_> {
             .position(|&i| i == id)
             .expect("every node id the ring names is a simulated node")
     }
-}
-
-/// What a node keeps on disk.
-#[derive(Debug, Default)]
-pub struct Durable {
-    /// Objects by key.
-    pub objects: BTreeMap<Vec<u8>, Object>,
-    /// Hints: (target, key) → renewal sequence number.
-    pub hints: BTreeMap<(NodeId, Vec<u8>), u64>,
-    /// Dot counters below this may have been handed out; a restart begins here.
-    pub lease_end: u64,
 }
 
 /// A write waiting in the node's queue for the disk.
@@ -109,17 +104,12 @@ pub enum DiskJob {
     },
     /// Keep a hint for `target` (the coordinator's `HintNeeded`).
     AddHint {
+        /// The driver's number for the hint.
+        seq: u64,
         /// The key.
         key: Vec<u8>,
         /// The replica that missed it.
         target: NodeId,
-    },
-    /// Not a write: a reply held back until everything queued before it is durable.
-    Reply {
-        /// Who gets it.
-        to: ReplyTo,
-        /// The answer.
-        resp: ClientResponse,
     },
     /// A handed-off key was acknowledged: delete the hint unless it was renewed since.
     HintDelivered {
@@ -187,8 +177,10 @@ enum Outgoing {
 
 /// The state a crash loses.
 pub struct Running {
-    coord: Coordinator,
-    dot_next: u64,
+    /// The node's own request driver (`cairn_core::driver`, holding the coordinator).
+    driver: RequestDriver<ReplyTo>,
+    /// The engine's writer over this node's store: it mints dots and hint renewals.
+    writer: Writer,
     /// The node's own liveness policy (`cairn_core::liveness`), fed as `peers.rs` feeds it.
     liveness: Liveness,
     /// The other nodes.
@@ -198,15 +190,13 @@ pub struct Running {
     /// Peer requests awaiting an answer: (peer, when it started, what it was for).
     outgoing: BTreeMap<u64, (NodeId, Duration, Outgoing)>,
     next_rid: u64,
-    requests: BTreeMap<RequestId, ReplyTo>,
-    next_req: u64,
     minted: BTreeMap<RequestId, Dot>,
     put_tag: Option<(RequestId, WriteId)>,
     coord_timer: Option<Duration>,
     disk_free_at: Duration,
     disk_pending: usize,
-    /// Hints queued for the disk and not yet durable.
-    hints_pending: usize,
+    /// Hints the disk finished (kept or failed), in issue order, for the driver.
+    hints_done: u64,
     /// The node's own hint delivery policy (`cairn_core::handoff`), carried out as
     /// `node/src/handoff.rs` does.
     handoff: Handoff,
@@ -220,24 +210,14 @@ pub struct SimNode {
     pub ix: NodeIx,
     /// Its id.
     pub id: NodeId,
-    /// The actor it mints dots as (it never loses its disk, so the epoch never changes).
-    pub actor: ActorId,
-    /// What survives a crash.
-    pub durable: Durable,
+    /// The epoch its store gets when fresh (a new one after its data directory is lost).
+    pub epoch: u64,
+    /// What survives a crash: objects, hints and the node's metadata (epoch, dot lease end).
+    pub store: SimDisk,
     /// Incarnation: bumped by every crash, so events of an earlier life are ignored.
     pub gen: u64,
     /// The running process, `None` while crashed.
     pub run: Option<Running>,
-}
-
-fn version_error(e: VersionError) -> ErrorReply {
-    // As `ErrorReply::from(EngineError::from(VersionError))` in the driver.
-    match e {
-        VersionError::Limit(l) => ErrorReply::Limit(l),
-        other => ErrorReply::BadContext {
-            reason: other.to_string(),
-        },
-    }
 }
 
 impl SimNode {
@@ -246,14 +226,31 @@ impl SimNode {
         SimNode {
             ix,
             id,
-            actor: ActorId { node: id, epoch },
-            durable: Durable {
-                lease_end: 1,
-                ..Durable::default()
-            },
+            epoch,
+            store: SimDisk::default(),
             gen: 0,
             run: None,
         }
+    }
+
+    /// Whether this node is a primary of `key` (for the checker's bookkeeping).
+    fn is_primary(&self, cx: &Ctx, key: &[u8]) -> bool {
+        cx.ring
+            .preference_list(cx.ring.partition_of(key))
+            .primaries
+            .contains(&self.id)
+    }
+
+    /// The stored copy of `key` (empty if none).
+    pub fn object(&self, key: &[u8]) -> Object {
+        read_object(&self.store, key).expect("the simulated store holds only objects it encoded")
+    }
+
+    /// Hints held per target.
+    pub fn hint_counts(&self) -> BTreeMap<NodeId, u64> {
+        self.store
+            .hint_counts()
+            .expect("the simulated store does not fail")
     }
 
     fn me(&self) -> Addr {
@@ -271,8 +268,9 @@ impl SimNode {
         self.run.is_some()
     }
 
-    /// Starts the process (first start or restart after a crash).
-    pub fn start(&mut self, cx: &mut Ctx) {
+    /// Starts the process (first start or restart after a crash); false if it could not start
+    /// (a fresh store whose disk fails cannot record its metadata).
+    pub fn start(&mut self, cx: &mut Ctx) -> bool {
         assert!(self.run.is_none(), "node started twice");
         let now = cx.w.now;
         let instant = cx.w.instant();
@@ -284,42 +282,67 @@ impl SimNode {
             liveness.handle_gossip(instant, id, true, true);
         }
         while liveness.poll_transition().is_some() {}
-        let dot_next = match cx.sabotage {
-            // Forgets the lease: restarts counting from 1, reusing dots (Riak's KV679).
-            Sabotage::ReuseDots => 1,
-            _ => self.durable.lease_end,
+        let writer = match Writer::open(
+            &self.store,
+            self.id,
+            self.epoch,
+            WriterConfig::new(SIM_LEASE_BLOCK, cx.hints_per_peer_max).with_sabotage(cx.sabotage),
+        ) {
+            Ok(writer) => writer,
+            Err(e) => {
+                // As `Node::start` failing on its engine: the process exits; try again later.
+                cx.w.logf(self.me(), || format!("START failed: {e}"));
+                return false;
+            }
         };
+        let meta = self.store.meta().ok().flatten();
+        let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
+        let hints: u64 = self.hint_counts().values().sum();
         self.run = Some(Running {
-            coord: Coordinator::new(self.id, cx.ring.clone()),
-            dot_next,
+            driver: {
+                let mut driver = RequestDriver::new(self.id, cx.ring.clone(), true);
+                if cx.ack_despite_failed_hint {
+                    driver.set_sabotage(DriverSabotage::AckDespiteFailedHint);
+                }
+                driver
+            },
+            writer,
             liveness,
             peer_ids,
             pinging: BTreeSet::new(),
             outgoing: BTreeMap::new(),
             next_rid: 0,
-            requests: BTreeMap::new(),
-            next_req: 0,
             minted: BTreeMap::new(),
             put_tag: None,
             coord_timer: None,
             disk_free_at: now,
             disk_pending: 0,
-            hints_pending: 0,
+            hints_done: 0,
             handoff: Handoff::new(),
             handoff_arm: 0,
         });
         cx.w.logf(self.me(), || {
             format!(
-                "START gen={} dots resume at {} (lease end), {} objects, {} hints",
+                "START gen={} dots resume at {} (lease end), {objects} objects, {hints} hints",
                 self.gen,
-                dot_next,
-                self.durable.objects.len(),
-                self.durable.hints.len()
+                meta.map_or(1, |m| m.lease_end),
             )
         });
         let gen = self.gen;
         cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
         self.arm_handoff(cx, HANDOFF_INTERVAL);
+        true
+    }
+
+    /// The data directory is gone (the process is down): the node restarts with an empty
+    /// store and mints dots under `epoch`.
+    pub fn lose_data(&mut self, epoch: u64) {
+        assert!(
+            self.run.is_none(),
+            "data is lost only while the node is down"
+        );
+        self.store = SimDisk::default();
+        self.epoch = epoch;
     }
 
     /// Crashes the process: everything not durable is gone.
@@ -331,7 +354,7 @@ impl SimNode {
                 "CRASH: lost {} queued disk writes, {} peer requests in flight, {} coordinated requests",
                 run.disk_pending,
                 run.outgoing.len(),
-                run.requests.len()
+                run.driver.coordinator().in_flight()
             )
         });
     }
@@ -339,7 +362,7 @@ impl SimNode {
     /// Whether nothing is in progress here (besides pings).
     pub fn idle(&self) -> bool {
         self.run.as_ref().is_some_and(|r| {
-            r.coord.in_flight() == 0
+            r.driver.is_idle()
                 && r.disk_pending == 0
                 && r.handoff.is_idle()
                 && r.outgoing
@@ -407,7 +430,9 @@ impl SimNode {
                     seq,
                     req: req.clone(),
                 };
-                self.request(cx, to_ix, PeerReq::Forward(req), out, FORWARD_TIMEOUT);
+                // As `server.rs`: the request's own timeout plus the core's margin.
+                let timeout = req.clone().into_job().0.forward_timeout();
+                self.request(cx, to_ix, PeerReq::Forward(req), out, timeout);
             }
             Route::Local => {
                 cx.w.logf(self.me(), || {
@@ -502,7 +527,7 @@ impl SimNode {
     }
 
     fn read_local(&self, key: &[u8]) -> Object {
-        self.durable.objects.get(key).cloned().unwrap_or_default()
+        self.object(key)
     }
 
     fn on_peer_response(&mut self, cx: &mut Ctx, rid: u64, resp: Result<PeerResp, ErrorReply>) {
@@ -514,16 +539,17 @@ impl SimNode {
         self.mark(cx, peer, true, started, "");
         match out {
             Outgoing::Coord { op } => {
-                let result = match resp {
-                    Ok(PeerResp::Ack) => Ok(ReplicaResult::Ack),
-                    Ok(PeerResp::Object(o)) => Ok(ReplicaResult::Object(o)),
-                    Ok(other) => Err(ErrorReply::Malformed {
-                        reason: format!("peer answered {other:?}"),
-                    }),
-                    Err(e) => Err(e),
-                };
-                self.run().coord.handle_result(op, result);
-                self.pump(cx);
+                // On the wire as the node's peer protocol has it: an absent key as no bytes.
+                let answer = resp.map(|r| match r {
+                    PeerResp::Ack => PeerResponse::Ack,
+                    PeerResp::Object(o) if o.is_empty() => PeerResponse::Object(Vec::new()),
+                    PeerResp::Object(o) => PeerResponse::Object(o.encode()),
+                    PeerResp::Pong | PeerResp::Forwarded(_) => {
+                        unreachable!("replica requests are answered with acks and objects")
+                    }
+                });
+                self.run().driver.handle_peer_reply(op, answer);
+                self.drain(cx);
             }
             Outgoing::Repair => {}
             Outgoing::Ping => match resp {
@@ -567,20 +593,27 @@ impl SimNode {
     }
 
     /// The transport gave up on request `rid` (`Peers::request`: marks the peer down).
-    pub fn on_request_failed(&mut self, cx: &mut Ctx, rid: u64, reason: &str) {
+    pub fn on_request_failed(&mut self, cx: &mut Ctx, rid: u64, failure: TransportFailure) {
         let Some((peer, started, out)) = self.run().outgoing.remove(&rid) else {
             return;
         };
-        let reason = reason.to_owned();
+        // What `Peers::call` reports for it.
+        let error = match failure {
+            TransportFailure::NoConnection => PeerError::Connect {
+                node: node(peer),
+                reason: format!("no connection within {PEER_CONNECT_TIMEOUT:?}"),
+            },
+            TransportFailure::NoAnswer => PeerError::Timeout {
+                node: node(peer),
+                after: cx.w.now.saturating_sub(started),
+            },
+        };
+        let reason = error.to_string();
         self.mark(cx, peer, false, started, &reason);
         match out {
             Outgoing::Coord { op } => {
-                let err = ErrorReply::Unreachable {
-                    node: node(peer),
-                    reason,
-                };
-                self.run().coord.handle_result(op, Err(err));
-                self.pump(cx);
+                self.run().driver.handle_peer_failure(op, error);
+                self.drain(cx);
             }
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
@@ -590,7 +623,7 @@ impl SimNode {
                 // Only a forward that never reached a process is coordinated here.
                 if cx.forward_once
                     && matches!(req, ClientRequest::Put { .. })
-                    && reason != "no connection"
+                    && error.may_have_arrived()
                 {
                     cx.w.logf(self.me(), || {
                         format!("forward failed ({reason}) after it went out; write not retried")
@@ -610,14 +643,9 @@ impl SimNode {
                 });
                 self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
             }
-            Outgoing::Handoff => self.handoff_answer(
-                cx,
-                peer,
-                Answer::from_error(&ErrorReply::Unreachable {
-                    node: node(peer),
-                    reason,
-                }),
-            ),
+            Outgoing::Handoff => {
+                self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
+            }
         }
     }
 
@@ -648,21 +676,18 @@ impl SimNode {
                 node: self.ix,
                 gen,
                 rid,
-                reason: "no answer in time",
+                failure: TransportFailure::NoAnswer,
             },
         );
     }
 
-    // ---- coordination (driver.rs) ----
+    // ---- coordination (the core's request driver, run as node/src/driver.rs runs it) ----
 
     fn coordinate(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
         let me = self.id;
         let here = self.me();
         let now = cx.w.instant();
         let run = self.run();
-        let rid = RequestId(run.next_req);
-        run.next_req += 1;
-        run.requests.insert(rid, reply);
         let liveness = &run.liveness;
         let is_up = |id: NodeId| id == me || liveness.is_up(id);
         if cx.w.tracing()
@@ -671,212 +696,139 @@ impl SimNode {
         {
             cx.w.log(
                 here,
-                format!(
-                    "coordinating a write OFF its chosen replicas (req {})",
-                    rid.0
-                ),
+                "coordinating a write OFF its chosen replicas".to_owned(),
             );
         }
-        match req {
-            ClientRequest::Get { key, opts } => {
-                run.coord.handle_get(now, rid, key, &opts, &is_up);
-            }
-            ClientRequest::Put {
-                key,
-                context,
-                payload,
-                opts,
-                write,
-            } => match decode_context(&context) {
-                Ok(ctx) => {
-                    run.put_tag = Some((rid, write));
-                    let w = ClientWrite {
-                        key,
-                        ctx,
-                        payload,
-                        opts,
-                    };
-                    run.coord.handle_put(now, rid, w, &is_up);
-                }
-                Err(e) => {
-                    run.requests.remove(&rid);
-                    let resp = ClientResponse {
-                        result: Err(format!("bad context: {e}")),
-                        minted: None,
-                    };
-                    self.answer(cx, reply, resp);
-                    return;
-                }
-            },
-        }
-        self.pump(cx);
+        let (job, write) = req.into_job();
+        let rid = run.driver.handle_client(now, job, reply, &is_up);
+        run.put_tag = write.map(|w| (rid, w));
+        self.drain(cx);
     }
 
-    /// Carries out everything the coordinator asked for, as the driver's loop does after each
-    /// input: transmits, then hints, then outcomes; then re-arms its timer.
-    fn pump(&mut self, cx: &mut Ctx) {
-        let me = self.id;
+    /// Carries out everything the driver asked for, as `node/src/driver.rs` does after each
+    /// input; then re-arms its timer.
+    fn drain(&mut self, cx: &mut Ctx) {
         let gen = self.gen;
-        let mut transmits = Vec::new();
-        let mut hints = Vec::new();
-        let mut outcomes = Vec::new();
-        {
-            let run = self.run();
-            while let Some(t) = run.coord.poll_transmit() {
-                transmits.push(t);
-            }
-            while let Some(h) = run.coord.poll_hint() {
-                hints.push(h);
-            }
-            while let Some(o) = run.coord.poll_outcome() {
-                outcomes.push(o);
-            }
-        }
-        let mut local_failures = Vec::new();
-        for t in transmits {
-            if t.to == me {
-                match t.msg {
-                    ReplicaOp::Update { key, ctx, payload } => {
-                        let op = t.op.expect("an update is always answered");
-                        let tag = self.run().put_tag.take();
-                        assert!(
-                            tag.is_some(),
-                            "an Update transmit that no handle_put just asked for"
-                        );
-                        cx.w.logf(self.me(), || {
-                            format!(
-                                "local update {} queued for disk (op {})",
-                                key_str(&key),
-                                op.0
-                            )
-                        });
-                        self.queue_disk(
-                            cx,
-                            DiskJob::Update {
-                                key,
-                                ctx,
-                                payload,
-                                op,
-                                tag,
-                            },
-                        );
-                    }
-                    ReplicaOp::Replicate {
-                        key,
-                        object,
-                        hint_for,
-                    } => {
-                        self.queue_disk(
-                            cx,
-                            DiskJob::Merge {
-                                key,
-                                object,
-                                hint_for,
-                                done: MergeDone::Local(t.op),
-                            },
-                        );
-                    }
-                    ReplicaOp::Read { key } => {
-                        let op = t.op.expect("a read is always answered");
-                        let delay = cx.w.micros(5, 300);
-                        cx.w.after(
-                            delay,
-                            Event::LocalRead {
-                                node: self.ix,
-                                gen,
-                                op,
-                                key,
-                            },
-                        );
-                    }
+        while let Some(output) = self.run().driver.poll_output() {
+            match output {
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Write(Write::Update { ctx, payload }),
+                } => {
+                    let op = op.expect("an update is always answered");
+                    let tag = self.run().put_tag.take();
+                    assert!(
+                        tag.is_some(),
+                        "an Update that no handle_client just asked for"
+                    );
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "local update {} queued for disk (op {})",
+                            key_str(&key),
+                            op.0
+                        )
+                    });
+                    self.queue_disk(
+                        cx,
+                        DiskJob::Update {
+                            key,
+                            ctx,
+                            payload,
+                            op,
+                            tag,
+                        },
+                    );
                 }
-            } else {
-                let to = cx.ix(t.to);
-                let out = match t.op {
-                    Some(op) => Outgoing::Coord { op },
-                    None => Outgoing::Repair,
-                };
-                let req = match t.msg {
-                    ReplicaOp::Update { .. } => {
-                        // `driver::execute_remote` refuses to send it.
-                        if let Some(op) = t.op {
-                            local_failures.push((
-                                op,
-                                ErrorReply::Malformed {
-                                    reason: "updates are applied by the coordinating replica only"
-                                        .into(),
-                                },
-                            ));
-                        }
-                        continue;
-                    }
-                    ReplicaOp::Replicate {
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Write(Write::Merge { object, hint_for }),
+                } => self.queue_disk(
+                    cx,
+                    DiskJob::Merge {
                         key,
                         object,
                         hint_for,
-                    } => PeerReq::Replicate {
-                        key,
-                        object,
-                        hint_for,
+                        done: MergeDone::Local(op),
                     },
-                    ReplicaOp::Read { key } => PeerReq::Read { key },
-                };
-                self.request(cx, to, req, out, REQUEST_TIMEOUT_MAX);
+                ),
+                Output::Local {
+                    work: LocalOp::Write(other),
+                    ..
+                } => unreachable!("the driver asks only for updates and merges: {other:?}"),
+                Output::Local {
+                    op,
+                    key,
+                    work: LocalOp::Read,
+                } => {
+                    let Some(op) = op else { continue };
+                    let delay = cx.w.micros(5, 300);
+                    cx.w.after(
+                        delay,
+                        Event::LocalRead {
+                            node: self.ix,
+                            gen,
+                            op,
+                            key,
+                        },
+                    );
+                }
+                Output::SendPeer {
+                    op,
+                    to,
+                    request,
+                    timeout,
+                } => {
+                    let req = match request {
+                        PeerRequest::Replicate {
+                            key,
+                            object,
+                            hint_for,
+                        } => PeerReq::Replicate {
+                            key,
+                            object: Object::decode(&object).expect("the driver encodes objects"),
+                            hint_for,
+                        },
+                        PeerRequest::Read { key } => PeerReq::Read { key },
+                        other => unreachable!("the driver sends replica requests only: {other:?}"),
+                    };
+                    let out = match op {
+                        Some(op) => Outgoing::Coord { op },
+                        None => Outgoing::Repair,
+                    };
+                    let to = cx.ix(to);
+                    self.request(cx, to, req, out, timeout);
+                }
+                Output::Hint { seq, key, target } => {
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "coordinator: hint needed for {} {}",
+                            node(target),
+                            key_str(&key)
+                        )
+                    });
+                    self.queue_disk(cx, DiskJob::AddHint { seq, key, target });
+                }
+                Output::Reply { req, to, result } => {
+                    let minted = self.run().minted.remove(&req);
+                    let resp = ClientResponse {
+                        result: result.map_err(|e| e.to_string()),
+                        minted,
+                    };
+                    cx.w.logf(self.me(), || {
+                        format!(
+                            "outcome req {}: {}",
+                            req.0,
+                            super::msg::describe_resp(&resp)
+                        )
+                    });
+                    self.answer(cx, to, resp);
+                }
             }
         }
         self.run().put_tag = None;
-        for h in hints {
-            cx.w.logf(self.me(), || {
-                format!(
-                    "coordinator: hint needed for {} {}",
-                    node(h.target),
-                    key_str(&h.key)
-                )
-            });
-            self.run().hints_pending += 1;
-            self.queue_disk(
-                cx,
-                DiskJob::AddHint {
-                    key: h.key,
-                    target: h.target,
-                },
-            );
-        }
-        // Every hint issued so far must be durable before a reply goes out.
-        let hold_replies = cx.hints_before_reply && self.run().hints_pending > 0;
-        for (req, outcome) in outcomes {
-            let run = self.run();
-            let minted = run.minted.remove(&req);
-            let reply = run.requests.remove(&req);
-            let resp = ClientResponse {
-                result: outcome.map_err(|e| e.to_string()),
-                minted,
-            };
-            cx.w.logf(self.me(), || {
-                format!(
-                    "outcome req {}: {}",
-                    req.0,
-                    super::msg::describe_resp(&resp)
-                )
-            });
-            match reply {
-                // The disk is FIFO: the reply goes out once the hints queued above are durable.
-                Some(to) if hold_replies => self.queue_disk(cx, DiskJob::Reply { to, resp }),
-                Some(reply) => self.answer(cx, reply, resp),
-                None => {
-                    cx.w.log(self.me(), format!("outcome for unknown request {}", req.0))
-                }
-            }
-        }
-        if !local_failures.is_empty() {
-            for (op, err) in local_failures {
-                self.run().coord.handle_result(op, Err(err));
-            }
-            // Those answers may have produced more work; that pump re-arms the timer.
-            self.pump(cx);
-            return;
-        }
-        if let Some(deadline) = self.run().coord.poll_timeout() {
+        if let Some(deadline) = self.run().driver.poll_timeout() {
             let at = cx.w.virtual_of(deadline);
             let run = self.run();
             if run.coord_timer.is_none_or(|t| at < t) {
@@ -928,12 +880,12 @@ impl SimNode {
         if run.coord_timer.is_some_and(|t| t <= now) {
             run.coord_timer = None;
         }
-        let pending = run.coord.in_flight();
-        run.coord.handle_timeout(instant);
+        let pending = run.driver.coordinator().in_flight();
+        run.driver.handle_tick(instant);
         cx.w.logf(self.me(), || {
             format!("coordinator timer ({pending} requests in flight)")
         });
-        self.pump(cx);
+        self.drain(cx);
     }
 
     /// A local read finished.
@@ -943,9 +895,9 @@ impl SimNode {
             format!("local read {} -> {}", key_str(&key), obj(&copy))
         });
         self.run()
-            .coord
-            .handle_result(op, Ok(ReplicaResult::Object(copy)));
-        self.pump(cx);
+            .driver
+            .handle_local(op, Ok(ReplicaResult::Object(copy)));
+        self.drain(cx);
     }
 
     // ---- the disk (engine.rs) ----
@@ -969,21 +921,18 @@ impl SimNode {
         );
     }
 
-    /// Mints the next counter: the lease end is made durable before a counter under it is used.
-    fn mint(&mut self) -> u64 {
-        let lease_end = self.durable.lease_end;
+    /// Applies one write through the node's writer (`cairn_core::writer`) over this node's
+    /// store, as the engine's writer thread does for a batch; returns the copy before and the
+    /// writer's result.
+    fn write(&mut self, key: &[u8], write: Write) -> (Object, Result<Object, ErrorReply>) {
+        let before = self.object(key);
+        let store = &self.store;
         let run = self.run.as_mut().expect("running");
-        if run.dot_next >= lease_end {
-            self.durable.lease_end = run.dot_next + 1 + SIM_LEASE_BLOCK;
-        }
-        let c = run.dot_next;
-        run.dot_next += 1;
-        c
-    }
-
-    fn add_hint(&mut self, target: NodeId, key: &[u8]) {
-        let seq = self.mint();
-        self.durable.hints.insert((target, key.to_vec()), seq);
+        let mut outcome = run
+            .writer
+            .apply_batch(store, &[(key.to_vec(), write)], &mut |b| store.commit(b));
+        let result = outcome.results.pop().expect("one result per write");
+        (before, result.map_err(ErrorReply::from))
     }
 
     /// A queued write reaches the disk: apply it durably, then answer.
@@ -997,36 +946,36 @@ impl SimNode {
                 op,
                 tag,
             } => {
-                // A dot is spent even if the update is refused: counters only move forward.
-                let d = Dot::new(self.actor, self.mint());
-                let current = self.read_local(&key);
-                let applied = current.update(&ctx, d, payload.clone());
-                let (applied, twice) = match (cx.sabotage, applied) {
-                    // Applies the client's write a second time under a new dot, as a retried
-                    // forward whose first attempt did apply would.
-                    (Sabotage::ApplyTwice, Ok(once)) => {
-                        let d2 = Dot::new(self.actor, self.mint());
-                        (once.update(&ctx, d2, payload), Some(d2))
-                    }
-                    (_, applied) => (applied, None),
-                };
-                let result = match applied {
+                let (current, result) = self.write(&key, Write::Update { ctx, payload });
+                let result = match result {
                     Ok(next) => {
+                        // The dots this update minted: its new siblings (more than one only
+                        // under `Sabotage::ApplyTwice`).
+                        let old: Vec<Dot> = current.siblings().iter().map(|(d, _)| *d).collect();
+                        let actor = self.run().writer.actor();
+                        let minted: Vec<Dot> = next
+                            .siblings()
+                            .iter()
+                            .map(|(d, _)| *d)
+                            .filter(|d| d.actor == actor && !old.contains(d))
+                            .collect();
                         cx.w.logf(self.me(), || {
+                            let dots: Vec<String> = minted.iter().map(|d| dot(*d)).collect();
                             format!(
                                 "disk: update {} dot {} -> {}",
                                 key_str(&key),
-                                dot(d),
+                                dots.join(","),
                                 obj(&next)
                             )
                         });
-                        cx.history.stored(self.ix, &key, &current, &next);
-                        self.durable.objects.insert(key, next.clone());
+                        let primary = self.is_primary(cx, &key);
+                        cx.history.stored(self.ix, primary, &key, &current, &next);
                         if let Some((req, write)) = tag {
-                            self.run().minted.insert(req, d);
-                            cx.history.minted(write, self.ix, d);
-                            if let Some(d2) = twice {
-                                cx.history.minted(write, self.ix, d2);
+                            if let Some(&first) = minted.first() {
+                                self.run().minted.insert(req, first);
+                            }
+                            for d in &minted {
+                                cx.history.minted(write, self.ix, *d);
                             }
                         }
                         Ok(ReplicaResult::Object(next))
@@ -1035,11 +984,11 @@ impl SimNode {
                         cx.w.logf(self.me(), || {
                             format!("disk: update {} refused: {e}", key_str(&key))
                         });
-                        Err(version_error(e))
+                        Err(e)
                     }
                 };
-                self.run().coord.handle_result(op, result);
-                self.pump(cx);
+                self.run().driver.handle_local(op, result);
+                self.drain(cx);
             }
             DiskJob::Merge {
                 key,
@@ -1047,26 +996,9 @@ impl SimNode {
                 hint_for,
                 done,
             } => {
-                let current = self.read_local(&key);
-                let merged = match cx.sabotage {
-                    // Overwrites instead of merging: loses concurrent writes.
-                    Sabotage::OverwriteOnMerge => object.clone(),
-                    // Forgets a deleted key's tombstones when a copy arrives: the stale copy's
-                    // value comes back.
-                    Sabotage::ForgetTombstones
-                        if !current.is_empty() && current.live().is_empty() =>
-                    {
-                        object.clone()
-                    }
-                    _ => current.sync(&object),
-                };
-                let result = match merged.check_limits(cairn_node::version::Limits::Merge) {
-                    Ok(()) => {
-                        if let Some(target) = hint_for {
-                            if cx.sabotage != Sabotage::ForgetHints {
-                                self.add_hint(target, &key);
-                            }
-                        }
+                let (current, result) = self.write(&key, Write::Merge { object, hint_for });
+                let result = match result {
+                    Ok(merged) => {
                         cx.w.logf(self.me(), || {
                             format!(
                                 "disk: merge {}{} -> {}",
@@ -1076,22 +1008,22 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
-                        cx.history.stored(self.ix, &key, &current, &merged);
-                        self.durable.objects.insert(key, merged);
+                        let primary = self.is_primary(cx, &key);
+                        cx.history.stored(self.ix, primary, &key, &current, &merged);
                         Ok(())
                     }
                     Err(e) => {
                         cx.w.logf(self.me(), || {
                             format!("disk: merge {} refused: {e}", key_str(&key))
                         });
-                        Err(version_error(e))
+                        Err(e)
                     }
                 };
                 match done {
                     MergeDone::Local(Some(op)) => {
                         let result = result.map(|()| ReplicaResult::Ack);
-                        self.run().coord.handle_result(op, result);
-                        self.pump(cx);
+                        self.run().driver.handle_local(op, result);
+                        self.drain(cx);
                     }
                     MergeDone::Local(None) => {}
                     MergeDone::Peer { node, gen, rid } => {
@@ -1104,36 +1036,45 @@ impl SimNode {
                     }
                 }
             }
-            DiskJob::AddHint { key, target } => {
-                self.run().hints_pending -= 1;
-                if cx.sabotage != Sabotage::ForgetHints {
-                    self.add_hint(target, &key);
-                }
-                cx.w.logf(self.me(), || {
-                    format!("disk: hint for {} {}", node(target), key_str(&key))
+            DiskJob::AddHint { seq, key, target } => {
+                let (_, result) = self.write(&key, Write::AddHint { target });
+                // As the driver's hint writer: a hint that cannot be kept is logged; read
+                // repair still repairs the key.
+                cx.w.logf(self.me(), || match &result {
+                    Ok(_) => format!("disk: hint for {} {}", node(target), key_str(&key)),
+                    Err(e) => format!(
+                        "disk: could not keep a hint for {} {}: {e}",
+                        node(target),
+                        key_str(&key)
+                    ),
                 });
-            }
-            DiskJob::Reply { to, resp } => self.answer(cx, to, resp),
-            DiskJob::HintDelivered { key, target, seq } => {
-                let k = (target, key);
-                if self.durable.hints.get(&k) == Some(&seq) {
-                    self.durable.hints.remove(&k);
-                    cx.w.logf(self.me(), || {
-                        format!(
-                            "disk: hint for {} {} delivered, deleted",
-                            node(target),
-                            key_str(&k.1)
-                        )
-                    });
-                } else {
-                    cx.w.logf(self.me(), || {
-                        format!(
-                            "disk: hint for {} {} renewed since, kept",
-                            node(target),
-                            key_str(&k.1)
-                        )
-                    });
+                // Kept or not, it is done: replies held for it may go (a failure first).
+                if let Err(e) = result {
+                    let reason = format!("hint for {}: {e}", node(target));
+                    self.run().driver.handle_hint_failed(seq, key, reason);
                 }
+                let run = self.run();
+                run.hints_done += 1;
+                let done = run.hints_done;
+                run.driver.handle_hints_done(done);
+                self.drain(cx);
+            }
+            DiskJob::HintDelivered { key, target, seq } => {
+                let before = self.store.hint(target, &key).ok().flatten();
+                let (_, result) = self.write(&key, Write::HintDelivered { target, seq });
+                let deleted = before.is_some_and(|h| h.seq == seq) && result.is_ok();
+                cx.w.logf(self.me(), || {
+                    format!(
+                        "disk: hint for {} {} delivered, {}",
+                        node(target),
+                        key_str(&key),
+                        if deleted {
+                            "deleted"
+                        } else {
+                            "renewed since, kept"
+                        }
+                    )
+                });
             }
         }
     }
@@ -1217,10 +1158,7 @@ impl SimNode {
     }
 
     fn handoff_round(&mut self, cx: &mut Ctx) {
-        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
-        for (target, _) in self.durable.hints.keys() {
-            *counts.entry(*target).or_insert(0) += 1;
-        }
+        let counts = self.run().writer.hint_counts().clone();
         let now = cx.w.instant();
         let run = self.run();
         let liveness = &run.liveness;
@@ -1246,14 +1184,13 @@ impl SimNode {
             match action {
                 Action::ReadHints { target, limit } => {
                     let hints: Vec<HintRef> = self
-                        .durable
-                        .hints
-                        .range((target, Vec::new())..)
-                        .take_while(|((t, _), _)| *t == target)
-                        .take(limit)
-                        .map(|((_, key), seq)| HintRef {
-                            key: key.clone(),
-                            seq: *seq,
+                        .store
+                        .hints(target, limit)
+                        .expect("the simulated store does not fail")
+                        .into_iter()
+                        .map(|h| HintRef {
+                            key: h.key,
+                            seq: h.seq,
                         })
                         .collect();
                     cx.w.logf(self.me(), || {

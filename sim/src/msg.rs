@@ -3,8 +3,9 @@
 
 use std::fmt;
 
-use cairn_node::coordinator::Outcome;
-use cairn_node::version::{Dot, Object, Payload};
+use cairn_core::coordinator::Outcome;
+use cairn_core::driver::Job;
+use cairn_core::version::{Dot, Object, Payload};
 use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
 
 use super::fmt::{obj, payload};
@@ -60,6 +61,28 @@ impl ClientRequest {
     pub fn key(&self) -> &[u8] {
         match self {
             ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+        }
+    }
+
+    /// The node's job for it, and the history's name of a write.
+    pub fn into_job(self) -> (Job, Option<WriteId>) {
+        match self {
+            ClientRequest::Get { key, opts } => (Job::Get { key, opts }, None),
+            ClientRequest::Put {
+                key,
+                context,
+                payload,
+                opts,
+                write,
+            } => (
+                Job::Put {
+                    key,
+                    context,
+                    payload,
+                    opts,
+                },
+                Some(write),
+            ),
         }
     }
 }
@@ -232,7 +255,7 @@ pub fn describe_req(req: &ClientRequest) -> String {
             "put w{write} {} := {} ctx={} w={:?} pw={:?} timeout={:?}",
             key_str(key),
             payload(p),
-            cairn_node::version::decode_context(context)
+            cairn_core::version::decode_context(context)
                 .map_or_else(|e| format!("<{e}>"), |vv| super::fmt::vclock(&vv)),
             opts.w,
             opts.pw,

@@ -1,14 +1,8 @@
-//! A deterministic whole-cluster simulator: the node's own pure core (`cairn_core`'s coordinator,
-//! versioning, hint-delivery and liveness machines, and the real ring) for several nodes, over
-//! virtual time and a seeded faulty network (drops, duplicates, delays that reorder, partitions,
-//! crashes and restarts that lose what was not durable), with random clients and a history
-//! checker (see `history`).
-//!
-//! Not yet the whole node: the glue between those machines (`driver.rs` carrying out the
-//! coordinator's transmits, the engine's writer, `server.rs`'s routing) is still re-enacted in
-//! `node.rs` below, because that glue lives in `cairn-node` with tokio and redb. Moving it into
-//! `cairn-core` as one `NodeCore` that both drive is the open part of issue 10; until then a bug
-//! in that glue is one this simulator cannot see.
+//! A deterministic whole-cluster simulator: the node's own pure core (`cairn_core`'s request
+//! driver with its coordinator, the writer over a synchronous store, versioning, the
+//! hint-delivery and liveness policies, and the real ring) for several nodes, over virtual time,
+//! a seeded faulty network and in-memory disks, with random clients and a history checker (see
+//! `history`). This crate depends on no I/O crate (`tests/tests/architecture.rs` checks it).
 //!
 //! A run is a pure function of its seed: the cluster shape, the network's faults, the clients'
 //! operations and every timing come from one `StdRng`, and events at the same instant run in the
@@ -17,41 +11,38 @@
 //!
 //! Phases of a run:
 //! 1. *Active*: clients issue their operations while the fault injector crashes and restarts
-//!    nodes and installs and heals partitions.
-//! 2. *Heal*: partitions heal, crashed nodes restart, the network stops dropping and
+//!    nodes (sometimes at once, sometimes with the data directory lost), pauses them, makes
+//!    their disks fail for a while, and installs and heals partitions.
+//! 2. *Heal*: partitions heal, disks work, crashed nodes restart, the network stops dropping and
 //!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
 //!    up, every hint delivered).
-//! 3. *Repair*: there is no anti-entropy yet, so a verifier reads every key written with R = N
+//! 3. *Repair*: there is no anti-entropy here, so a verifier reads every key written with R = N
 //!    (read repair), and the run waits for quiet again.
 //! 4. *Check*: the history checker judges what every primary holds.
 //!
-//! What is modelled, and where (each mirrors a file of `node/src`):
-//! - `node`: per node the real `Coordinator`, driven as `driver.rs` drives it (local ops are
-//!   transmits to itself; hints are separate writes); `server.rs`'s routing (forward to the
-//!   first chosen replica, coordinate locally when that fails); the engine's durability (one
-//!   FIFO disk queue per node, a write durable and acknowledged only when its disk event runs,
-//!   lost if the node crashes first; dots and hint sequence numbers from one leased counter that
-//!   a restart resumes at the persisted lease end); liveness is the node's own policy
-//!   (`cairn_core::liveness`, fed as `peers.rs` feeds it; with no gossip here every peer counts
-//!   as alive and suspect, so probes find a dead one: any answer marks a peer up, a failed
-//!   exchange marks it down unless a newer one succeeded, down peers are pinged with doubling
-//!   backoff); hinted handoff is the node's own policy (`cairn_core::handoff`: per target one
-//!   key at a time, refused hints set aside, a failure ending the target's round), carried out
-//!   as `handoff.rs` does, the hint deleted only if its sequence number is unchanged.
-//! - `world`: virtual time, the event queue, the network: per-message delay, loss,
-//!   duplicated answers (never requests), slow messages that reorder, partitions between groups of nodes; a request to
-//!   a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition times out.
+//! What runs the node's own code, and what is still this simulator's:
+//! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
+//!   fallback's ack failed when its hint could not be kept), carried out as
+//!   `node/src/driver.rs` carries out its outputs; the core's `Writer` applying each queued
+//!   write (one per batch, FIFO, like the engine's single writer thread without group commit)
+//!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
+//!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
+//!   and `handoff.rs` do (that glue, and `server.rs`'s routing and peer handlers, is still
+//!   this crate's own: forward to the first chosen replica, coordinate here when the forward
+//!   never left). With no gossip here every peer counts as alive and suspect, so probes find a
+//!   dead one.
+//! - `world`: virtual time, the event queue, the network: per-message delay, loss, duplicated
+//!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
+//!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
+//!   times out; a paused node's events wait until it resumes.
+//! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
-//! Not modelled: membership changes, anti-entropy, disks that fail or are lost (a node's epoch
-//! never changes), limits other than the object's (`SIBLINGS_MAX` and friends are real).
-//!
-//! The ring, the coordinator, the versioning, the liveness and handoff policies are the node's
-//! own code (`cairn-core`); the drivers around them are still re-enacted here. When `driver.rs`,
-//! `server.rs`, `engine.rs`, `peers.rs` or `handoff.rs` change what they do, change the
-//! matching code in `node` (and `Options`).
+//! Not modelled: gossip membership and membership changes, anti-entropy, layout changes, limits
+//! other than the object's and the hint store's.
 
 mod client;
+mod disk;
 mod fmt;
 mod history;
 mod msg;
@@ -61,7 +52,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_node::peers::PEER_CONNECT_TIMEOUT;
+use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
 use cairn_proto::NodeId;
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::rngs::StdRng;
@@ -74,27 +65,11 @@ pub use world::NetConfig;
 use client::{ClientCtx, SimClient};
 use msg::{Addr, Body, ClientResponse};
 use node::{Ctx, SimNode};
-use world::{Event, World};
+use world::{Event, TransportFailure, World};
 
-/// A deliberate bug in the simulated replica, to show that the checker catches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sabotage {
-    /// None: the replica behaves as the node does.
-    #[default]
-    None,
-    /// A replica stores an incoming object instead of merging it (`sync`) with its own.
-    OverwriteOnMerge,
-    /// Hints are never stored.
-    ForgetHints,
-    /// The dot counter restarts at 1 after a crash instead of at the persisted lease end.
-    ReuseDots,
-    /// The coordinating replica applies a client write twice, under two dots (as a forward
-    /// retried after a lost reply would, if the first attempt had applied it).
-    ApplyTwice,
-    /// A replica whose copy of a key is only tombstones stores an incoming copy as it is,
-    /// instead of merging: a stale replica's value comes back after a delete.
-    ForgetTombstones,
-}
+/// A deliberate bug in the node's writer (`cairn_core::writer`, built with its `sabotage`
+/// feature), to show that the checker catches it.
+pub use cairn_core::writer::Sabotage;
 
 /// How to run one seed.
 #[derive(Debug, Clone)]
@@ -106,10 +81,9 @@ pub struct Options {
     /// Let the fault injector crash a coordinator right after it acknowledged a write (with the
     /// probability the seed draws), while what it still has to make durable is queued.
     pub crash_after_ack: bool,
-    /// Drive the coordinator as `driver.rs` should (known bug 1 in `tests/tests/sim.rs`): a
-    /// reply waits until every hint issued before it is durable. `false` drives it as
-    /// `driver.rs` does today: the reply goes out while its hints are still queued.
-    pub hints_before_reply: bool,
+    /// The driver's bug of seed 106 put back (`DriverSabotage::AckDespiteFailedHint`): a
+    /// fallback acknowledges a write whose hint could not be kept.
+    pub ack_despite_failed_hint: bool,
     /// Coordinate a write only at a node that `route` chooses for it (known bug 2 in
     /// `tests/tests/coordinator.rs`): after a failed forward, and on receiving a forward, a node
     /// that is not among the key's chosen replicas refuses the write. `false` does as
@@ -119,6 +93,11 @@ pub struct Options {
     /// `server.rs` does since bug 3: it may have been applied there). `false` retries it here,
     /// as `server.rs` did before, which can apply one client write twice.
     pub forward_once: bool,
+    /// The faults added with the shared node core: disks that fail their commits for a while,
+    /// nodes paused and resumed, restarts right after a crash, and (drawn per seed) a small hint
+    /// store that fills up. `false` keeps the random choices of the seeds found before them
+    /// (the regression seeds of bug 1).
+    pub more_faults: bool,
 }
 
 impl Default for Options {
@@ -128,9 +107,10 @@ impl Default for Options {
             sabotage: Sabotage::None,
             crash_after_ack: true,
             // As node/src/driver.rs does: an ack waits for the hints issued before it.
-            hints_before_reply: true,
+            ack_despite_failed_hint: false,
             strict_routing: false,
             forward_once: true,
+            more_faults: true,
         }
     }
 }
@@ -158,13 +138,17 @@ pub struct Config {
     pub crash_after_ack: f64,
     /// Client think time, milliseconds.
     pub think_ms: (u64, u64),
+    /// Disk failures, pauses and quick restarts among the faults (`Options::more_faults`).
+    pub more_faults: bool,
+    /// Hints each node keeps per target (the writer refuses more).
+    pub hints_per_peer_max: u64,
 }
 
 impl Config {
     /// The configuration for `rng`'s seed.
-    fn draw(rng: &mut StdRng) -> Config {
+    fn draw(rng: &mut StdRng, more_faults: bool) -> Config {
         let faulty = rng.gen_bool(0.85);
-        Config {
+        let mut cfg = Config {
             nodes: rng.gen_range(3..=5),
             partitions: 16,
             replicas: 3,
@@ -201,13 +185,20 @@ impl Config {
                 0.0
             },
             think_ms: (0, rng.gen_range(10..=200)),
+            more_faults,
+            hints_per_peer_max: node::SIM_HINTS_PER_PEER_MAX,
+        };
+        // Drawn last, and only with the new faults, so the seeds before them keep their runs.
+        if more_faults && rng.gen_bool(0.3) {
+            cfg.hints_per_peer_max = rng.gen_range(1..=4);
         }
+        cfg
     }
 
     fn one_line(&self) -> String {
         format!(
             "nodes={} Q={} N={} clients={} ops={} keys={} drop={:.3} dup={:.3} slow={:.3} \
-             faults_every={:?}ms crash_after_ack={:.3}",
+             faults_every={:?}ms crash_after_ack={:.3} more_faults={} hints_max={}",
             self.nodes,
             self.partitions,
             self.replicas,
@@ -218,7 +209,9 @@ impl Config {
             self.net.duplicate,
             self.net.slow,
             self.fault_every_ms,
-            self.crash_after_ack
+            self.crash_after_ack,
+            self.more_faults,
+            self.hints_per_peer_max
         )
     }
 }
@@ -280,12 +273,14 @@ struct Sim {
     faults_on: bool,
     partition: u64,
     problems: Vec<Violation>,
+    /// Until when each node is paused (`Duration::ZERO`: running).
+    paused_until: Vec<Duration>,
 }
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cfg = Config::draw(&mut rng);
+    let mut cfg = Config::draw(&mut rng, opts.more_faults);
     if !opts.crash_after_ack {
         // Drawn all the same, so a seed's other choices do not depend on this option.
         cfg.crash_after_ack = 0.0;
@@ -308,6 +303,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         .collect();
     let clients = (0..cfg.clients).map(SimClient::new).collect();
     let w = World::new(rng, cfg.net.clone(), cfg.nodes, opts.trace);
+    let paused_until = vec![Duration::ZERO; ids.len()];
     let sim = Sim {
         ops_left: cfg.ops,
         cfg,
@@ -321,6 +317,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         faults_on: true,
         partition: 0,
         problems: Vec::new(),
+        paused_until,
     };
     sim.run_all(seed)
 }
@@ -331,7 +328,7 @@ impl Sim {
             .log("sim", format!("seed {seed}: {}", self.cfg.one_line()));
         for n in 0..self.nodes.len() {
             let (node, mut cx) = self.split(n);
-            node.start(&mut cx);
+            assert!(node.start(&mut cx), "a fresh node on a healthy disk starts");
         }
         for c in 0..self.clients.len() {
             let delay = self.w.micros(0, 10_000);
@@ -381,17 +378,12 @@ impl Sim {
         let mut finals = BTreeMap::new();
         for key in &keys {
             let pl = self.ring.preference_list(self.ring.partition_of(key));
-            let copies: Vec<(usize, cairn_node::version::Object)> = pl
+            let copies: Vec<(usize, cairn_core::version::Object)> = pl
                 .primaries
                 .iter()
                 .map(|id| {
                     let ix = self.ids.iter().position(|i| i == id).expect("member");
-                    let o = self.nodes[ix]
-                        .durable
-                        .objects
-                        .get(key)
-                        .cloned()
-                        .unwrap_or_default();
+                    let o = self.nodes[ix].object(key);
                     (ix, o)
                 })
                 .collect();
@@ -426,10 +418,9 @@ impl Sim {
         let mut detail = vec![what.to_owned()];
         for n in &self.nodes {
             let hints: Vec<String> = n
-                .durable
-                .hints
-                .keys()
-                .map(|(t, k)| format!("{}:{}", fmt::node(*t), msg::key_str(k)))
+                .hint_counts()
+                .iter()
+                .map(|(t, c)| format!("{}:{c}", fmt::node(*t)))
                 .collect();
             detail.push(format!(
                 "n{} running={} idle={} hints=[{}] believes down=[{}]",
@@ -452,14 +443,16 @@ impl Sim {
         });
     }
 
-    /// Every node running and idle, every view up, every hint delivered, nothing in flight.
+    /// Every node running (none paused) and idle, every view up, every hint delivered,
+    /// nothing in flight.
     fn quiet(&self) -> bool {
         self.w.in_flight == 0
+            && self.paused_until.iter().all(|&until| self.w.now >= until)
             && self.clients.iter().all(|c| !c.busy())
             && self.nodes.iter().all(|n| {
                 n.is_running()
                     && n.idle()
-                    && n.durable.hints.is_empty()
+                    && n.hint_counts().is_empty()
                     && n.peers_down().is_empty()
             })
     }
@@ -471,11 +464,14 @@ impl Sim {
         );
         self.faults_on = false;
         self.w.reliable = true;
+        for n in &self.nodes {
+            n.store.set_failing(false);
+        }
         self.w.group.iter_mut().for_each(|g| *g = 0);
         for n in 0..self.nodes.len() {
             if !self.nodes[n].is_running() {
                 let (node, mut cx) = self.split(n);
-                node.start(&mut cx);
+                assert!(node.start(&mut cx), "disks are healed before the restarts");
             }
         }
     }
@@ -508,6 +504,7 @@ impl Sim {
             history,
             nodes,
             opts,
+            cfg,
             ..
         } = self;
         (
@@ -518,8 +515,9 @@ impl Sim {
                 ids,
                 history,
                 crash_after_ack,
+                hints_per_peer_max: cfg.hints_per_peer_max,
                 sabotage: opts.sabotage,
-                hints_before_reply: opts.hints_before_reply,
+                ack_despite_failed_hint: opts.ack_despite_failed_hint,
                 forward_once: opts.forward_once,
                 strict_routing: opts.strict_routing,
             },
@@ -560,6 +558,14 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Event) {
+        if let Some(n) = event.node() {
+            let until = self.paused_until[n];
+            if self.w.now < until && self.nodes[n].is_running() {
+                // A paused process handles nothing; its events wait for it, in order.
+                self.w.at(until, event);
+                return;
+            }
+        }
         match event {
             Event::Deliver(env) => {
                 if !env.body.is_ping() {
@@ -583,7 +589,7 @@ impl Sim {
                                         node: from,
                                         gen: *gen,
                                         rid: *rid,
-                                        reason: "no connection",
+                                        failure: TransportFailure::NoConnection,
                                     },
                                 );
                             }
@@ -636,9 +642,9 @@ impl Sim {
                 node,
                 gen,
                 rid,
-                reason,
+                failure,
             } => {
-                self.on_node(node, gen, |n, cx| n.on_request_failed(cx, rid, reason));
+                self.on_node(node, gen, |n, cx| n.on_request_failed(cx, rid, failure));
             }
             Event::ProbeTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_probe_tick(cx));
@@ -659,14 +665,48 @@ impl Sim {
                 if self.faults_on && self.nodes[n].is_running() {
                     let (node, mut cx) = self.split(n);
                     node.crash(&mut cx);
-                    let down_for = self.w.micros(200_000, 8_000_000);
+                    self.paused_until[n] = Duration::ZERO;
+                    // Sometimes the data directory is lost with the process: the node comes
+                    // back empty, under a new epoch.
+                    if self.cfg.more_faults && self.w.chance(0.15) {
+                        let epoch = self.w.rng.gen::<u64>().max(1);
+                        self.nodes[n].lose_data(epoch);
+                        self.history.wiped(n);
+                        self.w
+                            .log(Addr::Node(n), "DATA DIR LOST: restarts empty, new epoch");
+                    }
+                    // Sometimes back at once (issue 10's quick restart: peers still have
+                    // requests to it in flight).
+                    let down_for = if self.cfg.more_faults && self.w.chance(0.3) {
+                        self.w.micros(1_000, 50_000)
+                    } else {
+                        self.w.micros(200_000, 8_000_000)
+                    };
                     self.w.after(down_for, Event::Restart(n));
+                }
+            }
+            Event::DiskFails { node, failing } => {
+                if !failing || self.faults_on {
+                    self.nodes[node].store.set_failing(failing);
+                    self.w.logf(Addr::Node(node), || {
+                        format!("DISK {}", if failing { "FAILING" } else { "works again" })
+                    });
+                }
+            }
+            Event::Pause { node, until } => {
+                if self.faults_on && self.nodes[node].is_running() {
+                    self.paused_until[node] = until;
+                    self.w.logf(Addr::Node(node), || {
+                        format!("PAUSED until {:.3}s", until.as_secs_f64())
+                    });
                 }
             }
             Event::Restart(n) => {
                 if !self.nodes[n].is_running() {
                     let (node, mut cx) = self.split(n);
-                    node.start(&mut cx);
+                    if !node.start(&mut cx) {
+                        self.w.after(Duration::from_secs(1), Event::Restart(n));
+                    }
                 }
             }
             Event::Heal { id } => {
@@ -685,7 +725,30 @@ impl Sim {
         }
         let roll = self.w.rng.gen_range(0..100);
         let nodes = self.nodes.len();
-        if roll < 45 {
+        if self.cfg.more_faults && roll < 20 {
+            let n = self.w.rng.gen_range(0..nodes);
+            let lasts = self.w.micros(100_000, 5_000_000);
+            if roll < 10 {
+                self.w.after(
+                    Duration::ZERO,
+                    Event::DiskFails {
+                        node: n,
+                        failing: true,
+                    },
+                );
+                self.w.after(
+                    lasts,
+                    Event::DiskFails {
+                        node: n,
+                        failing: false,
+                    },
+                );
+            } else {
+                let until = self.w.now + lasts;
+                self.w
+                    .after(Duration::ZERO, Event::Pause { node: n, until });
+            }
+        } else if roll < 45 {
             let n = self.w.rng.gen_range(0..nodes);
             self.w.after(Duration::ZERO, Event::Crash(n));
         } else if roll < 85 {

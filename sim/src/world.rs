@@ -19,6 +19,15 @@ pub type NodeIx = usize;
 /// Index of a simulated client.
 pub type ClientIx = usize;
 
+/// How a simulated peer request failed, as the transport sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// Nothing listens at the peer: the connection attempt failed, nothing was sent.
+    NoConnection,
+    /// The request went out and no answer came in time.
+    NoAnswer,
+}
+
 /// Something that happens at an instant of virtual time.
 #[derive(Debug)]
 pub enum Event {
@@ -40,7 +49,7 @@ pub enum Event {
         /// Its incarnation.
         gen: u64,
         /// The coordinator's op.
-        op: cairn_node::coordinator::OpId,
+        op: cairn_core::coordinator::OpId,
         /// The key.
         key: Vec<u8>,
     },
@@ -59,8 +68,8 @@ pub enum Event {
         gen: u64,
         /// The request.
         rid: u64,
-        /// What the transport reports.
-        reason: &'static str,
+        /// What the transport saw.
+        failure: TransportFailure,
     },
     /// The liveness probe loop ticks.
     ProbeTick {
@@ -93,6 +102,21 @@ pub enum Event {
     Crash(NodeIx),
     /// A crashed node restarts.
     Restart(NodeIx),
+    /// A node's disk starts (`true`) or stops failing its commits.
+    DiskFails {
+        /// The node.
+        node: NodeIx,
+        /// Whether commits fail from now on.
+        failing: bool,
+    },
+    /// A node stops running (as SIGSTOP or a long GC pause) until `until`: its events wait,
+    /// nothing is lost.
+    Pause {
+        /// The node.
+        node: NodeIx,
+        /// When it resumes.
+        until: Duration,
+    },
     /// The installed partition heals.
     Heal {
         /// Which partition (a later one may have replaced it).
@@ -104,6 +128,25 @@ struct Scheduled {
     at: Duration,
     seq: u64,
     event: Event,
+}
+
+impl Event {
+    /// The node whose process handles this event, if one does.
+    pub fn node(&self) -> Option<NodeIx> {
+        match self {
+            Event::Deliver(env) => match env.to {
+                Addr::Node(n) => Some(n),
+                Addr::Client(_) => None,
+            },
+            Event::Disk { node, .. }
+            | Event::LocalRead { node, .. }
+            | Event::CoordTimer { node, .. }
+            | Event::RequestFailed { node, .. }
+            | Event::ProbeTick { node, .. }
+            | Event::HandoffTick { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
 }
 
 impl PartialEq for Scheduled {

@@ -34,8 +34,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use cairn_node::coordinator::Outcome;
-use cairn_node::version::{Dot, Object, Payload, VClock};
+use cairn_core::coordinator::Outcome;
+use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_proto::ActorId;
 
 use super::fmt::{dot, obj, payload as payload_str, vclock};
@@ -130,6 +130,21 @@ pub struct History {
     by_dot: BTreeMap<(ActorId, u64), WriteId>,
     /// Violations found while the run went on (phantoms, bad acknowledgements).
     pub online: Vec<Violation>,
+    /// The nodes whose store holds each dot as a sibling (since their last data loss).
+    holders: BTreeMap<(ActorId, u64), Holders>,
+    /// Dots every holder of which lost its data directory: a write may be lost with them.
+    orphaned: std::collections::BTreeSet<(ActorId, u64)>,
+}
+
+/// Who holds a dot.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Primaries of its key.
+    primaries: std::collections::BTreeSet<NodeIx>,
+    /// Other nodes (fallbacks, coordinators off the key's replicas).
+    others: std::collections::BTreeSet<NodeIx>,
+    /// Whether a primary ever stored it.
+    reached_primary: bool,
 }
 
 fn covers(vv: &VClock, d: Dot) -> bool {
@@ -273,8 +288,46 @@ impl History {
             .collect()
     }
 
-    /// Replica `node` replaces its object for `key`, `old`, with `new` (rule 6).
-    pub fn stored(&mut self, node: NodeIx, key: &[u8], old: &Object, new: &Object) {
+    /// Node `node` lost its data directory: the dots only it held are gone with it. Once a dot
+    /// reached a primary of its key, only primaries count: a fallback's copy has no way to a
+    /// primary but its hint, which was for a primary that got it. Before, the fallbacks (with
+    /// their hints) are all it has.
+    pub fn wiped(&mut self, node: NodeIx) {
+        for (d, h) in &mut self.holders {
+            h.others.remove(&node);
+            if h.primaries.remove(&node) {
+                h.reached_primary = true;
+            }
+            let gone = if h.reached_primary {
+                h.primaries.is_empty()
+            } else {
+                h.others.is_empty()
+            };
+            if gone {
+                self.orphaned.insert(*d);
+            }
+        }
+    }
+
+    /// Whether every node that stored dot `d` lost its data since (so rules 1 and 4 excuse it).
+    fn orphaned(&self, d: Dot) -> bool {
+        self.orphaned.contains(&(d.actor, d.counter))
+    }
+
+    /// Replica `node` (a primary of `key` or not) replaces its object for `key`, `old`, with
+    /// `new` (rule 6).
+    pub fn stored(&mut self, node: NodeIx, primary: bool, key: &[u8], old: &Object, new: &Object) {
+        for (d, _) in new.siblings() {
+            let id = (d.actor, d.counter);
+            let h = self.holders.entry(id).or_default();
+            if primary {
+                h.primaries.insert(node);
+                h.reached_primary = true;
+            } else {
+                h.others.insert(node);
+            }
+            self.orphaned.remove(&id);
+        }
         let seen = old.join();
         let old_sibs: Vec<Dot> = old.siblings().into_iter().map(|(d, _)| d).collect();
         let deleted = !old.is_empty() && old.live().is_empty();
@@ -402,7 +455,7 @@ impl History {
                     );
                     continue;
                 };
-                if sibs.iter().any(|(s, _)| *s == d) {
+                if sibs.iter().any(|(s, _)| *s == d) || self.orphaned(d) {
                     continue;
                 }
                 let superseded_by = writes
@@ -458,7 +511,10 @@ impl History {
             }
 
             // Rule 4: nothing a write that took effect saw comes back.
-            for w2 in writes.iter().filter(|w2| took_effect(w2)) {
+            for w2 in writes
+                .iter()
+                .filter(|w2| took_effect(w2) && !w2.minted.iter().any(|(_, m)| self.orphaned(*m)))
+            {
                 for (d, p) in &sibs {
                     if covers(&w2.ctx, *d) && !w2.minted.iter().any(|(_, m)| m == d) {
                         let rule = if w2.payload == Payload::Tombstone {

@@ -1,6 +1,6 @@
 //! Short text forms of objects, dots and contexts for the simulator's trace and failure reports.
 
-use cairn_node::version::{Dot, Object, Payload, VClock};
+use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_proto::{ActorId, NodeId};
 
 /// Most nodes a simulated cluster has (names `node1..`).

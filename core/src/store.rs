@@ -1,0 +1,110 @@
+//! Durable storage behind a small synchronous trait: the redb file in production (`cairn-node`),
+//! a map in unit tests and the simulator ([`MemoryStore`]).
+//!
+//! The trait is deliberately narrow (point reads, a snapshot scan, the key-hash index, atomic
+//! durable batches, node metadata): all versioning logic stays above it, in the engine, so every store behaves alike.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use cairn_antientropy::KeyHash;
+use cairn_proto::NodeId;
+
+/// The node's identity and dot-counter lease, kept with its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node this data directory belongs to.
+    pub node: NodeId,
+    /// The incarnation of this data directory; a fresh directory gets a new random epoch.
+    pub epoch: u64,
+    /// Dot counters below this value may have been handed out; the next start begins here.
+    pub lease_end: u64,
+}
+
+/// A promise to hand `key` to the node `target`, which missed a write to it. `seq` changes
+/// whenever the hint is renewed, so a delivery of an older state does not delete a newer hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The node that missed the write.
+    pub target: NodeId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Renewal sequence number.
+    pub seq: u64,
+}
+
+/// One atomic, durable unit of change.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Objects to store (key, encoded object), replacing what was there.
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hints to add or renew.
+    pub hints_put: Vec<Hint>,
+    /// Hints to delete (by target and key).
+    pub hints_remove: Vec<(NodeId, Vec<u8>)>,
+    /// New metadata, if it changed.
+    pub meta: Option<NodeMeta>,
+}
+
+impl Batch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+            && self.hints_put.is_empty()
+            && self.hints_remove.is_empty()
+            && self.meta.is_none()
+    }
+}
+
+/// Why the store failed; the operation that hit it is not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What redb or the OS reported.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("storage {op} failed: {reason}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// What redb reported.
+        reason: String,
+    },
+    /// Stored metadata is unreadable.
+    #[error("node metadata is corrupt: {reason}")]
+    CorruptMeta {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A node's durable storage.
+///
+/// Implementations must make `commit` atomic (all of the batch or none of it survives a crash)
+/// and durable on return; the engine acknowledges writes only after `commit` returns.
+pub trait Store: Send + Sync + 'static {
+    /// The stored metadata, or `None` for a fresh store.
+    fn meta(&self) -> Result<Option<NodeMeta>, StoreError>;
+    /// The encoded object stored under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies `batch` atomically and durably.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// The stored key whose `blake3` hash is `key_hash`, if an object is stored under it.
+    fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Calls `visit(key, encoded object)` for every stored object, in key order, over one
+    /// consistent snapshot (taken when the call starts), until `visit` returns false. Returns how
+    /// many objects were visited.
+    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError>;
+    /// Up to `limit` hints for `target`, in key order.
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError>;
+    /// The hint for (`target`, `key`), if any.
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError>;
+    /// How many hints are held per target.
+    fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError>;
+}

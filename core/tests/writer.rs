@@ -1,0 +1,217 @@
+//! The writer's batch application over a `MemoryStore` (and one whose commits fail): the dot
+//! lease, hint renewals and deletions, the hint maximum, and a failed commit.
+
+use std::collections::BTreeMap;
+
+use cairn_antientropy::KeyHash;
+use cairn_core::store::{Batch, Hint, MemoryStore, NodeMeta, Store, StoreError};
+use cairn_core::version::{Object, Payload, VClock};
+use cairn_core::writer::{Write, WriteError, Writer, WriterConfig};
+use cairn_proto::NodeId;
+
+const LEASE_BLOCK: u64 = 4;
+
+fn node(name: &str) -> NodeId {
+    NodeId::from_name(name)
+}
+
+fn open(store: &dyn Store, hints_max: u64) -> Writer {
+    Writer::open(
+        store,
+        node("me"),
+        7,
+        WriterConfig::new(LEASE_BLOCK, hints_max),
+    )
+    .unwrap()
+}
+
+fn update(value: &str) -> Write {
+    Write::Update {
+        ctx: VClock::default(),
+        payload: Payload::Value(value.as_bytes().to_vec()),
+    }
+}
+
+fn apply(
+    w: &mut Writer,
+    store: &dyn Store,
+    writes: Vec<(&str, Write)>,
+) -> Vec<Result<Object, WriteError>> {
+    let writes: Vec<(Vec<u8>, Write)> = writes
+        .into_iter()
+        .map(|(k, w)| (k.as_bytes().to_vec(), w))
+        .collect();
+    w.apply_batch(store, &writes, &mut |b| store.commit(b))
+        .results
+}
+
+fn counters(o: &Object) -> Vec<u64> {
+    o.siblings().iter().map(|(d, _)| d.counter).collect()
+}
+
+#[test]
+fn a_reopened_writer_never_mints_a_counter_again() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let first = apply(&mut w, &store, vec![("a", update("1")), ("b", update("2"))]);
+    let minted: Vec<u64> = first
+        .iter()
+        .flat_map(|r| counters(r.as_ref().unwrap()))
+        .collect();
+    assert_eq!(minted, vec![1, 2]);
+    let lease_end = store.meta().unwrap().unwrap().lease_end;
+    assert!(
+        lease_end > 2,
+        "the lease covers what was minted: {lease_end}"
+    );
+    // A crash: the writer is gone, the store stays.
+    drop(w);
+    let mut w = open(&store, 10);
+    let again = apply(&mut w, &store, vec![("c", update("3"))]);
+    assert_eq!(counters(again[0].as_ref().unwrap()), vec![lease_end]);
+}
+
+#[test]
+fn a_delivered_hint_is_deleted_only_if_not_renewed() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let target = node("other");
+    apply(&mut w, &store, vec![("k", Write::AddHint { target })]);
+    let seq = store.hint(target, b"k").unwrap().unwrap().seq;
+    // Renewed, then the delivery of the old renewal comes back: the hint stays.
+    apply(&mut w, &store, vec![("k", Write::AddHint { target })]);
+    let renewed = store.hint(target, b"k").unwrap().unwrap().seq;
+    assert_ne!(seq, renewed);
+    apply(
+        &mut w,
+        &store,
+        vec![("k", Write::HintDelivered { target, seq })],
+    );
+    assert!(store.hint(target, b"k").unwrap().is_some());
+    assert_eq!(w.hint_counts().get(&target), Some(&1));
+    // The delivery of the current renewal deletes it, in the same batch as a later renewal of
+    // another key.
+    apply(
+        &mut w,
+        &store,
+        vec![
+            (
+                "k",
+                Write::HintDelivered {
+                    target,
+                    seq: renewed,
+                },
+            ),
+            ("j", Write::AddHint { target }),
+        ],
+    );
+    assert!(store.hint(target, b"k").unwrap().is_none());
+    assert_eq!(w.hint_counts().get(&target), Some(&1));
+}
+
+#[test]
+fn hints_beyond_the_maximum_are_refused_and_the_merge_with_them() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 2);
+    let target = node("other");
+    let results = apply(
+        &mut w,
+        &store,
+        vec![
+            ("a", Write::AddHint { target }),
+            ("b", Write::AddHint { target }),
+            // Renewing a held hint needs no room.
+            ("a", Write::AddHint { target }),
+            (
+                "c",
+                Write::Merge {
+                    object: Object::new(),
+                    hint_for: Some(target),
+                },
+            ),
+        ],
+    );
+    assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        matches!(results[3], Err(WriteError::HintsFull { max: 2, .. })),
+        "{results:?}"
+    );
+    assert_eq!(store.hint_counts().unwrap().get(&target), Some(&2));
+}
+
+/// A store whose commits fail after the first `ok` of them.
+#[derive(Debug, Default)]
+struct Failing {
+    inner: MemoryStore,
+    ok: std::sync::atomic::AtomicU64,
+}
+
+impl Store for Failing {
+    fn meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        self.inner.meta()
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .ok
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(StoreError::Io {
+                op: "commit",
+                reason: "disk full".into(),
+            });
+        }
+        self.inner.commit(batch)
+    }
+    fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_for_hash(key_hash)
+    }
+    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
+        self.inner.scan_objects(visit)
+    }
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        self.inner.hints(target, limit)
+    }
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        self.inner.hint(target, key)
+    }
+    fn hint_counts(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+        self.inner.hint_counts()
+    }
+}
+
+#[test]
+fn a_failed_commit_fails_every_write_of_the_batch_and_keeps_nothing() {
+    // The fresh store's metadata and the first lease extension succeed; the batch does not.
+    let store = Failing {
+        ok: 2.into(),
+        ..Failing::default()
+    };
+    let mut w = open(&store, 10);
+    let target = node("other");
+    let results = apply(
+        &mut w,
+        &store,
+        vec![("a", update("1")), ("b", Write::AddHint { target })],
+    );
+    assert!(
+        results.iter().all(|r| matches!(
+            r,
+            Err(WriteError::Store(StoreError::Io { op: "commit", .. }))
+        )),
+        "{results:?}"
+    );
+    assert_eq!(store.get(b"a").unwrap(), None);
+    assert!(w.hint_counts().is_empty(), "counts follow the store");
+    // The lease extension failing refuses the batch too.
+    let results = apply(
+        &mut w,
+        &store,
+        vec![("a", update("1")); LEASE_BLOCK as usize + 2],
+    );
+    assert!(results.iter().all(Result::is_err));
+}
