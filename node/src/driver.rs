@@ -351,15 +351,47 @@ fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Respon
             kind: kind.to_owned(),
             needed,
             got,
-            failed: failed
-                .into_iter()
-                .map(|(node, reason)| ReplicaFailure {
-                    node: peers.name(node),
-                    reason,
-                })
-                .collect(),
+            failed: replica_failures(failed, peers),
         }),
+        Err(CoordinatorError::SetsShort { short, failed }) => {
+            // The reply has room for one count: the first set short; the kind names every one
+            // (the wire type is unchanged, so old clients read it).
+            let first = short.first().map_or((0, 0), |s| (s.needed, s.got));
+            let sets: Vec<String> = short
+                .iter()
+                .map(|s| {
+                    let names: Vec<String> = s.replicas.iter().map(|n| peers.name(*n)).collect();
+                    format!(
+                        "{} {} of {} in layout version {} [{}]",
+                        s.got,
+                        s.kind,
+                        s.needed,
+                        s.version,
+                        names.join(",")
+                    )
+                })
+                .collect();
+            Response::Error(ErrorReply::QuorumNotReached {
+                kind: format!(
+                    "acks in every live layout version's replica set ({})",
+                    sets.join("; ")
+                ),
+                needed: first.0,
+                got: first.1,
+                failed: replica_failures(failed, peers),
+            })
+        }
     }
+}
+
+fn replica_failures(failed: Vec<(NodeId, String)>, peers: &Peers) -> Vec<ReplicaFailure> {
+    failed
+        .into_iter()
+        .map(|(node, reason)| ReplicaFailure {
+            node: peers.name(node),
+            reason,
+        })
+        .collect()
 }
 
 /// Carries out one transmit and reports the result to the coordinator.
