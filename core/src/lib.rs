@@ -1,5 +1,5 @@
 //! Cairn's node core: the decisions a node makes that need no socket, disk, clock or runtime
-//! (versioning, request coordination, hinted handoff's policy, peer liveness), as sans-I/O state machines that the production node
+//! (versioning, request coordination, hinted handoff's policy, peer liveness, the layout transfer), as sans-I/O state machines that the production node
 //! (`cairn-node`, over tokio, quinn and redb) and the simulator both drive. Cargo keeps it pure:
 //! nothing here may depend, even transitively, on an I/O crate (see `tests/tests/architecture.rs`).
 
@@ -7,4 +7,5 @@ pub mod coordinator;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;
+pub mod transfer;
 pub mod version;
