@@ -245,6 +245,8 @@ enum State {
 #[derive(Debug)]
 struct PutState {
     key: Vec<u8>,
+    /// The newest layout version the write was routed under (0: a bare ring).
+    layout_version: u64,
     targets: Vec<Target>,
     /// Node of each outstanding op.
     waiting: BTreeMap<OpId, Target>,
@@ -286,6 +288,8 @@ pub struct Coordinator {
     ring: Ring,
     /// The layout while a change is in flight (two live versions), else `None`.
     transition: Option<Layout>,
+    /// The newest layout version routed by (0: a bare ring).
+    layout_version: u64,
     pending: BTreeMap<RequestId, Pending>,
     ops: Ops,
     transmits: VecDeque<Transmit>,
@@ -342,6 +346,7 @@ impl Coordinator {
             me,
             ring,
             transition: None,
+            layout_version: 0,
             pending: BTreeMap::new(),
             ops: Ops::default(),
             transmits: VecDeque::new(),
@@ -367,6 +372,7 @@ impl Coordinator {
     pub fn set_ring(&mut self, ring: Ring) {
         self.ring = ring;
         self.transition = None;
+        self.layout_version = 0;
     }
 
     /// Routes by `layout`: writes need their quorum in every live version's replica set, reads
@@ -374,7 +380,22 @@ impl Coordinator {
     /// with its ring. Requests in flight keep the replicas they chose.
     pub fn set_layout(&mut self, layout: &Layout) {
         self.ring = layout.current().ring().clone();
+        self.layout_version = layout.current().version();
         self.transition = (!layout.is_settled()).then(|| layout.clone());
+    }
+
+    /// Writes routed under a layout older than `version` that have not been answered yet. A
+    /// node acknowledges a new layout version only once this is zero: every write it answers
+    /// afterwards reached the replica sets of the new version too, and every write answered
+    /// before is durable on W old replicas, whose transfer pushes it (the fence Garage calls
+    /// `ack`).
+    pub fn unanswered_writes_before(&self, version: u64) -> usize {
+        self.pending
+            .values()
+            .filter(
+                |p| matches!(&p.state, State::Put(s) if !s.replied && s.layout_version < version),
+            )
+            .count()
     }
 
     /// The rings whose replica sets a write of `key` needs its quorum in, oldest version first,
@@ -536,6 +557,7 @@ impl Coordinator {
                 deadline: now + timeout(opts.timeout_ms),
                 state: State::Put(PutState {
                     key,
+                    layout_version: self.layout_version,
                     targets,
                     waiting,
                     sets,

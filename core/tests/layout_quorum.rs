@@ -407,3 +407,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn writes_routed_under_an_older_layout_hold_the_fence_until_answered() {
+    let l = join6();
+    let (k, old, new) = moved_key(&l);
+    let me = *old.iter().find(|n| new.contains(n)).unwrap();
+    let mut c = Coordinator::new(me, l.versions()[0].ring().clone());
+    let now = Instant::now();
+    let write = |req| {
+        (
+            RequestId(req),
+            ClientWrite {
+                key: k.clone(),
+                ctx: VClock::new(),
+                payload: Payload::Value(b"v".to_vec()),
+                opts: w(2),
+            },
+        )
+    };
+    let (req, old_write) = write(1);
+    c.handle_put(now, req, old_write, &|_| true);
+    let update = c.poll_transmit().unwrap();
+    c.set_layout(&l);
+    assert_eq!(c.unanswered_writes_before(2), 1);
+    // A write started under the new layout does not hold its own fence.
+    let (req, new_write) = write(2);
+    c.handle_put(now, req, new_write, &|_| true);
+    assert_eq!(c.unanswered_writes_before(2), 1);
+    // The old write answered releases the fence.
+    c.handle_result(update.op.unwrap(), Ok(ReplicaResult::Object(value("v"))));
+    while let Some(t) = c.poll_transmit() {
+        if let (Some(op), true) = (t.op, t.to != me) {
+            c.handle_result(op, Ok(ReplicaResult::Ack));
+        }
+    }
+    let answered: Vec<RequestId> = std::iter::from_fn(|| c.poll_outcome())
+        .map(|(r, o)| {
+            assert!(o.is_ok());
+            r
+        })
+        .collect();
+    assert_eq!(answered, vec![RequestId(1)]);
+    assert_eq!(c.unanswered_writes_before(2), 0);
+    // So does a deadline.
+    let (req, old_write) = write(3);
+    c.set_ring(l.versions()[0].ring().clone());
+    c.handle_put(now, req, old_write, &|_| true);
+    c.set_layout(&l);
+    assert_eq!(c.unanswered_writes_before(2), 1);
+    c.handle_timeout(now + Duration::from_secs(120));
+    assert_eq!(c.unanswered_writes_before(2), 0);
+}
