@@ -99,3 +99,18 @@ pub const HTTP_BODY_BYTES_MAX: usize = cairn_proto::limits::VALUE_BYTES_MAX;
 
 // A configured name fits the name a peer's ping may carry.
 const _: () = assert!(NAME_BYTES_MAX <= cairn_proto::limits::NODE_NAME_BYTES_MAX);
+
+/// Answers (pages read, batches sent) waiting for the transfer task; at most one per active
+/// partition is outstanding, so this is never reached in practice.
+pub const TRANSFER_RESULTS_QUEUE_MAX: usize = 64;
+/// Keys of one transfer batch merged into the target at once.
+pub const TRANSFER_SENDS_IN_FLIGHT_MAX: usize = 16;
+/// How long one transferred key waits for the target's acknowledgement.
+pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Defined by the pure core's transfer machine, which enforces them.
+pub use cairn_core::limits::{
+    TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_MAX, TRANSFER_BATCH_KEYS_MAX,
+    TRANSFER_PARTITIONS_CONCURRENT_MAX,
+};
+
+const _: () = assert!(TRANSFER_RESULTS_QUEUE_MAX >= TRANSFER_PARTITIONS_CONCURRENT_MAX);
