@@ -270,7 +270,8 @@ fn check_members(dir: &Path, names: &[String]) -> anyhow::Result<()> {
 }
 
 /// Makes `count` nodes in an empty cluster directory. Every node's only seed is node1: the
-/// others find each other through it by gossip.
+/// others find each other through it by gossip. All are initial members, so each owns its
+/// share of the layout from its first start.
 fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<DevNode>> {
     let names: Vec<String> = (1..=count).map(cluster::node_name).collect();
     let ports = free_udp_ports(count)?;
@@ -300,6 +301,8 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
                 replicas,
                 partitions: DEV_PARTITIONS,
                 seeds: vec![addrs[0].to_string()],
+                // Every node computes the same layout version 1 over all of them.
+                initial_members: names.clone(),
                 ..ClusterConfig::default()
             }),
             anti_entropy: Default::default(),

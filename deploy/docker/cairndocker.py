@@ -207,6 +207,9 @@ class Cluster:
             f"replicas = {min(3, self.nodes)}",
             "partitions = 64",
             f'seeds = ["{self.home_addr(1)}"]',
+            # Every node computes the same layout version 1 over all of them.
+            "initial_members = [" + ", ".join(
+                f'"{node_name(k)}"' for k in range(1, self.nodes + 1)) + "]",
             "",
             "[anti_entropy]",
             f"interval_ms = {AE_INTERVAL_MS}",

@@ -231,6 +231,14 @@ pub struct ClusterConfig {
     /// only this node's own address: the node starts a cluster of its own.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// The members of a new cluster, like etcd's `initial-cluster`: each `"name"` or
+    /// `"name@zone"`. A node without a persisted layout whose name is listed computes layout
+    /// version 1 over exactly these members (every listed node computes the same one); a node
+    /// not listed waits for the layout from gossip and owns nothing until a join adds it. Read
+    /// only on a node's first start: afterwards the persisted layout rules. Empty and without
+    /// seeds: a cluster of this node alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_members: Vec<String>,
     /// This node's failure zone (rack, host); replicas of a key go to distinct zones when
     /// possible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +257,7 @@ impl Default for ClusterConfig {
             replicas: default_replicas(),
             partitions: default_partitions(),
             seeds: Vec::new(),
+            initial_members: Vec::new(),
             zone: None,
             gossip_interval_ms: default_gossip_interval_ms(),
             phi_threshold: default_phi_threshold(),
@@ -313,7 +322,66 @@ pub enum ConfigError {
     },
 }
 
+/// One entry of `cluster.initial_members`: a node's name and its failure zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    /// The node's name (its `NodeId` is `NodeId::from_name` of it).
+    pub name: String,
+    /// Its failure zone, after an `@`.
+    pub zone: Option<String>,
+}
+
+/// Whether `name` is acceptable as a node name (as `name` in `node.toml` is checked).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl ClusterConfig {
+    /// `initial_members` parsed: names checked like `name`, zones against `ZONE_BYTES_MAX`,
+    /// no name twice, at most `MEMBERS_MAX`.
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, String> {
+        use cairn_ring::limits::MEMBERS_MAX;
+        if self.initial_members.len() > MEMBERS_MAX {
+            return Err(format!(
+                "cluster.initial_members lists {} nodes, over MEMBERS_MAX ({MEMBERS_MAX})",
+                self.initial_members.len()
+            ));
+        }
+        let mut members: Vec<InitialMember> = Vec::with_capacity(self.initial_members.len());
+        for entry in &self.initial_members {
+            let (name, zone) = match entry.split_once('@') {
+                Some((name, zone)) => (name, Some(zone)),
+                None => (entry.as_str(), None),
+            };
+            if !valid_node_name(name) {
+                return Err(format!(
+                    "cluster.initial_members: {entry:?}: a name must be 1..={NAME_BYTES_MAX} ASCII \
+                     letters, digits, '-' or '_', optionally followed by @zone"
+                ));
+            }
+            if let Some(zone) = zone {
+                if zone.is_empty() || zone.len() > ZONE_BYTES_MAX {
+                    return Err(format!(
+                        "cluster.initial_members: {entry:?}: the zone must be 1..=ZONE_BYTES_MAX \
+                         ({ZONE_BYTES_MAX}) bytes"
+                    ));
+                }
+            }
+            if members.iter().any(|m| m.name == name) {
+                return Err(format!("cluster.initial_members names {name:?} twice"));
+            }
+            members.push(InitialMember {
+                name: name.to_owned(),
+                zone: zone.map(str::to_owned),
+            });
+        }
+        Ok(members)
+    }
+
     /// Checks every value against its limit; the error says which and why.
     pub fn validate(&self) -> Result<(), String> {
         if self.replicas == 0 {
@@ -330,6 +398,7 @@ impl ClusterConfig {
                 "cluster.seeds: {seed:?} exceeds ADDRESS_BYTES_MAX ({ADDRESS_BYTES_MAX} bytes)"
             ));
         }
+        self.initial_members()?;
         if self.zone.as_ref().is_some_and(|z| z.len() > ZONE_BYTES_MAX) {
             return Err(format!(
                 "cluster.zone exceeds ZONE_BYTES_MAX ({ZONE_BYTES_MAX} bytes)"

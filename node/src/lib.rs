@@ -7,6 +7,7 @@ pub mod driver;
 pub mod engine;
 pub mod frontend;
 pub mod handoff;
+pub mod layout;
 pub mod limits;
 pub mod membership;
 pub mod metrics;

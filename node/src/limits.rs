@@ -52,6 +52,12 @@ pub const GOSSIP_INTERVAL_MS_MAX: u64 = 60_000;
 /// Gossip exchanges (SYN → ACK → ACK2) one node runs at once; a round starts at most three, so
 /// more means peers are slow to answer, and further rounds skip rather than pile up.
 pub const GOSSIP_EXCHANGES_MAX: usize = 16;
+/// Layout exchanges (`PeerRequest::Layout`) one node runs at once, one per peer; they count
+/// toward `GOSSIP_EXCHANGES_MAX` too. Layouts differ only after a change, so a few suffice.
+pub const LAYOUT_EXCHANGES_MAX: usize = 4;
+/// How long one layout exchange may take (a layout is at most a few megabytes; the next round
+/// tries again).
+pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
 pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue

@@ -1,6 +1,11 @@
 //! Membership: runs the pure gossip state machine over QUIC, keeps this node's generation and
-//! seeds on disk, and publishes the cluster view (members, and the ring every node computes
-//! alike from them) that routing, the coordinator, hinted handoff and `cairn status` read.
+//! seeds on disk, and publishes the cluster view (members, the layout, and the routing ring
+//! taken from the layout) that routing, the coordinator, hinted handoff and `cairn status` read.
+//!
+//! Ownership comes from the layout alone ([`crate::layout`]); liveness only decides which
+//! replicas are tried and which fallbacks stand in. Gossip carries each node's layout stamp
+//! (version and digest); a node that sees a peer with another stamp exchanges whole layouts
+//! with it (`PeerRequest::Layout`) and both merge.
 //!
 //! One exchange is SYN → ACK → ACK2: the initiator sends the SYN as a peer request and gets the
 //! ACK as its response, then sends the ACK2 as a second request on the same connection. The
@@ -16,15 +21,20 @@ use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
     Payload, Status, Transmit, Value,
 };
+use cairn_layout::{Layout, MergeOutcome};
 use cairn_proto::{ErrorReply, MemberStatus, NodeId, PeerRequest, PeerResponse};
-use cairn_ring::{Member, Ring, RingConfig};
+use cairn_ring::{Ring, RingConfig};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::limits::{GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX};
+use crate::layout::{LayoutFileError, NodeLayout, Stamp};
+use crate::limits::{
+    GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_EXCHANGES_MAX,
+    LAYOUT_EXCHANGE_TIMEOUT,
+};
 use crate::peers::{exchange_on, Peers};
 
 /// The file in the data directory that keeps membership across restarts.
@@ -53,6 +63,9 @@ pub enum MembershipError {
     /// The gossip configuration or this node's state is refused.
     #[error("gossip: {0}")]
     Gossip(#[from] GossipError),
+    /// The layout file could not be read, or the layout not bootstrapped.
+    #[error(transparent)]
+    Layout(#[from] LayoutFileError),
     /// Other nodes could not reach the advertised address.
     #[error(
         "cannot advertise {addr}: set `advertise` in the node config to an address peers can reach"
@@ -67,17 +80,20 @@ pub enum MembershipError {
 pub fn no_ring(node: &str) -> ErrorReply {
     ErrorReply::NoRing {
         node: node.to_owned(),
-        reason: "no member is up in its view of the cluster".into(),
+        reason: "it holds no layout yet: it is not in cluster.initial_members and no layout \
+                 has reached it from the cluster (`cairn join` adds a node)"
+            .into(),
     }
 }
 
 /// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
-/// names and check them) and the ring shape it expects.
+/// names and check them), the ring shape it expects, and the stamp of its layout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RingInfo {
     name: String,
     partitions: u32,
     replicas: u8,
+    layout: Option<Stamp>,
 }
 
 /// One member as this node sees it.
@@ -93,16 +109,22 @@ pub struct MemberView {
     pub zone: Option<String>,
     /// Its generation.
     pub generation: u64,
-    /// Whether its ring shape (Q, N) matches this node's; members that disagree are kept out of
-    /// the ring (and logged), never allowed to split it.
+    /// Whether its ring shape (Q, N) matches this node's; layouts are never exchanged with
+    /// members that disagree.
     pub compatible: bool,
+    /// The stamp of its layout, as it gossips it (`None`: it holds none yet).
+    pub layout: Option<Stamp>,
 }
 
 /// The cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterView {
-    /// The ring over the members that are up and compatible; `None` while there are none.
+    /// The ring requests are routed by, taken from the layout ([`crate::layout::routing_ring`]);
+    /// `None` while this node holds no layout. Members that are down stay in it: they keep
+    /// their partitions, and fallbacks stand in for them.
     pub ring: Option<Arc<Ring>>,
+    /// The layout this node holds, as persisted (`None` while it holds none).
+    pub layout: Option<Arc<Layout>>,
     /// Every member whose whole state has arrived, this node included.
     pub members: BTreeMap<NodeId, MemberView>,
 }
@@ -171,6 +193,8 @@ struct Local {
     first_seen: BTreeMap<NodeId, (u64, Instant)>,
     /// Members gossip convicted (`NodeDown`) and has not seen alive since.
     convicted: std::collections::BTreeSet<NodeId>,
+    /// What this node last put in its gossiped ring field.
+    advertised: RingInfo,
 }
 
 /// Most uses are of the gossip itself.
@@ -196,6 +220,10 @@ pub struct Membership {
     ring_config: RingConfig,
     /// Gossip and the driver's own per-member bookkeeping, under one lock.
     local: Mutex<Local>,
+    /// The layout, its file and its channel.
+    layout: Arc<NodeLayout>,
+    /// Peers a layout exchange is running with (one at a time per peer).
+    layout_exchanges: Mutex<std::collections::BTreeSet<NodeId>>,
     view: watch::Sender<Arc<ClusterView>>,
     peers: Arc<Peers>,
     file: PathBuf,
@@ -250,14 +278,19 @@ impl Membership {
                 seeds.push(s.clone());
             }
         }
-        let ring_config = RingConfig {
-            partitions: cluster.partitions,
-            replicas: cluster.replicas.into(),
-        };
+        let ring_config = crate::layout::ring_config(&cluster);
+        // Nobody to join and no initial members: this node is a cluster of its own.
+        let layout = Arc::new(NodeLayout::open(
+            &config.data_dir,
+            &config.name,
+            &cluster,
+            seeds.is_empty(),
+        )?);
         let info = RingInfo {
             name: config.name.clone(),
             partitions: cluster.partitions,
             replicas: cluster.replicas,
+            layout: layout.stamp(),
         };
         let status = if persisted.leaving {
             Status::Leaving
@@ -294,7 +327,10 @@ impl Membership {
                 lonely_rounds: 0,
                 first_seen: BTreeMap::new(),
                 convicted: std::collections::BTreeSet::new(),
+                advertised: info,
             }),
+            layout,
+            layout_exchanges: Mutex::new(std::collections::BTreeSet::new()),
             view,
             peers,
             file,
@@ -361,6 +397,8 @@ impl Membership {
                     self.joining_timeout(&mut g);
                     let transmits: Vec<Transmit> = std::iter::from_fn(|| g.poll_transmit()).collect();
                     self.refresh(&mut g);
+                    drop(g);
+                    self.start_layout_exchanges(&mut exchanges);
                     transmits
                 }
                 Some(t) = outbox.recv() => vec![t],
@@ -376,6 +414,140 @@ impl Membership {
                 exchanges.spawn(self.clone().exchange(t));
             }
         }
+    }
+
+    /// The layout this node holds (persisted; changes through [`NodeLayout::modify`] or
+    /// [`Membership::change_layout`], which also republishes the view).
+    pub fn layout(&self) -> &Arc<NodeLayout> {
+        &self.layout
+    }
+
+    /// Starts a layout exchange with every peer that is up, of this node's ring shape, and
+    /// gossips another layout stamp than this node's (one exchange per peer at a time, at most
+    /// `LAYOUT_EXCHANGES_MAX` at once).
+    fn start_layout_exchanges(self: &Arc<Self>, exchanges: &mut tokio::task::JoinSet<()>) {
+        let view = self.view();
+        let mine = self.layout.stamp();
+        let mut running = self.layout_exchanges.lock().expect("layout exchanges lock");
+        for (&id, m) in &view.members {
+            if id == self.me || !m.compatible || m.layout == mine || !self.peers.is_up(id) {
+                continue;
+            }
+            if running.len() >= LAYOUT_EXCHANGES_MAX || exchanges.len() >= GOSSIP_EXCHANGES_MAX {
+                debug!("layout exchanges at LAYOUT_EXCHANGES_MAX ({LAYOUT_EXCHANGES_MAX}); the rest wait a round");
+                break;
+            }
+            if !running.insert(id) {
+                continue;
+            }
+            let membership = self.clone();
+            exchanges.spawn(async move {
+                membership.clone().exchange_layout(id).await;
+                membership
+                    .layout_exchanges
+                    .lock()
+                    .expect("layout exchanges lock")
+                    .remove(&id);
+            });
+        }
+    }
+
+    /// Sends this node's layout to `peer` and merges the one it answers with.
+    async fn exchange_layout(self: Arc<Self>, peer: NodeId) {
+        let mine = self
+            .layout
+            .get()
+            .map_or_else(Vec::new, |l| crate::layout::encode(&l));
+        match self
+            .peers
+            .request(peer, PeerRequest::Layout(mine), LAYOUT_EXCHANGE_TIMEOUT)
+            .await
+        {
+            Ok(PeerResponse::Layout(theirs)) => {
+                if let Err(e) = self.take_layout(&theirs, peer).await {
+                    warn!("layout from {}: {e}", self.name(peer));
+                }
+            }
+            Ok(other) => debug!("layout exchange with {} got {other:?}", self.name(peer)),
+            Err(e) => debug!("layout exchange with {} failed: {e}", self.name(peer)),
+        }
+    }
+
+    /// Answers `PeerRequest::Layout` from `sender`: merges its layout, then answers with this
+    /// node's (after the merge).
+    pub async fn receive_layout(
+        &self,
+        bytes: &[u8],
+        sender: NodeId,
+    ) -> Result<PeerResponse, ErrorReply> {
+        self.take_layout(bytes, sender).await?;
+        Ok(PeerResponse::Layout(
+            self.layout
+                .get()
+                .map_or_else(Vec::new, |l| crate::layout::encode(&l)),
+        ))
+    }
+
+    /// Decodes (size-checked) and merges a layout `from` sent; a merge that changes the layout
+    /// is persisted before it is published.
+    async fn take_layout(&self, bytes: &[u8], from: NodeId) -> Result<MergeOutcome, ErrorReply> {
+        if bytes.is_empty() {
+            return Ok(MergeOutcome::Unchanged);
+        }
+        let theirs = crate::layout::decode(bytes).map_err(|reason| ErrorReply::Malformed {
+            reason: format!("layout: {reason}"),
+        })?;
+        let outcome = self.layout.merge(&theirs).await?;
+        match outcome {
+            MergeOutcome::Unchanged => {}
+            MergeOutcome::Progressed => {
+                debug!("layout progress from {}", self.name(from));
+                self.layout_changed().await?;
+            }
+            MergeOutcome::Adopted { from: old, to } => {
+                info!(from = old, to, peer = %self.name(from), "layout adopted");
+                self.layout_changed().await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Changes the layout through `change` (see [`NodeLayout::modify`]) and republishes the
+    /// view, so routing follows at once.
+    pub async fn change_layout<T>(
+        &self,
+        change: impl FnOnce(&mut Option<Layout>) -> Result<T, ErrorReply>,
+    ) -> Result<T, ErrorReply> {
+        let out = self.layout.modify(change).await?;
+        self.layout_changed().await?;
+        Ok(out)
+    }
+
+    /// After the layout changed: this node acknowledges a new version it is a member of, and
+    /// the view (ring, stamp) is republished.
+    ///
+    /// The acknowledgement is given once the new layout is published to routing. Writes the
+    /// coordinator started under the older ring may still be running then; the transfer that
+    /// builds on this must wait for them before counting the ack (see ARCHITECTURE.md).
+    async fn layout_changed(&self) -> Result<(), ErrorReply> {
+        let me = self.me;
+        let needs_ack = self
+            .layout
+            .get()
+            .is_some_and(|l| l.is_member(me) && !l.has_acked(me));
+        if needs_ack {
+            self.layout
+                .modify(|l| {
+                    if let Some(l) = l {
+                        l.ack(me);
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        let mut g = self.lock();
+        self.refresh(&mut g);
+        Ok(())
     }
 
     /// A node that was a member and hears from nobody for `REJOIN_ROUNDS_MAX` rounds serves
@@ -592,6 +764,7 @@ impl Membership {
             gossip: g,
             first_seen,
             convicted,
+            advertised,
             ..
         } = local;
         while let Some(event) = g.poll_event() {
@@ -627,8 +800,8 @@ impl Membership {
         let mut members = BTreeMap::new();
         for (id, v) in g.members() {
             let state = v.state();
-            let (name, addr, compatible) = if id == self.me {
-                (self.name.clone(), self.advertise, true)
+            let (name, addr, compatible, layout) = if id == self.me {
+                (self.name.clone(), self.advertise, true, self.layout.stamp())
             } else {
                 let Ok(info) = postcard::from_bytes::<RingInfo>(&state.ring) else {
                     debug!(%id, "member without ring information; ignored");
@@ -644,7 +817,7 @@ impl Membership {
                 };
                 let compatible = info.partitions == self.ring_config.partitions
                     && usize::from(info.replicas) == self.ring_config.replicas;
-                (info.name, addr, compatible)
+                (info.name, addr, compatible, info.layout)
             };
             if id != self.me {
                 let seen = first_seen.entry(id).or_insert((v.generation(), now));
@@ -668,11 +841,27 @@ impl Membership {
                     zone: state.zone.clone(),
                     generation: v.generation(),
                     compatible,
+                    layout,
                 },
             );
         }
+        let layout = self.layout.get();
+        // Peers learn this node's layout stamp from its gossiped ring field.
+        let stamp = self.layout.stamp();
+        if advertised.layout != stamp {
+            let info = RingInfo {
+                layout: stamp,
+                ..advertised.clone()
+            };
+            let bytes = postcard::to_allocvec(&info).expect("RingInfo always serializes");
+            match g.set_local(Value::Ring(bytes)) {
+                Ok(()) => *advertised = info,
+                Err(e) => warn!("cannot gossip the layout stamp: {e}"),
+            }
+        }
         let view = ClusterView {
-            ring: self.ring_for(&members),
+            ring: self.ring_for(layout.as_ref()),
+            layout,
             members,
         };
         let changed = self.view.send_if_modified(|current| {
@@ -682,6 +871,7 @@ impl Membership {
             if current.ring != view.ring {
                 info!(
                     members = view.ring.as_ref().map_or(0, |r| r.members().len()),
+                    layout = view.layout.as_ref().map_or(0, |l| l.current().version()),
                     "ring changed"
                 );
             }
@@ -693,34 +883,22 @@ impl Membership {
         }
     }
 
-    /// The ring over `members` that are up and compatible: the current one while that set is
-    /// unchanged (refresh runs on every gossip message; claims are computed only on changes).
-    fn ring_for(&self, members: &BTreeMap<NodeId, MemberView>) -> Option<Arc<Ring>> {
-        let ring_members: Vec<Member> = members
-            .iter()
-            .filter(|(_, m)| m.status == Status::Up && m.compatible)
-            .map(|(&id, m)| Member {
-                id,
-                zone: m.zone.clone(),
-            })
-            .collect();
-        if ring_members.is_empty() {
-            return None;
-        }
-        let current = self.view.borrow().ring.clone();
-        // `Ring::members` is in id order, as `members` is.
+    /// The routing ring of `layout`: the current one while the layout is the same (refresh runs
+    /// on every gossip message; rings are cloned only when the layout changes).
+    fn ring_for(&self, layout: Option<&Arc<Layout>>) -> Option<Arc<Ring>> {
+        let layout = layout?;
+        let current = self.view.borrow().clone();
         if current
+            .layout
             .as_ref()
-            .is_some_and(|r| r.members() == ring_members.as_slice())
+            .is_some_and(|l| Arc::ptr_eq(l, layout))
         {
-            return current;
+            return current.ring.clone();
         }
-        match Ring::new(self.ring_config, &ring_members) {
-            Ok(ring) => Some(Arc::new(ring)),
-            Err(e) => {
-                warn!("cannot build a ring from the members: {e}");
-                current
-            }
+        let ring = crate::layout::routing_ring(layout);
+        match &current.ring {
+            Some(r) if **r == *ring => Some(r.clone()),
+            _ => Some(Arc::new(ring.clone())),
         }
     }
 

@@ -633,6 +633,11 @@ async fn handle_peer(req: PeerRequest, shared: &Shared, sender: Option<NodeId>) 
             // A node certificate always names its node (`certificate_role`).
             None => Err(forbidden("gossip", Role::Node, Role::Data)),
         },
+        // As for gossip, a node speaks only for itself.
+        PeerRequest::Layout(layout) => match sender {
+            Some(sender) => shared.membership.receive_layout(&layout, sender).await,
+            None => Err(forbidden("a layout exchange", Role::Node, Role::Data)),
+        },
         PeerRequest::Read { key } => match shared.engine.read(key).await {
             // Empty bytes say "absent" without encoding an empty object.
             Ok(obj) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),

@@ -18,7 +18,9 @@ pub use message::*;
 /// 2: anti-entropy peer requests and the anti-entropy part of `StatusReply`.
 /// 3: a forward carries a `KeyOp` and its answer a `KeyOpReply`, so neither can nest.
 /// 4: certificate roles; `ErrorReply::Forbidden` names the role a request needs.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 5: `ReadOptions.local`.
+/// 6: `PeerRequest::Layout` and its answer: layouts exchanged between nodes.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -26,6 +26,11 @@ pub const NODE_NAME_BYTES_MAX: usize = 64;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 const _: () = assert!(PEER_MESSAGE_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 
+/// Largest encoded layout a `PeerRequest::Layout` or its answer may carry (the layout crate's
+/// own bound on an encoded layout is asserted to be within it where both are known).
+pub const LAYOUT_BYTES_MAX: usize = 4 * 1024 * 1024;
+const _: () = assert!(LAYOUT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
+
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    NODE_NAME_BYTES_MAX, OBJECT_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
+    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_MAX, PEER_MESSAGE_BYTES_MAX,
+    VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -461,6 +462,10 @@ pub enum PeerRequest {
         /// The key hashes.
         key_hashes: Vec<[u8; 32]>,
     },
+    /// The sender's layout (encoded by the node; empty: it holds none yet), sent when gossip
+    /// shows the two nodes' layout stamps differ. The receiver merges it and answers with its
+    /// own layout after the merge. At most `LAYOUT_BYTES_MAX` bytes.
+    Layout(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -487,6 +492,9 @@ pub enum PeerResponse {
     },
     /// Answer to `Keys`: the key for each hash, in order (`None`: not stored here).
     Keys(#[serde(with = "byte_strings")] Vec<Option<Vec<u8>>>),
+    /// Answer to `Layout`: the responder's layout after merging the sender's (empty: it holds
+    /// none).
+    Layout(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A node's answer to one [`Request`].
@@ -1016,6 +1024,7 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             KEY_HASHES_PER_REQUEST_MAX,
             |count, max| LimitError::TooManyKeyHashes { count, max },
         ),
+        PeerRequest::Layout(layout) => check_len(layout.len(), LAYOUT_BYTES_MAX, message),
     }
 }
 

@@ -96,6 +96,7 @@ impl TestCluster {
                 replicas,
                 partitions,
                 seeds: vec![reach(0).to_string()],
+                initial_members: (1..=n).map(|k| format!("node{k}")).collect(),
                 gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
                 ..ClusterConfig::default()
             });
