@@ -384,6 +384,11 @@ impl Coordinator {
         self.transition = (!layout.is_settled()).then(|| layout.clone());
     }
 
+    /// The newest layout version this coordinator routes by (0: a bare ring).
+    pub fn layout_version(&self) -> u64 {
+        self.layout_version
+    }
+
     /// Writes routed under a layout older than `version` that have not been answered yet. A
     /// node acknowledges a new layout version only once this is zero: every write it answers
     /// afterwards reached the replica sets of the new version too, and every write answered

@@ -144,6 +144,9 @@ pub struct DriverContext {
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Whether gets repair stale replicas (tests switch it off to isolate anti-entropy).
     pub read_repair: bool,
+    /// The newest layout version the coordinator routes by with no unanswered write routed
+    /// under an older one: a node acknowledges a layout version only once this reaches it.
+    pub write_fence: watch::Sender<u64>,
 }
 
 /// Starts the coordinator task.
@@ -163,7 +166,20 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
         coord.set_read_repair(ctx.read_repair);
         coord
     };
-    let mut coord = view.borrow_and_update().ring.clone().map(new_coordinator);
+    // With a layout, writes need their quorum in every live version's replica set and reads
+    // use each partition's read version; the ring alone only routes.
+    let route_by = |coord: &mut Coordinator, view: &ClusterView| {
+        if let Some(layout) = &view.layout {
+            coord.set_layout(layout);
+        }
+    };
+    let mut coord = {
+        let v = view.borrow_and_update();
+        v.ring.clone().map(new_coordinator).map(|mut c| {
+            route_by(&mut c, &v);
+            c
+        })
+    };
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
     let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
     let (done_tx, hints_done) = watch::channel(0u64);
@@ -198,11 +214,16 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                     return;
                 }
                 // Requests in flight keep the replicas they chose; new ones use the new ring.
-                if let Some(ring) = view.borrow_and_update().ring.clone() {
-                    match &mut coord {
-                        Some(coord) => coord.set_ring(Ring::clone(&ring)),
-                        None => coord = Some(new_coordinator(ring)),
-                    }
+                let v = view.borrow_and_update().clone();
+                if let Some(ring) = v.ring.clone() {
+                    let coord = match &mut coord {
+                        Some(coord) => {
+                            coord.set_ring(Ring::clone(&ring));
+                            coord
+                        }
+                        None => coord.insert(new_coordinator(ring)),
+                    };
+                    route_by(coord, &v);
                 }
             }
             cmd = rx.recv() => {
@@ -258,6 +279,16 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
         unsettled
             .outstanding
             .store(coord.replicas_outstanding() as u64, Ordering::Release);
+        let routed = coord.layout_version();
+        if coord.unanswered_writes_before(routed) == 0 {
+            ctx.write_fence.send_if_modified(|f| {
+                let newer = *f < routed;
+                if newer {
+                    *f = routed;
+                }
+                newer
+            });
+        }
         while let Some((req, outcome)) = coord.poll_outcome() {
             let Some(reply) = waiting.remove(&req) else {
                 continue;

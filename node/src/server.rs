@@ -128,13 +128,28 @@ impl Node {
         let peers = Arc::new(Peers::new(me, config.name.clone(), endpoint.clone(), up_tx));
         let advertise = config.advertise.unwrap_or(local_addr);
         let membership = Membership::open(&config, advertise, peers.clone())?;
+        let transfer_config = config
+            .transfer
+            .config()
+            .map_err(|reason| NodeError::Config { reason })?;
+        let (write_fence, fence) = tokio::sync::watch::channel(0);
+        membership.set_write_fence(fence.clone());
         let (coordinator, driver_task) = crate::driver::spawn(Arc::new(DriverContext {
             me,
             engine: engine.clone(),
             peers: peers.clone(),
             view: membership.subscribe(),
             read_repair: config.read_repair,
+            write_fence,
         }));
+        let (_transfer_status, transfer_task) = crate::transfer::spawn(crate::transfer::TransferContext {
+            me,
+            membership: membership.clone(),
+            write_fence: fence,
+            store: engine.store(),
+            peers: peers.clone(),
+            config: transfer_config,
+        });
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,
             config.anti_entropy.clone(),
@@ -161,6 +176,7 @@ impl Node {
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
             driver_task,
+            transfer_task,
             tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::metrics::upkeep()),
