@@ -116,7 +116,7 @@ pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Defined by the pure core's transfer machine, which enforces them.
 pub use cairn_core::limits::{
     TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_MAX, TRANSFER_BATCH_KEYS_MAX,
-    TRANSFER_PARTITIONS_CONCURRENT_MAX,
+    TRANSFER_PARTITIONS_CONCURRENT_MAX, TRANSFER_RETRY_MAX,
 };
 
 const _: () = assert!(TRANSFER_RESULTS_QUEUE_MAX >= TRANSFER_PARTITIONS_CONCURRENT_MAX);

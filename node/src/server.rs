@@ -142,14 +142,15 @@ impl Node {
             read_repair: config.read_repair,
             write_fence,
         }));
-        let (_transfer_status, transfer_task) = crate::transfer::spawn(crate::transfer::TransferContext {
-            me,
-            membership: membership.clone(),
-            write_fence: fence,
-            store: engine.store(),
-            peers: peers.clone(),
-            config: transfer_config,
-        });
+        let (_transfer_status, transfer_task) =
+            crate::transfer::spawn(crate::transfer::TransferContext {
+                me,
+                membership: membership.clone(),
+                write_fence: fence,
+                store: engine.store(),
+                peers: peers.clone(),
+                config: transfer_config,
+            });
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,
             config.anti_entropy.clone(),

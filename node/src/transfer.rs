@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::limits::{
-    TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX, TRANSFER_SENDS_IN_FLIGHT_MAX,
+    TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX, TRANSFER_RETRY_MAX,
+    TRANSFER_SENDS_IN_FLIGHT_MAX,
 };
 use crate::membership::Membership;
 use crate::peers::Peers;
@@ -112,29 +113,19 @@ async fn run(ctx: TransferContext, status: watch::Sender<TransferStatus>) {
                 Action::PartitionPushed(p) => {
                     info!(partition = p, "partition pushed to its new replicas")
                 }
-                Action::AllPushed { version } => {
-                    let me = ctx.me;
-                    let recorded = ctx
-                        .membership
-                        .change_layout(|l| {
-                            Ok(l.as_mut().is_some_and(|l| {
-                                l.current().version() == version && l.record_pushed(me)
-                            }))
-                        })
-                        .await;
-                    match recorded {
-                        Ok(true) => {
-                            info!(version, "every partition pushed; recorded in the layout")
-                        }
-                        Ok(false) => {}
-                        Err(e) => warn!(version, "could not record the push: {e}"),
-                    }
-                }
+                Action::AllPushed { version } => record_pushed(&ctx, version).await,
             }
         }
         status.send_replace(machine.status(now));
         while tasks.try_join_next().is_some() {}
-        let deadline = machine.poll_timeout().map(Instant::from_std);
+        // At the latest every TRANSFER_RETRY_MAX: a push record or a retirement whose layout
+        // write failed is tried again even when nothing else happens.
+        let recheck = Instant::now() + TRANSFER_RETRY_MAX;
+        let deadline = Some(
+            machine
+                .poll_timeout()
+                .map_or(recheck, |t| Instant::from_std(t).min(recheck)),
+        );
         tokio::select! {
             changed = layouts.changed() => {
                 if changed.is_err() {
@@ -187,6 +178,9 @@ async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMach
                 partitions = machine.status(Instant::now().into_std()).partitions_total,
                 "pushing partitions to their new replicas"
             );
+        } else if machine.is_done() {
+            // Pushed, but the record did not make it into the layout (its write failed): again.
+            record_pushed(ctx, version).await;
         }
     } else if layout.is_settled() && machine.version().is_some() {
         machine.clear();
@@ -204,6 +198,26 @@ async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMach
             Ok(None) => {}
             Err(e) => warn!("could not retire the old layout version: {e}"),
         }
+    }
+}
+
+/// Records in the layout that this node pushed every partition of `version`'s transfer.
+async fn record_pushed(ctx: &TransferContext, version: u64) {
+    let me = ctx.me;
+    let recorded = ctx
+        .membership
+        .change_layout(|l| {
+            Ok(l.as_mut()
+                .is_some_and(|l| l.current().version() == version && l.record_pushed(me)))
+        })
+        .await;
+    match recorded {
+        Ok(true) => info!(version, "every partition pushed; recorded in the layout"),
+        Ok(false) => {}
+        Err(e) => warn!(
+            version,
+            "could not record the push (tried again on the next change): {e}"
+        ),
     }
 }
 
