@@ -150,6 +150,7 @@ impl Node {
                 store: engine.store(),
                 peers: peers.clone(),
                 config: transfer_config,
+                trees: config.anti_entropy.enabled.then(|| trees.clone()),
             });
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,

@@ -44,6 +44,9 @@ pub struct TransferContext {
     pub peers: Arc<Peers>,
     /// Rate and width.
     pub config: TransferConfig,
+    /// The Merkle trees, for each partition's key count (the estimate of keys left), when
+    /// anti-entropy keeps them.
+    pub trees: Option<Arc<crate::trees::Trees>>,
 }
 
 enum Answer {
@@ -172,7 +175,9 @@ async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMach
     if owes {
         let version = layout.current().version();
         let transfers = layout.transfers(me);
-        if machine.handle_plan(Instant::now().into_std(), version, transfers, &|_| None) {
+        let trees = ctx.trees.as_ref().filter(|t| t.is_ready());
+        let estimate = |p| trees.map(|t| t.with_tree(p, |tree| tree.len() as u64));
+        if machine.handle_plan(Instant::now().into_std(), version, transfers, &estimate) {
             info!(
                 version,
                 partitions = machine.status(Instant::now().into_std()).partitions_total,
