@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_net::Identity;
-use cairn_proto::{AntiEntropyStatus, MemberStatus, RingReply, StatusReply};
+use cairn_proto::{AntiEntropyStatus, LayoutStatus, MemberStatus, RingReply, StatusReply};
 use clap::Args;
 use serde::Serialize;
 
@@ -30,7 +30,14 @@ in its trees. With --json: {\"node\":..,\"replicas\":..,\"partitions\":..,
 \"this_node\",\"partitions\",\"hints_pending\",\"anti_entropy\"}]}, anti_entropy {\"enabled\",
 \"trees_ready\",\"keys\",\"exchanges\",\"exchanges_failed\",\"keys_repaired\",\"bytes_sent\",
 \"last_exchange_unix_ms\",\"last_peer\",\"last_partition\"}; hints_pending and anti_entropy are
-null for a member that could not be asked, heartbeat_age_ms null for the asked node.")]
+null for a member that could not be asked, heartbeat_age_ms null for the asked node. Last, the
+layout the asked node holds: its version, whether a change is in transition, which members it
+waits for, each node's partitions to send and receive, and each changed partition's replicas
+before and after, who pushed it, and whether its reads use the new replicas; in JSON
+\"layout\": {\"version\",\"versions\",\"members\",\"transition\": null or {\"from\",\"to\",
+\"waiting_acks\",\"waiting_pushes\",\"forced\",\"nodes\":[{\"node\",\"to_send\",\"to_receive\"}],
+\"partitions\":[{\"partition\",\"from\",\"to\",\"pushed\",\"reads_switched\"}]}}, null while it holds
+none.")]
 pub struct StatusArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -54,6 +61,7 @@ struct StatusJson {
     replicas: u8,
     partitions: u32,
     members: Vec<MemberJson>,
+    layout: Option<LayoutStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -125,6 +133,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 anti_entropy,
             })
             .collect(),
+        layout: reply.layout.as_deref().cloned(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&json)?);
@@ -320,6 +329,81 @@ fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
         ],
         &rows,
     ));
+    out.push('\n');
+    out.push_str(&layout_text(s.layout.as_ref()));
+    out
+}
+
+/// The layout part of `status`: its version(s), and the change in flight with each node's
+/// partitions to send and receive and each changed partition's progress.
+fn layout_text(layout: Option<&LayoutStatus>) -> String {
+    let Some(l) = layout else {
+        return "layout: none yet (the asked node waits for one from the cluster)\n".to_owned();
+    };
+    let Some(t) = &l.transition else {
+        return format!(
+            "layout version {}, settled: {}\n",
+            l.version,
+            l.members.join(", ")
+        );
+    };
+    let mut out = format!(
+        "layout version {} in transition from {}: {}\n",
+        t.to,
+        t.from,
+        l.members.join(", ")
+    );
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "waiting for acknowledgements from: {}\nwaiting for pushes from: {}\n",
+        list(&t.waiting_acks),
+        list(&t.waiting_pushes)
+    ));
+    if !t.forced.is_empty() {
+        out.push_str(&format!(
+            "not waited for (may lose data): {}\n",
+            t.forced.join(", ")
+        ));
+    }
+    let rows: Vec<Vec<String>> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.to_send.to_string(),
+                n.to_receive.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["NODE", "TO SEND", "TO RECEIVE"], &rows));
+    let rows: Vec<Vec<String>> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.from.join(","),
+                p.to.join(","),
+                if p.pushed.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.pushed.join(",")
+                },
+                if p.reads_switched { "new" } else { "old" }.to_owned(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PARTITION", "FROM", "TO", "PUSHED BY", "READS"],
+        &rows,
+    ));
     out
 }
 
@@ -444,6 +528,12 @@ mod tests {
                 member("node1", "up", Some(3)),
                 member("node2", "down", None),
             ],
+            layout: Some(LayoutStatus {
+                version: 1,
+                versions: vec![1],
+                members: vec!["node1".into(), "node2".into()],
+                transition: None,
+            }),
         };
         assert_eq!(
             status_text(&s, 1_012_500),
@@ -456,6 +546,8 @@ node2    127.0.0.1:7001  down    1700000000  9.2  21.5s      32          -
 NAME   ANTI-ENTROPY  LAST EXCHANGE  WITH       EXCHANGES       REPAIRED  SENT     KEYS
 node1  on            12s ago        node3/p17  130 (2 failed)  9998      1.5 MiB  10000
 node2  -             -              -          -               -         -        -
+
+layout version 1, settled: node1, node2
 "
         );
         let json: serde_json::Value =

@@ -19,8 +19,8 @@ pub enum CertCommand {
     /// Sign a node certificate: OUT/node.pem and OUT/node.key.
     Node(NodeCertArgs),
     /// Sign a client certificate: OUT/client.pem and OUT/client.key. Its role says what its
-    /// holder may do: `data` (get, put, delete, ping, status, ring) or `admin` (also join and
-    /// leave).
+    /// holder may do: `data` (get, put, delete, ping, status, ring) or `admin` (also join,
+    /// leave, remove and replace).
     Client(ClientCertArgs),
 }
 
@@ -75,7 +75,7 @@ pub struct ClientCertArgs {
 pub enum ClientRole {
     /// Get, put, delete, ping, status, ring.
     Data,
-    /// What data may do, and membership changes (join, leave).
+    /// What data may do, and layout changes (join, leave, remove, replace).
     Admin,
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! DIR/ca.pem, DIR/ca.key                  the cluster CA
 //! DIR/client/client.pem, client.key       the data client identity (get, put, delete, ...)
-//! DIR/admin/admin.pem, admin.key          the admin identity (join, leave)
+//! DIR/admin/admin.pem, admin.key          the admin identity (layout changes)
 //! DIR/nodeK/node.toml                     node K's config (paths relative to DIR/nodeK)
 //! DIR/nodeK/node.pem, node.key, data/     its certificate and data
 //! DIR/nodeK/pid, node.log                 while `cairn dev` runs it

@@ -57,10 +57,14 @@ enum Command {
     Status(admin::StatusArgs),
     /// The partition ring: each partition's primary replicas and fallbacks.
     Ring(admin::RingArgs),
-    /// Make a running node join the cluster of a seed node.
+    /// Make a running node join the cluster of a seed node: it is added to the layout.
     Join(membership::JoinArgs),
-    /// Make a running node leave its cluster: it stops owning partitions.
+    /// Take a running node out of the layout: its partitions go to other nodes.
     Leave(membership::LeaveArgs),
+    /// Take a dead node out of the layout: its replicas are rebuilt from the survivors.
+    Remove(membership::RemoveArgs),
+    /// Give a dead node's partitions to a fresh node.
+    Replace(membership::ReplaceArgs),
     /// Load the cluster with reads and writes; report throughput and latency percentiles.
     ///
     /// Workers are spread over every node of the cluster directory (one connection per node),
@@ -118,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Ring(args) => admin::ring(args).await,
         Command::Join(args) => membership::join(args).await,
         Command::Leave(args) => membership::leave(args).await,
+        Command::Remove(args) => membership::remove(args).await,
+        Command::Replace(args) => membership::replace(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Start(args) => start::run(args).await,

@@ -1,9 +1,10 @@
-//! `cairn join` and `cairn leave`: change a node's membership, then show how the cluster looks
-//! from it.
+//! `cairn join`, `cairn leave`, `cairn remove` and `cairn replace`: layout changes. The asked
+//! node plans the change against the layout it holds and, unless `--dry-run`, applies it; the
+//! plan (every partition whose replicas change) is printed either way.
 
 use std::time::Duration;
 
-use cairn_proto::StatusReply;
+use cairn_proto::{LayoutChangeReply, StatusReply};
 use clap::Args;
 use serde::Serialize;
 
@@ -14,16 +15,21 @@ use crate::{Outcome, UsageError};
 /// `cairn join`
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The node given by --node (required) gossips with SEED until it has learned the cluster, then
-owns its share of the partitions. The command waits until the node sees a member other than
-itself (at most --wait seconds) and prints its view; with --json one object:
-{\"node\":..,\"joined\":true|false,\"members\":N}.")]
+The node given by --node (required) takes the layout of SEED's cluster and adds itself to it
+(a new layout version, spread by gossip); it must hold no layout, or one of itself alone. The
+plan is printed: each partition whose replicas change, from -> to. Without --dry-run the command
+then waits until the node sees a member other than itself (at most --wait seconds). With --json
+one object: the plan's fields (node, change, from_version, to_version, applied, moves, keys,
+bytes) and joined, members.")]
 pub struct JoinArgs {
     /// Address (host:port) of any node of the cluster to join.
     pub seed: String,
     /// Seconds to wait for the node to hear from the cluster; 0 returns at once.
     #[arg(long, value_name = "SECS", default_value_t = JOIN_WAIT_DEFAULT.as_secs())]
     pub wait: u64,
+    /// Print the plan without applying it.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -31,26 +37,58 @@ pub struct JoinArgs {
 /// `cairn leave`
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The node given by --node (required) declares itself leaving: every node drops it from the
-ring, so it stops owning new writes; it keeps serving and forwarding requests. Its data is not
-handed to the new owners yet: keep it running until anti-entropy has copied its keys. A restart
-keeps it leaving; `cairn join` takes the leave back. With --json: {\"node\":..,\"status\":\"leaving\"}.")]
+The node given by --node (required) takes itself out of the layout: a new layout version gives
+its partitions to other nodes, which receive its keys, and it is `left` once no live layout
+version has it. Until the transfer is done the new version stays in transition (`cairn status`)
+and the node keeps its partitions. With --json the plan: node, change, from_version, to_version,
+applied, moves, keys, bytes.")]
 pub struct LeaveArgs {
+    /// Print the plan without applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `cairn remove`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Takes a dead node out of the layout: its replicas are rebuilt on the new owners from the
+surviving replicas. The asked node (--node, or the first that answers) applies the change; a
+node that is up is refused (it should `cairn leave`). With --json the plan.")]
+pub struct RemoveArgs {
+    /// The dead node's name.
+    pub node_name: String,
+    /// Print the plan without applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `cairn replace`
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Gives a dead node's partitions to a fresh node, which receives them from the surviving replicas.
+The asked node (--node, or the first that answers) applies the change. With --json the plan.")]
+pub struct ReplaceArgs {
+    /// The dead node's name.
+    pub old: String,
+    /// The fresh node's name.
+    pub new: String,
+    /// Print the plan without applying it.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Serialize)]
 struct JoinJson<'a> {
-    node: &'a str,
+    #[serde(flatten)]
+    plan: &'a LayoutChangeReply,
     joined: bool,
     members: usize,
-}
-
-#[derive(Serialize)]
-struct LeaveJson<'a> {
-    node: &'a str,
-    status: &'a str,
 }
 
 fn require_node(args: &ClientArgs, command: &str) -> anyhow::Result<()> {
@@ -72,16 +110,64 @@ fn joined(status: &StatusReply) -> bool {
             .any(|m| m.this_node && m.status == "up")
 }
 
+/// The plan as text.
+fn print_plan(plan: &LayoutChangeReply) {
+    let state = if plan.applied {
+        "applied"
+    } else if plan.from_version == plan.to_version {
+        "nothing to change"
+    } else {
+        "dry run, not applied"
+    };
+    println!(
+        "{}: {}: layout version {} -> {} ({state})",
+        plan.node, plan.change, plan.from_version, plan.to_version
+    );
+    if plan.from_version == plan.to_version {
+        return;
+    }
+    println!("{} partitions change replicas:", plan.moves.len());
+    for m in &plan.moves {
+        println!(
+            "  partition {:>5}: {} -> {}",
+            m.partition,
+            m.from.join(","),
+            m.to.join(",")
+        );
+    }
+    match (plan.keys, plan.bytes) {
+        (Some(k), Some(b)) => println!("to transfer: {k} keys, {b} bytes"),
+        _ => println!("to transfer: keys and bytes not counted"),
+    }
+    if plan.applied {
+        println!(
+            "the new version spreads by gossip; it stays in transition until its partitions are \
+             transferred (`cairn status`)"
+        );
+    }
+}
+
+fn print(plan: &LayoutChangeReply, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(plan)?);
+    } else {
+        print_plan(plan);
+    }
+    Ok(())
+}
+
 /// `cairn join SEED --node N`
 pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
     require_node(&args.client, "join")?;
     let session = target::connect(&args.client.as_admin()).await?;
-    let mut status = session
+    let plan = session
         .client
-        .join(&args.seed)
+        .join(&args.seed, args.dry_run)
         .await
         .map_err(|e| session.fail(e))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
+    let mut status = session.client.status().await.map_err(|e| session.fail(e))?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(if args.dry_run { 0 } else { args.wait });
     while !joined(&status) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(JOIN_POLL_INTERVAL).await;
         status = session.client.status().await.map_err(|e| session.fail(e))?;
@@ -90,11 +176,15 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
     let ok = joined(&status);
     if args.client.json {
         let json = JoinJson {
-            node: &status.node,
+            plan: &plan,
             joined: ok,
             members: status.members.len(),
         };
         println!("{}", serde_json::to_string(&json)?);
+        return Ok(Outcome::Done);
+    }
+    print_plan(&plan);
+    if args.dry_run {
     } else if ok {
         println!(
             "{} joined through {}: it sees {} members; `cairn status` shows them",
@@ -119,19 +209,38 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
 pub async fn leave(args: LeaveArgs) -> anyhow::Result<Outcome> {
     require_node(&args.client, "leave")?;
     let session = target::connect(&args.client.as_admin()).await?;
-    let status = session.client.leave().await.map_err(|e| session.fail(e))?;
+    let plan = session
+        .client
+        .leave(args.dry_run)
+        .await
+        .map_err(|e| session.fail(e))?;
     session.close().await;
-    if args.client.json {
-        let json = LeaveJson {
-            node: &status.node,
-            status: "leaving",
-        };
-        println!("{}", serde_json::to_string(&json)?);
-    } else {
-        println!(
-            "{} is leaving: it owns no partitions from now on and takes no new writes as a replica",
-            status.node
-        );
-    }
+    print(&plan, args.client.json)?;
+    Ok(Outcome::Done)
+}
+
+/// `cairn remove NODE`
+pub async fn remove(args: RemoveArgs) -> anyhow::Result<Outcome> {
+    let session = target::connect(&args.client.as_admin()).await?;
+    let plan = session
+        .client
+        .remove(&args.node_name, args.dry_run)
+        .await
+        .map_err(|e| session.fail(e))?;
+    session.close().await;
+    print(&plan, args.client.json)?;
+    Ok(Outcome::Done)
+}
+
+/// `cairn replace OLD NEW`
+pub async fn replace(args: ReplaceArgs) -> anyhow::Result<Outcome> {
+    let session = target::connect(&args.client.as_admin()).await?;
+    let plan = session
+        .client
+        .replace(&args.old, &args.new, args.dry_run)
+        .await
+        .map_err(|e| session.fail(e))?;
+    session.close().await;
+    print(&plan, args.client.json)?;
     Ok(Outcome::Done)
 }

@@ -31,11 +31,11 @@ pub struct ClientArgs {
     #[arg(long, value_name = "PATH")]
     pub ca: Option<PathBuf>,
     /// Client certificate, signed by the cluster CA [default: DIR/client/client.pem, or
-    /// DIR/admin/admin.pem for join and leave].
+    /// DIR/admin/admin.pem for layout changes].
     #[arg(long, value_name = "PATH")]
     pub cert: Option<PathBuf>,
-    /// Client private key [default: DIR/client/client.key, or DIR/admin/admin.key for join and
-    /// leave].
+    /// Client private key [default: DIR/client/client.key, or DIR/admin/admin.key for layout
+    /// changes].
     #[arg(long = "key", id = "key_file", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Print one JSON object on one line instead of text. Values (and keys) that are not valid

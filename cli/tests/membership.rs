@@ -1,7 +1,7 @@
 //! Membership over real processes and real QUIC: five `cairn dev` nodes that know only node1
 //! find each other by gossip and agree on the ring; a node killed with SIGKILL is seen down by
-//! every survivor within 20 s and comes back up with a higher generation; `leave` takes a node
-//! out of every node's ring and `join` brings it back.
+//! every survivor within 20 s and comes back up with a higher generation; `leave` is a planned
+//! layout change that spreads to every node and moves no ownership before its data.
 
 mod common;
 
@@ -130,8 +130,12 @@ fn five_nodes_meet_through_node1_and_a_killed_node_is_seen_down_then_up_again() 
     );
 }
 
+fn layout(dev: &Dev, node: &str) -> Value {
+    dev.status(node)["layout"].clone()
+}
+
 #[test]
-fn a_node_that_leaves_drops_out_of_every_ring_and_join_brings_it_back() {
+fn a_leave_is_a_planned_layout_change_that_spreads_and_moves_nothing_before_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path(), Some(4));
     let names = ["node1", "node2", "node3", "node4"];
@@ -141,43 +145,84 @@ fn a_node_that_leaves_drops_out_of_every_ring_and_join_brings_it_back() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("--node"), "{run:?}");
 
+    // A dry run prints the plan and changes nothing.
+    let run = dev.run(&["leave", "--node", "node4", "--dry-run", "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let plan = run.json();
+    assert_eq!(plan["applied"], false, "{plan}");
+    assert_eq!(
+        (plan["from_version"].as_u64(), plan["to_version"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let moves = plan["moves"].as_array().unwrap();
+    assert!(!moves.is_empty(), "{plan}");
+    for m in moves {
+        let (from, to) = (m["from"].to_string(), m["to"].to_string());
+        assert!(from.contains("node4") && !to.contains("node4"), "{m}");
+    }
+    let text = dev.run(&["leave", "--node", "node4", "--dry-run"]).ok();
+    assert!(
+        text.contains("dry run, not applied") && text.contains(" -> "),
+        "{text}"
+    );
+    assert!(text.contains("not counted"), "{text}");
+    for name in names {
+        let l = layout(&dev, name);
+        assert_eq!(l["version"], 1, "{name}: {l}");
+        assert!(l["transition"].is_null(), "{name}: {l}");
+    }
+
+    let before = ring(&dev, "node1");
     let run = dev.run(&["leave", "--node", "node4", "--json"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(run.json()["status"], "leaving");
-    wait_for("node4 out of every ring", RING_DEADLINE, || {
+    assert_eq!(run.json()["applied"], true, "{run:?}");
+    assert_eq!(
+        run.json()["moves"],
+        plan["moves"],
+        "the plan applied is the one shown"
+    );
+    // The new version reaches every node by gossip; its transfer waits (nothing moves data
+    // yet), so ownership stays where the data is.
+    wait_for("layout version 2 at every node", RING_DEADLINE, || {
         names
             .iter()
-            .all(|name| !in_ring(&ring(&dev, name), "node4"))
+            .all(|name| {
+                let l = layout(&dev, name);
+                l["version"] == 2 && l["transition"]["from"] == 1
+            })
             .then_some(())
     });
     for name in names {
+        assert_eq!(
+            ring(&dev, name),
+            before,
+            "{name}: the ring moved before the data"
+        );
+        assert!(in_ring(&ring(&dev, name), "node4"));
         let seen = members(&dev.status(name));
         assert_eq!(seen["node4"]["status"], "leaving", "{name}: {seen:?}");
-        assert_eq!(seen["node4"]["partitions"], 0, "{name}: {seen:?}");
     }
-    // The others own every partition, and the leaving node still serves clients.
-    dev.run(&["put", "k", "v", "--w", "3", "--node", "node4"])
-        .ok();
-    let run = dev.run(&["get", "k", "--r", "3", "--node", "node1"]);
-    assert_eq!(run.stdout.lines().next(), Some("v"), "{run:?}");
+    let text = dev.run(&["status", "--node", "node2"]).ok();
+    assert!(
+        text.contains("layout version 2 in transition from 1") && text.contains("TO RECEIVE"),
+        "{text}"
+    );
 
-    // Joining again (through node1) takes the leave back.
-    let seed = members(&dev.status("node1"))["node1"]["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let run = dev.run(&["join", &seed, "--node", "node4", "--json"]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(run.json()["joined"], true, "{run:?}");
-    wait_for("node4 back in every ring", RING_DEADLINE, || {
-        let rings: Vec<Value> = names.iter().map(|name| ring(&dev, name)).collect();
-        (in_ring(&rings[0], "node4") && rings.iter().all(|r| *r == rings[0])).then_some(())
-    });
+    // Only one change at a time: the next waits for this one's transfer.
+    let run = dev.run(&["leave", "--node", "node3"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.stderr.contains("still being transferred"), "{run:?}");
+    // A node that is up cannot be removed as if dead.
+    let run = dev.run(&["remove", "node3", "--dry-run", "--node", "node1"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.stderr.contains("is up"), "{run:?}");
+
+    // A join needs the seed's layout: an address nobody answers at is a clear error.
     let run = dev.run(&["join", "nowhere:1", "--node", "node4", "--wait", "0"]);
-    assert_eq!(
-        run.code,
-        Some(0),
-        "a seed is kept even if it does not answer yet: {run:?}"
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains("cannot get the layout from nowhere:1"),
+        "{run:?}"
     );
 }
 
@@ -230,6 +275,8 @@ fn a_data_certificate_cannot_leave_and_the_error_names_the_role() {
         "--key",
         out.join("client.key").to_str().unwrap(),
     ]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(run.json()["status"], "leaving");
+    // Past the role check, the layout refuses: a cluster cannot lose its last node.
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.stderr.contains("last member"), "{run:?}");
+    assert!(!run.stderr.contains("certificate"), "{run:?}");
 }

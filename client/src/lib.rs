@@ -10,8 +10,8 @@ use cairn_net::{Identity, NetError};
 pub mod bench;
 
 use cairn_proto::{
-    check_request, Context, ErrorReply, GetReply, LimitError, ReadOptions, Request, Response,
-    RingReply, StatusReply, WriteOptions,
+    check_request, Context, ErrorReply, GetReply, LayoutChangeReply, LimitError, ReadOptions,
+    Request, Response, RingReply, StatusReply, WriteOptions,
 };
 
 /// How long a connection attempt (QUIC + TLS handshake) may take.
@@ -201,22 +201,53 @@ impl Client {
         }
     }
 
-    /// Asks the node to join the cluster `seed` belongs to; answers with its status at once
-    /// (joining completes over the next gossip rounds).
-    pub async fn join(&self, seed: &str) -> Result<StatusReply, ClientError> {
-        let req = Request::Join {
+    /// Asks the node to join the cluster `seed` belongs to: it takes the seed's layout and adds
+    /// itself to it. Answers with the plan (with `dry_run`, only the plan).
+    pub async fn join(&self, seed: &str, dry_run: bool) -> Result<LayoutChangeReply, ClientError> {
+        self.layout_change(&Request::Join {
             seed: seed.to_owned(),
-        };
-        match self.request(&req).await? {
-            Response::Status(reply) => Ok(reply),
-            other => Err(self.unexpected(other)),
-        }
+            dry_run,
+        })
+        .await
     }
 
-    /// Asks the node to leave its cluster: it stops owning partitions. Answers with its status.
-    pub async fn leave(&self) -> Result<StatusReply, ClientError> {
-        match self.request(&Request::Leave).await? {
-            Response::Status(reply) => Ok(reply),
+    /// Asks the node to take itself out of the layout. Answers with the plan.
+    pub async fn leave(&self, dry_run: bool) -> Result<LayoutChangeReply, ClientError> {
+        self.layout_change(&Request::Leave { dry_run }).await
+    }
+
+    /// Asks the node to take the dead node `node` out of the layout. Answers with the plan.
+    pub async fn remove(
+        &self,
+        node: &str,
+        dry_run: bool,
+    ) -> Result<LayoutChangeReply, ClientError> {
+        self.layout_change(&Request::Remove {
+            node: node.to_owned(),
+            dry_run,
+        })
+        .await
+    }
+
+    /// Asks the node to give the dead node `old`'s partitions to the fresh node `new`. Answers
+    /// with the plan.
+    pub async fn replace(
+        &self,
+        old: &str,
+        new: &str,
+        dry_run: bool,
+    ) -> Result<LayoutChangeReply, ClientError> {
+        self.layout_change(&Request::Replace {
+            old: old.to_owned(),
+            new: new.to_owned(),
+            dry_run,
+        })
+        .await
+    }
+
+    async fn layout_change(&self, req: &Request) -> Result<LayoutChangeReply, ClientError> {
+        match self.request(req).await? {
+            Response::LayoutChange(reply) => Ok(reply),
             other => Err(self.unexpected(other)),
         }
     }

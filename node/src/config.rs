@@ -617,4 +617,32 @@ key = "node.key"
             "{err}"
         );
     }
+
+    #[test]
+    fn initial_members_take_names_and_zones_and_refuse_bad_entries_by_name() {
+        let config = load(&format!(
+            "{BASE}\n[cluster]\ninitial_members = [\"n1\", \"n2@rack-b\", \"n3\"]\n"
+        ))
+        .unwrap();
+        let members = config.cluster().initial_members().unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[1].name, "n2");
+        assert_eq!(members[1].zone.as_deref(), Some("rack-b"));
+        for (list, why) in [
+            ("[\"n1\", \"n1\"]", "twice"),
+            ("[\"\"]", "a name must be"),
+            ("[\"bad name\"]", "a name must be"),
+            ("[\"n1@\"]", "the zone must be"),
+        ] {
+            let err = load(&format!("{BASE}\n[cluster]\ninitial_members = {list}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{list}: {err}");
+        }
+        // What is written reads back the same.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap(), config);
+    }
 }

@@ -5,12 +5,17 @@
 //! Every change goes through [`NodeLayout::modify`]: it works on a copy, writes the file
 //! (temporary file, fsync, rename, fsync of the directory) and only then publishes the copy, so
 //! nothing this node routes or answers ever rests on a layout a crash could take back.
+//!
+//! A layout travels with the id of its cluster: the digest of the version 1 it grew from. Two
+//! layouts of different clusters never merge (the greater would silently take every partition
+//! from the other cluster's nodes); only an explicit `cairn join` of a node that is alone moves
+//! it into another cluster.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cairn_layout::limits::LAYOUT_ENCODED_BYTES_MAX;
-use cairn_layout::{Layout, LayoutVersion, MergeOutcome};
+use cairn_layout::{Digest, Layout, LayoutVersion, MergeOutcome};
 use cairn_proto::{ErrorReply, NodeId};
 use cairn_ring::{Member, Ring, RingConfig};
 use serde::{Deserialize, Serialize};
@@ -31,10 +36,10 @@ const HEADER_BYTES: usize = 8 + 2 + 4;
 const CHECKSUM_BYTES: usize = 4;
 /// Bytes of the largest layout file: the header, the largest encoded layout, the checksum. A
 /// larger file is refused before it is read whole.
-pub const LAYOUT_FILE_BYTES_MAX: usize = HEADER_BYTES + LAYOUT_ENCODED_BYTES_MAX + CHECKSUM_BYTES;
+pub const LAYOUT_FILE_BYTES_MAX: usize = HEADER_BYTES + HELD_ENCODED_BYTES_MAX + CHECKSUM_BYTES;
 
 const _: () = assert!(
-    LAYOUT_ENCODED_BYTES_MAX <= cairn_proto::limits::LAYOUT_BYTES_MAX,
+    HELD_ENCODED_BYTES_MAX <= cairn_proto::limits::LAYOUT_BYTES_MAX,
     "a node must be able to send its whole layout in one peer request"
 );
 
@@ -81,10 +86,25 @@ pub enum LayoutFileError {
     Bootstrap(cairn_layout::LayoutError),
 }
 
-/// The small summary of a layout that gossip carries: its newest version and a digest of the
-/// whole layout, progress included. Two nodes whose stamps differ exchange layouts.
+/// A layout with the id of its cluster, as the file and peers carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// The digest of the cluster's layout version 1.
+    pub cluster: Digest,
+    /// The layout.
+    pub layout: Layout,
+}
+
+/// Bytes of the largest encoded [`Held`]: the layout and the cluster id.
+pub const HELD_ENCODED_BYTES_MAX: usize = LAYOUT_ENCODED_BYTES_MAX + 32;
+
+/// The small summary of a layout that gossip carries: its cluster, its newest version and a
+/// digest of the whole layout, progress included. Two nodes of one cluster whose stamps differ
+/// exchange layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
+    /// The cluster's id.
+    pub cluster: Digest,
     /// The newest version.
     pub version: u64,
     /// blake3 of the encoded layout.
@@ -92,27 +112,28 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// The stamp of `layout`.
-    pub fn of(layout: &Layout) -> Stamp {
+    /// The stamp of `held`.
+    pub fn of(held: &Held) -> Stamp {
         Stamp {
-            version: layout.current().version(),
-            digest: *blake3::hash(&encode(layout)).as_bytes(),
+            cluster: held.cluster,
+            version: held.layout.current().version(),
+            digest: *blake3::hash(&encode(held)).as_bytes(),
         }
     }
 }
 
-/// The layout encoded for a peer or the file (postcard). Its size is bounded by
-/// `LAYOUT_ENCODED_BYTES_MAX` by construction of the layout's limits.
-pub fn encode(layout: &Layout) -> Vec<u8> {
-    postcard::to_allocvec(layout).expect("a layout always serializes")
+/// A held layout encoded for a peer or the file (postcard). Its size is bounded by
+/// `HELD_ENCODED_BYTES_MAX` by construction of the layout's limits.
+pub fn encode(held: &Held) -> Vec<u8> {
+    postcard::to_allocvec(held).expect("a layout always serializes")
 }
 
-/// A layout from a peer or the file, checked for size first and for every invariant of
+/// A held layout from a peer or the file, checked for size first and for every invariant of
 /// `Layout` while decoding.
-pub fn decode(bytes: &[u8]) -> Result<Layout, String> {
-    if bytes.len() > LAYOUT_ENCODED_BYTES_MAX {
+pub fn decode(bytes: &[u8]) -> Result<Held, String> {
+    if bytes.len() > HELD_ENCODED_BYTES_MAX {
         return Err(format!(
-            "{} bytes, over LAYOUT_ENCODED_BYTES_MAX ({LAYOUT_ENCODED_BYTES_MAX})",
+            "{} bytes, over HELD_ENCODED_BYTES_MAX ({HELD_ENCODED_BYTES_MAX})",
             bytes.len()
         ));
     }
@@ -120,7 +141,7 @@ pub fn decode(bytes: &[u8]) -> Result<Layout, String> {
 }
 
 /// Reads the layout file at `path`: `None` if there is none.
-pub fn load(path: &Path) -> Result<Option<Layout>, LayoutFileError> {
+pub fn load(path: &Path) -> Result<Option<Held>, LayoutFileError> {
     use std::io::Read as _;
     let io = |e: std::io::Error| LayoutFileError::Io {
         path: path.to_owned(),
@@ -186,13 +207,13 @@ pub fn load(path: &Path) -> Result<Option<Layout>, LayoutFileError> {
 }
 
 /// Writes `layout` to `path` whole and durably: a crash leaves the old file or the new one.
-pub fn store(path: &Path, layout: &Layout) -> Result<(), LayoutFileError> {
+pub fn store(path: &Path, held: &Held) -> Result<(), LayoutFileError> {
     use std::io::Write as _;
     let io = |e: std::io::Error| LayoutFileError::Io {
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let body = encode(layout);
+    let body = encode(held);
     let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len() + CHECKSUM_BYTES);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_le_bytes());
@@ -222,7 +243,7 @@ pub fn bootstrap(
     name: &str,
     cluster: &ClusterConfig,
     alone: bool,
-) -> Result<Option<Layout>, LayoutFileError> {
+) -> Result<Option<Held>, LayoutFileError> {
     let config = ring_config(cluster);
     let initial = cluster.initial_members().map_err(|reason| {
         LayoutFileError::Bootstrap(cairn_layout::LayoutError::Invalid { reason })
@@ -252,7 +273,10 @@ pub fn bootstrap(
     // The order written in the file must not matter: every member computes the same version.
     members.sort_by_key(|(m, _)| m.id);
     let first = LayoutVersion::initial(config, &members).map_err(LayoutFileError::Bootstrap)?;
-    Ok(Some(Layout::new(first)))
+    Ok(Some(Held {
+        cluster: first.digest(),
+        layout: Layout::new(first),
+    }))
 }
 
 /// The ring shape (Q, N) the configuration asks for.
@@ -288,8 +312,8 @@ pub struct NodeLayout {
     /// Serialises changes: each reads the latest layout, persists, then publishes.
     writing: tokio::sync::Mutex<()>,
     tx: watch::Sender<Option<Arc<Layout>>>,
-    /// The stamp of the published layout, kept beside it so gossip never re-encodes it.
-    stamp: Mutex<Option<Stamp>>,
+    /// The published layout's cluster and stamp, kept beside it so gossip never re-encodes it.
+    held: Mutex<Option<Stamp>>,
 }
 
 impl NodeLayout {
@@ -304,9 +328,9 @@ impl NodeLayout {
     ) -> Result<NodeLayout, LayoutFileError> {
         let file = data_dir.join(LAYOUT_FILE);
         let config = ring_config(cluster);
-        let layout = match load(&file)? {
-            Some(layout) => {
-                let found = layout.current().ring().config();
+        let held = match load(&file)? {
+            Some(held) => {
+                let found = held.layout.current().ring().config();
                 if found != config {
                     return Err(LayoutFileError::Mismatch {
                         path: file,
@@ -317,31 +341,31 @@ impl NodeLayout {
                         ),
                     });
                 }
-                info!(version = layout.current().version(), "layout loaded");
-                Some(layout)
+                info!(version = held.layout.current().version(), "layout loaded");
+                Some(held)
             }
             None => {
-                let layout = bootstrap(name, cluster, alone)?;
-                if let Some(layout) = &layout {
-                    store(&file, layout)?;
+                let held = bootstrap(name, cluster, alone)?;
+                if let Some(held) = &held {
+                    store(&file, held)?;
                     info!(
-                        members = layout.current().names().len(),
+                        members = held.layout.current().names().len(),
                         "layout version 1 bootstrapped"
                     );
                 } else {
                     info!("no layout yet: waiting for one from the cluster");
                 }
-                layout
+                held
             }
         };
-        let stamp = layout.as_ref().map(Stamp::of);
-        let (tx, _) = watch::channel(layout.map(Arc::new));
+        let stamp = held.as_ref().map(Stamp::of);
+        let (tx, _) = watch::channel(held.map(|h| Arc::new(h.layout)));
         Ok(NodeLayout {
             file,
             config,
             writing: tokio::sync::Mutex::new(()),
             tx,
-            stamp: Mutex::new(stamp),
+            held: Mutex::new(stamp),
         })
     }
 
@@ -357,7 +381,22 @@ impl NodeLayout {
 
     /// The stamp gossip carries for the published layout.
     pub fn stamp(&self) -> Option<Stamp> {
-        *self.stamp.lock().expect("stamp lock")
+        *self.held.lock().expect("stamp lock")
+    }
+
+    /// The published layout with its cluster id, as peers are sent it.
+    pub fn held(&self) -> Option<Held> {
+        let cluster = self.stamp()?.cluster;
+        self.get().map(|layout| Held {
+            cluster,
+            layout: (*layout).clone(),
+        })
+    }
+
+    /// The encoded [`NodeLayout::held`] (empty while none is held), as `PeerRequest::Layout`
+    /// carries it.
+    pub fn encoded(&self) -> Vec<u8> {
+        self.held().map_or_else(Vec::new, |h| encode(&h))
     }
 
     /// The ring shape every layout this node takes must have.
@@ -367,26 +406,34 @@ impl NodeLayout {
 
     /// Changes the layout: `change` works on a copy of the latest one; if the copy differs it is
     /// persisted, then published. Returns what `change` returned; nothing is published when it
-    /// or the write fails.
+    /// or the write fails. A node without a layout gets one only by [`NodeLayout::merge`] or
+    /// [`NodeLayout::enter`].
     pub async fn modify<T>(
         &self,
-        change: impl FnOnce(&mut Option<Layout>) -> Result<T, ErrorReply>,
+        change: impl FnOnce(&mut Layout) -> Result<T, ErrorReply>,
     ) -> Result<T, ErrorReply> {
         let _writing = self.writing.lock().await;
-        let before = self.get();
-        let mut next: Option<Layout> = before.as_deref().cloned();
-        let out = change(&mut next)?;
-        if next.as_ref() == before.as_deref() {
-            return Ok(out);
-        }
-        let Some(next) = next else {
-            // A layout is never taken away: nothing in this crate asks for that.
+        let (Some(before), Some(stamp)) = (self.get(), self.stamp()) else {
             return Err(ErrorReply::Membership {
-                reason: "a layout cannot be dropped once held".into(),
+                reason: "this node holds no layout yet".into(),
             });
         };
-        if next.current().ring().config() != self.config {
-            let c = next.current().ring().config();
+        let mut next = (*before).clone();
+        let out = change(&mut next)?;
+        if next != *before {
+            self.publish(Held {
+                cluster: stamp.cluster,
+                layout: next,
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    /// Persists `held`, then publishes it. Called with `writing` held.
+    async fn publish(&self, held: Held) -> Result<(), ErrorReply> {
+        let c = held.layout.current().ring().config();
+        if c != self.config {
             return Err(ErrorReply::Membership {
                 reason: format!(
                     "a layout of {} partitions and {} replicas; this node has {} and {}",
@@ -394,43 +441,82 @@ impl NodeLayout {
                 ),
             });
         }
-        let (file, copy) = (self.file.clone(), next.clone());
+        let (file, copy) = (self.file.clone(), held.clone());
         tokio::task::spawn_blocking(move || store(&file, &copy))
             .await
             .expect("layout store task panicked")
             .map_err(|e| ErrorReply::Storage {
                 reason: e.to_string(),
             })?;
-        *self.stamp.lock().expect("stamp lock") = Some(Stamp::of(&next));
-        self.tx.send_replace(Some(Arc::new(next)));
-        Ok(out)
+        *self.held.lock().expect("stamp lock") = Some(Stamp::of(&held));
+        self.tx.send_replace(Some(Arc::new(held.layout)));
+        Ok(())
     }
 
     /// Merges a peer's layout into this node's (adopting it when this node has none), persisted
-    /// before it is used. A layout of another ring shape is refused.
-    pub async fn merge(&self, other: &Layout) -> Result<MergeOutcome, ErrorReply> {
-        let c = other.current().ring().config();
-        if c != self.config {
-            return Err(ErrorReply::Membership {
-                reason: format!(
-                    "refusing a layout of {} partitions and {} replicas; this node has {} and {}",
-                    c.partitions, c.replicas, self.config.partitions, self.config.replicas
-                ),
-            });
-        }
-        self.modify(|mine| {
-            Ok(match mine {
-                Some(mine) => mine.merge(other),
-                None => {
-                    *mine = Some(other.clone());
-                    MergeOutcome::Adopted {
-                        from: 0,
-                        to: other.current().version(),
-                    }
+    /// before it is used. A layout of another cluster or ring shape is refused.
+    pub async fn merge(&self, other: &Held) -> Result<MergeOutcome, ErrorReply> {
+        let _writing = self.writing.lock().await;
+        let (mine, stamp) = (self.get(), self.stamp());
+        let (next, outcome) = match (mine, stamp) {
+            (Some(mine), Some(stamp)) => {
+                if stamp.cluster != other.cluster {
+                    return Err(ErrorReply::Membership {
+                        reason: format!(
+                            "refusing the layout of another cluster ({}; this node's is {}): \
+                             a node moves to another cluster only by `cairn join`",
+                            other.cluster, stamp.cluster
+                        ),
+                    });
                 }
+                let mut next = (*mine).clone();
+                let outcome = next.merge(&other.layout);
+                (next, outcome)
+            }
+            _ => (
+                other.layout.clone(),
+                MergeOutcome::Adopted {
+                    from: 0,
+                    to: other.layout.current().version(),
+                },
+            ),
+        };
+        if outcome != MergeOutcome::Unchanged {
+            self.publish(Held {
+                cluster: other.cluster,
+                layout: next,
             })
-        })
-        .await
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Takes `other` (another cluster's layout) in place of this node's, for `cairn join`:
+    /// allowed only while this node holds none, or holds a settled layout of itself alone (it
+    /// owns nothing anyone else relies on). Returns whether the layout changed.
+    pub async fn enter(&self, me: NodeId, other: &Held) -> Result<bool, ErrorReply> {
+        let _writing = self.writing.lock().await;
+        if let (Some(mine), Some(stamp)) = (self.get(), self.stamp()) {
+            if stamp.cluster == other.cluster {
+                drop(_writing);
+                return Ok(self.merge(other).await? != MergeOutcome::Unchanged);
+            }
+            let alone = mine.is_settled()
+                && mine.current().names().len() == 1
+                && mine.current().is_member(me);
+            if !alone {
+                return Err(ErrorReply::Membership {
+                    reason: format!(
+                        "this node is a member of another cluster (layout version {} with {} \
+                         members); take it out there first (`cairn leave`)",
+                        mine.current().version(),
+                        mine.current().names().len()
+                    ),
+                });
+            }
+        }
+        self.publish(other.clone()).await?;
+        Ok(true)
     }
 }
 
@@ -454,6 +540,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a, b);
+        assert_eq!(a.cluster, a.layout.current().digest());
+        let a = a.layout;
         assert_eq!(a.current().version(), 1);
         assert_eq!(a.current().names().len(), 3);
         let z2 = a
@@ -474,7 +562,10 @@ mod tests {
         );
         assert_eq!(bootstrap("n4", &cluster(&[]), false).unwrap(), None);
         let alone = bootstrap("n4", &cluster(&[]), true).unwrap().unwrap();
-        assert_eq!(alone.current().names().values().collect::<Vec<_>>(), ["n4"]);
+        assert_eq!(
+            alone.layout.current().names().values().collect::<Vec<_>>(),
+            ["n4"]
+        );
     }
 
     #[test]
@@ -538,5 +629,111 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("128"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn changes_are_persisted_before_they_are_published_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(&["n1", "n2", "n3"]);
+        let held = NodeLayout::open(dir.path(), "n1", &c, false).unwrap();
+        let mut rx = held.subscribe();
+        let n4 = NodeId::from_name("n4");
+        held.modify(|l| {
+            let plan = l
+                .plan(&cairn_layout::Change::Join {
+                    node: n4,
+                    name: "n4".into(),
+                    zone: None,
+                })
+                .unwrap();
+            l.apply(plan).map_err(|e| ErrorReply::Membership {
+                reason: e.to_string(),
+            })
+        })
+        .await
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        let published = rx.borrow_and_update().clone().unwrap();
+        assert_eq!(published.current().version(), 2);
+        // What was published is what the file holds.
+        let stored = load(&dir.path().join(LAYOUT_FILE)).unwrap().unwrap();
+        assert_eq!(stored.layout, *published);
+        assert_eq!(Some(Stamp::of(&stored)), held.stamp());
+        drop(held);
+        let reopened = NodeLayout::open(dir.path(), "n1", &c, false).unwrap();
+        assert_eq!(reopened.get().unwrap(), published);
+        // A refused change publishes nothing.
+        let err = reopened
+            .modify(|_| -> Result<(), ErrorReply> {
+                Err(ErrorReply::Membership {
+                    reason: "no".into(),
+                })
+            })
+            .await;
+        assert!(err.is_err());
+        assert_eq!(reopened.get().unwrap(), published);
+    }
+
+    #[tokio::test]
+    async fn layouts_of_two_clusters_never_merge_and_only_a_lone_node_enters_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir, w_dir) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("w"),
+        );
+        for d in [&a_dir, &b_dir, &w_dir] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let three = cluster(&["n1", "n2", "n3"]);
+        let a = NodeLayout::open(&a_dir, "n1", &three, false).unwrap();
+        // n9 alone: a cluster of its own, with another version 1.
+        let lone = NodeLayout::open(&b_dir, "n9", &cluster(&[]), true).unwrap();
+        let theirs = a.held().unwrap();
+        assert_ne!(theirs.cluster, lone.stamp().unwrap().cluster);
+        let err = lone.merge(&theirs).await.unwrap_err().to_string();
+        assert!(err.contains("another cluster"), "{err}");
+        assert_eq!(lone.get().unwrap().current().names().len(), 1);
+        // ...and the three-node cluster does not take the lone node's layout either.
+        let err = a
+            .merge(&lone.held().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another cluster"), "{err}");
+        // `cairn join` moves the lone node into the cluster.
+        assert!(lone.enter(NodeId::from_name("n9"), &theirs).await.unwrap());
+        assert_eq!(lone.held().unwrap(), theirs);
+        // A member of a cluster of three may not be moved so.
+        let err = a
+            .enter(NodeId::from_name("n1"), &lone_layout(&w_dir))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("member of another cluster"), "{err}");
+        // A node without a layout adopts the first one it is sent.
+        let waiting = NodeLayout::open(&w_dir, "n4", &three, false).unwrap();
+        assert!(waiting.get().is_none());
+        assert!(matches!(
+            waiting.merge(&theirs).await.unwrap(),
+            MergeOutcome::Adopted { from: 0, to: 1 }
+        ));
+        assert_eq!(waiting.held().unwrap(), theirs);
+    }
+
+    fn lone_layout(dir: &Path) -> Held {
+        let d = dir.join("lone");
+        std::fs::create_dir_all(&d).unwrap();
+        NodeLayout::open(&d, "n8", &cluster(&[]), true)
+            .unwrap()
+            .held()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_peer_layout_over_its_limit_is_refused_before_decoding() {
+        let err = decode(&vec![0u8; HELD_ENCODED_BYTES_MAX + 1]).unwrap_err();
+        assert!(err.contains("HELD_ENCODED_BYTES_MAX"), "{err}");
+        assert!(decode(b"garbage").is_err());
     }
 }

@@ -21,8 +21,11 @@ use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
     Payload, Status, Transmit, Value,
 };
-use cairn_layout::{Layout, MergeOutcome};
-use cairn_proto::{ErrorReply, MemberStatus, NodeId, PeerRequest, PeerResponse};
+use cairn_layout::{Change, Layout, LayoutError, MergeOutcome, Plan};
+use cairn_proto::{
+    ErrorReply, LayoutChangeReply, MemberStatus, NodeId, PartitionMoveReply, PeerRequest,
+    PeerResponse,
+};
 use cairn_ring::{Ring, RingConfig};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -30,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::layout::{LayoutFileError, NodeLayout, Stamp};
+use crate::layout::{Held, LayoutFileError, NodeLayout, Stamp};
 use crate::limits::{
     GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_EXCHANGES_MAX,
     LAYOUT_EXCHANGE_TIMEOUT,
@@ -86,6 +89,36 @@ pub fn no_ring(node: &str) -> ErrorReply {
     }
 }
 
+/// Why a layout change is refused while this node holds no layout.
+fn no_layout() -> ErrorReply {
+    ErrorReply::Membership {
+        reason: "this node holds no layout yet; `cairn join SEED --node NAME` adds it to a cluster"
+            .into(),
+    }
+}
+
+/// A refused layout change, in the layout crate's words.
+fn layout_error(e: LayoutError) -> ErrorReply {
+    ErrorReply::Membership {
+        reason: e.to_string(),
+    }
+}
+
+/// A change in words, with names from `layout`.
+fn describe(change: &Change, layout: &Layout) -> String {
+    let name = |id: &NodeId| {
+        layout
+            .name(*id)
+            .map_or_else(|| id.to_string(), str::to_owned)
+    };
+    match change {
+        Change::Join { name, .. } => format!("join {name}"),
+        Change::Leave { node } => format!("leave {}", name(node)),
+        Change::Remove { node } => format!("remove {}", name(node)),
+        Change::Replace { old, name: new, .. } => format!("replace {} with {new}", name(old)),
+    }
+}
+
 /// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
 /// names and check them), the ring shape it expects, and the stamp of its layout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +171,10 @@ struct Persisted {
     /// `cairn leave` was run: the node stays leaving across restarts.
     #[serde(default)]
     leaving: bool,
+    /// No live layout version has this node any more: it stays `left` across restarts (until a
+    /// `cairn join`).
+    #[serde(default)]
+    left: bool,
     /// Seeds added by `cairn join`.
     #[serde(default)]
     seeds: Vec<String>,
@@ -216,6 +253,8 @@ impl std::ops::DerefMut for Local {
 pub struct Membership {
     me: NodeId,
     name: String,
+    /// This node's configured failure zone (what a join puts in the layout).
+    zone: Option<String>,
     advertise: SocketAddr,
     ring_config: RingConfig,
     /// Gossip and the driver's own per-member bookkeeping, under one lock.
@@ -295,7 +334,9 @@ impl Membership {
             replicas: cluster.replicas,
             layout: layout.stamp(),
         };
-        let status = if persisted.leaving {
+        let status = if persisted.left {
+            Status::Left
+        } else if persisted.leaving {
             Status::Leaving
         } else if seeds.is_empty() {
             // Nobody to join: this node starts a cluster of its own.
@@ -323,6 +364,7 @@ impl Membership {
         let membership = Arc::new(Membership {
             me,
             name: config.name.clone(),
+            zone: cluster.zone.clone(),
             advertise,
             ring_config,
             local: Mutex::new(Local {
@@ -437,6 +479,12 @@ impl Membership {
             if id == self.me || !m.compatible || m.layout == mine || !self.peers.is_up(id) {
                 continue;
             }
+            // Layouts of two clusters never merge; only `cairn join` moves a node.
+            if let (Some(mine), Some(theirs)) = (mine, m.layout) {
+                if mine.cluster != theirs.cluster {
+                    continue;
+                }
+            }
             if running.len() >= LAYOUT_EXCHANGES_MAX || exchanges.len() >= GOSSIP_EXCHANGES_MAX {
                 debug!("layout exchanges at LAYOUT_EXCHANGES_MAX ({LAYOUT_EXCHANGES_MAX}); the rest wait a round");
                 break;
@@ -458,10 +506,7 @@ impl Membership {
 
     /// Sends this node's layout to `peer` and merges the one it answers with.
     async fn exchange_layout(self: Arc<Self>, peer: NodeId) {
-        let mine = self
-            .layout
-            .get()
-            .map_or_else(Vec::new, |l| crate::layout::encode(&l));
+        let mine = self.layout.encoded();
         match self
             .peers
             .request(peer, PeerRequest::Layout(mine), LAYOUT_EXCHANGE_TIMEOUT)
@@ -485,11 +530,7 @@ impl Membership {
         sender: NodeId,
     ) -> Result<PeerResponse, ErrorReply> {
         self.take_layout(bytes, sender).await?;
-        Ok(PeerResponse::Layout(
-            self.layout
-                .get()
-                .map_or_else(Vec::new, |l| crate::layout::encode(&l)),
-        ))
+        Ok(PeerResponse::Layout(self.layout.encoded()))
     }
 
     /// Decodes (size-checked) and merges a layout `from` sent; a merge that changes the layout
@@ -526,15 +567,16 @@ impl Membership {
     /// view, so routing follows at once.
     pub async fn change_layout<T>(
         &self,
-        change: impl FnOnce(&mut Option<Layout>) -> Result<T, ErrorReply>,
+        change: impl FnOnce(&mut Layout) -> Result<T, ErrorReply>,
     ) -> Result<T, ErrorReply> {
         let out = self.layout.modify(change).await?;
         self.layout_changed().await?;
         Ok(out)
     }
 
-    /// After the layout changed: this node acknowledges a new version it is a member of, and
-    /// the view (ring, stamp) is republished.
+    /// After the layout changed: this node acknowledges a new version it is a member of, declares
+    /// itself `left` once no live version has it any more, and the view (ring, stamp) is
+    /// republished.
     ///
     /// The acknowledgement is given only once the coordinator routes by the new version and
     /// has no unanswered write routed under an older one (the write fence): the transfer task
@@ -553,12 +595,22 @@ impl Membership {
         if needs_ack {
             self.layout
                 .modify(|l| {
-                    if let Some(l) = l {
-                        l.ack(me);
-                    }
+                    l.ack(me);
                     Ok(())
                 })
                 .await?;
+        }
+        let was_member = self.view().layout.as_ref().is_some_and(|l| l.is_member(me));
+        let is_member = self.layout.get().is_some_and(|l| l.is_member(me));
+        if was_member && !is_member {
+            self.persist(|p| {
+                p.left = true;
+                p.leaving = false;
+            })
+            .await?;
+            let mut g = self.lock();
+            let _ = g.set_local(Value::Status(Status::Left));
+            info!("no live layout version has this node any more: left");
         }
         let mut g = self.lock();
         self.refresh(&mut g);
@@ -699,37 +751,231 @@ impl Membership {
         Ok(reply)
     }
 
-    /// Declares this node leaving: every node drops it from the ring, so it stops owning new
-    /// writes. Survives restarts.
-    pub async fn leave(self: &Arc<Self>) -> Result<(), ErrorReply> {
-        {
-            let mut g = self.lock();
-            g.set_local(Value::Status(Status::Leaving))
-                .map_err(|e| ErrorReply::Membership {
-                    reason: e.to_string(),
+    /// `cairn leave`: plans taking this node out of the layout and, unless `dry_run`, applies
+    /// the plan and declares this node leaving (it stays so across restarts, and becomes `left`
+    /// once no live version has it).
+    pub async fn leave(self: &Arc<Self>, dry_run: bool) -> Result<LayoutChangeReply, ErrorReply> {
+        let reply = self
+            .plan_change(Change::Leave { node: self.me }, dry_run)
+            .await?;
+        if reply.applied {
+            {
+                let mut g = self.lock();
+                g.set_local(Value::Status(Status::Leaving)).map_err(|e| {
+                    ErrorReply::Membership {
+                        reason: e.to_string(),
+                    }
                 })?;
-            self.refresh(&mut g);
+                self.refresh(&mut g);
+            }
+            self.persist(|p| p.leaving = true).await?;
+            info!("leaving the cluster");
         }
-        self.persist(|p| p.leaving = true).await?;
-        info!("leaving the cluster");
+        Ok(reply)
+    }
+
+    /// `cairn remove NODE`: plans taking the dead node `name` out of the layout (its replicas are
+    /// rebuilt from the survivors) and, unless `dry_run`, applies it. A node that is up is
+    /// refused: it should `leave`, which hands its own copies over.
+    pub async fn remove(&self, name: &str, dry_run: bool) -> Result<LayoutChangeReply, ErrorReply> {
+        let node = self.member_named(name)?;
+        self.require_down(node, name, "remove")?;
+        self.plan_change(Change::Remove { node }, dry_run).await
+    }
+
+    /// `cairn replace OLD NEW`: plans giving the dead node `old`'s partitions to the fresh node
+    /// `new` (with the zone it gossips, if it is known yet) and, unless `dry_run`, applies it.
+    pub async fn replace(
+        &self,
+        old: &str,
+        new: &str,
+        dry_run: bool,
+    ) -> Result<LayoutChangeReply, ErrorReply> {
+        let old_id = self.member_named(old)?;
+        self.require_down(old_id, old, "replace")?;
+        if !crate::config::valid_node_name(new) {
+            return Err(ErrorReply::Membership {
+                reason: format!("{new:?} is not a node name"),
+            });
+        }
+        let new_id = NodeId::from_name(new);
+        let zone = self
+            .view()
+            .members
+            .get(&new_id)
+            .and_then(|m| m.zone.clone());
+        self.plan_change(
+            Change::Replace {
+                old: old_id,
+                new: new_id,
+                name: new.to_owned(),
+                zone,
+            },
+            dry_run,
+        )
+        .await
+    }
+
+    fn member_named(&self, name: &str) -> Result<NodeId, ErrorReply> {
+        let id = NodeId::from_name(name);
+        let layout = self.layout.get().ok_or_else(no_layout)?;
+        if layout.current().name(id) != Some(name) {
+            return Err(ErrorReply::Membership {
+                reason: format!(
+                    "{name} is not a member of layout version {} (members: {})",
+                    layout.current().version(),
+                    layout
+                        .current()
+                        .names()
+                        .values()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(id)
+    }
+
+    fn require_down(&self, node: NodeId, name: &str, command: &str) -> Result<(), ErrorReply> {
+        if node == self.me || self.peers.is_up(node) {
+            return Err(ErrorReply::Membership {
+                reason: format!(
+                    "{name} is up: `{command}` is for a dead node (its data is rebuilt from the \
+                     other replicas); a running node should `cairn leave --node {name}`, which \
+                     hands over its own copies"
+                ),
+            });
+        }
         Ok(())
     }
 
-    /// Joins the cluster `seed` belongs to (and takes back a leave): the seed is contacted from
-    /// the next round on, and kept across restarts.
-    pub async fn join(self: &Arc<Self>, seed: String) -> Result<(), ErrorReply> {
+    /// Plans `change` against this node's layout and, unless `dry_run`, applies it (planned
+    /// again under the layout's lock, so it is never applied to another version than the one
+    /// planned against), persisted before it spreads.
+    async fn plan_change(
+        &self,
+        change: Change,
+        dry_run: bool,
+    ) -> Result<LayoutChangeReply, ErrorReply> {
+        let layout = self.layout.get().ok_or_else(no_layout)?;
+        let plan = layout.plan(&change).map_err(layout_error)?;
+        if dry_run {
+            return Ok(self.plan_reply(&layout, &plan, false));
+        }
+        let (before, plan) = self
+            .change_layout(|l| {
+                let before = l.clone();
+                let plan = l.plan(&change).map_err(layout_error)?;
+                l.apply(plan.clone()).map_err(layout_error)?;
+                Ok((before, plan))
+            })
+            .await?;
+        info!(
+            from = plan.from,
+            to = plan.next.version(),
+            partitions = plan.moves.len(),
+            "layout change applied: {}",
+            describe(&change, &before)
+        );
+        Ok(self.plan_reply(&before, &plan, true))
+    }
+
+    fn plan_reply(&self, before: &Layout, plan: &Plan, applied: bool) -> LayoutChangeReply {
+        let name = |id: &NodeId| {
+            plan.next
+                .name(*id)
+                .or_else(|| before.name(*id))
+                .map_or_else(|| id.to_string(), str::to_owned)
+        };
+        LayoutChangeReply {
+            node: self.name.clone(),
+            change: describe(&plan.change, before),
+            from_version: plan.from,
+            to_version: plan.next.version(),
+            applied,
+            moves: plan
+                .moves
+                .iter()
+                .map(|m| PartitionMoveReply {
+                    partition: m.partition,
+                    from: m.from.iter().map(name).collect(),
+                    to: m.to.iter().map(name).collect(),
+                })
+                .collect(),
+            // Counting would need every old replica's store; not done yet.
+            keys: None,
+            bytes: None,
+        }
+    }
+
+    /// `cairn join SEED`: takes the layout of the cluster `seed` belongs to (this node must
+    /// hold none, or one of itself alone), plans adding this node to it and, unless `dry_run`,
+    /// applies the plan and gossips with the seed from then on (the seed is kept across
+    /// restarts). A node that already is a member only rejoins the gossip.
+    pub async fn join(
+        self: &Arc<Self>,
+        seed: String,
+        dry_run: bool,
+    ) -> Result<LayoutChangeReply, ErrorReply> {
         if seed == self.advertise.to_string() {
             return Err(ErrorReply::Membership {
                 reason: format!("{seed} is this node's own address"),
             });
         }
+        let theirs = self
+            .fetch_layout(&seed)
+            .await
+            .map_err(|reason| ErrorReply::Membership {
+                reason: format!("cannot get the layout from {seed}: {reason}"),
+            })?;
+        let me = self.me;
+        let change = Change::Join {
+            node: me,
+            name: self.name.clone(),
+            zone: self.zone.clone(),
+        };
+        // What the layout would be once this node holds the seed's.
+        let mut base = theirs.layout.clone();
+        if let Some(mine) = self.layout.held() {
+            if mine.cluster == theirs.cluster {
+                base = mine.layout;
+                base.merge(&theirs.layout);
+            }
+        }
+        let reply = if base.is_member(me) {
+            LayoutChangeReply {
+                node: self.name.clone(),
+                change: format!("join {} (already a member)", self.name),
+                from_version: base.current().version(),
+                to_version: base.current().version(),
+                applied: false,
+                ..LayoutChangeReply::default()
+            }
+        } else {
+            let plan = base.plan(&change).map_err(layout_error)?;
+            self.plan_reply(&base, &plan, false)
+        };
+        if dry_run {
+            return Ok(reply);
+        }
+        self.layout.enter(me, &theirs).await?;
+        let reply = if reply.to_version != reply.from_version {
+            self.plan_change(change, false).await?
+        } else {
+            self.layout_changed().await?;
+            reply
+        };
         {
             let mut g = self.lock();
             g.add_seed(seed.clone())
                 .map_err(|e| ErrorReply::Membership {
                     reason: e.to_string(),
                 })?;
-            if g.node(self.me).map(|v| v.status()) == Some(Status::Leaving) {
+            if matches!(
+                g.node(self.me).map(|v| v.status()),
+                Some(Status::Leaving | Status::Left)
+            ) {
                 let _ = g.set_local(Value::Status(Status::Joining));
             }
             g.lonely_rounds = 0;
@@ -737,13 +983,43 @@ impl Membership {
         }
         self.persist(|p| {
             p.leaving = false;
+            p.left = false;
             if !p.seeds.contains(&seed) {
                 p.seeds.push(seed.clone());
             }
         })
         .await?;
         info!(%seed, "joining through seed");
-        Ok(())
+        Ok(reply)
+    }
+
+    /// Asks the node at `seed` (an address) for its layout, sending none, so nothing of this
+    /// node's reaches the seed this way.
+    async fn fetch_layout(&self, seed: &str) -> Result<Held, String> {
+        let addr = tokio::time::timeout(GOSSIP_EXCHANGE_TIMEOUT, tokio::net::lookup_host(seed))
+            .await
+            .map_err(|_| "name lookup timed out".to_owned())?
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        let conn = self.peers.connect(addr).await?;
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let answer = tokio::time::timeout(
+            LAYOUT_EXCHANGE_TIMEOUT,
+            exchange_on(&conn, PeerRequest::Layout(Vec::new()), &sent),
+        )
+        .await;
+        conn.close(0u32.into(), b"layout fetched");
+        match answer {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(Ok(PeerResponse::Layout(bytes)))) if bytes.is_empty() => {
+                Err("it holds no layout yet".into())
+            }
+            Ok(Ok(Ok(PeerResponse::Layout(bytes)))) => crate::layout::decode(&bytes),
+            Ok(Ok(Ok(other))) => Err(format!("answered {other:?}")),
+        }
     }
 
     async fn persist(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), ErrorReply> {

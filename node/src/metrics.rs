@@ -111,7 +111,9 @@ pub fn op(req: &Request) -> &'static str {
         Request::Status => "status",
         Request::Ring => "ring",
         Request::Join { .. } => "join",
-        Request::Leave => "leave",
+        Request::Leave { .. } => "leave",
+        Request::Remove { .. } => "remove",
+        Request::Replace { .. } => "replace",
         Request::Peer(_) => "peer",
     }
 }

@@ -509,18 +509,27 @@ async fn handle(req: Request, shared: &Shared, peer: Peer) -> Response {
         },
         Request::Status => Response::Status(status(shared)),
         Request::Ring => Response::Ring(ring_reply(shared)),
-        Request::Join { seed } => match shared.membership.join(seed).await {
-            Ok(()) => Response::Status(status(shared)),
-            Err(e) => Response::Error(e),
-        },
-        Request::Leave => match shared.membership.leave().await {
-            Ok(()) => Response::Status(status(shared)),
-            Err(e) => Response::Error(e),
-        },
+        Request::Join { seed, dry_run } => {
+            layout_change(shared.membership.join(seed, dry_run).await)
+        }
+        Request::Leave { dry_run } => layout_change(shared.membership.leave(dry_run).await),
+        Request::Remove { node, dry_run } => {
+            layout_change(shared.membership.remove(&node, dry_run).await)
+        }
+        Request::Replace { old, new, dry_run } => {
+            layout_change(shared.membership.replace(&old, &new, dry_run).await)
+        }
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             shared.client_request(req).await
         }
+    }
+}
+
+fn layout_change(result: Result<cairn_proto::LayoutChangeReply, ErrorReply>) -> Response {
+    match result {
+        Ok(reply) => Response::LayoutChange(reply),
+        Err(e) => Response::Error(e),
     }
 }
 
@@ -698,6 +707,64 @@ fn status(shared: &Shared) -> StatusReply {
         partitions: view.ring.as_ref().map_or(0, |r| r.config().partitions),
         members: shared.membership.status(hints),
         anti_entropy: shared.anti_entropy.status(),
+        layout: view.layout.as_deref().map(|l| Box::new(layout_status(l))),
+    }
+}
+
+/// The layout part of `status`: versions, members, and the change in flight with each node's
+/// partitions to send and receive.
+fn layout_status(layout: &cairn_layout::Layout) -> cairn_proto::LayoutStatus {
+    use std::collections::BTreeMap;
+    let name = |id: &NodeId| {
+        layout
+            .name(*id)
+            .map_or_else(|| id.to_string(), str::to_owned)
+    };
+    let names = |ids: &[NodeId]| ids.iter().map(name).collect::<Vec<_>>();
+    let transition = layout.transition().map(|t| {
+        let mut nodes: BTreeMap<NodeId, (u32, u32)> = BTreeMap::new();
+        for p in &t.partitions {
+            for source in &p.movement.sources {
+                if !p.pushed.contains(source) {
+                    nodes.entry(*source).or_default().0 += 1;
+                }
+            }
+            for gaining in &p.movement.gaining {
+                nodes.entry(*gaining).or_default().1 += 1;
+            }
+        }
+        cairn_proto::TransitionStatusReply {
+            from: t.from,
+            to: t.to,
+            waiting_acks: names(&t.waiting_acks),
+            waiting_pushes: names(&t.waiting_pushes),
+            forced: names(&t.forced),
+            nodes: nodes
+                .iter()
+                .map(|(id, &(to_send, to_receive))| cairn_proto::NodeTransfers {
+                    node: name(id),
+                    to_send,
+                    to_receive,
+                })
+                .collect(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| cairn_proto::PartitionProgressReply {
+                    partition: p.movement.partition,
+                    from: names(&p.movement.from),
+                    to: names(&p.movement.to),
+                    pushed: names(&p.pushed),
+                    reads_switched: p.reads_switched,
+                })
+                .collect(),
+        }
+    });
+    cairn_proto::LayoutStatus {
+        version: layout.current().version(),
+        versions: layout.versions().iter().map(|v| v.version()).collect(),
+        members: layout.current().names().values().cloned().collect(),
+        transition,
     }
 }
 

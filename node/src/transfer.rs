@@ -194,10 +194,7 @@ async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMach
         .transition()
         .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.is_empty())
     {
-        let retired = ctx
-            .membership
-            .change_layout(|l| Ok(l.as_mut().and_then(Layout::poll_retire)))
-            .await;
+        let retired = ctx.membership.change_layout(|l| Ok(l.poll_retire())).await;
         match retired {
             Ok(Some(r)) => info!(version = r.version, "old layout version retired"),
             Ok(None) => {}
@@ -211,10 +208,7 @@ async fn record_pushed(ctx: &TransferContext, version: u64) {
     let me = ctx.me;
     let recorded = ctx
         .membership
-        .change_layout(|l| {
-            Ok(l.as_mut()
-                .is_some_and(|l| l.current().version() == version && l.record_pushed(me)))
-        })
+        .change_layout(|l| Ok(l.current().version() == version && l.record_pushed(me)))
         .await;
     match recorded {
         Ok(true) => info!(version, "every partition pushed; recorded in the layout"),

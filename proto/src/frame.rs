@@ -210,7 +210,7 @@ mod tests {
     fn nested_forward_body(version: u16) -> Vec<u8> {
         let mut body = version.to_be_bytes().to_vec();
         for _ in 0..200_000 {
-            body.extend_from_slice(&[0x08, 0x01]);
+            body.extend_from_slice(&[crate::PEER_REQUEST_TAG, 0x01]);
         }
         body.push(0x00);
         body
@@ -282,8 +282,18 @@ mod tests {
             Request::Ring,
             Request::Join {
                 seed: "127.0.0.1:1".into(),
+                dry_run: false,
             },
-            Request::Leave,
+            Request::Leave { dry_run: true },
+            Request::Remove {
+                node: "n3".into(),
+                dry_run: false,
+            },
+            Request::Replace {
+                old: "n3".into(),
+                new: "n9".into(),
+                dry_run: true,
+            },
         ] {
             let frame = encode_frame(&req).unwrap();
             let client: ClientRequest = decode_client_request(&frame[4..]).unwrap();

@@ -180,16 +180,38 @@ pub enum RequestOf<P> {
     Status,
     /// The partition ring: partition → preference list.
     Ring,
-    /// Join the cluster `seed` belongs to: the node gossips with that address until it has
-    /// learned the membership. Answered with the node's status at once; joining completes in the
-    /// background.
+    /// Join the cluster `seed` belongs to: the node takes the seed's layout, adds itself to it
+    /// (a layout change) and gossips with the seed's cluster from then on. Answered with the
+    /// plan; with `dry_run` nothing changes.
     Join {
         /// The seed's address (host:port), at most `ADDRESS_BYTES_MAX` bytes.
         seed: String,
+        /// Only plan.
+        dry_run: bool,
     },
-    /// Leave the cluster: the node declares itself leaving, every node drops it from the ring,
-    /// and it stops owning new writes. Answered with the node's status.
-    Leave,
+    /// Take the asked node out of the layout: its partitions go to their new owners, which
+    /// receive its keys; it is `left` once no live layout version has it. Answered with the plan.
+    Leave {
+        /// Only plan.
+        dry_run: bool,
+    },
+    /// Take the dead node `node` out of the layout: its replicas are rebuilt on the new owners
+    /// from the surviving replicas. Answered with the plan.
+    Remove {
+        /// The node's name, at most `NODE_NAME_BYTES_MAX` bytes.
+        node: String,
+        /// Only plan.
+        dry_run: bool,
+    },
+    /// Give the dead node `old`'s partitions to the fresh node `new`. Answered with the plan.
+    Replace {
+        /// The dead node's name.
+        old: String,
+        /// The fresh node's name.
+        new: String,
+        /// Only plan.
+        dry_run: bool,
+    },
     /// A message between nodes; refused unless the sender holds a node certificate. Must stay
     /// the last variant: its tag is [`PEER_REQUEST_TAG`].
     Peer(P),
@@ -207,8 +229,9 @@ pub type ClientRequest = RequestOf<NoPeer>;
 pub enum NoPeer {}
 
 /// The first byte of an encoded `Request::Peer` (postcard writes a variant's index as a varint,
-/// and `Peer` is the ninth variant), so a refused peer request can be named without decoding it.
-pub const PEER_REQUEST_TAG: u8 = 8;
+/// and `Peer` is the eleventh variant), so a refused peer request can be named without decoding
+/// it.
+pub const PEER_REQUEST_TAG: u8 = 10;
 
 impl From<ClientRequest> for Request {
     fn from(req: ClientRequest) -> Request {
@@ -222,8 +245,10 @@ impl From<ClientRequest> for Request {
             }
             RequestOf::Status => Request::Status,
             RequestOf::Ring => Request::Ring,
-            RequestOf::Join { seed } => Request::Join { seed },
-            RequestOf::Leave => Request::Leave,
+            RequestOf::Join { seed, dry_run } => Request::Join { seed, dry_run },
+            RequestOf::Leave { dry_run } => Request::Leave { dry_run },
+            RequestOf::Remove { node, dry_run } => Request::Remove { node, dry_run },
+            RequestOf::Replace { old, new, dry_run } => Request::Replace { old, new, dry_run },
             RequestOf::Peer(never) => match never {},
         }
     }
@@ -240,7 +265,9 @@ impl<P> RequestOf<P> {
             | RequestOf::Status
             | RequestOf::Ring
             | RequestOf::Join { .. }
-            | RequestOf::Leave
+            | RequestOf::Leave { .. }
+            | RequestOf::Remove { .. }
+            | RequestOf::Replace { .. }
             | RequestOf::Peer(_) => None,
         }
     }
@@ -265,7 +292,9 @@ impl<P> RequestOf<P> {
             | RequestOf::Status
             | RequestOf::Ring
             | RequestOf::Join { .. }
-            | RequestOf::Leave
+            | RequestOf::Leave { .. }
+            | RequestOf::Remove { .. }
+            | RequestOf::Replace { .. }
             | RequestOf::Peer(_) => None,
         }
     }
@@ -305,7 +334,10 @@ impl<P> RequestOf<P> {
     /// The role a sender needs for this request.
     pub fn role_needed(&self) -> Role {
         match self {
-            RequestOf::Join { .. } | RequestOf::Leave => Role::Admin,
+            RequestOf::Join { .. }
+            | RequestOf::Leave { .. }
+            | RequestOf::Remove { .. }
+            | RequestOf::Replace { .. } => Role::Admin,
             // A replica's own copy is for operators checking convergence, not for applications.
             RequestOf::Get { opts, .. } if opts.is_local() => Role::Admin,
             RequestOf::Peer(_) => Role::Node,
@@ -519,6 +551,8 @@ pub enum Response {
     Peer(PeerResponse),
     /// The request failed; nothing was changed unless the variant says otherwise.
     Error(ErrorReply),
+    /// Answer to `Join`, `Leave`, `Remove` and `Replace`: the plan, applied or not.
+    LayoutChange(LayoutChangeReply),
 }
 
 /// What a node answers to a [`KeyOp`]; carried back by `PeerResponse::Forwarded`, and holding no
@@ -570,6 +604,7 @@ fn response_kind(resp: &Response) -> &'static str {
         Response::Ring(_) => "a ring",
         Response::Peer(_) => "a peer response",
         Response::Error(_) => "an error",
+        Response::LayoutChange(_) => "a layout change",
     }
 }
 
@@ -586,6 +621,99 @@ pub struct StatusReply {
     pub members: Vec<MemberStatus>,
     /// The asked node's anti-entropy.
     pub anti_entropy: AntiEntropyStatus,
+    /// The layout the asked node holds (`None` while it holds none).
+    pub layout: Option<Box<LayoutStatus>>,
+}
+
+/// The layout as one node holds it: its versions and the change in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutStatus {
+    /// The newest version.
+    pub version: u64,
+    /// Every live version, oldest first: one when settled, two while a change is transferred.
+    pub versions: Vec<u64>,
+    /// Members of the newest version, by name.
+    pub members: Vec<String>,
+    /// The change in flight, if there is one.
+    pub transition: Option<TransitionStatusReply>,
+}
+
+/// Where the change into the newest layout version stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionStatusReply {
+    /// The version being replaced.
+    pub from: u64,
+    /// The version being transferred to.
+    pub to: u64,
+    /// Members that have not acknowledged the new version yet (no data moves before all have).
+    pub waiting_acks: Vec<String>,
+    /// Old replicas that have not pushed their partitions yet.
+    pub waiting_pushes: Vec<String>,
+    /// Nodes the operator said not to wait for (data only they held may be lost).
+    pub forced: Vec<String>,
+    /// Per node: partitions it must send and receive in this change.
+    pub nodes: Vec<NodeTransfers>,
+    /// Every partition whose replicas change.
+    pub partitions: Vec<PartitionProgressReply>,
+}
+
+/// One node's part of a transfer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTransfers {
+    /// The node.
+    pub node: String,
+    /// Partitions it pushes as an old replica (and has not pushed yet).
+    pub to_send: u32,
+    /// Partitions it gains.
+    pub to_receive: u32,
+}
+
+/// One changed partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionProgressReply {
+    /// The partition.
+    pub partition: u32,
+    /// Its replicas before.
+    pub from: Vec<String>,
+    /// Its replicas after.
+    pub to: Vec<String>,
+    /// Old replicas that pushed it.
+    pub pushed: Vec<String>,
+    /// Whether reads use the new replicas.
+    pub reads_switched: bool,
+}
+
+/// What a layout change (join, leave, remove, replace) does: answered whether it was applied
+/// or only planned (`dry_run`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutChangeReply {
+    /// The node that planned (and applied) it.
+    pub node: String,
+    /// The change, in words (`join node4`, `leave node6`, ...).
+    pub change: String,
+    /// The version it was planned against.
+    pub from_version: u64,
+    /// The version it makes.
+    pub to_version: u64,
+    /// Whether it was applied (persisted, spreading by gossip).
+    pub applied: bool,
+    /// Every partition whose replicas change.
+    pub moves: Vec<PartitionMoveReply>,
+    /// Keys the new replicas must receive, if counted.
+    pub keys: Option<u64>,
+    /// Bytes the new replicas must receive, if counted.
+    pub bytes: Option<u64>,
+}
+
+/// One partition of a plan: its replicas before and after.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMoveReply {
+    /// The partition.
+    pub partition: u32,
+    /// Its replicas before.
+    pub from: Vec<String>,
+    /// Its replicas after.
+    pub to: Vec<String>,
 }
 
 /// What anti-entropy did on one node since it started.
@@ -935,12 +1063,25 @@ pub enum ErrorReply {
 /// on purpose).
 pub fn check_request(req: &Request) -> Result<(), LimitError> {
     match req {
-        Request::Ping | Request::Status | Request::Ring | Request::Leave | Request::Peer(_) => {
-            Ok(())
-        }
-        Request::Join { seed } => check_len(seed.len(), ADDRESS_BYTES_MAX, |len, max| {
+        Request::Ping
+        | Request::Status
+        | Request::Ring
+        | Request::Leave { .. }
+        | Request::Peer(_) => Ok(()),
+        Request::Join { seed, .. } => check_len(seed.len(), ADDRESS_BYTES_MAX, |len, max| {
             LimitError::AddressTooLong { len, max }
         }),
+        Request::Remove { node, .. } => check_len(node.len(), NODE_NAME_BYTES_MAX, |len, max| {
+            LimitError::NameTooLong { len, max }
+        }),
+        Request::Replace { old, new, .. } => {
+            for name in [old, new] {
+                check_len(name.len(), NODE_NAME_BYTES_MAX, |len, max| {
+                    LimitError::NameTooLong { len, max }
+                })?;
+            }
+            Ok(())
+        }
         Request::Get { key, .. } => check_key(key),
         Request::Put {
             key,

@@ -39,8 +39,20 @@ mod plain {
         Ring,
         Join {
             seed: String,
+            dry_run: bool,
         },
-        Leave,
+        Leave {
+            dry_run: bool,
+        },
+        Remove {
+            node: String,
+            dry_run: bool,
+        },
+        Replace {
+            old: String,
+            new: String,
+            dry_run: bool,
+        },
         Peer(PeerRequest),
     }
 

@@ -1,6 +1,6 @@
 //! Membership of in-process nodes over real QUIC: nodes started alone join into one cluster with
-//! one ring, a join and a leave survive restarts, generations rise on every start, and malformed
-//! gossip from a peer is refused without harm.
+//! one ring and one layout, a join survives restarts, generations rise on every start, and
+//! malformed gossip from a peer is refused without harm.
 
 use std::time::Duration;
 
@@ -57,27 +57,49 @@ async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_resta
         assert!(s.members[0].this_node);
     }
     assert!(matches!(
-        cb.join(&b.local_addr().to_string()).await,
+        cb.join(&b.local_addr().to_string(), false).await,
         Err(cairn_client::ClientError::Node(
             ErrorReply::Membership { .. }
         ))
     ));
 
-    cb.join(&a.local_addr().to_string()).await.unwrap();
+    // A dry run plans adding b to a's layout and changes nothing.
+    let plan = cb.join(&a.local_addr().to_string(), true).await.unwrap();
+    assert_eq!(
+        (plan.from_version, plan.to_version, plan.applied),
+        (1, 2, false)
+    );
+    assert!(!plan.moves.is_empty(), "{plan:?}");
+    let s = cb.status().await.unwrap();
+    assert_eq!(s.layout.as_ref().unwrap().members, ["b"], "{s:?}");
+
+    // b takes a's layout and adds itself: version 2, spread to a by gossip.
+    let plan = cb.join(&a.local_addr().to_string(), false).await.unwrap();
+    assert_eq!((plan.to_version, plan.applied), (2, true), "{plan:?}");
     for c in [&ca, &cb] {
-        eventually("both nodes to see both up", SETTLE, || async {
-            all_up(&c.status().await.unwrap(), &["a", "b"])
-        })
+        eventually(
+            "both nodes to see both up, at layout version 2",
+            SETTLE,
+            || async {
+                let s = c.status().await.unwrap();
+                all_up(&s, &["a", "b"])
+                    && s.layout.as_ref().is_some_and(|l| {
+                        l.version == 2 && l.members == ["a", "b"] && l.transition.is_some()
+                    })
+            },
+        )
         .await;
     }
     let ring = ca.ring().await.unwrap();
     assert_eq!(ring, cb.ring().await.unwrap(), "one ring");
+    // The change waits for its transfer, so a keeps every partition until the data has moved.
     let s = ca.status().await.unwrap();
     let owned: Vec<u32> = s.members.iter().map(|m| m.partitions).collect();
-    assert_eq!(owned, [32, 32], "{s:?}");
+    assert_eq!(owned, [64, 0], "{s:?}");
 
     // b restarts on a new port: its generation rises, it rejoins through the seed it was told
-    // about (kept on disk, not in its config), and a learns its new address.
+    // about (kept on disk, not in its config), a learns its new address, and b's layout is
+    // the one it persisted.
     let old_generation = member(&s, "b").unwrap().generation;
     cb.close().await;
     b.shutdown().await.unwrap();
@@ -92,27 +114,12 @@ async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_resta
         })
         .await;
     }
+    assert_eq!(cb.status().await.unwrap().layout.unwrap().version, 2);
+    assert_eq!(ca.ring().await.unwrap(), ring, "a restart moves nothing");
 
-    // A leave also survives a restart: b stays out of the ring.
-    cb.leave().await.unwrap();
-    eventually("a to see b leaving", SETTLE, || async {
-        let s = ca.status().await.unwrap();
-        member(&s, "b").is_some_and(|m| m.status == "leaving" && m.partitions == 0)
-    })
-    .await;
-    cb.close().await;
-    let b_addr = b.local_addr();
-    b.shutdown().await.unwrap();
-    let b = Node::start(config_with_addr(&dir, "b", b_addr))
-        .await
-        .unwrap();
-    let cb = client(&dir, &b).await;
-    eventually("b to come back still leaving", SETTLE, || async {
-        let s = cb.status().await.unwrap();
-        member(&s, "b").is_some_and(|m| m.status == "leaving")
-            && member(&s, "a").is_some_and(|m| m.status == "up" && m.partitions == 64)
-    })
-    .await;
+    // A second change waits for the first.
+    let err = ca.leave(true).await.unwrap_err().to_string();
+    assert!(err.contains("still being transferred"), "{err}");
     cb.close().await;
     ca.close().await;
     b.shutdown().await.unwrap();
@@ -130,12 +137,6 @@ async fn connect_as_node(dir: &TestDir, node: &Node, name: &str) -> Client {
     )
     .unwrap();
     Client::connect(node.local_addr(), &identity).await.unwrap()
-}
-
-fn config_with_addr(dir: &TestDir, name: &str, addr: std::net::SocketAddr) -> NodeConfig {
-    let mut c = config(dir, name);
-    c.listen = addr;
-    c
 }
 
 #[tokio::test]
@@ -188,6 +189,41 @@ async fn a_corrupt_membership_file_stops_the_start_with_its_path_and_is_left_alo
         "generation = \"soon\"\n",
         "nothing overwrote the file"
     );
+}
+
+#[tokio::test]
+async fn a_corrupt_layout_file_stops_the_start_with_its_path_and_is_never_replaced() {
+    let dir = TestDir::new().unwrap();
+    let config = config(&dir, "a");
+    let node = Node::start(config.clone()).await.unwrap();
+    let c = client(&dir, &node).await;
+    let layout = c.status().await.unwrap().layout.unwrap();
+    assert_eq!(
+        (layout.version, layout.members.clone()),
+        (1, vec!["a".to_owned()])
+    );
+    c.close().await;
+    node.shutdown().await.unwrap();
+    let file = config.data_dir.join(cairn_node::layout::LAYOUT_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    for _ in 0..2 {
+        let err = match Node::start(config.clone()).await {
+            Ok(_) => panic!("a node started over a corrupt layout file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("layout.bin") && err.contains("corrupt") && err.contains("checksum"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            bytes,
+            "nothing overwrote the file"
+        );
+    }
 }
 
 #[tokio::test]

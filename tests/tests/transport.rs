@@ -227,11 +227,11 @@ async fn a_client_certificate_cannot_send_peer_requests() {
 }
 
 /// The frame that once aborted every node: `Request::Peer(PeerRequest::Forward(…))` nested
-/// 200,000 deep (`08 01` repeated, then `00`) under the current protocol version.
+/// 200,000 deep (`PEER_REQUEST_TAG 01` repeated, then `00`) under the current protocol version.
 fn nested_forward_frame() -> Vec<u8> {
     let mut body = PROTOCOL_VERSION.to_be_bytes().to_vec();
     for _ in 0..200_000 {
-        body.extend_from_slice(&[0x08, 0x01]);
+        body.extend_from_slice(&[cairn_proto::PEER_REQUEST_TAG, 0x01]);
     }
     body.push(0x00);
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -349,7 +349,7 @@ async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requ
     data.put(b"k", b"v", &Context::empty(), &Default::default())
         .await
         .unwrap();
-    match data.leave().await {
+    match data.leave(false).await {
         Err(ClientError::Node(e @ ErrorReply::Forbidden { .. })) => {
             assert_eq!(
                 e,
@@ -366,7 +366,7 @@ async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requ
         other => panic!("a data certificate's leave answered {other:?}"),
     }
     assert!(matches!(
-        data.join("127.0.0.1:1").await,
+        data.join("127.0.0.1:1", false).await,
         Err(ClientError::Node(ErrorReply::Forbidden {
             needed: Role::Admin,
             ..
@@ -374,7 +374,7 @@ async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requ
     ));
     // A node certificate is not an admin either.
     assert!(matches!(
-        peer.leave().await,
+        peer.leave(false).await,
         Err(ClientError::Node(ErrorReply::Forbidden {
             needed: Role::Admin,
             held: Role::Node,
@@ -403,10 +403,14 @@ async fn only_admin_certificates_change_membership_and_only_nodes_send_peer_requ
             ..
         }))
     ));
-    // The admin's leave is carried out.
-    let status = admin.leave().await.unwrap();
-    let me = status.members.iter().find(|m| m.this_node).unwrap();
-    assert_eq!(me.status, "leaving");
+    // The admin's leave passes the role check and is planned; the layout refuses it, since a
+    // cluster cannot lose its last node.
+    match admin.leave(false).await {
+        Err(ClientError::Node(ErrorReply::Membership { reason })) => {
+            assert!(reason.contains("last member"), "{reason}")
+        }
+        other => panic!("a lone node's leave answered {other:?}"),
+    }
     node.shutdown().await.unwrap();
 }
 
