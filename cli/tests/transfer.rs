@@ -1,0 +1,303 @@
+//! Layout changes move data between real processes. Six `cairn dev` nodes with anti-entropy off
+//! (so only the transfer and the multi-version writes can put keys on their new replicas): 2,000
+//! keys written at W=3, then `cairn leave --node node6` while a writer keeps writing; node6
+//! reaches `left`, is stopped, and every acknowledged key reads back with R=1 through every
+//! remaining node and is held by every one of its new replicas' own copies.
+//!
+//! `CAIRN_TRANSFER_KEYS=N` writes N keys instead of 2,000.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::Client;
+use cairn_net::Identity;
+use cairn_node::NodeConfig;
+use cairn_proto::{Context, ReadOptions, WriteOptions};
+use cairn_ring::RingConfig;
+use common::{kill, wait_for, Dev};
+use rustix::process::Signal;
+use serde_json::Value;
+
+/// Keys written before the change, unless `CAIRN_TRANSFER_KEYS` says otherwise.
+const KEYS_DEFAULT: usize = 2_000;
+/// Client requests in flight at once while writing and reading.
+const CLIENT_CONCURRENCY: usize = 16;
+/// How long the leave may take to end with node6 `left`: every node acknowledges, the sources
+/// push their changed partitions (a few hundred keys each at the default transfer rate), the old
+/// version retires and gossip spreads it.
+const LEFT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Every node: no anti-entropy, so a key on a new replica got there by the transfer or by a
+/// write during the change.
+const NO_ANTI_ENTROPY: &str = "
+[anti_entropy]
+enabled = false
+";
+
+fn keys() -> usize {
+    std::env::var("CAIRN_TRANSFER_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KEYS_DEFAULT)
+}
+
+fn identity(dir: &Path, role: &str) -> Identity {
+    Identity::load(
+        &dir.join("ca.pem"),
+        &dir.join(format!("{role}/{role}.pem")),
+        &dir.join(format!("{role}/{role}.key")),
+    )
+    .expect("identity")
+}
+
+fn addr(dir: &Path, node: &str) -> SocketAddr {
+    NodeConfig::load(&dir.join(node).join("node.toml"))
+        .expect("node config")
+        .listen
+}
+
+fn w3() -> WriteOptions {
+    WriteOptions {
+        w: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The status `node` reports for member `name`.
+fn member_status(dev: &Dev, node: &str, name: &str) -> Option<String> {
+    let status = dev.status(node);
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["status"].as_str().map(str::to_owned))
+}
+
+/// Each partition's primaries in `node`'s ring.
+fn primaries(dev: &Dev, node: &str) -> BTreeMap<u32, Vec<String>> {
+    let run = dev.run(&["ring", "--json", "--node", node]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let ring: Value = run.json();
+    ring["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap() as u32,
+                p["primaries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Writes `keys` in parallel through `client` at W=3; returns the ones acknowledged.
+async fn write_all(client: Arc<Client>, keys: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let keys = Arc::new(keys);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..CLIENT_CONCURRENCY {
+        let (client, keys) = (client.clone(), keys.clone());
+        tasks.spawn(async move {
+            let mut acked = Vec::new();
+            for (k, v) in keys.iter().skip(worker).step_by(CLIENT_CONCURRENCY) {
+                if client.put(k, v, &Context::empty(), &w3()).await.is_ok() {
+                    acked.push((k.clone(), v.clone()));
+                }
+            }
+            acked
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acked.extend(done.expect("a writer panicked"));
+    }
+    acked
+}
+
+#[test]
+fn a_leaving_node_hands_every_acknowledged_key_to_the_new_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (1..=6).map(|k| format!("node{k}")).collect();
+    // The first run lays out the cluster; then every node runs without anti-entropy.
+    Dev::start(dir.path(), Some(6)).stop();
+    for node in &names {
+        let path = dir.path().join(node).join("node.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(NO_ANTI_ENTROPY);
+        std::fs::write(&path, config).unwrap();
+    }
+    let dev = Dev::start(dir.path(), Some(6));
+    let data = identity(dir.path(), "client");
+    let admin = identity(dir.path(), "admin");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let n = keys();
+    let before: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                format!("key-{i:05}").into_bytes(),
+                format!("value {i}").into_bytes(),
+            )
+        })
+        .collect();
+    let client = runtime.block_on(async {
+        Arc::new(
+            Client::connect(addr(dir.path(), "node1"), &data)
+                .await
+                .unwrap(),
+        )
+    });
+    let mut acked = runtime.block_on(write_all(client.clone(), before));
+    assert_eq!(
+        acked.len(),
+        n,
+        "every write before the change is acknowledged"
+    );
+    eprintln!(
+        "{n} keys written at W=3 in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A writer keeps writing through node1 while node6 leaves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (client, stop, during) = (client.clone(), stop.clone(), during.clone());
+        runtime.spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let (k, v) = (
+                    format!("during-{i:05}").into_bytes(),
+                    format!("written during the leave {i}").into_bytes(),
+                );
+                if client.put(&k, &v, &Context::empty(), &w3()).await.is_ok() {
+                    during.lock().unwrap().push((k, v));
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    let leave = dev.run(&["leave", "--node", "node6"]);
+    assert_eq!(leave.code, Some(0), "{leave:?}");
+    let leave_started = Instant::now();
+    wait_for("node6 to be left at node1", LEFT_DEADLINE, || {
+        (member_status(&dev, "node1", "node6").as_deref() == Some("left")).then_some(())
+    });
+    eprintln!(
+        "node6 left {:.1} s after the leave",
+        leave_started.elapsed().as_secs_f64()
+    );
+    stop.store(true, Ordering::Release);
+    let attempted = runtime.block_on(writer).unwrap();
+    let during = std::mem::take(&mut *during.lock().unwrap());
+    eprintln!(
+        "{} of {attempted} writes during the leave acknowledged",
+        during.len()
+    );
+    acked.extend(during);
+    kill(dev.node_pid("node6"), Signal::KILL);
+
+    // Every acknowledged key, read with R=1 through every remaining node...
+    let r1 = ReadOptions {
+        r: Some(1),
+        ..Default::default()
+    };
+    let remaining = &names[..5];
+    let acked = Arc::new(acked);
+    for node in remaining {
+        let missing = runtime.block_on(async {
+            let c = Arc::new(
+                Client::connect(addr(dir.path(), node), &data)
+                    .await
+                    .unwrap(),
+            );
+            read_all(c, acked.clone(), r1.clone()).await
+        });
+        assert!(
+            missing.is_empty(),
+            "through {node}, {} keys read back wrong: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    // ... and held by every one of its replicas in the new layout, in their own copies.
+    let ring = primaries(&dev, "node1");
+    assert!(
+        ring.values().all(|p| !p.contains(&"node6".to_owned())),
+        "{ring:?}"
+    );
+    let config = RingConfig {
+        partitions: ring.len() as u32,
+        replicas: 3,
+    };
+    let local = ReadOptions {
+        local: Some(true),
+        ..Default::default()
+    };
+    for node in remaining {
+        let mine: Vec<(Vec<u8>, Vec<u8>)> = acked
+            .iter()
+            .filter(|(k, _)| ring[&config.partition_of(k)].contains(node))
+            .cloned()
+            .collect();
+        assert!(!mine.is_empty(), "{node} replicates some keys");
+        let missing = runtime.block_on(async {
+            let c = Arc::new(
+                Client::connect(addr(dir.path(), node), &admin)
+                    .await
+                    .unwrap(),
+            );
+            read_all(c, Arc::new(mine), local.clone()).await
+        });
+        assert!(
+            missing.is_empty(),
+            "{node}'s own copy lacks {} keys: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    eprintln!("whole test {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Reads every key with `opts`; returns the keys whose value is not the one written.
+async fn read_all(
+    client: Arc<Client>,
+    keys: Arc<Vec<(Vec<u8>, Vec<u8>)>>,
+    opts: ReadOptions,
+) -> Vec<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..CLIENT_CONCURRENCY {
+        let (client, keys, opts) = (client.clone(), keys.clone(), opts.clone());
+        tasks.spawn(async move {
+            let mut wrong = Vec::new();
+            for (k, v) in keys.iter().skip(worker).step_by(CLIENT_CONCURRENCY) {
+                match client.get(k, &opts).await {
+                    Ok(reply) if reply.siblings.iter().any(|s| s.value == *v) => {}
+                    other => wrong.push(format!("{}: {other:?}", String::from_utf8_lossy(k))),
+                }
+            }
+            wrong
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        wrong.extend(done.expect("a reader panicked"));
+    }
+    wrong
+}
