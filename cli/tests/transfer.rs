@@ -301,3 +301,66 @@ async fn read_all(
     }
     wrong
 }
+
+/// How long the survivors may take to judge a killed node down.
+const DOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a layout change or an override may take to reach another node by gossip.
+const SPREAD_DEADLINE: Duration = Duration::from_secs(20);
+
+#[test]
+fn the_operator_can_stop_waiting_for_a_node_and_status_shows_the_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path(), None);
+    for i in 0..50 {
+        dev.run(&["put", &format!("k{i}"), "v"]).ok();
+    }
+    kill(dev.node_pid("node3"), Signal::KILL);
+    wait_for("node1 to judge node3 down", DOWN_DEADLINE, || {
+        (member_status(&dev, "node1", "node3").as_deref() == Some("down")).then_some(())
+    });
+    // node4 never starts: the change waits for its acknowledgement.
+    let run = dev.run(&["replace", "node3", "node4", "--node", "node1"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    wait_for(
+        "node1 and node2 to acknowledge, node4 not",
+        SPREAD_DEADLINE,
+        || {
+            let t = dev.status("node1")["layout"]["transition"].clone();
+            (t["waiting_acks"] == serde_json::json!(["node4"])).then_some(())
+        },
+    );
+
+    // Overriding a node the change does not wait for is refused, saying so.
+    let run = dev.run(&["layout", "force", "node9", "--node", "node1"]);
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("not holding up"), "{run:?}");
+
+    let run = dev.run(&["layout", "force", "node4", "--node", "node1"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("may be lost"), "{run:?}");
+    // The override spreads, and the survivors start pushing node3's partitions to node4 (which
+    // never answers): each shows its push in its own status.
+    wait_for(
+        "node2 to hold the override and push",
+        SPREAD_DEADLINE,
+        || {
+            let status = dev.status("node2");
+            let t = &status["layout"]["transition"];
+            let pushing = status["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == "node2")?["transfer"]
+                .clone();
+            (t["forced"] == serde_json::json!(["node4"])
+                && t["waiting_acks"] == serde_json::json!([])
+                && pushing["version"] == 2)
+                .then_some(())
+        },
+    );
+    let text = dev.run(&["status", "--node", "node2"]).ok();
+    assert!(
+        text.contains("not waited for (may lose data): node4"),
+        "{text}"
+    );
+    assert!(text.contains("PUSHING"), "{text}");
+}

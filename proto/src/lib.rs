@@ -20,7 +20,8 @@ pub use message::*;
 /// 4: certificate roles; `ErrorReply::Forbidden` names the role a request needs.
 /// 5: `ReadOptions.local`.
 /// 6: `PeerRequest::Layout` and its answer: layouts exchanged between nodes.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: `Request::LayoutForce`; `StatusReply.transfer`.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";
