@@ -364,3 +364,116 @@ fn the_operator_can_stop_waiting_for_a_node_and_status_shows_the_push() {
     );
     assert!(text.contains("PUSHING"), "{text}");
 }
+
+/// How long a join may take to end settled: node4 acknowledges, the three old replicas push
+/// node4's partitions to it, the old version retires and gossip spreads that.
+const SETTLED_DEADLINE: Duration = Duration::from_secs(60);
+/// Keys written before node4 joins.
+const JOIN_KEYS: usize = 600;
+
+#[test]
+fn a_joining_node_receives_every_key_of_its_partitions_in_its_own_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["node1", "node2", "node3"];
+    Dev::start(dir.path(), None).stop();
+    for node in names {
+        let path = dir.path().join(node).join("node.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(NO_ANTI_ENTROPY);
+        std::fs::write(&path, config).unwrap();
+    }
+    let dev = Dev::start(dir.path(), None);
+    let data = identity(dir.path(), "client");
+    let admin = identity(dir.path(), "admin");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..JOIN_KEYS)
+        .map(|i| {
+            (
+                format!("key-{i:05}").into_bytes(),
+                format!("value {i}").into_bytes(),
+            )
+        })
+        .collect();
+    let acked = runtime.block_on(async {
+        let client = Arc::new(
+            Client::connect(addr(dir.path(), "node1"), &data)
+                .await
+                .unwrap(),
+        );
+        write_all(client, keys).await
+    });
+    assert_eq!(acked.len(), JOIN_KEYS);
+
+    // A fresh node4: its own certificate, seeded with node1, no layout, no anti-entropy.
+    let ca_dir = dir.path().to_str().unwrap().to_owned();
+    let node4_dir = dir.path().join("node4");
+    let cert = common::cairn()
+        .args([
+            "cert", "node", "--ca-dir", &ca_dir, "--name", "node4", "--out",
+        ])
+        .arg(&node4_dir)
+        .output()
+        .unwrap();
+    assert!(cert.status.success(), "{cert:?}");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let seed = addr(dir.path(), "node1").to_string();
+    std::fs::write(
+        node4_dir.join("node.toml"),
+        format!(
+            "name = \"node4\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n\n[tls]\n\
+             ca = \"../ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n[cluster]\n\
+             replicas = 3\npartitions = 64\nseeds = [\"{seed}\"]\n{NO_ANTI_ENTROPY}"
+        ),
+    )
+    .unwrap();
+    let _node4 = dev.restart_node("node4");
+    let run = dev.run(&["join", &seed, "--node", "node4"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+
+    wait_for("the join to settle at node4", SETTLED_DEADLINE, || {
+        let layout = dev.status("node4")["layout"].clone();
+        (layout["version"] == 2 && layout["transition"].is_null()).then_some(())
+    });
+    let ring = primaries(&dev, "node4");
+    let config = RingConfig {
+        partitions: ring.len() as u32,
+        replicas: 3,
+    };
+    let node4 = "node4".to_owned();
+    let mine: Vec<(Vec<u8>, Vec<u8>)> = acked
+        .iter()
+        .filter(|(k, _)| ring[&config.partition_of(k)].contains(&node4))
+        .cloned()
+        .collect();
+    assert!(
+        mine.len() > JOIN_KEYS / 4,
+        "node4 replicates {} keys",
+        mine.len()
+    );
+    let local = ReadOptions {
+        local: Some(true),
+        ..Default::default()
+    };
+    let missing = runtime.block_on(async {
+        let c = Arc::new(
+            Client::connect(addr(dir.path(), "node4"), &admin)
+                .await
+                .unwrap(),
+        );
+        read_all(c, Arc::new(mine), local).await
+    });
+    assert!(
+        missing.is_empty(),
+        "node4's own copy lacks {} keys: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
