@@ -92,9 +92,12 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
                 "this_node",
                 "partitions",
                 "hints_pending",
-                "anti_entropy"
+                "anti_entropy",
+                "transfer"
             ])
         );
+        // No change is in flight: nobody pushes.
+        assert!(m["transfer"].is_null(), "{m}");
         // Each member answers for its own anti-entropy too; nothing differs in a new cluster.
         let ae = &m["anti_entropy"];
         assert_eq!(ae["enabled"], true, "{m}");
@@ -117,8 +120,14 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
             .is_some_and(|l| l.starts_with("NAME") && l.ends_with("HINTS")),
         "{text}"
     );
-    // The member table, a blank line, and the anti-entropy table.
-    assert_eq!(text.lines().count(), 10, "{text}");
+    // The member table, a blank line, the anti-entropy table, a blank line and the layout.
+    assert_eq!(text.lines().count(), 12, "{text}");
+    assert!(
+        text.lines()
+            .nth(11)
+            .is_some_and(|l| l.starts_with("layout version 1, settled")),
+        "{text}"
+    );
     assert!(
         text.lines()
             .nth(6)
