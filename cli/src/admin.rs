@@ -405,6 +405,9 @@ fn layout_text(layout: Option<&LayoutStatus>) -> String {
     let Some(l) = layout else {
         return "layout: none yet (the asked node waits for one from the cluster)\n".to_owned();
     };
+    let mut l = l.clone();
+    l.members.sort_by(|a, b| name_order(a).cmp(&name_order(b)));
+    let l = &l;
     let Some(t) = &l.transition else {
         return format!(
             "layout version {}, settled: {}\n",

@@ -68,6 +68,14 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
     assert_eq!(status["node"], "node1");
     assert_eq!(status["replicas"], 3);
     assert_eq!(status["partitions"], 64);
+    // Every node of a new dev cluster is an initial member of layout version 1.
+    assert_eq!(status["layout"]["version"], 1, "{status}");
+    assert_eq!(
+        status["layout"]["members"],
+        serde_json::json!(["node1", "node2", "node3"]),
+        "{status}"
+    );
+    assert!(status["layout"]["transition"].is_null(), "{status}");
     let members = status["members"].as_array().unwrap();
     let names: Vec<&str> = members
         .iter()
@@ -122,10 +130,9 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
     );
     // The member table, a blank line, the anti-entropy table, a blank line and the layout.
     assert_eq!(text.lines().count(), 12, "{text}");
-    assert!(
-        text.lines()
-            .nth(11)
-            .is_some_and(|l| l.starts_with("layout version 1, settled")),
+    assert_eq!(
+        text.lines().last(),
+        Some("layout version 1, settled: node1, node2, node3"),
         "{text}"
     );
     assert!(

@@ -645,4 +645,11 @@ key = "node.key"
         std::fs::write(&path, config.to_toml()).unwrap();
         assert_eq!(NodeConfig::load(&path).unwrap(), config);
     }
+
+    #[test]
+    fn the_full_fuzz_seed_is_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/node_toml/seed-full");
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.cluster().initial_members().unwrap().len(), 3);
+    }
 }

@@ -158,6 +158,8 @@ pub struct ClusterView {
     pub ring: Option<Arc<Ring>>,
     /// The layout this node holds, as persisted (`None` while it holds none).
     pub layout: Option<Arc<Layout>>,
+    /// The id of the cluster the layout belongs to (the digest of its version 1).
+    pub cluster: Option<cairn_layout::Digest>,
     /// Every member whose whole state has arrived, this node included.
     pub members: BTreeMap<NodeId, MemberView>,
 }
@@ -600,7 +602,11 @@ impl Membership {
                 })
                 .await?;
         }
-        let was_member = self.view().layout.as_ref().is_some_and(|l| l.is_member(me));
+        // The view still shows the layout before this change. A node that moves into another
+        // cluster (`cairn join`) was a member of its own, not of this one: it has not left.
+        let before = self.view();
+        let was_member = before.cluster == self.layout.stamp().map(|s| s.cluster)
+            && before.layout.as_ref().is_some_and(|l| l.is_member(me));
         let is_member = self.layout.get().is_some_and(|l| l.is_member(me));
         if was_member && !is_member {
             self.persist(|p| {
@@ -1153,6 +1159,7 @@ impl Membership {
         let view = ClusterView {
             ring: self.ring_for(layout.as_ref()),
             layout,
+            cluster: stamp.map(|s| s.cluster),
             members,
         };
         let changed = self.view.send_if_modified(|current| {

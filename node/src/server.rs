@@ -815,7 +815,11 @@ fn layout_status(layout: &cairn_layout::Layout) -> cairn_proto::LayoutStatus {
     cairn_proto::LayoutStatus {
         version: layout.current().version(),
         versions: layout.versions().iter().map(|v| v.version()).collect(),
-        members: layout.current().names().values().cloned().collect(),
+        members: {
+            let mut names: Vec<String> = layout.current().names().values().cloned().collect();
+            names.sort();
+            names
+        },
         transition,
     }
 }

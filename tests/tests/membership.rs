@@ -214,6 +214,42 @@ async fn a_corrupt_membership_file_stops_the_start_with_its_path_and_is_left_alo
 }
 
 #[tokio::test]
+async fn a_node_not_among_the_initial_members_takes_the_layout_from_gossip_and_owns_nothing() {
+    let dir = TestDir::new().unwrap();
+    let a = Node::start(config(&dir, "a")).await.unwrap();
+    let mut b_config = config(&dir, "b");
+    b_config.cluster = Some(ClusterConfig {
+        seeds: vec![a.local_addr().to_string()],
+        initial_members: vec!["a".into()],
+        gossip_interval_ms: TEST_GOSSIP_INTERVAL_MS,
+        ..ClusterConfig::default()
+    });
+    let b = Node::start(b_config).await.unwrap();
+    let (ca, cb) = (client(&dir, &a).await, client(&dir, &b).await);
+    let a_layout = ca.status().await.unwrap().layout.unwrap();
+    eventually("b to hold a's layout", SETTLE, || async {
+        cb.status().await.unwrap().layout.as_deref() == Some(&*a_layout)
+    })
+    .await;
+    let s = cb.status().await.unwrap();
+    assert_eq!(member(&s, "b").unwrap().partitions, 0, "{s:?}");
+    assert_eq!(member(&s, "a").unwrap().partitions, 64, "{s:?}");
+    assert_eq!(ca.ring().await.unwrap(), cb.ring().await.unwrap());
+    // b owns nothing, yet serves clients: it forwards to the owner.
+    let opts = Default::default();
+    cb.put(b"k", b"v", &cairn_proto::Context::empty(), &opts)
+        .await
+        .unwrap();
+    let got = ca.get(b"k", &Default::default()).await.unwrap();
+    assert_eq!(got.siblings[0].value, b"v");
+    for c in [ca, cb] {
+        c.close().await;
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_corrupt_layout_file_stops_the_start_with_its_path_and_is_never_replaced() {
     let dir = TestDir::new().unwrap();
     let config = config(&dir, "a");
