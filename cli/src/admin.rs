@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_net::Identity;
-use cairn_proto::{AntiEntropyStatus, LayoutStatus, MemberStatus, RingReply, StatusReply};
+use cairn_proto::{
+    AntiEntropyStatus, LayoutStatus, MemberStatus, RingReply, StatusReply, TransferProgress,
+};
 use clap::Args;
 use serde::Serialize;
 
@@ -77,6 +79,7 @@ struct MemberJson {
     partitions: u32,
     hints_pending: Option<u64>,
     anti_entropy: Option<AntiEntropyStatus>,
+    transfer: Option<TransferProgress>,
 }
 
 /// `cairn status`
@@ -94,7 +97,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let asks = reply.members.iter().map(|m| {
         let identity = identity.clone();
         let asked = m.name == reply.node;
-        let own = (m.hints_pending, Some(reply.anti_entropy.clone()));
+        let own = (
+            m.hints_pending,
+            Some(reply.anti_entropy.clone()),
+            reply.transfer.clone(),
+        );
         let member = m.clone();
         let timeout = match m.status.as_str() {
             "up" => MEMBER_STATUS_TIMEOUT,
@@ -106,7 +113,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 true => own,
                 false => own_view(&member, &identity, timeout)
                     .await
-                    .map_or((None, None), |(h, ae)| (h, Some(ae))),
+                    .map_or((None, None, None), |(h, ae, t)| (h, Some(ae), t)),
             }
         }
     });
@@ -119,7 +126,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             .members
             .iter()
             .zip(views)
-            .map(|(m, (hints_pending, anti_entropy))| MemberJson {
+            .map(|(m, (hints_pending, anti_entropy, transfer))| MemberJson {
                 name: m.name.clone(),
                 addr: m.addr.clone(),
                 status: m.status.clone(),
@@ -131,6 +138,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 partitions: m.partitions,
                 hints_pending,
                 anti_entropy,
+                transfer,
             })
             .collect(),
         layout: reply.layout.as_deref().cloned(),
@@ -155,7 +163,7 @@ async fn own_view(
     member: &MemberStatus,
     identity: &Identity,
     timeout: Duration,
-) -> Option<(Option<u64>, AntiEntropyStatus)> {
+) -> Option<(Option<u64>, AntiEntropyStatus, Option<TransferProgress>)> {
     let addr: SocketAddr = member.addr.parse().ok()?;
     let target = Target::at(Some(member.name.clone()), dial_addr(addr));
     let ask = async {
@@ -169,7 +177,7 @@ async fn own_view(
             .into_iter()
             .find(|m| m.name == member.name && reply.node == member.name)?
             .hints_pending;
-        Some((hints, reply.anti_entropy))
+        Some((hints, reply.anti_entropy, reply.transfer))
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
@@ -331,7 +339,64 @@ fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
     ));
     out.push('\n');
     out.push_str(&layout_text(s.layout.as_ref()));
+    out.push_str(&transfer_text(&s.members));
     out
+}
+
+/// Each member's push of the change in flight, for the members that have one.
+fn transfer_text(members: &[MemberJson]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .filter_map(|m| Some((m, m.transfer.as_ref()?)))
+        .map(|(m, t)| {
+            let stalled: Vec<String> = t
+                .stalled
+                .iter()
+                .map(|s| {
+                    format!(
+                        "p{} {} ({}x: {})",
+                        s.partition,
+                        s.target.as_deref().unwrap_or("own read"),
+                        s.attempts,
+                        s.reason
+                    )
+                })
+                .collect();
+            vec![
+                m.name.clone(),
+                t.version.to_string(),
+                format!("{}/{}", t.partitions_pushed, t.partitions_total),
+                t.keys_moved.to_string(),
+                bytes(t.bytes_moved),
+                format!("{}/s", bytes(t.bytes_per_sec)),
+                t.keys_left_estimate.map_or("-".into(), |k| k.to_string()),
+                t.seconds_left_estimate
+                    .map_or("-".into(), |s| format!("{s} s")),
+                if stalled.is_empty() {
+                    "-".into()
+                } else {
+                    stalled.join("; ")
+                },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(
+        &[
+            "PUSHING",
+            "VERSION",
+            "PARTITIONS",
+            "KEYS",
+            "BYTES",
+            "RATE",
+            "KEYS LEFT",
+            "TIME LEFT",
+            "WAITING ON",
+        ],
+        &rows,
+    )
 }
 
 /// The layout part of `status`: its version(s), and the change in flight with each node's
@@ -518,7 +583,44 @@ mod tests {
                 last_peer: Some("node3".into()),
                 last_partition: Some(17),
             }),
+            transfer: None,
         }
+    }
+
+    #[test]
+    fn a_push_in_flight_shows_its_progress_and_what_it_waits_on() {
+        let mut pushing = member("node2", "up", Some(0));
+        pushing.transfer = Some(TransferProgress {
+            version: 4,
+            partitions_total: 5,
+            partitions_pushed: 2,
+            partitions_active: 2,
+            keys_moved: 1_200,
+            bytes_moved: 3 * 1024 * 1024,
+            bytes_per_sec: 1024 * 1024,
+            keys_left_estimate: Some(800),
+            seconds_left_estimate: Some(2),
+            stalled: vec![cairn_proto::TransferStalled {
+                partition: 11,
+                target: Some("node6".into()),
+                attempts: 8,
+                reason: "unreachable".into(),
+            }],
+        });
+        let text = transfer_text(&[member("node1", "up", Some(0)), pushing]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "a header and node2 only: {text}");
+        for field in [
+            "node2",
+            "2/5",
+            "1200",
+            "800",
+            "2 s",
+            "p11 node6 (8x: unreachable)",
+        ] {
+            assert!(lines[1].contains(field), "{field} in {text}");
+        }
+        assert_eq!(transfer_text(&[member("node1", "up", None)]), "");
     }
 
     #[test]

@@ -307,6 +307,7 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
                 ..ClusterConfig::default()
             }),
             anti_entropy: Default::default(),
+            transfer: Default::default(),
             read_repair: true,
             hinted_handoff: true,
             resp: Default::default(),

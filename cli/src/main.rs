@@ -65,6 +65,9 @@ enum Command {
     Remove(membership::RemoveArgs),
     /// Give a dead node's partitions to a fresh node.
     Replace(membership::ReplaceArgs),
+    /// Operator overrides of the layout change in flight.
+    #[command(subcommand)]
+    Layout(membership::LayoutCommand),
     /// Load the cluster with reads and writes; report throughput and latency percentiles.
     ///
     /// Workers are spread over every node of the cluster directory (one connection per node),
@@ -124,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Leave(args) => membership::leave(args).await,
         Command::Remove(args) => membership::remove(args).await,
         Command::Replace(args) => membership::replace(args).await,
+        Command::Layout(membership::LayoutCommand::Force(args)) => membership::force(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Start(args) => start::run(args).await,

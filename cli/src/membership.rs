@@ -66,6 +66,29 @@ pub struct RemoveArgs {
     pub client: ClientArgs,
 }
 
+/// `cairn layout ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum LayoutCommand {
+    /// MAY LOSE DATA: stop waiting for a node in the layout change in flight.
+    Force(ForceArgs),
+}
+
+/// `cairn layout force`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "MAY LOSE DATA. A layout change waits for every member's acknowledgement and for every old
+replica of a moved partition to push it to the new replicas; a node that died in the middle
+leaves the change waiting (`cairn status` shows it under \"waiting for\"). This tells the
+cluster to go on without it: writes that only it held are lost. Prefer bringing the node back.
+The asked node (--node, or the first that answers) records the override; gossip spreads it."
+)]
+pub struct ForceArgs {
+    /// The node not to wait for.
+    pub node_name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// `cairn replace`
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -216,6 +239,22 @@ pub async fn leave(args: LeaveArgs) -> anyhow::Result<Outcome> {
         .map_err(|e| session.fail(e))?;
     session.close().await;
     print(&plan, args.client.json)?;
+    Ok(Outcome::Done)
+}
+
+/// `cairn layout force NODE`
+pub async fn force(args: ForceArgs) -> anyhow::Result<Outcome> {
+    let session = target::connect(&args.client.as_admin()).await?;
+    let status = session
+        .client
+        .layout_force(&args.node_name)
+        .await
+        .map_err(|e| session.fail(e))?;
+    session.close().await;
+    println!(
+        "{}: the layout change no longer waits for {}; data only it held may be lost",
+        status.node, args.node_name
+    );
     Ok(Outcome::Done)
 }
 

@@ -100,9 +100,12 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
                 "this_node",
                 "partitions",
                 "hints_pending",
-                "anti_entropy"
+                "anti_entropy",
+                "transfer"
             ])
         );
+        // No change is in flight: nobody pushes.
+        assert!(m["transfer"].is_null(), "{m}");
         // Each member answers for its own anti-entropy too; nothing differs in a new cluster.
         let ae = &m["anti_entropy"];
         assert_eq!(ae["enabled"], true, "{m}");

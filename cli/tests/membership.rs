@@ -130,6 +130,14 @@ fn five_nodes_meet_through_node1_and_a_killed_node_is_seen_down_then_up_again() 
     );
 }
 
+/// A transfer of one byte per second in batches of one key.
+const SLOW_TRANSFER: &str = "
+[transfer]
+batch_keys = 1
+batch_bytes = 1
+bytes_per_sec = 1
+";
+
 fn layout(dev: &Dev, node: &str) -> Value {
     dev.status(node)["layout"].clone()
 }
@@ -137,8 +145,20 @@ fn layout(dev: &Dev, node: &str) -> Value {
 #[test]
 fn a_leave_is_a_planned_layout_change_that_spreads_and_moves_nothing_before_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path(), Some(4));
     let names = ["node1", "node2", "node3", "node4"];
+    // The transfer is throttled to a crawl (a key a minute), and there are keys to move, so the
+    // change stays in transition for the whole test.
+    Dev::start(dir.path(), Some(4)).stop();
+    for name in names {
+        let path = dir.path().join(name).join("node.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(SLOW_TRANSFER);
+        std::fs::write(&path, config).unwrap();
+    }
+    let dev = Dev::start(dir.path(), Some(4));
+    for i in 0..32 {
+        dev.run(&["put", &format!("key{i}"), "v"]).ok();
+    }
 
     // Membership commands name their node: a default would pick node1.
     let run = dev.run(&["leave"]);
@@ -181,8 +201,8 @@ fn a_leave_is_a_planned_layout_change_that_spreads_and_moves_nothing_before_its_
         plan["moves"],
         "the plan applied is the one shown"
     );
-    // The new version reaches every node by gossip; its transfer waits (nothing moves data
-    // yet), so ownership stays where the data is.
+    // The new version reaches every node by gossip; while its transfer runs, ownership stays
+    // where the data is.
     wait_for("layout version 2 at every node", RING_DEADLINE, || {
         names
             .iter()

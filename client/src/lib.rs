@@ -245,6 +245,20 @@ impl Client {
         .await
     }
 
+    /// Asks the node to stop waiting for `node` in the layout change in flight (the operator's
+    /// override, which may lose what only `node` held). Answers with the node's status.
+    pub async fn layout_force(&self, node: &str) -> Result<StatusReply, ClientError> {
+        match self
+            .request(&Request::LayoutForce {
+                node: node.to_owned(),
+            })
+            .await?
+        {
+            Response::Status(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     async fn layout_change(&self, req: &Request) -> Result<LayoutChangeReply, ClientError> {
         match self.request(req).await? {
             Response::LayoutChange(reply) => Ok(reply),

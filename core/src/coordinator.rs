@@ -2,6 +2,12 @@
 //! machine (`handle_*` inputs, `poll_*` outputs, time passed in) that the node's driver and the
 //! simulator both run.
 //!
+//! While the layout changes ([`Coordinator::set_layout`] with two live versions), a write goes to
+//! the union of every live version's replica set for its partition (each set with its own
+//! fallbacks for down primaries) and succeeds only when *each* set has W acknowledgements, PW of
+//! them from that set's primaries; a failure names the sets that fell short. A read asks the one
+//! set of [`Layout::read_version`]. With one version, both are the single-ring behaviour.
+//!
 //! The coordinator treats its own node like any other replica: the local update and local reads
 //! are transmits addressed to itself, which the driver executes against the engine and answers
 //! with `handle_result`. That keeps one code path for counting acknowledgements.
@@ -9,10 +15,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use cairn_layout::limits::LIVE_VERSIONS_MAX;
+use cairn_layout::Layout;
 use cairn_proto::{ErrorReply, NodeId, ReadOptions, WriteOptions};
 use cairn_ring::Ring;
 
 use crate::limits::COORDINATOR_REQUESTS_MAX;
+
+// A target's set memberships are bits of a `u8`, one per live version.
+const _: () = assert!(LIVE_VERSIONS_MAX <= 8);
 use crate::version::{Object, Payload, VClock};
 
 /// How long a request waits for replicas when the client does not say.
@@ -100,6 +111,48 @@ pub enum CoordinatorError {
     /// Too many requests in flight at this coordinator.
     #[error("coordinator is at COORDINATOR_REQUESTS_MAX ({0}) requests")]
     Overloaded(usize),
+    /// A write while the layout changes missed its quorum in the replica set of at least one
+    /// live version (each needs W acks and PW primary acks of its own).
+    #[error("write quorum missed in {} live layout version replica set(s): {}", short.len(), ShortSets(short))]
+    SetsShort {
+        /// Every set that fell short.
+        short: Vec<SetShortfall>,
+        /// Replicas that failed or did not answer, with the reason.
+        failed: Vec<(NodeId, String)>,
+    },
+}
+
+/// One live version's replica set that a write did not reach its quorum in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetShortfall {
+    /// The layout version whose replica set this is.
+    pub version: u64,
+    /// The set's primaries.
+    pub replicas: Vec<NodeId>,
+    /// "acks" or "primary acks".
+    pub kind: &'static str,
+    /// Needed.
+    pub needed: u8,
+    /// Received.
+    pub got: u8,
+}
+
+struct ShortSets<'a>(&'a [SetShortfall]);
+
+impl std::fmt::Display for ShortSets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(
+                f,
+                "version {}: {} {} needed, {} received",
+                s.version, s.needed, s.kind, s.got
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A finished request.
@@ -149,10 +202,38 @@ pub enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Target {
     node: NodeId,
-    /// Whether it is one of the key's N primaries (counts for PR/PW).
-    primary: bool,
-    /// The primary a fallback stands in for.
+    /// Bit `i` set: it counts toward the quorum of replica set `i` (a primary of it, or a
+    /// fallback standing in for one).
+    in_sets: u8,
+    /// Bit `i` set: it is one of set `i`'s primaries (counts for PR/PW there).
+    primary_in: u8,
+    /// The primary a fallback stands in for (one per write: a node holds at most one hint for
+    /// a key from one write).
     hint_for: Option<NodeId>,
+}
+
+impl Target {
+    fn is_primary(&self) -> bool {
+        self.primary_in != 0
+    }
+}
+
+/// The quorum of one live version's replica set for one write.
+#[derive(Debug)]
+struct SetCount {
+    /// The layout version (`None` for a bare ring).
+    version: Option<u64>,
+    replicas: Vec<NodeId>,
+    w: u8,
+    pw: u8,
+    acks: u8,
+    primary_acks: u8,
+}
+
+impl SetCount {
+    fn met(&self) -> bool {
+        self.acks >= self.w && self.primary_acks >= self.pw
+    }
 }
 
 #[derive(Debug)]
@@ -164,13 +245,13 @@ enum State {
 #[derive(Debug)]
 struct PutState {
     key: Vec<u8>,
+    /// The newest layout version the write was routed under (0: a bare ring).
+    layout_version: u64,
     targets: Vec<Target>,
     /// Node of each outstanding op.
     waiting: BTreeMap<OpId, Target>,
-    w: u8,
-    pw: u8,
-    acks: u8,
-    primary_acks: u8,
+    /// One per live version whose replica set for the key differs (one when settled).
+    sets: Vec<SetCount>,
     failed: Vec<(NodeId, String)>,
     /// Primaries that no chosen replica covers at all (no fallback available).
     uncovered: Vec<NodeId>,
@@ -203,7 +284,12 @@ struct Pending {
 /// The coordinator of one node.
 pub struct Coordinator {
     me: NodeId,
+    /// The newest version's ring: routing, N, and the only set when no change is in flight.
     ring: Ring,
+    /// The layout while a change is in flight (two live versions), else `None`.
+    transition: Option<Layout>,
+    /// The newest layout version routed by (0: a bare ring).
+    layout_version: u64,
     pending: BTreeMap<RequestId, Pending>,
     ops: Ops,
     transmits: VecDeque<Transmit>,
@@ -259,6 +345,8 @@ impl Coordinator {
         Coordinator {
             me,
             ring,
+            transition: None,
+            layout_version: 0,
             pending: BTreeMap::new(),
             ops: Ops::default(),
             transmits: VecDeque::new(),
@@ -280,9 +368,70 @@ impl Coordinator {
         &self.ring
     }
 
-    /// Replaces the ring (membership changed).
+    /// Replaces the ring (membership changed); one replica set per key, no change in flight.
     pub fn set_ring(&mut self, ring: Ring) {
         self.ring = ring;
+        self.transition = None;
+        self.layout_version = 0;
+    }
+
+    /// Routes by `layout`: writes need their quorum in every live version's replica set, reads
+    /// use [`Layout::read_version`]. A settled layout is the same as [`Coordinator::set_ring`]
+    /// with its ring. Requests in flight keep the replicas they chose.
+    pub fn set_layout(&mut self, layout: &Layout) {
+        self.ring = layout.current().ring().clone();
+        self.layout_version = layout.current().version();
+        self.transition = (!layout.is_settled()).then(|| layout.clone());
+    }
+
+    /// The newest layout version this coordinator routes by (0: a bare ring).
+    pub fn layout_version(&self) -> u64 {
+        self.layout_version
+    }
+
+    /// Writes routed under a layout older than `version` that have not been answered yet. A
+    /// node acknowledges a new layout version only once this is zero: every write it answers
+    /// afterwards reached the replica sets of the new version too, and every write answered
+    /// before is durable on W old replicas, whose transfer pushes it (the fence Garage calls
+    /// `ack`).
+    pub fn unanswered_writes_before(&self, version: u64) -> usize {
+        self.pending
+            .values()
+            .filter(
+                |p| matches!(&p.state, State::Put(s) if !s.replied && s.layout_version < version),
+            )
+            .count()
+    }
+
+    /// The rings whose replica sets a write of `key` needs its quorum in, oldest version first,
+    /// each with its version number; versions whose set for the key is the same count once.
+    fn write_rings(&self, key: &[u8]) -> Vec<(Option<u64>, &Ring)> {
+        let Some(layout) = &self.transition else {
+            return vec![(None, &self.ring)];
+        };
+        let p = self.ring.partition_of(key);
+        let sets = layout.write_sets(p);
+        let mut rings: Vec<(Option<u64>, &Ring)> = Vec::with_capacity(sets.len());
+        for set in &sets {
+            // `write_sets` lists each distinct set once, in version order. A set two versions
+            // share takes the newest one's ring, whose fallbacks include the newest members.
+            let v = layout
+                .versions()
+                .iter()
+                .rev()
+                .find(|v| same_nodes(&v.primaries(p), set))
+                .expect("write_sets come from the live versions");
+            rings.push((Some(v.version()), v.ring()));
+        }
+        rings
+    }
+
+    /// The ring whose replica set serves reads of `key`.
+    fn read_ring(&self, key: &[u8]) -> &Ring {
+        match &self.transition {
+            Some(layout) => layout.read_version(self.ring.partition_of(key)).ring(),
+            None => &self.ring,
+        }
     }
 
     /// N: replicas per key, capped by the number of members.
@@ -301,10 +450,6 @@ impl Coordinator {
     /// a node showing no hints *and* nothing outstanding has handed every write on.
     pub fn replicas_outstanding(&self) -> usize {
         self.outstanding
-    }
-
-    fn targets(&self, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> (Vec<Target>, Vec<NodeId>) {
-        targets(&self.ring, key, is_up)
     }
 
     /// Where a request for `key` should be coordinated: at a chosen replica, preferably here.
@@ -367,14 +512,36 @@ impl Coordinator {
             ));
             return;
         }
-        let (targets, uncovered) = self.targets(&key, is_up);
+        let rings = self.write_rings(&key);
+        let (targets, uncovered) = targets(&rings, &key, is_up);
+        let sets = rings
+            .iter()
+            .map(|(version, ring)| {
+                // A smaller old version (fewer members than N) cannot give more than its N.
+                let n_set = replicas(ring) as u8;
+                SetCount {
+                    version: *version,
+                    replicas: ring
+                        .preference_list(ring.partition_of(&key))
+                        .primaries
+                        .into_iter()
+                        .take(usize::from(n_set))
+                        .collect(),
+                    w: w.min(n_set),
+                    pw: pw.min(n_set),
+                    acks: 0,
+                    primary_acks: 0,
+                }
+            })
+            .collect();
         let me = targets
             .iter()
             .find(|t| t.node == self.me)
             .copied()
             .unwrap_or(Target {
                 node: self.me,
-                primary: false,
+                in_sets: 0,
+                primary_in: 0,
                 hint_for: None,
             });
         let op = self.ops.mint(req);
@@ -395,12 +562,10 @@ impl Coordinator {
                 deadline: now + timeout(opts.timeout_ms),
                 state: State::Put(PutState {
                     key,
+                    layout_version: self.layout_version,
                     targets,
                     waiting,
-                    w,
-                    pw,
-                    acks: 0,
-                    primary_acks: 0,
+                    sets,
                     failed: Vec::new(),
                     uncovered,
                     object: None,
@@ -423,7 +588,7 @@ impl Coordinator {
             self.outcomes.push_back((req, Err(e)));
             return;
         }
-        let n = self.n();
+        let n = replicas(self.read_ring(&key));
         let r = opts.r.unwrap_or(quorum(n));
         let pr = opts.pr.unwrap_or(0);
         if r == 0 || usize::from(r) > n || usize::from(pr) > n {
@@ -435,7 +600,7 @@ impl Coordinator {
             ));
             return;
         }
-        let (targets, uncovered) = self.targets(&key, is_up);
+        let (targets, uncovered) = targets(&[(None, self.read_ring(&key))], &key, is_up);
         let mut waiting = BTreeMap::new();
         for t in targets {
             let op = self.ops.mint(req);
@@ -498,10 +663,7 @@ impl Coordinator {
                         // A coordinator that is not among the chosen replicas (its forward
                         // failed, or views differ) holds a copy no read will ask for: it does
                         // not count toward W.
-                        if s.targets.iter().any(|t| t.node == target.node) {
-                            s.acks += 1;
-                            s.primary_acks += u8::from(target.primary);
-                        }
+                        count_ack(&mut s.sets, &target);
                         for t in s.targets.iter().filter(|t| t.node != target.node) {
                             let op = self.ops.mint(req);
                             s.waiting.insert(op, *t);
@@ -535,10 +697,7 @@ impl Coordinator {
                         }
                         s.object = Some(obj);
                     }
-                    Ok(_) => {
-                        s.acks += 1;
-                        s.primary_acks += u8::from(target.primary);
-                    }
+                    Ok(_) => count_ack(&mut s.sets, &target),
                     Err(reason) if s.object.is_none() => {
                         // The coordinating replica itself refused: nothing was written.
                         local_failure = Some(reason);
@@ -561,7 +720,7 @@ impl Coordinator {
                         let found = !obj.is_empty();
                         if found || s.notfound_ok {
                             s.counted += 1;
-                            s.primary_counted += u8::from(target.primary);
+                            s.primary_counted += u8::from(target.is_primary());
                         }
                         s.notfound += u8::from(!found);
                         s.replies.push((target.node, obj));
@@ -593,29 +752,22 @@ impl Coordinator {
                 // error reports every ack the write actually got.
                 let settled = s.object.is_some() && s.waiting.is_empty();
                 if !s.replied {
-                    if s.acks >= s.w && s.primary_acks >= s.pw {
+                    if s.sets.iter().all(SetCount::met) {
                         s.replied = true;
                         outcome = Some(Ok(Outcome::Written(
                             s.object.clone().expect("acked writes have an object"),
                         )));
-                    } else if settled && s.acks < s.w {
+                    } else if settled {
                         s.replied = true;
-                        outcome = Some(Err(quorum_err("acks", s.w, s.acks, &s.failed)));
-                    } else if settled && s.primary_acks < s.pw {
-                        s.replied = true;
-                        outcome = Some(Err(quorum_err(
-                            "primary acks",
-                            s.pw,
-                            s.primary_acks,
-                            &s.failed,
-                        )));
+                        outcome = Some(Err(write_quorum_err(&s.sets, &s.failed)));
                     }
                 }
                 done = s.replied && s.waiting.is_empty();
             }
             State::Get(s) => {
                 let outstanding = s.waiting.len() as u8;
-                let primaries_outstanding = s.waiting.values().filter(|t| t.primary).count() as u8;
+                let primaries_outstanding =
+                    s.waiting.values().filter(|t| t.is_primary()).count() as u8;
                 if !s.replied {
                     // basic_quorum: a majority saying "not found" ends the read early.
                     let majority_notfound =
@@ -730,10 +882,8 @@ impl Coordinator {
                         Err(CoordinatorError::Local(ErrorReply::Storage {
                             reason: "the local write did not finish in time".into(),
                         }))
-                    } else if s.acks < s.w {
-                        Err(quorum_err("acks", s.w, s.acks, &s.failed))
                     } else {
-                        Err(quorum_err("primary acks", s.pw, s.primary_acks, &s.failed))
+                        Err(write_quorum_err(&s.sets, &s.failed))
                     });
                 }
             }
@@ -785,37 +935,126 @@ pub fn replicas(ring: &Ring) -> usize {
     ring.config().replicas.min(ring.members().len())
 }
 
-/// The N replicas for `key`: each primary if up, otherwise the next up fallback standing in for
-/// it (with a hint). Primaries with no fallback left are returned separately.
-fn targets(ring: &Ring, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> (Vec<Target>, Vec<NodeId>) {
-    let pl = ring.preference_list(ring.partition_of(key));
-    let mut fallbacks = pl.fallbacks.iter().copied().filter(|f| is_up(*f));
-    let mut targets = Vec::with_capacity(pl.primaries.len());
-    let mut uncovered = Vec::new();
-    for &p in pl.primaries.iter().take(replicas(ring)) {
-        if is_up(p) {
-            targets.push(Target {
-                node: p,
-                primary: true,
-                hint_for: None,
-            });
-        } else if let Some(f) = fallbacks.next() {
-            targets.push(Target {
-                node: f,
-                primary: false,
-                hint_for: Some(p),
-            });
-        } else {
-            uncovered.push(p);
+/// The replicas for `key` in the union of `rings`' replica sets (one ring per live version,
+/// oldest first): in each set, each of its N primaries if up, otherwise the next up fallback of
+/// that ring standing in for it (with a hint). A node already standing in for another primary
+/// of this write is skipped as a fallback, so it holds one hint per write. Primaries with no
+/// fallback left are returned separately. With one ring this is its preference list's first N
+/// up nodes, in order.
+fn targets(
+    rings: &[(Option<u64>, &Ring)],
+    key: &[u8],
+    is_up: &dyn Fn(NodeId) -> bool,
+) -> (Vec<Target>, Vec<NodeId>) {
+    assert!(
+        rings.len() <= LIVE_VERSIONS_MAX,
+        "one ring per live version"
+    );
+    let mut targets: Vec<Target> = Vec::new();
+    let mut uncovered: Vec<NodeId> = Vec::new();
+    for (i, (_, ring)) in rings.iter().enumerate() {
+        let bit = 1u8 << i;
+        let pl = ring.preference_list(ring.partition_of(key));
+        let mut fallbacks = pl.fallbacks.iter().copied().filter(|f| is_up(*f));
+        for &p in pl.primaries.iter().take(replicas(ring)) {
+            if is_up(p) {
+                match targets.iter_mut().find(|t| t.node == p) {
+                    Some(t) => {
+                        t.in_sets |= bit;
+                        t.primary_in |= bit;
+                    }
+                    None => targets.push(Target {
+                        node: p,
+                        in_sets: bit,
+                        primary_in: bit,
+                        hint_for: None,
+                    }),
+                }
+                continue;
+            }
+            let free = |f: &NodeId, targets: &[Target]| {
+                targets
+                    .iter()
+                    .find(|t| t.node == *f)
+                    .is_none_or(|t| t.hint_for.is_none_or(|h| h == p))
+            };
+            match fallbacks.find(|f| free(f, &targets)) {
+                Some(f) => match targets.iter_mut().find(|t| t.node == f) {
+                    Some(t) => {
+                        t.in_sets |= bit;
+                        t.hint_for = Some(p);
+                    }
+                    None => targets.push(Target {
+                        node: f,
+                        in_sets: bit,
+                        primary_in: 0,
+                        hint_for: Some(p),
+                    }),
+                },
+                None => {
+                    if !uncovered.contains(&p) {
+                        uncovered.push(p);
+                    }
+                }
+            }
         }
     }
     (targets, uncovered)
 }
 
+/// Counts an acknowledgement from `target` in every set it belongs to.
+fn count_ack(sets: &mut [SetCount], target: &Target) {
+    for (i, set) in sets.iter_mut().enumerate() {
+        let bit = 1u8 << i;
+        if target.in_sets & bit != 0 {
+            set.acks += 1;
+            set.primary_acks += u8::from(target.primary_in & bit != 0);
+        }
+    }
+}
+
+/// The error of a write that missed its quorum: the single-ring error when there is one set,
+/// else every set that fell short.
+fn write_quorum_err(sets: &[SetCount], failed: &[(NodeId, String)]) -> CoordinatorError {
+    if let [set] = sets {
+        return if set.acks < set.w {
+            quorum_err("acks", set.w, set.acks, failed)
+        } else {
+            quorum_err("primary acks", set.pw, set.primary_acks, failed)
+        };
+    }
+    let short = sets
+        .iter()
+        .filter(|s| !s.met())
+        .map(|s| {
+            let (kind, needed, got) = if s.acks < s.w {
+                ("acks", s.w, s.acks)
+            } else {
+                ("primary acks", s.pw, s.primary_acks)
+            };
+            SetShortfall {
+                version: s.version.expect("several sets come from a layout"),
+                replicas: s.replicas.clone(),
+                kind,
+                needed,
+                got,
+            }
+        })
+        .collect();
+    CoordinatorError::SetsShort {
+        short,
+        failed: failed.to_vec(),
+    }
+}
+
+fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|n| b.contains(n))
+}
+
 /// Where a request for `key` should be coordinated: here if this node is among the replicas
 /// chosen for it, else the first chosen replica.
 pub fn route(ring: &Ring, me: NodeId, key: &[u8], is_up: &dyn Fn(NodeId) -> bool) -> Route {
-    let (targets, _) = targets(ring, key, is_up);
+    let (targets, _) = targets(&[(None, ring)], key, is_up);
     if targets.iter().any(|t| t.node == me) {
         Route::Local
     } else if let Some(t) = targets.first() {

@@ -228,6 +228,12 @@ impl<T> RequestDriver<T> {
         self.coord.set_ring(ring);
     }
 
+    /// The layout for new requests: writes need their quorum in every live version's replica
+    /// set, reads use each partition's read version (requests in flight keep what they chose).
+    pub fn set_layout(&mut self, layout: &cairn_layout::Layout) {
+        self.coord.set_layout(layout);
+    }
+
     /// The coordinator, for what it reports (`in_flight`, `route`...).
     pub fn coordinator(&self) -> &Coordinator {
         &self.coord

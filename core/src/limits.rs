@@ -15,3 +15,35 @@ pub const HANDOFF_REFUSED_MAX: usize = 256;
 /// How long a refused hint waits before it is offered again (the target's copy may have
 /// changed so that it fits, e.g. a client resolved its siblings).
 pub const HANDOFF_REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// Keys in one transfer batch (one page of a partition's keys, sent before the next is read).
+pub const TRANSFER_BATCH_KEYS_MAX: usize = 1024;
+/// Bytes (keys and encoded objects) in one transfer batch; a single object larger than the
+/// configured batch budget still goes alone, and no object exceeds `OBJECT_BYTES_MAX`.
+pub const TRANSFER_BATCH_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Partitions one node pushes at once.
+pub const TRANSFER_PARTITIONS_CONCURRENT_MAX: usize = 16;
+/// Failed attempts in a row at one batch to one target (or at one page read) before the
+/// transfer reports it stalled; it keeps retrying, at `TRANSFER_RETRY_MAX` intervals, because
+/// only the operator may give up on a node (`cairn layout force`).
+pub const TRANSFER_ATTEMPTS_MAX: u32 = 8;
+/// The first retry's delay; each further one doubles, up to `TRANSFER_RETRY_MAX`.
+pub const TRANSFER_RETRY_BASE: Duration = Duration::from_millis(200);
+/// The longest delay between two attempts.
+pub const TRANSFER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Keys per batch unless configured.
+pub const TRANSFER_BATCH_KEYS_DEFAULT: usize = 128;
+/// Bytes per batch unless configured.
+pub const TRANSFER_BATCH_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// Partitions pushed at once unless configured: two keeps one partition's page read
+/// overlapping another's sends without crowding client writes.
+pub const TRANSFER_PARTITIONS_CONCURRENT_DEFAULT: usize = 2;
+/// Bytes per second a node pushes unless configured (counted once per target): 8 MiB/s moves
+/// a 1 GiB node's share in about two minutes per target and leaves room for client traffic.
+pub const TRANSFER_BYTES_PER_SEC_DEFAULT: u64 = 8 * 1024 * 1024;
+
+const _: () = assert!(TRANSFER_BATCH_KEYS_DEFAULT <= TRANSFER_BATCH_KEYS_MAX);
+const _: () = assert!(TRANSFER_BATCH_BYTES_DEFAULT <= TRANSFER_BATCH_BYTES_MAX);
+const _: () = assert!(TRANSFER_PARTITIONS_CONCURRENT_DEFAULT <= TRANSFER_PARTITIONS_CONCURRENT_MAX);
+const _: () = assert!(TRANSFER_RETRY_BASE.as_nanos() <= TRANSFER_RETRY_MAX.as_nanos());

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Background repair between replicas. Absent: on, with the defaults.
     #[serde(default, skip_serializing_if = "AntiEntropyConfig::is_default")]
     pub anti_entropy: AntiEntropyConfig,
+    /// Moving data to new replicas during a layout change. Absent: the defaults.
+    #[serde(default, skip_serializing_if = "TransferSection::is_default")]
+    pub transfer: TransferSection,
     /// Whether a get this node coordinates sends the merged object to replicas that answered
     /// with less (read repair). On by default; tests switch it off to prove that anti-entropy
     /// alone repairs.
@@ -164,6 +167,52 @@ impl AntiEntropyConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The `[transfer]` section: how fast and how wide this node pushes its partitions to their
+/// new replicas during a layout change. Every field has a named default
+/// (`cairn_core::limits::TRANSFER_*_DEFAULT`) and a named maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSection {
+    /// Keys per batch, at most `TRANSFER_BATCH_KEYS_MAX`.
+    pub batch_keys: usize,
+    /// Bytes per batch, at most `TRANSFER_BATCH_BYTES_MAX`.
+    pub batch_bytes: u64,
+    /// Partitions pushed at once, at most `TRANSFER_PARTITIONS_CONCURRENT_MAX`.
+    pub partitions_concurrent: usize,
+    /// Bytes per second this node pushes, over all targets.
+    pub bytes_per_sec: u64,
+}
+
+impl Default for TransferSection {
+    fn default() -> TransferSection {
+        let d = cairn_core::transfer::TransferConfig::default();
+        TransferSection {
+            batch_keys: d.batch_keys,
+            batch_bytes: d.batch_bytes,
+            partitions_concurrent: d.partitions_concurrent,
+            bytes_per_sec: d.bytes_per_sec,
+        }
+    }
+}
+
+impl TransferSection {
+    fn is_default(&self) -> bool {
+        *self == TransferSection::default()
+    }
+
+    /// The machine's configuration, checked against its limits.
+    pub fn config(&self) -> Result<cairn_core::transfer::TransferConfig, String> {
+        let c = cairn_core::transfer::TransferConfig {
+            batch_keys: self.batch_keys,
+            batch_bytes: self.batch_bytes,
+            partitions_concurrent: self.partitions_concurrent,
+            bytes_per_sec: self.bytes_per_sec,
+        };
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
     }
 }
 

@@ -91,6 +91,9 @@ pub struct DriverContext {
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Whether gets repair stale replicas (tests switch it off to isolate anti-entropy).
     pub read_repair: bool,
+    /// The newest layout version the coordinator routes by with no unanswered write routed
+    /// under an older one: a node acknowledges a layout version only once this reaches it.
+    pub write_fence: watch::Sender<u64>,
 }
 
 /// Starts the coordinator task.
@@ -115,10 +118,19 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
-    let new_driver =
-        |ring: Arc<Ring>| RequestDriver::new(ctx.me, Ring::clone(&ring), ctx.read_repair);
+    // With a layout, writes need their quorum in every live version's replica set and reads
+    // use each partition's read version; the ring alone only routes.
+    let new_driver = |view: &ClusterView| {
+        view.ring.clone().map(|ring| {
+            let mut driver = RequestDriver::new(ctx.me, Ring::clone(&ring), ctx.read_repair);
+            if let Some(layout) = &view.layout {
+                driver.set_layout(layout);
+            }
+            driver
+        })
+    };
     let mut driver: Option<RequestDriver<oneshot::Sender<Response>>> =
-        view.borrow_and_update().ring.clone().map(new_driver);
+        new_driver(&view.borrow_and_update());
     let (results_tx, mut results) = mpsc::channel(REPLICA_RESULTS_QUEUE_MAX);
     let (hints_tx, hints_rx) = mpsc::channel(HINT_QUEUE_MAX);
     let (done_tx, mut hints_done) = watch::channel(0u64);
@@ -172,10 +184,16 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                     return;
                 }
                 // Requests in flight keep the replicas they chose; new ones use the new ring.
-                if let Some(ring) = view.borrow_and_update().ring.clone() {
+                let v = view.borrow_and_update().clone();
+                if let Some(ring) = v.ring.clone() {
                     match &mut driver {
-                        Some(driver) => driver.set_ring(Ring::clone(&ring)),
-                        None => driver = Some(new_driver(ring)),
+                        Some(driver) => {
+                            driver.set_ring(Ring::clone(&ring));
+                            if let Some(layout) = &v.layout {
+                                driver.set_layout(layout);
+                            }
+                        }
+                        None => driver = new_driver(&v),
                     }
                 }
             }
@@ -248,6 +266,18 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
             driver.coordinator().replicas_outstanding() as u64,
             Ordering::Release,
         );
+        // The fence a node's layout ack waits for: every write routed under an older layout
+        // has been answered.
+        let routed = driver.coordinator().layout_version();
+        if driver.coordinator().unanswered_writes_before(routed) == 0 {
+            ctx.write_fence.send_if_modified(|f| {
+                let newer = *f < routed;
+                if newer {
+                    *f = routed;
+                }
+                newer
+            });
+        }
     }
 }
 
@@ -352,15 +382,47 @@ fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Respon
             kind: kind.to_owned(),
             needed,
             got,
-            failed: failed
-                .into_iter()
-                .map(|(node, reason)| ReplicaFailure {
-                    node: peers.name(node),
-                    reason,
-                })
-                .collect(),
+            failed: replica_failures(failed, peers),
         }),
+        Err(CoordinatorError::SetsShort { short, failed }) => {
+            // The reply has room for one count: the first set short; the kind names every one
+            // (the wire type is unchanged, so old clients read it).
+            let first = short.first().map_or((0, 0), |s| (s.needed, s.got));
+            let sets: Vec<String> = short
+                .iter()
+                .map(|s| {
+                    let names: Vec<String> = s.replicas.iter().map(|n| peers.name(*n)).collect();
+                    format!(
+                        "{} {} of {} in layout version {} [{}]",
+                        s.got,
+                        s.kind,
+                        s.needed,
+                        s.version,
+                        names.join(",")
+                    )
+                })
+                .collect();
+            Response::Error(ErrorReply::QuorumNotReached {
+                kind: format!(
+                    "acks in every live layout version's replica set ({})",
+                    sets.join("; ")
+                ),
+                needed: first.0,
+                got: first.1,
+                failed: replica_failures(failed, peers),
+            })
+        }
     }
+}
+
+fn replica_failures(failed: Vec<(NodeId, String)>, peers: &Peers) -> Vec<ReplicaFailure> {
+    failed
+        .into_iter()
+        .map(|(node, reason)| ReplicaFailure {
+            node: peers.name(node),
+            reason,
+        })
+        .collect()
 }
 
 /// Carries out work on this node's replica.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod peers;
 pub mod server;
 pub mod store;
+pub mod transfer;
 pub mod trees;
 
 // Versioning and coordination live in the pure core crate; these paths keep working.

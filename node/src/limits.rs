@@ -129,3 +129,17 @@ pub const FORWARD_RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
 /// How often the forwarder looks whether the replica is up again while it waits.
 pub const FORWARD_RETRY_POLL: Duration = Duration::from_millis(50);
 const _: () = assert!(FORWARD_REPLY_KEPT_BYTES_MAX <= FORWARD_REPLY_BYTES_MAX);
+/// Answers (pages read, batches sent) waiting for the transfer task; at most one per active
+/// partition is outstanding, so this is never reached in practice.
+pub const TRANSFER_RESULTS_QUEUE_MAX: usize = 64;
+/// Keys of one transfer batch merged into the target at once.
+pub const TRANSFER_SENDS_IN_FLIGHT_MAX: usize = 16;
+/// How long one transferred key waits for the target's acknowledgement.
+pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Defined by the pure core's transfer machine, which enforces them.
+pub use cairn_core::limits::{
+    TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_MAX, TRANSFER_BATCH_KEYS_MAX,
+    TRANSFER_PARTITIONS_CONCURRENT_MAX, TRANSFER_RETRY_MAX,
+};
+
+const _: () = assert!(TRANSFER_RESULTS_QUEUE_MAX >= TRANSFER_PARTITIONS_CONCURRENT_MAX);

@@ -277,6 +277,9 @@ pub struct Membership {
     layout: Arc<NodeLayout>,
     /// Peers a layout exchange is running with (one at a time per peer).
     layout_exchanges: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// The coordinator's write fence (`DriverContext::write_fence`): this node acknowledges a
+    /// layout version only once its coordinator routes by it with no older write unanswered.
+    write_fence: std::sync::OnceLock<watch::Receiver<u64>>,
     view: watch::Sender<Arc<ClusterView>>,
     peers: Arc<Peers>,
     file: PathBuf,
@@ -387,6 +390,7 @@ impl Membership {
             }),
             layout,
             layout_exchanges: Mutex::new(std::collections::BTreeSet::new()),
+            write_fence: std::sync::OnceLock::new(),
             view,
             peers,
             file,
@@ -567,6 +571,12 @@ impl Membership {
         Ok(outcome)
     }
 
+    /// Gives membership the coordinator's write fence; set once, at start. Until it is set,
+    /// no layout version is acknowledged.
+    pub fn set_write_fence(&self, fence: watch::Receiver<u64>) {
+        let _ = self.write_fence.set(fence);
+    }
+
     /// Changes the layout through `change` (see [`NodeLayout::modify`]) and republishes the
     /// view, so routing follows at once.
     pub async fn change_layout<T>(
@@ -582,15 +592,20 @@ impl Membership {
     /// itself `left` once no live version has it any more, and the view (ring, stamp) is
     /// republished.
     ///
-    /// The acknowledgement is given once the new layout is published to routing. Writes the
-    /// coordinator started under the older ring may still be running then; the transfer that
-    /// builds on this must wait for them before counting the ack (see ARCHITECTURE.md).
-    async fn layout_changed(&self) -> Result<(), ErrorReply> {
+    /// The acknowledgement is given only once the coordinator routes by the new version and
+    /// has no unanswered write routed under an older one (the write fence): the transfer task
+    /// calls this again when the fence moves (see ARCHITECTURE.md, "The fence").
+    pub async fn layout_changed(&self) -> Result<(), ErrorReply> {
         let me = self.me;
+        let fenced = |version: u64| {
+            self.write_fence
+                .get()
+                .is_some_and(|f| *f.borrow() >= version)
+        };
         let needs_ack = self
             .layout
             .get()
-            .is_some_and(|l| l.is_member(me) && !l.has_acked(me));
+            .is_some_and(|l| l.is_member(me) && !l.has_acked(me) && fenced(l.current().version()));
         if needs_ack {
             self.layout
                 .modify(|l| {

@@ -119,6 +119,7 @@ pub fn op(req: &Request) -> &'static str {
         Request::Leave { .. } => "leave",
         Request::Remove { .. } => "remove",
         Request::Replace { .. } => "replace",
+        Request::LayoutForce { .. } => "layout_force",
         Request::Peer(_) => "peer",
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     context_key: ContextKey,
     /// Outcomes of forwarded writes, so a retried forward is not applied twice.
     forwards: Forwards,
+    /// Where this node's push of a layout change stands.
+    transfer: tokio::sync::watch::Receiver<cairn_core::transfer::TransferStatus>,
 }
 
 impl Node {
@@ -138,13 +140,30 @@ impl Node {
         let peers = Arc::new(Peers::new(me, config.name.clone(), endpoint.clone(), up_tx));
         let advertise = config.advertise.unwrap_or(local_addr);
         let membership = Membership::open(&config, advertise, peers.clone())?;
+        let transfer_config = config
+            .transfer
+            .config()
+            .map_err(|reason| NodeError::Config { reason })?;
+        let (write_fence, fence) = tokio::sync::watch::channel(0);
+        membership.set_write_fence(fence.clone());
         let (coordinator, driver_task) = crate::driver::spawn(Arc::new(DriverContext {
             me,
             engine: engine.clone(),
             peers: peers.clone(),
             view: membership.subscribe(),
             read_repair: config.read_repair,
+            write_fence,
         }));
+        let (transfer_status, transfer_task) =
+            crate::transfer::spawn(crate::transfer::TransferContext {
+                me,
+                membership: membership.clone(),
+                write_fence: fence,
+                store: engine.store(),
+                peers: peers.clone(),
+                config: transfer_config,
+                trees: config.anti_entropy.enabled.then(|| trees.clone()),
+            });
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,
             config.anti_entropy.clone(),
@@ -167,12 +186,14 @@ impl Node {
             anti_entropy: anti_entropy.clone(),
             context_key,
             forwards: Forwards::new(std::time::Instant::now()),
+            transfer: transfer_status,
         });
         let peers_handle = peers.clone();
         let mut tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
             driver_task,
+            transfer_task,
             tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::metrics::upkeep()),
@@ -539,6 +560,25 @@ async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
         Request::Replace { old, new, dry_run } => {
             layout_change(shared.membership.replace(&old, &new, dry_run).await)
         }
+        Request::LayoutForce { node } => {
+            // The operator's override (`cairn layout force`): may lose what only `node` held.
+            let id = NodeId::from_name(&node);
+            let forced = shared
+                .membership
+                .change_layout(|l| {
+                    l.force(id).map_err(|e| ErrorReply::Membership {
+                        reason: e.to_string(),
+                    })
+                })
+                .await;
+            match forced {
+                Ok(()) => {
+                    warn!(%node, "layout change goes on without this node: data only it held may be lost");
+                    Response::Status(status(shared))
+                }
+                Err(e) => Response::Error(e),
+            }
+        }
         Request::Peer(p) => handle_peer(p, shared, peer.node).await,
         Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
             shared.client_request(req).await
@@ -897,7 +937,37 @@ fn status(shared: &Shared) -> StatusReply {
         members: shared.membership.status(hints),
         anti_entropy: shared.anti_entropy.status(),
         layout: view.layout.as_deref().map(|l| Box::new(layout_status(l))),
+        transfer: transfer_progress(&shared.transfer.borrow(), &shared.peers),
     }
+}
+
+/// This node's push, as `status` reports it (`None` when it has none).
+fn transfer_progress(
+    t: &cairn_core::transfer::TransferStatus,
+    peers: &Peers,
+) -> Option<cairn_proto::TransferProgress> {
+    let version = t.version?;
+    Some(cairn_proto::TransferProgress {
+        version,
+        partitions_total: t.partitions_total as u32,
+        partitions_pushed: t.partitions_pushed as u32,
+        partitions_active: t.partitions_active as u32,
+        keys_moved: t.keys_moved,
+        bytes_moved: t.bytes_moved,
+        bytes_per_sec: t.bytes_per_sec as u64,
+        keys_left_estimate: t.keys_left_estimate,
+        seconds_left_estimate: t.seconds_left_estimate.map(|s| s.ceil() as u64),
+        stalled: t
+            .stalled
+            .iter()
+            .map(|s| cairn_proto::TransferStalled {
+                partition: s.partition,
+                target: s.target.map(|n| peers.name(n)),
+                attempts: s.attempts,
+                reason: s.reason.clone(),
+            })
+            .collect(),
+    })
 }
 
 /// The layout part of `status`: versions, members, and the change in flight with each node's

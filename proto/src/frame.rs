@@ -294,6 +294,7 @@ mod tests {
                 new: "n9".into(),
                 dry_run: true,
             },
+            Request::LayoutForce { node: "n3".into() },
         ] {
             let frame = encode_frame(&req).unwrap();
             let client: ClientRequest = decode_client_request(&frame[4..]).unwrap();

@@ -25,7 +25,8 @@ pub use sealed::{ContextKey, SealError};
 /// 7: a client's context carries a tag (`ContextKey`); an untagged one is refused.
 /// 8: `LimitError::{OverHardLimit, FrameTooLarge}`; merges held to the hard limits.
 /// 9: `PeerRequest::Forward` carries a request id (forwarded writes applied at most once).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// 10: `Request::LayoutForce`; `StatusReply.transfer`.
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -212,6 +212,13 @@ pub enum RequestOf<P> {
         /// Only plan.
         dry_run: bool,
     },
+    /// Stop waiting for `node` in the layout change in flight (it died in the middle of the
+    /// transfer): the change goes on without its acknowledgement or its push, and what only it
+    /// held may be lost. Answered with the asked node's status.
+    LayoutForce {
+        /// The node's name, at most `NODE_NAME_BYTES_MAX` bytes.
+        node: String,
+    },
     /// A message between nodes; refused unless the sender holds a node certificate. Must stay
     /// the last variant: its tag is [`PEER_REQUEST_TAG`].
     Peer(P),
@@ -229,9 +236,9 @@ pub type ClientRequest = RequestOf<NoPeer>;
 pub enum NoPeer {}
 
 /// The first byte of an encoded `Request::Peer` (postcard writes a variant's index as a varint,
-/// and `Peer` is the eleventh variant), so a refused peer request can be named without decoding
+/// and `Peer` is the twelfth variant), so a refused peer request can be named without decoding
 /// it.
-pub const PEER_REQUEST_TAG: u8 = 10;
+pub const PEER_REQUEST_TAG: u8 = 11;
 
 impl From<ClientRequest> for Request {
     fn from(req: ClientRequest) -> Request {
@@ -249,6 +256,7 @@ impl From<ClientRequest> for Request {
             RequestOf::Leave { dry_run } => Request::Leave { dry_run },
             RequestOf::Remove { node, dry_run } => Request::Remove { node, dry_run },
             RequestOf::Replace { old, new, dry_run } => Request::Replace { old, new, dry_run },
+            RequestOf::LayoutForce { node } => Request::LayoutForce { node },
             RequestOf::Peer(never) => match never {},
         }
     }
@@ -268,6 +276,7 @@ impl<P> RequestOf<P> {
             | RequestOf::Leave { .. }
             | RequestOf::Remove { .. }
             | RequestOf::Replace { .. }
+            | RequestOf::LayoutForce { .. }
             | RequestOf::Peer(_) => None,
         }
     }
@@ -295,6 +304,7 @@ impl<P> RequestOf<P> {
             | RequestOf::Leave { .. }
             | RequestOf::Remove { .. }
             | RequestOf::Replace { .. }
+            | RequestOf::LayoutForce { .. }
             | RequestOf::Peer(_) => None,
         }
     }
@@ -337,7 +347,8 @@ impl<P> RequestOf<P> {
             RequestOf::Join { .. }
             | RequestOf::Leave { .. }
             | RequestOf::Remove { .. }
-            | RequestOf::Replace { .. } => Role::Admin,
+            | RequestOf::Replace { .. }
+            | RequestOf::LayoutForce { .. } => Role::Admin,
             // A replica's own copy is for operators checking convergence, not for applications.
             RequestOf::Get { opts, .. } if opts.is_local() => Role::Admin,
             RequestOf::Peer(_) => Role::Node,
@@ -634,6 +645,47 @@ pub struct StatusReply {
     pub anti_entropy: AntiEntropyStatus,
     /// The layout the asked node holds (`None` while it holds none).
     pub layout: Option<Box<LayoutStatus>>,
+    /// The asked node's own push of the change in flight (`None` when it has none to make).
+    pub transfer: Option<TransferProgress>,
+}
+
+/// One node's push of its partitions to their new replicas during a layout change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// The layout version pushed for.
+    pub version: u64,
+    /// Partitions the node must push.
+    pub partitions_total: u32,
+    /// Of those, pushed to every new replica.
+    pub partitions_pushed: u32,
+    /// Being pushed now.
+    pub partitions_active: u32,
+    /// Keys delivered, counted once per target.
+    pub keys_moved: u64,
+    /// Bytes delivered, counted once per target.
+    pub bytes_moved: u64,
+    /// Bytes per second since the push started.
+    pub bytes_per_sec: u64,
+    /// Keys still to deliver (from the partitions' key counts), if known.
+    pub keys_left_estimate: Option<u64>,
+    /// Seconds left at the rate so far, if known.
+    pub seconds_left_estimate: Option<u64>,
+    /// What the push is waiting on: targets (or page reads) that failed
+    /// `TRANSFER_ATTEMPTS_MAX` times in a row.
+    pub stalled: Vec<TransferStalled>,
+}
+
+/// A target the push waits on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStalled {
+    /// The partition.
+    pub partition: u32,
+    /// The target's name, or `None` when the node's own page read fails.
+    pub target: Option<String>,
+    /// Failures in a row.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
 }
 
 /// The layout as one node holds it: its versions and the change in flight.
@@ -1106,9 +1158,11 @@ pub fn check_request(req: &Request) -> Result<(), LimitError> {
         Request::Join { seed, .. } => check_len(seed.len(), ADDRESS_BYTES_MAX, |len, max| {
             LimitError::AddressTooLong { len, max }
         }),
-        Request::Remove { node, .. } => check_len(node.len(), NODE_NAME_BYTES_MAX, |len, max| {
-            LimitError::NameTooLong { len, max }
-        }),
+        Request::Remove { node, .. } | Request::LayoutForce { node } => {
+            check_len(node.len(), NODE_NAME_BYTES_MAX, |len, max| {
+                LimitError::NameTooLong { len, max }
+            })
+        }
         Request::Replace { old, new, .. } => {
             for name in [old, new] {
                 check_len(name.len(), NODE_NAME_BYTES_MAX, |len, max| {

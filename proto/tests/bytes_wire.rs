@@ -53,6 +53,9 @@ mod plain {
             new: String,
             dry_run: bool,
         },
+        LayoutForce {
+            node: String,
+        },
         Peer(PeerRequest),
     }
 

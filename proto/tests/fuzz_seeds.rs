@@ -105,6 +105,12 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
         }),
     );
     s.insert(
+        "seed-layout-force",
+        body(&Request::LayoutForce {
+            node: "node4".to_string(),
+        }),
+    );
+    s.insert(
         "seed-peerping",
         peer(PeerRequest::Ping {
             from: "node2".to_string(),

@@ -66,6 +66,12 @@ fn every_request_seed_decodes_at_the_current_protocol_version() {
         decode_body::<Request>(&layout).unwrap(),
         Request::Peer(PeerRequest::Layout(Vec::new()))
     );
+    // So does the operator's override.
+    let force = std::fs::read(dir.join("seed-layout-force")).unwrap();
+    assert_eq!(
+        decode_body::<Request>(&force).unwrap(),
+        Request::LayoutForce { node: "n3".into() }
+    );
     let answer = std::fs::read(dir.join("seed-response-layout")).unwrap();
     assert_eq!(
         decode_body::<Response>(&answer).unwrap(),

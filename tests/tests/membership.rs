@@ -44,11 +44,32 @@ fn all_up(status: &StatusReply, names: &[&str]) -> bool {
 #[tokio::test]
 async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_restart() {
     let dir = TestDir::new().unwrap();
-    let a = Node::start(config(&dir, "a")).await.unwrap();
+    // The transfer crawls (one key per batch, one byte per second) and a holds keys to push,
+    // so the change this test inspects stays in transition throughout.
+    let slow = |mut config: NodeConfig| {
+        config.transfer = cairn_node::config::TransferSection {
+            batch_keys: 1,
+            batch_bytes: 1,
+            partitions_concurrent: 1,
+            bytes_per_sec: 1,
+        };
+        config
+    };
+    let a = Node::start(slow(config(&dir, "a"))).await.unwrap();
     // Port 0: b comes back from its restart on another port, which gossip must carry to a.
-    let b_config = config(&dir, "b");
+    let b_config = slow(config(&dir, "b"));
     let b = Node::start(b_config.clone()).await.unwrap();
     let (ca, cb) = (client(&dir, &a).await, client(&dir, &b).await);
+    for i in 0..16 {
+        ca.put(
+            format!("key{i}").as_bytes(),
+            b"v",
+            &cairn_proto::Context::empty(),
+            &cairn_proto::WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
     // Each is a cluster of its own, owning every partition.
     for (c, name) in [(&ca, "a"), (&cb, "b")] {
         let s = c.status().await.unwrap();
@@ -92,7 +113,8 @@ async fn nodes_started_alone_join_into_one_cluster_and_the_join_survives_a_resta
     }
     let ring = ca.ring().await.unwrap();
     assert_eq!(ring, cb.ring().await.unwrap(), "one ring");
-    // The change waits for its transfer, so a keeps every partition until the data has moved.
+    // The change waits for its (throttled) transfer, so a keeps every partition until the data
+    // has moved.
     let s = ca.status().await.unwrap();
     let owned: Vec<u32> = s.members.iter().map(|m| m.partitions).collect();
     assert_eq!(owned, [64, 0], "{s:?}");

@@ -1,0 +1,283 @@
+//! The transfer task: runs the pure transfer machine (`cairn_core::transfer`) against this
+//! node's store and peers while a layout change is in flight, records the push in the layout
+//! when every new replica confirmed every partition, retires the old version once the layout
+//! allows it, gives this node's acknowledgement of a new version once the coordinator's write
+//! fence reaches it, and publishes where the transfer stands for `cairn status`. Every layout
+//! change goes through `Membership::change_layout`: persisted, then routed by, then gossiped.
+//!
+//! Pages are read from the store in key order (a snapshot scan that skips other partitions),
+//! and each key goes to the new replica as the ordinary `PeerRequest::Replicate` without a hint:
+//! the receiver merges it with `sync`, so nothing it holds is overwritten and sending twice is
+//! harmless.
+
+use std::sync::Arc;
+
+use cairn_core::transfer::{
+    Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
+};
+use cairn_layout::Layout;
+use cairn_proto::{NodeId, PeerRequest, PeerResponse};
+use cairn_ring::{PartitionId, RingConfig};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::limits::{
+    TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX, TRANSFER_RETRY_MAX,
+    TRANSFER_SENDS_IN_FLIGHT_MAX,
+};
+use crate::membership::Membership;
+use crate::peers::Peers;
+use crate::store::Store;
+
+/// What the transfer task needs.
+pub struct TransferContext {
+    /// This node.
+    pub me: NodeId,
+    /// The layout (followed, and changed to record the push and retire the old version).
+    pub membership: Arc<Membership>,
+    /// The coordinator's write fence (`DriverContext::write_fence`).
+    pub write_fence: watch::Receiver<u64>,
+    /// The store pages are read from.
+    pub store: Arc<dyn Store>,
+    /// Peers the keys go to.
+    pub peers: Arc<Peers>,
+    /// Rate and width.
+    pub config: TransferConfig,
+    /// The Merkle trees, for each partition's key count (the estimate of keys left), when
+    /// anti-entropy keeps them.
+    pub trees: Option<Arc<crate::trees::Trees>>,
+}
+
+enum Answer {
+    Page(PartitionId, Result<Page, String>),
+    Sent(SendId, Result<(), String>),
+}
+
+/// Starts the transfer task; the watch carries its status.
+pub fn spawn(
+    ctx: TransferContext,
+) -> (watch::Receiver<TransferStatus>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(TransferStatus::default());
+    (rx, tokio::spawn(run(ctx, tx)))
+}
+
+async fn run(ctx: TransferContext, status: watch::Sender<TransferStatus>) {
+    let ctx = Arc::new(ctx);
+    let mut layouts = ctx.membership.layout().subscribe();
+    let mut fence = ctx.write_fence.clone();
+    let mut machine = TransferMachine::new(Instant::now().into_std(), ctx.config);
+    let (answers_tx, mut answers) = mpsc::channel(TRANSFER_RESULTS_QUEUE_MAX);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let layout = layouts.borrow_and_update().clone();
+        if let Some(layout) = layout.as_deref() {
+            plan(&ctx, layout, &mut machine).await;
+        }
+        let now = Instant::now().into_std();
+        while let Some(action) = machine.poll_action(now) {
+            match action {
+                Action::Scan {
+                    partition,
+                    after,
+                    keys_max,
+                    bytes_max,
+                } => {
+                    let (store, tx) = (ctx.store.clone(), answers_tx.clone());
+                    let config = layout
+                        .as_deref()
+                        .map(|l| l.current().ring().config())
+                        .expect("a transfer has a layout");
+                    tasks.spawn(async move {
+                        let page = tokio::task::spawn_blocking(move || {
+                            read_page(
+                                &*store,
+                                config,
+                                partition,
+                                after.as_deref(),
+                                keys_max,
+                                bytes_max,
+                            )
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("page read task: {e}")));
+                        let _ = tx.send(Answer::Page(partition, page)).await;
+                    });
+                }
+                Action::Send {
+                    id, to, entries, ..
+                } => {
+                    let (peers, tx) = (ctx.peers.clone(), answers_tx.clone());
+                    tasks.spawn(async move {
+                        let result = send(&peers, to, &entries).await;
+                        let _ = tx.send(Answer::Sent(id, result)).await;
+                    });
+                }
+                Action::PartitionPushed(p) => {
+                    info!(partition = p, "partition pushed to its new replicas")
+                }
+                Action::AllPushed { version } => record_pushed(&ctx, version).await,
+            }
+        }
+        status.send_replace(machine.status(now));
+        while tasks.try_join_next().is_some() {}
+        // At the latest every TRANSFER_RETRY_MAX: a push record or a retirement whose layout
+        // write failed is tried again even when nothing else happens.
+        let recheck = Instant::now() + TRANSFER_RETRY_MAX;
+        let deadline = Some(
+            machine
+                .poll_timeout()
+                .map_or(recheck, |t| Instant::from_std(t).min(recheck)),
+        );
+        tokio::select! {
+            changed = layouts.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            changed = fence.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                fence.borrow_and_update();
+                // The coordinator now routes by a newer version with nothing older unanswered:
+                // the acknowledgement membership held back may be given.
+                if let Err(e) = ctx.membership.layout_changed().await {
+                    warn!("could not acknowledge the layout: {e}");
+                }
+            }
+            Some(answer) = answers.recv() => {
+                let now = Instant::now().into_std();
+                match answer {
+                    Answer::Page(p, page) => machine.handle_page(now, p, page),
+                    Answer::Sent(id, result) => machine.handle_sent(now, id, result),
+                }
+            }
+            _ = sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Brings the machine in line with `layout`: the transfer this node owes once every member
+/// acknowledged the new version, nothing otherwise; and retires the old version once it may.
+async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMachine) {
+    let me = ctx.me;
+    let owes = layout
+        .transition()
+        .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.contains(&me));
+    if owes {
+        let version = layout.current().version();
+        let transfers = layout.transfers(me);
+        let trees = ctx.trees.as_ref().filter(|t| t.is_ready());
+        let estimate = |p| trees.map(|t| t.with_tree(p, |tree| tree.len() as u64));
+        if machine.handle_plan(Instant::now().into_std(), version, transfers, &estimate) {
+            info!(
+                version,
+                partitions = machine.status(Instant::now().into_std()).partitions_total,
+                "pushing partitions to their new replicas"
+            );
+        } else if machine.is_done() {
+            // Pushed, but the record did not make it into the layout (its write failed): again.
+            record_pushed(ctx, version).await;
+        }
+    } else if layout.is_settled() && machine.version().is_some() {
+        machine.clear();
+    }
+    if layout
+        .transition()
+        .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.is_empty())
+    {
+        let retired = ctx.membership.change_layout(|l| Ok(l.poll_retire())).await;
+        match retired {
+            Ok(Some(r)) => info!(version = r.version, "old layout version retired"),
+            Ok(None) => {}
+            Err(e) => warn!("could not retire the old layout version: {e}"),
+        }
+    }
+}
+
+/// Records in the layout that this node pushed every partition of `version`'s transfer.
+async fn record_pushed(ctx: &TransferContext, version: u64) {
+    let me = ctx.me;
+    let recorded = ctx
+        .membership
+        .change_layout(|l| Ok(l.current().version() == version && l.record_pushed(me)))
+        .await;
+    match recorded {
+        Ok(true) => info!(version, "every partition pushed; recorded in the layout"),
+        Ok(false) => {}
+        Err(e) => warn!(
+            version,
+            "could not record the push (tried again on the next change): {e}"
+        ),
+    }
+}
+
+/// Reads the next page of `partition`: its keys after `after`, in key order, up to `keys_max`
+/// keys or the entry that reaches `bytes_max` bytes.
+fn read_page(
+    store: &dyn Store,
+    config: RingConfig,
+    partition: PartitionId,
+    after: Option<&[u8]>,
+    keys_max: usize,
+    bytes_max: u64,
+) -> Result<Page, String> {
+    let mut entries = Vec::new();
+    let mut bytes = 0u64;
+    let mut more = false;
+    store
+        .scan_objects(&mut |key, object| {
+            if after.is_some_and(|a| key <= a) || config.partition_of(key) != partition {
+                return true;
+            }
+            if entries.len() >= keys_max || bytes >= bytes_max {
+                more = true;
+                return false;
+            }
+            bytes += (key.len() + object.len()) as u64;
+            entries.push(TransferEntry {
+                key: key.to_vec(),
+                object: object.to_vec(),
+            });
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Page {
+        entries,
+        last: !more,
+    })
+}
+
+/// Merges every entry into `to`, `TRANSFER_SENDS_IN_FLIGHT_MAX` at a time; the first failure
+/// fails the batch (the machine sends it again; merging twice is harmless).
+async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Result<(), String> {
+    for chunk in entries.chunks(TRANSFER_SENDS_IN_FLIGHT_MAX) {
+        let mut set = tokio::task::JoinSet::new();
+        for e in chunk {
+            let peers = peers.clone();
+            let req = PeerRequest::Replicate {
+                key: e.key.clone(),
+                object: e.object.clone(),
+                hint_for: None,
+            };
+            set.spawn(async move { peers.request(to, req, TRANSFER_REQUEST_TIMEOUT).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(PeerResponse::Ack)) => {}
+                Ok(Ok(other)) => return Err(format!("answered a replicate with {other:?}")),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(e) => return Err(format!("send task: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
