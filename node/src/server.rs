@@ -189,6 +189,7 @@ impl Node {
             transfer: transfer_status,
         });
         let peers_handle = peers.clone();
+        let layout = membership.layout().clone();
         let mut tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
@@ -205,8 +206,10 @@ impl Node {
         );
         if config.hinted_handoff {
             tasks.push(tokio::spawn(crate::handoff::run(
+                me,
                 engine.clone(),
                 peers,
+                layout,
                 up_rx,
             )));
         }
