@@ -204,6 +204,12 @@ impl Node {
                 .into_iter()
                 .map(tokio::spawn),
         );
+        tasks.push(tokio::spawn(crate::cleanup::run(
+            me,
+            engine.clone(),
+            layout.ring_config(),
+            layout.subscribe(),
+        )));
         if config.hinted_handoff {
             tasks.push(tokio::spawn(crate::handoff::run(
                 me,

@@ -380,3 +380,60 @@ async fn a_fallback_drops_its_copy_once_the_hint_is_delivered() {
     }
     cluster.shutdown().await;
 }
+
+/// Issue 11 item 3: once a leave settles (node4's partitions pushed to their new owners and the
+/// old layout version retired), node4 holds none of the keys any more, and every key still reads
+/// back from its new owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_drops_the_keys_it_no_longer_replicates() {
+    const KEYS: usize = 40;
+    let cluster = TestCluster::start(4, 3, 16).await.unwrap();
+    cluster.wait_all_up().await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("lk{i}").into_bytes()).collect();
+    for key in &keys {
+        c1.put(key, b"v", &Context::empty(), &w(3)).await.unwrap();
+    }
+    let held = |k: usize| {
+        let mut n = 0;
+        cluster
+            .node(k)
+            .engine()
+            .store()
+            .scan_objects(&mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    };
+    assert!(
+        held(4) > 0,
+        "node4 replicates some of the keys before it leaves"
+    );
+
+    let ca_pem = &cluster.dir.ca().pem().cert_pem;
+    let issued = cluster.dir.ca().issue_admin("ops").unwrap();
+    let admin = cairn_net::Identity::from_pem(ca_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let admin = cairn_client::Client::connect(cluster.addr(4), &admin)
+        .await
+        .unwrap();
+    admin.leave(false).await.unwrap();
+    eventually(
+        "node4 to drop every key once the leave settled",
+        Duration::from_secs(90),
+        || async { held(4) == 0 },
+    )
+    .await;
+    for key in &keys {
+        assert_eq!(
+            values(&c1.get(key, &r(3)).await.unwrap()),
+            vec![b"v".to_vec()]
+        );
+        let holders = (1..=3)
+            .filter(|k| !cluster.node(*k).engine().get(key).unwrap().is_empty())
+            .count();
+        assert_eq!(holders, 3, "{key:?} lives on every remaining node");
+    }
+    cluster.shutdown().await;
+}
