@@ -39,6 +39,10 @@ pub struct Hint {
 pub struct Batch {
     /// Objects to store (key, encoded object), replacing what was there.
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys whose object (and key-hash entry) is removed. A key is never in both `puts` and
+    /// `removes` of one batch (the writer folds a batch's writes per key first), so the order in
+    /// which a store applies the two does not matter.
+    pub removes: Vec<Vec<u8>>,
     /// Hints to add or renew.
     pub hints_put: Vec<Hint>,
     /// Hints to delete (by target and key).
@@ -51,6 +55,7 @@ impl Batch {
     /// Whether the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty()
+            && self.removes.is_empty()
             && self.hints_put.is_empty()
             && self.hints_remove.is_empty()
             && self.meta.is_none()

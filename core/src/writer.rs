@@ -11,7 +11,7 @@
 //! used, and [`Writer::open`] resumes at the persisted lease end, so a crash can skip counters
 //! but never mint one twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 
@@ -48,6 +48,20 @@ pub enum Write {
         target: NodeId,
         /// The renewal the delivery started from.
         seq: u64,
+    },
+    /// Compare-and-delete of this node's copy, for a node that no longer needs it (it replicates
+    /// the key in no live layout version, or it was a fallback whose hint was delivered). This
+    /// is not a client delete: no tombstone is written, the key's object and its key-hash entry
+    /// leave the store.
+    ///
+    /// Applied only if the stored object equals `expected`, what the caller read and knows the
+    /// owners hold, so a write or merge that arrived since is never removed; and only if this
+    /// node holds no hint for the key, since a hint is delivered from this copy. Otherwise the
+    /// write does nothing. Its result is the key's object afterwards: empty if it was dropped
+    /// (or absent), the stored object if it was kept.
+    DropIfUnchanged {
+        /// The object the caller saw.
+        expected: Object,
     },
 }
 
@@ -196,6 +210,8 @@ pub struct BatchOutcome {
     pub results: Vec<Result<Object, WriteError>>,
     /// The objects the commit made durable (key, encoded object), for the Merkle trees.
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The keys the commit removed (by [`Write::DropIfUnchanged`]), for the Merkle trees.
+    pub removes: Vec<Vec<u8>>,
     /// Whether a batch transaction was committed (false when the batch changed nothing or failed).
     pub committed: bool,
     /// Whether the lease was extended (one extra durable commit) before the batch.
@@ -368,6 +384,7 @@ impl Writer {
                 return BatchOutcome {
                     results: writes.iter().map(|_| fail()).collect(),
                     puts: Vec::new(),
+                    removes: Vec::new(),
                     committed: false,
                     lease_extended: false,
                     merge_reports: Vec::new(),
@@ -378,6 +395,7 @@ impl Writer {
         let mut pending = Pending {
             objects: HashMap::new(),
             hints: HashMap::new(),
+            dropped: HashSet::new(),
             counts: self.hint_counts.clone(),
             merge_reports: Vec::new(),
         };
@@ -385,7 +403,12 @@ impl Writer {
         let mut results = Vec::with_capacity(writes.len());
         for (key, write) in writes {
             let result = self.apply(store, key, write, &mut pending);
-            if result.is_ok() && matches!(write, Write::Update { .. } | Write::Merge { .. }) {
+            if result.is_ok()
+                && matches!(
+                    write,
+                    Write::Update { .. } | Write::Merge { .. } | Write::DropIfUnchanged { .. }
+                )
+            {
                 dirty.push(key.clone());
             }
             results.push(result);
@@ -396,7 +419,13 @@ impl Writer {
         dirty.dedup();
         for key in dirty {
             if let Some(object) = pending.objects.get(&key) {
-                batch.puts.push((key, object.encode()));
+                // A key dropped and not written again later in the batch leaves the store; one
+                // written after its drop is stored as written.
+                if object.is_empty() && pending.dropped.contains(&key) {
+                    batch.removes.push(key);
+                } else {
+                    batch.puts.push((key, object.encode()));
+                }
             }
         }
         let mut hints: Vec<_> = pending.hints.into_iter().collect();
@@ -421,6 +450,7 @@ impl Writer {
                 BatchOutcome {
                     results,
                     puts: batch.puts,
+                    removes: batch.removes,
                     committed,
                     lease_extended,
                     merge_reports: pending.merge_reports,
@@ -442,6 +472,7 @@ impl Writer {
                 BatchOutcome {
                     results,
                     puts: Vec::new(),
+                    removes: Vec::new(),
                     committed: false,
                     lease_extended,
                     merge_reports: pending.merge_reports,
@@ -523,6 +554,16 @@ impl Writer {
                 }
                 return Ok(current);
             }
+            Write::DropIfUnchanged { expected } => {
+                if current.is_empty() || current != *expected {
+                    return Ok(current);
+                }
+                if self.holds_hint(store, pending, key)? {
+                    return Ok(current);
+                }
+                pending.dropped.insert(key.to_vec());
+                Object::new()
+            }
         };
         pending.objects.insert(key.to_vec(), next.clone());
         Ok(next)
@@ -538,6 +579,28 @@ impl Writer {
             _ => {}
         }
         current.sync(incoming)
+    }
+
+    /// Whether this node holds a hint for `key` to any target, counting this batch's changes.
+    /// One point read per target with hints (a handful: the nodes that were unreachable).
+    fn holds_hint(
+        &self,
+        store: &dyn Store,
+        pending: &Pending,
+        key: &[u8],
+    ) -> Result<bool, StoreError> {
+        for target in pending.counts.keys().chain(
+            pending
+                .hints
+                .keys()
+                .filter(|(_, k)| k == key)
+                .map(|(t, _)| t),
+        ) {
+            if pending.hint(store, *target, key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn add_hint(
@@ -573,6 +636,8 @@ struct Pending {
     objects: HashMap<Vec<u8>, Object>,
     /// (target, key) → the hint's renewal, `None` once deleted.
     hints: HashMap<(NodeId, Vec<u8>), Option<u64>>,
+    /// Keys a [`Write::DropIfUnchanged`] removed in this batch.
+    dropped: HashSet<Vec<u8>>,
     counts: BTreeMap<NodeId, u64>,
     merge_reports: Vec<MergeReport>,
 }

@@ -215,3 +215,148 @@ fn a_failed_commit_fails_every_write_of_the_batch_and_keeps_nothing() {
     );
     assert!(results.iter().all(Result::is_err));
 }
+
+fn drop_if(expected: &Object) -> Write {
+    Write::DropIfUnchanged {
+        expected: expected.clone(),
+    }
+}
+
+fn merge(object: &Object) -> Write {
+    Write::Merge {
+        object: object.clone(),
+        hint_for: None,
+    }
+}
+
+#[test]
+fn drop_if_unchanged_removes_the_object_and_its_key_hash_only_if_it_is_what_was_seen() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let seen = apply(&mut w, &store, vec![("k", update("1"))])
+        .pop()
+        .unwrap()
+        .unwrap();
+    // A newer write arrived after the caller read `seen`: the drop must not remove it.
+    let newer = apply(&mut w, &store, vec![("k", update("2"))])
+        .pop()
+        .unwrap()
+        .unwrap();
+    let kept = apply(&mut w, &store, vec![("k", drop_if(&seen))]);
+    assert_eq!(kept[0].as_ref().unwrap(), &newer);
+    assert!(store.get(b"k").unwrap().is_some());
+    // The object the caller saw is the stored one: dropped, hash index included.
+    let writes = vec![(b"k".to_vec(), drop_if(&newer))];
+    let outcome = w.apply_batch(&store, &writes, &mut |b| store.commit(b));
+    assert!(outcome.results[0].as_ref().unwrap().is_empty());
+    assert_eq!(outcome.removes, vec![b"k".to_vec()]);
+    assert!(outcome.puts.is_empty());
+    assert_eq!(store.get(b"k").unwrap(), None);
+    assert_eq!(store.key_for_hash(&KeyHash::of_key(b"k")).unwrap(), None);
+    let mut left = 0;
+    store
+        .scan_objects(&mut |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+    // Dropping an absent key changes nothing and commits nothing.
+    let commits = store.commits();
+    let writes = vec![(b"k".to_vec(), drop_if(&newer))];
+    let outcome = w.apply_batch(&store, &writes, &mut |b| store.commit(b));
+    assert!(!outcome.committed);
+    assert_eq!(store.commits(), commits);
+}
+
+#[test]
+fn a_merge_after_a_drop_in_the_same_batch_is_stored_and_a_merge_before_it_prevents_it() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let seen = apply(&mut w, &store, vec![("k", update("1"))])
+        .pop()
+        .unwrap()
+        .unwrap();
+    let peer = {
+        let other = MemoryStore::new();
+        let mut w2 =
+            Writer::open(&other, node("peer"), 9, WriterConfig::new(LEASE_BLOCK, 10)).unwrap();
+        apply(&mut w2, &other, vec![("k", update("peer"))])
+            .pop()
+            .unwrap()
+            .unwrap()
+    };
+    // Drop, then a peer's merge later in the same group commit: the merge is what is stored.
+    let results = apply(
+        &mut w,
+        &store,
+        vec![("k", drop_if(&seen)), ("k", merge(&peer))],
+    );
+    assert!(results[0].as_ref().unwrap().is_empty());
+    let stored = Object::decode(&store.get(b"k").unwrap().unwrap()).unwrap();
+    assert_eq!(stored, peer);
+    // A merge ahead of the drop in the same batch changes the object: the drop keeps it.
+    let results = apply(
+        &mut w,
+        &store,
+        vec![("k", merge(&seen)), ("k", drop_if(&peer))],
+    );
+    assert!(!results[1].as_ref().unwrap().is_empty());
+    assert_eq!(
+        Object::decode(&store.get(b"k").unwrap().unwrap()).unwrap(),
+        peer.sync(&seen)
+    );
+}
+
+#[test]
+fn a_copy_that_backs_a_hint_is_not_dropped_until_the_hint_is_delivered() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let target = node("primary");
+    let seen = apply(
+        &mut w,
+        &store,
+        vec![(
+            "k",
+            Write::Merge {
+                object: Object::new()
+                    .update(
+                        &VClock::default(),
+                        cairn_core::version::Dot::new(
+                            cairn_proto::ActorId {
+                                node: node("coordinator"),
+                                epoch: 1,
+                            },
+                            1,
+                        ),
+                        Payload::Value(b"v".to_vec()),
+                    )
+                    .unwrap(),
+                hint_for: Some(target),
+            },
+        )],
+    )
+    .pop()
+    .unwrap()
+    .unwrap();
+    let kept = apply(&mut w, &store, vec![("k", drop_if(&seen))]);
+    assert_eq!(
+        kept[0].as_ref().unwrap(),
+        &seen,
+        "the hint is delivered from this copy"
+    );
+    assert!(store.get(b"k").unwrap().is_some());
+    let seq = store.hint(target, b"k").unwrap().unwrap().seq;
+    // Delivered and dropped in one batch: the delivery comes first, so the drop may go ahead.
+    let results = apply(
+        &mut w,
+        &store,
+        vec![
+            ("k", Write::HintDelivered { target, seq }),
+            ("k", drop_if(&seen)),
+        ],
+    );
+    assert!(results[1].as_ref().unwrap().is_empty());
+    assert_eq!(store.get(b"k").unwrap(), None);
+    assert_eq!(store.hint(target, b"k").unwrap(), None);
+}

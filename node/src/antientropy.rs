@@ -503,8 +503,8 @@ impl AntiEntropy {
                         "the key sent for {hash:?} has another hash"
                     )))
                 }
-                // Objects are never deleted, so this does not happen; if it does there is
-                // nothing to fetch.
+                // The peer dropped the key since its tree listed it (it replicates it in no
+                // live layout version any more, see cleanup.rs): nothing to fetch.
                 None => debug!("peer has no key for {hash:?}"),
             }
         }

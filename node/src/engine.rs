@@ -432,6 +432,7 @@ impl WriterThread {
                         .iter()
                         .map(|(k, v)| (k.as_slice(), v.as_slice())),
                 );
+                trees.record_removed(outcome.removes.iter().map(Vec::as_slice));
             }
         }
         for report in &outcome.merge_reports {

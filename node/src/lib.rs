@@ -2,6 +2,7 @@
 //! the QUIC service clients talk to, and the RESP, HTTP and metrics front ends.
 
 pub mod antientropy;
+pub mod cleanup;
 pub mod config;
 pub mod driver;
 pub mod engine;

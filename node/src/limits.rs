@@ -143,3 +143,12 @@ pub use cairn_core::limits::{
 };
 
 const _: () = assert!(TRANSFER_RESULTS_QUEUE_MAX >= TRANSFER_PARTITIONS_CONCURRENT_MAX);
+
+/// Keys one page of the cleanup sweep (`cleanup.rs`) reads and drops at once: few enough that
+/// their drops fit one group commit (`WRITE_BATCH_MAX`) and a page is quick to hold in memory.
+pub const CLEANUP_PAGE_MAX: usize = 256;
+/// How long a cleanup sweep that had to keep keys waits before it tries again (a key changed
+/// since it was read, or still backs a hint that is being delivered).
+pub const CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+const _: () = assert!(CLEANUP_PAGE_MAX <= WRITE_BATCH_MAX);

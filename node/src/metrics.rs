@@ -52,6 +52,7 @@ pub fn install() -> &'static PrometheusHandle {
         // Registered at zero, so a dashboard sees the series before the first event.
         counter!("cairn_forwards_total").absolute(0);
         counter!("cairn_hints_delivered_total").absolute(0);
+        counter!("cairn_copies_dropped_total").absolute(0);
         for op in ["get", "put", "delete"] {
             counter!("cairn_quorum_failures_total", "op" => op).absolute(0);
         }
@@ -85,6 +86,11 @@ fn describe() {
     describe_counter!(
         "cairn_hints_delivered_total",
         "Hints handed to their target node after it came back."
+    );
+    describe_counter!(
+        "cairn_copies_dropped_total",
+        "Keys this node dropped by compare-and-delete because it no longer replicates them \
+         (a fallback's copy after its hint was delivered)."
     );
     describe_counter!(
         "cairn_storage_commits_total",
@@ -178,6 +184,11 @@ pub fn record_merge_over_client_limits(accepted: bool) {
 /// Records that a hint reached its target.
 pub fn record_hint_delivered() {
     counter!("cairn_hints_delivered_total").increment(1);
+}
+
+/// Records that this node dropped its copy of a key it no longer needs.
+pub fn record_copy_dropped() {
+    counter!("cairn_copies_dropped_total").increment(1);
 }
 
 /// Runs the writer's commit of a batch of `writes` writes, recording its duration and size.

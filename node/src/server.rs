@@ -189,6 +189,7 @@ impl Node {
             transfer: transfer_status,
         });
         let peers_handle = peers.clone();
+        let layout = membership.layout().clone();
         let mut tasks = vec![
             // The accept loop first: shutdown stops it before draining requests.
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
@@ -203,10 +204,18 @@ impl Node {
                 .into_iter()
                 .map(tokio::spawn),
         );
+        tasks.push(tokio::spawn(crate::cleanup::run(
+            me,
+            engine.clone(),
+            layout.ring_config(),
+            layout.subscribe(),
+        )));
         if config.hinted_handoff {
             tasks.push(tokio::spawn(crate::handoff::run(
+                me,
                 engine.clone(),
                 peers,
+                layout,
                 up_rx,
             )));
         }

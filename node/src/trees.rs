@@ -21,13 +21,16 @@ use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
+/// A committed change to one key: its object's new hash, or `None` when the key was removed.
+type TreeChange = (KeyHash, Option<ObjectHash>);
+
 /// One partition's tree, and what it is for: callers lock one partition at a time.
 pub struct Trees {
     ring: RingConfig,
     trees: Vec<Mutex<MerkleTree>>,
-    /// While the start-up rebuild runs: the entries committed since it began, in commit order.
-    /// `None` once the rebuilt trees are in place.
-    log: Mutex<Option<Vec<(KeyHash, ObjectHash)>>>,
+    /// While the start-up rebuild runs: the entries committed since it began, in commit order
+    /// (`None` for a removed key). `None` once the rebuilt trees are in place.
+    log: Mutex<Option<Vec<TreeChange>>>,
     /// Set to true, under `log`'s lock, when the rebuilt trees are in place.
     ready: watch::Sender<bool>,
     /// Asks a running rebuild to stop (shutdown).
@@ -115,9 +118,21 @@ impl Trees {
     /// Records durably committed objects `(key, encoded object)`. Called by the writer after each
     /// commit, in commit order: two blake3 calls and an O(depth) tree update per object.
     pub fn record<'a>(&self, committed: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-        let entries = committed
-            .into_iter()
-            .map(|(key, object)| (KeyHash::of_key(key), ObjectHash::of_encoded(object)));
+        self.apply(
+            committed
+                .into_iter()
+                .map(|(key, object)| (KeyHash::of_key(key), Some(ObjectHash::of_encoded(object)))),
+        );
+    }
+
+    /// Records keys a commit removed from the store. The tree is left exactly as if it had
+    /// never held them (its sums are additive), so it agrees with a replica that never stored
+    /// them.
+    pub fn record_removed<'a>(&self, removed: impl IntoIterator<Item = &'a [u8]>) {
+        self.apply(removed.into_iter().map(|key| (KeyHash::of_key(key), None)));
+    }
+
+    fn apply(&self, entries: impl Iterator<Item = TreeChange>) {
         if !self.is_ready() {
             let mut log = self.log.lock().expect("tree log lock");
             if let Some(log) = log.as_mut() {
@@ -127,15 +142,22 @@ impl Trees {
             // The rebuild finished between the check and the lock: apply directly.
         }
         for (key, object) in entries {
-            self.insert(key, object);
+            self.set(key, object);
         }
     }
 
-    fn insert(&self, key: KeyHash, object: ObjectHash) {
-        self.trees[self.partition_of(&key) as usize]
+    fn set(&self, key: KeyHash, object: Option<ObjectHash>) {
+        let mut tree = self.trees[self.partition_of(&key) as usize]
             .lock()
-            .expect("tree lock")
-            .insert(key, object);
+            .expect("tree lock");
+        match object {
+            Some(object) => {
+                tree.insert(key, object);
+            }
+            None => {
+                tree.remove(&key);
+            }
+        }
     }
 
     /// Builds every tree from the objects in `store` and puts them in place, then applies the
@@ -177,7 +199,7 @@ impl Trees {
         }
         let logged = log.take().unwrap_or_default();
         for (key, object) in &logged {
-            self.insert(*key, *object);
+            self.set(*key, *object);
         }
         self.ready.send_replace(true);
         drop(log);
@@ -284,5 +306,36 @@ mod tests {
         trees.cancel_rebuild();
         assert!(trees.rebuild(&store).unwrap().cancelled);
         assert!(!trees.is_ready());
+    }
+
+    #[test]
+    fn a_removed_key_leaves_the_tree_as_if_it_was_never_stored_also_during_a_rebuild() {
+        let store = MemoryStore::new();
+        put(&store, b"a", b"a1");
+        put(&store, b"gone", b"g1");
+        let trees = Trees::new(ring().partitions);
+        // Removed while the rebuild is pending (the scan may or may not have seen it): the log
+        // removes it after the scan.
+        store
+            .commit(&Batch {
+                removes: vec![b"gone".to_vec()],
+                ..Batch::default()
+            })
+            .unwrap();
+        trees.record_removed([&b"gone"[..]]);
+        trees.record([(&b"b"[..], &b"b1"[..])]);
+        trees.rebuild(&store).unwrap();
+        // And after the rebuild, directly.
+        trees.record([(&b"c"[..], &b"c1"[..])]);
+        trees.record_removed([&b"c"[..], &b"never stored"[..]]);
+        let all: [(&[u8], &[u8]); 2] = [(b"a", b"a1"), (b"b", b"b1")];
+        assert_eq!(trees.keys(), 2);
+        for p in 0..ring().partitions {
+            assert_eq!(
+                trees.with_tree(p, |t| t.root()),
+                expected(&all, p).root(),
+                "partition {p}"
+            );
+        }
     }
 }

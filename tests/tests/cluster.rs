@@ -294,3 +294,146 @@ async fn a_local_read_shows_one_replica_as_stored_and_needs_an_admin_certificate
     );
     cluster.shutdown().await;
 }
+
+/// Issue 11 item 4: a fallback that handed a hinted key to its primary drops its own copy (by
+/// compare-and-delete), so once hints are delivered every key is on its N primaries only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_drops_its_copy_once_the_hint_is_delivered() {
+    const KEYS: usize = 24;
+    let mut cluster = TestCluster::start(4, 3, 16).await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    let ring = c1.ring().await.unwrap();
+    let config = cairn_ring::RingConfig {
+        partitions: 16,
+        replicas: 3,
+    };
+    let primaries = |key: &[u8]| -> Vec<usize> {
+        let p = config.partition_of(key) as usize;
+        ring.partitions[p]
+            .primaries
+            .iter()
+            .map(|name| name.trim_start_matches("node").parse().unwrap())
+            .collect()
+    };
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("fk{i}").into_bytes()).collect();
+    // Copies on nodes that are not among the key's primaries.
+    let strays = |cluster: &TestCluster, live: &[usize]| -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for key in &keys {
+            let owners = primaries(key);
+            for k in live.iter().copied().filter(|k| !owners.contains(k)) {
+                if !cluster.node(k).engine().get(key).unwrap().is_empty() {
+                    out.push((String::from_utf8_lossy(key).into_owned(), k));
+                }
+            }
+        }
+        out
+    };
+
+    cluster.stop(4).await.unwrap();
+    // Fallbacks are chosen for primaries the coordinator knows are down.
+    eventually(
+        "node1 to see node4 down",
+        Duration::from_secs(30),
+        || async {
+            let status = c1.status().await.unwrap();
+            status
+                .members
+                .iter()
+                .any(|m| m.name == "node4" && m.status != "up")
+        },
+    )
+    .await;
+    for key in &keys {
+        c1.put(key, b"v", &Context::empty(), &w(2)).await.unwrap();
+    }
+    // Keys owned by node4 went to the one live node that is not their primary, with a hint.
+    eventually(
+        "fallbacks to hold hinted copies",
+        Duration::from_secs(30),
+        || async { !strays(&cluster, &[1, 2, 3]).is_empty() },
+    )
+    .await;
+
+    cluster.restart(4).await.unwrap();
+    eventually(
+        "hints to drain and fallback copies to go",
+        Duration::from_secs(60),
+        || async {
+            let pending: u64 = (1..=4)
+                .map(|k| cluster.node(k).engine().hint_counts().values().sum::<u64>())
+                .sum();
+            pending == 0 && strays(&cluster, &[1, 2, 3, 4]).is_empty()
+        },
+    )
+    .await;
+    // Nothing was lost: every primary holds its keys and a quorum read of all three answers.
+    let c4 = cluster.client(4).await.unwrap();
+    for key in &keys {
+        for k in primaries(key) {
+            assert_eq!(local_values(&cluster, k, key).await, vec![b"v".to_vec()]);
+        }
+        assert_eq!(
+            values(&c4.get(key, &r(3)).await.unwrap()),
+            vec![b"v".to_vec()]
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// Issue 11 item 3: once a leave settles (node4's partitions pushed to their new owners and the
+/// old layout version retired), node4 holds none of the keys any more, and every key still reads
+/// back from its new owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_drops_the_keys_it_no_longer_replicates() {
+    const KEYS: usize = 40;
+    let cluster = TestCluster::start(4, 3, 16).await.unwrap();
+    cluster.wait_all_up().await.unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("lk{i}").into_bytes()).collect();
+    for key in &keys {
+        c1.put(key, b"v", &Context::empty(), &w(3)).await.unwrap();
+    }
+    let held = |k: usize| {
+        let mut n = 0;
+        cluster
+            .node(k)
+            .engine()
+            .store()
+            .scan_objects(&mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    };
+    assert!(
+        held(4) > 0,
+        "node4 replicates some of the keys before it leaves"
+    );
+
+    let ca_pem = &cluster.dir.ca().pem().cert_pem;
+    let issued = cluster.dir.ca().issue_admin("ops").unwrap();
+    let admin = cairn_net::Identity::from_pem(ca_pem, &issued.cert_pem, &issued.key_pem).unwrap();
+    let admin = cairn_client::Client::connect(cluster.addr(4), &admin)
+        .await
+        .unwrap();
+    admin.leave(false).await.unwrap();
+    eventually(
+        "node4 to drop every key once the leave settled",
+        Duration::from_secs(90),
+        || async { held(4) == 0 },
+    )
+    .await;
+    for key in &keys {
+        assert_eq!(
+            values(&c1.get(key, &r(3)).await.unwrap()),
+            vec![b"v".to_vec()]
+        );
+        let holders = (1..=3)
+            .filter(|k| !cluster.node(*k).engine().get(key).unwrap().is_empty())
+            .count();
+        assert_eq!(holders, 3, "{key:?} lives on every remaining node");
+    }
+    cluster.shutdown().await;
+}

@@ -58,6 +58,11 @@ impl Store for MemoryStore {
                 inner.key_hashes.insert(KeyHash::of_key(k), k.clone());
             }
         }
+        for k in &batch.removes {
+            if inner.objects.remove(k).is_some() {
+                inner.key_hashes.remove(&KeyHash::of_key(k));
+            }
+        }
         for h in &batch.hints_put {
             inner.hints.insert((h.target, h.key.clone()), h.seq);
         }

@@ -1,11 +1,15 @@
 //! The commit log: the durable step of a commit is one append and one `fdatasync` of a
 //! checksummed record here, so the redb commit that follows need not sync (see `redb_store.rs`).
 //!
-//! File layout: the 8-byte magic `CAIRNLG1`, then records `[u32 LE payload length][u32 LE
+//! File layout: the 8-byte magic `CAIRNLG2`, then records `[u32 LE payload length][u32 LE
 //! CRC-32 of payload][payload]`, the payload a postcard [`Record`]. Replay reads records in
 //! order and stops at the first one that is incomplete, over `LOG_RECORD_BYTES_MAX` or fails its
 //! checksum: that is a torn tail (a crash during an append that was never acknowledged), and
 //! the file is cut there so the next append follows the last good record.
+//!
+//! A `CAIRNLG1` log (written before records carried `removes`) is replayed with the old record
+//! shape, so an upgrade never strands acknowledged commits; it takes no appends until
+//! [`CommitLog::truncate`] rewrites it as `CAIRNLG2` (the store does so right after replay).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -18,7 +22,9 @@ use super::{Batch, StoreError};
 use crate::limits::LOG_RECORD_BYTES_MAX;
 
 /// First bytes of every commit log; another file is refused rather than misread.
-const MAGIC: &[u8; 8] = b"CAIRNLG1";
+const MAGIC: &[u8; 8] = b"CAIRNLG2";
+/// First bytes of a log whose records have no `removes` ([`RecordV1`]).
+const MAGIC_V1: &[u8; 8] = b"CAIRNLG1";
 /// Bytes before each payload: length and checksum.
 const RECORD_HEADER_BYTES: usize = 8;
 
@@ -36,6 +42,34 @@ pub(crate) struct Record<'a> {
     pub hints_remove: Vec<(u64, &'a Bytes)>,
     /// (node, epoch, lease_end), if the metadata changed.
     pub meta: Option<(u64, u64, u64)>,
+    /// Keys whose object is removed.
+    #[serde(borrow)]
+    pub removes: Vec<&'a Bytes>,
+}
+
+/// A record of a `CAIRNLG1` log: [`Record`] before `removes` existed (postcard is not
+/// self-describing, so the old shape must be decoded as such).
+#[derive(Debug, Deserialize)]
+struct RecordV1<'a> {
+    #[serde(borrow)]
+    puts: Vec<(&'a Bytes, &'a Bytes)>,
+    #[serde(borrow)]
+    hints_put: Vec<(u64, &'a Bytes, u64)>,
+    #[serde(borrow)]
+    hints_remove: Vec<(u64, &'a Bytes)>,
+    meta: Option<(u64, u64, u64)>,
+}
+
+impl<'a> From<RecordV1<'a>> for Record<'a> {
+    fn from(r: RecordV1<'a>) -> Record<'a> {
+        Record {
+            puts: r.puts,
+            hints_put: r.hints_put,
+            hints_remove: r.hints_remove,
+            meta: r.meta,
+            removes: Vec::new(),
+        }
+    }
 }
 
 impl<'a> Record<'a> {
@@ -58,6 +92,7 @@ impl<'a> Record<'a> {
                 .map(|(t, k)| (t.0, Bytes::new(k)))
                 .collect(),
             meta: batch.meta.map(|m| (m.node.0, m.epoch, m.lease_end)),
+            removes: batch.removes.iter().map(|k| Bytes::new(k)).collect(),
         }
     }
 
@@ -88,6 +123,8 @@ pub struct CommitLog {
     file: File,
     /// Bytes in the file, header included.
     len: u64,
+    /// The file is a `CAIRNLG1` log: appends are refused until `truncate` rewrites it.
+    legacy: bool,
 }
 
 fn io(op: &'static str) -> impl Fn(std::io::Error) -> StoreError {
@@ -127,6 +164,7 @@ impl CommitLog {
         let file_len = file.metadata().map_err(|e| open_err(e.to_string()))?.len();
         let mut replayed = Replayed::default();
         let mut good = MAGIC.len() as u64;
+        let mut legacy = false;
         if file_len < good {
             // New, or torn while its header was written: nothing in it was ever acknowledged.
             replayed.torn_bytes = file_len;
@@ -139,7 +177,8 @@ impl CommitLog {
             reader
                 .read_exact(&mut magic)
                 .map_err(|e| open_err(e.to_string()))?;
-            if &magic != MAGIC {
+            legacy = &magic == MAGIC_V1;
+            if &magic != MAGIC && !legacy {
                 return Err(open_err(format!(
                     "not a Cairn commit log (starts with {magic:02x?}, expected {MAGIC:02x?})"
                 )));
@@ -148,7 +187,12 @@ impl CommitLog {
             while let Some(len) = next_record(&mut reader, &mut payload, file_len - good)
                 .map_err(|e| open_err(e.to_string()))?
             {
-                let record: Record<'_> = postcard::from_bytes(&payload).map_err(|e| {
+                let decoded = if legacy {
+                    postcard::from_bytes::<RecordV1<'_>>(&payload).map(Record::from)
+                } else {
+                    postcard::from_bytes::<Record<'_>>(&payload)
+                };
+                let record = decoded.map_err(|e| {
                     open_err(format!(
                         "record at byte {good} passed its checksum but does not decode: {e}"
                     ))
@@ -165,11 +209,27 @@ impl CommitLog {
         }
         file.seek(SeekFrom::Start(good))
             .map_err(|e| open_err(e.to_string()))?;
-        Ok((CommitLog { file, len: good }, replayed))
+        Ok((
+            CommitLog {
+                file,
+                len: good,
+                legacy,
+            },
+            replayed,
+        ))
     }
 
     /// Appends one framed record and makes it durable (`fdatasync`) before returning.
     pub fn append(&mut self, frame: &[u8]) -> Result<(), StoreError> {
+        if self.legacy {
+            // A new record after old-shape ones would be misread by the next replay.
+            return Err(StoreError::Io {
+                op: "append to log",
+                reason: "the log is in the old CAIRNLG1 format; it must be replayed and \
+                         truncated first"
+                    .into(),
+            });
+        }
         self.file.write_all(frame).map_err(io("append to log"))?;
         self.file.sync_data().map_err(io("sync log"))?;
         self.len += frame.len() as u64;
@@ -182,11 +242,19 @@ impl CommitLog {
         self.file
             .set_len(MAGIC.len() as u64)
             .map_err(io("truncate log"))?;
+        if self.legacy {
+            // Rewritten as the current format, so appends may follow.
+            self.file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| self.file.write_all(MAGIC))
+                .map_err(io("truncate log"))?;
+        }
         self.file
             .seek(SeekFrom::Start(MAGIC.len() as u64))
             .map_err(io("truncate log"))?;
         self.file.sync_data().map_err(io("sync log"))?;
         self.len = MAGIC.len() as u64;
+        self.legacy = false;
         Ok(())
     }
 
@@ -235,6 +303,7 @@ mod tests {
         Vec<(u64, Vec<u8>, u64)>,
         Vec<(u64, Vec<u8>)>,
         Option<(u64, u64, u64)>,
+        Vec<Vec<u8>>,
     );
 
     fn own(r: Record<'_>) -> Owned {
@@ -252,6 +321,7 @@ mod tests {
                 .map(|(t, k)| (*t, k.to_vec()))
                 .collect(),
             r.meta,
+            r.removes.iter().map(|k| k.to_vec()).collect(),
         )
     }
 
@@ -269,6 +339,7 @@ mod tests {
                 epoch: 7,
                 lease_end: n as u64 * 1000,
             }),
+            removes: vec![vec![b'r', n]],
         }
     }
 
@@ -382,5 +453,52 @@ mod tests {
         std::fs::write(&path, b"something else entirely").unwrap();
         let err = CommitLog::open(&path, &mut |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("not a Cairn commit log"), "{err}");
+    }
+
+    /// A log the previous binary wrote (magic `CAIRNLG1`, records without `removes`) replays
+    /// whole, refuses appends until truncated, and is then a current log.
+    #[test]
+    fn an_old_format_log_is_replayed_then_rewritten_as_the_current_format() {
+        #[derive(Serialize)]
+        struct OldRecord<'a> {
+            puts: Vec<(&'a Bytes, &'a Bytes)>,
+            hints_put: Vec<(u64, &'a Bytes, u64)>,
+            hints_remove: Vec<(u64, &'a Bytes)>,
+            meta: Option<(u64, u64, u64)>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let old = OldRecord {
+            puts: vec![(Bytes::new(b"k"), Bytes::new(b"v"))],
+            hints_put: vec![(2, Bytes::new(b"k"), 5)],
+            hints_remove: vec![],
+            meta: Some((1, 7, 9)),
+        };
+        let payload = postcard::to_allocvec(&old).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (mut log, replayed, seen) = replay(&path);
+        assert_eq!(replayed.records, 1);
+        assert_eq!(
+            seen,
+            vec![(
+                vec![(b"k".to_vec(), b"v".to_vec())],
+                vec![(2, b"k".to_vec(), 5)],
+                vec![],
+                Some((1, 7, 9)),
+                vec![],
+            )]
+        );
+        let frame = Record::of(&batch(1)).frame();
+        assert!(log.append(&frame).is_err(), "no new record after old ones");
+        log.truncate().unwrap();
+        log.append(&frame).unwrap();
+        drop(log);
+        assert_eq!(&std::fs::read(&path).unwrap()[..8], MAGIC);
+        assert_eq!(replay(&path).2, expected(1..2));
     }
 }

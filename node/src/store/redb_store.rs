@@ -50,7 +50,7 @@ fn split_hint_key(raw: &[u8]) -> Result<(NodeId, Vec<u8>), StoreError> {
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// `blake3(key)` → key, for every key in `objects`: anti-entropy names differing keys by their
 /// hash, and this turns them back into keys. Written in the transaction that first stores the key
-/// (objects are never deleted), so after any crash it lists exactly the stored keys. On disk
+/// and removed in the one that removes it, so after any crash it lists exactly the stored keys. On disk
 /// rather than in memory: at a million keys an in-memory map would cost about 100 MB on top of
 /// the Merkle trees' 66–100 MB, while this costs a B-tree insert per new key and one point read
 /// per differing key, which anti-entropy reads anyway.
@@ -213,11 +213,19 @@ fn write_record(txn: &redb::WriteTransaction, record: &Record<'_>) -> Result<(),
             .insert(&k[..], &v[..])
             .map_err(io("write"))?
             .is_some();
-        // Only a new key needs its hash: objects are never deleted.
+        // Only a new key needs its hash (a removed key lost its hash with its object).
         if !existed {
             key_hashes
                 .insert(KeyHash::of_key(k).0.as_slice(), &k[..])
                 .map_err(io("write key hash"))?;
+        }
+    }
+    for k in &record.removes {
+        // Absent already when a replay repeats a removal redb has: nothing to do then.
+        if objects.remove(&k[..]).map_err(io("remove"))?.is_some() {
+            key_hashes
+                .remove(KeyHash::of_key(k).0.as_slice())
+                .map_err(io("remove key hash"))?;
         }
     }
     if !record.hints_put.is_empty() || !record.hints_remove.is_empty() {
@@ -630,5 +638,88 @@ mod tests {
             Some(LOG_RECORD_BYTES_MAX)
         );
         assert_eq!(get(&store, b"small").as_deref(), Some(&b"v"[..]));
+    }
+
+    fn remove(store: &RedbStore, key: &[u8]) {
+        store
+            .commit(&Batch {
+                removes: vec![key.to_vec()],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+
+    fn stored_keys(store: &RedbStore) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        store
+            .scan_objects(&mut |k, _| {
+                keys.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        keys
+    }
+
+    #[test]
+    fn a_removed_key_leaves_objects_and_key_hashes_and_may_be_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        put(&store, b"a", b"1");
+        put(&store, b"b", b"1");
+        remove(&store, b"a");
+        // Removing an absent key is no error (a replay repeats removals).
+        remove(&store, b"never");
+        assert_eq!(get(&store, b"a"), None);
+        assert_eq!(store.key_for_hash(&KeyHash::of_key(b"a")).unwrap(), None);
+        assert_eq!(stored_keys(&store), vec![b"b".to_vec()]);
+        put(&store, b"a", b"2");
+        assert_eq!(
+            store
+                .key_for_hash(&KeyHash::of_key(b"a"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"a"[..])
+        );
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(get(&store, b"a").as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn a_logged_removal_redb_lost_is_replayed_and_a_repeated_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            put(&store, b"a", b"1");
+            put(&store, b"b", b"1");
+            // Durable in redb (a checkpoint's sync), then crash before the log was emptied:
+            // the replay repeats these commits over a redb that has them.
+            store
+                .apply(&Record::default(), Durability::Immediate)
+                .unwrap();
+            remove(&store, b"b");
+            store
+                .apply(&Record::default(), Durability::Immediate)
+                .unwrap();
+        }
+        // A removal that reached only the log (the crash lost redb's unsynced apply).
+        log_only(
+            dir.path(),
+            &Batch {
+                removes: vec![b"a".to_vec()],
+                ..Batch::default()
+            },
+            0,
+        );
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed().records, 4);
+        assert_eq!(stored_keys(&store), Vec::<Vec<u8>>::new());
+        for key in [&b"a"[..], b"b"] {
+            assert_eq!(store.key_for_hash(&KeyHash::of_key(key)).unwrap(), None);
+        }
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.replayed(), Replayed::default());
+        assert_eq!(stored_keys(&store), Vec::<Vec<u8>>::new());
     }
 }
