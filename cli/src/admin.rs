@@ -104,7 +104,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         );
         let member = m.clone();
         let timeout = match m.status.as_str() {
-            "up" => MEMBER_STATUS_TIMEOUT,
+            // A degraded member answers; only its disk fails.
+            "up" | "degraded" => MEMBER_STATUS_TIMEOUT,
             _ => MEMBER_DOWN_STATUS_TIMEOUT,
         }
         .min(args.timeout());

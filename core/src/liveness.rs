@@ -8,6 +8,13 @@
 //! down at once, and probes ping peers marked down that way (with doubling backoff) until they
 //! answer, and reachable peers whose heartbeat is late (suspects), so a dead one is found by a
 //! failed ping long before gossip convicts it.
+//!
+//! A peer that declares its storage degraded (its last commit failed) is not up either: it
+//! refuses writes, so coordinators choose fallbacks in its place and writes keep their W. Reads
+//! route around it too — one liveness decision for both, and its data is still on its disk for
+//! hints and anti-entropy once it recovers. A successful exchange does not bring it back (it
+//! answers pings while its disk fails); only its own gossip saying its commits succeed again
+//! does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -48,6 +55,8 @@ struct PeerState {
     alive: bool,
     /// Its heartbeat is late: probes ping it directly.
     suspect: bool,
+    /// It declares its storage degraded (commits fail), in gossip.
+    degraded: bool,
     /// When the last successful exchange started; failures of exchanges that started earlier
     /// are stale (e.g. a ping sent before the peer was listening) and ignored.
     last_success: Option<Instant>,
@@ -57,7 +66,7 @@ struct PeerState {
 
 impl PeerState {
     fn is_up(&self) -> bool {
-        self.alive && self.reachable
+        self.alive && self.reachable && !self.degraded
     }
 }
 
@@ -99,14 +108,37 @@ impl Liveness {
         }
     }
 
+    /// What `id` declares in gossip about its storage: `degraded` while its commits fail. A
+    /// degraded peer is down for routing until it declares otherwise.
+    pub fn handle_storage(&mut self, now: Instant, id: NodeId, degraded: bool) {
+        if id == self.me {
+            return;
+        }
+        let s = self.peers.entry(id).or_insert_with(|| fresh(now, false));
+        let was_up = s.is_up();
+        s.degraded = degraded;
+        match (was_up, s.is_up()) {
+            (false, true) => self.transitions.push_back(Transition::Up(id)),
+            (true, false) => self.transitions.push_back(Transition::Down {
+                node: id,
+                reason: "its storage is degraded (commits fail)".into(),
+            }),
+            _ => {}
+        }
+    }
+
     /// `id` moved to a new address: what exchanges said about the old one no longer holds.
     /// Gossip's judgement is kept.
     pub fn handle_new_address(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
         }
-        let alive = self.peers.get(&id).is_some_and(|s| s.alive);
-        self.peers.insert(id, fresh(now, alive));
+        let old = self.peers.get(&id);
+        let alive = old.is_some_and(|s| s.alive);
+        let degraded = old.is_some_and(|s| s.degraded);
+        let mut s = fresh(now, alive);
+        s.degraded = degraded;
+        self.peers.insert(id, s);
     }
 
     /// Forgets `id` (it was removed from the cluster).
@@ -190,6 +222,7 @@ fn fresh(now: Instant, alive: bool) -> PeerState {
         reachable: true,
         alive,
         suspect: false,
+        degraded: false,
         last_success: None,
         backoff: PROBE_INTERVAL,
         next_probe: now,
