@@ -74,15 +74,18 @@ impl PeerState {
 #[derive(Debug)]
 pub struct Liveness {
     me: NodeId,
+    /// This node's own storage is degraded: it does not route requests to itself.
+    me_degraded: bool,
     peers: BTreeMap<NodeId, PeerState>,
     transitions: VecDeque<Transition>,
 }
 
 impl Liveness {
-    /// No peers yet; `me` is always up.
+    /// No peers yet; `me` is up (until its own storage is degraded).
     pub fn new(me: NodeId) -> Liveness {
         Liveness {
             me,
+            me_degraded: false,
             peers: BTreeMap::new(),
             transitions: VecDeque::new(),
         }
@@ -110,8 +113,13 @@ impl Liveness {
 
     /// What `id` declares in gossip about its storage: `degraded` while its commits fail. A
     /// degraded peer is down for routing until it declares otherwise.
+    /// For this node itself, `degraded` comes from its own engine: while it is, this node is
+    /// not up for its own routing either, so a client request it receives is forwarded to a
+    /// replica that can write rather than coordinated here (a coordinator writes its own copy
+    /// first, and that would fail).
     pub fn handle_storage(&mut self, now: Instant, id: NodeId, degraded: bool) {
         if id == self.me {
+            self.me_degraded = degraded;
             return;
         }
         let s = self.peers.entry(id).or_insert_with(|| fresh(now, false));
@@ -146,9 +154,12 @@ impl Liveness {
         self.peers.remove(&id);
     }
 
-    /// Whether `id` is up for routing (this node always is).
+    /// Whether `id` is up for routing (this node is unless its own storage is degraded).
     pub fn is_up(&self, id: NodeId) -> bool {
-        id == self.me || self.peers.get(&id).is_some_and(PeerState::is_up)
+        if id == self.me {
+            return !self.me_degraded;
+        }
+        self.peers.get(&id).is_some_and(PeerState::is_up)
     }
 
     /// An exchange with `id` that started at `started` succeeded (`Ok`) or failed at the

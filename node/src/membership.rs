@@ -1329,5 +1329,6 @@ pub async fn storage_watch(engine: Arc<crate::engine::Engine>, membership: Arc<M
             },
         };
         membership.set_storage(storage);
+        membership.peers.set_own_storage(storage.is_degraded());
     }
 }

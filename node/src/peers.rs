@@ -139,6 +139,14 @@ impl Peers {
         });
     }
 
+    /// Whether this node's own storage is degraded: while it is, this node does not route
+    /// requests to itself (see [`cairn_core::liveness::Liveness::handle_storage`]).
+    pub fn set_own_storage(&self, degraded: bool) {
+        let now = Instant::now();
+        let me = self.me;
+        self.liveness(|l| l.handle_storage(now, me, degraded));
+    }
+
     /// Forgets peer `id` (it was removed from the cluster).
     pub fn remove(&self, id: NodeId) {
         self.peers.write().expect("peers lock").remove(&id);
