@@ -70,7 +70,9 @@ fn every_request_seed_decodes_at_the_current_protocol_version() {
     let force = std::fs::read(dir.join("seed-layout-force")).unwrap();
     assert_eq!(
         decode_body::<Request>(&force).unwrap(),
-        Request::LayoutForce { node: "n3".into() }
+        Request::LayoutForce {
+            node: "node4".into()
+        }
     );
     let answer = std::fs::read(dir.join("seed-response-layout")).unwrap();
     assert_eq!(
