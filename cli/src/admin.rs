@@ -20,8 +20,10 @@ use crate::Outcome;
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Output: one line per member, as the asked node sees it (marked *): name, address, status
-(joining, up, down, leaving or left: the status the member declares, or down when the asked
-node judges it unreachable), generation (higher on every start), phi (the failure detector's
+(joining, up, degraded, down, leaving or left: the status the member declares, degraded when
+its disk is full or failed (it refuses writes, is routed around, and needs a restart once the
+disk is fixed; a line below the table says so), or down when the asked node judges it
+unreachable), generation (higher on every start), phi (the failure detector's
 suspicion; the node is judged down above 8 by default), seconds since its heartbeat last
 moved, partitions it owns, and hints it holds for other nodes that are not delivered yet (`-`
 when the member could not be asked). Then one line per member about its anti-entropy: on, off
@@ -104,7 +106,8 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         );
         let member = m.clone();
         let timeout = match m.status.as_str() {
-            "up" => MEMBER_STATUS_TIMEOUT,
+            // A degraded member answers; only its disk fails.
+            "up" | "degraded" => MEMBER_STATUS_TIMEOUT,
             _ => MEMBER_DOWN_STATUS_TIMEOUT,
         }
         .min(args.timeout());
@@ -275,6 +278,22 @@ fn anti_entropy_row(name: &str, ae: Option<&AntiEntropyStatus>, now_unix_ms: u64
     ]
 }
 
+/// What the operator must do about each degraded member: its store refuses every commit after
+/// a failed one until it restarts (redb cannot be reopened in place yet).
+fn degraded_text(members: &[MemberJson]) -> String {
+    members
+        .iter()
+        .filter(|m| m.status == "degraded")
+        .map(|m| {
+            format!(
+                "{} is degraded: its disk is full or failed, it refuses writes and is routed \
+                 around; free space (or fix the disk) and restart it\n",
+                m.name
+            )
+        })
+        .collect()
+}
+
 fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
     let up = s.members.iter().filter(|m| m.status == "up").count();
     let mut out = format!(
@@ -318,6 +337,7 @@ fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
         ],
         &rows,
     ));
+    out.push_str(&degraded_text(&s.members));
     let rows: Vec<Vec<String>> = s
         .members
         .iter()
@@ -585,6 +605,18 @@ mod tests {
             }),
             transfer: None,
         }
+    }
+
+    #[test]
+    fn a_degraded_member_is_named_with_what_to_do() {
+        let text = degraded_text(&[
+            member("node1", "up", Some(0)),
+            member("node3", "degraded", None),
+        ]);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("node3 is degraded"), "{text}");
+        assert!(text.contains("restart it"), "{text}");
+        assert_eq!(degraded_text(&[member("node2", "down", None)]), "");
     }
 
     #[test]

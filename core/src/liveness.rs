@@ -8,6 +8,13 @@
 //! down at once, and probes ping peers marked down that way (with doubling backoff) until they
 //! answer, and reachable peers whose heartbeat is late (suspects), so a dead one is found by a
 //! failed ping long before gossip convicts it.
+//!
+//! A peer that declares its storage degraded (its last commit failed) is not up either: it
+//! refuses writes, so coordinators choose fallbacks in its place and writes keep their W. Reads
+//! route around it too — one liveness decision for both, and its data is still on its disk for
+//! hints and anti-entropy once it recovers. A successful exchange does not bring it back (it
+//! answers pings while its disk fails); only its own gossip saying its commits succeed again
+//! does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -48,6 +55,8 @@ struct PeerState {
     alive: bool,
     /// Its heartbeat is late: probes ping it directly.
     suspect: bool,
+    /// It declares its storage degraded (commits fail), in gossip.
+    degraded: bool,
     /// When the last successful exchange started; failures of exchanges that started earlier
     /// are stale (e.g. a ping sent before the peer was listening) and ignored.
     last_success: Option<Instant>,
@@ -57,7 +66,7 @@ struct PeerState {
 
 impl PeerState {
     fn is_up(&self) -> bool {
-        self.alive && self.reachable
+        self.alive && self.reachable && !self.degraded
     }
 }
 
@@ -65,15 +74,18 @@ impl PeerState {
 #[derive(Debug)]
 pub struct Liveness {
     me: NodeId,
+    /// This node's own storage is degraded: it does not route requests to itself.
+    me_degraded: bool,
     peers: BTreeMap<NodeId, PeerState>,
     transitions: VecDeque<Transition>,
 }
 
 impl Liveness {
-    /// No peers yet; `me` is always up.
+    /// No peers yet; `me` is up (until its own storage is degraded).
     pub fn new(me: NodeId) -> Liveness {
         Liveness {
             me,
+            me_degraded: false,
             peers: BTreeMap::new(),
             transitions: VecDeque::new(),
         }
@@ -99,14 +111,42 @@ impl Liveness {
         }
     }
 
+    /// What `id` declares in gossip about its storage: `degraded` while its commits fail. A
+    /// degraded peer is down for routing until it declares otherwise.
+    /// For this node itself, `degraded` comes from its own engine: while it is, this node is
+    /// not up for its own routing either, so a client request it receives is forwarded to a
+    /// replica that can write rather than coordinated here (a coordinator writes its own copy
+    /// first, and that would fail).
+    pub fn handle_storage(&mut self, now: Instant, id: NodeId, degraded: bool) {
+        if id == self.me {
+            self.me_degraded = degraded;
+            return;
+        }
+        let s = self.peers.entry(id).or_insert_with(|| fresh(now, false));
+        let was_up = s.is_up();
+        s.degraded = degraded;
+        match (was_up, s.is_up()) {
+            (false, true) => self.transitions.push_back(Transition::Up(id)),
+            (true, false) => self.transitions.push_back(Transition::Down {
+                node: id,
+                reason: "its storage is degraded (commits fail)".into(),
+            }),
+            _ => {}
+        }
+    }
+
     /// `id` moved to a new address: what exchanges said about the old one no longer holds.
     /// Gossip's judgement is kept.
     pub fn handle_new_address(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
         }
-        let alive = self.peers.get(&id).is_some_and(|s| s.alive);
-        self.peers.insert(id, fresh(now, alive));
+        let old = self.peers.get(&id);
+        let alive = old.is_some_and(|s| s.alive);
+        let degraded = old.is_some_and(|s| s.degraded);
+        let mut s = fresh(now, alive);
+        s.degraded = degraded;
+        self.peers.insert(id, s);
     }
 
     /// Forgets `id` (it was removed from the cluster).
@@ -114,9 +154,12 @@ impl Liveness {
         self.peers.remove(&id);
     }
 
-    /// Whether `id` is up for routing (this node always is).
+    /// Whether `id` is up for routing (this node is unless its own storage is degraded).
     pub fn is_up(&self, id: NodeId) -> bool {
-        id == self.me || self.peers.get(&id).is_some_and(PeerState::is_up)
+        if id == self.me {
+            return !self.me_degraded;
+        }
+        self.peers.get(&id).is_some_and(PeerState::is_up)
     }
 
     /// An exchange with `id` that started at `started` succeeded (`Ok`) or failed at the
@@ -190,6 +233,7 @@ fn fresh(now: Instant, alive: bool) -> PeerState {
         reachable: true,
         alive,
         suspect: false,
+        degraded: false,
         last_success: None,
         backoff: PROBE_INTERVAL,
         next_probe: now,

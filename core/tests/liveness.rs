@@ -141,3 +141,55 @@ fn a_new_address_forgets_exchange_history_but_keeps_gossips_judgement() {
     assert!(!l.is_up(p));
     assert!(l.poll_probes(now).is_empty());
 }
+
+#[test]
+fn a_peer_that_declares_its_storage_degraded_is_down_until_it_declares_it_ok_again() {
+    let (me, p) = (node("node1"), node("node2"));
+    let mut l = Liveness::new(me);
+    let t0 = Instant::now();
+    l.handle_gossip(t0, p, true, false);
+    assert_eq!(transitions(&mut l), [Transition::Up(p)]);
+
+    l.handle_storage(t0, p, true);
+    assert!(!l.is_up(p), "a degraded peer is routed around");
+    assert_eq!(
+        transitions(&mut l),
+        [Transition::Down {
+            node: p,
+            reason: "its storage is degraded (commits fail)".into()
+        }]
+    );
+    // It still answers: neither a successful exchange, nor gossip, nor a new address bring it
+    // back while it declares its storage degraded.
+    l.handle_exchange(p, t0 + Duration::from_millis(1), Ok(()));
+    l.handle_gossip(t0, p, true, false);
+    l.handle_new_address(t0, p);
+    assert!(!l.is_up(p));
+    assert!(transitions(&mut l).is_empty());
+    // This node's own degraded storage keeps it out of its own routing, and nothing else
+    // (gossip or exchanges about it) changes that.
+    l.handle_storage(t0, me, true);
+    assert!(!l.is_up(me), "a degraded node routes around itself");
+    l.handle_gossip(t0, me, true, false);
+    assert!(!l.is_up(me));
+    assert!(
+        transitions(&mut l).is_empty(),
+        "no transitions for this node"
+    );
+    l.handle_storage(t0, me, false);
+    assert!(l.is_up(me));
+
+    l.handle_storage(t0, p, false);
+    assert!(l.is_up(p));
+    assert_eq!(transitions(&mut l), [Transition::Up(p)]);
+
+    // Degraded and unreachable: clearing one leaves it down for the other.
+    l.handle_storage(t0, p, true);
+    l.handle_exchange(p, t0 + Duration::from_millis(2), Err("reset".into()));
+    l.handle_storage(t0, p, false);
+    assert!(!l.is_up(p));
+    transitions(&mut l);
+    l.handle_exchange(p, t0 + Duration::from_millis(3), Ok(()));
+    assert!(l.is_up(p));
+    assert_eq!(transitions(&mut l), [Transition::Up(p)]);
+}

@@ -138,7 +138,7 @@ impl Gossip {
         config.validate()?;
         state.validate()?;
         let mut own = NodeView::empty(generation, config.arrival_interval_max);
-        // A new generation writes every key, in `Key::ALL` order, at versions 1 to 6.
+        // A new generation writes every key, in `Key::ALL` order, at versions 1 to `KEYS_PER_NODE`.
         for (version, value) in (1..).zip(state.values()) {
             own.set(value, version);
         }

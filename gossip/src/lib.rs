@@ -60,5 +60,5 @@ pub use detector::ArrivalWindow;
 pub use error::GossipError;
 pub use gossip::{Destination, Gossip, MembershipEvent, Transmit};
 pub use message::{DigestEntry, Entry, GossipMessage, NodeDelta, Payload};
-pub use state::{Key, NodeState, Status, Value};
+pub use state::{Key, NodeState, Status, Storage, Value};
 pub use view::NodeView;

@@ -26,8 +26,8 @@ pub const ZONE_BYTES_MAX: usize = 64;
 /// enough to fit the smallest message budget (checked below), so no entry can block its node's
 /// deltas forever.
 pub const RING_BYTES_MAX: usize = 256;
-/// Keys in one node's state: address, status, zone, ring, load, heartbeat.
-pub const KEYS_PER_NODE: usize = 6;
+/// Keys in one node's state: address, status, zone, ring, load, storage, heartbeat.
+pub const KEYS_PER_NODE: usize = 7;
 
 /// Smallest message budget a configuration may set: small enough for a QUIC datagram (about
 /// 1200 bytes), should a driver carry gossip that way.

@@ -35,6 +35,8 @@ pub enum Key {
     Ring,
     /// [`NodeState::load`].
     Load,
+    /// [`NodeState::storage`].
+    Storage,
     /// The heartbeat counter, bumped by every gossip round of its owner; its version increasing
     /// is what feeds the failure detectors of the other nodes.
     Heartbeat,
@@ -48,12 +50,34 @@ impl Key {
         Key::Zone,
         Key::Ring,
         Key::Load,
+        Key::Storage,
         Key::Heartbeat,
     ];
 
     /// Position in [`Key::ALL`].
     pub(crate) fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// Whether a node's disk accepts its writes, as the node itself declares it. Other nodes route
+/// around a node that is not `Ok` as they do around a down one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Storage {
+    /// Commits succeed.
+    #[default]
+    Ok,
+    /// The last commit failed and none has succeeded since; the node refuses writes.
+    Degraded {
+        /// The disk is full (as opposed to any other I/O error).
+        disk_full: bool,
+    },
+}
+
+impl Storage {
+    /// Whether writes to the node fail.
+    pub fn is_degraded(self) -> bool {
+        self != Storage::Ok
     }
 }
 
@@ -71,6 +95,8 @@ pub enum Value {
     Ring(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The node's load (for instance bytes stored), for operators and placement.
     Load(u64),
+    /// Whether the node's disk accepts writes.
+    Storage(Storage),
     /// The heartbeat counter.
     Heartbeat(u64),
 }
@@ -84,6 +110,7 @@ impl Value {
             Value::Zone(_) => Key::Zone,
             Value::Ring(_) => Key::Ring,
             Value::Load(_) => Key::Load,
+            Value::Storage(_) => Key::Storage,
             Value::Heartbeat(_) => Key::Heartbeat,
         }
     }
@@ -94,9 +121,11 @@ impl Value {
             Value::Address(a) => (a.len(), ADDRESS_BYTES_MAX),
             Value::Zone(Some(z)) => (z.len(), ZONE_BYTES_MAX),
             Value::Ring(r) => (r.len(), RING_BYTES_MAX),
-            Value::Zone(None) | Value::Status(_) | Value::Load(_) | Value::Heartbeat(_) => {
-                return Ok(())
-            }
+            Value::Zone(None)
+            | Value::Status(_)
+            | Value::Load(_)
+            | Value::Storage(_)
+            | Value::Heartbeat(_) => return Ok(()),
         };
         if len > max {
             return Err(GossipError::ValueTooLong {
@@ -124,6 +153,8 @@ pub struct NodeState {
     pub ring: Vec<u8>,
     /// Its load.
     pub load: u64,
+    /// Whether its disk accepts writes.
+    pub storage: Storage,
 }
 
 impl NodeState {
@@ -135,6 +166,7 @@ impl NodeState {
             zone: None,
             ring: Vec::new(),
             load: 0,
+            storage: Storage::Ok,
         }
     }
 
@@ -146,6 +178,7 @@ impl NodeState {
             Value::Zone(self.zone.clone()),
             Value::Ring(self.ring.clone()),
             Value::Load(self.load),
+            Value::Storage(self.storage),
         ]
     }
 

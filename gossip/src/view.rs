@@ -75,7 +75,7 @@ impl NodeView {
         self.max_version
     }
 
-    /// The node's state (address, status, zone, ring, load).
+    /// The node's state (address, status, zone, ring, load, storage).
     pub fn state(&self) -> &NodeState {
         &self.state
     }
@@ -103,6 +103,7 @@ impl NodeView {
             Key::Zone => Value::Zone(self.state.zone.clone()),
             Key::Ring => Value::Ring(self.state.ring.clone()),
             Key::Load => Value::Load(self.state.load),
+            Key::Storage => Value::Storage(self.state.storage),
             Key::Heartbeat => Value::Heartbeat(self.heartbeat),
         }
     }
@@ -157,6 +158,7 @@ impl NodeView {
             Value::Zone(z) => self.state.zone = z,
             Value::Ring(r) => self.state.ring = r,
             Value::Load(l) => self.state.load = l,
+            Value::Storage(st) => self.state.storage = st,
             Value::Heartbeat(h) => self.heartbeat = h,
         }
         self.versions[key.index()] = version;

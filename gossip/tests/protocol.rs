@@ -11,7 +11,7 @@ use cairn_gossip::limits::{
 use cairn_gossip::Destination;
 use cairn_gossip::{
     DigestEntry, Entry, Gossip, GossipConfig, GossipError, GossipMessage, Key, MembershipEvent,
-    NodeDelta, NodeState, Payload, Status, Transmit, Value,
+    NodeDelta, NodeState, Payload, Status, Storage, Transmit, Value,
 };
 use cairn_proto::NodeId;
 use proptest::prelude::*;
@@ -229,6 +229,36 @@ fn local_writes_get_new_versions_and_reach_peers() {
     assert_eq!(net.g(0).node(b).unwrap().state().load, 5);
 }
 
+/// A node's storage state is one more key: declared degraded, then ok again, and every peer
+/// sees each in turn.
+#[test]
+fn a_degraded_storage_reaches_peers_and_so_does_its_recovery() {
+    let mut net = Net::new(&["a", "b"], &["a:7000"]);
+    net.round();
+    net.round();
+    net.events(0);
+    let b = id("b");
+    assert_eq!(net.g(0).node(b).unwrap().state().storage, Storage::Ok);
+    let full = Storage::Degraded { disk_full: true };
+    net.nodes[1].1.set_local(Value::Storage(full)).unwrap();
+    net.round();
+    assert_eq!(
+        net.events(0),
+        vec![MembershipEvent::StateChanged {
+            node: b,
+            key: Key::Storage
+        }]
+    );
+    assert_eq!(net.g(0).node(b).unwrap().state().storage, full);
+    assert!(full.is_degraded());
+    net.nodes[1]
+        .1
+        .set_local(Value::Storage(Storage::Ok))
+        .unwrap();
+    net.round();
+    assert_eq!(net.g(0).node(b).unwrap().state().storage, Storage::Ok);
+}
+
 /// A node's own id with a higher generation elsewhere means its generation was not persisted.
 #[test]
 fn a_higher_generation_of_this_node_is_reported() {
@@ -282,6 +312,10 @@ fn full_delta(node: NodeId, generation: u64) -> NodeDelta {
             },
             Entry {
                 version: 6,
+                value: Value::Storage(Storage::Ok),
+            },
+            Entry {
+                version: 7,
                 value: Value::Heartbeat(0),
             },
         ],
@@ -295,7 +329,7 @@ fn ack2(deltas: Vec<NodeDelta>) -> GossipMessage {
     }
 }
 
-/// The prefix rule on crafted deltas about node r, held at generation 5 up to version 6: a delta
+/// The prefix rule on crafted deltas about node r, held at generation 5 up to version 7: a delta
 /// applies only if it continues what is held (same generation, starting at or below the held max
 /// version) or replaces it whole (a higher generation, from version 0).
 #[test]
@@ -322,19 +356,19 @@ fn deltas_apply_only_without_gaps() {
         }],
     };
     // Continues from the held max version: applied.
-    check(load(5, 6, 7), (5, 7), 9);
+    check(load(5, 7, 8), (5, 8), 9);
     // Starts below the held max: the held part is skipped, the rest applied.
-    check(load(5, 3, 8), (5, 8), 9);
-    // Starts above the held max: versions 7..=8 are missing, so nothing applies.
-    check(load(5, 8, 9), (5, 6), 0);
+    check(load(5, 3, 9), (5, 9), 9);
+    // Starts above the held max: versions 8..=9 are missing, so nothing applies.
+    check(load(5, 9, 10), (5, 7), 0);
     // An older generation: ignored.
-    check(load(4, 0, 9), (5, 6), 0);
+    check(load(4, 0, 9), (5, 7), 0);
     // A newer generation not from the start: its earlier writes are missing.
-    check(load(6, 2, 9), (5, 6), 0);
+    check(load(6, 2, 9), (5, 7), 0);
     // A newer generation from the start replaces everything, even if cut short.
     check(load(6, 0, 3), (6, 3), 9);
     // Already held: nothing changes.
-    check(load(5, 0, 5), (5, 6), 0);
+    check(load(5, 0, 5), (5, 7), 0);
 }
 
 /// A new generation replaces the state whole; the driver hears `NodeRestarted` once it is
@@ -420,7 +454,7 @@ fn messages_fill_the_budget_and_never_exceed_it() {
                     digest: vec![DigestEntry {
                         node: stranger,
                         generation: 1,
-                        max_version: 6,
+                        max_version: KEYS_PER_NODE as u64,
                     }],
                     complete: true,
                 },

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
-    Payload, Status, Transmit, Value,
+    Payload, Status, Storage, Transmit, Value,
 };
 use cairn_layout::{Change, Layout, LayoutError, MergeOutcome, Plan};
 use cairn_proto::{
@@ -51,6 +51,9 @@ pub const NEW_MEMBER_GRACE_ROUNDS: u32 = 5;
 /// Gossip rounds a restarted node that was a member waits to hear from any peer before it
 /// serves alone (its peers may all be down); a node that never was a member waits for ever.
 pub const REJOIN_ROUNDS_MAX: u32 = 10;
+/// How often the engine's storage fault is read and gossiped: a failed commit reaches the
+/// other nodes' routing within this plus a few gossip rounds.
+pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Why membership could not start or change.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,8 @@ pub struct MemberView {
     pub compatible: bool,
     /// The stamp of its layout, as it gossips it (`None`: it holds none yet).
     pub layout: Option<Stamp>,
+    /// Whether its disk accepts writes, as it declares it.
+    pub storage: Storage,
 }
 
 /// The cluster as this node sees it.
@@ -364,6 +369,8 @@ impl Membership {
             zone: cluster.zone.clone(),
             ring: postcard::to_allocvec(&info).expect("RingInfo always serializes"),
             load: 0,
+            // A freshly opened engine has no fault; `storage_watch` declares one when it comes.
+            storage: Storage::Ok,
         };
         let gossip_config = GossipConfig {
             seeds,
@@ -1139,7 +1146,8 @@ impl Membership {
                 let late = v
                     .heartbeat_age(now)
                     .is_some_and(|age| age > self.suspect_after);
-                self.peers.upsert(id, &name, addr, alive, late);
+                self.peers
+                    .upsert(id, &name, addr, alive, late, state.storage.is_degraded());
             }
             members.insert(
                 id,
@@ -1151,6 +1159,7 @@ impl Membership {
                     generation: v.generation(),
                     compatible,
                     layout,
+                    storage: state.storage,
                 },
             );
         }
@@ -1240,6 +1249,21 @@ impl Membership {
         });
     }
 
+    /// Declares this node's storage in gossip (a no-op when it is unchanged): the engine's
+    /// fault, read by [`storage_watch`], so peers route around a node whose commits fail.
+    pub fn set_storage(&self, storage: Storage) {
+        let mut g = self.lock();
+        let current = g.node(self.me).map(|v| v.state().storage);
+        if current == Some(storage) {
+            return;
+        }
+        match g.set_local(Value::Storage(storage)) {
+            Ok(()) => info!(?storage, "storage state gossiped"),
+            Err(e) => warn!("could not gossip the storage state: {e}"),
+        }
+        self.refresh(&mut g);
+    }
+
     /// Every member as this node sees it, for `cairn status`.
     pub fn status(&self, hints_pending: u64) -> Vec<MemberStatus> {
         let view = self.view();
@@ -1250,8 +1274,12 @@ impl Membership {
             .map(|(&id, m)| {
                 let this_node = id == self.me;
                 let gv = g.node(id);
+                // A degraded member that gossip still hears from answers (only its disk
+                // fails), so that is what it is shown as; one gossip cannot hear from is down.
+                let heard = this_node || gv.is_some_and(|v| v.is_alive());
                 let status = match m.status {
                     Status::Left => "left",
+                    _ if m.storage.is_degraded() && heard => "degraded",
                     _ if !this_node && !self.peers.is_up(id) => "down",
                     Status::Joining => "joining",
                     Status::Up => "up",
@@ -1282,5 +1310,25 @@ impl Membership {
                 }
             })
             .collect()
+    }
+}
+
+/// Gossips the engine's storage fault for as long as the node runs: every
+/// `STORAGE_CHECK_INTERVAL` it reads whether the last commit failed and declares it (see
+/// [`Membership::set_storage`]). Polled rather than pushed so the writer thread never waits on
+/// the gossip lock.
+pub async fn storage_watch(engine: Arc<crate::engine::Engine>, membership: Arc<Membership>) {
+    let mut tick = tokio::time::interval(STORAGE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let storage = match engine.stats().degraded() {
+            None => Storage::Ok,
+            Some(fault) => Storage::Degraded {
+                disk_full: fault.disk_full,
+            },
+        };
+        membership.set_storage(storage);
+        membership.peers.set_own_storage(storage.is_degraded());
     }
 }

@@ -103,10 +103,19 @@ impl Peers {
     }
 
     /// Adds peer `id` or updates its name and address (a restarted node may move); `alive` is
-    /// gossip's judgement and `suspect` says its heartbeat is late (the probe loop pings it). A
-    /// changed address drops the cached connection. Called for every member on every gossip
-    /// message, so an unchanged peer costs a read lock and the liveness lock only.
-    pub fn upsert(&self, id: NodeId, name: &str, addr: SocketAddr, alive: bool, suspect: bool) {
+    /// gossip's judgement, `suspect` says its heartbeat is late (the probe loop pings it) and
+    /// `degraded` that it declares its storage failing (it is routed around). A changed address
+    /// drops the cached connection. Called for every member on every gossip message, so an
+    /// unchanged peer costs a read lock and the liveness lock only.
+    pub fn upsert(
+        &self,
+        id: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        alive: bool,
+        suspect: bool,
+        degraded: bool,
+    ) {
         if id == self.me {
             return;
         }
@@ -126,7 +135,16 @@ impl Peers {
                 l.handle_new_address(now, id);
             }
             l.handle_gossip(now, id, alive, suspect);
+            l.handle_storage(now, id, degraded);
         });
+    }
+
+    /// Whether this node's own storage is degraded: while it is, this node does not route
+    /// requests to itself (see [`cairn_core::liveness::Liveness::handle_storage`]).
+    pub fn set_own_storage(&self, degraded: bool) {
+        let now = Instant::now();
+        let me = self.me;
+        self.liveness(|l| l.handle_storage(now, me, degraded));
     }
 
     /// Forgets peer `id` (it was removed from the cluster).

@@ -195,6 +195,10 @@ impl Node {
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
             driver_task,
             transfer_task,
+            tokio::spawn(crate::membership::storage_watch(
+                engine.clone(),
+                membership.clone(),
+            )),
             tokio::spawn(membership.run()),
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::metrics::upkeep()),

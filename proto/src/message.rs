@@ -811,8 +811,9 @@ pub struct MemberStatus {
     pub name: String,
     /// Its address.
     pub addr: String,
-    /// `joining`, `up`, `down`, `leaving` or `left`, as the asked node believes: the status the
-    /// member declares, except `down` when the asked node judges it unreachable.
+    /// `joining`, `up`, `degraded`, `down`, `leaving` or `left`, as the asked node believes: the
+    /// status the member declares, except `degraded` when it declares its storage failing (its
+    /// commits fail; it is routed around) and `down` when the asked node judges it unreachable.
     pub status: String,
     /// Its generation (incarnation): higher on every start of the node.
     pub generation: u64,

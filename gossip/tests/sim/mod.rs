@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipMessage, Key, MembershipEvent, NodeState, NodeView,
-    Payload, Status, Value,
+    Payload, Status, Storage, Value,
 };
 use cairn_proto::NodeId;
 use rand::rngs::StdRng;
@@ -139,7 +139,7 @@ impl Stats {
 #[derive(Debug, Default)]
 struct History {
     /// Per key (in `Key::ALL` order): (version, value), increasing.
-    writes: [Vec<(u64, Value)>; 6],
+    writes: [Vec<(u64, Value)>; Key::ALL.len()],
     /// Every version written, with its time, increasing.
     times: Vec<(u64, Instant)>,
 }
@@ -224,6 +224,7 @@ pub fn initial_state(i: usize) -> NodeState {
         zone: Some(format!("zone-{}", i % 3)),
         ring: vec![0xA5; 16],
         load: 1000 + i as u64,
+        storage: Storage::Ok,
     }
 }
 
@@ -664,6 +665,7 @@ fn holds(view: &NodeView, value: &Value) -> bool {
         Value::Zone(z) => s.zone == *z,
         Value::Ring(r) => s.ring == *r,
         Value::Load(l) => s.load == *l,
+        Value::Storage(st) => s.storage == *st,
         Value::Heartbeat(h) => view.heartbeat() == *h,
     }
 }
