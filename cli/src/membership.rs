@@ -9,6 +9,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::limits::{JOIN_POLL_INTERVAL, JOIN_WAIT_DEFAULT};
+use cairn_client::ClientError;
+
 use crate::target::{self, ClientArgs};
 use crate::{Outcome, UsageError};
 
@@ -232,13 +234,19 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<Outcome> {
 pub async fn leave(args: LeaveArgs) -> anyhow::Result<Outcome> {
     require_node(&args.client, "leave")?;
     let session = target::connect(&args.client.as_admin()).await?;
-    let plan = session
-        .client
-        .leave(args.dry_run)
-        .await
-        .map_err(|e| session.fail(e))?;
+    let answer = session.client.leave(args.dry_run).await;
+    show_plan(session, answer, args.client.json).await
+}
+
+/// Ends a layout command: its plan (or the node's refusal, explained), then the connection.
+async fn show_plan(
+    session: target::Session,
+    answer: Result<LayoutChangeReply, ClientError>,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let plan = answer.map_err(|e| session.fail(e))?;
     session.close().await;
-    print(&plan, args.client.json)?;
+    print(&plan, json)?;
     Ok(Outcome::Done)
 }
 
@@ -261,25 +269,16 @@ pub async fn force(args: ForceArgs) -> anyhow::Result<Outcome> {
 /// `cairn remove NODE`
 pub async fn remove(args: RemoveArgs) -> anyhow::Result<Outcome> {
     let session = target::connect(&args.client.as_admin()).await?;
-    let plan = session
-        .client
-        .remove(&args.node_name, args.dry_run)
-        .await
-        .map_err(|e| session.fail(e))?;
-    session.close().await;
-    print(&plan, args.client.json)?;
-    Ok(Outcome::Done)
+    let answer = session.client.remove(&args.node_name, args.dry_run).await;
+    show_plan(session, answer, args.client.json).await
 }
 
 /// `cairn replace OLD NEW`
 pub async fn replace(args: ReplaceArgs) -> anyhow::Result<Outcome> {
     let session = target::connect(&args.client.as_admin()).await?;
-    let plan = session
+    let answer = session
         .client
         .replace(&args.old, &args.new, args.dry_run)
-        .await
-        .map_err(|e| session.fail(e))?;
-    session.close().await;
-    print(&plan, args.client.json)?;
-    Ok(Outcome::Done)
+        .await;
+    show_plan(session, answer, args.client.json).await
 }
