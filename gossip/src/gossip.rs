@@ -220,8 +220,9 @@ impl Gossip {
     /// 5. Sends a SYN to a random live node; with probability `down / (live + 1)` to a random down
     ///    node too (Cassandra's rule, so a healed node is noticed); and to a random seed if no
     ///    node is live, or else with probability `seeds / (live + down)` unless the live node
-    ///    picked is a seed (so each seed hears from about one node per round, which is what
-    ///    merges views split by a partition).
+    ///    picked is a seed and at least as many nodes are live as there are seeds (so each seed
+    ///    hears from about one node per round, which is what merges views split by a partition
+    ///    or by a whole cluster restarting at once).
     pub fn handle_tick<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
         let paused = now.saturating_duration_since(self.last_tick) > self.config.local_pause_max;
         self.last_tick = self.last_tick.max(now);
@@ -430,7 +431,12 @@ impl Gossip {
         if !seeds.is_empty() {
             let p = if live.is_empty() {
                 1.0
-            } else if live_is_seed {
+            } else if live_is_seed && live.len() >= seeds.len() {
+                // The seed picked hears from this node anyway. While fewer nodes are live
+                // than there are seeds, though, this node may sit in an island that knows
+                // nothing of the rest (Cassandra's `live < seeds` rule): after a whole
+                // cluster restarts, every peer is a seed, and two nodes that met first would
+                // otherwise only ever talk to each other.
                 0.0
             } else {
                 seeds.len() as f64 / (live.len() + down.len()) as f64
