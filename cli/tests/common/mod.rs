@@ -155,10 +155,10 @@ impl Dev {
                         return line;
                     }
                 }
+                // Dropping `self` while this panics prints every node's log.
                 Err(e) => panic!(
-                    "no line with {needle:?} from cairn dev ({e}); it printed {:?}; node1 log: {}",
-                    self.stdout,
-                    std::fs::read_to_string(self.dir.join("node1/node.log")).unwrap_or_default()
+                    "no line with {needle:?} from cairn dev ({e}); it printed {:?}",
+                    self.stdout
                 ),
             }
         }
@@ -217,6 +217,49 @@ impl Dev {
     pub fn stop(mut self) -> ExitStatus {
         self.proc.signal(Signal::TERM);
         self.proc.wait()
+    }
+}
+
+/// How much of the end of each node's log a failure message shows.
+const LOG_TAIL_BYTES: usize = 16 * 1024;
+
+/// The end of every `nodeN/node.log` under `dir`, for a failure message: a cluster that is not
+/// ready is explained by its nodes' logs, and the temporary directory is gone after the test.
+pub fn node_logs(dir: &Path) -> String {
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path().join("node.log")))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    let mut out = String::new();
+    for log in nodes {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let tail = &text[text.len().saturating_sub(LOG_TAIL_BYTES)..];
+        out.push_str(&format!(
+            "---- {} (last {} of {} bytes) ----\n{}\n",
+            log.display(),
+            tail.len(),
+            text.len(),
+            String::from_utf8_lossy(tail)
+        ));
+    }
+    out
+}
+
+/// A test that fails while its cluster runs shows every node's log (its directory is removed
+/// when the test ends).
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the test failed; its nodes' logs:\n{}",
+                node_logs(&self.dir)
+            );
+        }
     }
 }
 
