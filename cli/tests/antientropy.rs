@@ -142,14 +142,7 @@ fn a_node_that_lost_its_data_directory_gets_every_key_back_through_anti_entropy(
 
     // node3 loses everything. Nobody holds hints for it: every write reached all three nodes.
     kill(dev.node_pid("node3"), Signal::KILL);
-    wait_for("node1 to see node3 down", DOWN_DEADLINE, || {
-        let status = dev.status("node1");
-        let members = status["members"].as_array().unwrap().clone();
-        members
-            .iter()
-            .any(|m| m["name"] == "node3" && m["status"] == "down")
-            .then_some(())
-    });
+    dev.wait_member("node1", "node3", "down", DOWN_DEADLINE);
     std::fs::remove_dir_all(dir.path().join("node3/data")).unwrap();
     let _node3 = dev.restart_node("node3");
     let restarted = Instant::now();

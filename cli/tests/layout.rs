@@ -74,14 +74,7 @@ fn a_dead_node_is_replaced_by_a_planned_change_that_spreads_and_waits_for_its_tr
     let dev = Dev::start(dir.path(), None);
     let before = ring(&dev, "node1");
     kill(dev.node_pid("node3"), Signal::KILL);
-    wait_for("node1 to judge node3 down", DOWN_DEADLINE, || {
-        let status = dev.status("node1");
-        let members = status["members"].as_array().unwrap().clone();
-        members
-            .iter()
-            .any(|m| m["name"] == "node3" && m["status"] == "down")
-            .then_some(())
-    });
+    dev.wait_member("node1", "node3", "down", DOWN_DEADLINE);
 
     // remove: node3's partitions go to the survivors (a dry run changes nothing).
     let run = dev.run(&["remove", "node3", "--dry-run", "--json", "--node", "node1"]);

@@ -192,6 +192,20 @@ impl Dev {
         run.json()
     }
 
+    /// Waits until `observer`'s `cairn status` shows member `member` as `status` (e.g. "down").
+    pub fn wait_member(&self, observer: &str, member: &str, status: &str, deadline: Duration) {
+        let what = format!("{observer} to see {member} {status}");
+        wait_for(&what, deadline, || {
+            let reply = self.status(observer);
+            reply["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .any(|m| m["name"] == member && m["status"] == status)
+                .then_some(())
+        });
+    }
+
     /// Starts `node` again with `cairn start --config DIR/NODE/node.toml` (its output appended
     /// to its node.log) and waits until it answers a ping.
     pub fn restart_node(&self, node: &str) -> Proc {
