@@ -13,7 +13,8 @@ sees both sides) is a set of cut links. The host sits on every bridge, so it rea
 whatever is cut. Only these networks are ever touched.
 
 The host-side cluster directory is the one `cairn dev` writes and the CLI reads
-(`cli/src/cluster.rs`): DIR/ca.pem, DIR/client/client.{pem,key}, DIR/nodeK/node.toml whose
+(`cli/src/cluster.rs`): DIR/ca.pem, DIR/client/client.{pem,key} (an admin identity, also as
+DIR/admin/admin.{pem,key}), DIR/nodeK/node.toml whose
 `listen` is the address the host dials. The container's own config (wildcard listen, advertised
 home address, absolute paths inside the container) is DIR/docker/nodeK.toml.
 """
@@ -184,6 +185,12 @@ class Cluster:
                 if "--role" in run([c, "cert", "client", "--help"], check=False).stdout else [])
         run([c, "cert", "client", "--ca-dir", str(self.dir), "--name", "admin", *role,
              "--out", str(self.dir / "client")])
+        # The same identity where membership commands (join, leave, remove, replace) look for
+        # the admin one, so `cairn leave --cluster DIR` works from the host as in `cairn dev`.
+        admin = self.dir / "admin"
+        admin.mkdir(exist_ok=True)
+        for ext in ("pem", "key"):
+            shutil.copy2(self.dir / "client" / f"client.{ext}", admin / f"admin.{ext}")
         for k in range(1, self.nodes + 1):
             out = self.dir / node_name(k)
             run([c, "cert", "node", "--ca-dir", str(self.dir), "--name", node_name(k),
