@@ -10,6 +10,7 @@ pub mod handoff;
 pub mod limits;
 pub mod liveness;
 pub mod peer;
+pub mod reaper;
 pub mod store;
 pub mod transfer;
 pub mod version;
