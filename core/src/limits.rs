@@ -74,6 +74,11 @@ pub const TOMBSTONE_SCAN_PAGE_MAX: usize = 1024;
 /// ones are reaped.
 pub const TOMBSTONES_TRACKED_MAX: usize = 100_000;
 
+/// How long a node remembers a tombstone it reaped, so that the same tombstone handed back by a
+/// replica that had not reaped it yet is reaped again without a new grace period: many
+/// anti-entropy intervals (30 s by default) and reaper rounds.
+pub const TOMBSTONE_REAPED_REMEMBER: Duration = Duration::from_secs(15 * 60);
+
 const _: () = assert!(TOMBSTONE_KEYS_PER_ROUND_DEFAULT <= TOMBSTONE_KEYS_PER_ROUND_MAX);
 const _: () =
     assert!(TOMBSTONE_ROUND_INTERVAL_MIN.as_nanos() <= TOMBSTONE_ROUND_INTERVAL_DEFAULT.as_nanos());

@@ -28,6 +28,12 @@
 //! ([`Action::Drop`], [`Reaper::handle_dropped`]); wait `interval`. At most `keys_per_round`
 //! tombstones are checked per round, taken in key order after the last round's, so blocked
 //! keys do not starve the rest. A layout change abandons the round in progress.
+//!
+//! Replicas reap one by one, so a replica that has not reaped yet may hand the tombstone back
+//! to one that has (anti-entropy sees a key only it holds). The same tombstone coming back
+//! within `TOMBSTONE_REAPED_REMEMBER` of its reap is due again at once, with every other rule
+//! checked again: it was held for the grace period already, and without this memory each
+//! return would restart the wait, so replicas could hand it round forever.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,8 +45,8 @@ use cairn_proto::{CopyHeld, NodeId, TombstoneHolding, TombstoneProbe};
 
 use crate::limits::{
     TOMBSTONES_TRACKED_MAX, TOMBSTONE_GRACE_DEFAULT, TOMBSTONE_KEYS_PER_ROUND_DEFAULT,
-    TOMBSTONE_KEYS_PER_ROUND_MAX, TOMBSTONE_ROUND_INTERVAL_DEFAULT, TOMBSTONE_ROUND_INTERVAL_MIN,
-    TOMBSTONE_SCAN_PAGE_MAX,
+    TOMBSTONE_KEYS_PER_ROUND_MAX, TOMBSTONE_REAPED_REMEMBER, TOMBSTONE_ROUND_INTERVAL_DEFAULT,
+    TOMBSTONE_ROUND_INTERVAL_MIN, TOMBSTONE_SCAN_PAGE_MAX,
 };
 use crate::store::{Store, StoreError};
 use crate::version::Object;
@@ -187,6 +193,10 @@ pub struct ReaperStatus {
 struct Held {
     object: ObjectHash,
     since: Instant,
+    /// When this node reaped it, if it did: remembered for `TOMBSTONE_REAPED_REMEMBER`, so the
+    /// same tombstone brought back by another replica that had not reaped it yet (anti-entropy,
+    /// read repair) is due at once instead of after a new grace period.
+    reaped_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -382,6 +392,7 @@ impl Reaper {
                 Held {
                     object: hash,
                     since,
+                    reaped_at: None,
                 },
             );
             let due = now.saturating_duration_since(since) >= self.config.grace;
@@ -403,6 +414,15 @@ impl Reaper {
                 candidates,
             };
             return;
+        }
+        // Tombstones reaped lately stay remembered while they are absent.
+        for (key_hash, h) in &self.held {
+            let recent = h
+                .reaped_at
+                .is_some_and(|t| now.saturating_duration_since(t) < TOMBSTONE_REAPED_REMEMBER);
+            if recent && tracked.len() < TOMBSTONES_TRACKED_MAX {
+                tracked.entry(*key_hash).or_insert(*h);
+            }
         }
         self.held = tracked;
         self.status.held = count;
@@ -495,7 +515,9 @@ impl Reaper {
         if outcome == Ok(true) {
             self.status.reaped += 1;
             self.status.held = self.status.held.saturating_sub(1);
-            self.held.remove(&KeyHash::of_key(key));
+            if let Some(h) = self.held.get_mut(&KeyHash::of_key(key)) {
+                h.reaped_at = Some(now);
+            }
         } else {
             self.status.blocked.changed += 1;
         }

@@ -71,6 +71,12 @@ async fn run(mut ctx: ReaperContext, status: watch::Sender<ReaperStatus>) {
                 Action::Check { peer, probes } => {
                     let peers = ctx.peers.clone();
                     tasks.spawn(async move {
+                        // A member judged down cannot answer: no need to wait for a timeout.
+                        if !peers.is_up(peer) {
+                            let down = Err(format!("{} is judged down", peers.name(peer)));
+                            let _ = tx.send(Answer::Checked(peer, down)).await;
+                            return;
+                        }
                         let req = PeerRequest::Tombstones {
                             probes: probes.to_vec(),
                         };
