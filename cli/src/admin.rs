@@ -632,6 +632,7 @@ fn ring_text(r: &RingReply) -> String {
 #[cfg(test)]
 mod tests {
     use cairn_proto::PartitionEntry;
+    use serde_json::json;
 
     use super::*;
 
@@ -748,6 +749,10 @@ NAME   ANTI-ENTROPY  LAST EXCHANGE  WITH       EXCHANGES       REPAIRED  SENT   
 node1  on            12s ago        node3/p17  130 (2 failed)  9998      1.5 MiB  10000
 node2  -             -              -          -               -         -        -
 
+NAME   REAPING  TOMBSTONES  REAPED  BLOCKED  WAITING ON
+node1  on       12          3       2        node3
+node2  -        -           -       -        -
+
 layout version 1, settled: node1, node2
 "
         );
@@ -758,6 +763,10 @@ layout version 1, settled: node1, node2
         assert_eq!(json["members"][1]["status"], "down");
         let ae = &json["members"][0]["anti_entropy"];
         assert_eq!(ae["keys_repaired"], 9998);
+        let t = &json["members"][0]["tombstones"];
+        assert_eq!((&t["held"], &t["reaped"]), (&json!(12), &json!(3)));
+        assert_eq!(t["waiting_on"], json!(["node3"]));
+        assert!(json["members"][1]["tombstones"].is_null());
         assert_eq!(ae["bytes_sent"], 3 * 1024 * 1024 / 2);
         assert_eq!(ae["last_exchange_unix_ms"], 1_000_000);
         assert_eq!(ae["last_peer"], "node3");
