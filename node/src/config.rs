@@ -572,6 +572,13 @@ impl NodeConfig {
                 path: path.to_owned(),
                 reason,
             })?;
+        config
+            .tombstones
+            .config()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         for (section, frontend) in [
             ("resp", &config.resp),
             ("http", &config.http),
@@ -687,6 +694,26 @@ key = "node.key"
         }
         let err = load(&format!("{BASE}\n[anti_entropy]\nrate = 5\n")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn tombstones_are_reaped_by_default_and_the_section_is_checked() {
+        let config = load(BASE).unwrap();
+        assert!(config.tombstones.reap);
+        assert_eq!(config.tombstones.grace_secs, 3600);
+        assert!(!config.to_toml().contains("tombstones"));
+        let config = load(&format!("{BASE}\n[tombstones]\ngrace_secs = 5\n")).unwrap();
+        let reaper = config.tombstones.config().unwrap();
+        assert_eq!(reaper.grace, std::time::Duration::from_secs(5));
+        assert_eq!(reaper.keys_per_round, 256);
+        for (line, limit) in [
+            ("keys_per_round = 0", "keys_per_round"),
+            ("keys_per_round = 257", "keys_per_round"),
+            ("interval_ms = 1", "minimum"),
+        ] {
+            let err = load(&format!("{BASE}\n[tombstones]\n{line}\n")).unwrap_err();
+            assert!(err.to_string().contains(limit), "{line}: {err}");
+        }
     }
 
     #[test]
