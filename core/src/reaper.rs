@@ -31,7 +31,7 @@
 //!
 //! Replicas reap one by one, so a replica that has not reaped yet may hand the tombstone back
 //! to one that has (anti-entropy sees a key only it holds). The same tombstone coming back
-//! within `TOMBSTONE_REAPED_REMEMBER` of its reap is due again at once, with every other rule
+//! within `TOMBSTONE_REAPED_REMEMBER` (or four intervals, if longer) of its reap is due again at once, with every other rule
 //! checked again: it was held for the grace period already, and without this memory each
 //! return would restart the wait, so replicas could hand it round forever.
 
@@ -133,14 +133,14 @@ pub struct ScanPage {
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Read up to `keys_max` stored objects after `after` (from the start if `None`), in key
-    /// order, and answer with [`Reaper::handle_page`] (the tombstones among them, see
-    /// [`tombstone_of`]).
+    /// Read the stored objects after `after` (from the start if `None`) in key order until
+    /// `tombstones_max` tombstones ([`tombstone_of`]) are found or the store ends, and answer
+    /// with [`Reaper::handle_page`] ([`read_page`] does it).
     Scan {
         /// The last key already visited.
         after: Option<Vec<u8>>,
-        /// At most this many objects.
-        keys_max: usize,
+        /// At most this many tombstones in the page.
+        tombstones_max: usize,
     },
     /// Ask `peer` about these tombstones (`PeerRequest::Tombstones`) and answer with
     /// [`Reaper::handle_checked`].
@@ -310,7 +310,7 @@ impl Reaper {
                 };
                 Some(Action::Scan {
                     after: None,
-                    keys_max: TOMBSTONE_SCAN_PAGE_MAX,
+                    tombstones_max: TOMBSTONE_SCAN_PAGE_MAX,
                 })
             }
             Phase::Scanning {
@@ -322,7 +322,7 @@ impl Reaper {
                 *scan_out = true;
                 Some(Action::Scan {
                     after: after.clone(),
-                    keys_max: TOMBSTONE_SCAN_PAGE_MAX,
+                    tombstones_max: TOMBSTONE_SCAN_PAGE_MAX,
                 })
             }
             Phase::Checking {
@@ -417,9 +417,10 @@ impl Reaper {
         }
         // Tombstones reaped lately stay remembered while they are absent.
         for (key_hash, h) in &self.held {
-            let recent = h
-                .reaped_at
-                .is_some_and(|t| now.saturating_duration_since(t) < TOMBSTONE_REAPED_REMEMBER);
+            let recent = h.reaped_at.is_some_and(|t| {
+                now.saturating_duration_since(t)
+                    < TOMBSTONE_REAPED_REMEMBER.max(4 * self.config.interval)
+            });
             if recent && tracked.len() < TOMBSTONES_TRACKED_MAX {
                 tracked.entry(*key_hash).or_insert(*h);
             }
@@ -594,30 +595,29 @@ impl Reaper {
     }
 }
 
-/// Reads the reaper's page from `store`: up to `keys_max` stored objects after `after`, in key
-/// order, keeping the tombstones ([`tombstone_of`]). One snapshot scan per page.
+/// Reads the reaper's page from `store`: the stored objects after `after`, in key order, until
+/// `tombstones_max` tombstones ([`tombstone_of`]) are found. One snapshot scan per page, so a
+/// store with few tombstones costs one pass per round (each object decoded once).
 pub fn read_page(
     store: &dyn Store,
     after: Option<&[u8]>,
-    keys_max: usize,
+    tombstones_max: usize,
 ) -> Result<ScanPage, StoreError> {
     let mut page = ScanPage {
         last: true,
         ..ScanPage::default()
     };
-    let mut visited = 0usize;
     store.scan_objects(&mut |key, object| {
         if after.is_some_and(|a| key <= a) {
             return true;
         }
-        if visited >= keys_max {
-            page.last = false;
-            return false;
-        }
-        visited += 1;
         page.last_key = Some(key.to_vec());
         if let Some(t) = tombstone_of(object) {
             page.tombstones.push((key.to_vec(), t));
+            if page.tombstones.len() >= tombstones_max {
+                page.last = false;
+                return false;
+            }
         }
         true
     })?;

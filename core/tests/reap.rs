@@ -182,9 +182,13 @@ impl World {
                 break;
             };
             match action {
-                Action::Scan { after, keys_max } => {
-                    let page = reaper::read_page(&self.n(i).store, after.as_deref(), keys_max)
-                        .map_err(|e| e.to_string());
+                Action::Scan {
+                    after,
+                    tombstones_max,
+                } => {
+                    let page =
+                        reaper::read_page(&self.n(i).store, after.as_deref(), tombstones_max)
+                            .map_err(|e| e.to_string());
                     self.n(i).reaper.handle_page(now, page);
                 }
                 Action::Check { peer, probes } => {
@@ -642,4 +646,30 @@ fn a_reaped_tombstone_handed_back_by_a_replica_is_reaped_again_without_a_new_gra
         );
     }
     assert_eq!(w.n(1).reaper.status().reaped, 2);
+}
+
+#[test]
+fn a_scan_page_ends_at_its_tombstones_maximum_and_the_next_goes_on_after_it() {
+    let mut w = World::new(1);
+    for (i, deleted) in [true, false, true, false, true].into_iter().enumerate() {
+        let key = format!("key{i}").into_bytes();
+        let v = w.n(1).apply(&key, put("v", VClock::default()));
+        if deleted {
+            w.n(1).apply(&key, delete(v.join()));
+        }
+    }
+    let keys = |page: &reaper::ScanPage| -> Vec<String> {
+        page.tombstones
+            .iter()
+            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .collect()
+    };
+    let store = &w.nodes[&1].store;
+    let first = reaper::read_page(store, None, 2).unwrap();
+    assert_eq!(keys(&first), ["key0", "key2"]);
+    assert!(!first.last);
+    assert_eq!(first.last_key.as_deref(), Some(&b"key2"[..]));
+    let second = reaper::read_page(store, first.last_key.as_deref(), 2).unwrap();
+    assert_eq!(keys(&second), ["key4"]);
+    assert!(second.last);
 }

@@ -56,11 +56,14 @@ async fn run(mut ctx: ReaperContext, status: watch::Sender<ReaperStatus>) {
         while let Some(action) = machine.poll_action(now) {
             let tx = answers_tx.clone();
             match action {
-                Action::Scan { after, keys_max } => {
+                Action::Scan {
+                    after,
+                    tombstones_max,
+                } => {
                     let store = ctx.engine.store();
                     tasks.spawn(async move {
                         let page = tokio::task::spawn_blocking(move || {
-                            reaper::read_page(&*store, after.as_deref(), keys_max)
+                            reaper::read_page(&*store, after.as_deref(), tombstones_max)
                                 .map_err(|e| e.to_string())
                         })
                         .await
