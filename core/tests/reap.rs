@@ -636,6 +636,9 @@ fn a_reaped_tombstone_handed_back_by_a_replica_is_reaped_again_without_a_new_gra
     w.advance(INTERVAL);
     w.round(1);
     assert!(w.n(1).object(&key).is_empty());
+    // A round of node 1 that finds the key gone.
+    w.advance(INTERVAL);
+    w.round(1);
     // Before node 2 and node 3 reap, anti-entropy hands node 1 the tombstone back.
     w.n(1).apply(&key, merge(&tombstone));
     w.rounds();
