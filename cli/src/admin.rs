@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_net::Identity;
 use cairn_proto::{
-    AntiEntropyStatus, LayoutStatus, MemberStatus, RingReply, StatusReply, TransferProgress,
+    AntiEntropyStatus, LayoutStatus, MemberStatus, RingReply, StatusReply, TombstoneStatus,
+    TransferProgress,
 };
 use clap::Args;
 use serde::Serialize;
@@ -34,7 +35,11 @@ in its trees. With --json: {\"node\":..,\"replicas\":..,\"partitions\":..,
 \"this_node\",\"partitions\",\"hints_pending\",\"anti_entropy\"}]}, anti_entropy {\"enabled\",
 \"trees_ready\",\"keys\",\"exchanges\",\"exchanges_failed\",\"keys_repaired\",\"bytes_sent\",
 \"last_exchange_unix_ms\",\"last_peer\",\"last_partition\"}; hints_pending and anti_entropy are
-null for a member that could not be asked, heartbeat_age_ms null for the asked node. Last, the
+null for a member that could not be asked, heartbeat_age_ms null for the asked node. Then one
+line per member about its tombstones (keys whose every sibling is a delete): whether it reaps
+them, how many it holds, how many it reaped since it started, how many its last round could
+not reap yet and the members that round waited for; in JSON \"tombstones\": {\"enabled\",
+\"held\",\"reaped\",\"blocked\",\"waiting_on\"}, null for a member that could not be asked. Last, the
 layout the asked node holds: its version, whether a change is in transition, which members it
 waits for, each node's partitions to send and receive, and each changed partition's replicas
 before and after, who pushed it, and whether its reads use the new replicas; in JSON
@@ -82,6 +87,7 @@ struct MemberJson {
     hints_pending: Option<u64>,
     anti_entropy: Option<AntiEntropyStatus>,
     transfer: Option<TransferProgress>,
+    tombstones: Option<TombstoneStatus>,
 }
 
 /// `cairn status`
@@ -103,6 +109,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             m.hints_pending,
             Some(reply.anti_entropy.clone()),
             reply.transfer.clone(),
+            Some(reply.tombstones.clone()),
         );
         let member = m.clone();
         let timeout = match m.status.as_str() {
@@ -116,7 +123,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 true => own,
                 false => own_view(&member, &identity, timeout)
                     .await
-                    .map_or((None, None, None), |(h, ae, t)| (h, Some(ae), t)),
+                    .map_or((None, None, None, None), |(h, ae, t, ts)| {
+                        (h, Some(ae), t, Some(ts))
+                    }),
             }
         }
     });
@@ -129,20 +138,23 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             .members
             .iter()
             .zip(views)
-            .map(|(m, (hints_pending, anti_entropy, transfer))| MemberJson {
-                name: m.name.clone(),
-                addr: m.addr.clone(),
-                status: m.status.clone(),
-                generation: m.generation,
-                phi: m.phi,
-                heartbeat_age_ms: m.heartbeat_age_ms,
-                zone: m.zone.clone(),
-                this_node: m.this_node,
-                partitions: m.partitions,
-                hints_pending,
-                anti_entropy,
-                transfer,
-            })
+            .map(
+                |(m, (hints_pending, anti_entropy, transfer, tombstones))| MemberJson {
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                    status: m.status.clone(),
+                    generation: m.generation,
+                    phi: m.phi,
+                    heartbeat_age_ms: m.heartbeat_age_ms,
+                    zone: m.zone.clone(),
+                    this_node: m.this_node,
+                    partitions: m.partitions,
+                    hints_pending,
+                    anti_entropy,
+                    transfer,
+                    tombstones,
+                },
+            )
             .collect(),
         layout: reply.layout.as_deref().cloned(),
     };
@@ -166,7 +178,12 @@ async fn own_view(
     member: &MemberStatus,
     identity: &Identity,
     timeout: Duration,
-) -> Option<(Option<u64>, AntiEntropyStatus, Option<TransferProgress>)> {
+) -> Option<(
+    Option<u64>,
+    AntiEntropyStatus,
+    Option<TransferProgress>,
+    TombstoneStatus,
+)> {
     let addr: SocketAddr = member.addr.parse().ok()?;
     let target = Target::at(Some(member.name.clone()), dial_addr(addr));
     let ask = async {
@@ -180,7 +197,7 @@ async fn own_view(
             .into_iter()
             .find(|m| m.name == member.name && reply.node == member.name)?
             .hints_pending;
-        Some((hints, reply.anti_entropy, reply.transfer))
+        Some((hints, reply.anti_entropy, reply.transfer, reply.tombstones))
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
@@ -358,9 +375,49 @@ fn status_text(s: &StatusJson, now_unix_ms: u64) -> String {
         &rows,
     ));
     out.push('\n');
+    out.push_str(&tombstones_text(&s.members));
+    out.push('\n');
     out.push_str(&layout_text(s.layout.as_ref()));
     out.push_str(&transfer_text(&s.members));
     out
+}
+
+/// One line per member about its tombstones: held, reaped since its start, and what its last
+/// round waited for (`-` when it could not be asked).
+fn tombstones_text(members: &[MemberJson]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| match &m.tombstones {
+            None => {
+                let mut row = vec![m.name.clone()];
+                row.extend(std::iter::repeat_n("-".to_owned(), 5));
+                row
+            }
+            Some(t) => vec![
+                m.name.clone(),
+                if t.enabled { "on" } else { "off" }.to_owned(),
+                t.held.to_string(),
+                t.reaped.to_string(),
+                t.blocked.to_string(),
+                if t.waiting_on.is_empty() {
+                    "-".to_owned()
+                } else {
+                    t.waiting_on.join(",")
+                },
+            ],
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "REAPING",
+            "TOMBSTONES",
+            "REAPED",
+            "BLOCKED",
+            "WAITING ON",
+        ],
+        &rows,
+    )
 }
 
 /// Each member's push of the change in flight, for the members that have one.
@@ -575,6 +632,7 @@ fn ring_text(r: &RingReply) -> String {
 #[cfg(test)]
 mod tests {
     use cairn_proto::PartitionEntry;
+    use serde_json::json;
 
     use super::*;
 
@@ -604,6 +662,13 @@ mod tests {
                 last_partition: Some(17),
             }),
             transfer: None,
+            tombstones: hints.map(|_| TombstoneStatus {
+                enabled: true,
+                held: 12,
+                reaped: 3,
+                blocked: 2,
+                waiting_on: vec!["node3".into()],
+            }),
         }
     }
 
@@ -684,6 +749,10 @@ NAME   ANTI-ENTROPY  LAST EXCHANGE  WITH       EXCHANGES       REPAIRED  SENT   
 node1  on            12s ago        node3/p17  130 (2 failed)  9998      1.5 MiB  10000
 node2  -             -              -          -               -         -        -
 
+NAME   REAPING  TOMBSTONES  REAPED  BLOCKED  WAITING ON
+node1  on       12          3       2        node3
+node2  -        -           -       -        -
+
 layout version 1, settled: node1, node2
 "
         );
@@ -694,6 +763,10 @@ layout version 1, settled: node1, node2
         assert_eq!(json["members"][1]["status"], "down");
         let ae = &json["members"][0]["anti_entropy"];
         assert_eq!(ae["keys_repaired"], 9998);
+        let t = &json["members"][0]["tombstones"];
+        assert_eq!((&t["held"], &t["reaped"]), (&json!(12), &json!(3)));
+        assert_eq!(t["waiting_on"], json!(["node3"]));
+        assert!(json["members"][1]["tombstones"].is_null());
         assert_eq!(ae["bytes_sent"], 3 * 1024 * 1024 / 2);
         assert_eq!(ae["last_exchange_unix_ms"], 1_000_000);
         assert_eq!(ae["last_peer"], "node3");

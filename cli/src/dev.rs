@@ -308,6 +308,7 @@ fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<
             }),
             anti_entropy: Default::default(),
             transfer: Default::default(),
+            tombstones: Default::default(),
             read_repair: true,
             hinted_handoff: true,
             resp: Default::default(),

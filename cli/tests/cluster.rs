@@ -101,11 +101,15 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
                 "partitions",
                 "hints_pending",
                 "anti_entropy",
-                "transfer"
+                "transfer",
+                "tombstones"
             ])
         );
         // No change is in flight: nobody pushes.
         assert!(m["transfer"].is_null(), "{m}");
+        // Each member answers for its own tombstones: it reaps, and holds none yet.
+        assert_eq!(m["tombstones"]["enabled"], true, "{m}");
+        assert_eq!(m["tombstones"]["held"], 0, "{m}");
         // Each member answers for its own anti-entropy too; nothing differs in a new cluster.
         let ae = &m["anti_entropy"];
         assert_eq!(ae["enabled"], true, "{m}");
@@ -128,8 +132,9 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
             .is_some_and(|l| l.starts_with("NAME") && l.ends_with("HINTS")),
         "{text}"
     );
-    // The member table, a blank line, the anti-entropy table, a blank line and the layout.
-    assert_eq!(text.lines().count(), 12, "{text}");
+    // The member table, a blank line, the anti-entropy table, a blank line, the tombstones
+    // table, a blank line and the layout.
+    assert_eq!(text.lines().count(), 17, "{text}");
     assert_eq!(
         text.lines().last(),
         Some("layout version 1, settled: node1, node2, node3"),
@@ -139,6 +144,12 @@ fn three_nodes_share_the_ring_and_options_above_n_are_usage_errors() {
         text.lines()
             .nth(6)
             .is_some_and(|l| l.starts_with("NAME") && l.contains("ANTI-ENTROPY")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .nth(11)
+            .is_some_and(|l| l.starts_with("NAME") && l.contains("TOMBSTONES")),
         "{text}"
     );
 

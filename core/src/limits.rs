@@ -47,3 +47,41 @@ const _: () = assert!(TRANSFER_BATCH_KEYS_DEFAULT <= TRANSFER_BATCH_KEYS_MAX);
 const _: () = assert!(TRANSFER_BATCH_BYTES_DEFAULT <= TRANSFER_BATCH_BYTES_MAX);
 const _: () = assert!(TRANSFER_PARTITIONS_CONCURRENT_DEFAULT <= TRANSFER_PARTITIONS_CONCURRENT_MAX);
 const _: () = assert!(TRANSFER_RETRY_BASE.as_nanos() <= TRANSFER_RETRY_MAX.as_nanos());
+
+/// How long a node must have held a tombstone, unchanged, before it may reap it, unless
+/// configured (`[tombstones] grace_secs`). The reaper already asks every member of every live
+/// layout version (a member that does not answer blocks), so the grace guards only what no
+/// member can report: a message carrying an older copy of the key still in flight (a read
+/// repair, a forward, a replicate or a handoff, each bounded by timeouts of seconds to a
+/// minute) and a node paused (SIGSTOP, a frozen VM) while holding one. An hour is far above the
+/// longest of those timeouts and costs little: a tombstone is a few dozen bytes.
+pub const TOMBSTONE_GRACE_DEFAULT: Duration = Duration::from_secs(3600);
+/// Time between two reaper rounds unless configured (`[tombstones] interval_ms`). A round reads
+/// and decodes every stored object once (about a second per million keys), so five minutes
+/// keeps it far below 1% of a core while adding little to the hour of grace.
+pub const TOMBSTONE_ROUND_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
+/// The shortest configurable time between two rounds (each round scans the whole store).
+pub const TOMBSTONE_ROUND_INTERVAL_MIN: Duration = Duration::from_millis(50);
+/// Tombstones checked (and so at most reaped) per round unless configured: the reaper's rate
+/// is this per `interval`.
+pub const TOMBSTONE_KEYS_PER_ROUND_DEFAULT: usize = 256;
+/// The most tombstones one round checks: one `PeerRequest::Tombstones` per member carries them
+/// all.
+pub const TOMBSTONE_KEYS_PER_ROUND_MAX: usize =
+    cairn_proto::limits::TOMBSTONE_PROBES_PER_REQUEST_MAX;
+/// Tombstones per page of the reaper's scan (a page ends at this many, or at the store's end).
+pub const TOMBSTONE_SCAN_PAGE_MAX: usize = 1024;
+/// Tombstones whose first sighting the reaper remembers (32-byte key hash, 32-byte object
+/// hash and a time each, about 8 MB at the maximum); beyond it the rest wait until earlier
+/// ones are reaped.
+pub const TOMBSTONES_TRACKED_MAX: usize = 100_000;
+
+/// How long a node remembers a tombstone it reaped, so that the same tombstone handed back by a
+/// replica that had not reaped it yet is reaped again without a new grace period: many
+/// anti-entropy intervals (30 s by default) and reaper rounds (four rounds at least, whatever the
+/// configured interval).
+pub const TOMBSTONE_REAPED_REMEMBER: Duration = Duration::from_secs(30 * 60);
+
+const _: () = assert!(TOMBSTONE_KEYS_PER_ROUND_DEFAULT <= TOMBSTONE_KEYS_PER_ROUND_MAX);
+const _: () =
+    assert!(TOMBSTONE_ROUND_INTERVAL_MIN.as_nanos() <= TOMBSTONE_ROUND_INTERVAL_DEFAULT.as_nanos());

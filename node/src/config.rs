@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// Moving data to new replicas during a layout change. Absent: the defaults.
     #[serde(default, skip_serializing_if = "TransferSection::is_default")]
     pub transfer: TransferSection,
+    /// Reaping tombstones every member holds. Absent: on, with the defaults.
+    #[serde(default, skip_serializing_if = "TombstonesSection::is_default")]
+    pub tombstones: TombstonesSection,
     /// Whether a get this node coordinates sends the merged object to replicas that answered
     /// with less (read repair). On by default; tests switch it off to prove that anti-entropy
     /// alone repairs.
@@ -210,6 +213,55 @@ impl TransferSection {
             batch_bytes: self.batch_bytes,
             partitions_concurrent: self.partitions_concurrent,
             bytes_per_sec: self.bytes_per_sec,
+        };
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
+
+/// The `[tombstones]` section: when this node reaps its tombstones (removes a delete's marker
+/// once every member of every live layout version holds it or nothing, no member holds a hint
+/// for the key, no transfer involves its partition and the grace period has passed; see
+/// `cairn_core::reaper`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TombstonesSection {
+    /// Whether this node reaps at all (it answers other members' checks either way).
+    pub reap: bool,
+    /// Seconds a tombstone must have been held unchanged before it may be reaped (default
+    /// `TOMBSTONE_GRACE_DEFAULT`, one hour; ARCHITECTURE.md says why).
+    pub grace_secs: u64,
+    /// Milliseconds between two rounds (each scans the store once), at least
+    /// `TOMBSTONE_ROUND_INTERVAL_MIN`.
+    pub interval_ms: u64,
+    /// Tombstones checked per round, at most `TOMBSTONE_KEYS_PER_ROUND_MAX`: with
+    /// `interval_ms`, the reaping rate.
+    pub keys_per_round: usize,
+}
+
+impl Default for TombstonesSection {
+    fn default() -> TombstonesSection {
+        let d = cairn_core::reaper::ReaperConfig::default();
+        TombstonesSection {
+            reap: true,
+            grace_secs: d.grace.as_secs(),
+            interval_ms: d.interval.as_millis() as u64,
+            keys_per_round: d.keys_per_round,
+        }
+    }
+}
+
+impl TombstonesSection {
+    fn is_default(&self) -> bool {
+        *self == TombstonesSection::default()
+    }
+
+    /// The reaper's configuration, checked against its limits.
+    pub fn config(&self) -> Result<cairn_core::reaper::ReaperConfig, String> {
+        let c = cairn_core::reaper::ReaperConfig {
+            grace: std::time::Duration::from_secs(self.grace_secs),
+            interval: std::time::Duration::from_millis(self.interval_ms),
+            keys_per_round: self.keys_per_round,
         };
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
@@ -520,6 +572,13 @@ impl NodeConfig {
                 path: path.to_owned(),
                 reason,
             })?;
+        config
+            .tombstones
+            .config()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         for (section, frontend) in [
             ("resp", &config.resp),
             ("http", &config.http),
@@ -635,6 +694,26 @@ key = "node.key"
         }
         let err = load(&format!("{BASE}\n[anti_entropy]\nrate = 5\n")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn tombstones_are_reaped_by_default_and_the_section_is_checked() {
+        let config = load(BASE).unwrap();
+        assert!(config.tombstones.reap);
+        assert_eq!(config.tombstones.grace_secs, 3600);
+        assert!(!config.to_toml().contains("tombstones"));
+        let config = load(&format!("{BASE}\n[tombstones]\ngrace_secs = 5\n")).unwrap();
+        let reaper = config.tombstones.config().unwrap();
+        assert_eq!(reaper.grace, std::time::Duration::from_secs(5));
+        assert_eq!(reaper.keys_per_round, 256);
+        for (line, limit) in [
+            ("keys_per_round = 0", "keys_per_round"),
+            ("keys_per_round = 257", "keys_per_round"),
+            ("interval_ms = 1", "minimum"),
+        ] {
+            let err = load(&format!("{BASE}\n[tombstones]\n{line}\n")).unwrap_err();
+            assert!(err.to_string().contains(limit), "{line}: {err}");
+        }
     }
 
     #[test]

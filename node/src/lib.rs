@@ -14,6 +14,7 @@ pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod reaper;
 pub mod server;
 pub mod store;
 pub mod transfer;

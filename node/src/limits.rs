@@ -152,3 +152,18 @@ pub const CLEANUP_PAGE_MAX: usize = 256;
 pub const CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 const _: () = assert!(CLEANUP_PAGE_MAX <= WRITE_BATCH_MAX);
+
+/// How long a member has to answer the reaper's `PeerRequest::Tombstones` (point reads of at
+/// most `TOMBSTONE_PROBES_PER_REQUEST_MAX` keys); a member that does not answer blocks the
+/// round's reaps.
+pub const TOMBSTONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers (a page, a member's check, a drop) waiting for the reaper task: a round has one page
+/// read, or one check per member, or its drops in flight; the senders wait when it is full.
+pub const TOMBSTONE_ANSWERS_QUEUE_MAX: usize = 64;
+/// Defined by the pure core's reaper, which enforces them.
+pub use cairn_core::limits::{TOMBSTONE_GRACE_DEFAULT, TOMBSTONE_KEYS_PER_ROUND_MAX};
+
+// The default grace period outlasts, many times over, the longest any message carrying an older
+// copy of a key can stay in flight: a forwarded write and its retries, remembered for
+// `FORWARD_REPLY_TTL`.
+const _: () = assert!(TOMBSTONE_GRACE_DEFAULT.as_secs() >= 10 * FORWARD_REPLY_TTL.as_secs());

@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     forwards: Forwards,
     /// Where this node's push of a layout change stands.
     transfer: tokio::sync::watch::Receiver<cairn_core::transfer::TransferStatus>,
+    /// Where this node's tombstone reaper stands (`None`: it does not reap).
+    reaper: Option<tokio::sync::watch::Receiver<cairn_core::reaper::ReaperStatus>>,
 }
 
 impl Node {
@@ -164,6 +166,22 @@ impl Node {
                 config: transfer_config,
                 trees: config.anti_entropy.enabled.then(|| trees.clone()),
             });
+        let reaper_config = config
+            .tombstones
+            .config()
+            .map_err(|reason| NodeError::Config { reason })?;
+        let (reaper_status, reaper_task) = if config.tombstones.reap {
+            let (status, task) = crate::reaper::spawn(crate::reaper::ReaperContext {
+                me,
+                engine: engine.clone(),
+                peers: peers.clone(),
+                layouts: membership.layout().subscribe(),
+                config: reaper_config,
+            });
+            (Some(status), Some(task))
+        } else {
+            (None, None)
+        };
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,
             config.anti_entropy.clone(),
@@ -187,6 +205,7 @@ impl Node {
             context_key,
             forwards: Forwards::new(std::time::Instant::now()),
             transfer: transfer_status,
+            reaper: reaper_status,
         });
         let peers_handle = peers.clone();
         let layout = membership.layout().clone();
@@ -203,6 +222,7 @@ impl Node {
             tokio::spawn(peers.clone().probe_loop()),
             tokio::spawn(crate::metrics::upkeep()),
         ];
+        tasks.extend(reaper_task);
         tasks.extend(
             crate::frontend::serve(listeners, shared)
                 .into_iter()
@@ -928,6 +948,7 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
             partition,
             key_hashes,
         } => shared.anti_entropy.keys(partition, key_hashes).await,
+        PeerRequest::Tombstones { probes } => crate::reaper::answer(&shared.engine, probes).await,
     };
     match resp {
         Ok(r) => Response::Peer(r),
@@ -951,6 +972,10 @@ fn status(shared: &Shared) -> StatusReply {
         anti_entropy: shared.anti_entropy.status(),
         layout: view.layout.as_deref().map(|l| Box::new(layout_status(l))),
         transfer: transfer_progress(&shared.transfer.borrow(), &shared.peers),
+        tombstones: match &shared.reaper {
+            Some(r) => crate::reaper::status(true, &r.borrow(), &shared.peers),
+            None => cairn_proto::TombstoneStatus::default(),
+        },
     }
 }
 

@@ -55,6 +55,15 @@ const _: () = assert!(LAYOUT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
 
+/// Most tombstones in one `PeerRequest::Tombstones` (one reaper round asks about at most this
+/// many keys).
+pub const TOMBSTONE_PROBES_PER_REQUEST_MAX: usize = 256;
+// A full probe list (each key with its length, a 32-byte object hash) fits a frame.
+const _: () = assert!(
+    TOMBSTONE_PROBES_PER_REQUEST_MAX * (KEY_BYTES_MAX + 32 + 8) + FRAME_OVERHEAD_MAX
+        < FRAME_BYTES_MAX
+);
+
 /// Room in a frame for everything that is not the object itself (message tags, key, context,
 /// a forward's request id).
 const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;

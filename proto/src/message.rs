@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
     LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX,
-    VALUE_BYTES_MAX,
+    TOMBSTONE_PROBES_PER_REQUEST_MAX, VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -520,6 +520,43 @@ pub enum PeerRequest {
     /// shows the two nodes' layout stamps differ. The receiver merges it and answers with its
     /// own layout after the merge. At most `LAYOUT_BYTES_MAX` bytes.
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Which of these tombstones the receiver holds, and whether it holds a hint for any of
+    /// their keys (asked by a node that wants to reap its own copies); at most
+    /// `TOMBSTONE_PROBES_PER_REQUEST_MAX`. Changes nothing at the receiver.
+    Tombstones {
+        /// The tombstones, each by key and the hash of the asker's encoded object.
+        probes: Vec<TombstoneProbe>,
+    },
+}
+
+/// One tombstone a reaping node asks a peer about ([`PeerRequest::Tombstones`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneProbe {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// `blake3` of the asker's encoded object for the key.
+    pub object_hash: [u8; 32],
+}
+
+/// What a peer stores for one probed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyHeld {
+    /// No object at all.
+    Absent,
+    /// An object whose encoding hashes to the probe's hash: the same tombstone.
+    Same,
+    /// Some other object (an older value, a newer write, a tombstone with another history).
+    Other,
+}
+
+/// A peer's answer about one probed key, in the order of the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneHolding {
+    /// What it stores for the key.
+    pub copy: CopyHeld,
+    /// Whether it holds a hint for the key (for any target): it will hand its copy on.
+    pub hinted: bool,
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -549,6 +586,8 @@ pub enum PeerResponse {
     /// Answer to `Layout`: the responder's layout after merging the sender's (empty: it holds
     /// none).
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to `Tombstones`: one holding per probe, in order.
+    Tombstones(Vec<TombstoneHolding>),
 }
 
 /// A node's answer to one [`Request`].
@@ -647,6 +686,24 @@ pub struct StatusReply {
     pub layout: Option<Box<LayoutStatus>>,
     /// The asked node's own push of the change in flight (`None` when it has none to make).
     pub transfer: Option<TransferProgress>,
+    /// The asked node's tombstones: held and reaped.
+    pub tombstones: TombstoneStatus,
+}
+
+/// One node's tombstones (keys whose every sibling is a delete) and their reaping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneStatus {
+    /// Whether the node reaps tombstones at all (`[tombstones] reap`).
+    pub enabled: bool,
+    /// Tombstones it stored at its last complete scan.
+    pub held: u64,
+    /// Tombstones it reaped (removed by compare-and-delete) since it started.
+    pub reaped: u64,
+    /// Tombstones past their grace period that its last round could not reap (a member did
+    /// not answer, holds a hint for the key, or holds another copy of it).
+    pub blocked: u64,
+    /// Members that did not answer its last round (every reap waits for them).
+    pub waiting_on: Vec<String>,
 }
 
 /// One node's push of its partitions to their new replicas during a layout change.
@@ -1015,6 +1072,14 @@ pub enum LimitError {
         /// `KEY_HASHES_PER_REQUEST_MAX`.
         max: u64,
     },
+    /// A `Tombstones` request asks about too many keys.
+    #[error("{count} tombstone probes exceed TOMBSTONE_PROBES_PER_REQUEST_MAX ({max})")]
+    TooManyTombstoneProbes {
+        /// Probes sent.
+        count: u64,
+        /// `TOMBSTONE_PROBES_PER_REQUEST_MAX`.
+        max: u64,
+    },
 }
 
 /// Checks a key against its limits.
@@ -1261,6 +1326,14 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             |count, max| LimitError::TooManyKeyHashes { count, max },
         ),
         PeerRequest::Layout(layout) => check_len(layout.len(), LAYOUT_BYTES_MAX, message),
+        PeerRequest::Tombstones { probes } => {
+            check_len(
+                probes.len(),
+                TOMBSTONE_PROBES_PER_REQUEST_MAX,
+                |count, max| LimitError::TooManyTombstoneProbes { count, max },
+            )?;
+            probes.iter().try_for_each(|p| check_key(&p.key))
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cairn_proto::{
-    decode_body, encode_frame, ActorId, Context, DotId, ErrorReply, GetReply, KeyOp, KeyOpReply,
-    NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Request, Response, Role,
-    Sibling, WriteOptions,
+    decode_body, encode_frame, ActorId, Context, CopyHeld, DotId, ErrorReply, GetReply, KeyOp,
+    KeyOpReply, NodeId, PeerRequest, PeerResponse, ReadOptions, ReplicaFailure, Request, Response,
+    Role, Sibling, TombstoneHolding, TombstoneProbe, WriteOptions,
 };
 use serde::Serialize;
 
@@ -172,6 +172,15 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
         }),
     );
     s.insert("seed-layout", peer(PeerRequest::Layout(Vec::new())));
+    s.insert(
+        "seed-tombstones",
+        peer(PeerRequest::Tombstones {
+            probes: vec![TombstoneProbe {
+                key: b"k1".to_vec(),
+                object_hash: [9; 32],
+            }],
+        }),
+    );
     s.insert("seed-response-value", body(&Response::Value(get_reply())));
     s.insert(
         "seed-response-quorum",
@@ -205,6 +214,19 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
     s.insert(
         "seed-response-layout",
         answer(PeerResponse::Layout(vec![1, 2, 3])),
+    );
+    s.insert(
+        "seed-response-tombstones",
+        answer(PeerResponse::Tombstones(vec![
+            TombstoneHolding {
+                copy: CopyHeld::Same,
+                hinted: false,
+            },
+            TombstoneHolding {
+                copy: CopyHeld::Other,
+                hinted: true,
+            },
+        ])),
     );
     s
 }

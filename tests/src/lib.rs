@@ -103,6 +103,7 @@ impl TestDir {
             cluster: None,
             anti_entropy: Default::default(),
             transfer: Default::default(),
+            tombstones: Default::default(),
             read_repair: true,
             hinted_handoff: true,
             resp: Default::default(),
