@@ -58,6 +58,9 @@ pub const LAYOUT_EXCHANGES_MAX: usize = 4;
 /// How long one layout exchange may take (a layout is at most a few megabytes; the next round
 /// tries again).
 pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a layout change's plan waits for an old replica to say how much it holds of the
+/// moving partitions; one that does not answer leaves its partitions not counted.
+pub const PLAN_SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
 pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue
@@ -152,3 +155,8 @@ pub const CLEANUP_PAGE_MAX: usize = 256;
 pub const CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 const _: () = assert!(CLEANUP_PAGE_MAX <= WRITE_BATCH_MAX);
+
+// One `PeerRequest::PartitionSizes` can ask about every partition of any ring.
+const _: () = assert!(
+    cairn_ring::limits::PARTITIONS_MAX as usize <= cairn_proto::limits::PARTITION_SIZES_PER_REQUEST_MAX
+);

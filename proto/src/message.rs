@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX,
-    VALUE_BYTES_MAX,
+    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PARTITION_SIZES_PER_REQUEST_MAX,
+    PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -520,6 +520,23 @@ pub enum PeerRequest {
     /// shows the two nodes' layout stamps differ. The receiver merges it and answers with its
     /// own layout after the merge. At most `LAYOUT_BYTES_MAX` bytes.
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// How many keys and bytes the receiver stores of each of these partitions (at most
+    /// `PARTITION_SIZES_PER_REQUEST_MAX`), for a layout change's plan.
+    PartitionSizes {
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
+}
+
+/// How much one node stores of one partition (keys and encoded objects, tombstones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSize {
+    /// The partition.
+    pub partition: u32,
+    /// Keys stored.
+    pub keys: u64,
+    /// Bytes of those keys and their encoded objects.
+    pub bytes: u64,
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -549,6 +566,9 @@ pub enum PeerResponse {
     /// Answer to `Layout`: the responder's layout after merging the sender's (empty: it holds
     /// none).
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to `PartitionSizes`: one entry per partition asked that the responder can count
+    /// (none before its Merkle trees are rebuilt, or with anti-entropy off).
+    PartitionSizes(Vec<PartitionSize>),
 }
 
 /// A node's answer to one [`Request`].
@@ -777,6 +797,11 @@ pub struct PartitionMoveReply {
     pub from: Vec<String>,
     /// Its replicas after.
     pub to: Vec<String>,
+    /// Keys each new replica must receive (the most any old replica that answered holds),
+    /// if counted.
+    pub keys: Option<u64>,
+    /// Bytes (keys and encoded objects) each new replica must receive, if counted.
+    pub bytes: Option<u64>,
 }
 
 /// What anti-entropy did on one node since it started.
@@ -1013,6 +1038,14 @@ pub enum LimitError {
         /// Hashes asked for.
         count: u64,
         /// `KEY_HASHES_PER_REQUEST_MAX`.
+        max: u64,
+    },
+    /// A `PartitionSizes` request asks for too many partitions.
+    #[error("{count} partitions exceed PARTITION_SIZES_PER_REQUEST_MAX ({max})")]
+    TooManyPartitions {
+        /// Partitions asked for.
+        count: u64,
+        /// `PARTITION_SIZES_PER_REQUEST_MAX`.
         max: u64,
     },
 }
@@ -1261,6 +1294,11 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             |count, max| LimitError::TooManyKeyHashes { count, max },
         ),
         PeerRequest::Layout(layout) => check_len(layout.len(), LAYOUT_BYTES_MAX, message),
+        PeerRequest::PartitionSizes { partitions } => check_len(
+            partitions.len(),
+            PARTITION_SIZES_PER_REQUEST_MAX,
+            |count, max| LimitError::TooManyPartitions { count, max },
+        ),
     }
 }
 

@@ -172,6 +172,12 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
         }),
     );
     s.insert("seed-layout", peer(PeerRequest::Layout(Vec::new())));
+    s.insert(
+        "seed-partition-sizes",
+        peer(PeerRequest::PartitionSizes {
+            partitions: vec![0, 5, 63],
+        }),
+    );
     s.insert("seed-response-value", body(&Response::Value(get_reply())));
     s.insert(
         "seed-response-quorum",
@@ -205,6 +211,16 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
     s.insert(
         "seed-response-layout",
         answer(PeerResponse::Layout(vec![1, 2, 3])),
+    );
+    s.insert(
+        "seed-response-partition-sizes",
+        answer(PeerResponse::PartitionSizes(vec![
+            cairn_proto::PartitionSize {
+                partition: 5,
+                keys: 12,
+                bytes: 3400,
+            },
+        ])),
     );
     s
 }
