@@ -295,8 +295,9 @@ fn anti_entropy_row(name: &str, ae: Option<&AntiEntropyStatus>, now_unix_ms: u64
     ]
 }
 
-/// What the operator must do about each degraded member: its store refuses every commit after
-/// a failed one until it restarts (redb cannot be reopened in place yet).
+/// What the operator must do about each degraded member: its store refuses commits after a
+/// failed one until its writer recovers it in place, which needs free space (twice its commit
+/// log's size, see `RECOVERY_FREE_LOG_FACTOR`) or a disk that works again.
 fn degraded_text(members: &[MemberJson]) -> String {
     members
         .iter()
@@ -304,7 +305,7 @@ fn degraded_text(members: &[MemberJson]) -> String {
         .map(|m| {
             format!(
                 "{} is degraded: its disk is full or failed, it refuses writes and is routed \
-                 around; free space (or fix the disk) and restart it\n",
+                 around; free space (or fix the disk): it recovers by itself, no restart needed\n",
                 m.name
             )
         })

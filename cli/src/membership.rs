@@ -152,17 +152,30 @@ fn print_plan(plan: &LayoutChangeReply) {
         return;
     }
     println!("{} partitions change replicas:", plan.moves.len());
+    let mut uncounted = 0;
     for m in &plan.moves {
+        let size = match (m.keys, m.bytes) {
+            (Some(k), Some(b)) => format!("{k} keys, {b} bytes"),
+            _ => {
+                uncounted += 1;
+                "not counted".to_owned()
+            }
+        };
         println!(
-            "  partition {:>5}: {} -> {}",
+            "  partition {:>5}: {} -> {} ({size})",
             m.partition,
             m.from.join(","),
             m.to.join(",")
         );
     }
     match (plan.keys, plan.bytes) {
-        (Some(k), Some(b)) => println!("to transfer: {k} keys, {b} bytes"),
-        _ => println!("to transfer: keys and bytes not counted"),
+        (Some(k), Some(b)) => {
+            println!("to transfer: {k} keys, {b} bytes (to every new replica of each partition)")
+        }
+        _ => println!(
+            "to transfer: not counted ({uncounted} partitions had no old replica that answered \
+             with its size: down, or running without anti-entropy's trees)"
+        ),
     }
     if plan.applied {
         println!(

@@ -156,8 +156,9 @@ fn a_leave_is_a_planned_layout_change_that_spreads_and_moves_nothing_before_its_
         std::fs::write(&path, config).unwrap();
     }
     let dev = Dev::start(dir.path(), Some(4));
-    for i in 0..32 {
-        dev.run(&["put", &format!("key{i}"), "v"]).ok();
+    const KEYS: usize = 32;
+    for i in 0..KEYS {
+        dev.run(&["put", &format!("key{i}"), "v", "--w", "3"]).ok();
     }
 
     // Membership commands name their node: a default would pick node1.
@@ -180,12 +181,58 @@ fn a_leave_is_a_planned_layout_change_that_spreads_and_moves_nothing_before_its_
         let (from, to) = (m["from"].to_string(), m["to"].to_string());
         assert!(from.contains("node4") && !to.contains("node4"), "{m}");
     }
+    // The plan counts what moves (issue 11 item 2): each moving partition holds exactly the
+    // written keys whose partition it is, and the totals are those times the new replicas.
+    let q = ring(&dev, "node1")["partitions"].as_array().unwrap().len() as u32;
+    let config = cairn_ring::RingConfig {
+        partitions: q,
+        replicas: 3,
+    };
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..KEYS {
+        *expected
+            .entry(u64::from(config.partition_of(format!("key{i}").as_bytes())))
+            .or_default() += 1;
+    }
+    let counted = wait_for("the plan to count every written key", RING_DEADLINE, || {
+        let run = dev.run(&["leave", "--node", "node4", "--dry-run", "--json"]);
+        let plan = run.json();
+        let all = plan["moves"].as_array().unwrap().iter().all(|m| {
+            let p = m["partition"].as_u64().unwrap();
+            m["keys"].as_u64() == Some(expected.get(&p).copied().unwrap_or(0))
+        });
+        all.then_some(plan)
+    });
+    let (mut keys, mut bytes) = (0, 0);
+    for m in counted["moves"].as_array().unwrap() {
+        let from = m["from"].as_array().unwrap();
+        let gaining = m["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| !from.contains(n))
+            .count() as u64;
+        let (k, b) = (m["keys"].as_u64().unwrap(), m["bytes"].as_u64().unwrap());
+        // Each key weighs at least its name and its one-byte value.
+        assert!(b >= k * 5, "{m}");
+        keys += k * gaining;
+        bytes += b * gaining;
+    }
+    assert!(
+        keys > 0,
+        "node4 replicates some of the {KEYS} keys: {counted}"
+    );
+    assert_eq!(counted["keys"].as_u64(), Some(keys), "{counted}");
+    assert_eq!(counted["bytes"].as_u64(), Some(bytes), "{counted}");
     let text = dev.run(&["leave", "--node", "node4", "--dry-run"]).ok();
     assert!(
         text.contains("dry run, not applied") && text.contains(" -> "),
         "{text}"
     );
-    assert!(text.contains("not counted"), "{text}");
+    assert!(
+        text.contains(&format!("to transfer: {keys} keys, {bytes} bytes")),
+        "{text}"
+    );
     for name in names {
         let l = layout(&dev, name);
         assert_eq!(l["version"], 1, "{name}: {l}");

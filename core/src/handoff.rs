@@ -8,13 +8,27 @@
 //! the sibling limit) is set aside for `HANDOFF_REFUSED_RETRY` and the next hint is sent: one
 //! poison hint never blocks the others. A *failure* (unreachable, overloaded, shutting down, a
 //! storage error) ends the target's round: the rest would most likely fail the same way.
+//!
+//! Hints follow ownership ([`route_hint`]): once the driver hands the machine a layout, a hint
+//! whose target replicates the key's partition in no live layout version any more (the change
+//! that moved it retired the version the hint was made under, or the target was removed) is
+//! not sent to that target; it is *redirected* ([`Action::Redirect`]): hints for the
+//! partition's replicas in the newest version take its place. While a change is in flight and
+//! the target replicates the partition only in the old version, the target still gets it, and
+//! the newest version's replicas get hints too (the target may have pushed the partition
+//! already). A target that is down is *swept* after every layout change, so its moved hints do
+//! not wait for it to come back (a removed node never does).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_layout::Layout;
 use cairn_proto::{ErrorReply, NodeId};
 
-use crate::limits::{HANDOFF_BATCH_MAX, HANDOFF_REFUSED_MAX, HANDOFF_REFUSED_RETRY};
+use crate::limits::{
+    HANDOFF_BATCH_MAX, HANDOFF_REFUSED_MAX, HANDOFF_REFUSED_RETRY, HANDOFF_SWEEP_HINTS_MAX,
+};
 
 /// How often hints are retried when no peer came up in between.
 pub const HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,6 +73,56 @@ impl Answer {
     }
 }
 
+/// Where a hint must go under the current layout ([`route_hint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To its target, which replicates the key in the newest layout version.
+    Target,
+    /// To its target, which replicates the key only in the older live version (a change is in
+    /// flight), and to these replicas of the newest version as well.
+    TargetAndOwners(Vec<NodeId>),
+    /// Not to its target, which replicates the key in no live version: to these replicas of
+    /// the newest version instead.
+    Owners(Vec<NodeId>),
+}
+
+/// Where a hint for `target` of `key`, held by `me`, must go under `layout`. The owners named
+/// are the key's replicas in the newest version except `me` (which holds the copy) and
+/// `target`; every one of them gets a hint, since the version the hint was made under may be
+/// gone and with it which of them took `target`'s place (a merge is idempotent, so one that
+/// already holds the object loses nothing but a send).
+pub fn route_hint(layout: &Layout, me: NodeId, target: NodeId, key: &[u8]) -> Route {
+    let newest = layout.current();
+    let p = newest.ring().partition_of(key);
+    let owners = newest.primaries(p);
+    if owners.contains(&target) {
+        return Route::Target;
+    }
+    let to: Vec<NodeId> = owners
+        .into_iter()
+        .filter(|n| *n != me && *n != target)
+        .collect();
+    if layout.replicates(target, p) {
+        Route::TargetAndOwners(to)
+    } else {
+        Route::Owners(to)
+    }
+}
+
+/// The layout hints are routed by, and the node holding them.
+#[derive(Debug)]
+struct Router {
+    me: NodeId,
+    layout: Arc<Layout>,
+}
+
+fn route(router: &Option<Router>, target: NodeId, key: &[u8]) -> Route {
+    match router {
+        Some(r) => route_hint(&r.layout, r.me, target, key),
+        None => Route::Target,
+    }
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -84,7 +148,22 @@ pub enum Action {
         /// The hint.
         hint: HintRef,
     },
-    /// A round for `target` ended; for the log.
+    /// The key of `hint` must reach `to` instead of (or, with `keep`, as well as) `target`:
+    /// add (or renew) a hint for each of `to`, and only once those are durable, unless `keep`,
+    /// delete `target`'s hint unless it was renewed since (`seq`). If adding one fails, keep
+    /// `target`'s hint: a later round or sweep redirects it again.
+    Redirect {
+        /// The node the hint was for.
+        target: NodeId,
+        /// The hint.
+        hint: HintRef,
+        /// The nodes that get hints for the key.
+        to: Vec<NodeId>,
+        /// Whether `target`'s hint stays (a change is in flight and it still replicates the
+        /// key in the older version).
+        keep: bool,
+    },
+    /// A round (or a sweep) for `target` ended; for the log.
     RoundDone {
         /// The node.
         target: NodeId,
@@ -92,6 +171,8 @@ pub enum Action {
         delivered: usize,
         /// Hints it refused this round.
         refused: usize,
+        /// Hints redirected to other nodes this round.
+        redirected: usize,
         /// Why the round ended early, if it did.
         failure: Option<String>,
     },
@@ -102,6 +183,8 @@ enum Phase {
     #[default]
     Idle,
     Reading,
+    /// Reading the hints of a target that is down, for the ones to redirect.
+    Sweeping,
     Sending {
         queue: VecDeque<HintRef>,
         current: HintRef,
@@ -115,6 +198,9 @@ struct Target {
     refused: BTreeMap<Vec<u8>, (u64, Instant)>,
     delivered: usize,
     refused_now: usize,
+    redirected: usize,
+    /// The layout generation this target was last swept under.
+    swept: u64,
 }
 
 /// The handoff policy of one node.
@@ -122,6 +208,9 @@ struct Target {
 pub struct Handoff {
     targets: BTreeMap<NodeId, Target>,
     actions: VecDeque<Action>,
+    router: Option<Router>,
+    /// Counts the layouts handed in; a target swept under an older one is swept again.
+    generation: u64,
 }
 
 impl Handoff {
@@ -130,31 +219,62 @@ impl Handoff {
         Handoff::default()
     }
 
+    /// The layout hints are routed by from now on, held by `me`: every target that is down
+    /// is swept again at the next round, and hints whose target replicates their key in no
+    /// live version are redirected ([`route_hint`]). Without one (the simulator runs none),
+    /// every hint goes to its target.
+    pub fn handle_layout(&mut self, me: NodeId, layout: Arc<Layout>) {
+        self.router = Some(Router { me, layout });
+        self.generation += 1;
+    }
+
     /// A delivery round: every target that holds hints, is up and is not in a round already
-    /// starts one. `counts` are the hints held per target.
+    /// starts one; one that is down is swept for hints to redirect if it was not swept under
+    /// the current layout. `counts` are the hints held per target.
     pub fn handle_round(
         &mut self,
         now: Instant,
         counts: &BTreeMap<NodeId, u64>,
         is_up: &dyn Fn(NodeId) -> bool,
     ) {
+        let generation = self.generation;
+        let routed = self.router.is_some();
+        // A target forgotten while it held no hints was swept under nothing: sweep it anew.
         self.targets
             .retain(|id, t| counts.get(id).is_some_and(|c| *c > 0) || !t.is_idle());
         for (&target, &count) in counts {
-            if count == 0 || !is_up(target) {
+            if count == 0 {
+                continue;
+            }
+            let up = is_up(target);
+            let sweep_due = routed
+                && self
+                    .targets
+                    .get(&target)
+                    .is_none_or(|t| t.swept < generation);
+            if !up && !sweep_due {
                 continue;
             }
             let t = self.targets.entry(target).or_default();
             if !t.is_idle() {
                 continue;
             }
-            t.refused.retain(|_, (_, until)| *until > now);
-            // Every hint set aside may come first in key order: read past them.
-            let limit = HANDOFF_BATCH_MAX + t.refused.len();
-            t.phase = Phase::Reading;
             t.delivered = 0;
             t.refused_now = 0;
-            self.actions.push_back(Action::ReadHints { target, limit });
+            t.redirected = 0;
+            if up {
+                t.refused.retain(|_, (_, until)| *until > now);
+                // Every hint set aside may come first in key order: read past them.
+                let limit = HANDOFF_BATCH_MAX + t.refused.len();
+                t.phase = Phase::Reading;
+                self.actions.push_back(Action::ReadHints { target, limit });
+            } else {
+                t.phase = Phase::Sweeping;
+                self.actions.push_back(Action::ReadHints {
+                    target,
+                    limit: HANDOFF_SWEEP_HINTS_MAX,
+                });
+            }
         }
     }
 
@@ -163,15 +283,61 @@ impl Handoff {
         let Some(t) = self.targets.get_mut(&target) else {
             return;
         };
-        if !matches!(t.phase, Phase::Reading) {
-            return;
+        match t.phase {
+            Phase::Reading => {}
+            Phase::Sweeping => {
+                let read = hints.len();
+                let mut moved = 0;
+                for hint in hints {
+                    let (to, keep) = match route(&self.router, target, &hint.key) {
+                        Route::Target => continue,
+                        Route::TargetAndOwners(to) => (to, true),
+                        Route::Owners(to) => (to, false),
+                    };
+                    if !keep {
+                        moved += 1;
+                    }
+                    t.redirected += 1;
+                    self.actions.push_back(Action::Redirect {
+                        target,
+                        hint,
+                        to,
+                        keep,
+                    });
+                }
+                // Redirected hints leave the front of the key order; kept ones stay there, so
+                // reading again helps only if this sweep moved some and may have stopped short.
+                if moved == 0 || read < HANDOFF_SWEEP_HINTS_MAX {
+                    t.swept = self.generation;
+                }
+                return self.end_round(target, None);
+            }
+            _ => return,
         }
-        let mut queue: VecDeque<HintRef> = hints
+        let mut queue = VecDeque::new();
+        // A hint renewed since it was refused holds a newer object: try that at once.
+        for hint in hints
             .into_iter()
-            // A hint renewed since it was refused holds a newer object: try that at once.
             .filter(|h| t.refused.get(&h.key).is_none_or(|(seq, _)| *seq != h.seq))
-            .take(HANDOFF_BATCH_MAX)
-            .collect();
+        {
+            match route(&self.router, target, &hint.key) {
+                Route::Owners(to) => {
+                    t.redirected += 1;
+                    self.actions.push_back(Action::Redirect {
+                        target,
+                        hint,
+                        to,
+                        keep: false,
+                    });
+                }
+                // The target gets it; its acknowledgement redirects it to the owners too.
+                Route::Target | Route::TargetAndOwners(_) => {
+                    if queue.len() < HANDOFF_BATCH_MAX {
+                        queue.push_back(hint);
+                    }
+                }
+            }
+        }
         match queue.pop_front() {
             Some(current) => {
                 self.actions.push_back(Action::Send {
@@ -203,10 +369,23 @@ impl Handoff {
             Answer::Acked => {
                 t.delivered += 1;
                 t.refused.remove(&current.key);
-                self.actions.push_back(Action::Delete {
-                    target,
-                    hint: current.clone(),
-                });
+                // Routed again: the layout may have changed while the hint was on its way.
+                let action = match route(&self.router, target, &current.key) {
+                    Route::Target => Action::Delete {
+                        target,
+                        hint: current.clone(),
+                    },
+                    Route::TargetAndOwners(to) | Route::Owners(to) => {
+                        t.redirected += 1;
+                        Action::Redirect {
+                            target,
+                            hint: current.clone(),
+                            to,
+                            keep: false,
+                        }
+                    }
+                };
+                self.actions.push_back(action);
             }
             Answer::Refused(_) => {
                 t.refused_now += 1;
@@ -246,6 +425,7 @@ impl Handoff {
             target,
             delivered: std::mem::take(&mut t.delivered),
             refused: std::mem::take(&mut t.refused_now),
+            redirected: std::mem::take(&mut t.redirected),
             failure,
         });
     }

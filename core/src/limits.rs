@@ -15,6 +15,11 @@ pub const HANDOFF_REFUSED_MAX: usize = 256;
 /// How long a refused hint waits before it is offered again (the target's copy may have
 /// changed so that it fits, e.g. a client resolved its siblings).
 pub const HANDOFF_REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// Hints read per target in one sweep of a target that is down, after a layout change, for
+/// hints whose partition moved away from it (at most `KEY_BYTES_MAX` each: 4 MiB of keys).
+/// A sweep that moved some and read this many runs again next round; one that moved none
+/// stops until the next layout change.
+pub const HANDOFF_SWEEP_HINTS_MAX: usize = 4096;
 
 /// Keys in one transfer batch (one page of a partition's keys, sent before the next is read).
 pub const TRANSFER_BATCH_KEYS_MAX: usize = 1024;
@@ -43,6 +48,7 @@ pub const TRANSFER_PARTITIONS_CONCURRENT_DEFAULT: usize = 2;
 /// a 1 GiB node's share in about two minutes per target and leaves room for client traffic.
 pub const TRANSFER_BYTES_PER_SEC_DEFAULT: u64 = 8 * 1024 * 1024;
 
+const _: () = assert!(HANDOFF_BATCH_MAX <= HANDOFF_SWEEP_HINTS_MAX);
 const _: () = assert!(TRANSFER_BATCH_KEYS_DEFAULT <= TRANSFER_BATCH_KEYS_MAX);
 const _: () = assert!(TRANSFER_BATCH_BYTES_DEFAULT <= TRANSFER_BATCH_BYTES_MAX);
 const _: () = assert!(TRANSFER_PARTITIONS_CONCURRENT_DEFAULT <= TRANSFER_PARTITIONS_CONCURRENT_MAX);

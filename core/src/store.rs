@@ -112,4 +112,12 @@ pub trait Store: Send + Sync + 'static {
     fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError>;
     /// How many hints are held per target.
     fn hint_counts(&self) -> Result<std::collections::BTreeMap<NodeId, u64>, StoreError>;
+    /// Brings back a store that refuses commits after a failed one, in place (the redb store
+    /// reopens its database and replays its log). `Ok(None)`: it was not refusing commits;
+    /// `Ok(Some(keys))`: it recovered, and these keys' stored objects may differ from what the
+    /// caller last saw committed (logged batches whose commit reported failure). The default
+    /// has nothing to recover.
+    fn recover(&self) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -16,7 +16,10 @@ use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::limits::{DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+use crate::limits::{
+    DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, STORAGE_PROBE_POLL, STORAGE_PROBE_RETRY_BASE,
+    STORAGE_PROBE_RETRY_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
+};
 use crate::store::{Hint, Store, StoreError};
 use crate::trees::Trees;
 use crate::version::{Object, VersionError};
@@ -122,9 +125,11 @@ pub struct EngineStats {
     /// Lease extensions persisted.
     pub lease_extensions: AtomicU64,
     /// Why the last commit failed, while the store is failing: set by a failed commit, cleared
-    /// by the next one that succeeds (a `RedbStore` refuses every commit after a failure until
-    /// the node restarts, so there it stays until then).
+    /// by the next one that succeeds, or by a recovery in place (a `RedbStore` refuses every
+    /// commit after a failure until the writer's probe recovers it, see [`Store::recover`]).
     pub degraded: Mutex<Option<StorageFault>>,
+    /// Recoveries in place that brought the store back after a failure.
+    pub recoveries: AtomicU64,
 }
 
 /// What the disk did to the last commit.
@@ -151,8 +156,8 @@ impl StorageFault {
     fn client_reason(&self) -> String {
         if self.disk_full {
             format!(
-                "the disk of this node is full; nothing was acknowledged (free space and restart \
-                 the node): {}",
+                "the disk of this node is full; nothing was acknowledged (free space: the node \
+                 recovers by itself once it can write again): {}",
                 self.reason
             )
         } else {
@@ -232,6 +237,8 @@ impl Engine {
                         stats,
                         hint_counts,
                         trees,
+                        node,
+                        probe: Probe::default(),
                     };
                     w.run(rx)
                 })
@@ -383,12 +390,41 @@ struct WriterThread {
     stats: Arc<EngineStats>,
     hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
     trees: Option<Arc<Trees>>,
+    node: NodeId,
+    probe: Probe,
+}
+
+/// When the writer next tries to bring a failed store back ([`Store::recover`]).
+#[derive(Debug, Default)]
+struct Probe {
+    /// Failed attempts since the fault.
+    failures: u32,
+    /// `None` until the first attempt is scheduled.
+    next_at: Option<std::time::Instant>,
 }
 
 impl WriterThread {
     fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut ops = Vec::with_capacity(WRITE_BATCH_MAX);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = if self.stats.degraded().is_some() {
+                // Degraded: probe the store on its backoff between writes, which meanwhile
+                // fail at once with the fault (they still come through, so a client hears it).
+                self.probe_store();
+                match rx.try_recv() {
+                    Ok(op) => op,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(STORAGE_PROBE_POLL);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(op) => op,
+                    None => return,
+                }
+            };
             ops.push(first);
             // Everything that queued while the previous batch was being made durable shares
             // this commit: that is the group commit.
@@ -400,6 +436,86 @@ impl WriterThread {
             }
             self.run_batch(&mut ops);
         }
+    }
+
+    /// While degraded: when the backoff allows, asks the store to recover in place. Once it
+    /// did, a probe commit (an empty batch through the log) must succeed too; then the core
+    /// writer is opened again over the recovered store (its lease and hint counts as stored:
+    /// a fresh lease block, so no dot repeats), the replayed keys are laid over the trees, and
+    /// the fault is cleared. Attempts back off from `STORAGE_PROBE_RETRY_BASE`, doubling up to
+    /// `STORAGE_PROBE_RETRY_MAX`, and go on for as long as the fault lasts.
+    fn probe_store(&mut self) {
+        let now = std::time::Instant::now();
+        let Some(next_at) = self.probe.next_at else {
+            self.probe.next_at = Some(now + STORAGE_PROBE_RETRY_BASE);
+            return;
+        };
+        if now < next_at {
+            return;
+        }
+        match self.recover() {
+            // Nothing to recover in place: the next commit that succeeds clears the fault.
+            Ok(false) => {}
+            Ok(true) => {
+                self.probe = Probe::default();
+                self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                *self.stats.degraded.lock().expect("degraded lock") = None;
+                tracing::info!("storage recovered without a restart: the node writes again");
+                return;
+            }
+            Err(e) => {
+                let fault = StorageFault::of(&e);
+                tracing::debug!(
+                    disk_full = fault.disk_full,
+                    "storage still failing: {}",
+                    fault.reason
+                );
+                *self.stats.degraded.lock().expect("degraded lock") = Some(fault);
+            }
+        }
+        self.probe.failures = self.probe.failures.saturating_add(1);
+        let backoff = STORAGE_PROBE_RETRY_BASE
+            .saturating_mul(1u32 << self.probe.failures.min(16))
+            .min(STORAGE_PROBE_RETRY_MAX);
+        self.probe.next_at = Some(now + backoff);
+    }
+
+    /// One recovery attempt; `Ok(false)` when the store has nothing to recover in place.
+    fn recover(&mut self) -> Result<bool, StoreError> {
+        let Some(touched) = self.store.recover()? else {
+            return Ok(false);
+        };
+        // The probe: the write path itself (log append and sync, redb apply) works again.
+        self.store.commit(&cairn_core::store::Batch::default())?;
+        if self.store.meta()?.is_none() {
+            // Never after a successful open; a fresh lease here could repeat dots.
+            return Err(StoreError::CorruptMeta {
+                reason: "the recovered store holds no node metadata".into(),
+            });
+        }
+        self.core = Writer::open(
+            &*self.store,
+            self.node,
+            // Unused: the store holds its metadata (checked above).
+            self.core.actor().epoch,
+            WriterConfig::new(DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX),
+        )
+        .map_err(|e| StoreError::Io {
+            op: "reopen the writer",
+            reason: e.to_string(),
+        })?;
+        *self.hint_counts.lock().expect("hint counts lock") = self.core.hint_counts().clone();
+        // The replay may have applied batches whose commit reported failure (logged, then redb
+        // failed): the trees must show what the store now holds.
+        if let Some(trees) = &self.trees {
+            for key in &touched {
+                match self.store.get(key)? {
+                    Some(object) => trees.record([(key.as_slice(), object.as_slice())]),
+                    None => trees.record_removed([key.as_slice()]),
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn run_batch(&mut self, ops: &mut Vec<WriteOp>) {

@@ -8,6 +8,10 @@
 //! key's partition in no live layout version: the copy existed only to be handed off. A write or
 //! merge that reached the copy after it was sent makes the object differ and keeps it, and the
 //! writer also keeps a copy that still backs a hint to another target.
+//!
+//! Hints follow ownership: the loop hands the policy every layout it publishes, and carries out
+//! its redirects ([`Action::Redirect`]) by adding hints for the key's current replicas before
+//! deleting the one for a node that no longer replicates it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +50,7 @@ pub async fn run(
     mut up_events: mpsc::Receiver<NodeId>,
 ) {
     let mut policy = Handoff::new();
+    let mut layouts = layout.subscribe();
     let mut cx = Context {
         me,
         engine,
@@ -53,10 +58,19 @@ pub async fn run(
         layout,
         acked: None,
     };
+    let mut routed: Option<Arc<cairn_layout::Layout>> = None;
     loop {
         tokio::select! {
             _ = up_events.recv() => {}
+            // A new layout may have moved hinted partitions: redirect at once.
+            Ok(()) = layouts.changed() => {}
             _ = tokio::time::sleep(HANDOFF_INTERVAL) => {}
+        }
+        if let Some(layout) = cx.layout.get() {
+            if !routed.as_ref().is_some_and(|r| Arc::ptr_eq(r, &layout)) {
+                policy.handle_layout(cx.me, layout.clone());
+                routed = Some(layout);
+            }
         }
         policy.handle_round(Instant::now(), &cx.engine.hint_counts(), &|t| {
             cx.peers.is_up(t)
@@ -138,20 +152,62 @@ async fn carry_out(action: Action, policy: &mut Handoff, cx: &mut Context) {
                 Err(e) => debug!("dropping a handed-off copy failed: {e}"),
             }
         }
+        Action::Redirect {
+            target,
+            hint,
+            to,
+            keep,
+        } => redirect(engine, peers, target, hint, to, keep).await,
         Action::RoundDone {
             target,
             delivered,
             refused,
+            redirected,
             failure,
         } => {
             let peer = peers.name(target);
-            if delivered > 0 || refused > 0 {
-                info!(%peer, delivered, refused, "hints handed off");
+            if delivered > 0 || refused > 0 || redirected > 0 {
+                info!(%peer, delivered, refused, redirected, "hints handed off");
             }
             if let Some(why) = failure {
                 debug!("handoff to {peer} stopped: {why}");
             }
         }
+    }
+}
+
+/// Hints `hint`'s key for every node of `to`, then (unless `keep`) deletes `target`'s hint if it
+/// was not renewed meanwhile. The new hints are durable before the old one goes, so a crash in
+/// between leaves a hint too many (delivered twice, harmlessly), never one too few.
+async fn redirect(
+    engine: &Arc<Engine>,
+    peers: &Peers,
+    target: NodeId,
+    hint: HintRef,
+    to: Vec<NodeId>,
+    keep: bool,
+) {
+    for owner in to {
+        let add = Write::AddHint { target: owner };
+        if let Err(e) = engine.apply(hint.key.clone(), add).await {
+            // The old hint stays; the next round or sweep tries again.
+            debug!(
+                "redirecting a hint for {} to {} failed: {e}",
+                peers.name(target),
+                peers.name(owner)
+            );
+            return;
+        }
+    }
+    if keep {
+        return;
+    }
+    let done = Write::HintDelivered {
+        target,
+        seq: hint.seq,
+    };
+    if let Err(e) = engine.apply(hint.key, done).await {
+        debug!("deleting a redirected hint failed: {e}");
     }
 }
 

@@ -58,6 +58,30 @@ pub const LAYOUT_EXCHANGES_MAX: usize = 4;
 /// How long one layout exchange may take (a layout is at most a few megabytes; the next round
 /// tries again).
 pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first wait before a degraded node's writer tries to recover its store in place (reopen
+/// redb, replay the log) after a failed commit; each failed attempt doubles it.
+pub const STORAGE_PROBE_RETRY_BASE: Duration = Duration::from_millis(200);
+/// The longest wait between two recovery attempts; they go on while the fault lasts.
+pub const STORAGE_PROBE_RETRY_MAX: Duration = Duration::from_secs(10);
+/// A store that refused commits after a failed write recovers in place only once the disk has
+/// this many times its commit log's bytes free (plus `RECOVERY_FREE_MARGIN_BYTES`): enough to
+/// replay the log into redb with one durable commit, which writes the log's objects into fresh
+/// pages next to the log (a replay with as much free as the log held failed with ENOSPC; twice
+/// that is the smallest rule that the full-tmpfs tests of `tests/tests/disk_full.rs` pass
+/// with, where 48 MiB free recovered a 15 MiB log), and enough for the next checkpoint. Less,
+/// and a probe that a tiny record fits would clear the fault only for the next real write to
+/// fail again: the node would flap between degraded and ok.
+pub const RECOVERY_FREE_LOG_FACTOR: u64 = 2;
+/// Free bytes a recovery needs besides `RECOVERY_FREE_LOG_FACTOR` times the log: room for a
+/// few batches and redb's own pages when the log is nearly empty.
+pub const RECOVERY_FREE_MARGIN_BYTES: u64 = 4 << 20;
+/// How often a degraded writer with no queued write looks at its probe's schedule.
+pub const STORAGE_PROBE_POLL: Duration = Duration::from_millis(50);
+const _: () = assert!(STORAGE_PROBE_RETRY_BASE.as_nanos() <= STORAGE_PROBE_RETRY_MAX.as_nanos());
+const _: () = assert!(STORAGE_PROBE_POLL.as_nanos() <= STORAGE_PROBE_RETRY_BASE.as_nanos());
+/// How long a layout change's plan waits for an old replica to say how much it holds of the
+/// moving partitions; one that does not answer leaves its partitions not counted.
+pub const PLAN_SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
 pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue
@@ -167,3 +191,8 @@ pub use cairn_core::limits::{TOMBSTONE_GRACE_DEFAULT, TOMBSTONE_KEYS_PER_ROUND_M
 // copy of a key can stay in flight: a forwarded write and its retries, remembered for
 // `FORWARD_REPLY_TTL`.
 const _: () = assert!(TOMBSTONE_GRACE_DEFAULT.as_secs() >= 10 * FORWARD_REPLY_TTL.as_secs());
+// One `PeerRequest::PartitionSizes` can ask about every partition of any ring.
+const _: () = assert!(
+    cairn_ring::limits::PARTITIONS_MAX as usize
+        <= cairn_proto::limits::PARTITION_SIZES_PER_REQUEST_MAX
+);

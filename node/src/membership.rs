@@ -23,8 +23,8 @@ use cairn_gossip::{
 };
 use cairn_layout::{Change, Layout, LayoutError, MergeOutcome, Plan};
 use cairn_proto::{
-    ErrorReply, LayoutChangeReply, MemberStatus, NodeId, PartitionMoveReply, PeerRequest,
-    PeerResponse,
+    ErrorReply, LayoutChangeReply, MemberStatus, NodeId, PartitionMoveReply, PartitionSize,
+    PeerRequest, PeerResponse,
 };
 use cairn_ring::{Ring, RingConfig};
 use rand::SeedableRng;
@@ -36,9 +36,10 @@ use crate::config::NodeConfig;
 use crate::layout::{Held, LayoutFileError, NodeLayout, Stamp};
 use crate::limits::{
     GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_EXCHANGES_MAX,
-    LAYOUT_EXCHANGE_TIMEOUT,
+    LAYOUT_EXCHANGE_TIMEOUT, PLAN_SIZES_TIMEOUT,
 };
 use crate::peers::{exchange_on, Peers};
+use crate::trees::Trees;
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
@@ -926,12 +927,103 @@ impl Membership {
                     partition: m.partition,
                     from: m.from.iter().map(name).collect(),
                     to: m.to.iter().map(name).collect(),
+                    keys: None,
+                    bytes: None,
                 })
                 .collect(),
-            // Counting would need every old replica's store; not done yet.
+            // Counted by `count_plan`, which asks the old replicas.
             keys: None,
             bytes: None,
         }
+    }
+
+    /// Fills in what each move of `plan` transfers: for each moving partition the keys and
+    /// bytes the most loaded of its old replicas that answered holds (each new replica receives
+    /// that), asked of every old replica that is up (`PeerRequest::PartitionSizes`, within
+    /// `PLAN_SIZES_TIMEOUT`) and read from this node's own trees (`trees`, present while
+    /// anti-entropy keeps them). The plan's totals are the sums over moves of those figures
+    /// times the replicas gaining the partition, and are left out unless every move is counted.
+    pub async fn count_plan(&self, plan: &mut LayoutChangeReply, trees: Option<&Trees>) {
+        // Which partitions to ask each old replica about.
+        let mut asks: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for m in &plan.moves {
+            for name in &m.from {
+                asks.entry(NodeId::from_name(name))
+                    .or_default()
+                    .push(m.partition);
+            }
+        }
+        let mut sizes: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut keep = |p: u32, keys: u64, bytes: u64| {
+            let e = sizes.entry(p).or_default();
+            *e = (e.0.max(keys), e.1.max(bytes));
+        };
+        let mut calls = tokio::task::JoinSet::new();
+        for (node, partitions) in asks {
+            if node == self.me {
+                for p in partitions {
+                    if let Some((keys, bytes)) = trees.and_then(|t| t.size(p)) {
+                        keep(p, keys, bytes);
+                    }
+                }
+                continue;
+            }
+            if !self.peers.is_up(node) {
+                continue;
+            }
+            let peers = self.peers.clone();
+            calls.spawn(async move {
+                let req = PeerRequest::PartitionSizes { partitions };
+                (node, peers.call(node, req, PLAN_SIZES_TIMEOUT).await)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((_, Ok(Ok(PeerResponse::PartitionSizes(answer))))) => {
+                    for s in answer {
+                        keep(s.partition, s.keys, s.bytes);
+                    }
+                }
+                Ok((node, other)) => debug!(
+                    "{} did not count its partitions for the plan: {other:?}",
+                    self.peers.name(node)
+                ),
+                Err(e) => debug!("counting a plan's partitions: {e}"),
+            }
+        }
+        let (mut keys, mut bytes, mut all) = (0u64, 0u64, true);
+        for m in &mut plan.moves {
+            let gaining = m.to.iter().filter(|n| !m.from.contains(n)).count() as u64;
+            match sizes.get(&m.partition) {
+                Some(&(k, b)) => {
+                    (m.keys, m.bytes) = (Some(k), Some(b));
+                    keys += k * gaining;
+                    bytes += b * gaining;
+                }
+                None => all = false,
+            }
+        }
+        (plan.keys, plan.bytes) = if all {
+            (Some(keys), Some(bytes))
+        } else {
+            (None, None)
+        };
+    }
+
+    /// Answers `PeerRequest::PartitionSizes` from this node's trees: nothing for a partition it
+    /// cannot count (trees not rebuilt yet, or anti-entropy off).
+    pub fn partition_sizes(trees: Option<&Trees>, partitions: &[u32]) -> Vec<PartitionSize> {
+        partitions
+            .iter()
+            .filter_map(|&partition| {
+                let (keys, bytes) = trees?.size(partition)?;
+                Some(PartitionSize {
+                    partition,
+                    keys,
+                    bytes,
+                })
+            })
+            .collect()
     }
 
     /// `cairn join SEED`: takes the layout of the cluster `seed` belongs to (this node must

@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     transfer: tokio::sync::watch::Receiver<cairn_core::transfer::TransferStatus>,
     /// Where this node's tombstone reaper stands (`None`: it does not reap).
     reaper: Option<tokio::sync::watch::Receiver<cairn_core::reaper::ReaperStatus>>,
+    /// The Merkle trees, while anti-entropy keeps them (they count a partition's keys and bytes).
+    trees: Option<Arc<Trees>>,
 }
 
 impl Node {
@@ -206,6 +208,7 @@ impl Node {
             forwards: Forwards::new(std::time::Instant::now()),
             transfer: transfer_status,
             reaper: reaper_status,
+            trees: enabled.then(|| trees.clone()),
         });
         let peers_handle = peers.clone();
         let layout = membership.layout().clone();
@@ -584,14 +587,16 @@ async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
         Request::Status => Response::Status(status(shared)),
         Request::Ring => Response::Ring(ring_reply(shared)),
         Request::Join { seed, dry_run } => {
-            layout_change(shared.membership.join(seed, dry_run).await)
+            layout_change(shared, shared.membership.join(seed, dry_run).await).await
         }
-        Request::Leave { dry_run } => layout_change(shared.membership.leave(dry_run).await),
+        Request::Leave { dry_run } => {
+            layout_change(shared, shared.membership.leave(dry_run).await).await
+        }
         Request::Remove { node, dry_run } => {
-            layout_change(shared.membership.remove(&node, dry_run).await)
+            layout_change(shared, shared.membership.remove(&node, dry_run).await).await
         }
         Request::Replace { old, new, dry_run } => {
-            layout_change(shared.membership.replace(&old, &new, dry_run).await)
+            layout_change(shared, shared.membership.replace(&old, &new, dry_run).await).await
         }
         Request::LayoutForce { node } => {
             // The operator's override (`cairn layout force`): may lose what only `node` held.
@@ -619,9 +624,19 @@ async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     }
 }
 
-fn layout_change(result: Result<cairn_proto::LayoutChangeReply, ErrorReply>) -> Response {
+/// A layout change's answer, its plan counted (keys and bytes per moving partition).
+async fn layout_change(
+    shared: &Shared,
+    result: Result<cairn_proto::LayoutChangeReply, ErrorReply>,
+) -> Response {
     match result {
-        Ok(reply) => Response::LayoutChange(reply),
+        Ok(mut reply) => {
+            shared
+                .membership
+                .count_plan(&mut reply, shared.trees.as_deref())
+                .await;
+            Response::LayoutChange(reply)
+        }
         Err(e) => Response::Error(e),
     }
 }
@@ -949,6 +964,9 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
             key_hashes,
         } => shared.anti_entropy.keys(partition, key_hashes).await,
         PeerRequest::Tombstones { probes } => crate::reaper::answer(&shared.engine, probes).await,
+        PeerRequest::PartitionSizes { partitions } => Ok(PeerResponse::PartitionSizes(
+            Membership::partition_sizes(shared.trees.as_deref(), &partitions),
+        )),
     };
     match resp {
         Ok(r) => Response::Peer(r),

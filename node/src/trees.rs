@@ -11,7 +11,14 @@
 //! The rebuild runs in the background while the node already serves: writes committed meanwhile
 //! are logged and applied over the rebuilt trees when it finishes, and until then anti-entropy
 //! leaves the trees alone ([`Trees::is_ready`]).
+//!
+//! *Sizes.* Next to each tree a partition keeps the bytes (key plus encoded object) of every
+//! key it holds, so a layout change's plan can say what each moving partition weighs
+//! ([`Trees::size`]) without a scan. Per key that is 12 bytes of map entry (the key hash's
+//! first 8 bytes → size) besides the tree's own; two keys of one partition sharing those 8
+//! bytes (about 1 in 10^7 at a million keys per partition) only skew the count.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -21,13 +28,40 @@ use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
-/// A committed change to one key: its object's new hash, or `None` when the key was removed.
-type TreeChange = (KeyHash, Option<ObjectHash>);
+/// A committed change to one key: its object's new hash and the key's new size (key and encoded
+/// object, in bytes), or `None` when the key was removed.
+type TreeChange = (KeyHash, Option<(ObjectHash, u32)>);
+
+/// The bytes one partition holds, per key and in total.
+#[derive(Debug, Default)]
+struct Sizes {
+    /// The first 8 bytes of a key's hash → its size.
+    by_key: HashMap<u64, u32>,
+    bytes: u64,
+}
+
+impl Sizes {
+    fn set(&mut self, key: &KeyHash, size: Option<u32>) {
+        let short = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
+        let old = match size {
+            Some(size) => self.by_key.insert(short, size),
+            None => self.by_key.remove(&short),
+        };
+        self.bytes = self.bytes - u64::from(old.unwrap_or(0)) + u64::from(size.unwrap_or(0));
+    }
+}
+
+/// A key's size as counted: key and encoded object (below 4 GiB: both are bounded far lower).
+fn size_of(key: &[u8], object: &[u8]) -> u32 {
+    u32::try_from(key.len() + object.len()).unwrap_or(u32::MAX)
+}
 
 /// One partition's tree, and what it is for: callers lock one partition at a time.
 pub struct Trees {
     ring: RingConfig,
     trees: Vec<Mutex<MerkleTree>>,
+    /// Each partition's bytes, changed with its tree (lock the tree first).
+    sizes: Vec<Mutex<Sizes>>,
     /// While the start-up rebuild runs: the entries committed since it began, in commit order
     /// (`None` for a removed key). `None` once the rebuilt trees are in place.
     log: Mutex<Option<Vec<TreeChange>>>,
@@ -71,6 +105,7 @@ impl Trees {
             trees: (0..partitions)
                 .map(|_| Mutex::new(MerkleTree::new()))
                 .collect(),
+            sizes: (0..partitions).map(|_| Mutex::default()).collect(),
             log: Mutex::new(Some(Vec::new())),
             ready: watch::Sender::new(false),
             cancel: AtomicBool::new(false),
@@ -115,14 +150,25 @@ impl Trees {
             .sum()
     }
 
+    /// Keys and bytes (keys and encoded objects) partition `p` holds, once the trees are ready.
+    pub fn size(&self, p: PartitionId) -> Option<(u64, u64)> {
+        if !self.is_ready() || p >= self.ring.partitions {
+            return None;
+        }
+        let tree = self.trees[p as usize].lock().expect("tree lock");
+        let sizes = self.sizes[p as usize].lock().expect("sizes lock");
+        Some((tree.len() as u64, sizes.bytes))
+    }
+
     /// Records durably committed objects `(key, encoded object)`. Called by the writer after each
     /// commit, in commit order: two blake3 calls and an O(depth) tree update per object.
     pub fn record<'a>(&self, committed: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-        self.apply(
-            committed
-                .into_iter()
-                .map(|(key, object)| (KeyHash::of_key(key), Some(ObjectHash::of_encoded(object)))),
-        );
+        self.apply(committed.into_iter().map(|(key, object)| {
+            (
+                KeyHash::of_key(key),
+                Some((ObjectHash::of_encoded(object), size_of(key, object))),
+            )
+        }));
     }
 
     /// Records keys a commit removed from the store. The tree is left exactly as if it had
@@ -146,16 +192,19 @@ impl Trees {
         }
     }
 
-    fn set(&self, key: KeyHash, object: Option<ObjectHash>) {
-        let mut tree = self.trees[self.partition_of(&key) as usize]
-            .lock()
-            .expect("tree lock");
+    fn set(&self, key: KeyHash, object: Option<(ObjectHash, u32)>) {
+        let p = self.partition_of(&key) as usize;
+        let mut tree = self.trees[p].lock().expect("tree lock");
+        let mut sizes = self.sizes[p].lock().expect("sizes lock");
         match object {
-            Some(object) => {
+            Some((object, size)) => {
                 tree.insert(key, object);
+                sizes.set(&key, Some(size));
             }
             None => {
-                tree.remove(&key);
+                if tree.remove(&key).is_some() {
+                    sizes.set(&key, None);
+                }
             }
         }
     }
@@ -168,10 +217,14 @@ impl Trees {
     pub fn rebuild(&self, store: &dyn Store) -> Result<RebuildReport, StoreError> {
         let mut entries: Vec<Vec<(KeyHash, ObjectHash)>> =
             (0..self.ring.partitions).map(|_| Vec::new()).collect();
+        let mut sizes: Vec<Sizes> = (0..self.ring.partitions)
+            .map(|_| Sizes::default())
+            .collect();
         let scanned = store.scan_objects(&mut |key, object| {
             let key_hash = KeyHash::of_key(key);
-            entries[self.partition_of(&key_hash) as usize]
-                .push((key_hash, ObjectHash::of_encoded(object)));
+            let p = self.partition_of(&key_hash) as usize;
+            entries[p].push((key_hash, ObjectHash::of_encoded(object)));
+            sizes[p].set(&key_hash, Some(size_of(key, object)));
             !self.cancel.load(Ordering::Relaxed)
         });
         let objects = match scanned {
@@ -194,8 +247,15 @@ impl Trees {
         // Holding the log's lock: the writer waits here for the swap, so no commit is applied to
         // a tree that is about to be replaced or logged after the log was drained.
         let mut log = self.log.lock().expect("tree log lock");
-        for (slot, tree) in self.trees.iter().zip(built) {
-            *slot.lock().expect("tree lock") = tree;
+        for ((slot, tree), (size_slot, size)) in self
+            .trees
+            .iter()
+            .zip(built)
+            .zip(self.sizes.iter().zip(sizes))
+        {
+            let mut slot = slot.lock().expect("tree lock");
+            *slot = tree;
+            *size_slot.lock().expect("sizes lock") = size;
         }
         let logged = log.take().unwrap_or_default();
         for (key, object) in &logged {
@@ -248,6 +308,22 @@ mod tests {
         )
     }
 
+    /// Every partition's size is what `objects` weigh in it.
+    fn assert_sizes(trees: &Trees, objects: &[(&[u8], &[u8])]) {
+        for p in 0..ring().partitions {
+            let mine: Vec<_> = objects
+                .iter()
+                .filter(|(k, _)| trees.partition_of(&KeyHash::of_key(k)) == p)
+                .collect();
+            let bytes = mine.iter().map(|(k, o)| (k.len() + o.len()) as u64).sum();
+            assert_eq!(
+                trees.size(p),
+                Some((mine.len() as u64, bytes)),
+                "partition {p}"
+            );
+        }
+    }
+
     #[test]
     fn partitions_follow_the_ring() {
         let trees = Trees::new(ring().partitions);
@@ -289,6 +365,7 @@ mod tests {
         trees.record([(&b"d"[..], &b"d1"[..])]);
         let all: [(&[u8], &[u8]); 4] = [(b"a", b"a1"), (b"b", b"b2"), (b"c", b"c1"), (b"d", b"d1")];
         assert_eq!(trees.keys(), 4);
+        assert_sizes(&trees, &all);
         for p in 0..ring().partitions {
             assert_eq!(
                 trees.with_tree(p, |t| t.root()),
@@ -296,6 +373,11 @@ mod tests {
                 "partition {p}"
             );
         }
+        // An overwrite replaces the key's size; a removal takes it away.
+        trees.record([(&b"d"[..], &b"d-longer"[..])]);
+        trees.record_removed([&b"a"[..]]);
+        let now: [(&[u8], &[u8]); 3] = [(b"b", b"b2"), (b"c", b"c1"), (b"d", b"d-longer")];
+        assert_sizes(&trees, &now);
     }
 
     #[test]
@@ -330,6 +412,7 @@ mod tests {
         trees.record_removed([&b"c"[..], &b"never stored"[..]]);
         let all: [(&[u8], &[u8]); 2] = [(b"a", b"a1"), (b"b", b"b1")];
         assert_eq!(trees.keys(), 2);
+        assert_sizes(&trees, &all);
         for p in 0..ring().partitions {
             assert_eq!(
                 trees.with_tree(p, |t| t.root()),

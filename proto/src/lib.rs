@@ -28,7 +28,8 @@ pub use sealed::{ContextKey, SealError};
 /// 10: `Request::LayoutForce`; `StatusReply.transfer`.
 /// 11: gossip's `Key::Storage`/`Value::Storage`: a node declares its storage degraded.
 /// 12: `PeerRequest::Tombstones` and its answer (tombstone reaping); `StatusReply.tombstones`.
-pub const PROTOCOL_VERSION: u16 = 12;
+/// 13: `PeerRequest::PartitionSizes` and its answer; a plan's moves carry keys and bytes.
+pub const PROTOCOL_VERSION: u16 = 13;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -54,6 +54,9 @@ const _: () = assert!(LAYOUT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
+/// Partitions one `PeerRequest::PartitionSizes` asks about: the ring's `PARTITIONS_MAX`, so one
+/// request covers any plan (an answer is 20 bytes or less per partition).
+pub const PARTITION_SIZES_PER_REQUEST_MAX: usize = 4096;
 
 /// Most tombstones in one `PeerRequest::Tombstones` (one reaper round asks about at most this
 /// many keys).

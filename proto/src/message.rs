@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX,
-    TOMBSTONE_PROBES_PER_REQUEST_MAX, VALUE_BYTES_MAX,
+    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PARTITION_SIZES_PER_REQUEST_MAX,
+    PEER_MESSAGE_BYTES_MAX, TOMBSTONE_PROBES_PER_REQUEST_MAX, VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -527,6 +527,12 @@ pub enum PeerRequest {
         /// The tombstones, each by key and the hash of the asker's encoded object.
         probes: Vec<TombstoneProbe>,
     },
+    /// How many keys and bytes the receiver stores of each of these partitions (at most
+    /// `PARTITION_SIZES_PER_REQUEST_MAX`), for a layout change's plan.
+    PartitionSizes {
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
 }
 
 /// One tombstone a reaping node asks a peer about ([`PeerRequest::Tombstones`]).
@@ -559,6 +565,17 @@ pub struct TombstoneHolding {
     pub hinted: bool,
 }
 
+/// How much one node stores of one partition (keys and encoded objects, tombstones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSize {
+    /// The partition.
+    pub partition: u32,
+    /// Keys stored.
+    pub keys: u64,
+    /// Bytes of those keys and their encoded objects.
+    pub bytes: u64,
+}
+
 /// A node's answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerResponse {
@@ -588,6 +605,9 @@ pub enum PeerResponse {
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Answer to `Tombstones`: one holding per probe, in order.
     Tombstones(Vec<TombstoneHolding>),
+    /// Answer to `PartitionSizes`: one entry per partition asked that the responder can count
+    /// (none before its Merkle trees are rebuilt, or with anti-entropy off).
+    PartitionSizes(Vec<PartitionSize>),
 }
 
 /// A node's answer to one [`Request`].
@@ -834,6 +854,11 @@ pub struct PartitionMoveReply {
     pub from: Vec<String>,
     /// Its replicas after.
     pub to: Vec<String>,
+    /// Keys each new replica must receive (the most any old replica that answered holds),
+    /// if counted.
+    pub keys: Option<u64>,
+    /// Bytes (keys and encoded objects) each new replica must receive, if counted.
+    pub bytes: Option<u64>,
 }
 
 /// What anti-entropy did on one node since it started.
@@ -1078,6 +1103,14 @@ pub enum LimitError {
         /// Probes sent.
         count: u64,
         /// `TOMBSTONE_PROBES_PER_REQUEST_MAX`.
+        max: u64,
+    },
+    /// A `PartitionSizes` request asks for too many partitions.
+    #[error("{count} partitions exceed PARTITION_SIZES_PER_REQUEST_MAX ({max})")]
+    TooManyPartitions {
+        /// Partitions asked for.
+        count: u64,
+        /// `PARTITION_SIZES_PER_REQUEST_MAX`.
         max: u64,
     },
 }
@@ -1334,6 +1367,11 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             )?;
             probes.iter().try_for_each(|p| check_key(&p.key))
         }
+        PeerRequest::PartitionSizes { partitions } => check_len(
+            partitions.len(),
+            PARTITION_SIZES_PER_REQUEST_MAX,
+            |count, max| LimitError::TooManyPartitions { count, max },
+        ),
     }
 }
 

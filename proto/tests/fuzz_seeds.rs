@@ -181,6 +181,12 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
             }],
         }),
     );
+    s.insert(
+        "seed-partition-sizes",
+        peer(PeerRequest::PartitionSizes {
+            partitions: vec![0, 5, 63],
+        }),
+    );
     s.insert("seed-response-value", body(&Response::Value(get_reply())));
     s.insert(
         "seed-response-quorum",
@@ -225,6 +231,16 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
             TombstoneHolding {
                 copy: CopyHeld::Other,
                 hinted: true,
+            },
+        ])),
+    );
+    s.insert(
+        "seed-response-partition-sizes",
+        answer(PeerResponse::PartitionSizes(vec![
+            cairn_proto::PartitionSize {
+                partition: 5,
+                keys: 12,
+                bytes: 3400,
             },
         ])),
     );

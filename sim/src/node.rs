@@ -1216,7 +1216,8 @@ impl SimNode {
                         seq: hint.seq,
                     },
                 ),
-                Action::RoundDone { .. } => {}
+                // Only a policy handed a layout redirects; the simulator runs no layout changes.
+                Action::Redirect { .. } | Action::RoundDone { .. } => {}
             }
         }
     }

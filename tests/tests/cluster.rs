@@ -437,3 +437,111 @@ async fn a_node_that_left_drops_the_keys_it_no_longer_replicates() {
     }
     cluster.shutdown().await;
 }
+
+/// Issue 11 item 4: a hint held for a node that is then removed from the layout is not kept for
+/// it forever: once the removal retired the version the hint was made under, the hint goes to
+/// the key's owners in the current layout, and the key reads back from a new owner alone.
+/// Anti-entropy is off and the key is written on the fallback alone, with its hint, behind
+/// everyone's back, so only the redirected hint can bring it to the owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_for_a_removed_node_is_delivered_to_the_new_owners() {
+    let mut cluster = TestCluster::start_with(5, 3, 16, |c| c.anti_entropy.enabled = false)
+        .await
+        .unwrap();
+    let c1 = cluster.client(1).await.unwrap();
+    let names = |entry: &cairn_proto::PartitionEntry| -> Vec<usize> {
+        entry
+            .primaries
+            .iter()
+            .map(|name| name.trim_start_matches("node").parse().unwrap())
+            .collect()
+    };
+    let config = cairn_ring::RingConfig {
+        partitions: 16,
+        replicas: 3,
+    };
+    let ring = c1.ring().await.unwrap();
+    // A key node5 replicates and node1 does not: node1 holds it as node5's fallback.
+    let key = (0..10_000)
+        .map(|i| format!("hk{i}").into_bytes())
+        .find(|k| {
+            let owners = names(&ring.partitions[config.partition_of(k) as usize]);
+            owners.contains(&5) && !owners.contains(&1)
+        })
+        .unwrap();
+    let p = config.partition_of(&key) as usize;
+
+    cluster.stop(5).await.unwrap();
+    let engine = cluster.node(1).engine();
+    engine
+        .apply(
+            key.clone(),
+            Write::Update {
+                ctx: VClock::default(),
+                payload: Payload::Value(b"hinted".to_vec()),
+            },
+        )
+        .await
+        .unwrap();
+    let node5 = cairn_proto::NodeId::from_name("node5");
+    engine
+        .apply(key.clone(), Write::AddHint { target: node5 })
+        .await
+        .unwrap();
+    assert_eq!(engine.hint_counts().get(&node5), Some(&1));
+
+    eventually(
+        "node1 to see node5 down",
+        Duration::from_secs(30),
+        || async {
+            let status = c1.status().await.unwrap();
+            status
+                .members
+                .iter()
+                .any(|m| m.name == "node5" && m.status != "up")
+        },
+    )
+    .await;
+    let admin =
+        cairn_client::Client::connect(cluster.addr(1), &cluster.dir.admin_identity().unwrap())
+            .await
+            .unwrap();
+    admin.remove("node5", false).await.unwrap();
+    // The removal settles: the ring no longer names node5.
+    eventually(
+        "the removal to retire the old version",
+        Duration::from_secs(60),
+        || async {
+            let ring = c1.ring().await.unwrap();
+            ring.partitions
+                .iter()
+                .all(|e| !e.primaries.iter().any(|n| n == "node5"))
+        },
+    )
+    .await;
+    let owners = names(&c1.ring().await.unwrap().partitions[p]);
+    eventually(
+        "the hint for node5 to reach the key's new owners",
+        Duration::from_secs(60),
+        || async {
+            let mut all = true;
+            for &k in &owners {
+                all &= local_values(&cluster, k, &key).await == vec![b"hinted".to_vec()];
+            }
+            all && (1..=4).all(|k| cluster.node(k).engine().hint_counts().is_empty())
+        },
+    )
+    .await;
+
+    // A new owner alone answers it: every other node stopped.
+    let alone = *owners.iter().find(|&&k| k != 1).unwrap();
+    for k in (1..=4).filter(|&k| k != alone) {
+        cluster.stop(k).await.unwrap();
+    }
+    let c = cluster.client(alone).await.unwrap();
+    assert_eq!(
+        values(&c.get(&key, &r(1)).await.unwrap()),
+        vec![b"hinted".to_vec()]
+    );
+    cluster.shutdown().await;
+}

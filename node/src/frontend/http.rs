@@ -431,6 +431,7 @@ fn limit_name(l: &LimitError) -> &str {
         LimitError::MessageTooLarge { .. } => "PEER_MESSAGE_BYTES_MAX",
         LimitError::TooManyKeyHashes { .. } => "KEY_HASHES_PER_REQUEST_MAX",
         LimitError::TooManyTombstoneProbes { .. } => "TOMBSTONE_PROBES_PER_REQUEST_MAX",
+        LimitError::TooManyPartitions { .. } => "PARTITION_SIZES_PER_REQUEST_MAX",
         LimitError::OverHardLimit { limit, .. } => limit,
         LimitError::FrameTooLarge { .. } => "FRAME_BYTES_MAX",
     }

@@ -236,6 +236,17 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Cuts off whatever a failed append left after the last whole record (a torn record, or
+    /// a whole one whose sync failed: neither was acknowledged) and positions the next append
+    /// there, durably.
+    pub fn repair(&mut self) -> Result<(), StoreError> {
+        self.file.set_len(self.len).map_err(io("repair log"))?;
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .map_err(io("repair log"))?;
+        self.file.sync_data().map_err(io("sync log"))
+    }
+
     /// Empties the log (keeping its header), durably. Only after every logged record is
     /// durable elsewhere.
     pub fn truncate(&mut self) -> Result<(), StoreError> {

@@ -13,9 +13,14 @@
 //!
 //! The checkpoint runs inline, on the committing thread: redb admits one write transaction at a
 //! time, so a checkpoint on another thread would hold up the next commit for the same sync.
+//!
+//! After a failed log or redb write the store refuses every commit (the log and redb may
+//! disagree) until [`Store::recover`] succeeds: it closes redb, opens it again and replays the
+//! log over it exactly as `open` does, in place, without a restart.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
@@ -23,7 +28,19 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::commit_log::{CommitLog, Record, Replayed};
 use super::{Batch, Hint, NodeMeta, Store, StoreError};
-use crate::limits::{LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX};
+use crate::limits::{
+    LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX, RECOVERY_FREE_LOG_FACTOR,
+    RECOVERY_FREE_MARGIN_BYTES,
+};
+
+/// Bytes the filesystem holding `dir` has free for this process.
+fn free_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| StoreError::Io {
+        op: "statvfs",
+        reason: e.to_string(),
+    })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
@@ -79,7 +96,10 @@ fn io<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
 
 /// A node's redb database and its commit log.
 pub struct RedbStore {
-    db: Database,
+    /// `None` only while a recovery has closed it and could not open it again (reads fail
+    /// then, naming the recovery).
+    db: RwLock<Option<Database>>,
+    dir: PathBuf,
     path: PathBuf,
     /// Held for the whole of a commit: log append, redb apply and checkpoint happen in order.
     log: Mutex<LogState>,
@@ -93,8 +113,11 @@ struct LogState {
     unsynced_commits: u64,
     /// Set when the log and redb may disagree (a log or redb write failed after the log was
     /// touched): every later commit is refused, so nothing is acknowledged on top of a state
-    /// the log does not describe. A restart replays the log and clears it.
+    /// the log does not describe. A recovery (or a restart) replays the log and clears it.
     failed: Option<String>,
+    /// Whether the failure touched redb (its write or checkpoint), so it must be reopened; a
+    /// failed log append alone leaves redb as it was.
+    redb_failed: bool,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -108,6 +131,29 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens (creating if needed) the database in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
+        let (db, log, replayed) = open_and_replay(data_dir, &mut |_| {})?;
+        Ok(RedbStore {
+            db: RwLock::new(Some(db)),
+            dir: data_dir.to_owned(),
+            path: data_dir.join(DB_FILE),
+            log: Mutex::new(LogState {
+                log,
+                unsynced_commits: 0,
+                failed: None,
+                redb_failed: false,
+            }),
+            replayed,
+        })
+    }
+}
+
+/// Opens (creating if needed) the database in `data_dir`, replays the commit log over it and
+/// checkpoints, so the log starts empty; `touched` sees every key the replay wrote or removed.
+fn open_and_replay(
+    data_dir: &Path,
+    touched: &mut dyn FnMut(&[u8]),
+) -> Result<(Database, CommitLog, Replayed), StoreError> {
+    {
         let path = data_dir.join(DB_FILE);
         let open_err = |reason: String| StoreError::Open {
             path: path.clone(),
@@ -156,22 +202,21 @@ impl RedbStore {
         // starts empty.
         let replay = db.begin_write().map_err(io("begin"))?;
         let (mut log, replayed) = CommitLog::open(&data_dir.join(LOG_FILE), &mut |record| {
+            for (k, _) in &record.puts {
+                touched(k);
+            }
+            for k in &record.removes {
+                touched(k);
+            }
             write_record(&replay, &record)
         })?;
         replay.commit().map_err(io("commit replayed log"))?;
         log.truncate()?;
-        Ok(RedbStore {
-            db,
-            path,
-            log: Mutex::new(LogState {
-                log,
-                unsynced_commits: 0,
-                failed: None,
-            }),
-            replayed,
-        })
+        Ok((db, log, replayed))
     }
+}
 
+impl RedbStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -187,9 +232,31 @@ impl RedbStore {
         self.log.lock().expect("commit log lock").log.len()
     }
 
+    /// Whether a failed write stopped the store (commits refused until [`Store::recover`]).
+    pub fn is_failed(&self) -> bool {
+        self.log.lock().expect("commit log lock").failed.is_some()
+    }
+
+    /// Runs `f` on the open database; fails while a recovery could not open it again.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self.db.read().expect("db lock").as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Io {
+                op: "open database",
+                reason: format!(
+                    "{} is closed: recovering from a failed write did not open it again yet",
+                    self.path.display()
+                ),
+            }),
+        }
+    }
+
     /// Applies `record` to redb in one transaction of the given durability.
     fn apply(&self, record: &Record<'_>, durability: Durability) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(io("begin"))?;
+        let mut txn = self.with_db(|db| db.begin_write().map_err(io("begin")))?;
         txn.set_durability(durability)
             .map_err(io("set durability"))?;
         write_record(&txn, record)?;
@@ -256,7 +323,7 @@ impl RedbStore {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
-        let txn = self.db.begin_read().map_err(io("begin read"))?;
+        let txn = self.with_db(|db| db.begin_read().map_err(io("begin read")))?;
         txn.open_table(def).map_err(io("open table"))
     }
 }
@@ -311,6 +378,7 @@ impl Store for RedbStore {
         }
         if let Err(e) = self.apply(&record, Durability::None) {
             state.failed = Some(e.to_string());
+            state.redb_failed = true;
             return Err(e);
         }
         state.unsynced_commits += 1;
@@ -322,9 +390,81 @@ impl Store for RedbStore {
                 .and_then(|()| self.emptied_log(&mut state))
             {
                 state.failed = Some(e.to_string());
+                state.redb_failed = true;
             }
         }
         Ok(())
+    }
+
+    /// After a failed log append alone: cuts what it left off the log and checkpoints; redb,
+    /// untouched, stays open. After a failed redb write or checkpoint: closes redb, opens it again at its last
+    /// durable commit and replays the log over it, as `open` does after a crash, then empties
+    /// the log with a durable redb commit. Either is tried only once the disk has
+    /// `RECOVERY_FREE_LOG_FACTOR` times the log's bytes free (plus
+    /// `RECOVERY_FREE_MARGIN_BYTES`): closing redb stops reads until it is open again, and a
+    /// replay that fails leaves it closed (what it opened would miss the logged commits).
+    fn recover(&self) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let mut state = self.log.lock().expect("commit log lock");
+        let Some(reason) = state.failed.clone() else {
+            return Ok(None);
+        };
+        // Both ways need the room a replay (or the next checkpoint) takes; before that the store
+        // stays as it is, and reads go on.
+        let needed = state.log.len() * RECOVERY_FREE_LOG_FACTOR + RECOVERY_FREE_MARGIN_BYTES;
+        let free = free_bytes(&self.dir)?;
+        if free < needed {
+            return Err(StoreError::Io {
+                op: "recover",
+                reason: format!(
+                    "No space left on device for the recovery: {free} bytes free, the \
+                     {}-byte commit log needs {needed} (RECOVERY_FREE_LOG_FACTOR = \
+                     {RECOVERY_FREE_LOG_FACTOR}, RECOVERY_FREE_MARGIN_BYTES = \
+                     {RECOVERY_FREE_MARGIN_BYTES}); earlier failure: {reason}",
+                    state.log.len()
+                ),
+            });
+        }
+        if !state.redb_failed {
+            state.log.repair()?;
+            // A checkpoint now, while there is room: it empties the log, so the next restart
+            // (or recovery) has nothing to replay.
+            if let Err(e) = self
+                .apply(&Record::default(), Durability::Immediate)
+                .and_then(|()| self.emptied_log(&mut state))
+            {
+                state.redb_failed = true;
+                return Err(e);
+            }
+            state.failed = None;
+            tracing::info!("commit log repaired in place after: {reason}");
+            return Ok(Some(Vec::new()));
+        }
+        let mut db = self.db.write().expect("db lock");
+        // redb holds the file exclusively: the old handle must be gone before it is opened again.
+        db.take();
+        let mut touched = BTreeSet::new();
+        match open_and_replay(&self.dir, &mut |k| {
+            touched.insert(k.to_vec());
+        }) {
+            Ok((opened, log, replayed)) => {
+                *db = Some(opened);
+                state.log = log;
+                state.unsynced_commits = 0;
+                state.failed = None;
+                state.redb_failed = false;
+                tracing::info!(
+                    records = replayed.records,
+                    torn_bytes = replayed.torn_bytes,
+                    "storage recovered in place after: {reason}"
+                );
+                Ok(Some(touched.into_iter().collect()))
+            }
+            Err(e) => {
+                // Still failed; if redb opened but the replay failed, it is closed again here
+                // and the next attempt starts over (nothing of the replay was durable).
+                Err(e)
+            }
+        }
     }
 
     fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
@@ -442,6 +582,46 @@ mod tests {
         );
         // A visitor can stop the scan.
         assert_eq!(store.scan_objects(&mut |_, _| false).unwrap(), 1);
+    }
+
+    /// Issue 12: after a failed redb write the store refuses commits; `recover` reopens redb in
+    /// place and replays the log over it, losing nothing committed before, and commits go on.
+    #[test]
+    fn a_store_stopped_by_a_failed_redb_write_recovers_in_place_from_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.recover().unwrap(), None, "nothing to recover");
+        put(&store, b"a", b"1");
+        put(&store, b"b", b"1");
+        // What a failed redb write leaves (a real one needs a failing disk: tests/tests/disk_full.rs).
+        {
+            let mut state = store.log.lock().unwrap();
+            state.failed = Some("injected".into());
+            state.redb_failed = true;
+        }
+        let refused = store.commit(&Batch {
+            puts: vec![(b"c".to_vec(), b"1".to_vec())],
+            ..Batch::default()
+        });
+        assert!(refused.is_err());
+        // A reader holding a table of the old database does not stop the reopen; what it reads
+        // afterwards is an answer or an error, never a crash.
+        let held = store.read_table(OBJECTS).unwrap();
+        let touched = store.recover().unwrap().expect("recovered");
+        assert_eq!(touched, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(!store.is_failed());
+        assert_eq!(store.log_bytes(), 8, "the recovery checkpointed");
+        let _ = held.get(&b"a"[..]);
+        drop(held);
+        put(&store, b"c", b"1");
+        for k in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(get(&store, k).as_deref(), Some(&b"1"[..]));
+        }
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        for k in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(get(&store, k).as_deref(), Some(&b"1"[..]));
+        }
     }
 
     #[test]
