@@ -238,7 +238,8 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                     let peers = ctx.peers.clone();
                     let results = results_tx.clone();
                     tasks.spawn(async move {
-                        let answer = peers.call(to, request, timeout).await;
+                        // Replicates and reads to one peer travel in batches.
+                        let answer = peers.call_batched(to, request, timeout).await;
                         if let Some(op) = op {
                             let answer = match answer {
                                 Ok(answer) => Answer::Peer(op, answer),

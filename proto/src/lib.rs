@@ -27,7 +27,9 @@ pub use sealed::{ContextKey, SealError};
 /// 9: `PeerRequest::Forward` carries a request id (forwarded writes applied at most once).
 /// 10: `Request::LayoutForce`; `StatusReply.transfer`.
 /// 11: gossip's `Key::Storage`/`Value::Storage`: a node declares its storage degraded.
-pub const PROTOCOL_VERSION: u16 = 11;
+/// 12: `PeerRequest::Batch`/`PeerResponse::Batch` (replicates and reads to one peer in one
+///     frame) and `LimitError::TooManyBatchItems`.
+pub const PROTOCOL_VERSION: u16 = 12;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -55,6 +55,10 @@ const _: () = assert!(LAYOUT_BYTES_MAX + FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 /// Most key hashes in one `PeerRequest::Keys` (anti-entropy asks for one diff batch at a time).
 pub const KEY_HASHES_PER_REQUEST_MAX: usize = 1024;
 
+/// Most items in one `PeerRequest::Batch` (replicates and reads a coordinator sends one peer in
+/// one frame); the sender also keeps a batch's bytes within its own budget, below a frame.
+pub const PEER_BATCH_ITEMS_MAX: usize = 256;
+
 /// Room in a frame for everything that is not the object itself (message tags, key, context,
 /// a forward's request id).
 const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
-    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_MESSAGE_BYTES_MAX,
-    VALUE_BYTES_MAX,
+    LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PEER_BATCH_ITEMS_MAX,
+    PEER_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -520,6 +520,13 @@ pub enum PeerRequest {
     /// shows the two nodes' layout stamps differ. The receiver merges it and answers with its
     /// own layout after the merge. At most `LAYOUT_BYTES_MAX` bytes.
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Several replica operations for one peer in one frame (a coordinator sends what queued
+    /// for that peer while its previous batches were in flight), answered by
+    /// `PeerResponse::Batch` with one answer per item, in order. Only `Replicate` and `Read`
+    /// are served in a batch (any other item is answered with an error); the receiver applies
+    /// the writes together, so they share one group commit. At most `PEER_BATCH_ITEMS_MAX`
+    /// items.
+    Batch(Vec<PeerRequest>),
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -549,6 +556,8 @@ pub enum PeerResponse {
     /// Answer to `Layout`: the responder's layout after merging the sender's (empty: it holds
     /// none).
     Layout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Answer to `Batch`: the answer to each item, in the items' order.
+    Batch(Vec<Result<PeerResponse, ErrorReply>>),
 }
 
 /// A node's answer to one [`Request`].
@@ -1015,6 +1024,14 @@ pub enum LimitError {
         /// `KEY_HASHES_PER_REQUEST_MAX`.
         max: u64,
     },
+    /// A `Batch` peer request holds too many items.
+    #[error("{count} items in one batch exceed PEER_BATCH_ITEMS_MAX ({max})")]
+    TooManyBatchItems {
+        /// Items sent.
+        count: u64,
+        /// `PEER_BATCH_ITEMS_MAX`.
+        max: u64,
+    },
 }
 
 /// Checks a key against its limits.
@@ -1261,6 +1278,14 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             |count, max| LimitError::TooManyKeyHashes { count, max },
         ),
         PeerRequest::Layout(layout) => check_len(layout.len(), LAYOUT_BYTES_MAX, message),
+        PeerRequest::Batch(items) => {
+            check_len(items.len(), PEER_BATCH_ITEMS_MAX, |count, max| {
+                LimitError::TooManyBatchItems { count, max }
+            })?;
+            // Items that may not be batched are answered one by one by the receiver; what
+            // each item carries is held to its own limits here.
+            items.iter().try_for_each(check_peer_request)
+        }
     }
 }
 

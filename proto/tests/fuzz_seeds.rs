@@ -172,6 +172,19 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
         }),
     );
     s.insert("seed-layout", peer(PeerRequest::Layout(Vec::new())));
+    s.insert(
+        "seed-batch",
+        peer(PeerRequest::Batch(vec![
+            PeerRequest::Replicate {
+                key: b"k1".to_vec(),
+                object: vec![0, 1, 2, 3],
+                hint_for: None,
+            },
+            PeerRequest::Read {
+                key: b"k2".to_vec(),
+            },
+        ])),
+    );
     s.insert("seed-response-value", body(&Response::Value(get_reply())));
     s.insert(
         "seed-response-quorum",
@@ -205,6 +218,14 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
     s.insert(
         "seed-response-layout",
         answer(PeerResponse::Layout(vec![1, 2, 3])),
+    );
+    s.insert(
+        "seed-response-batch",
+        answer(PeerResponse::Batch(vec![
+            Ok(PeerResponse::Ack),
+            Ok(PeerResponse::Object(vec![4, 5])),
+            Err(ErrorReply::ShuttingDown),
+        ])),
     );
     s
 }

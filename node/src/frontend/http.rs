@@ -430,6 +430,7 @@ fn limit_name(l: &LimitError) -> &str {
         LimitError::NameTooLong { .. } => "NODE_NAME_BYTES_MAX",
         LimitError::MessageTooLarge { .. } => "PEER_MESSAGE_BYTES_MAX",
         LimitError::TooManyKeyHashes { .. } => "KEY_HASHES_PER_REQUEST_MAX",
+        LimitError::TooManyBatchItems { .. } => "PEER_BATCH_ITEMS_MAX",
         LimitError::OverHardLimit { limit, .. } => limit,
         LimitError::FrameTooLarge { .. } => "FRAME_BYTES_MAX",
     }
