@@ -20,7 +20,7 @@ use cairn_layout::Layout;
 use cairn_proto::{ErrorReply, NodeId, ReadOptions, WriteOptions};
 use cairn_ring::Ring;
 
-use crate::limits::COORDINATOR_REQUESTS_MAX;
+use crate::limits::{COORDINATOR_REQUESTS_MAX, READ_SPARE_DELAY};
 
 // A target's set memberships are bits of a `u8`, one per live version.
 const _: () = assert!(LIVE_VERSIONS_MAX <= 8);
@@ -187,6 +187,20 @@ pub struct ClientWrite {
     pub opts: WriteOptions,
 }
 
+/// Which of a read's chosen replicas a get asks first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFanout {
+    /// Every chosen replica (Dynamo's and Riak's way): read repair sees every copy that
+    /// answers, at the price of N requests per read whatever R is.
+    #[default]
+    All,
+    /// Only as many as the read needs (R of them, PR of those primaries), this node first: the
+    /// rest are asked when an asked one fails or its reply does not count, and all of them once
+    /// `READ_SPARE_DELAY` passes without an answer. Fewer requests per read (R instead of N);
+    /// read repair sees only the replicas asked, leaving the others to anti-entropy.
+    Needed,
+}
+
 /// Where a request for a key should be coordinated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -274,6 +288,10 @@ struct GetState {
     replies: Vec<(NodeId, Object)>,
     failed: Vec<(NodeId, String)>,
     replied: bool,
+    /// Chosen replicas not asked yet ([`ReadFanout::Needed`]), in the order they are asked.
+    spare: VecDeque<Target>,
+    /// When the spares are asked anyway, for want of answers.
+    spare_at: Option<Instant>,
 }
 
 struct Pending {
@@ -300,6 +318,8 @@ pub struct Coordinator {
     outstanding: usize,
     /// Whether finished gets send the merge to replicas that answered with less.
     read_repair: bool,
+    /// Which replicas a get asks first.
+    read_fanout: ReadFanout,
 }
 
 /// The messages in flight and the request each belongs to. A field of its own so op ids can be
@@ -354,7 +374,14 @@ impl Coordinator {
             hints: VecDeque::new(),
             outstanding: 0,
             read_repair: true,
+            read_fanout: ReadFanout::All,
         }
+    }
+
+    /// Which of a read's chosen replicas gets ask first: all of them (the default) or only as
+    /// many as they need (see [`ReadFanout`]).
+    pub fn set_read_fanout(&mut self, fanout: ReadFanout) {
+        self.read_fanout = fanout;
     }
 
     /// Switches read repair on (the default) or off. Off, gets only answer; replicas that
@@ -600,7 +627,15 @@ impl Coordinator {
             ));
             return;
         }
-        let (targets, uncovered) = targets(&[(None, self.read_ring(&key))], &key, is_up);
+        let (mut targets, uncovered) = targets(&[(None, self.read_ring(&key))], &key, is_up);
+        let mut spare = VecDeque::new();
+        if self.read_fanout == ReadFanout::Needed {
+            // This node's own copy first (no network), then primaries, in preference order.
+            let me = self.me;
+            targets.sort_by_key(|t| (t.node != me, !t.is_primary()));
+            let first = usize::from(r.max(pr)).min(targets.len());
+            spare.extend(targets.drain(first..));
+        }
         let mut waiting = BTreeMap::new();
         for t in targets {
             let op = self.ops.mint(req);
@@ -611,6 +646,7 @@ impl Coordinator {
             });
             waiting.insert(op, t);
         }
+        let spare_at = (!spare.is_empty()).then(|| now + READ_SPARE_DELAY);
         let failed = uncovered
             .into_iter()
             .map(|p| (p, "unreachable".to_owned()))
@@ -633,6 +669,8 @@ impl Coordinator {
                     replies: Vec::new(),
                     failed,
                     replied: false,
+                    spare,
+                    spare_at,
                 }),
             },
         );
@@ -765,6 +803,32 @@ impl Coordinator {
                 done = s.replied && s.waiting.is_empty();
             }
             State::Get(s) => {
+                if !s.replied {
+                    // Too few asked replicas left to reach R (or PR): ask spares, a primary
+                    // first when primaries are short.
+                    loop {
+                        let outstanding = s.waiting.len() as u8;
+                        let primaries_outstanding =
+                            s.waiting.values().filter(|t| t.is_primary()).count() as u8;
+                        let primaries_short = s.primary_counted + primaries_outstanding < s.pr;
+                        if !(s.counted + outstanding < s.r || primaries_short) {
+                            break;
+                        }
+                        let next = match s.spare.iter().position(|t| t.is_primary()) {
+                            Some(i) if primaries_short => s.spare.remove(i),
+                            _ => s.spare.pop_front(),
+                        };
+                        let Some(t) = next else { break };
+                        ask_read(
+                            &mut self.ops,
+                            &mut self.transmits,
+                            req,
+                            &s.key,
+                            t,
+                            &mut s.waiting,
+                        );
+                    }
+                }
                 let outstanding = s.waiting.len() as u8;
                 let primaries_outstanding =
                     s.waiting.values().filter(|t| t.is_primary()).count() as u8;
@@ -846,6 +910,24 @@ impl Coordinator {
     /// Time has passed: requests past their deadline fail (or finish, if already answered);
     /// replicas that never answered a write get hints.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Reads whose asked replicas are slow: ask the spares too.
+        for (req, p) in self.pending.iter_mut() {
+            if let State::Get(s) = &mut p.state {
+                if s.spare_at.is_some_and(|at| at <= now) {
+                    s.spare_at = None;
+                    while let Some(t) = s.spare.pop_front() {
+                        ask_read(
+                            &mut self.ops,
+                            &mut self.transmits,
+                            *req,
+                            &s.key,
+                            t,
+                            &mut s.waiting,
+                        );
+                    }
+                }
+            }
+        }
         let expired: Vec<RequestId> = self
             .pending
             .iter()
@@ -926,8 +1008,36 @@ impl Coordinator {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        self.pending
+            .values()
+            .flat_map(|p| {
+                let spare_at = match &p.state {
+                    State::Get(s) => s.spare_at,
+                    State::Put(_) => None,
+                };
+                [Some(p.deadline), spare_at]
+            })
+            .flatten()
+            .min()
     }
+}
+
+/// Asks replica `t` for its copy of `key`, as an op of `req`.
+fn ask_read(
+    ops: &mut Ops,
+    transmits: &mut VecDeque<Transmit>,
+    req: RequestId,
+    key: &[u8],
+    t: Target,
+    waiting: &mut BTreeMap<OpId, Target>,
+) {
+    let op = ops.mint(req);
+    transmits.push_back(Transmit {
+        op: Some(op),
+        to: t.node,
+        msg: ReplicaOp::Read { key: key.to_vec() },
+    });
+    waiting.insert(op, t);
 }
 
 /// N for `ring`: replicas per key, capped by the number of members.

@@ -223,6 +223,12 @@ impl<T> RequestDriver<T> {
         self.sabotage = sabotage;
     }
 
+    /// Which of a read's chosen replicas gets ask first (see
+    /// [`crate::coordinator::ReadFanout`]).
+    pub fn set_read_fanout(&mut self, fanout: crate::coordinator::ReadFanout) {
+        self.coord.set_read_fanout(fanout);
+    }
+
     /// The ring for new requests (requests in flight keep the replicas they chose).
     pub fn set_ring(&mut self, ring: Ring) {
         self.coord.set_ring(ring);

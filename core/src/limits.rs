@@ -7,6 +7,9 @@ use std::time::Duration;
 /// its deadline is ended early (its silent replicas get hints); only when none is answered are
 /// new clients refused as overloaded.
 pub const COORDINATOR_REQUESTS_MAX: usize = 4096;
+/// How long a read with `ReadFanout::Needed` waits for the replicas it asked before it asks the
+/// rest of its chosen replicas as well (a speculative retry, as Cassandra's).
+pub const READ_SPARE_DELAY: Duration = Duration::from_millis(50);
 /// Hinted keys handed to a peer per delivery round.
 pub const HANDOFF_BATCH_MAX: usize = 256;
 /// Hints one node sets aside per target after the target refused them; beyond it, the one set

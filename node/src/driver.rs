@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::coordinator::{CoordinatorError, OpId, Outcome, ReplicaResult};
+use crate::coordinator::{CoordinatorError, OpId, Outcome, ReadFanout, ReplicaResult};
 use crate::engine::{Engine, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::membership::ClusterView;
@@ -123,6 +123,9 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
     let new_driver = |view: &ClusterView| {
         view.ring.clone().map(|ring| {
             let mut driver = RequestDriver::new(ctx.me, Ring::clone(&ring), ctx.read_repair);
+            // A read asks only the replicas it needs (its own copy first), the rest only when
+            // those fail or are slow: R requests per read instead of N.
+            driver.set_read_fanout(ReadFanout::Needed);
             if let Some(layout) = &view.layout {
                 driver.set_layout(layout);
             }
@@ -238,7 +241,8 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                     let peers = ctx.peers.clone();
                     let results = results_tx.clone();
                     tasks.spawn(async move {
-                        let answer = peers.call(to, request, timeout).await;
+                        // Replicates and reads to one peer travel in batches.
+                        let answer = peers.call_batched(to, request, timeout).await;
                         if let Some(op) = op {
                             let answer = match answer {
                                 Ok(answer) => Answer::Peer(op, answer),

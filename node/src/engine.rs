@@ -291,6 +291,36 @@ impl Engine {
 
     /// Applies `write` to `key`; resolves once it is durable.
     pub async fn apply(&self, key: Vec<u8>, write: Write) -> Result<Object, EngineError> {
+        let rx = self.enqueue(key, write)?;
+        rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// Applies several writes, each as [`Engine::apply`] does: all are queued before any is
+    /// awaited, so they share the writer's next group commit. The results are in order.
+    pub async fn apply_all(
+        &self,
+        writes: Vec<(Vec<u8>, Write)>,
+    ) -> Vec<Result<Object, EngineError>> {
+        let queued: Vec<_> = writes
+            .into_iter()
+            .map(|(key, write)| self.enqueue(key, write))
+            .collect();
+        let mut results = Vec::with_capacity(queued.len());
+        for q in queued {
+            results.push(match q {
+                Ok(rx) => rx.await.unwrap_or(Err(EngineError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Queues one write for the writer thread; a full queue is `Overloaded`.
+    fn enqueue(
+        &self,
+        key: Vec<u8>,
+        write: Write,
+    ) -> Result<oneshot::Receiver<Result<Object, EngineError>>, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Closed)?;
         let (reply, rx) = oneshot::channel();
         tx.try_send(WriteOp { key, write, reply })
@@ -300,7 +330,7 @@ impl Engine {
                 },
                 mpsc::error::TrySendError::Closed(_) => EngineError::Closed,
             })?;
-        rx.await.map_err(|_| EngineError::Closed)?
+        Ok(rx)
     }
 
     /// The stored key behind each key hash (`None` where none is stored), read off the async
@@ -328,6 +358,38 @@ impl Engine {
     pub async fn read(self: &Arc<Self>, key: Vec<u8>) -> Result<Object, EngineError> {
         self.off_runtime("read task", move |engine| engine.get(&key))
             .await
+    }
+
+    /// The stored objects for `keys`, in order, read one after the other on one blocking
+    /// thread (a batch of peer reads costs one hand-off to the blocking pool, not one each).
+    pub async fn read_many(
+        self: &Arc<Self>,
+        keys: Vec<Vec<u8>>,
+    ) -> Vec<Result<Object, EngineError>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let n = keys.len();
+        let read = self
+            .off_runtime("read task", move |engine| {
+                Ok(keys.iter().map(|k| engine.get(k)).collect::<Vec<_>>())
+            })
+            .await;
+        match read {
+            Ok(results) => results,
+            // The task itself could not run (shutdown): every read failed for that reason.
+            Err(e) => {
+                let reason = e.to_string();
+                (0..n)
+                    .map(|_| {
+                        Err(EngineError::Store(StoreError::Io {
+                            op: "read task",
+                            reason: reason.clone(),
+                        }))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Runs a blocking read of the store on a blocking thread (redb reads may block); a task

@@ -42,6 +42,19 @@ pub const REPLICA_RESULTS_QUEUE_MAX: usize = 8192;
 /// waits (acknowledgements wait for hints anyway).
 pub const HINT_QUEUE_MAX: usize = 1024;
 
+/// Replica requests (replicates and reads) waiting for their peer's next batch; when full, the
+/// coordinator's sending task waits.
+pub const PEER_BATCH_QUEUE_MAX: usize = 4096;
+/// Bytes of requests one batch carries (keys and objects); a request larger than this goes in a
+/// batch of its own, so a batch never nears a frame.
+pub const PEER_BATCH_BYTES_MAX: usize = 1 << 20;
+/// Batches in flight to one peer at once: the next batch forms while these are answered, as the
+/// writer's next group forms while the last one syncs.
+pub const PEER_BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Defined by the wire protocol, which the receiver checks.
+pub use cairn_proto::limits::PEER_BATCH_ITEMS_MAX;
+const _: () = assert!(PEER_BATCH_BYTES_MAX < cairn_proto::limits::FRAME_BYTES_MAX / 2);
+
 /// Longest node name, in bytes; the name travels in every gossip round inside the ring field.
 pub const NAME_BYTES_MAX: usize = 64;
 /// Shortest gossip interval a configuration may set (tests use short ones).

@@ -6,15 +6,19 @@
 //! This is the membership interface the coordinator, hinted handoff and status use (`is_up`,
 //! `name`); the member table itself is kept by `membership` from gossip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use cairn_core::liveness::{Liveness, Transition};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, Request, Response};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info};
+
+use crate::limits::{
+    PEER_BATCHES_IN_FLIGHT_MAX, PEER_BATCH_BYTES_MAX, PEER_BATCH_ITEMS_MAX, PEER_BATCH_QUEUE_MAX,
+};
 
 /// Defined by the pure liveness policy, which the simulator drives too.
 pub use cairn_core::liveness::{
@@ -33,6 +37,30 @@ struct Peer {
     /// judged down (by any failed exchange, or by gossip) fails them at once instead of at
     /// their own timeout.
     went_down: watch::Sender<u64>,
+    /// The queue of this peer's batcher (`Peers::call_batched`), started by the first request
+    /// batched for it; the batcher ends when this peer entry is dropped.
+    batcher: OnceLock<mpsc::Sender<Queued>>,
+}
+
+/// What a peer request's caller gets: the peer's answer, or why there was none.
+type CallResult = Result<Result<PeerResponse, ErrorReply>, PeerError>;
+
+/// A request waiting for its peer's next batch.
+struct Queued {
+    req: PeerRequest,
+    timeout: Duration,
+    reply: oneshot::Sender<CallResult>,
+}
+
+impl Queued {
+    /// Roughly the bytes this request adds to a batch frame.
+    fn bytes(&self) -> usize {
+        match &self.req {
+            PeerRequest::Replicate { key, object, .. } => key.len() + object.len() + 16,
+            PeerRequest::Read { key } => key.len() + 8,
+            _ => 64,
+        }
+    }
 }
 
 impl Peer {
@@ -49,6 +77,14 @@ pub struct Peers {
     peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     liveness: Mutex<Liveness>,
     up_events: mpsc::Sender<NodeId>,
+    batches: BatchStats,
+}
+
+/// What the batchers sent: batches of two or more requests, and the requests in them.
+#[derive(Debug, Default)]
+struct BatchStats {
+    batches: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl Peers {
@@ -67,7 +103,18 @@ impl Peers {
             peers: RwLock::new(BTreeMap::new()),
             liveness: Mutex::new(Liveness::new(me)),
             up_events,
+            batches: BatchStats::default(),
         }
+    }
+
+    /// Batches of two or more replica requests sent so far, and the requests they carried
+    /// (for tests and benchmarks: requests per batch is how much batching saved).
+    pub fn batches_sent(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.batches.batches.load(Relaxed),
+            self.batches.requests.load(Relaxed),
+        )
     }
 
     fn get(&self, id: NodeId) -> Option<Arc<Peer>> {
@@ -126,6 +173,7 @@ impl Peers {
                 addr,
                 conn: tokio::sync::Mutex::new(None),
                 went_down: watch::Sender::new(0),
+                batcher: OnceLock::new(),
             });
             self.peers.write().expect("peers lock").insert(id, fresh);
         }
@@ -270,6 +318,121 @@ impl Peers {
         }
     }
 
+    /// [`Peers::call`] for a replica request (`Replicate` or `Read`; anything else is sent
+    /// alone): requests queued for the same peer while its earlier batches are in flight go
+    /// together as one `PeerRequest::Batch`, one frame on one stream, and the peer applies
+    /// their writes in one group commit. A request alone in its batch is sent as itself, so
+    /// an idle node's requests travel exactly as before.
+    pub async fn call_batched(
+        self: &Arc<Self>,
+        id: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> CallResult {
+        if !matches!(
+            req,
+            PeerRequest::Replicate { .. } | PeerRequest::Read { .. }
+        ) {
+            return self.call(id, req, timeout).await;
+        }
+        let Some(peer) = self.get(id) else {
+            return Err(PeerError::NotAMember {
+                node: self.name(id),
+            });
+        };
+        let queue = peer.batcher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(PEER_BATCH_QUEUE_MAX);
+            tokio::spawn(batch_loop(Arc::downgrade(self), id, rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let lost = || PeerError::Connect {
+            node: peer.name.clone(),
+            reason: "the batcher for this peer stopped (shutdown)".into(),
+        };
+        if queue
+            .send(Queued {
+                req,
+                timeout,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return Err(lost());
+        }
+        // The batch's own exchange is bounded by the largest timeout of its requests.
+        answer.await.unwrap_or_else(|_| Err(lost()))
+    }
+
+    /// Sends `batch` to peer `id` as one request (as itself when alone) and hands each
+    /// caller its answer.
+    async fn send_batch(&self, id: NodeId, mut batch: Vec<Queued>) {
+        if batch.len() == 1 {
+            let q = batch.pop().expect("one request");
+            let _ = q.reply.send(self.call(id, q.req, q.timeout).await);
+            return;
+        }
+        let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
+        let n = batch.len();
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.batches.batches.fetch_add(1, Relaxed);
+            self.batches.requests.fetch_add(n as u64, Relaxed);
+        }
+        let mut items = Vec::with_capacity(n);
+        let mut callers = Vec::with_capacity(n);
+        for q in batch {
+            // A read's key is kept for the retry below (keys are small; objects are not kept).
+            let read_key = match &q.req {
+                PeerRequest::Read { key } => Some(key.clone()),
+                _ => None,
+            };
+            match cairn_proto::BatchItem::from_request(q.req) {
+                Ok(item) => {
+                    items.push(item);
+                    callers.push((q.reply, read_key, q.timeout));
+                }
+                // `call_batched` queues only what a batch may carry; anything else goes alone.
+                Err(req) => {
+                    let _ = q.reply.send(self.call(id, req, q.timeout).await);
+                }
+            }
+        }
+        let n = items.len();
+        match self.call(id, PeerRequest::Batch(items), timeout).await {
+            Ok(Ok(PeerResponse::Batch(answers))) if answers.len() == n => {
+                for ((reply, read_key, timeout), answer) in callers.into_iter().zip(answers) {
+                    let answer = match (answer, read_key) {
+                        // The peer's copies together did not fit one answer frame, so it left
+                        // this one out: asked alone, it fits whatever fits a frame.
+                        (
+                            Err(ErrorReply::Limit(cairn_proto::LimitError::FrameTooLarge {
+                                ..
+                            })),
+                            Some(key),
+                        ) => self.call(id, PeerRequest::Read { key }, timeout).await,
+                        (answer, _) => Ok(answer.map(PeerResponse::from)),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+            Ok(Ok(other)) => {
+                let e = ErrorReply::Malformed {
+                    reason: format!("peer answered a batch of {n} with {other:?}"),
+                };
+                for (reply, _, _) in callers {
+                    let _ = reply.send(Ok(Err(e.clone())));
+                }
+            }
+            other => {
+                for (reply, _, _) in callers {
+                    let _ = reply.send(other.clone());
+                }
+            }
+        }
+    }
+
     async fn ping(&self, id: NodeId) -> bool {
         let req = PeerRequest::Ping {
             from: self.my_name.clone(),
@@ -312,6 +475,52 @@ impl Peers {
             });
             futures_join_all(probes).await;
         }
+    }
+}
+
+/// The batcher of one peer: takes what queued for it, up to `PEER_BATCH_ITEMS_MAX` requests and
+/// `PEER_BATCH_BYTES_MAX` bytes, as one batch whenever fewer than `PEER_BATCHES_IN_FLIGHT_MAX`
+/// of its batches are in flight. Holds the peers weakly, so it keeps no connection or endpoint
+/// alive; it ends when the peer's entry (the queue's sender) is dropped.
+async fn batch_loop(peers: Weak<Peers>, id: NodeId, mut rx: mpsc::Receiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(PEER_BATCHES_IN_FLIGHT_MAX));
+    let mut pending: VecDeque<Queued> = VecDeque::new();
+    let mut received = Vec::new();
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        if pending.is_empty() {
+            if rx.recv_many(&mut received, PEER_BATCH_ITEMS_MAX).await == 0 {
+                return;
+            }
+            pending.extend(received.drain(..));
+        }
+        while pending.len() < PEER_BATCH_ITEMS_MAX {
+            match rx.try_recv() {
+                Ok(q) => pending.push_back(q),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(q) = pending.front() {
+            let b = q.bytes();
+            if !batch.is_empty()
+                && (bytes + b > PEER_BATCH_BYTES_MAX || batch.len() == PEER_BATCH_ITEMS_MAX)
+            {
+                break;
+            }
+            bytes += b;
+            batch.push(pending.pop_front().expect("front exists"));
+        }
+        let Some(peers) = peers.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            peers.send_batch(id, batch).await;
+            drop(permit);
+        });
     }
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use cairn_net::{BudgetedFrame, ConnectionBudget, FrameBudget, Identity, NetError};
 use cairn_proto::{
-    check_peer_request, check_request, decode_body, decode_client_request, Context, ContextKey,
-    ErrorReply, FrameError, GetReply, KeyOp, KeyOpReply, LimitError, NodeId, PartitionEntry,
-    PeerRequest, PeerResponse, Request, Response, RingReply, Role, Sibling, StatusReply,
+    check_peer_request, check_request, decode_body, decode_client_request, BatchAnswer, BatchItem,
+    Context, ContextKey, ErrorReply, FrameError, GetReply, KeyOp, KeyOpReply, LimitError, NodeId,
+    PartitionEntry, PeerRequest, PeerResponse, Request, Response, RingReply, Role, Sibling,
+    StatusReply,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -277,6 +278,11 @@ impl Node {
     /// The address the node serves on (the bound port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The peers (connections, liveness, batching counters), for in-process tests.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// The engine, for in-process tests and benchmarks.
@@ -967,11 +973,91 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
         PeerRequest::PartitionSizes { partitions } => Ok(PeerResponse::PartitionSizes(
             Membership::partition_sizes(shared.trees.as_deref(), &partitions),
         )),
+        PeerRequest::Batch(items) => Ok(PeerResponse::Batch(serve_batch(items, shared).await)),
     };
     match resp {
         Ok(r) => Response::Peer(r),
         Err(e) => Response::Error(e),
     }
+}
+
+/// Serves a batch of replica requests: its writes are queued at the engine together, so they
+/// share one group commit, and its reads are read on one blocking thread. When the copies read do not fit one answer frame, the
+/// largest are answered `FrameTooLarge` instead, and the sender asks for those alone.
+async fn serve_batch(
+    items: Vec<BatchItem>,
+    shared: &Arc<Shared>,
+) -> Vec<Result<BatchAnswer, ErrorReply>> {
+    let mut answers: Vec<Option<Result<BatchAnswer, ErrorReply>>> = vec![None; items.len()];
+    let (mut writes, mut write_at, mut reads, mut read_at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            BatchItem::Replicate {
+                key,
+                object,
+                hint_for,
+            } => match Object::decode(&object) {
+                Ok(object) => {
+                    writes.push((key, Write::Merge { object, hint_for }));
+                    write_at.push(i);
+                }
+                Err(e) => {
+                    answers[i] = Some(Err(ErrorReply::Malformed {
+                        reason: format!("bad object: {e}"),
+                    }))
+                }
+            },
+            BatchItem::Read { key } => {
+                reads.push(key);
+                read_at.push(i);
+            }
+        }
+    }
+    let (written, read) = tokio::join!(
+        shared.engine.apply_all(writes),
+        shared.engine.read_many(reads)
+    );
+    for (i, result) in write_at.into_iter().zip(written) {
+        answers[i] = Some(result.map(|_| BatchAnswer::Ack).map_err(ErrorReply::from));
+    }
+    let mut read_bytes = 0;
+    for (i, result) in read_at.iter().copied().zip(read) {
+        answers[i] = Some(match result {
+            // Empty bytes say "absent", as for a lone read.
+            Ok(obj) if obj.is_empty() => Ok(BatchAnswer::Object(Vec::new())),
+            Ok(obj) => {
+                let bytes = obj.encode();
+                read_bytes += bytes.len();
+                Ok(BatchAnswer::Object(bytes))
+            }
+            Err(e) => Err(e.into()),
+        });
+    }
+    // Room for the copies in one answer frame; the rest of the frame holds the items' tags
+    // and error texts.
+    let room = cairn_proto::limits::FRAME_BYTES_MAX / 2;
+    while read_bytes > room {
+        let largest = read_at
+            .iter()
+            .copied()
+            .filter_map(|i| match &answers[i] {
+                Some(Ok(BatchAnswer::Object(b))) => Some((b.len(), i)),
+                _ => None,
+            })
+            .max()
+            .expect("read bytes come from some answer");
+        read_bytes -= largest.0;
+        answers[largest.1] = Some(Err(ErrorReply::Limit(LimitError::FrameTooLarge {
+            what: "a copy in a batch answer".to_owned(),
+            len: largest.0 as u64,
+            max: room as u64,
+        })));
+    }
+    answers
+        .into_iter()
+        .map(|a| a.expect("every item answered"))
+        .collect()
 }
 
 fn status(shared: &Shared) -> StatusReply {

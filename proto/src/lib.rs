@@ -29,7 +29,9 @@ pub use sealed::{ContextKey, SealError};
 /// 11: gossip's `Key::Storage`/`Value::Storage`: a node declares its storage degraded.
 /// 12: `PeerRequest::Tombstones` and its answer (tombstone reaping); `StatusReply.tombstones`.
 /// 13: `PeerRequest::PartitionSizes` and its answer; a plan's moves carry keys and bytes.
-pub const PROTOCOL_VERSION: u16 = 13;
+/// 14: `PeerRequest::Batch`/`PeerResponse::Batch` (replicates and reads to one peer in one
+///     frame) and `LimitError::TooManyBatchItems`.
+pub const PROTOCOL_VERSION: u16 = 14;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

@@ -67,6 +67,10 @@ const _: () = assert!(
         < FRAME_BYTES_MAX
 );
 
+/// Most items in one `PeerRequest::Batch` (replicates and reads a coordinator sends one peer in
+/// one frame); the sender also keeps a batch's bytes within its own budget, below a frame.
+pub const PEER_BATCH_ITEMS_MAX: usize = 256;
+
 /// Room in a frame for everything that is not the object itself (message tags, key, context,
 /// a forward's request id).
 const FRAME_OVERHEAD_MAX: usize = KEY_BYTES_MAX + CONTEXT_BYTES_MAX + 4096;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONTEXT_BYTES_MAX, KEY_BYTES_MAX, KEY_HASHES_PER_REQUEST_MAX,
     LAYOUT_BYTES_MAX, NODE_NAME_BYTES_MAX, OBJECT_BYTES_HARD_MAX, PARTITION_SIZES_PER_REQUEST_MAX,
-    PEER_MESSAGE_BYTES_MAX, TOMBSTONE_PROBES_PER_REQUEST_MAX, VALUE_BYTES_MAX,
+    PEER_BATCH_ITEMS_MAX, PEER_MESSAGE_BYTES_MAX, TOMBSTONE_PROBES_PER_REQUEST_MAX,
+    VALUE_BYTES_MAX,
 };
 
 /// A node's stable identity in the cluster, derived from its configured name.
@@ -533,6 +534,88 @@ pub enum PeerRequest {
         /// The partitions.
         partitions: Vec<u32>,
     },
+    /// Several replica operations for one peer in one frame (a coordinator sends what queued
+    /// for that peer while its previous batches were in flight), answered by
+    /// `PeerResponse::Batch` with one answer per item, in order. Items are [`BatchItem`]s,
+    /// not `PeerRequest`s, so a batch cannot hold a batch (the wire types cannot nest); the
+    /// receiver applies the writes together, so they share one group commit. At most
+    /// `PEER_BATCH_ITEMS_MAX` items.
+    Batch(Vec<BatchItem>),
+}
+
+/// One replica operation in a [`PeerRequest::Batch`]: the two requests a batch may carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchItem {
+    /// As [`PeerRequest::Replicate`].
+    Replicate {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The encoded object.
+        #[serde(with = "serde_bytes")]
+        object: Vec<u8>,
+        /// The unreachable primary this fallback copy is for.
+        hint_for: Option<NodeId>,
+    },
+    /// As [`PeerRequest::Read`].
+    Read {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl BatchItem {
+    /// The batch item for `req`, or `req` back when it may not be batched.
+    pub fn from_request(req: PeerRequest) -> Result<BatchItem, PeerRequest> {
+        match req {
+            PeerRequest::Replicate {
+                key,
+                object,
+                hint_for,
+            } => Ok(BatchItem::Replicate {
+                key,
+                object,
+                hint_for,
+            }),
+            PeerRequest::Read { key } => Ok(BatchItem::Read { key }),
+            other => Err(other),
+        }
+    }
+
+    /// The request this item stands for (to send it alone).
+    pub fn into_request(self) -> PeerRequest {
+        match self {
+            BatchItem::Replicate {
+                key,
+                object,
+                hint_for,
+            } => PeerRequest::Replicate {
+                key,
+                object,
+                hint_for,
+            },
+            BatchItem::Read { key } => PeerRequest::Read { key },
+        }
+    }
+}
+
+/// The answer to one [`BatchItem`] in a [`PeerResponse::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchAnswer {
+    /// The replicate is durable (as [`PeerResponse::Ack`]).
+    Ack,
+    /// The local copy, empty when absent (as [`PeerResponse::Object`]).
+    Object(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl From<BatchAnswer> for PeerResponse {
+    fn from(answer: BatchAnswer) -> PeerResponse {
+        match answer {
+            BatchAnswer::Ack => PeerResponse::Ack,
+            BatchAnswer::Object(bytes) => PeerResponse::Object(bytes),
+        }
+    }
 }
 
 /// One tombstone a reaping node asks a peer about ([`PeerRequest::Tombstones`]).
@@ -608,6 +691,9 @@ pub enum PeerResponse {
     /// Answer to `PartitionSizes`: one entry per partition asked that the responder can count
     /// (none before its Merkle trees are rebuilt, or with anti-entropy off).
     PartitionSizes(Vec<PartitionSize>),
+    /// Answer to `Batch`: the answer to each item, in the items' order (answers are
+    /// [`BatchAnswer`]s, so an answer cannot nest either).
+    Batch(Vec<Result<BatchAnswer, ErrorReply>>),
 }
 
 /// A node's answer to one [`Request`].
@@ -1113,6 +1199,14 @@ pub enum LimitError {
         /// `PARTITION_SIZES_PER_REQUEST_MAX`.
         max: u64,
     },
+    /// A `Batch` peer request holds too many items.
+    #[error("{count} items in one batch exceed PEER_BATCH_ITEMS_MAX ({max})")]
+    TooManyBatchItems {
+        /// Items sent.
+        count: u64,
+        /// `PEER_BATCH_ITEMS_MAX`.
+        max: u64,
+    },
 }
 
 /// Checks a key against its limits.
@@ -1337,17 +1431,7 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             LimitError::NameTooLong { len, max }
         }),
         PeerRequest::Forward { op, .. } => check_op(op),
-        PeerRequest::Replicate { key, object, .. } => {
-            check_key(key)?;
-            // A replicated object may be a merge past the client limits, up to the hard ones.
-            check_len(object.len(), OBJECT_BYTES_HARD_MAX, |len, max| {
-                LimitError::OverHardLimit {
-                    limit: "OBJECT_BYTES_HARD_MAX".to_owned(),
-                    value: len,
-                    max,
-                }
-            })
-        }
+        PeerRequest::Replicate { key, object, .. } => check_replicate(key, object),
         PeerRequest::Read { key } => check_key(key),
         PeerRequest::Gossip(m) => check_len(m.len(), PEER_MESSAGE_BYTES_MAX, message),
         PeerRequest::AntiEntropy { message: m, .. } => m.as_ref().map_or(Ok(()), |m| {
@@ -1372,7 +1456,28 @@ pub fn check_peer_request(req: &PeerRequest) -> Result<(), LimitError> {
             PARTITION_SIZES_PER_REQUEST_MAX,
             |count, max| LimitError::TooManyPartitions { count, max },
         ),
+        PeerRequest::Batch(items) => {
+            check_len(items.len(), PEER_BATCH_ITEMS_MAX, |count, max| {
+                LimitError::TooManyBatchItems { count, max }
+            })?;
+            items.iter().try_for_each(|item| match item {
+                BatchItem::Replicate { key, object, .. } => check_replicate(key, object),
+                BatchItem::Read { key } => check_key(key),
+            })
+        }
     }
+}
+
+/// A replicated object may be a merge past the client limits, up to the hard ones.
+fn check_replicate(key: &[u8], object: &[u8]) -> Result<(), LimitError> {
+    check_key(key)?;
+    check_len(object.len(), OBJECT_BYTES_HARD_MAX, |len, max| {
+        LimitError::OverHardLimit {
+            limit: "OBJECT_BYTES_HARD_MAX".to_owned(),
+            value: len,
+            max,
+        }
+    })
 }
 
 /// Checks a size (a length or a count) against its limit: `err(size, max)` names the limit.

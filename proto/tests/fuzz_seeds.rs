@@ -187,6 +187,19 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
             partitions: vec![0, 5, 63],
         }),
     );
+    s.insert(
+        "seed-batch",
+        peer(PeerRequest::Batch(vec![
+            cairn_proto::BatchItem::Replicate {
+                key: b"k1".to_vec(),
+                object: vec![0, 1, 2, 3],
+                hint_for: None,
+            },
+            cairn_proto::BatchItem::Read {
+                key: b"k2".to_vec(),
+            },
+        ])),
+    );
     s.insert("seed-response-value", body(&Response::Value(get_reply())));
     s.insert(
         "seed-response-quorum",
@@ -242,6 +255,14 @@ fn seeds() -> BTreeMap<&'static str, Vec<u8>> {
                 keys: 12,
                 bytes: 3400,
             },
+        ])),
+    );
+    s.insert(
+        "seed-response-batch",
+        answer(PeerResponse::Batch(vec![
+            Ok(cairn_proto::BatchAnswer::Ack),
+            Ok(cairn_proto::BatchAnswer::Object(vec![4, 5])),
+            Err(ErrorReply::ShuttingDown),
         ])),
     );
     s

@@ -19,9 +19,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use cairn_core::limits::READ_SPARE_DELAY;
 use cairn_node::coordinator::{
-    ClientWrite, Coordinator, CoordinatorError, OpId, Outcome, ReplicaOp, ReplicaResult, RequestId,
-    REQUEST_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_MAX,
+    ClientWrite, Coordinator, CoordinatorError, OpId, Outcome, ReadFanout, ReplicaOp,
+    ReplicaResult, RequestId, REQUEST_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_MAX,
 };
 use cairn_node::version::{Dot, Object, Payload, VClock};
 use cairn_proto::{ActorId, ErrorReply, NodeId, ReadOptions, WriteOptions};
@@ -1103,4 +1104,163 @@ fn a_coordinator_full_of_unanswered_requests_is_overloaded() {
         matches!(outcome, Err(CoordinatorError::Overloaded(_))),
         "{outcome:?}"
     );
+}
+
+/// Like [`check`], with the coordinator asking only as many replicas as a read needs first.
+#[track_caller]
+fn check_needed(case: &Case) {
+    let mut h = Harness::new(case.me, case.down);
+    h.coord.set_read_fanout(ReadFanout::Needed);
+    h.start(&case.req);
+    for step in case.steps {
+        h.step(*step);
+    }
+    let got = h.transcript.join("\n");
+    let want: Vec<&str> = case
+        .expect
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        got,
+        want.join("\n"),
+        "\ncase {:?}: transcript differs.\n--- got ---\n{got}\n",
+        case.name
+    );
+}
+
+/// The spare delay, and just before it, in milliseconds.
+const SPARE_MS: u64 = READ_SPARE_DELAY.as_millis() as u64;
+
+#[test]
+fn gets_that_ask_only_the_replicas_they_need() {
+    let nf_false = |r: u8, basic_quorum: Option<bool>| ReadOptions {
+        r: Some(r),
+        notfound_ok: Some(false),
+        basic_quorum,
+        ..ReadOptions::default()
+    };
+    let cases = [
+        Case {
+            name: "R = 2 asks this node and one more; their replies answer it",
+            me: P0,
+            down: &[],
+            req: Req::Get(r(2)),
+            steps: &[Step::Has(P0, &["a"]), Step::Has(P1, &["a"])],
+            expect: "
+                -> P0 read
+                -> P1 read
+                # Has(P0, [\"a\"])
+                # Has(P1, [\"a\"])
+                <= read [a]
+            ",
+        },
+        Case {
+            name: "R = 1 at a primary asks only itself",
+            me: P1,
+            down: &[],
+            req: Req::Get(r(1)),
+            steps: &[Step::Has(P1, &["a"])],
+            expect: "
+                -> P1 read
+                # Has(P1, [\"a\"])
+                <= read [a]
+            ",
+        },
+        Case {
+            name: "a failed replica is replaced by the next one",
+            me: P0,
+            down: &[],
+            req: Req::Get(r(2)),
+            steps: &[Step::Has(P0, &["a"]), Step::Fail(P1), Step::Has(P2, &["a", "b"])],
+            expect: "
+                -> P0 read
+                -> P1 read
+                # Has(P0, [\"a\"])
+                # Fail(P1)
+                -> P2 read
+                # Has(P2, [\"a\", \"b\"])
+                <= read [a b]
+                -> P0 repair [a b]
+            ",
+        },
+        Case {
+            name: "replicas silent for the spare delay: the rest are asked too",
+            me: P0,
+            down: &[],
+            req: Req::Get(r(2)),
+            steps: &[
+                Step::Has(P0, &["a"]),
+                Step::Wait(SPARE_MS - 1),
+                Step::Wait(1),
+                Step::Has(P2, &["a"]),
+            ],
+            expect: "
+                -> P0 read
+                -> P1 read
+                # Has(P0, [\"a\"])
+                # Wait(49)
+                # Wait(1)
+                -> P2 read
+                # Has(P2, [\"a\"])
+                <= read [a]
+            ",
+        },
+        Case {
+            name: "notfound_ok = false: a \"not found\" does not count, so another replica is asked",
+            me: P0,
+            down: &[],
+            req: Req::Get(nf_false(2, None)),
+            steps: &[Step::NotFound(P0), Step::Has(P1, &["a"]), Step::Has(P2, &["a"])],
+            expect: "
+                -> P0 read
+                -> P1 read
+                # NotFound(P0)
+                -> P2 read
+                # Has(P1, [\"a\"])
+                # Has(P2, [\"a\"])
+                <= read [a]
+                -> P0 repair [a]
+            ",
+        },
+        Case {
+            name: "PR = 2 at a fallback coordinator: its own copy and two primaries",
+            me: F0,
+            down: &[P2],
+            req: Req::Get(ReadOptions {
+                r: Some(2),
+                pr: Some(2),
+                ..ReadOptions::default()
+            }),
+            steps: &[Step::Has(P0, &["a"]), Step::Has(P1, &["a"])],
+            expect: "
+                -> F0 read
+                -> P0 read
+                -> P1 read
+                # Has(P0, [\"a\"])
+                # Has(P1, [\"a\"])
+                <= read [a]
+            ",
+        },
+        Case {
+            name: "every replica failing is still the quorum error, naming each",
+            me: P0,
+            down: &[],
+            req: Req::Get(r(2)),
+            steps: &[Step::Fail(P0), Step::Fail(P1), Step::Fail(P2)],
+            expect: "
+                -> P0 read
+                -> P1 read
+                # Fail(P0)
+                -> P2 read
+                # Fail(P1)
+                <= error: 2 replies needed, 0 received; failed P0 (storage error on node: disk full), P1 (storage error on node: disk full)
+                # Fail(P2)
+            ",
+        },
+    ];
+    for case in &cases {
+        check_needed(case);
+    }
 }

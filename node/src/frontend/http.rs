@@ -432,6 +432,7 @@ fn limit_name(l: &LimitError) -> &str {
         LimitError::TooManyKeyHashes { .. } => "KEY_HASHES_PER_REQUEST_MAX",
         LimitError::TooManyTombstoneProbes { .. } => "TOMBSTONE_PROBES_PER_REQUEST_MAX",
         LimitError::TooManyPartitions { .. } => "PARTITION_SIZES_PER_REQUEST_MAX",
+        LimitError::TooManyBatchItems { .. } => "PEER_BATCH_ITEMS_MAX",
         LimitError::OverHardLimit { limit, .. } => limit,
         LimitError::FrameTooLarge { .. } => "FRAME_BYTES_MAX",
     }
