@@ -11,6 +11,12 @@
 //! tombstone is reaped: Riak's KV679). Per key the dots of an actor are then increasing but have
 //! gaps, and positions no longer name them.
 //!
+//! An entry's counter `n` claims every event of its actor for the key up to `n`, gaps included
+//! (the gaps are other keys' dots). That claim is true only because the writer mints under an
+//! actor only while its copy of the key holds that actor's latest event, and under a fresh
+//! per-key actor otherwise (`writer.rs`, "Per-key actors"): a node that lost its copy and wrote
+//! again under its old actor would claim, and on the next `sync` discard, the siblings it lost.
+//!
 //! Merge rule, per actor, for sides `(n1, live1)` and `(n2, live2)`: the counter becomes
 //! `max(n1, n2)`; a sibling of side 1 survives iff side 2 also holds it live, or its counter is
 //! above `n2` (side 2 never saw it); symmetrically for side 2. This is the join of a dot store
@@ -408,6 +414,22 @@ impl Object {
             )));
         }
         Object::try_from(repr)
+    }
+
+    /// The object with `dot` recorded as seen and no value for it: the actor's counter rises to
+    /// `dot.counter` (if lower), and any sibling of that actor at or below it that this object
+    /// holds stays. The writer records a fresh per-key actor this way when it merges a copy whose
+    /// history of its own actors it lost (see `writer.rs`, "Per-key actors").
+    pub fn witness(&self, dot: Dot) -> Object {
+        if dot.counter == 0 {
+            // Counter 0 is no event; an entry with it would break the invariants.
+            return self.clone();
+        }
+        let mut entry = self.entries.get(&dot.actor).cloned().unwrap_or_default();
+        entry.counter = entry.counter.max(dot.counter);
+        let mut entries = self.entries.clone();
+        entries.insert(dot.actor, entry);
+        Object { entries }
     }
 
     /// A context as an object with history and no values: the left side of DVVSet's discard.
@@ -1066,6 +1088,23 @@ mod tests {
         let right = dvv(&[(a(), 1, &["right"])]);
         assert_eq!(left.sync(&right), right.sync(&left));
         assert_eq!(left.sync(&right).sibling_count(), 1);
+    }
+
+    #[test]
+    fn witness_records_history_and_keeps_every_sibling() {
+        let s = dvv(&[(a(), 3, &["v3"]), (b(), 1, &["w"])]);
+        // A new actor: a history-only entry; what the object held stays.
+        let marked = s.witness(Dot::new(c(), 7));
+        assert_eq!(marked.siblings(), s.siblings());
+        assert_eq!(marked.max_counter(c()), 7);
+        assert!(s.less(&marked));
+        // It supersedes, on a merge, only the new actor's events up to its counter.
+        let other = dvv(&[(a(), 5, &["v5", "v3"])]);
+        assert_eq!(values(&marked.sync(&other)), values(&s.sync(&other)));
+        // A known actor's counter only rises; counter 0 is no event.
+        assert_eq!(s.witness(Dot::new(a(), 2)), s);
+        assert_eq!(s.witness(Dot::new(c(), 0)), s);
+        assert_eq!(Object::decode(&marked.encode()), Ok(marked));
     }
 
     #[test]

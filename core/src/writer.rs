@@ -10,6 +10,36 @@
 //! Lease rule: the lease end is made durable (its own commit) before any counter under it is
 //! used, and [`Writer::open`] resumes at the persisted lease end, so a crash can skip counters
 //! but never mint one twice.
+//!
+//! Per-key actors (Riak's per-key actor epochs, the fix of KV679's data-loss cases). A dot
+//! `Y:c` in an object whose entry for `Y` has counter `n >= c` claims that every event of `Y`
+//! for this key up to `n` is in the object or superseded. That holds only if the node minting
+//! under `Y` holds `Y`'s latest event for the key. A node loses events of its own when its copy
+//! goes (a fallback's drop after its hint is delivered, a cleanup after a layout change, a reap)
+//! while other replicas keep them; were it to mint under the same actor again, the new dot would
+//! claim those events and the next `sync` would discard them: a lost write (the container
+//! nemesis, seed 45 with layout changes). So:
+//! - the actors of this data directory are its base actor `(node, epoch)` and the per-key actors
+//!   `(node, epoch + c)`, `c` a counter minted to create it (so below the writer's next counter;
+//!   the same node's actors of another data directory match only by a `next / 2^64` chance);
+//! - a client update continues this node's newest actor (largest `c`) in the key's local copy,
+//!   if the copy has one and the context knows no more of its events than the copy; otherwise it
+//!   mints a fresh per-key actor, whose first dot is the counter that named it. A new actor
+//!   claims nothing about any other actor's events, so it supersedes only what the context saw;
+//! - a merge that brings events of this node's actors that its copy lacks (the copy was lost,
+//!   or came back staler than another replica's) records a fresh per-key actor in the merged
+//!   object, as a history-only entry ([`Object::witness`]), so the next update here continues
+//!   that one and not an actor whose later events it may have lost. Exception: a tombstone
+//!   arriving where the key is absent is stored unchanged, so the reaper recognises the
+//!   tombstone it reaped when a replica hands it back; a write here after such a hand-back
+//!   continues the tombstone's actor, which is safe for a reaped tombstone (every replica held
+//!   it) but not for a stale tombstone brought to a fallback that dropped a newer copy (a known
+//!   gap, narrower than the one closed).
+//!
+//! Dots stay unique: every dot and every per-key actor takes a counter of the node-wide
+//! sequence. A key's version vector grows by one actor per (node, key) the first time the node
+//! coordinates a write of it, and again after each loss of its copy that the node then writes
+//! through or learns of by a merge; `VV_ENTRIES_MAX` bounds it as before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -309,7 +339,8 @@ impl Writer {
         })
     }
 
-    /// The actor this node mints dots as.
+    /// This node's base actor: its node id and data-directory epoch. Dots are minted under
+    /// per-key actors derived from it (same node id, see "Per-key actors" in the module doc).
     pub fn actor(&self) -> ActorId {
         self.actor
     }
@@ -324,13 +355,10 @@ impl Writer {
         self.config.sabotage
     }
 
-    /// Counters one write may mint.
+    /// Counters one write may mint: an update one dot (two under `Sabotage::ApplyTwice`), a
+    /// merge a fresh-actor marker and a hint renewal.
     fn mints_per_write(&self) -> u64 {
-        #[cfg(feature = "sabotage")]
-        if self.sabotage() == Sabotage::ApplyTwice {
-            return 2;
-        }
-        1
+        2
     }
 
     fn mint(&mut self) -> u64 {
@@ -495,7 +523,10 @@ impl Writer {
         let next = match write {
             Write::Update { ctx, payload } => {
                 // A dot is spent even if the update is refused: counters only move forward.
-                let dot = Dot::new(self.actor, self.mint());
+                let dot = match self.key_actor(&current, ctx) {
+                    Some(actor) => Dot::new(actor, self.mint()),
+                    None => self.fresh_actor_dot(),
+                };
                 #[cfg(feature = "sabotage")]
                 let (ctx, payload) = match self.sabotage() {
                     Sabotage::IgnoreContext => (&VClock::default(), payload),
@@ -505,7 +536,7 @@ impl Writer {
                 let next = current.update(ctx, dot, payload.clone())?;
                 #[cfg(feature = "sabotage")]
                 let next = if self.sabotage() == Sabotage::ApplyTwice {
-                    let again = Dot::new(self.actor, self.mint());
+                    let again = Dot::new(dot.actor, self.mint());
                     next.update(ctx, again, payload.clone())?
                 } else {
                     next
@@ -513,7 +544,20 @@ impl Writer {
                 next
             }
             Write::Merge { object, hint_for } => {
-                let merged = self.merge(&current, object);
+                let mut merged = self.merge(&current, object);
+                if self.forgot_own_history(&current, object)
+                    && !(current.entries().is_empty() && merged.live().is_empty())
+                {
+                    // The copy carries events of this node's actors that this node's copy no
+                    // longer holds (it was dropped, then came back staler than the copies
+                    // elsewhere): none of those actors may be continued for this key, so the
+                    // next write here mints under the fresh actor recorded now. Not for a
+                    // tombstone coming back to a node that holds nothing of the key: that is
+                    // how a replica hands back a tombstone this node reaped, and the reaper
+                    // must recognise it unchanged (see "Per-key actors" in the module doc).
+                    let marker = self.fresh_actor_dot();
+                    merged = merged.witness(marker);
+                }
                 // `sync` never fails, but its result may exceed the hard limits `decode`
                 // enforces; storing it would make the key unreadable, so the merge is refused
                 // instead and the sender keeps its copy (see `MergeReport`).
@@ -567,6 +611,46 @@ impl Writer {
         };
         pending.objects.insert(key.to_vec(), next.clone());
         Ok(next)
+    }
+
+    /// Whether `actor` is one of this data directory's actors: its base actor or a per-key
+    /// actor it derived (epoch = base epoch + the counter minted to create it, so below `next`).
+    /// An actor of another incarnation of this node passes only if its epoch happens to fall in
+    /// the `next` values above this one's, a chance of `next / 2^64`.
+    fn own(&self, actor: ActorId) -> Option<u64> {
+        let created = actor.epoch.wrapping_sub(self.actor.epoch);
+        (actor.node == self.actor.node && created < self.next).then_some(created)
+    }
+
+    /// The actor a client update of a key whose copy here is `current` continues: this node's
+    /// newest actor in `current`, unless the context knows more of that actor's events for the
+    /// key than `current` does (this node lost them). `None`: a fresh actor is needed.
+    fn key_actor(&self, current: &Object, ctx: &VClock) -> Option<ActorId> {
+        let (_, actor, counter) = current
+            .entries()
+            .into_iter()
+            .filter_map(|(actor, counter, _)| Some((self.own(actor)?, actor, counter)))
+            .max_by_key(|(created, _, _)| *created)?;
+        (ctx.get(&actor) <= counter).then_some(actor)
+    }
+
+    /// A dot of a new per-key actor: the counter minted names both the actor (base epoch plus
+    /// it) and its first event.
+    fn fresh_actor_dot(&mut self) -> Dot {
+        let created = self.mint();
+        let actor = ActorId {
+            node: self.actor.node,
+            epoch: self.actor.epoch.wrapping_add(created),
+        };
+        Dot::new(actor, created)
+    }
+
+    /// Whether `incoming` holds events of this node's actors that `current` does not: this node
+    /// lost part of its history of the key.
+    fn forgot_own_history(&self, current: &Object, incoming: &Object) -> bool {
+        incoming.entries().into_iter().any(|(actor, counter, _)| {
+            self.own(actor).is_some() && counter > current.max_counter(actor)
+        })
     }
 
     fn merge(&self, current: &Object, incoming: &Object) -> Object {

@@ -549,8 +549,9 @@ fn kv679_with_a_reused_dot_the_old_tombstone_swallows_the_new_write() {
     let (a, b, c) = (r[0], r[1], r[2]);
     let v1 = w.write(&key, a, put("v1", VClock::default()), &[b, c]);
     let tombstone = w.write(&key, a, delete(v1.join()), &[b, c]);
-    // After the reap the key's history is empty, so a per-key counter would start again at 1.
-    let actor = w.n(a).writer.actor();
+    // After the reap the key's history is empty, so a per-key counter would start again at 1
+    // (for the actor that wrote v1 and the tombstone).
+    let actor = v1.siblings()[0].0.actor;
     let reused = Object::new()
         .update_next(&VClock::default(), actor, Payload::Value(b"v2".to_vec()))
         .unwrap();

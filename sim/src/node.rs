@@ -957,7 +957,7 @@ impl SimNode {
                             .siblings()
                             .iter()
                             .map(|(d, _)| *d)
-                            .filter(|d| d.actor == actor && !old.contains(d))
+                            .filter(|d| d.actor.node == actor.node && !old.contains(d))
                             .collect();
                         cx.w.logf(self.me(), || {
                             let dots: Vec<String> = minted.iter().map(|d| dot(*d)).collect();
