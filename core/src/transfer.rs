@@ -655,16 +655,41 @@ impl TransferMachine {
         })
     }
 
-    /// When `poll_action` may next have something without a new input: the earliest retry,
-    /// or the byte budget's refill when a send waits for it.
+    /// When `poll_action` may next have something without a new input: the earliest retry of
+    /// a page read or send that waits for it, or the byte budget's refill when a send waits for
+    /// it. A failure whose retry is already in flight (or whose partition moved on) sets no
+    /// time: a time in the past would wake the driver again at once, in a loop, until the
+    /// answer came.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retries = self.failures.values().map(|f| f.retry_at);
-        let sending = self.active.values().any(|a| {
-            matches!(&a.phase, Phase::Sending { targets, .. }
-                if targets.values().any(|s| matches!(s, TargetState::Ready)))
-        });
-        let budget = (sending && self.bucket.tokens < 0).then(|| self.bucket.ready_at());
-        retries.chain(budget).min()
+        let budget = (self.bucket.tokens < 0).then(|| self.bucket.ready_at());
+        let retry =
+            |p: PartitionId, t: Option<NodeId>| self.failures.get(&(p, t)).map(|f| f.retry_at);
+        let mut next: Option<Instant> = None;
+        for (p, a) in &self.active {
+            let mut wake = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+            match &a.phase {
+                Phase::NeedScan => {
+                    if let Some(at) = retry(*p, None) {
+                        wake(at);
+                    }
+                }
+                Phase::Sending { targets, .. } => {
+                    for (t, s) in targets {
+                        if !matches!(s, TargetState::Ready) {
+                            continue;
+                        }
+                        // Both must have come: its retry time and the byte budget.
+                        match (retry(*p, Some(*t)), budget) {
+                            (Some(r), Some(b)) => wake(r.max(b)),
+                            (Some(at), None) | (None, Some(at)) => wake(at),
+                            (None, None) => {}
+                        }
+                    }
+                }
+                Phase::Scanning => {}
+            }
+        }
+        next
     }
 
     /// Where the transfer stands at `now`.
