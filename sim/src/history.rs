@@ -309,6 +309,28 @@ impl History {
         }
     }
 
+    /// Node `node` dropped its copy `before` of a key it no longer replicates (the cleanup's
+    /// compare-and-delete): it holds none of those dots any more. Not a loss: a dot whose last
+    /// holder drops it is not excused.
+    pub fn dropped(&mut self, node: NodeIx, before: &Object) {
+        for (d, _) in before.siblings() {
+            if let Some(h) = self.holders.get_mut(&(d.actor, d.counter)) {
+                h.primaries.remove(&node);
+                h.others.remove(&node);
+            }
+        }
+    }
+
+    /// Node `node` left the layout: its copies flow nowhere any more (it pushed them to the new
+    /// replicas when it left), so it no longer counts as a holder of anything. A later loss of
+    /// every replica's data is a loss even though the node that left still has a stale copy.
+    pub fn left(&mut self, node: NodeIx) {
+        for h in self.holders.values_mut() {
+            h.primaries.remove(&node);
+            h.others.remove(&node);
+        }
+    }
+
     /// Whether every node that stored dot `d` lost its data since (so rules 1 and 4 excuse it).
     fn orphaned(&self, d: Dot) -> bool {
         self.orphaned.contains(&(d.actor, d.counter))
