@@ -413,3 +413,34 @@ fn bad_settings_are_refused() {
     };
     assert_eq!(c.validate().unwrap_err().setting, "partitions_concurrent");
 }
+
+/// Found by the simulator (its seed 0 never advanced virtual time): once a failed send's retry
+/// was in flight, `poll_timeout` still named the failure's retry time, now in the past, so a
+/// driver sleeping until it woke at once, again and again, until the answer came.
+#[test]
+fn a_retry_in_flight_sets_no_timeout_in_the_past() {
+    let mut w = World::new(config(100, 1), store(1, 2, 5));
+    w.plan(2, plan(1, &[10]));
+    let Some(Action::Scan {
+        partition,
+        after,
+        keys_max,
+        bytes_max,
+    }) = w.m.poll_action(w.now)
+    else {
+        panic!("a read first");
+    };
+    let page = w.page(partition, &after, keys_max, bytes_max);
+    w.m.handle_page(w.now, partition, Ok(page));
+    let Some(Action::Send { id, .. }) = w.m.poll_action(w.now) else {
+        panic!("then a send");
+    };
+    w.m.handle_sent(w.now, id, Err("unreachable".into()));
+    assert_eq!(w.m.poll_timeout(), Some(w.now + TRANSFER_RETRY_BASE));
+    w.now += TRANSFER_RETRY_BASE;
+    let Some(Action::Send { .. }) = w.m.poll_action(w.now) else {
+        panic!("the retry");
+    };
+    // The retry is in flight: nothing to wake for until its answer.
+    assert_eq!(w.m.poll_timeout(), None);
+}
