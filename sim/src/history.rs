@@ -27,6 +27,11 @@
 //!    covers a dot that is not among its siblings (deleted or superseded there), no later object
 //!    it stores has that dot as a sibling. Checked on every store, as it happens.
 //!
+//! 7. *A transfer moves every key*: when a source records that it pushed a layout version's
+//!    partitions, every gaining replica holds every dot the source held for them when its
+//!    transfer started (unless it lost its data since). Checked by the simulation as it
+//!    happens.
+//!
 //! Also: every sibling ever returned (during the run or at the end) was produced by a write to
 //! that key with that payload (no phantoms), and an acknowledged write's reply holds its own dot.
 

@@ -12,13 +12,17 @@
 //! Phases of a run:
 //! 1. *Active*: clients issue their operations while the fault injector crashes and restarts
 //!    nodes (sometimes at once, sometimes with the data directory lost), pauses them, makes
-//!    their disks fail for a while, and installs and heals partitions.
+//!    their disks fail for a while, installs and heals partitions, and (in most seeds) has the
+//!    operator change the layout: a spare joins, a member leaves, a crashed member is removed
+//!    or replaced by a spare (and never comes back), sometimes a second change right after the
+//!    first settles, sometimes a crash of a member while its transfer runs.
 //! 2. *Heal*: partitions heal, disks work, crashed nodes restart, the network stops dropping and
 //!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
-//!    up, every hint delivered).
+//!    up, every hint delivered, every node holding the same settled layout; the operator
+//!    overrides a change that still waits for a node gone for good).
 //! 3. *Repair*: there is no anti-entropy here, so a verifier reads every key written with R = N
 //!    (read repair), and the run waits for quiet again.
-//! 4. *Check*: the history checker judges what every primary holds.
+//! 4. *Check*: the history checker judges what every replica of the final layout holds.
 //!
 //! What runs the node's own code, and what is still this simulator's:
 //! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
@@ -35,11 +39,23 @@
 //!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
 //!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
 //!   times out; a paused node's events wait until it resumes.
+//! - `node`, layouts: each node holds its own `cairn_layout::Layout` (kept across a crash, lost
+//!   with the data directory), merged with a random peer's every 0.5–1.5 s as gossip's layout
+//!   stamps make nodes exchange them; the coordinator routes by it (`set_layout`, forwarding by
+//!   `Layout::routing_ring`), the write fence moves as `node/src/driver.rs` moves it, the node
+//!   acknowledges by `Layout::should_ack`, follows and runs the core's transfer machine
+//!   (`TransferMachine::follow`, pages from `transfer::read_page`, each key a `Replicate`
+//!   without a hint), records its push and retires the old version as `node/src/transfer.rs`
+//!   does, and (with `Options::drop_copies`) sweeps with `transfer::unreplicated_page` and
+//!   `DropIfUnchanged` as `node/src/cleanup.rs` does.
 //! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
-//! Not modelled: gossip membership and membership changes, anti-entropy, layout changes, limits
-//! other than the object's and the hint store's.
+//! Not modelled: gossip membership (the layout exchange stands in for its stamps), anti-entropy,
+//! a node that bootstraps version 1 again from `initial_members` after losing its data
+//! directory (here it waits for a peer's layout), conflicting changes at two nodes (the
+//! operator changes only a settled cluster), limits other than the object's and the hint
+//! store's.
 
 mod client;
 mod disk;
@@ -111,10 +127,6 @@ pub struct Options {
     pub layout_changes: bool,
     /// A deliberate bug in the transfer machine.
     pub transfer_sabotage: TransferSabotage,
-    /// A deliberate bug in the read switch: the coordinator reads a moving partition from the
-    /// new version's replicas as soon as every member acknowledged it, before the old replicas
-    /// pushed.
-    pub reads_before_push: bool,
     /// Old owners drop the copies no live layout version needs (`node/src/cleanup.rs`, with
     /// the core's `unreplicated_page` and `DropIfUnchanged`). Off by default because of known
     /// bug 6 (`sim/tests/sim.rs`): a node that dropped its copy of a key and later coordinates
@@ -136,7 +148,6 @@ impl Default for Options {
             more_faults: true,
             layout_changes: true,
             transfer_sabotage: TransferSabotage::None,
-            reads_before_push: false,
             drop_copies: false,
         }
     }
@@ -666,7 +677,6 @@ impl Sim {
                 strict_routing: opts.strict_routing,
                 transfer: cfg.transfer,
                 transfer_sabotage: opts.transfer_sabotage,
-                reads_before_push: opts.reads_before_push,
                 drop_copies: opts.drop_copies,
                 notices,
             },

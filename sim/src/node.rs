@@ -63,6 +63,10 @@ pub const SIM_CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// round changes the layout or stops).
 const PUMP_ROUNDS_MAX: usize = 8;
 
+/// What a source held of the partitions it pushes when its transfer started: each key, its
+/// object then, and the replicas it had to reach.
+pub type Snapshot = Vec<(Vec<u8>, Object, Vec<NodeId>)>;
+
 /// What a node tells the simulation (for the checker) as it goes.
 #[derive(Debug)]
 pub enum Notice {
@@ -77,7 +81,7 @@ pub enum Notice {
         /// When its transfer started.
         started: Duration,
         /// Key, the source's object then, the gaining replicas.
-        snapshot: Vec<(Vec<u8>, Object, Vec<NodeId>)>,
+        snapshot: Snapshot,
     },
 }
 
@@ -108,9 +112,6 @@ pub struct Ctx<'a> {
     pub transfer: TransferConfig,
     /// A deliberate bug in the transfer machine.
     pub transfer_sabotage: TransferSabotage,
-    /// Reads switch to the new layout version as soon as every member acknowledged it,
-    /// before the old replicas pushed (see `Options`).
-    pub reads_before_push: bool,
     /// The cleanup drops copies (see `Options::drop_copies`).
     pub drop_copies: bool,
     /// What nodes report for the checker.
@@ -273,7 +274,7 @@ pub struct Running {
     /// When the transfer machine's timer is armed for.
     transfer_timer: Option<Duration>,
     /// What this node held of the partitions it pushes, when its transfer started.
-    snapshot: Option<(u64, Duration, Vec<(Vec<u8>, Object, Vec<NodeId>)>)>,
+    snapshot: Option<(u64, Duration, Snapshot)>,
     /// The write fence (`node/src/driver.rs`): the newest layout version the coordinator routes
     /// by with no unanswered write routed under an older one.
     fence: u64,
@@ -400,7 +401,7 @@ impl SimNode {
             driver: {
                 let mut driver = RequestDriver::new(self.id, ring, true);
                 if let Some(layout) = &self.layout {
-                    driver.set_layout(&coordinator_layout(layout, cx.reads_before_push));
+                    driver.set_layout(layout);
                 }
                 if cx.ack_despite_failed_hint {
                     driver.set_sabotage(DriverSabotage::AckDespiteFailedHint);
@@ -1414,21 +1415,6 @@ impl SimNode {
     }
 }
 
-/// The layout the coordinator routes by: the node's own, or with `reads_before_push` (a
-/// sabotage) one whose reads switch as soon as every member acknowledged the new version, as if
-/// every old replica had pushed already.
-fn coordinator_layout(layout: &Layout, reads_before_push: bool) -> Layout {
-    let mut l = layout.clone();
-    if reads_before_push {
-        if let Some(t) = layout.transition() {
-            for n in t.waiting_pushes {
-                l.record_pushed(n);
-            }
-        }
-    }
-    l
-}
-
 // ---- the layout, the transfer and the cleanup (node/src/transfer.rs, cleanup.rs and
 // `Membership::layout_changed`, around the core's transfer machine and the layout crate) ----
 impl SimNode {
@@ -1502,11 +1488,11 @@ impl SimNode {
         let mut changed_any = false;
         for _ in 0..PUMP_ROUNDS_MAX {
             if self.run().routed_seq != self.layout_seq {
-                let layout = self.layout.as_ref().expect("checked above");
-                let routed = coordinator_layout(layout, cx.reads_before_push);
                 let seq = self.layout_seq;
-                let run = self.run();
-                run.driver.set_layout(&routed);
+                let SimNode { layout, run, .. } = self;
+                let run = run.as_mut().expect("checked above");
+                run.driver
+                    .set_layout(layout.as_ref().expect("checked above"));
                 run.routed_seq = seq;
             }
             self.advance_fence();
@@ -1628,11 +1614,11 @@ impl SimNode {
             self.layout_seq += 1;
         }
         if changed_any {
-            let layout = self.layout.as_ref().expect("checked above");
-            let routed = coordinator_layout(layout, cx.reads_before_push);
             let seq = self.layout_seq;
-            let run = self.run();
-            run.driver.set_layout(&routed);
+            let SimNode { layout, run, .. } = self;
+            let run = run.as_mut().expect("checked above");
+            run.driver
+                .set_layout(layout.as_ref().expect("checked above"));
             run.routed_seq = seq;
             self.schedule_cleanup(cx, Duration::ZERO);
         }
