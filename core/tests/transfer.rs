@@ -444,3 +444,68 @@ fn a_retry_in_flight_sets_no_timeout_in_the_past() {
     // The retry is in flight: nothing to wake for until its answer.
     assert_eq!(w.m.poll_timeout(), None);
 }
+
+/// `follow`, the transfer task's decisions moved out of `node/src/transfer.rs`: nothing until
+/// every member acknowledged; then the transfer `Layout::transfers` gives a source; the push
+/// asked again when the machine is done but the layout lacks it; retirement once every source
+/// pushed; the machine cleared once the layout settled.
+#[test]
+fn following_the_layout_starts_records_and_retires() {
+    use cairn_layout::{Change, Layout, LayoutVersion};
+    use cairn_ring::{Member, RingConfig};
+    let config = RingConfig {
+        partitions: 16,
+        replicas: 3,
+    };
+    let id = |i: u64| NodeId::from_name(&format!("node{i}"));
+    let members: Vec<(Member, String)> = (1..=4)
+        .map(|i| (Member::new(id(i)), format!("node{i}")))
+        .collect();
+    let mut layout = Layout::new(LayoutVersion::initial(config, &members).unwrap());
+    let plan = layout
+        .plan(&Change::Join {
+            node: id(5),
+            name: "node5".into(),
+            zone: None,
+        })
+        .unwrap();
+    layout.apply(plan).unwrap();
+    let mut w = World::new(cfg_fast(), store(16, 1, 5));
+    let me = id(1);
+    let none = |_| None;
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(
+        step,
+        Default::default(),
+        "nothing moves before every member acked"
+    );
+    for i in 1..=5 {
+        layout.ack(id(i));
+    }
+    let owed = layout.transfers(me).len();
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(step.started, Some((2, owed)));
+    assert!(!step.retire);
+    // Every partition it owes is pushed.
+    w.run();
+    assert_eq!(w.all_pushed(), vec![2]);
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(
+        step.record_push,
+        Some(2),
+        "done, but the layout does not show it yet"
+    );
+    for s in layout.transition().unwrap().waiting_pushes {
+        layout.record_pushed(s);
+    }
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert!(step.retire && step.record_push.is_none());
+    layout.poll_retire().unwrap();
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(step, Default::default());
+    assert_eq!(w.m.version(), None, "cleared once settled");
+}
+
+fn cfg_fast() -> TransferConfig {
+    config(100, 2)
+}
