@@ -678,6 +678,7 @@ impl Sim {
                 transfer: cfg.transfer,
                 transfer_sabotage: opts.transfer_sabotage,
                 drop_copies: opts.drop_copies,
+                layout_changes: cfg.layout_changes,
                 notices,
             },
         )

@@ -114,6 +114,9 @@ pub struct Ctx<'a> {
     pub transfer_sabotage: TransferSabotage,
     /// The cleanup drops copies (see `Options::drop_copies`).
     pub drop_copies: bool,
+    /// The layout changes in this run (else nodes skip the layout exchange, whose timing would
+    /// move the runs of the seeds found before it).
+    pub layout_changes: bool,
     /// What nodes report for the checker.
     pub notices: &'a mut Vec<Notice>,
 }
@@ -440,8 +443,10 @@ impl SimNode {
         let gen = self.gen;
         cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
         self.arm_handoff(cx, HANDOFF_INTERVAL);
-        let delay = cx.w.micros(0, 500_000);
-        cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
+        if cx.layout_changes {
+            let delay = cx.w.micros(0, 500_000);
+            cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
+        }
         // As the node's cleanup task: one sweep at start.
         self.schedule_cleanup(cx, Duration::ZERO);
         self.pump(cx);

@@ -271,8 +271,11 @@ fn regression_1_acks_wait_for_hints() {
 #[test]
 fn regression_4_a_fallback_does_not_ack_a_write_whose_hint_failed() {
     const BUG_4_SEEDS_MAX: u64 = 300;
+    // Without layout changes: hints are what this is about, and the changes' transfers and
+    // operator crashes move the runs away from the small hint stores that show it.
     let fixed = Options {
         crash_after_ack: false,
+        layout_changes: false,
         ..Options::default()
     };
     expect_no_failures("regression_4", &[106], &fixed);
