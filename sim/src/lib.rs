@@ -347,6 +347,9 @@ struct Sim {
     wiped_at: Vec<Option<Duration>>,
     /// What nodes reported for the checker, not yet looked at.
     notices: Vec<Notice>,
+    /// Layout version 1, which an initial member bootstraps again after losing its data
+    /// directory in a run without layout changes (`node/src/layout.rs::bootstrap`).
+    first: Layout,
     nodes: Vec<SimNode>,
     clients: Vec<SimClient>,
     history: History,
@@ -405,6 +408,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         gone: vec![false; slots],
         wiped_at: vec![None; slots],
         notices: Vec::new(),
+        first,
         ids,
         nodes,
         clients,
@@ -898,6 +902,14 @@ impl Sim {
                     if self.cfg.more_faults && self.w.chance(0.15) {
                         let epoch = self.w.rng.gen::<u64>().max(1);
                         self.nodes[n].lose_data(epoch);
+                        if !self.cfg.layout_changes {
+                            // As the node: an initial member without `layout.bin` bootstraps
+                            // version 1, which is still the layout when nothing changes it.
+                            // (With changes, it waits for a peer's layout here; see the crate
+                            // docs.)
+                            self.nodes[n].layout = Some(self.first.clone());
+                            self.nodes[n].was_member = true;
+                        }
                         self.history.wiped(n);
                         self.wiped_at[n] = Some(self.w.now);
                         self.w
