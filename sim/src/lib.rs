@@ -53,7 +53,8 @@
 //!
 //! Not modelled: gossip membership (the layout exchange stands in for its stamps), anti-entropy,
 //! a node that bootstraps version 1 again from `initial_members` after losing its data
-//! directory (here it waits for a peer's layout), conflicting changes at two nodes (the
+//! directory while the layout has moved on (in runs with changes it waits for a peer's layout
+//! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
 //! operator changes only a settled cluster), limits other than the object's and the hint
 //! store's.
 
