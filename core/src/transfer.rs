@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_layout::Transfer;
+use cairn_layout::{Layout, Transfer};
 use cairn_proto::NodeId;
-use cairn_ring::PartitionId;
+use cairn_ring::{PartitionId, RingConfig};
+
+use crate::store::{Store, StoreError};
 
 use crate::limits::{
     TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_DEFAULT, TRANSFER_BATCH_BYTES_MAX,
@@ -280,6 +282,32 @@ impl TokenBucket {
     }
 }
 
+/// A deliberate bug in the transfer (the simulator's tests only), to show that its checker
+/// catches a transfer that does not move every key.
+#[cfg(feature = "sabotage")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferSabotage {
+    /// The transfer as it should be.
+    #[default]
+    None,
+    /// The first key of every partition is never sent (the page is read, its cursor moves past
+    /// the key, but the batch leaves it out).
+    SkipFirstKey,
+}
+
+/// What the layout asks of the driver after [`TransferMachine::follow`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Follow {
+    /// A transfer started: (layout version, partitions to push).
+    pub started: Option<(u64, usize)>,
+    /// Everything of this version is pushed, but the layout does not show this node's push
+    /// (a record whose layout write failed): record it (again) with `Layout::record_pushed`.
+    pub record_push: Option<u64>,
+    /// Every member acknowledged and every source pushed (or was overridden): retire the old
+    /// version with `Layout::poll_retire`.
+    pub retire: bool,
+}
+
 /// Pushes one node's partitions for one layout version.
 #[derive(Debug)]
 pub struct TransferMachine {
@@ -300,6 +328,8 @@ pub struct TransferMachine {
     keys_estimate: Option<u64>,
     /// Failures in a row, by partition and target (`None`: the page read).
     failures: BTreeMap<(PartitionId, Option<NodeId>), Failures>,
+    #[cfg(feature = "sabotage")]
+    sabotage: TransferSabotage,
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -331,7 +361,47 @@ impl TransferMachine {
             bytes_moved: 0,
             keys_estimate: None,
             failures: BTreeMap::new(),
+            #[cfg(feature = "sabotage")]
+            sabotage: TransferSabotage::None,
         }
+    }
+
+    /// Puts `sabotage` into this machine (kept across [`TransferMachine::clear`]).
+    #[cfg(feature = "sabotage")]
+    pub fn set_sabotage(&mut self, sabotage: TransferSabotage) {
+        self.sabotage = sabotage;
+    }
+
+    /// Brings the machine in line with `layout`, as node `me` holds it: once every member
+    /// acknowledged the newest version and `me` is a source that has not pushed, the transfer
+    /// `Layout::transfers(me)` gives (with `estimate` of each partition's keys); nothing once
+    /// the layout settled. Says what the driver must change in the layout: record this node's
+    /// push again, or retire the old version.
+    pub fn follow(
+        &mut self,
+        now: Instant,
+        me: NodeId,
+        layout: &Layout,
+        estimate: &dyn Fn(PartitionId) -> Option<u64>,
+    ) -> Follow {
+        let mut out = Follow::default();
+        let transition = layout.transition();
+        let owes = transition
+            .as_ref()
+            .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.contains(&me));
+        if owes {
+            let version = layout.current().version();
+            if self.handle_plan(now, version, layout.transfers(me), estimate) {
+                out.started = Some((version, self.total));
+            } else if self.is_done() {
+                out.record_push = Some(version);
+            }
+        } else if layout.is_settled() && self.version.is_some() {
+            self.clear();
+        }
+        out.retire =
+            transition.is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.is_empty());
+        out
     }
 
     /// The layout version being pushed for.
@@ -375,7 +445,11 @@ impl TransferMachine {
 
     /// Forgets the transfer (the change retired, or this node has nothing to push).
     pub fn clear(&mut self) {
+        #[cfg(feature = "sabotage")]
+        let sabotage = self.sabotage;
         *self = TransferMachine::new(self.bucket.last, self.config);
+        #[cfg(feature = "sabotage")]
+        self.set_sabotage(sabotage);
     }
 
     /// The driver read a page of `partition` (or failed to).
@@ -402,7 +476,17 @@ impl TransferMachine {
             }
             Ok(page) => {
                 self.failures.remove(&(partition, None));
+                #[cfg(feature = "sabotage")]
+                let first_page = a.after.is_none();
                 a.after = page.entries.last().map(|e| e.key.clone());
+                #[cfg(feature = "sabotage")]
+                let page = {
+                    let mut page = page;
+                    if first_page && self.sabotage == TransferSabotage::SkipFirstKey {
+                        page.entries.remove(0);
+                    }
+                    page
+                };
                 let bytes = page.entries.iter().map(TransferEntry::bytes).sum();
                 a.phase = Phase::Sending {
                     entries: page.entries.into(),
@@ -571,16 +655,41 @@ impl TransferMachine {
         })
     }
 
-    /// When `poll_action` may next have something without a new input: the earliest retry,
-    /// or the byte budget's refill when a send waits for it.
+    /// When `poll_action` may next have something without a new input: the earliest retry of
+    /// a page read or send that waits for it, or the byte budget's refill when a send waits for
+    /// it. A failure whose retry is already in flight (or whose partition moved on) sets no
+    /// time: a time in the past would wake the driver again at once, in a loop, until the
+    /// answer came.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retries = self.failures.values().map(|f| f.retry_at);
-        let sending = self.active.values().any(|a| {
-            matches!(&a.phase, Phase::Sending { targets, .. }
-                if targets.values().any(|s| matches!(s, TargetState::Ready)))
-        });
-        let budget = (sending && self.bucket.tokens < 0).then(|| self.bucket.ready_at());
-        retries.chain(budget).min()
+        let budget = (self.bucket.tokens < 0).then(|| self.bucket.ready_at());
+        let retry =
+            |p: PartitionId, t: Option<NodeId>| self.failures.get(&(p, t)).map(|f| f.retry_at);
+        let mut next: Option<Instant> = None;
+        for (p, a) in &self.active {
+            let mut wake = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+            match &a.phase {
+                Phase::NeedScan => {
+                    if let Some(at) = retry(*p, None) {
+                        wake(at);
+                    }
+                }
+                Phase::Sending { targets, .. } => {
+                    for (t, s) in targets {
+                        if !matches!(s, TargetState::Ready) {
+                            continue;
+                        }
+                        // Both must have come: its retry time and the byte budget.
+                        match (retry(*p, Some(*t)), budget) {
+                            (Some(r), Some(b)) => wake(r.max(b)),
+                            (Some(at), None) | (None, Some(at)) => wake(at),
+                            (None, None) => {}
+                        }
+                    }
+                }
+                Phase::Scanning => {}
+            }
+        }
+        next
     }
 
     /// Where the transfer stands at `now`.
@@ -629,4 +738,72 @@ impl TransferMachine {
     pub fn is_done(&self) -> bool {
         self.version.is_some() && self.pushed == self.total
     }
+}
+
+/// Reads the next page of `partition` from `store`: its keys after `after`, in key order, up to
+/// `keys_max` keys or the entry that reaches `bytes_max` bytes (one snapshot scan that skips
+/// other partitions' keys). The node and the simulator answer [`Action::Scan`] with it.
+pub fn read_page(
+    store: &dyn Store,
+    config: RingConfig,
+    partition: PartitionId,
+    after: Option<&[u8]>,
+    keys_max: usize,
+    bytes_max: u64,
+) -> Result<Page, StoreError> {
+    let mut entries = Vec::new();
+    let mut bytes = 0u64;
+    let mut more = false;
+    store.scan_objects(&mut |key, object| {
+        if after.is_some_and(|a| key <= a) || config.partition_of(key) != partition {
+            return true;
+        }
+        if entries.len() >= keys_max || bytes >= bytes_max {
+            more = true;
+            return false;
+        }
+        bytes += (key.len() + object.len()) as u64;
+        entries.push(TransferEntry {
+            key: key.to_vec(),
+            object: object.to_vec(),
+        });
+        true
+    })?;
+    Ok(Page {
+        entries,
+        last: !more,
+    })
+}
+
+/// A page of the copies node `me` may drop: up to `keys_max` stored keys after `after`, in key
+/// order, whose partition `me` replicates in no live version of `layout`
+/// ([`Layout::replicates`]), and whether it is the last page. While a transfer is in flight
+/// the old version is live, so the old owners keep everything; once it retired they drop. The
+/// caller drops each by compare-and-delete (`Write::DropIfUnchanged` with the object read
+/// here), so a write or merge that arrived since, or a hinted key, stays.
+pub fn unreplicated_page(
+    store: &dyn Store,
+    config: RingConfig,
+    layout: &Layout,
+    me: NodeId,
+    after: Option<&[u8]>,
+    keys_max: usize,
+) -> Result<(Vec<TransferEntry>, bool), StoreError> {
+    let mut entries = Vec::new();
+    let mut more = false;
+    store.scan_objects(&mut |key, object| {
+        if after.is_some_and(|a| key <= a) || layout.replicates(me, config.partition_of(key)) {
+            return true;
+        }
+        if entries.len() >= keys_max {
+            more = true;
+            return false;
+        }
+        entries.push(TransferEntry {
+            key: key.to_vec(),
+            object: object.to_vec(),
+        });
+        true
+    })?;
+    Ok((entries, !more))
 }

@@ -413,3 +413,99 @@ fn bad_settings_are_refused() {
     };
     assert_eq!(c.validate().unwrap_err().setting, "partitions_concurrent");
 }
+
+/// Found by the simulator (its seed 0 never advanced virtual time): once a failed send's retry
+/// was in flight, `poll_timeout` still named the failure's retry time, now in the past, so a
+/// driver sleeping until it woke at once, again and again, until the answer came.
+#[test]
+fn a_retry_in_flight_sets_no_timeout_in_the_past() {
+    let mut w = World::new(config(100, 1), store(1, 2, 5));
+    w.plan(2, plan(1, &[10]));
+    let Some(Action::Scan {
+        partition,
+        after,
+        keys_max,
+        bytes_max,
+    }) = w.m.poll_action(w.now)
+    else {
+        panic!("a read first");
+    };
+    let page = w.page(partition, &after, keys_max, bytes_max);
+    w.m.handle_page(w.now, partition, Ok(page));
+    let Some(Action::Send { id, .. }) = w.m.poll_action(w.now) else {
+        panic!("then a send");
+    };
+    w.m.handle_sent(w.now, id, Err("unreachable".into()));
+    assert_eq!(w.m.poll_timeout(), Some(w.now + TRANSFER_RETRY_BASE));
+    w.now += TRANSFER_RETRY_BASE;
+    let Some(Action::Send { .. }) = w.m.poll_action(w.now) else {
+        panic!("the retry");
+    };
+    // The retry is in flight: nothing to wake for until its answer.
+    assert_eq!(w.m.poll_timeout(), None);
+}
+
+/// `follow`, the transfer task's decisions moved out of `node/src/transfer.rs`: nothing until
+/// every member acknowledged; then the transfer `Layout::transfers` gives a source; the push
+/// asked again when the machine is done but the layout lacks it; retirement once every source
+/// pushed; the machine cleared once the layout settled.
+#[test]
+fn following_the_layout_starts_records_and_retires() {
+    use cairn_layout::{Change, Layout, LayoutVersion};
+    use cairn_ring::{Member, RingConfig};
+    let config = RingConfig {
+        partitions: 16,
+        replicas: 3,
+    };
+    let id = |i: u64| NodeId::from_name(&format!("node{i}"));
+    let members: Vec<(Member, String)> = (1..=4)
+        .map(|i| (Member::new(id(i)), format!("node{i}")))
+        .collect();
+    let mut layout = Layout::new(LayoutVersion::initial(config, &members).unwrap());
+    let plan = layout
+        .plan(&Change::Join {
+            node: id(5),
+            name: "node5".into(),
+            zone: None,
+        })
+        .unwrap();
+    layout.apply(plan).unwrap();
+    let mut w = World::new(cfg_fast(), store(16, 1, 5));
+    let me = id(1);
+    let none = |_| None;
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(
+        step,
+        Default::default(),
+        "nothing moves before every member acked"
+    );
+    for i in 1..=5 {
+        layout.ack(id(i));
+    }
+    let owed = layout.transfers(me).len();
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(step.started, Some((2, owed)));
+    assert!(!step.retire);
+    // Every partition it owes is pushed.
+    w.run();
+    assert_eq!(w.all_pushed(), vec![2]);
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(
+        step.record_push,
+        Some(2),
+        "done, but the layout does not show it yet"
+    );
+    for s in layout.transition().unwrap().waiting_pushes {
+        layout.record_pushed(s);
+    }
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert!(step.retire && step.record_push.is_none());
+    layout.poll_retire().unwrap();
+    let step = w.m.follow(w.now, me, &layout, &none);
+    assert_eq!(step, Default::default());
+    assert_eq!(w.m.version(), None, "cleared once settled");
+}
+
+fn cfg_fast() -> TransferConfig {
+    config(100, 2)
+}

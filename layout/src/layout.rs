@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use cairn_proto::NodeId;
-use cairn_ring::PartitionId;
+use cairn_ring::{PartitionId, Ring};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::LIVE_VERSIONS_MAX;
@@ -424,6 +424,30 @@ impl Layout {
             Some(m) if !self.reads_switched(m) => &self.versions[0],
             _ => self.current(),
         }
+    }
+
+    /// The ring requests are routed (forwarded) by: the oldest live version's while any
+    /// partition still reads from it ([`Layout::read_version`]), the newest once every moved
+    /// partition has switched. (The coordinator itself routes by the whole layout: writes to
+    /// every live version's replica set, reads to the partition's read version.)
+    pub fn routing_ring(&self) -> &Ring {
+        match self.previous() {
+            Some(old)
+                if (0..old.ring().config().partitions)
+                    .any(|p| self.read_version(p).version() == old.version()) =>
+            {
+                old.ring()
+            }
+            _ => self.current().ring(),
+        }
+    }
+
+    /// Whether node `me`, holding this layout, should acknowledge the newest version now: it is
+    /// a member of some live version, has not acknowledged it yet, and its coordinator's write
+    /// fence (the newest version it routes by with no unanswered write routed under an older
+    /// one) has reached it.
+    pub fn should_ack(&self, me: NodeId, write_fence: u64) -> bool {
+        self.is_member(me) && !self.has_acked(me) && write_fence >= self.current().version()
     }
 
     /// Whether `node` replicates partition `p` in some live version, so it must keep its copy.

@@ -179,6 +179,43 @@ fn a_removed_node_is_not_waited_for_and_a_replaced_one_hands_its_partitions_over
 }
 
 #[test]
+fn requests_route_by_the_old_ring_until_every_moved_partition_reads_from_the_new_one() {
+    let mut layout = cluster(5);
+    let old = layout.current().ring().clone();
+    layout.apply(layout.plan(&join(6)).unwrap()).unwrap();
+    assert_eq!(*layout.routing_ring(), old, "no read has switched");
+    ack_all(&mut layout);
+    let sources: Vec<NodeId> = layout.transition().unwrap().waiting_pushes;
+    let (last, first) = sources.split_last().unwrap();
+    for s in first {
+        layout.record_pushed(*s);
+    }
+    // Some partition may still read from the old version while one source has not pushed.
+    let some_old = (0..CONFIG.partitions).any(|p| layout.read_version(p).version() == 1);
+    assert_eq!(*layout.routing_ring() == old, some_old);
+    layout.record_pushed(*last);
+    assert_eq!(layout.routing_ring(), layout.current().ring());
+    layout.poll_retire().unwrap();
+    assert_eq!(layout.routing_ring(), layout.current().ring());
+}
+
+#[test]
+fn a_member_acknowledges_once_its_write_fence_reaches_the_new_version() {
+    let mut layout = cluster(5);
+    layout.apply(layout.plan(&join(6)).unwrap()).unwrap();
+    // The fence still at version 1: writes routed under it may be unanswered.
+    assert!(!layout.should_ack(id(1), 1));
+    assert!(layout.should_ack(id(1), 2));
+    // The joiner too; a node of neither version never.
+    assert!(layout.should_ack(id(6), 2));
+    assert!(!layout.should_ack(id(9), 2));
+    layout.ack(id(1));
+    assert!(!layout.should_ack(id(1), 2), "acknowledged once");
+    ack_all(&mut layout);
+    assert!(layout.versions().len() == 2 && !layout.should_ack(id(2), 2));
+}
+
+#[test]
 fn one_change_at_a_time_and_plans_go_stale() {
     let mut layout = cluster(3);
     let first = layout.plan(&join(4)).unwrap();

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use cairn_core::transfer::{unreplicated_page, TransferEntry};
 use cairn_layout::Layout;
 use cairn_proto::NodeId;
 use cairn_ring::RingConfig;
@@ -23,7 +24,6 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Write};
 use crate::limits::{CLEANUP_PAGE_MAX, CLEANUP_RETRY_INTERVAL};
-use crate::store::Store;
 use crate::version::Object;
 
 /// What one sweep did.
@@ -91,7 +91,14 @@ pub async fn sweep(
         let page_layout = layout.clone();
         let from = after.clone();
         let page = tokio::task::spawn_blocking(move || {
-            read_page(&*store, config, &page_layout, me, from.as_deref())
+            unreplicated_page(
+                &*store,
+                config,
+                &page_layout,
+                me,
+                from.as_deref(),
+                CLEANUP_PAGE_MAX,
+            )
         })
         .await;
         let (entries, last) = match page {
@@ -107,10 +114,10 @@ pub async fn sweep(
                 return report;
             }
         };
-        after = entries.last().map(|(k, _)| k.clone());
+        after = entries.last().map(|e| e.key.clone());
         // All of a page at once, so the writer's group commit folds them into few commits.
         let mut drops = tokio::task::JoinSet::new();
-        for (key, object) in entries {
+        for TransferEntry { key, object } in entries {
             let expected = match Object::decode(&object) {
                 Ok(o) => o,
                 Err(e) => {
@@ -145,30 +152,4 @@ pub async fn sweep(
             return report;
         }
     }
-}
-
-/// A page of up to `CLEANUP_PAGE_MAX` stored (key, encoded object) pairs after `after`
-/// whose partition `me` replicates in no live version of `layout`, and whether it is the last.
-#[allow(clippy::type_complexity)]
-fn read_page(
-    store: &dyn Store,
-    config: RingConfig,
-    layout: &Layout,
-    me: NodeId,
-    after: Option<&[u8]>,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), crate::store::StoreError> {
-    let mut entries = Vec::new();
-    let mut more = false;
-    store.scan_objects(&mut |key, object| {
-        if after.is_some_and(|a| key <= a) || layout.replicates(me, config.partition_of(key)) {
-            return true;
-        }
-        if entries.len() >= CLEANUP_PAGE_MAX {
-            more = true;
-            return false;
-        }
-        entries.push((key.to_vec(), object.to_vec()));
-        true
-    })?;
-    Ok((entries, !more))
 }

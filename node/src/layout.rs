@@ -287,22 +287,9 @@ pub fn ring_config(cluster: &ClusterConfig) -> RingConfig {
     }
 }
 
-/// The ring requests are routed by: the oldest live version's while any partition still reads
-/// from it, the newest once every moved partition has switched (`Layout::read_version`).
-///
-/// Per-partition routing across two versions (writes to every live version's replica set) is
-/// the coordinator's part of a transfer; until it exists the older ring is the one that holds
-/// the data.
+/// The ring requests are routed by (`Layout::routing_ring`).
 pub fn routing_ring(layout: &Layout) -> &Ring {
-    match layout.previous() {
-        Some(old)
-            if (0..old.ring().config().partitions)
-                .any(|p| layout.read_version(p).version() == old.version()) =>
-        {
-            old.ring()
-        }
-        _ => layout.current().ring(),
-    }
+    layout.routing_ring()
 }
 
 /// The layout this node holds, its file, and the channel it is published on.

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use cairn_core::transfer::{
-    Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
+    read_page, Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
 };
 use cairn_layout::Layout;
 use cairn_proto::{NodeId, PeerRequest, PeerResponse};
-use cairn_ring::{PartitionId, RingConfig};
+use cairn_ring::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -98,6 +98,7 @@ async fn run(ctx: TransferContext, status: watch::Sender<TransferStatus>) {
                                 keys_max,
                                 bytes_max,
                             )
+                            .map_err(|e| e.to_string())
                         })
                         .await
                         .unwrap_or_else(|e| Err(format!("page read task: {e}")));
@@ -165,35 +166,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Brings the machine in line with `layout`: the transfer this node owes once every member
-/// acknowledged the new version, nothing otherwise; and retires the old version once it may.
+/// Brings the machine in line with `layout` (`TransferMachine::follow`: the transfer this node
+/// owes once every member acknowledged the new version, nothing otherwise) and carries out what
+/// it asks: record the push again, retire the old version once it may.
 async fn plan(ctx: &TransferContext, layout: &Layout, machine: &mut TransferMachine) {
-    let me = ctx.me;
-    let owes = layout
-        .transition()
-        .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.contains(&me));
-    if owes {
-        let version = layout.current().version();
-        let transfers = layout.transfers(me);
-        let trees = ctx.trees.as_ref().filter(|t| t.is_ready());
-        let estimate = |p| trees.map(|t| t.with_tree(p, |tree| tree.len() as u64));
-        if machine.handle_plan(Instant::now().into_std(), version, transfers, &estimate) {
-            info!(
-                version,
-                partitions = machine.status(Instant::now().into_std()).partitions_total,
-                "pushing partitions to their new replicas"
-            );
-        } else if machine.is_done() {
-            // Pushed, but the record did not make it into the layout (its write failed): again.
-            record_pushed(ctx, version).await;
-        }
-    } else if layout.is_settled() && machine.version().is_some() {
-        machine.clear();
+    let trees = ctx.trees.as_ref().filter(|t| t.is_ready());
+    let estimate = |p| trees.map(|t| t.with_tree(p, |tree| tree.len() as u64));
+    let step = machine.follow(Instant::now().into_std(), ctx.me, layout, &estimate);
+    if let Some((version, partitions)) = step.started {
+        info!(
+            version,
+            partitions, "pushing partitions to their new replicas"
+        );
     }
-    if layout
-        .transition()
-        .is_some_and(|t| t.waiting_acks.is_empty() && t.waiting_pushes.is_empty())
-    {
+    if let Some(version) = step.record_push {
+        // Pushed, but the record did not make it into the layout (its write failed): again.
+        record_pushed(ctx, version).await;
+    }
+    if step.retire {
         let retired = ctx.membership.change_layout(|l| Ok(l.poll_retire())).await;
         match retired {
             Ok(Some(r)) => info!(version = r.version, "old layout version retired"),
@@ -218,42 +208,6 @@ async fn record_pushed(ctx: &TransferContext, version: u64) {
             "could not record the push (tried again on the next change): {e}"
         ),
     }
-}
-
-/// Reads the next page of `partition`: its keys after `after`, in key order, up to `keys_max`
-/// keys or the entry that reaches `bytes_max` bytes.
-fn read_page(
-    store: &dyn Store,
-    config: RingConfig,
-    partition: PartitionId,
-    after: Option<&[u8]>,
-    keys_max: usize,
-    bytes_max: u64,
-) -> Result<Page, String> {
-    let mut entries = Vec::new();
-    let mut bytes = 0u64;
-    let mut more = false;
-    store
-        .scan_objects(&mut |key, object| {
-            if after.is_some_and(|a| key <= a) || config.partition_of(key) != partition {
-                return true;
-            }
-            if entries.len() >= keys_max || bytes >= bytes_max {
-                more = true;
-                return false;
-            }
-            bytes += (key.len() + object.len()) as u64;
-            entries.push(TransferEntry {
-                key: key.to_vec(),
-                object: object.to_vec(),
-            });
-            true
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(Page {
-        entries,
-        last: !more,
-    })
 }
 
 /// Merges every entry into `to`, `TRANSFER_SENDS_IN_FLIGHT_MAX` at a time; the first failure

@@ -60,6 +60,8 @@ pub struct SimClient {
     contexts: BTreeMap<Vec<u8>, Context>,
     /// The verifier does only the final full reads (R = N) it is given.
     verify: Option<VecDeque<Vec<u8>>>,
+    /// The nodes the verifier asks (the final layout's members).
+    verify_at: Vec<NodeIx>,
 }
 
 /// The name of key `i`.
@@ -76,13 +78,15 @@ impl SimClient {
             pending: None,
             contexts: BTreeMap::new(),
             verify: None,
+            verify_at: Vec::new(),
         }
     }
 
-    /// The verifier, which reads `keys` with R = N, one after another.
-    pub fn verifier(ix: ClientIx, keys: Vec<Vec<u8>>) -> SimClient {
+    /// The verifier, which reads `keys` with R = N, one after another, each at one of `at`.
+    pub fn verifier(ix: ClientIx, keys: Vec<Vec<u8>>, at: Vec<NodeIx>) -> SimClient {
         SimClient {
             verify: Some(keys.into()),
+            verify_at: at,
             ..SimClient::new(ix)
         }
     }
@@ -108,7 +112,7 @@ impl SimClient {
         }
         if let Some(queue) = &mut self.verify {
             let Some(key) = queue.pop_front() else { return };
-            let node = cx.w.rng.gen_range(0..cx.nodes);
+            let node = self.verify_at[cx.w.rng.gen_range(0..self.verify_at.len())];
             let opts = ReadOptions {
                 r: Some(cx.n),
                 ..ReadOptions::default()

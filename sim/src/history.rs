@@ -27,6 +27,11 @@
 //!    covers a dot that is not among its siblings (deleted or superseded there), no later object
 //!    it stores has that dot as a sibling. Checked on every store, as it happens.
 //!
+//! 7. *A transfer moves every key*: when a source records that it pushed a layout version's
+//!    partitions, every gaining replica holds every dot the source held for them when its
+//!    transfer started (unless it lost its data since). Checked by the simulation as it
+//!    happens.
+//!
 //! Also: every sibling ever returned (during the run or at the end) was produced by a write to
 //! that key with that payload (no phantoms), and an acknowledged write's reply holds its own dot.
 
@@ -306,6 +311,28 @@ impl History {
             if gone {
                 self.orphaned.insert(*d);
             }
+        }
+    }
+
+    /// Node `node` dropped its copy `before` of a key it no longer replicates (the cleanup's
+    /// compare-and-delete): it holds none of those dots any more. Not a loss: a dot whose last
+    /// holder drops it is not excused.
+    pub fn dropped(&mut self, node: NodeIx, before: &Object) {
+        for (d, _) in before.siblings() {
+            if let Some(h) = self.holders.get_mut(&(d.actor, d.counter)) {
+                h.primaries.remove(&node);
+                h.others.remove(&node);
+            }
+        }
+    }
+
+    /// Node `node` left the layout: its copies flow nowhere any more (it pushed them to the new
+    /// replicas when it left), so it no longer counts as a holder of anything. A later loss of
+    /// every replica's data is a loss even though the node that left still has a stale copy.
+    pub fn left(&mut self, node: NodeIx) {
+        for h in self.holders.values_mut() {
+            h.primaries.remove(&node);
+            h.others.remove(&node);
         }
     }
 

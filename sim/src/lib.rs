@@ -12,13 +12,17 @@
 //! Phases of a run:
 //! 1. *Active*: clients issue their operations while the fault injector crashes and restarts
 //!    nodes (sometimes at once, sometimes with the data directory lost), pauses them, makes
-//!    their disks fail for a while, and installs and heals partitions.
+//!    their disks fail for a while, installs and heals partitions, and (in most seeds) has the
+//!    operator change the layout: a spare joins, a member leaves, a crashed member is removed
+//!    or replaced by a spare (and never comes back), sometimes a second change right after the
+//!    first settles, sometimes a crash of a member while its transfer runs.
 //! 2. *Heal*: partitions heal, disks work, crashed nodes restart, the network stops dropping and
 //!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
-//!    up, every hint delivered).
+//!    up, every hint delivered, every node holding the same settled layout; the operator
+//!    overrides a change that still waits for a node gone for good).
 //! 3. *Repair*: there is no anti-entropy here, so a verifier reads every key written with R = N
 //!    (read repair), and the run waits for quiet again.
-//! 4. *Check*: the history checker judges what every primary holds.
+//! 4. *Check*: the history checker judges what every replica of the final layout holds.
 //!
 //! What runs the node's own code, and what is still this simulator's:
 //! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
@@ -35,11 +39,24 @@
 //!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
 //!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
 //!   times out; a paused node's events wait until it resumes.
+//! - `node`, layouts: each node holds its own `cairn_layout::Layout` (kept across a crash, lost
+//!   with the data directory), merged with a random peer's every 0.5–1.5 s as gossip's layout
+//!   stamps make nodes exchange them; the coordinator routes by it (`set_layout`, forwarding by
+//!   `Layout::routing_ring`), the write fence moves as `node/src/driver.rs` moves it, the node
+//!   acknowledges by `Layout::should_ack`, follows and runs the core's transfer machine
+//!   (`TransferMachine::follow`, pages from `transfer::read_page`, each key a `Replicate`
+//!   without a hint), records its push and retires the old version as `node/src/transfer.rs`
+//!   does, and (with `Options::drop_copies`) sweeps with `transfer::unreplicated_page` and
+//!   `DropIfUnchanged` as `node/src/cleanup.rs` does.
 //! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
-//! Not modelled: gossip membership and membership changes, anti-entropy, layout changes, limits
-//! other than the object's and the hint store's.
+//! Not modelled: gossip membership (the layout exchange stands in for its stamps), anti-entropy,
+//! a node that bootstraps version 1 again from `initial_members` after losing its data
+//! directory while the layout has moved on (in runs with changes it waits for a peer's layout
+//! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
+//! operator changes only a settled cluster), limits other than the object's and the hint
+//! store's.
 
 mod client;
 mod disk;
@@ -53,8 +70,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
+use cairn_core::transfer::TransferConfig;
+use cairn_core::version::Object;
+use cairn_layout::{Change, Layout, LayoutVersion};
 use cairn_proto::NodeId;
-use cairn_ring::{Member, Ring, RingConfig};
+use cairn_ring::{Member, RingConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -64,12 +84,16 @@ pub use world::NetConfig;
 
 use client::{ClientCtx, SimClient};
 use msg::{Addr, Body, ClientResponse};
-use node::{Ctx, SimNode};
+use node::{Ctx, Notice, SimNode};
 use world::{Event, TransportFailure, World};
 
 /// A deliberate bug in the node's writer (`cairn_core::writer`, built with its `sabotage`
 /// feature), to show that the checker catches it.
 pub use cairn_core::writer::Sabotage;
+
+/// A deliberate bug in the node's transfer machine (`cairn_core::transfer`, built with its
+/// `sabotage` feature), to show that the checker catches it.
+pub use cairn_core::transfer::TransferSabotage;
 
 /// How to run one seed.
 #[derive(Debug, Clone)]
@@ -98,6 +122,18 @@ pub struct Options {
     /// store that fills up. `false` keeps the random choices of the seeds found before them
     /// (the regression seeds of bug 1).
     pub more_faults: bool,
+    /// Layout changes during the run (drawn per seed: joins of spare nodes, leaves, removes
+    /// and replaces of crashed nodes, changes in a row, crashes in the middle of a transfer).
+    /// `false` keeps the random choices of the seeds found before them.
+    pub layout_changes: bool,
+    /// A deliberate bug in the transfer machine.
+    pub transfer_sabotage: TransferSabotage,
+    /// Old owners drop the copies no live layout version needs (`node/src/cleanup.rs`, with
+    /// the core's `unreplicated_page` and `DropIfUnchanged`). Off by default because of known
+    /// bug 6 (`sim/tests/sim.rs`): a node that dropped its copy of a key and later coordinates
+    /// a write to it mints a dot whose version vector entry covers its own earlier dots of that
+    /// key, which silently supersedes acknowledged writes still held by other replicas.
+    pub drop_copies: bool,
 }
 
 impl Default for Options {
@@ -111,6 +147,9 @@ impl Default for Options {
             strict_routing: false,
             forward_once: true,
             more_faults: true,
+            layout_changes: true,
+            transfer_sabotage: TransferSabotage::None,
+            drop_copies: false,
         }
     }
 }
@@ -142,11 +181,26 @@ pub struct Config {
     pub more_faults: bool,
     /// Hints each node keeps per target (the writer refuses more).
     pub hints_per_peer_max: u64,
+    /// Whether the operator changes the layout during the run.
+    pub layout_changes: bool,
+    /// Nodes beyond `nodes` that start outside the layout, to join or replace.
+    pub spares: usize,
+    /// How fast and wide transfers go.
+    pub transfer: TransferConfig,
 }
+
+/// Members a layout change never goes below (N: fewer members than replicas is a cluster that
+/// cannot place its copies).
+const MEMBERS_MIN: usize = 3;
+/// Attempts the operator makes at a change, every `OPERATOR_RETRY`, while the cluster is not
+/// settled.
+const OPERATOR_TRIES_MAX: u32 = 120;
+/// How long the operator waits between attempts (`cairn status` again).
+const OPERATOR_RETRY: Duration = Duration::from_millis(500);
 
 impl Config {
     /// The configuration for `rng`'s seed.
-    fn draw(rng: &mut StdRng, more_faults: bool) -> Config {
+    fn draw(rng: &mut StdRng, more_faults: bool, layout_changes: bool) -> Config {
         let faulty = rng.gen_bool(0.85);
         let mut cfg = Config {
             nodes: rng.gen_range(3..=5),
@@ -187,10 +241,25 @@ impl Config {
             think_ms: (0, rng.gen_range(10..=200)),
             more_faults,
             hints_per_peer_max: node::SIM_HINTS_PER_PEER_MAX,
+            layout_changes: false,
+            spares: 0,
+            transfer: TransferConfig::default(),
         };
         // Drawn last, and only with the new faults, so the seeds before them keep their runs.
         if more_faults && rng.gen_bool(0.3) {
             cfg.hints_per_peer_max = rng.gen_range(1..=4);
+        }
+        // Likewise for layout changes. Transfers are slow and small-paged here, so faults land
+        // in the middle of them.
+        if layout_changes && rng.gen_bool(0.7) {
+            cfg.layout_changes = true;
+            cfg.spares = rng.gen_range(1..=2);
+            cfg.transfer = TransferConfig {
+                batch_keys: rng.gen_range(1..=3),
+                batch_bytes: 256,
+                partitions_concurrent: rng.gen_range(1..=3),
+                bytes_per_sec: rng.gen_range(200..=5_000),
+            };
         }
         cfg
     }
@@ -198,7 +267,8 @@ impl Config {
     fn one_line(&self) -> String {
         format!(
             "nodes={} Q={} N={} clients={} ops={} keys={} drop={:.3} dup={:.3} slow={:.3} \
-             faults_every={:?}ms crash_after_ack={:.3} more_faults={} hints_max={}",
+             faults_every={:?}ms crash_after_ack={:.3} more_faults={} hints_max={} \
+             layout_changes={} spares={} transfer={}x{}@{}B/s",
             self.nodes,
             self.partitions,
             self.replicas,
@@ -211,7 +281,12 @@ impl Config {
             self.fault_every_ms,
             self.crash_after_ack,
             self.more_faults,
-            self.hints_per_peer_max
+            self.hints_per_peer_max,
+            self.layout_changes,
+            self.spares,
+            self.transfer.partitions_concurrent,
+            self.transfer.batch_keys,
+            self.transfer.bytes_per_sec
         )
     }
 }
@@ -264,8 +339,18 @@ struct Sim {
     cfg: Config,
     opts: Options,
     w: World,
-    ring: Ring,
+    ring_config: RingConfig,
+    /// Node id of every slot: the first `cfg.nodes` start as members, the spares outside.
     ids: Vec<NodeId>,
+    /// Removed or replaced while dead: never started again.
+    gone: Vec<bool>,
+    /// When each node last lost its data (directory lost, or removed for good).
+    wiped_at: Vec<Option<Duration>>,
+    /// What nodes reported for the checker, not yet looked at.
+    notices: Vec<Notice>,
+    /// Layout version 1, which an initial member bootstraps again after losing its data
+    /// directory in a run without layout changes (`node/src/layout.rs::bootstrap`).
+    first: Layout,
     nodes: Vec<SimNode>,
     clients: Vec<SimClient>,
     history: History,
@@ -280,36 +365,51 @@ struct Sim {
 /// Runs one seed.
 pub fn run(seed: u64, opts: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cfg = Config::draw(&mut rng, opts.more_faults);
+    let mut cfg = Config::draw(&mut rng, opts.more_faults, opts.layout_changes);
     if !opts.crash_after_ack {
         // Drawn all the same, so a seed's other choices do not depend on this option.
         cfg.crash_after_ack = 0.0;
     }
-    let ids: Vec<NodeId> = (0..cfg.nodes)
+    let slots = cfg.nodes + cfg.spares;
+    let ids: Vec<NodeId> = (0..slots)
         .map(|i| NodeId::from_name(&fmt::node_name(i)))
         .collect();
-    let ring = Ring::new(
-        RingConfig {
-            partitions: cfg.partitions,
-            replicas: cfg.replicas,
-        },
-        &ids.iter().map(|&id| Member::new(id)).collect::<Vec<_>>(),
-    )
-    .expect("a valid ring");
+    let ring_config = RingConfig {
+        partitions: cfg.partitions,
+        replicas: cfg.replicas,
+    };
+    // Layout version 1 over the first `nodes` nodes, as every initial member bootstraps it
+    // (`node/src/layout.rs::bootstrap`: ids from names, sorted).
+    let mut members: Vec<(Member, String)> = (0..cfg.nodes)
+        .map(|i| (Member::new(ids[i]), fmt::node_name(i)))
+        .collect();
+    members.sort_by_key(|(m, _)| m.id);
+    let first = Layout::new(LayoutVersion::initial(ring_config, &members).expect("a valid layout"));
     let nodes = ids
         .iter()
         .enumerate()
-        .map(|(i, &id)| SimNode::new(i, id, rng.gen::<u64>().max(1)))
+        .map(|(i, &id)| {
+            let mut n = SimNode::new(i, id, rng.gen::<u64>().max(1));
+            if i < cfg.nodes {
+                n.layout = Some(first.clone());
+                n.was_member = true;
+            }
+            n
+        })
         .collect();
     let clients = (0..cfg.clients).map(SimClient::new).collect();
-    let w = World::new(rng, cfg.net.clone(), cfg.nodes, opts.trace);
+    let w = World::new(rng, cfg.net.clone(), slots, opts.trace);
     let paused_until = vec![Duration::ZERO; ids.len()];
     let sim = Sim {
         ops_left: cfg.ops,
         cfg,
         opts: opts.clone(),
         w,
-        ring,
+        ring_config,
+        gone: vec![false; slots],
+        wiped_at: vec![None; slots],
+        notices: Vec::new(),
+        first,
         ids,
         nodes,
         clients,
@@ -363,8 +463,14 @@ impl Sim {
             "sim",
             format!("FULL READ of {} keys with R = N", keys.len()),
         );
+        let final_members: Vec<usize> = match self.agreed_layout() {
+            Some(l) => (0..self.ids.len())
+                .filter(|&i| l.current().is_member(self.ids[i]))
+                .collect(),
+            None => (0..self.ids.len()).filter(|&i| !self.gone[i]).collect(),
+        };
         self.clients
-            .push(SimClient::verifier(verifier, keys.clone()));
+            .push(SimClient::verifier(verifier, keys.clone(), final_members));
         self.w.after(Duration::ZERO, Event::ClientNext(verifier));
         let deadline = self.w.now + QUIET_MAX;
         if !self.run_until(deadline, |s| {
@@ -376,10 +482,19 @@ impl Sim {
         // 4. Check.
         self.w.log("sim", "CHECK");
         let mut finals = BTreeMap::new();
+        let layout = self.agreed_layout().cloned();
+        if let Some(l) = &layout {
+            self.w.log(
+                "sim",
+                format!("final layout {}", msg::describe_layout(Some(l))),
+            );
+        }
         for key in &keys {
-            let pl = self.ring.preference_list(self.ring.partition_of(key));
-            let copies: Vec<(usize, cairn_core::version::Object)> = pl
-                .primaries
+            let Some(layout) = &layout else { break };
+            let primaries = layout
+                .current()
+                .primaries(self.ring_config.partition_of(key));
+            let copies: Vec<(usize, Object)> = primaries
                 .iter()
                 .map(|id| {
                     let ix = self.ids.iter().position(|i| i == id).expect("member");
@@ -423,10 +538,12 @@ impl Sim {
                 .map(|(t, c)| format!("{}:{c}", fmt::node(*t)))
                 .collect();
             detail.push(format!(
-                "n{} running={} idle={} hints=[{}] believes down=[{}]",
+                "n{} gone={} running={} idle={} layout={} hints=[{}] believes down=[{}]",
                 n.ix + 1,
+                self.gone[n.ix],
                 n.is_running(),
                 n.idle(),
+                msg::describe_layout(n.layout.as_ref()),
                 hints.join(","),
                 n.peers_down()
                     .iter()
@@ -445,16 +562,48 @@ impl Sim {
 
     /// Every node running (none paused) and idle, every view up, every hint delivered,
     /// nothing in flight.
+    ///
+    /// Nodes removed or replaced for good are left out, and so are hints for them (nothing will
+    /// ever take those); the layout must be the same everywhere and settled.
     fn quiet(&self) -> bool {
+        let gone = |id: &NodeId| {
+            self.ids
+                .iter()
+                .position(|i| i == id)
+                .is_some_and(|ix| self.gone[ix])
+        };
         self.w.in_flight == 0
             && self.paused_until.iter().all(|&until| self.w.now >= until)
             && self.clients.iter().all(|c| !c.busy())
-            && self.nodes.iter().all(|n| {
-                n.is_running()
-                    && n.idle()
-                    && n.hint_counts().is_empty()
-                    && n.peers_down().is_empty()
+            && self.nodes.iter().enumerate().all(|(i, n)| {
+                self.gone[i]
+                    || (n.is_running()
+                        && n.idle()
+                        && n.hint_counts().keys().all(gone)
+                        && n.peers_down().iter().all(gone))
             })
+            && self.agreed_layout().is_some_and(|l| l.is_settled())
+    }
+
+    /// The layout every node that holds one holds, if they agree and every member of it holds
+    /// one (what an operator reads from `cairn status` before the next change).
+    fn agreed_layout(&self) -> Option<&Layout> {
+        let mut held = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.gone[*i])
+            .filter_map(|(_, n)| n.layout.as_ref());
+        let first = held.next()?;
+        if !held.all(|l| l == first) {
+            return None;
+        }
+        let every_member_holds = self
+            .nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| self.gone[i] || !first.is_member(self.ids[i]) || n.layout.is_some());
+        every_member_holds.then_some(first)
     }
 
     fn heal(&mut self) {
@@ -464,12 +613,22 @@ impl Sim {
         );
         self.faults_on = false;
         self.w.reliable = true;
+        // The operator looks until the layout settles, to repair a change stuck on a node that
+        // is gone for good.
+        if self.cfg.layout_changes {
+            self.w.after(
+                Duration::ZERO,
+                Event::LayoutChange {
+                    tries: OPERATOR_TRIES_MAX,
+                },
+            );
+        }
         for n in &self.nodes {
             n.store.set_failing(false);
         }
         self.w.group.iter_mut().for_each(|g| *g = 0);
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].is_running() {
+            if !self.nodes[n].is_running() && !self.gone[n] {
                 let (node, mut cx) = self.split(n);
                 assert!(node.start(&mut cx), "disks are healed before the restarts");
             }
@@ -499,19 +658,20 @@ impl Sim {
         };
         let Sim {
             w,
-            ring,
+            ring_config,
             ids,
             history,
             nodes,
             opts,
             cfg,
+            notices,
             ..
         } = self;
         (
             &mut nodes[n],
             Ctx {
                 w,
-                ring,
+                config: *ring_config,
                 ids,
                 history,
                 crash_after_ack,
@@ -520,6 +680,11 @@ impl Sim {
                 ack_despite_failed_hint: opts.ack_despite_failed_hint,
                 forward_once: opts.forward_once,
                 strict_routing: opts.strict_routing,
+                transfer: cfg.transfer,
+                transfer_sabotage: opts.transfer_sabotage,
+                drop_copies: opts.drop_copies,
+                layout_changes: cfg.layout_changes,
+                notices,
             },
         )
     }
@@ -541,7 +706,7 @@ impl Sim {
                 history,
                 ops_left,
                 keys: cfg.keys,
-                nodes: cfg.nodes,
+                nodes: cfg.nodes + cfg.spares,
                 n: cfg.replicas.min(cfg.nodes) as u8,
                 think_ms: cfg.think_ms,
                 problems,
@@ -554,6 +719,54 @@ impl Sim {
         let (node, mut cx) = self.split(n);
         if node.is_running() && node.gen == gen {
             f(node, &mut cx);
+        }
+        self.check_notices();
+    }
+
+    /// Rule 7, *a transfer moves every key*: when a source records that it pushed a version's
+    /// partitions, every gaining replica holds (its context covers) every dot the source held
+    /// for them when the transfer started, unless it lost its data since.
+    fn check_notices(&mut self) {
+        for notice in std::mem::take(&mut self.notices) {
+            let Notice::Pushed {
+                source,
+                version,
+                started,
+                snapshot,
+            } = notice;
+            for (key, held, targets) in snapshot {
+                for t in targets {
+                    let ix = self.ids.iter().position(|i| *i == t).expect("a slot");
+                    if self.wiped_at[ix].is_some_and(|at| at >= started) {
+                        continue;
+                    }
+                    let copy = self.nodes[ix].object(&key);
+                    let seen = copy.join();
+                    let missing: Vec<String> = held
+                        .siblings()
+                        .iter()
+                        .filter(|(d, _)| seen.get(&d.actor) < d.counter)
+                        .map(|(d, p)| format!("{}@{}", fmt::payload(p), fmt::dot(*d)))
+                        .collect();
+                    if !missing.is_empty() {
+                        let detail = format!(
+                            "n{} recorded its push of v{version}, but n{} lacks {} of its {} \
+                             (it holds {})",
+                            source + 1,
+                            ix + 1,
+                            missing.join(" "),
+                            fmt::obj(&held),
+                            fmt::obj(&copy)
+                        );
+                        self.w.log("sim", format!("VIOLATION (transfer) {detail}"));
+                        self.problems.push(Violation {
+                            rule: "7 transfer missed a key",
+                            key: key.clone(),
+                            detail,
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -615,6 +828,7 @@ impl Sim {
                         } else {
                             let (node, mut cx) = self.split(n);
                             node.on_deliver(&mut cx, env);
+                            self.check_notices();
                         }
                     }
                     Addr::Client(c) => {
@@ -652,6 +866,16 @@ impl Sim {
             Event::HandoffTick { node, gen, arm } => {
                 self.on_node(node, gen, |n, cx| n.on_handoff_tick(cx, arm));
             }
+            Event::TransferTimer { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_transfer_timer(cx));
+            }
+            Event::LayoutTick { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_layout_tick(cx));
+            }
+            Event::Cleanup { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_cleanup(cx));
+            }
+            Event::LayoutChange { tries } => self.layout_change(tries),
             Event::ClientNext(c) => {
                 let (client, mut cx) = self.client(c);
                 client.next(&mut cx);
@@ -663,6 +887,14 @@ impl Sim {
             Event::Fault => self.fault(),
             Event::Crash(n) => {
                 if self.faults_on && self.nodes[n].is_running() {
+                    if self.nodes[n]
+                        .layout
+                        .as_ref()
+                        .is_some_and(|l| !l.is_settled())
+                    {
+                        self.w
+                            .log(Addr::Node(n), "CRASH in the middle of a layout change");
+                    }
                     let (node, mut cx) = self.split(n);
                     node.crash(&mut cx);
                     self.paused_until[n] = Duration::ZERO;
@@ -671,7 +903,16 @@ impl Sim {
                     if self.cfg.more_faults && self.w.chance(0.15) {
                         let epoch = self.w.rng.gen::<u64>().max(1);
                         self.nodes[n].lose_data(epoch);
+                        if !self.cfg.layout_changes {
+                            // As the node: an initial member without `layout.bin` bootstraps
+                            // version 1, which is still the layout when nothing changes it.
+                            // (With changes, it waits for a peer's layout here; see the crate
+                            // docs.)
+                            self.nodes[n].layout = Some(self.first.clone());
+                            self.nodes[n].was_member = true;
+                        }
                         self.history.wiped(n);
+                        self.wiped_at[n] = Some(self.w.now);
                         self.w
                             .log(Addr::Node(n), "DATA DIR LOST: restarts empty, new epoch");
                     }
@@ -702,7 +943,7 @@ impl Sim {
                 }
             }
             Event::Restart(n) => {
-                if !self.nodes[n].is_running() {
+                if !self.nodes[n].is_running() && !self.gone[n] {
                     let (node, mut cx) = self.split(n);
                     if !node.start(&mut cx) {
                         self.w.after(Duration::from_secs(1), Event::Restart(n));
@@ -721,6 +962,18 @@ impl Sim {
     /// The fault injector: crash a node, install a partition, or heal.
     fn fault(&mut self) {
         if !self.faults_on {
+            return;
+        }
+        if self.cfg.layout_changes && self.w.chance(0.2) {
+            self.w.after(
+                Duration::ZERO,
+                Event::LayoutChange {
+                    tries: OPERATOR_TRIES_MAX,
+                },
+            );
+            let (lo, hi) = self.cfg.fault_every_ms;
+            let delay = self.w.micros(lo * 1000, hi * 1000);
+            self.w.after(delay, Event::Fault);
             return;
         }
         let roll = self.w.rng.gen_range(0..100);
@@ -785,5 +1038,241 @@ impl Sim {
         let (lo, hi) = self.cfg.fault_every_ms;
         let delay = self.w.micros(lo * 1000, hi * 1000);
         self.w.after(delay, Event::Fault);
+    }
+
+    /// What the operator does about a node that is gone for good while the layout still
+    /// counts on it (its remove was applied at a node that lost its data directory before the
+    /// change spread, and another change was made meanwhile): a change that waits for it is
+    /// overridden (`cairn layout force`, `Layout::force`, which may lose what only it held),
+    /// and a settled layout that still has it gets its remove again. Returns whether it acted.
+    fn operator_repair(&mut self) -> bool {
+        let Some(layout) = self.agreed_layout().cloned() else {
+            return false;
+        };
+        let gone: Vec<NodeId> = (0..self.ids.len())
+            .filter(|&i| self.gone[i])
+            .map(|i| self.ids[i])
+            .collect();
+        if gone.is_empty() {
+            return false;
+        }
+        let at: Vec<usize> = (0..self.ids.len())
+            .filter(|&i| self.nodes[i].is_running() && layout.is_member(self.ids[i]))
+            .collect();
+        if at.is_empty() {
+            return false;
+        }
+        let at = at[self.w.rng.gen_range(0..at.len())];
+        let held = self.nodes[at]
+            .layout
+            .as_mut()
+            .expect("agreed layouts are held");
+        let what = match layout.transition() {
+            Some(t) => {
+                let Some(&n) = t
+                    .waiting_acks
+                    .iter()
+                    .chain(&t.waiting_pushes)
+                    .find(|n| gone.contains(n))
+                else {
+                    return false;
+                };
+                if held.force(n).is_err() {
+                    return false;
+                }
+                format!(
+                    "LAYOUT FORCE {} (gone for good; may lose data)",
+                    fmt::node(n)
+                )
+            }
+            None => {
+                let Some(&n) = gone.iter().find(|n| layout.current().is_member(**n)) else {
+                    return false;
+                };
+                let Ok(plan) = held.plan(&Change::Remove { node: n }) else {
+                    return false;
+                };
+                if held.apply(plan).is_err() {
+                    return false;
+                }
+                format!(
+                    "LAYOUT CHANGE remove again of {} (gone for good)",
+                    fmt::node(n)
+                )
+            }
+        };
+        self.w.log(Addr::Node(at), what);
+        let (node, mut cx) = self.split(at);
+        node.layout_changed(&mut cx);
+        self.check_notices();
+        true
+    }
+
+    /// The operator: once `cairn status` shows the cluster settled (every node holds the same
+    /// settled layout), one change at a node, as `server.rs` plans and applies it: a spare joins
+    /// (fetching a member's layout first, as `cairn join SEED` does), a running member leaves,
+    /// a crashed member is removed or replaced by a spare (it never comes back: its data counts
+    /// as lost). Sometimes the next change is queued at once (two changes in a row), and
+    /// sometimes a node of the change crashes while its transfer runs.
+    fn layout_change(&mut self, tries: u32) {
+        if self.operator_repair() || !self.faults_on {
+            // After a repair, or once faults are off (the heal asks the operator to look until
+            // the layout settles), only repairs: look again soon.
+            let settled = self.agreed_layout().is_some_and(|l| l.is_settled());
+            if tries > 0 && !settled {
+                self.w
+                    .after(OPERATOR_RETRY, Event::LayoutChange { tries: tries - 1 });
+            }
+            return;
+        }
+        let Some(layout) = self.agreed_layout().filter(|l| l.is_settled()).cloned() else {
+            if tries > 0 {
+                self.w
+                    .after(OPERATOR_RETRY, Event::LayoutChange { tries: tries - 1 });
+            }
+            return;
+        };
+        let slots = self.ids.len();
+        let pick = |w: &mut World, from: &[usize]| from[w.rng.gen_range(0..from.len())];
+        let member = |i: usize| layout.current().is_member(self.ids[i]);
+        let members: Vec<usize> = (0..slots).filter(|&i| member(i)).collect();
+        let up: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].is_running())
+            .collect();
+        let down: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !self.nodes[i].is_running())
+            .collect();
+        let spares: Vec<usize> = (0..slots)
+            .filter(|&i| !self.gone[i] && !member(i) && self.nodes[i].is_running())
+            .collect();
+        if down.is_empty() && up.len() > 1 && self.w.chance(0.3) {
+            // A member dies, and the operator takes it out: remove or replace it.
+            let n = pick(&mut self.w, &up);
+            self.w.after(Duration::ZERO, Event::Crash(n));
+            self.w
+                .after(Duration::from_millis(1), Event::LayoutChange { tries });
+            return;
+        }
+        let mut kinds = Vec::new();
+        if !spares.is_empty() {
+            kinds.push("join");
+        }
+        if members.len() > MEMBERS_MIN && up.len() > 1 {
+            kinds.push("leave");
+        }
+        if members.len() > MEMBERS_MIN && !down.is_empty() && !up.is_empty() {
+            kinds.push("remove");
+        }
+        if !down.is_empty() && !spares.is_empty() && !up.is_empty() {
+            kinds.push("replace");
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let dead: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| *k == "remove" || *k == "replace")
+            .collect();
+        let kind = if !dead.is_empty() && self.w.chance(0.7) {
+            dead[self.w.rng.gen_range(0..dead.len())]
+        } else {
+            kinds[self.w.rng.gen_range(0..kinds.len())]
+        };
+        let (at, change, gone) = match kind {
+            "join" => {
+                let s = pick(&mut self.w, &spares);
+                // `cairn join SEED`: the joiner takes the seed's layout, then adds itself.
+                self.nodes[s].layout = Some(layout.clone());
+                let change = Change::Join {
+                    node: self.ids[s],
+                    name: fmt::node_name(s),
+                    zone: None,
+                };
+                (s, change, None)
+            }
+            "leave" => {
+                let m = pick(&mut self.w, &up);
+                (m, Change::Leave { node: self.ids[m] }, None)
+            }
+            "remove" => {
+                let d = pick(&mut self.w, &down);
+                let at = pick(&mut self.w, &up);
+                (at, Change::Remove { node: self.ids[d] }, Some(d))
+            }
+            _ => {
+                let d = pick(&mut self.w, &down);
+                let s = pick(&mut self.w, &spares);
+                let at = pick(&mut self.w, &up);
+                let change = Change::Replace {
+                    old: self.ids[d],
+                    new: self.ids[s],
+                    name: fmt::node_name(s),
+                    zone: None,
+                };
+                (at, change, Some(d))
+            }
+        };
+        let held = self.nodes[at]
+            .layout
+            .as_mut()
+            .expect("the operator asks a node that holds the layout");
+        let plan = match held.plan(&change) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.w
+                    .log(Addr::Node(at), format!("LAYOUT CHANGE refused: {e}"));
+                return;
+            }
+        };
+        let (from, to, moves) = (plan.from, plan.next.version(), plan.moves.len());
+        if let Err(e) = held.apply(plan) {
+            self.w
+                .log(Addr::Node(at), format!("LAYOUT CHANGE refused: {e}"));
+            return;
+        }
+        self.w.logf(Addr::Node(at), || {
+            format!("LAYOUT CHANGE {kind} ({change:?}): v{from} -> v{to}, {moves} partitions move")
+        });
+        if let Some(d) = gone {
+            self.gone[d] = true;
+            self.history.wiped(d);
+            self.wiped_at[d] = Some(self.w.now);
+            self.w
+                .log(Addr::Node(d), "GONE for good: its data counts as lost");
+        }
+        let (node, mut cx) = self.split(at);
+        node.layout_changed(&mut cx);
+        self.check_notices();
+        if self.w.chance(0.4) {
+            // Two changes in a row: the next waits only for this one to settle.
+            self.w.after(
+                OPERATOR_RETRY,
+                Event::LayoutChange {
+                    tries: OPERATOR_TRIES_MAX,
+                },
+            );
+        }
+        if self.w.chance(0.4) {
+            // A restart in the middle of the transfer.
+            let involved: Vec<usize> = (0..slots)
+                .filter(|&i| !self.gone[i] && self.nodes[i].is_running())
+                .filter(|&i| {
+                    self.nodes[at]
+                        .layout
+                        .as_ref()
+                        .is_some_and(|l| l.is_member(self.ids[i]))
+                })
+                .collect();
+            if !involved.is_empty() {
+                let n = pick(&mut self.w, &involved);
+                let delay = self.w.micros(50_000, 3_000_000);
+                self.w.after(delay, Event::Crash(n));
+            }
+        }
     }
 }

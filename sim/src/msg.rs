@@ -1,11 +1,12 @@
 //! What travels on the simulated network: client requests and answers, and the peer protocol
-//! (ping, forward, replicate, read) with the node driver's request ids.
+//! (ping, forward, replicate, read, layout exchange) with the node driver's request ids.
 
 use std::fmt;
 
 use cairn_core::coordinator::Outcome;
 use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
+use cairn_layout::Layout;
 use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
 
 use super::fmt::{obj, payload};
@@ -117,6 +118,8 @@ pub enum PeerReq {
         /// The key.
         key: Vec<u8>,
     },
+    /// The sender's layout (`PeerRequest::Layout`): merge it, answer with yours.
+    Layout(Option<Box<Layout>>),
 }
 
 /// A successful answer to a [`PeerReq`].
@@ -130,6 +133,8 @@ pub enum PeerResp {
     Ack,
     /// To `Read`.
     Object(Object),
+    /// To `Layout`: the receiver's layout after merging.
+    Layout(Option<Box<Layout>>),
 }
 
 /// A message body.
@@ -181,15 +186,16 @@ pub struct Envelope {
 }
 
 impl Body {
-    /// Pings and pongs (background chatter, not counted when waiting for quiet).
+    /// Pings, pongs and layout exchanges (background chatter, not counted when waiting for
+    /// quiet).
     pub fn is_ping(&self) -> bool {
         matches!(
             self,
             Body::PeerReq {
-                req: PeerReq::Ping,
+                req: PeerReq::Ping | PeerReq::Layout(_),
                 ..
             } | Body::PeerResp {
-                resp: Ok(PeerResp::Pong),
+                resp: Ok(PeerResp::Pong | PeerResp::Layout(_)),
                 ..
             }
         )
@@ -216,15 +222,44 @@ impl Body {
                     hint_for.map_or(String::new(), |h| format!(" hint_for={h}"))
                 ),
                 PeerReq::Read { key } => format!("read r{rid} {}", key_str(key)),
+                PeerReq::Layout(l) => format!("layout r{rid} {}", describe_layout(l.as_deref())),
             },
             Body::PeerResp { rid, resp, .. } => match resp {
                 Ok(PeerResp::Pong) => format!("pong r{rid}"),
                 Ok(PeerResp::Ack) => format!("ack r{rid}"),
                 Ok(PeerResp::Object(o)) => format!("object r{rid} {}", obj(o)),
                 Ok(PeerResp::Forwarded(r)) => format!("forwarded r{rid} {}", describe_resp(r)),
+                Ok(PeerResp::Layout(l)) => {
+                    format!("layout r{rid} {}", describe_layout(l.as_deref()))
+                }
                 Err(e) => format!("error r{rid}: {e}"),
             },
         }
+    }
+}
+
+/// A layout for the trace: its versions and the change's progress.
+pub fn describe_layout(layout: Option<&Layout>) -> String {
+    let Some(l) = layout else {
+        return "none".into();
+    };
+    match l.transition() {
+        None => format!("v{} settled", l.current().version()),
+        Some(t) => format!(
+            "v{}->v{} waiting acks [{}] pushes [{}]",
+            t.from,
+            t.to,
+            t.waiting_acks
+                .iter()
+                .map(|n| super::fmt::node(*n))
+                .collect::<Vec<_>>()
+                .join(","),
+            t.waiting_pushes
+                .iter()
+                .map(|n| super::fmt::node(*n))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 

@@ -21,15 +21,24 @@ use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_core::peer::PeerError;
 use cairn_core::store::Store;
+use cairn_core::transfer::{
+    read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
+    TransferMachine, TransferSabotage,
+};
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
+use cairn_layout::{Layout, MergeOutcome};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
-use cairn_ring::Ring;
+use cairn_ring::{Member, Ring, RingConfig};
+use rand::Rng;
 
 use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
 use super::history::{History, WriteId};
-use super::msg::{key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq, PeerResp};
+use super::msg::{
+    describe_layout, key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq,
+    PeerResp,
+};
 use super::world::{ClientIx, Event, NodeIx, TransportFailure, World};
 use super::Sabotage;
 
@@ -41,13 +50,48 @@ pub const SIM_LEASE_BLOCK: u64 = 5;
 /// `HINTS_PER_PEER_MAX` is 100,000, which no run reaches).
 pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
 
+/// How long one transferred key may take to be acknowledged (the node's
+/// `TRANSFER_REQUEST_TIMEOUT`, which lives with tokio in `node/src/limits.rs`).
+pub const SIM_TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keys per cleanup page (the node's `CLEANUP_PAGE_MAX` is 256; small here so sweeps cross
+/// pages).
+pub const SIM_CLEANUP_PAGE_MAX: usize = 2;
+/// When a sweep that had to keep a key it does not replicate runs again (the node's
+/// `CLEANUP_RETRY_INTERVAL` is 30 s; shorter here so runs settle).
+pub const SIM_CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(3);
+/// Rounds of acknowledging, recording and retiring one layout change may take in one go (each
+/// round changes the layout or stops).
+const PUMP_ROUNDS_MAX: usize = 8;
+
+/// What a source held of the partitions it pushes when its transfer started: each key, its
+/// object then, and the replicas it had to reach.
+pub type Snapshot = Vec<(Vec<u8>, Object, Vec<NodeId>)>;
+
+/// What a node tells the simulation (for the checker) as it goes.
+#[derive(Debug)]
+pub enum Notice {
+    /// `source` recorded in its layout that it pushed every partition of `version`'s transfer;
+    /// `snapshot` is what it held of those partitions when the transfer started (`started`),
+    /// with the replicas each key had to reach.
+    Pushed {
+        /// The source.
+        source: NodeIx,
+        /// The layout version.
+        version: u64,
+        /// When its transfer started.
+        started: Duration,
+        /// Key, the source's object then, the gaining replicas.
+        snapshot: Snapshot,
+    },
+}
+
 /// What every node handler needs besides the node itself.
 pub struct Ctx<'a> {
     /// Time, events, randomness, network.
     pub w: &'a mut World,
-    /// The ring every node shares.
-    pub ring: &'a Ring,
-    /// Node id of each node index.
+    /// Q and N of every layout.
+    pub config: RingConfig,
+    /// Node id of each node index (spares included).
     pub ids: &'a [NodeId],
     /// The history being recorded.
     pub history: &'a mut History,
@@ -64,6 +108,17 @@ pub struct Ctx<'a> {
     pub forward_once: bool,
     /// Writes are coordinated only at a chosen replica (see `Options`).
     pub strict_routing: bool,
+    /// How fast and wide transfers go (drawn per seed).
+    pub transfer: TransferConfig,
+    /// A deliberate bug in the transfer machine.
+    pub transfer_sabotage: TransferSabotage,
+    /// The cleanup drops copies (see `Options::drop_copies`).
+    pub drop_copies: bool,
+    /// The layout changes in this run (else nodes skip the layout exchange, whose timing would
+    /// move the runs of the seeds found before it).
+    pub layout_changes: bool,
+    /// What nodes report for the checker.
+    pub notices: &'a mut Vec<Notice>,
 }
 
 impl Ctx<'_> {
@@ -120,6 +175,14 @@ pub enum DiskJob {
         /// The renewal the delivery started from.
         seq: u64,
     },
+    /// The cleanup sweep drops a copy this node replicates in no live layout version, if it is
+    /// still what the sweep read (`Write::DropIfUnchanged`).
+    Drop {
+        /// The key.
+        key: Vec<u8>,
+        /// The object the sweep read.
+        expected: Object,
+    },
 }
 
 /// Where a merge's acknowledgement goes.
@@ -173,6 +236,10 @@ enum Outgoing {
         req: ClientRequest,
     },
     Handoff,
+    Transfer {
+        send: SendId,
+    },
+    Layout,
 }
 
 /// The state a crash loses.
@@ -202,6 +269,22 @@ pub struct Running {
     handoff: Handoff,
     /// Arming of the handoff interval timer; older arms are stale.
     handoff_arm: u64,
+    /// The node's own transfer machine (`cairn_core::transfer`), run as `node/src/transfer.rs`
+    /// runs it.
+    transfer: TransferMachine,
+    /// Per batch sent: keys whose acknowledgement is still due.
+    sends: BTreeMap<SendId, usize>,
+    /// When the transfer machine's timer is armed for.
+    transfer_timer: Option<Duration>,
+    /// What this node held of the partitions it pushes, when its transfer started.
+    snapshot: Option<(u64, Duration, Snapshot)>,
+    /// The write fence (`node/src/driver.rs`): the newest layout version the coordinator routes
+    /// by with no unanswered write routed under an older one.
+    fence: u64,
+    /// A cleanup sweep is scheduled.
+    cleanup_scheduled: bool,
+    /// The `layout_seq` the coordinator routes by.
+    routed_seq: u64,
 }
 
 /// A simulated node.
@@ -216,6 +299,14 @@ pub struct SimNode {
     pub store: SimDisk,
     /// Incarnation: bumped by every crash, so events of an earlier life are ignored.
     pub gen: u64,
+    /// The layout it holds (`data/layout.bin`: survives a crash, lost with the data directory).
+    pub layout: Option<Layout>,
+    /// No live layout version has it any more (it was a member).
+    pub left: bool,
+    /// It was a member of a layout it held (so losing its membership means it left).
+    pub was_member: bool,
+    /// Bumped on every change of `layout`, so the coordinator is handed only new ones.
+    layout_seq: u64,
     /// The running process, `None` while crashed.
     pub run: Option<Running>,
 }
@@ -229,16 +320,20 @@ impl SimNode {
             epoch,
             store: SimDisk::default(),
             gen: 0,
+            layout: None,
+            left: false,
+            was_member: false,
+            layout_seq: 0,
             run: None,
         }
     }
 
-    /// Whether this node is a primary of `key` (for the checker's bookkeeping).
+    /// Whether this node replicates `key` in a live version of its layout (for the checker's
+    /// bookkeeping).
     fn is_primary(&self, cx: &Ctx, key: &[u8]) -> bool {
-        cx.ring
-            .preference_list(cx.ring.partition_of(key))
-            .primaries
-            .contains(&self.id)
+        self.layout
+            .as_ref()
+            .is_some_and(|l| l.replicates(self.id, cx.config.partition_of(key)))
     }
 
     /// The stored copy of `key` (empty if none).
@@ -295,12 +390,22 @@ impl SimNode {
                 return false;
             }
         };
+        let ring = match &self.layout {
+            Some(l) => l.current().ring().clone(),
+            // A driver needs a ring; client requests are refused while there is no layout.
+            None => Ring::new(cx.config, &[Member::new(self.id)]).expect("a ring of one"),
+        };
+        let mut transfer = TransferMachine::new(instant, cx.transfer);
+        transfer.set_sabotage(cx.transfer_sabotage);
         let meta = self.store.meta().ok().flatten();
         let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
         let hints: u64 = self.hint_counts().values().sum();
         self.run = Some(Running {
             driver: {
-                let mut driver = RequestDriver::new(self.id, cx.ring.clone(), true);
+                let mut driver = RequestDriver::new(self.id, ring, true);
+                if let Some(layout) = &self.layout {
+                    driver.set_layout(layout);
+                }
                 if cx.ack_despite_failed_hint {
                     driver.set_sabotage(DriverSabotage::AckDespiteFailedHint);
                 }
@@ -320,6 +425,13 @@ impl SimNode {
             hints_done: 0,
             handoff: Handoff::new(),
             handoff_arm: 0,
+            transfer,
+            sends: BTreeMap::new(),
+            transfer_timer: None,
+            snapshot: None,
+            fence: 0,
+            cleanup_scheduled: false,
+            routed_seq: self.layout_seq,
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -331,6 +443,13 @@ impl SimNode {
         let gen = self.gen;
         cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
         self.arm_handoff(cx, HANDOFF_INTERVAL);
+        if cx.layout_changes {
+            let delay = cx.w.micros(0, 500_000);
+            cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
+        }
+        // As the node's cleanup task: one sweep at start.
+        self.schedule_cleanup(cx, Duration::ZERO);
+        self.pump(cx);
         true
     }
 
@@ -343,6 +462,11 @@ impl SimNode {
         );
         self.store = SimDisk::default();
         self.epoch = epoch;
+        // `layout.bin` and the membership file are in the data directory: the node waits for
+        // a layout from its peers.
+        self.layout = None;
+        self.left = false;
+        self.was_member = false;
     }
 
     /// Crashes the process: everything not durable is gone.
@@ -365,9 +489,10 @@ impl SimNode {
             r.driver.is_idle()
                 && r.disk_pending == 0
                 && r.handoff.is_idle()
+                && r.sends.is_empty()
                 && r.outgoing
                     .values()
-                    .all(|(_, _, o)| matches!(o, Outgoing::Ping))
+                    .all(|(_, _, o)| matches!(o, Outgoing::Ping | Outgoing::Layout))
         })
     }
 
@@ -415,11 +540,11 @@ impl SimNode {
 
     /// `server.rs::handle`: forward to a chosen replica, or coordinate here.
     fn on_client_request(&mut self, cx: &mut Ctx, client: ClientIx, seq: u64, req: ClientRequest) {
-        let me = self.id;
-        let run = self.run();
-        let liveness = &run.liveness;
-        let is_up = |id: NodeId| id == me || liveness.is_up(id);
-        match route(cx.ring, me, req.key(), &is_up) {
+        let Some(routed) = self.route(req.key()) else {
+            self.no_layout(cx, ReplyTo::Client { client, seq });
+            return;
+        };
+        match routed {
             Route::Forward(to) => {
                 cx.w.logf(self.me(), || {
                     format!("route {}: forward to {}", key_str(req.key()), node(to))
@@ -449,16 +574,36 @@ impl SimNode {
         }
     }
 
+    /// `route` over this node's routing ring (`Layout::routing_ring`) and liveness view; `None`
+    /// while it holds no layout.
+    fn route(&self, key: &[u8]) -> Option<Route> {
+        let me = self.id;
+        let layout = self.layout.as_ref()?;
+        let liveness = &self.run.as_ref().expect("running").liveness;
+        let is_up = |id: NodeId| id == me || liveness.is_up(id);
+        Some(route(layout.routing_ring(), me, key, &is_up))
+    }
+
+    /// A node without a layout answers `NoRing`, as `server.rs` does.
+    fn no_layout(&mut self, cx: &mut Ctx, reply: ReplyTo) {
+        cx.w.log(self.me(), "no layout yet: request refused");
+        let resp = ClientResponse {
+            result: Err(ErrorReply::NoRing {
+                node: super::fmt::node(self.id),
+                reason: "it holds no layout yet".into(),
+            }
+            .to_string()),
+            minted: None,
+        };
+        self.answer(cx, reply, resp);
+    }
+
     /// What `server.rs` does when it cannot hand a request to a chosen replica (its forward
     /// failed, or it was forwarded here): coordinate here regardless. With `strict_routing`,
     /// a write is coordinated only where `route` says `Local`, else refused.
     fn coordinate_if_chosen(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
         if cx.strict_routing && matches!(req, ClientRequest::Put { .. }) {
-            let me = self.id;
-            let run = self.run();
-            let liveness = &run.liveness;
-            let is_up = |id: NodeId| id == me || liveness.is_up(id);
-            let route = route(cx.ring, me, req.key(), &is_up);
+            let route = self.route(req.key()).unwrap_or(Route::Unavailable);
             if route != Route::Local {
                 cx.w.logf(self.me(), || {
                     format!("strict routing: not a chosen replica ({route:?}), write refused")
@@ -523,6 +668,14 @@ impl SimNode {
                 let obj = if obj.is_empty() { Object::new() } else { obj };
                 reply(cx, self.me(), Ok(PeerResp::Object(obj)));
             }
+            PeerReq::Layout(theirs) => {
+                // As `Membership::receive_layout`: merge, answer with the merged layout.
+                if let Some(theirs) = theirs {
+                    self.take_layout(cx, &theirs, peer);
+                }
+                let mine = self.layout.clone().map(Box::new);
+                reply(cx, self.me(), Ok(PeerResp::Layout(mine)));
+            }
         }
     }
 
@@ -544,7 +697,7 @@ impl SimNode {
                     PeerResp::Ack => PeerResponse::Ack,
                     PeerResp::Object(o) if o.is_empty() => PeerResponse::Object(Vec::new()),
                     PeerResp::Object(o) => PeerResponse::Object(o.encode()),
-                    PeerResp::Pong | PeerResp::Forwarded(_) => {
+                    PeerResp::Pong | PeerResp::Forwarded(_) | PeerResp::Layout(_) => {
                         unreachable!("replica requests are answered with acks and objects")
                     }
                 });
@@ -588,6 +741,20 @@ impl SimNode {
                     Err(e) => Answer::from_error(&e),
                 };
                 self.handoff_answer(cx, peer, answer);
+            }
+            Outgoing::Transfer { send } => {
+                let result = match resp {
+                    Ok(PeerResp::Ack) => Ok(()),
+                    Ok(other) => Err(format!("answered a replicate with {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.transfer_sent(cx, send, result);
+            }
+            Outgoing::Layout => {
+                if let Ok(PeerResp::Layout(Some(theirs))) = resp {
+                    let from = cx.ix(peer);
+                    self.take_layout(cx, &theirs, from);
+                }
             }
         }
     }
@@ -646,6 +813,8 @@ impl SimNode {
             Outgoing::Handoff => {
                 self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
             }
+            Outgoing::Transfer { send } => self.transfer_sent(cx, send, Err(reason)),
+            Outgoing::Layout => {}
         }
     }
 
@@ -684,16 +853,18 @@ impl SimNode {
     // ---- coordination (the core's request driver, run as node/src/driver.rs runs it) ----
 
     fn coordinate(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
+        let Some(routed) = self.route(req.key()) else {
+            // As the node's driver without a ring: `NoRing`.
+            self.no_layout(cx, reply);
+            return;
+        };
         let me = self.id;
         let here = self.me();
         let now = cx.w.instant();
         let run = self.run();
         let liveness = &run.liveness;
         let is_up = |id: NodeId| id == me || liveness.is_up(id);
-        if cx.w.tracing()
-            && matches!(req, ClientRequest::Put { .. })
-            && route(cx.ring, me, req.key(), &is_up) != Route::Local
-        {
+        if cx.w.tracing() && matches!(req, ClientRequest::Put { .. }) && routed != Route::Local {
             cx.w.log(
                 here,
                 "coordinating a write OFF its chosen replicas".to_owned(),
@@ -828,6 +999,9 @@ impl SimNode {
             }
         }
         self.run().put_tag = None;
+        if self.advance_fence() {
+            self.pump(cx);
+        }
         if let Some(deadline) = self.run().driver.poll_timeout() {
             let at = cx.w.virtual_of(deadline);
             let run = self.run();
@@ -1059,6 +1233,30 @@ impl SimNode {
                 run.driver.handle_hints_done(done);
                 self.drain(cx);
             }
+            DiskJob::Drop { key, expected } => {
+                let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
+                match result {
+                    Ok(left) if left.is_empty() => {
+                        cx.w.logf(self.me(), || {
+                            format!("cleanup: dropped {} {}", key_str(&key), obj(&before))
+                        });
+                        cx.history.dropped(self.ix, &before);
+                    }
+                    other => {
+                        cx.w.logf(self.me(), || {
+                            format!(
+                                "cleanup: kept {} ({})",
+                                key_str(&key),
+                                match other {
+                                    Ok(_) => "changed since read, or hinted".to_owned(),
+                                    Err(e) => e.to_string(),
+                                }
+                            )
+                        });
+                        self.schedule_cleanup(cx, SIM_CLEANUP_RETRY_INTERVAL);
+                    }
+                }
+            }
             DiskJob::HintDelivered { key, target, seq } => {
                 let before = self.store.hint(target, &key).ok().flatten();
                 let (_, result) = self.write(&key, Write::HintDelivered { target, seq });
@@ -1219,6 +1417,363 @@ impl SimNode {
                 // Only a policy handed a layout redirects; the simulator runs no layout changes.
                 Action::Redirect { .. } | Action::RoundDone { .. } => {}
             }
+        }
+    }
+}
+
+// ---- the layout, the transfer and the cleanup (node/src/transfer.rs, cleanup.rs and
+// `Membership::layout_changed`, around the core's transfer machine and the layout crate) ----
+impl SimNode {
+    /// This node's layout changed (merged from a peer, or an operator's change applied here):
+    /// route by it, sweep, and follow the transfer.
+    pub fn layout_changed(&mut self, cx: &mut Ctx) {
+        self.layout_seq += 1;
+        if self.run.is_none() {
+            return;
+        }
+        self.schedule_cleanup(cx, Duration::ZERO);
+        self.pump(cx);
+    }
+
+    /// Merges a peer's layout into this node's (adopting it when this node has none), as
+    /// `NodeLayout::merge` does.
+    fn take_layout(&mut self, cx: &mut Ctx, theirs: &Layout, from: NodeIx) {
+        let changed = match &mut self.layout {
+            None => {
+                self.layout = Some(theirs.clone());
+                true
+            }
+            Some(l) => l.merge(theirs) != MergeOutcome::Unchanged,
+        };
+        if changed {
+            cx.w.logf(self.me(), || {
+                format!(
+                    "layout from n{}: now {}",
+                    from + 1,
+                    describe_layout(self.layout.as_ref())
+                )
+            });
+            self.layout_changed(cx);
+        }
+    }
+
+    /// The write fence moves as `node/src/driver.rs` moves it: to the newest layout version the
+    /// coordinator routes by, once no write routed under an older one is unanswered. Returns
+    /// whether this node may now acknowledge its layout's newest version.
+    fn advance_fence(&mut self) -> bool {
+        let me = self.id;
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        let c = run.driver.coordinator();
+        let routed = c.layout_version();
+        if routed > run.fence && c.unanswered_writes_before(routed) == 0 {
+            run.fence = routed;
+            return self
+                .layout
+                .as_ref()
+                .is_some_and(|l| l.should_ack(me, routed));
+        }
+        false
+    }
+
+    /// Follows the layout: the coordinator routes by it, the fence moves, this node acknowledges
+    /// the newest version when the fence allows (`Layout::should_ack`), the core's transfer
+    /// machine is brought in line (`TransferMachine::follow`) and run (pages read from the store
+    /// with the core's `read_page`, each key sent as a `Replicate` without a hint), the push is
+    /// recorded and the old version retired when the machine and the layout say so; a node that
+    /// no live version has any more has left.
+    pub fn pump(&mut self, cx: &mut Ctx) {
+        if self.run.is_none() || self.layout.is_none() {
+            return;
+        }
+        let now = cx.w.instant();
+        let me = self.id;
+        let here = self.me();
+        let mut sends = Vec::new();
+        let mut changed_any = false;
+        for _ in 0..PUMP_ROUNDS_MAX {
+            if self.run().routed_seq != self.layout_seq {
+                let seq = self.layout_seq;
+                let SimNode { layout, run, .. } = self;
+                let run = run.as_mut().expect("checked above");
+                run.driver
+                    .set_layout(layout.as_ref().expect("checked above"));
+                run.routed_seq = seq;
+            }
+            self.advance_fence();
+            let SimNode {
+                layout,
+                run,
+                store,
+                ix,
+                ..
+            } = self;
+            let layout = layout.as_mut().expect("checked above");
+            let run = run.as_mut().expect("checked above");
+            let mut changed = false;
+            if layout.should_ack(me, run.fence) && layout.ack(me) {
+                changed = true;
+                cx.w.logf(here, || {
+                    format!("layout: ACK v{}", layout.current().version())
+                });
+            }
+            let step = run.transfer.follow(now, me, layout, &|_| None);
+            if let Some((version, partitions)) = step.started {
+                let parts: BTreeMap<u32, Vec<NodeId>> = layout
+                    .transfers(me)
+                    .into_iter()
+                    .map(|t| (t.partition, t.to))
+                    .collect();
+                let mut snapshot = Vec::new();
+                let config = cx.config;
+                store
+                    .scan_objects(&mut |k, o| {
+                        if let Some(to) = parts.get(&config.partition_of(k)) {
+                            let o = Object::decode(o).expect("the simulated store holds objects");
+                            snapshot.push((k.to_vec(), o, to.clone()));
+                        }
+                        true
+                    })
+                    .expect("a simulated store scan does not fail");
+                cx.w.logf(here, || {
+                    format!(
+                        "transfer: TRANSFER START v{version}, {partitions} partitions, {} keys",
+                        snapshot.len()
+                    )
+                });
+                run.snapshot = Some((version, cx.w.now, snapshot));
+            }
+            let mut pushed = step
+                .record_push
+                .is_some_and(|v| layout.current().version() == v && layout.record_pushed(me));
+            while let Some(action) = run.transfer.poll_action(now) {
+                match action {
+                    TransferAction::Scan {
+                        partition,
+                        after,
+                        keys_max,
+                        bytes_max,
+                    } => {
+                        let page = read_page(
+                            &*store,
+                            cx.config,
+                            partition,
+                            after.as_deref(),
+                            keys_max,
+                            bytes_max,
+                        )
+                        .map_err(|e| e.to_string());
+                        run.transfer.handle_page(now, partition, page);
+                    }
+                    TransferAction::Send {
+                        id, to, entries, ..
+                    } => {
+                        if entries.is_empty() {
+                            run.transfer.handle_sent(now, id, Ok(()));
+                        } else {
+                            run.sends.insert(id, entries.len());
+                            sends.push((to, id, entries));
+                        }
+                    }
+                    TransferAction::PartitionPushed(p) => {
+                        cx.w.logf(here, || format!("transfer: partition {p} pushed"));
+                    }
+                    TransferAction::AllPushed { version } => {
+                        pushed |= layout.current().version() == version && layout.record_pushed(me);
+                    }
+                }
+            }
+            if pushed {
+                changed = true;
+                let version = layout.current().version();
+                cx.w.logf(here, || {
+                    format!("transfer: PUSHED every partition of v{version}")
+                });
+                if let Some((v, started, snapshot)) = run.snapshot.take() {
+                    if v == version {
+                        cx.notices.push(Notice::Pushed {
+                            source: *ix,
+                            version,
+                            started,
+                            snapshot,
+                        });
+                    }
+                }
+            }
+            if step.retire {
+                if let Some(r) = layout.poll_retire() {
+                    changed = true;
+                    cx.w.logf(here, || {
+                        format!(
+                            "layout: RETIRED v{}, now v{} settled",
+                            r.version,
+                            layout.current().version()
+                        )
+                    });
+                }
+            }
+            if !changed {
+                break;
+            }
+            changed_any = true;
+            self.layout_seq += 1;
+        }
+        if changed_any {
+            let seq = self.layout_seq;
+            let SimNode { layout, run, .. } = self;
+            let run = run.as_mut().expect("checked above");
+            run.driver
+                .set_layout(layout.as_ref().expect("checked above"));
+            run.routed_seq = seq;
+            self.schedule_cleanup(cx, Duration::ZERO);
+        }
+        let member = self.layout.as_ref().is_some_and(|l| l.is_member(me));
+        if !member && !self.left && self.was_member {
+            self.left = true;
+            cx.w.log(here, "LEFT: no live layout version has this node any more");
+            cx.history.left(self.ix);
+        }
+        if member {
+            self.was_member = true;
+            self.left = false;
+        }
+        for (to, id, entries) in sends {
+            let to = cx.ix(to);
+            for e in entries.iter() {
+                let req = PeerReq::Replicate {
+                    key: e.key.clone(),
+                    object: Object::decode(&e.object).expect("pages hold stored objects"),
+                    hint_for: None,
+                };
+                self.request(
+                    cx,
+                    to,
+                    req,
+                    Outgoing::Transfer { send: id },
+                    SIM_TRANSFER_REQUEST_TIMEOUT,
+                );
+            }
+        }
+        let gen = self.gen;
+        let run = self.run();
+        if let Some(t) = run.transfer.poll_timeout() {
+            let at = cx.w.virtual_of(t);
+            if run.transfer_timer.is_none_or(|armed| at < armed) {
+                run.transfer_timer = Some(at);
+                cx.w.at(at, Event::TransferTimer { node: self.ix, gen });
+            }
+        }
+    }
+
+    /// One key of batch `send` was acknowledged (or failed): the batch is sent when every key
+    /// is, and fails with its first failure, as `node/src/transfer.rs::send` does.
+    fn transfer_sent(&mut self, cx: &mut Ctx, send: SendId, result: Result<(), String>) {
+        let now = cx.w.instant();
+        let run = self.run();
+        let Some(left) = run.sends.get_mut(&send) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                *left -= 1;
+                if *left > 0 {
+                    return;
+                }
+                run.sends.remove(&send);
+                run.transfer.handle_sent(now, send, Ok(()));
+            }
+            Err(e) => {
+                run.sends.remove(&send);
+                cx.w.logf(self.me(), || format!("transfer: a send failed: {e}"));
+                self.run().transfer.handle_sent(now, send, Err(e));
+            }
+        }
+        self.pump(cx);
+    }
+
+    /// The transfer machine's timer fired.
+    pub fn on_transfer_timer(&mut self, cx: &mut Ctx) {
+        let now = cx.w.now;
+        let run = self.run();
+        if run.transfer_timer.is_some_and(|t| t <= now) {
+            run.transfer_timer = None;
+        }
+        self.pump(cx);
+    }
+
+    /// Sends this node's layout to a random peer, as gossip's stamps make nodes exchange
+    /// layouts (`PeerRequest::Layout`), and follows the layout again (the node's transfer task
+    /// rechecks at least every `TRANSFER_RETRY_MAX`).
+    pub fn on_layout_tick(&mut self, cx: &mut Ctx) {
+        let slots = cx.ids.len();
+        let mut to = cx.w.rng.gen_range(0..slots - 1);
+        if to >= self.ix {
+            to += 1;
+        }
+        let mine = self.layout.clone().map(Box::new);
+        self.request(
+            cx,
+            to,
+            PeerReq::Layout(mine),
+            Outgoing::Layout,
+            PING_TIMEOUT,
+        );
+        if self.layout.as_ref().is_some_and(|l| !l.is_settled()) {
+            self.pump(cx);
+        }
+        let delay = cx.w.micros(500_000, 1_500_000);
+        let gen = self.gen;
+        cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
+    }
+
+    fn schedule_cleanup(&mut self, cx: &mut Ctx, delay: Duration) {
+        let gen = self.gen;
+        let run = self.run();
+        if !run.cleanup_scheduled {
+            run.cleanup_scheduled = true;
+            cx.w.after(delay, Event::Cleanup { node: self.ix, gen });
+        }
+    }
+
+    /// The cleanup sweep (`node/src/cleanup.rs`): pages of the copies this node replicates in
+    /// no live layout version (the core's `unreplicated_page`), each dropped by
+    /// compare-and-delete.
+    pub fn on_cleanup(&mut self, cx: &mut Ctx) {
+        self.run().cleanup_scheduled = false;
+        let Some(layout) = self.layout.clone() else {
+            return;
+        };
+        if !cx.drop_copies {
+            return;
+        }
+        let mut after: Option<Vec<u8>> = None;
+        let mut drops = Vec::new();
+        loop {
+            let (entries, last) = unreplicated_page(
+                &self.store,
+                cx.config,
+                &layout,
+                self.id,
+                after.as_deref(),
+                SIM_CLEANUP_PAGE_MAX,
+            )
+            .expect("a simulated store scan does not fail");
+            after = entries.last().map(|e| e.key.clone());
+            drops.extend(entries);
+            if last {
+                break;
+            }
+        }
+        for e in drops {
+            let expected = Object::decode(&e.object).expect("the simulated store holds objects");
+            self.queue_disk(
+                cx,
+                DiskJob::Drop {
+                    key: e.key,
+                    expected,
+                },
+            );
         }
     }
 }

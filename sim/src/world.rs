@@ -87,6 +87,32 @@ pub enum Event {
         /// Which arming of the timer this is (stale arms are ignored).
         arm: u64,
     },
+    /// The transfer machine asked to be woken (a retry, or the byte budget refilled).
+    TransferTimer {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
+    /// The node sends its layout to a random peer (as gossip spreads layout stamps).
+    LayoutTick {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
+    /// The cleanup sweep runs (after a layout change, or again for keys it had to keep).
+    Cleanup {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
+    /// The operator tries a layout change (`tries` more times while the cluster is not settled).
+    LayoutChange {
+        /// Attempts left.
+        tries: u32,
+    },
     /// A client starts its next operation.
     ClientNext(ClientIx),
     /// A client gives up waiting for operation `seq`.
@@ -143,7 +169,10 @@ impl Event {
             | Event::CoordTimer { node, .. }
             | Event::RequestFailed { node, .. }
             | Event::ProbeTick { node, .. }
-            | Event::HandoffTick { node, .. } => Some(*node),
+            | Event::HandoffTick { node, .. }
+            | Event::TransferTimer { node, .. }
+            | Event::LayoutTick { node, .. }
+            | Event::Cleanup { node, .. } => Some(*node),
             _ => None,
         }
     }
