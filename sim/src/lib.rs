@@ -130,9 +130,9 @@ pub struct Options {
     pub transfer_sabotage: TransferSabotage,
     /// Old owners drop the copies no live layout version needs (`node/src/cleanup.rs`, with
     /// the core's `unreplicated_page` and `DropIfUnchanged`). Off by default because of known
-    /// bug 6 (`sim/tests/sim.rs`): a node that dropped its copy of a key and later coordinates
-    /// a write to it mints a dot whose version vector entry covers its own earlier dots of that
-    /// key, which silently supersedes acknowledged writes still held by other replicas.
+    /// bug 6 (`sim/tests/sim.rs`): with the drops, runs still lose acknowledged writes. Its
+    /// first cause (a node that dropped its copy minted a version vector entry covering its own
+    /// earlier dots of the key) is fixed by the writer's per-key actors; another is not found.
     pub drop_copies: bool,
 }
 

@@ -603,15 +603,22 @@ fn the_checker_catches_a_transfer_that_skips_keys() {
 /// (seeds shift as the simulation changes, so this test looks for one within
 /// `BUG_6_SEEDS_MAX`).
 ///
-/// Not fixed yet: the sweeps run without the drops (`Options::drop_copies` is false); this test
-/// shows the bug is still there (it fails once it is fixed, to be turned into a regression
-/// test).
+/// The mechanism above is fixed in the writer (per-key actors; `core/tests/lost_write.rs` holds
+/// its pure regressions, and the container nemesis had met it through a fallback's drop). Yet
+/// with the drops on the sweeps still lose acknowledged writes (after that fix: seed 23 of
+/// `sweep_with_crashes_right_after_acks` ends with key k2 absent from every final replica), by a
+/// cause not diagnosed yet, so the sweeps still run without the drops (`Options::drop_copies`
+/// is false) and this test shows the loss is still there (it fails once it is fixed, to be
+/// turned into a regression test).
 #[test]
 fn known_bug_6_a_dropped_copy_lets_a_new_dot_supersede_acknowledged_writes() {
     const BUG_6_SEEDS_MAX: u64 = 300;
+    // As `sweep_with_crashes_right_after_acks`, with the drops: since the per-key actors, runs
+    // without crashes right after acks lose no write in these seeds.
     let drops = Options {
         drop_copies: true,
-        crash_after_ack: false,
+        crash_after_ack: true,
+        strict_routing: true,
         ..Options::default()
     };
     let seeds: Vec<u64> = (0..BUG_6_SEEDS_MAX).collect();
