@@ -228,3 +228,16 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until `client`'s node shows member `node` as anything but up (down, degraded, ...):
+/// coordinators choose fallbacks only for primaries they know are down.
+pub async fn eventually_not_up(client: &Client, node: &str, within: Duration) {
+    eventually(&format!("{node} to be seen not up"), within, || async {
+        let status = client.status().await.unwrap();
+        status
+            .members
+            .iter()
+            .any(|m| m.name == node && m.status != "up")
+    })
+    .await;
+}

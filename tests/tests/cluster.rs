@@ -7,7 +7,7 @@ use cairn_client::ClientError;
 use cairn_node::engine::Write;
 use cairn_node::version::{Payload, VClock};
 use cairn_proto::{Context, ErrorReply, ReadOptions, WriteOptions};
-use cairn_tests::cluster::{eventually, TestCluster};
+use cairn_tests::cluster::{eventually, eventually_not_up, TestCluster};
 
 fn w(n: u8) -> WriteOptions {
     WriteOptions {
@@ -332,18 +332,7 @@ async fn a_fallback_drops_its_copy_once_the_hint_is_delivered() {
 
     cluster.stop(4).await.unwrap();
     // Fallbacks are chosen for primaries the coordinator knows are down.
-    eventually(
-        "node1 to see node4 down",
-        Duration::from_secs(30),
-        || async {
-            let status = c1.status().await.unwrap();
-            status
-                .members
-                .iter()
-                .any(|m| m.name == "node4" && m.status != "up")
-        },
-    )
-    .await;
+    eventually_not_up(&c1, "node4", Duration::from_secs(30)).await;
     for key in &keys {
         c1.put(key, b"v", &Context::empty(), &w(2)).await.unwrap();
     }
@@ -490,18 +479,7 @@ async fn a_hint_for_a_removed_node_is_delivered_to_the_new_owners() {
         .unwrap();
     assert_eq!(engine.hint_counts().get(&node5), Some(&1));
 
-    eventually(
-        "node1 to see node5 down",
-        Duration::from_secs(30),
-        || async {
-            let status = c1.status().await.unwrap();
-            status
-                .members
-                .iter()
-                .any(|m| m.name == "node5" && m.status != "up")
-        },
-    )
-    .await;
+    eventually_not_up(&c1, "node5", Duration::from_secs(30)).await;
     let admin =
         cairn_client::Client::connect(cluster.addr(1), &cluster.dir.admin_identity().unwrap())
             .await

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cairn_proto::{Context, ReadOptions, WriteOptions};
-use cairn_tests::cluster::{eventually, TestCluster};
+use cairn_tests::cluster::{eventually, eventually_not_up, TestCluster};
 
 fn w(n: u8) -> WriteOptions {
     WriteOptions {
@@ -59,18 +59,7 @@ async fn a_delete_while_a_replica_is_down_is_reaped_only_once_it_has_the_tombsto
     c1.put(&key, b"v1", &Context::empty(), &w(3)).await.unwrap();
 
     cluster.stop(3).await.unwrap();
-    eventually(
-        "node1 to see node3 down",
-        Duration::from_secs(30),
-        || async {
-            let status = c1.status().await.unwrap();
-            status
-                .members
-                .iter()
-                .any(|m| m.name == "node3" && m.status != "up")
-        },
-    )
-    .await;
+    eventually_not_up(&c1, "node3", Duration::from_secs(30)).await;
     let read = c1.get(&key, &r(2)).await.unwrap();
     c1.delete(&key, &read.context, &w(2)).await.unwrap();
 
