@@ -681,7 +681,7 @@ mod tests {
         ]);
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.starts_with("node3 is degraded"), "{text}");
-        assert!(text.contains("restart it"), "{text}");
+        assert!(text.contains("recovers by itself"), "{text}");
         assert_eq!(degraded_text(&[member("node2", "down", None)]), "");
     }
 

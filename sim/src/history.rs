@@ -485,9 +485,14 @@ impl History {
                 if sibs.iter().any(|(s, _)| *s == d) || self.orphaned(d) {
                     continue;
                 }
-                let superseded_by = writes
-                    .iter()
-                    .find(|w2| w2.id != w.id && covers(&w2.ctx, d) && took_effect(w2));
+                // A write that saw it and took effect supersedes it; so does one that took
+                // effect and was then lost with the data of every node holding it (excused
+                // itself): the older write is gone with that loss, not by a bug.
+                let superseded_by = writes.iter().find(|w2| {
+                    w2.id != w.id
+                        && covers(&w2.ctx, d)
+                        && (took_effect(w2) || w2.minted.iter().any(|(_, d2)| self.orphaned(*d2)))
+                });
                 if superseded_by.is_none() {
                     let holders: Vec<String> = w
                         .minted

@@ -129,10 +129,10 @@ pub struct Options {
     /// A deliberate bug in the transfer machine.
     pub transfer_sabotage: TransferSabotage,
     /// Old owners drop the copies no live layout version needs (`node/src/cleanup.rs`, with
-    /// the core's `unreplicated_page` and `DropIfUnchanged`). Off by default because of known
-    /// bug 6 (`sim/tests/sim.rs`): with the drops, runs still lose acknowledged writes. Its
-    /// first cause (a node that dropped its copy minted a version vector entry covering its own
-    /// earlier dots of the key) is fixed by the writer's per-key actors; another is not found.
+    /// the core's `unreplicated_page` and `DropIfUnchanged`), as the node does. (Bug 6 hid
+    /// behind this switch while it was off: a node that dropped its copy minted a version
+    /// vector entry covering its own earlier dots of the key; the writer's per-key actors fixed
+    /// it, `sim/tests/sim.rs`.)
     pub drop_copies: bool,
 }
 
@@ -149,7 +149,7 @@ impl Default for Options {
             more_faults: true,
             layout_changes: true,
             transfer_sabotage: TransferSabotage::None,
-            drop_copies: false,
+            drop_copies: true,
         }
     }
 }
@@ -1063,6 +1063,9 @@ impl Sim {
             return false;
         }
         let at = at[self.w.rng.gen_range(0..at.len())];
+        let spare = (0..self.ids.len()).find(|&i| {
+            !self.gone[i] && !layout.current().is_member(self.ids[i]) && self.nodes[i].is_running()
+        });
         let held = self.nodes[at]
             .layout
             .as_mut()
@@ -1089,14 +1092,29 @@ impl Sim {
                 let Some(&n) = gone.iter().find(|n| layout.current().is_member(**n)) else {
                     return false;
                 };
-                let Ok(plan) = held.plan(&Change::Remove { node: n }) else {
+                // Removing it must not leave fewer members than replicas (the final R = N read
+                // would be refused): at the floor, a spare takes its place instead.
+                let change = if layout.current().names().len() > MEMBERS_MIN {
+                    Change::Remove { node: n }
+                } else {
+                    let Some(s) = spare else {
+                        return false;
+                    };
+                    Change::Replace {
+                        old: n,
+                        new: self.ids[s],
+                        name: fmt::node_name(s),
+                        zone: None,
+                    }
+                };
+                let Ok(plan) = held.plan(&change) else {
                     return false;
                 };
                 if held.apply(plan).is_err() {
                     return false;
                 }
                 format!(
-                    "LAYOUT CHANGE remove again of {} (gone for good)",
+                    "LAYOUT CHANGE {change:?} again for {} (gone for good)",
                     fmt::node(n)
                 )
             }
