@@ -241,3 +241,19 @@ pub async fn eventually_not_up(client: &Client, node: &str, within: Duration) {
     })
     .await;
 }
+
+/// Write options asking for `n` acknowledgements (everything else default).
+pub fn w(n: u8) -> cairn_proto::WriteOptions {
+    cairn_proto::WriteOptions {
+        w: Some(n),
+        ..Default::default()
+    }
+}
+
+/// Read options asking for `n` answers (everything else default).
+pub fn r(n: u8) -> cairn_proto::ReadOptions {
+    cairn_proto::ReadOptions {
+        r: Some(n),
+        ..Default::default()
+    }
+}

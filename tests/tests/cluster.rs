@@ -6,22 +6,8 @@ use std::time::Duration;
 use cairn_client::ClientError;
 use cairn_node::engine::Write;
 use cairn_node::version::{Payload, VClock};
-use cairn_proto::{Context, ErrorReply, ReadOptions, WriteOptions};
-use cairn_tests::cluster::{eventually, eventually_not_up, TestCluster};
-
-fn w(n: u8) -> WriteOptions {
-    WriteOptions {
-        w: Some(n),
-        ..Default::default()
-    }
-}
-
-fn r(n: u8) -> ReadOptions {
-    ReadOptions {
-        r: Some(n),
-        ..Default::default()
-    }
-}
+use cairn_proto::{Context, ErrorReply, ReadOptions};
+use cairn_tests::cluster::{eventually, eventually_not_up, r, w, TestCluster};
 
 fn values(reply: &cairn_proto::GetReply) -> Vec<Vec<u8>> {
     let mut v: Vec<_> = reply.siblings.iter().map(|s| s.value.clone()).collect();

@@ -6,22 +6,8 @@
 
 use std::time::Duration;
 
-use cairn_proto::{Context, ReadOptions, WriteOptions};
-use cairn_tests::cluster::{eventually, eventually_not_up, TestCluster};
-
-fn w(n: u8) -> WriteOptions {
-    WriteOptions {
-        w: Some(n),
-        ..Default::default()
-    }
-}
-
-fn r(n: u8) -> ReadOptions {
-    ReadOptions {
-        r: Some(n),
-        ..Default::default()
-    }
-}
+use cairn_proto::Context;
+use cairn_tests::cluster::{eventually, eventually_not_up, r, w, TestCluster};
 
 /// What node `k` stores for `key`: nothing, a tombstone, or live values.
 #[derive(Debug, PartialEq, Eq)]
