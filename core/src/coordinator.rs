@@ -430,6 +430,15 @@ impl Coordinator {
             .count()
     }
 
+    /// The write fence this coordinator has reached: the layout version it routes by, once no
+    /// write routed under an older version is unanswered (`None` until then). A node
+    /// acknowledges a layout version only when its fence has reached it
+    /// (`Layout::should_ack`); the node's driver and the simulator both move the fence by this.
+    pub fn write_fence(&self) -> Option<u64> {
+        let routed = self.layout_version;
+        (self.unanswered_writes_before(routed) == 0).then_some(routed)
+    }
+
     /// The rings whose replica sets a write of `key` needs its quorum in, oldest version first,
     /// each with its version number; versions whose set for the key is the same count once.
     fn write_rings(&self, key: &[u8]) -> Vec<(Option<u64>, &Ring)> {

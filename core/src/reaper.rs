@@ -2,8 +2,8 @@
 //! sibling is a delete) may be removed from its store, and when.
 //!
 //! A node reaps only its own copy, and only when (REFERENCE.md §6, rule 6):
-//! - it has held exactly this tombstone (same encoded object) for the grace period, measured by
-//!   its own clock from the first scan that saw it (a restart starts the wait again: safe);
+//! - it has held this tombstone (the same siblings: [`tombstone_hash`]) for the grace period,
+//!   measured by its own clock from the first scan that saw it (a restart starts the wait again: safe);
 //! - it replicates the key in a live layout version and no transfer involves the key's
 //!   partition ([`Layout::is_stable`]);
 //! - every other member of every live layout version answered this round, none holds a hint
@@ -110,6 +110,14 @@ impl ReaperConfig {
         }
         Ok(())
     }
+}
+
+/// How the reaper identifies a tombstone, at this node and in its probes: the hash of its
+/// siblings and their actors' counters ([`Object::siblings_only`]). Copies that differ only by
+/// the history-only entries writers record on merges are the same tombstone: the one this node
+/// reaped, handed back by a replica that had not reaped it yet, comes back with such an entry.
+pub fn tombstone_hash(tombstone: &Object) -> ObjectHash {
+    ObjectHash::of_encoded(&tombstone.siblings_only().encode())
 }
 
 /// The stored object `encoded`, if it is a tombstone: it decodes, is not empty, and every
@@ -379,7 +387,7 @@ impl Reaper {
         for (key, object) in page.tombstones {
             count += 1;
             let key_hash = KeyHash::of_key(&key);
-            let hash = ObjectHash::of_encoded(&object.encode());
+            let hash = tombstone_hash(&object);
             let since = match self.held.get(&key_hash) {
                 Some(h) if h.object == hash => h.since,
                 _ => now,
@@ -630,8 +638,10 @@ pub fn read_page(
 pub fn holding(store: &dyn Store, probe: &TombstoneProbe) -> Result<TombstoneHolding, StoreError> {
     let copy = match store.get(&probe.key)? {
         None => CopyHeld::Absent,
-        Some(bytes) if ObjectHash::of_encoded(&bytes).0 == probe.object_hash => CopyHeld::Same,
-        Some(_) => CopyHeld::Other,
+        Some(bytes) => match tombstone_of(&bytes) {
+            Some(t) if tombstone_hash(&t).0 == probe.object_hash => CopyHeld::Same,
+            _ => CopyHeld::Other,
+        },
     };
     let mut hinted = false;
     for target in store.hint_counts()?.keys() {

@@ -349,6 +349,23 @@ impl Object {
         self.entries.values().all(|entry| entry.values.is_empty())
     }
 
+    /// The object without its history-only entries (actors with a counter and no sibling): its
+    /// siblings and the counters of their actors. Two copies that differ only by history-only
+    /// entries hold the same values and claim the same events of every actor that has a sibling;
+    /// they differ only by the fresh per-key actors a writer records when a merge brings events
+    /// it had lost (`crate::writer`, "Per-key actors"). The reaper identifies a tombstone by
+    /// this, so a replica handing back a tombstone another reaped still matches it.
+    pub fn siblings_only(&self) -> Object {
+        Object {
+            entries: self
+                .entries
+                .iter()
+                .filter(|(_, entry)| !entry.values.is_empty())
+                .map(|(actor, entry)| (*actor, entry.clone()))
+                .collect(),
+        }
+    }
+
     /// Siblings held, tombstones included.
     pub fn sibling_count(&self) -> usize {
         self.entries.values().map(|entry| entry.values.len()).sum()

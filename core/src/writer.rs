@@ -29,12 +29,9 @@
 //! - a merge that brings events of this node's actors that its copy lacks (the copy was lost,
 //!   or came back staler than another replica's) records a fresh per-key actor in the merged
 //!   object, as a history-only entry ([`Object::witness`]), so the next update here continues
-//!   that one and not an actor whose later events it may have lost. Exception: a tombstone
-//!   arriving where the key is absent is stored unchanged, so the reaper recognises the
-//!   tombstone it reaped when a replica hands it back; a write here after such a hand-back
-//!   continues the tombstone's actor, which is safe for a reaped tombstone (every replica held
-//!   it) but not for a stale tombstone brought to a fallback that dropped a newer copy (a known
-//!   gap, narrower than the one closed).
+//!   that one and not an actor whose later events it may have lost. A tombstone handed back
+//!   after this node reaped it is no exception: the reaper compares tombstones without their
+//!   history-only entries ([`crate::reaper::tombstone_hash`]), so it still knows it.
 //!
 //! Dots stay unique: every dot and every per-key actor takes a counter of the node-wide
 //! sequence. A key's version vector grows by one actor per (node, key) the first time the node
@@ -545,16 +542,13 @@ impl Writer {
             }
             Write::Merge { object, hint_for } => {
                 let mut merged = self.merge(&current, object);
-                if self.forgot_own_history(&current, object)
-                    && !(current.entries().is_empty() && merged.live().is_empty())
-                {
+                if self.forgot_own_history(&current, object) {
                     // The copy carries events of this node's actors that this node's copy no
-                    // longer holds (it was dropped, then came back staler than the copies
-                    // elsewhere): none of those actors may be continued for this key, so the
-                    // next write here mints under the fresh actor recorded now. Not for a
-                    // tombstone coming back to a node that holds nothing of the key: that is
-                    // how a replica hands back a tombstone this node reaped, and the reaper
-                    // must recognise it unchanged (see "Per-key actors" in the module doc).
+                    // longer holds (it was dropped or reaped, then came back staler than the
+                    // copies elsewhere): none of those actors may be continued for this key, so
+                    // the next write here mints under the fresh actor recorded now. A tombstone
+                    // handed back after a reap gets the entry too; the reaper identifies
+                    // tombstones without such entries (`reaper::tombstone_hash`).
                     let marker = self.fresh_actor_dot();
                     merged = merged.witness(marker);
                 }

@@ -122,6 +122,26 @@ fn a_context_write_after_a_drop_supersedes_only_what_it_saw() {
     assert_eq!(values(&b.merge(&v3)), set(&["v2", "v3"]));
 }
 
+#[test]
+fn a_blind_write_after_a_drop_and_a_stale_tombstone_keeps_the_sibling_it_did_not_see() {
+    // a deletes v1 (c keeps that tombstone), writes v2 over it (b has v2), then drops its copy
+    // and gets c's stale tombstone back into an empty slot (handoff, anti-entropy). Continuing
+    // the tombstone's actor would give v3 a dot that claims v2: b would then discard v2.
+    let (mut a, mut b, mut c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let v1 = a.put(VClock::default(), "v1");
+    let tombstone = a.apply(Write::Update {
+        ctx: v1.join(),
+        payload: Payload::Tombstone,
+    });
+    c.merge(&tombstone);
+    let v2 = a.put(tombstone.join(), "v2");
+    b.merge(&v2);
+    a.drop_copy();
+    a.merge(&c.copy());
+    let v3 = a.put(VClock::default(), "v3");
+    assert_eq!(values(&b.merge(&v3)), set(&["v2", "v3"]));
+}
+
 // ---- Property: random histories of writes, replication, fallback drops ----
 
 const NODES: usize = 3;

@@ -272,8 +272,7 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
         );
         // The fence a node's layout ack waits for: every write routed under an older layout
         // has been answered.
-        let routed = driver.coordinator().layout_version();
-        if driver.coordinator().unanswered_writes_before(routed) == 0 {
+        if let Some(routed) = driver.coordinator().write_fence() {
             ctx.write_fence.send_if_modified(|f| {
                 let newer = *f < routed;
                 if newer {

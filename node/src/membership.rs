@@ -605,15 +605,13 @@ impl Membership {
     /// calls this again when the fence moves (see ARCHITECTURE.md, "The fence").
     pub async fn layout_changed(&self) -> Result<(), ErrorReply> {
         let me = self.me;
-        let fenced = |version: u64| {
-            self.write_fence
+        // No fence yet (the coordinator has not started): nothing routed, nothing to ack.
+        let fence = self.write_fence.get().map(|f| *f.borrow());
+        let needs_ack = fence.is_some_and(|fence| {
+            self.layout
                 .get()
-                .is_some_and(|f| *f.borrow() >= version)
-        };
-        let needs_ack = self
-            .layout
-            .get()
-            .is_some_and(|l| l.is_member(me) && !l.has_acked(me) && fenced(l.current().version()));
+                .is_some_and(|l| l.should_ack(me, fence))
+        });
         if needs_ack {
             self.layout
                 .modify(|l| {

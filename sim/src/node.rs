@@ -1457,17 +1457,15 @@ impl SimNode {
         }
     }
 
-    /// The write fence moves as `node/src/driver.rs` moves it: to the newest layout version the
-    /// coordinator routes by, once no write routed under an older one is unanswered. Returns
+    /// The write fence moves as `node/src/driver.rs` moves it (`Coordinator::write_fence`). Returns
     /// whether this node may now acknowledge its layout's newest version.
     fn advance_fence(&mut self) -> bool {
         let me = self.id;
         let Some(run) = self.run.as_mut() else {
             return false;
         };
-        let c = run.driver.coordinator();
-        let routed = c.layout_version();
-        if routed > run.fence && c.unanswered_writes_before(routed) == 0 {
+        let fence = run.driver.coordinator().write_fence();
+        if let Some(routed) = fence.filter(|f| *f > run.fence) {
             run.fence = routed;
             return self
                 .layout
