@@ -677,3 +677,23 @@ fn a_scan_page_ends_at_its_tombstones_maximum_and_the_next_goes_on_after_it() {
     assert_eq!(keys(&second), ["key4"]);
     assert!(second.last);
 }
+
+#[test]
+fn a_reaper_without_a_layout_asks_to_be_woken_for_nothing() {
+    let now = Instant::now();
+    let config = ReaperConfig {
+        grace: GRACE,
+        interval: INTERVAL,
+        keys_per_round: 16,
+    };
+    let mut r = Reaper::new(now, node(1), config);
+    // Its first round is due, but with no layout there is nothing to do and nothing to wait
+    // for: a deadline in the past here made its drivers wake at once, for ever.
+    let later = now + INTERVAL * 3;
+    assert_eq!(r.poll_action(later), None);
+    assert_eq!(r.poll_timeout(), None);
+    // Once a layout arrives the overdue round starts.
+    r.handle_layout(later, Some(Arc::new(layout_of(3))));
+    assert!(r.poll_timeout().is_some_and(|t| t <= later));
+    assert!(matches!(r.poll_action(later), Some(Action::Scan { .. })));
+}
