@@ -94,3 +94,11 @@ pub const TOMBSTONE_REAPED_REMEMBER: Duration = Duration::from_secs(30 * 60);
 const _: () = assert!(TOMBSTONE_KEYS_PER_ROUND_DEFAULT <= TOMBSTONE_KEYS_PER_ROUND_MAX);
 const _: () =
     assert!(TOMBSTONE_ROUND_INTERVAL_MIN.as_nanos() <= TOMBSTONE_ROUND_INTERVAL_DEFAULT.as_nanos());
+
+/// How long a member has to answer the reaper's `PeerRequest::Tombstones` (point reads of at
+/// most `TOMBSTONE_PROBES_PER_REQUEST_MAX` keys); a member that does not answer blocks the
+/// round's reaps.
+pub const TOMBSTONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one transferred key waits for the target's acknowledgement.
+pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -171,8 +171,8 @@ const _: () = assert!(FORWARD_REPLY_KEPT_BYTES_MAX <= FORWARD_REPLY_BYTES_MAX);
 pub const TRANSFER_RESULTS_QUEUE_MAX: usize = 64;
 /// Keys of one transfer batch merged into the target at once.
 pub const TRANSFER_SENDS_IN_FLIGHT_MAX: usize = 16;
-/// How long one transferred key waits for the target's acknowledgement.
-pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Defined with the transfer machine's limits, which the simulator runs too.
+pub use cairn_core::limits::TRANSFER_REQUEST_TIMEOUT;
 /// Defined by the pure core's transfer machine, which enforces them.
 pub use cairn_core::limits::{
     TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_MAX, TRANSFER_BATCH_KEYS_MAX,
@@ -190,10 +190,8 @@ pub const CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 const _: () = assert!(CLEANUP_PAGE_MAX <= WRITE_BATCH_MAX);
 
-/// How long a member has to answer the reaper's `PeerRequest::Tombstones` (point reads of at
-/// most `TOMBSTONE_PROBES_PER_REQUEST_MAX` keys); a member that does not answer blocks the
-/// round's reaps.
-pub const TOMBSTONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Defined with the reaper's other limits, which the simulator runs too.
+pub use cairn_core::limits::TOMBSTONE_REQUEST_TIMEOUT;
 /// Answers (a page, a member's check, a drop) waiting for the reaper task: a round has one page
 /// read, or one check per member, or its drops in flight; the senders wait when it is full.
 pub const TOMBSTONE_ANSWERS_QUEUE_MAX: usize = 64;
