@@ -221,8 +221,8 @@ impl Handoff {
 
     /// The layout hints are routed by from now on, held by `me`: every target that is down
     /// is swept again at the next round, and hints whose target replicates their key in no
-    /// live version are redirected ([`route_hint`]). Without one (the simulator runs none),
-    /// every hint goes to its target.
+    /// live version are redirected ([`route_hint`]). Without one, every hint goes to its
+    /// target. The node and the simulator both hand it every layout they hold.
     pub fn handle_layout(&mut self, me: NodeId, layout: Arc<Layout>) {
         self.router = Some(Router { me, layout });
         self.generation += 1;

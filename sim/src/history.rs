@@ -7,8 +7,10 @@
 //! that produced it (tombstones included).
 //!
 //! A dot `d` is *covered* by a version vector `vv` when `vv[d.actor] >= d.counter`. A write
-//! *took effect in* a final object `F` when one of its dots is covered by `F`'s context: the
-//! final state descends from it. The rules checked, per key, after healing, hint delivery and a
+//! *took effect in* a final object `F` when one of its dots is covered by `F`'s context (the
+//! final state descends from it), or it is a delete whose tombstone a node reaped (the reaper
+//! removes only what every member holds, so the final state descended from it before the reap;
+//! the reaped tombstone's own dot is not required in `F`). The rules checked, per key, after healing, hint delivery and a
 //! full read repair:
 //!
 //! 1. *No lost write*: every acknowledged write's dot is a sibling of the final object, or some
@@ -16,7 +18,8 @@
 //!    saw it). With rule 3 this means present on every replica.
 //! 2. *Siblings only from concurrency*: no two siblings where the context of the write that
 //!    produced one covers the other's dot.
-//! 3. *Convergence*: every primary replica of the key holds the identical object.
+//! 3. *Convergence*: every primary replica of the key holds the identical object (a tombstone
+//!    a node reaped counts as no object: replicas reap one by one).
 //! 4. *Nothing superseded returns*: no sibling of the final object is covered by the context of
 //!    a write that took effect in it; in particular no value an acknowledged delete saw.
 //!
@@ -139,6 +142,9 @@ pub struct History {
     holders: BTreeMap<(ActorId, u64), Holders>,
     /// Dots every holder of which lost its data directory: a write may be lost with them.
     orphaned: std::collections::BTreeSet<(ActorId, u64)>,
+    /// Dots of tombstones a node reaped: a delete whose tombstone was reaped took effect (the
+    /// reaper removes only what every member holds), and its own dot is gone by design.
+    reaped: std::collections::BTreeSet<(ActorId, u64)>,
 }
 
 /// Who holds a dot.
@@ -326,6 +332,25 @@ impl History {
         }
     }
 
+    /// Node `node` reaped its tombstone `before` (compare-and-delete after every member
+    /// confirmed): it holds none of its dots any more, and the deletes they stand for took
+    /// effect.
+    pub fn reaped(&mut self, node: NodeIx, before: &Object) {
+        self.dropped(node, before);
+        for (d, _) in before.siblings() {
+            self.reaped.insert((d.actor, d.counter));
+        }
+    }
+
+    /// How many tombstone dots nodes reaped.
+    pub fn reaped_count(&self) -> usize {
+        self.reaped.len()
+    }
+
+    fn was_reaped(&self, d: Dot) -> bool {
+        self.reaped.contains(&(d.actor, d.counter))
+    }
+
     /// Node `node` left the layout: its copies flow nowhere any more (it pushed them to the new
     /// replicas when it left), so it no longer counts as a holder of anything. A later loss of
     /// every replica's data is a loss even though the node that left still has a stale copy.
@@ -434,8 +459,22 @@ impl History {
                     detail,
                 })
             };
-            // Rule 3: convergence.
-            if copies.windows(2).any(|w| w[0].1 != w[1].1) {
+            // Rule 3: convergence. Replicas reap one by one, so a tombstone some node reaped
+            // and no replica yet (or no more) holds are the same state.
+            let settled = |o: &Object| -> Object {
+                let reaped_tombstone = !o.is_empty()
+                    && o.live().is_empty()
+                    && o.siblings().iter().all(|(d, _)| self.was_reaped(*d));
+                if reaped_tombstone {
+                    Object::new()
+                } else {
+                    o.clone()
+                }
+            };
+            if copies
+                .windows(2)
+                .any(|w| settled(&w[0].1) != settled(&w[1].1))
+            {
                 let all: Vec<String> = copies
                     .iter()
                     .map(|(n, o)| format!("n{}={}", n + 1, obj(o)))
@@ -446,7 +485,11 @@ impl History {
             let fin_vv = fin.join();
             let sibs = fin.siblings();
             let writes: Vec<&WriteRecord> = self.writes.iter().filter(|w| w.key == *key).collect();
-            let took_effect = |w: &WriteRecord| w.minted.iter().any(|(_, d)| covers(&fin_vv, *d));
+            let took_effect = |w: &WriteRecord| {
+                w.minted
+                    .iter()
+                    .any(|(_, d)| covers(&fin_vv, *d) || self.was_reaped(*d))
+            };
 
             // Phantoms in the final state.
             for (d, p) in &sibs {
@@ -482,7 +525,7 @@ impl History {
                     );
                     continue;
                 };
-                if sibs.iter().any(|(s, _)| *s == d) || self.orphaned(d) {
+                if sibs.iter().any(|(s, _)| *s == d) || self.orphaned(d) || self.was_reaped(d) {
                     continue;
                 }
                 // A write that saw it and took effect supersedes it; so does one that took

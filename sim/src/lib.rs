@@ -31,7 +31,8 @@
 //!   write (one per batch, FIFO, like the engine's single writer thread without group commit)
 //!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
-//!   and `handoff.rs` do (that glue, and `server.rs`'s routing and peer handlers, is still
+//!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
+//!   no longer replicates a key are redirected to its owners) (that glue, and `server.rs`'s routing and peer handlers, is still
 //!   this crate's own: forward to the first chosen replica, coordinate here when the forward
 //!   never left). With no gossip here every peer counts as alive and suspect, so probes find a
 //!   dead one.
@@ -93,6 +94,7 @@ pub use cairn_core::writer::Sabotage;
 
 /// A deliberate bug in the node's transfer machine (`cairn_core::transfer`, built with its
 /// `sabotage` feature), to show that the checker catches it.
+pub use cairn_core::reaper::ReaperSabotage;
 pub use cairn_core::transfer::TransferSabotage;
 
 /// How to run one seed.
@@ -134,7 +136,19 @@ pub struct Options {
     /// vector entry covering its own earlier dots of the key; the writer's per-key actors fixed
     /// it, `sim/tests/sim.rs`.)
     pub drop_copies: bool,
+    /// Every node runs the core's tombstone reaper (`cairn_core::reaper`), as the node does,
+    /// with a grace period of `SIM_TOMBSTONE_GRACE` and rounds every
+    /// `SIM_TOMBSTONE_ROUND_INTERVAL`; the checker counts a reaped delete as having taken effect.
+    pub reap: bool,
+    /// A deliberate bug in every node's reaper.
+    pub reaper_sabotage: ReaperSabotage,
 }
+
+/// The simulated reaper's grace period: well past the slowest message (400 ms), as the node's
+/// hour is past any message in flight, and short enough that most runs reap during faults.
+pub const SIM_TOMBSTONE_GRACE: Duration = Duration::from_secs(3);
+/// The simulated reaper's round interval.
+pub const SIM_TOMBSTONE_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for Options {
     fn default() -> Options {
@@ -150,6 +164,8 @@ impl Default for Options {
             layout_changes: true,
             transfer_sabotage: TransferSabotage::None,
             drop_copies: true,
+            reap: true,
+            reaper_sabotage: ReaperSabotage::None,
         }
     }
 }
@@ -332,6 +348,8 @@ impl Report {
 const ACTIVE_MAX: Duration = Duration::from_secs(600);
 /// Longest wait for quiet after healing or the full read.
 const QUIET_MAX: Duration = Duration::from_secs(300);
+/// Full reads of every key at the end, repeated while the replicas still differ.
+const FULL_READS_MAX: usize = 3;
 /// Shortest quiet phase (lets views and timers settle even when nothing is pending).
 const QUIET_MIN: Duration = Duration::from_secs(2);
 
@@ -469,14 +487,29 @@ impl Sim {
                 .collect(),
             None => (0..self.ids.len()).filter(|&i| !self.gone[i]).collect(),
         };
-        self.clients
-            .push(SimClient::verifier(verifier, keys.clone(), final_members));
-        self.w.after(Duration::ZERO, Event::ClientNext(verifier));
-        let deadline = self.w.now + QUIET_MAX;
-        if !self.run_until(deadline, |s| {
-            !s.clients[verifier].verifying() && s.w.now >= min && s.quiet()
-        }) {
-            self.stuck("no quiet after the full read");
+        // Again while the replicas differ, as anti-entropy would go on exchanging: a merge that
+        // brings a node's own lost events back records a history-only entry there (the
+        // writer's per-key actors), which the next read repair spreads.
+        for round in 0..FULL_READS_MAX {
+            let verifier = verifier + round;
+            if round > 0 {
+                if self.final_replicas_agree(&keys) {
+                    break;
+                }
+                self.w.log("sim", "FULL READ again: replicas still differ");
+            }
+            self.clients.push(SimClient::verifier(
+                verifier,
+                keys.clone(),
+                final_members.clone(),
+            ));
+            self.w.after(Duration::ZERO, Event::ClientNext(verifier));
+            let deadline = self.w.now + QUIET_MAX;
+            if !self.run_until(deadline, |s| {
+                !s.clients[verifier].verifying() && s.w.now >= min && s.quiet()
+            }) {
+                self.stuck("no quiet after the full read");
+            }
         }
 
         // 4. Check.
@@ -565,6 +598,24 @@ impl Sim {
     ///
     /// Nodes removed or replaced for good are left out, and so are hints for them (nothing will
     /// ever take those); the layout must be the same everywhere and settled.
+    /// Whether every replica of every key in the agreed layout holds the same object.
+    fn final_replicas_agree(&self, keys: &[Vec<u8>]) -> bool {
+        let Some(layout) = self.agreed_layout() else {
+            return true;
+        };
+        keys.iter().all(|key| {
+            let primaries = layout
+                .current()
+                .primaries(self.ring_config.partition_of(key));
+            let mut copies = primaries.iter().filter_map(|id| {
+                let ix = self.ids.iter().position(|i| i == id)?;
+                Some(self.nodes[ix].object(key))
+            });
+            let first = copies.next();
+            copies.all(|o| Some(&o) == first.as_ref())
+        })
+    }
+
     fn quiet(&self) -> bool {
         let gone = |id: &NodeId| {
             self.ids
@@ -683,6 +734,8 @@ impl Sim {
                 transfer: cfg.transfer,
                 transfer_sabotage: opts.transfer_sabotage,
                 drop_copies: opts.drop_copies,
+                reap: opts.reap,
+                reaper_sabotage: opts.reaper_sabotage,
                 layout_changes: cfg.layout_changes,
                 notices,
             },
@@ -865,6 +918,9 @@ impl Sim {
             }
             Event::HandoffTick { node, gen, arm } => {
                 self.on_node(node, gen, |n, cx| n.on_handoff_tick(cx, arm));
+            }
+            Event::ReaperTick { node, gen, arm } => {
+                self.on_node(node, gen, |n, cx| n.on_reaper_tick(cx, arm));
             }
             Event::TransferTimer { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_transfer_timer(cx));

@@ -7,7 +7,9 @@ use cairn_core::coordinator::Outcome;
 use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
 use cairn_layout::Layout;
-use cairn_proto::{Context, ErrorReply, NodeId, ReadOptions, WriteOptions};
+use cairn_proto::{
+    Context, ErrorReply, NodeId, ReadOptions, TombstoneHolding, TombstoneProbe, WriteOptions,
+};
 
 use super::fmt::{obj, payload};
 use super::history::WriteId;
@@ -120,6 +122,8 @@ pub enum PeerReq {
     },
     /// The sender's layout (`PeerRequest::Layout`): merge it, answer with yours.
     Layout(Option<Box<Layout>>),
+    /// The reaper's question (`PeerRequest::Tombstones`): what do you hold of these keys?
+    Tombstones(Vec<TombstoneProbe>),
 }
 
 /// A successful answer to a [`PeerReq`].
@@ -135,6 +139,8 @@ pub enum PeerResp {
     Object(Object),
     /// To `Layout`: the receiver's layout after merging.
     Layout(Option<Box<Layout>>),
+    /// To `Tombstones`: one holding per probe, in order.
+    Tombstones(Vec<TombstoneHolding>),
 }
 
 /// A message body.
@@ -186,16 +192,16 @@ pub struct Envelope {
 }
 
 impl Body {
-    /// Pings, pongs and layout exchanges (background chatter, not counted when waiting for
-    /// quiet).
+    /// Pings, pongs, layout exchanges and the reapers' questions (background chatter that
+    /// never ends, not counted when waiting for quiet).
     pub fn is_ping(&self) -> bool {
         matches!(
             self,
             Body::PeerReq {
-                req: PeerReq::Ping | PeerReq::Layout(_),
+                req: PeerReq::Ping | PeerReq::Layout(_) | PeerReq::Tombstones(_),
                 ..
             } | Body::PeerResp {
-                resp: Ok(PeerResp::Pong | PeerResp::Layout(_)),
+                resp: Ok(PeerResp::Pong | PeerResp::Layout(_) | PeerResp::Tombstones(_)),
                 ..
             }
         )
@@ -223,6 +229,10 @@ impl Body {
                 ),
                 PeerReq::Read { key } => format!("read r{rid} {}", key_str(key)),
                 PeerReq::Layout(l) => format!("layout r{rid} {}", describe_layout(l.as_deref())),
+                PeerReq::Tombstones(probes) => {
+                    let keys: Vec<String> = probes.iter().map(|p| key_str(&p.key)).collect();
+                    format!("tombstones? r{rid} [{}]", keys.join(","))
+                }
             },
             Body::PeerResp { rid, resp, .. } => match resp {
                 Ok(PeerResp::Pong) => format!("pong r{rid}"),
@@ -231,6 +241,13 @@ impl Body {
                 Ok(PeerResp::Forwarded(r)) => format!("forwarded r{rid} {}", describe_resp(r)),
                 Ok(PeerResp::Layout(l)) => {
                     format!("layout r{rid} {}", describe_layout(l.as_deref()))
+                }
+                Ok(PeerResp::Tombstones(h)) => {
+                    let held: Vec<String> = h
+                        .iter()
+                        .map(|h| format!("{:?}{}", h.copy, if h.hinted { "+hint" } else { "" }))
+                        .collect();
+                    format!("tombstones r{rid} [{}]", held.join(","))
                 }
                 Err(e) => format!("error r{rid}: {e}"),
             },

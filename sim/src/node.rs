@@ -17,9 +17,11 @@ use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Ro
 use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_core::peer::PeerError;
+use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::store::Store;
 use cairn_core::transfer::{
     read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
@@ -28,7 +30,7 @@ use cairn_core::transfer::{
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
 use cairn_layout::{Layout, MergeOutcome};
-use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
+use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding};
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
 
@@ -50,9 +52,6 @@ pub const SIM_LEASE_BLOCK: u64 = 5;
 /// `HINTS_PER_PEER_MAX` is 100,000, which no run reaches).
 pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
 
-/// How long one transferred key may take to be acknowledged (the node's
-/// `TRANSFER_REQUEST_TIMEOUT`, which lives with tokio in `node/src/limits.rs`).
-pub const SIM_TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys per cleanup page (the node's `CLEANUP_PAGE_MAX` is 256; small here so sweeps cross
 /// pages).
 pub const SIM_CLEANUP_PAGE_MAX: usize = 2;
@@ -114,6 +113,10 @@ pub struct Ctx<'a> {
     pub transfer_sabotage: TransferSabotage,
     /// The cleanup drops copies (see `Options::drop_copies`).
     pub drop_copies: bool,
+    /// Every node reaps tombstones (see `Options::reap`).
+    pub reap: bool,
+    /// A deliberate bug in the reaper.
+    pub reaper_sabotage: cairn_core::reaper::ReaperSabotage,
     /// The layout changes in this run (else nodes skip the layout exchange, whose timing would
     /// move the runs of the seeds found before it).
     pub layout_changes: bool,
@@ -174,6 +177,30 @@ pub enum DiskJob {
         target: NodeId,
         /// The renewal the delivery started from.
         seq: u64,
+    },
+    /// The handoff policy redirects a hint whose target no longer replicates the key
+    /// (`Action::Redirect`), as `node/src/handoff.rs::redirect` does: a hint for every node of
+    /// `to`, then (unless `keep`) `target`'s hint deleted unless renewed since; a failed write
+    /// stops it with the old hint still there.
+    Redirect {
+        /// The key.
+        key: Vec<u8>,
+        /// The node the hint was for.
+        target: NodeId,
+        /// Its renewal.
+        seq: u64,
+        /// The key's replicas that get hints instead.
+        to: Vec<NodeId>,
+        /// Whether `target`'s hint stays.
+        keep: bool,
+    },
+    /// The reaper removes a tombstone every member confirmed, if it is still what its scan
+    /// read (`Write::DropIfUnchanged`, as `node/src/reaper.rs` applies it).
+    Reap {
+        /// The key.
+        key: Vec<u8>,
+        /// The tombstone the scan read.
+        expected: Object,
     },
     /// The cleanup sweep drops a copy this node replicates in no live layout version, if it is
     /// still what the sweep read (`Write::DropIfUnchanged`).
@@ -240,6 +267,7 @@ enum Outgoing {
         send: SendId,
     },
     Layout,
+    Reaper,
 }
 
 /// The state a crash loses.
@@ -267,6 +295,15 @@ pub struct Running {
     /// The node's own hint delivery policy (`cairn_core::handoff`), carried out as
     /// `node/src/handoff.rs` does.
     handoff: Handoff,
+    /// The `layout_seq` the handoff policy last got its layout at.
+    handoff_seq: u64,
+    /// The node's own tombstone reaper (`cairn_core::reaper`), carried out as
+    /// `node/src/reaper.rs` does; `None` when the run does not reap.
+    reaper: Option<Reaper>,
+    /// The `layout_seq` the reaper last got its layout at.
+    reaper_seq: u64,
+    /// Arming of the reaper's timer; older arms are stale.
+    reaper_arm: u64,
     /// Arming of the handoff interval timer; older arms are stale.
     handoff_arm: u64,
     /// The node's own transfer machine (`cairn_core::transfer`), run as `node/src/transfer.rs`
@@ -424,7 +461,21 @@ impl SimNode {
             disk_pending: 0,
             hints_done: 0,
             handoff: Handoff::new(),
+            // Not yet handed the layout: the first round does.
+            handoff_seq: u64::MAX,
             handoff_arm: 0,
+            reaper: cx.reap.then(|| {
+                let config = ReaperConfig {
+                    grace: crate::SIM_TOMBSTONE_GRACE,
+                    interval: crate::SIM_TOMBSTONE_ROUND_INTERVAL,
+                    ..ReaperConfig::default()
+                };
+                let mut reaper = Reaper::new(instant, self.id, config);
+                reaper.set_sabotage(cx.reaper_sabotage);
+                reaper
+            }),
+            reaper_seq: u64::MAX,
+            reaper_arm: 0,
             transfer,
             sends: BTreeMap::new(),
             transfer_timer: None,
@@ -443,6 +494,7 @@ impl SimNode {
         let gen = self.gen;
         cx.w.after(Duration::ZERO, Event::ProbeTick { node: self.ix, gen });
         self.arm_handoff(cx, HANDOFF_INTERVAL);
+        self.reaper_pump(cx);
         if cx.layout_changes {
             let delay = cx.w.micros(0, 500_000);
             cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
@@ -490,9 +542,10 @@ impl SimNode {
                 && r.disk_pending == 0
                 && r.handoff.is_idle()
                 && r.sends.is_empty()
+                // Pings, layout exchanges and the reaper's checks never end: background.
                 && r.outgoing
                     .values()
-                    .all(|(_, _, o)| matches!(o, Outgoing::Ping | Outgoing::Layout))
+                    .all(|(_, _, o)| matches!(o, Outgoing::Ping | Outgoing::Layout | Outgoing::Reaper))
         })
     }
 
@@ -676,6 +729,18 @@ impl SimNode {
                 let mine = self.layout.clone().map(Box::new);
                 reply(cx, self.me(), Ok(PeerResp::Layout(mine)));
             }
+            PeerReq::Tombstones(probes) => {
+                // As `node/src/reaper.rs::answer`: point reads of the store.
+                let held = probes
+                    .iter()
+                    .map(|p| reaper::holding(&self.store, p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(PeerResp::Tombstones)
+                    .map_err(|e| ErrorReply::Storage {
+                        reason: e.to_string(),
+                    });
+                reply(cx, self.me(), held);
+            }
         }
     }
 
@@ -697,7 +762,10 @@ impl SimNode {
                     PeerResp::Ack => PeerResponse::Ack,
                     PeerResp::Object(o) if o.is_empty() => PeerResponse::Object(Vec::new()),
                     PeerResp::Object(o) => PeerResponse::Object(o.encode()),
-                    PeerResp::Pong | PeerResp::Forwarded(_) | PeerResp::Layout(_) => {
+                    PeerResp::Pong
+                    | PeerResp::Forwarded(_)
+                    | PeerResp::Layout(_)
+                    | PeerResp::Tombstones(_) => {
                         unreachable!("replica requests are answered with acks and objects")
                     }
                 });
@@ -755,6 +823,14 @@ impl SimNode {
                     let from = cx.ix(peer);
                     self.take_layout(cx, &theirs, from);
                 }
+            }
+            Outgoing::Reaper => {
+                let answer = match resp {
+                    Ok(PeerResp::Tombstones(holdings)) => Ok(holdings),
+                    Ok(other) => Err(format!("answered tombstones with {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.reaper_checked(cx, peer, answer);
             }
         }
     }
@@ -815,6 +891,7 @@ impl SimNode {
             }
             Outgoing::Transfer { send } => self.transfer_sent(cx, send, Err(reason)),
             Outgoing::Layout => {}
+            Outgoing::Reaper => self.reaper_checked(cx, peer, Err(reason)),
         }
     }
 
@@ -1257,6 +1334,61 @@ impl SimNode {
                     }
                 }
             }
+            DiskJob::Reap { key, expected } => {
+                let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
+                let outcome = result
+                    .map(|left| left.is_empty())
+                    .map_err(|e| e.to_string());
+                cx.w.logf(self.me(), || match &outcome {
+                    Ok(true) => format!("reaper: reaped {} {}", key_str(&key), obj(&before)),
+                    Ok(false) => format!("reaper: kept {} (changed since read)", key_str(&key)),
+                    Err(e) => format!("reaper: dropping {} failed: {e}", key_str(&key)),
+                });
+                if outcome == Ok(true) {
+                    cx.history.reaped(self.ix, &before);
+                }
+                let now = cx.w.instant();
+                if let Some(r) = self.run().reaper.as_mut() {
+                    r.handle_dropped(now, &key, outcome);
+                }
+                self.reaper_pump(cx);
+            }
+            DiskJob::Redirect {
+                key,
+                target,
+                seq,
+                to,
+                keep,
+            } => {
+                for owner in &to {
+                    if let (_, Err(e)) = self.write(&key, Write::AddHint { target: *owner }) {
+                        cx.w.logf(self.me(), || {
+                            format!(
+                                "disk: redirecting the hint for {} {} to {} failed: {e}",
+                                node(target),
+                                key_str(&key),
+                                node(*owner)
+                            )
+                        });
+                        return;
+                    }
+                }
+                let deleted = !keep
+                    && self
+                        .write(&key, Write::HintDelivered { target, seq })
+                        .1
+                        .is_ok();
+                cx.w.logf(self.me(), || {
+                    let to: Vec<String> = to.iter().map(|n| node(*n)).collect();
+                    format!(
+                        "disk: hint for {} {} redirected to [{}]{}",
+                        node(target),
+                        key_str(&key),
+                        to.join(","),
+                        if deleted { ", deleted" } else { ", kept" }
+                    )
+                });
+            }
             DiskJob::HintDelivered { key, target, seq } => {
                 let before = self.store.hint(target, &key).ok().flatten();
                 let (_, result) = self.write(&key, Write::HintDelivered { target, seq });
@@ -1356,6 +1488,17 @@ impl SimNode {
     }
 
     fn handoff_round(&mut self, cx: &mut Ctx) {
+        // As the node's handoff loop: the policy routes by the layout this node holds, handed
+        // over when it changed, so a hint for a node that no longer replicates its key goes to
+        // the key's current replicas.
+        let (me, seq) = (self.id, self.layout_seq);
+        if let (Some(layout), Some(run)) = (&self.layout, self.run.as_mut()) {
+            if run.handoff_seq != seq {
+                run.handoff
+                    .handle_layout(me, std::sync::Arc::new(layout.clone()));
+                run.handoff_seq = seq;
+            }
+        }
         let counts = self.run().writer.hint_counts().clone();
         let now = cx.w.instant();
         let run = self.run();
@@ -1414,10 +1557,112 @@ impl SimNode {
                         seq: hint.seq,
                     },
                 ),
-                // Only a policy handed a layout redirects; the simulator runs no layout changes.
-                Action::Redirect { .. } | Action::RoundDone { .. } => {}
+                Action::Redirect {
+                    target,
+                    hint,
+                    to,
+                    keep,
+                } => self.queue_disk(
+                    cx,
+                    DiskJob::Redirect {
+                        key: hint.key,
+                        target,
+                        seq: hint.seq,
+                        to,
+                        keep,
+                    },
+                ),
+                Action::RoundDone { .. } => {}
             }
         }
+    }
+}
+
+// ---- the tombstone reaper (`cairn_core::reaper`, carried out as node/src/reaper.rs does) ----
+impl SimNode {
+    /// Hands the reaper the layout if it changed, carries out what it asks (pages read from the
+    /// store at once, checks sent to every member it names, drops queued for the disk), and
+    /// arms its timer.
+    fn reaper_pump(&mut self, cx: &mut Ctx) {
+        let (seq, ix, gen) = (self.layout_seq, self.ix, self.gen);
+        let now = cx.w.instant();
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        let Some(reaper) = run.reaper.as_mut() else {
+            return;
+        };
+        if run.reaper_seq != seq {
+            reaper.handle_layout(now, self.layout.clone().map(std::sync::Arc::new));
+            run.reaper_seq = seq;
+        }
+        let mut checks = Vec::new();
+        let mut drops = Vec::new();
+        while let Some(action) = reaper.poll_action(now) {
+            match action {
+                ReaperAction::Scan {
+                    after,
+                    tombstones_max,
+                } => {
+                    let page = reaper::read_page(&self.store, after.as_deref(), tombstones_max)
+                        .map_err(|e| e.to_string());
+                    reaper.handle_page(now, page);
+                }
+                ReaperAction::Check { peer, probes } => {
+                    // A member judged down cannot answer: no need to wait for a timeout.
+                    if run.liveness.is_up(peer) {
+                        checks.push((peer, probes.to_vec()));
+                    } else {
+                        reaper.handle_checked(
+                            now,
+                            peer,
+                            Err(format!("{} is judged down", node(peer))),
+                        );
+                    }
+                }
+                ReaperAction::Drop { key, expected } => drops.push((key, expected)),
+            }
+        }
+        let next = reaper.poll_timeout();
+        run.reaper_arm += 1;
+        let arm = run.reaper_arm;
+        for (peer, probes) in checks {
+            let to = cx.ix(peer);
+            self.request(
+                cx,
+                to,
+                PeerReq::Tombstones(probes),
+                Outgoing::Reaper,
+                TOMBSTONE_REQUEST_TIMEOUT,
+            );
+        }
+        for (key, expected) in drops {
+            self.queue_disk(cx, DiskJob::Reap { key, expected });
+        }
+        if let Some(at) = next {
+            let delay = cx.w.virtual_of(at).saturating_sub(cx.w.now);
+            cx.w.after(delay, Event::ReaperTick { node: ix, gen, arm });
+        }
+    }
+
+    /// The reaper's timer.
+    pub fn on_reaper_tick(&mut self, cx: &mut Ctx, arm: u64) {
+        if self.run.as_ref().is_some_and(|r| r.reaper_arm == arm) {
+            self.reaper_pump(cx);
+        }
+    }
+
+    fn reaper_checked(
+        &mut self,
+        cx: &mut Ctx,
+        peer: NodeId,
+        answer: Result<Vec<TombstoneHolding>, String>,
+    ) {
+        let now = cx.w.instant();
+        if let Some(r) = self.run().reaper.as_mut() {
+            r.handle_checked(now, peer, answer);
+        }
+        self.reaper_pump(cx);
     }
 }
 
@@ -1433,6 +1678,7 @@ impl SimNode {
         }
         self.schedule_cleanup(cx, Duration::ZERO);
         self.pump(cx);
+        self.reaper_pump(cx);
     }
 
     /// Merges a peer's layout into this node's (adopting it when this node has none), as
@@ -1649,7 +1895,7 @@ impl SimNode {
                     to,
                     req,
                     Outgoing::Transfer { send: id },
-                    SIM_TRANSFER_REQUEST_TIMEOUT,
+                    TRANSFER_REQUEST_TIMEOUT,
                 );
             }
         }

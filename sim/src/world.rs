@@ -87,6 +87,15 @@ pub enum Event {
         /// Which arming of the timer this is (stale arms are ignored).
         arm: u64,
     },
+    /// The tombstone reaper asked to be woken (its next round).
+    ReaperTick {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+        /// Which arming of the timer this is (stale arms are ignored).
+        arm: u64,
+    },
     /// The transfer machine asked to be woken (a retry, or the byte budget refilled).
     TransferTimer {
         /// The node.
@@ -170,6 +179,7 @@ impl Event {
             | Event::RequestFailed { node, .. }
             | Event::ProbeTick { node, .. }
             | Event::HandoffTick { node, .. }
+            | Event::ReaperTick { node, .. }
             | Event::TransferTimer { node, .. }
             | Event::LayoutTick { node, .. }
             | Event::Cleanup { node, .. } => Some(*node),
