@@ -154,6 +154,8 @@ struct Holders {
     primaries: std::collections::BTreeSet<NodeIx>,
     /// Other nodes (fallbacks, coordinators off the key's replicas).
     others: std::collections::BTreeSet<NodeIx>,
+    /// Whether a node that held it lost its data directory since.
+    wiped_any: bool,
     /// Whether a primary ever stored it.
     reached_primary: bool,
 }
@@ -305,9 +307,12 @@ impl History {
     /// their hints) are all it has.
     pub fn wiped(&mut self, node: NodeIx) {
         for (d, h) in &mut self.holders {
-            h.others.remove(&node);
+            if h.others.remove(&node) {
+                h.wiped_any = true;
+            }
             if h.primaries.remove(&node) {
                 h.reached_primary = true;
+                h.wiped_any = true;
             }
             let gone = if h.reached_primary {
                 h.primaries.is_empty()
@@ -354,10 +359,18 @@ impl History {
     /// Node `node` left the layout: its copies flow nowhere any more (it pushed them to the new
     /// replicas when it left), so it no longer counts as a holder of anything. A later loss of
     /// every replica's data is a loss even though the node that left still has a stale copy.
+    /// A dot it was the last holder of is excused only if another holder lost its data before:
+    /// a write that reached the leaving node after its transfer read the partition was, by the
+    /// write quorum in every live version, also acknowledged by replicas of the new one, and if
+    /// those lost their data the write went with them (seed 8749: W = 1, the one new replica
+    /// that acknowledged it gone for good, the other copy wiped). With no such loss, the leaving
+    /// node's copy should have reached the new replicas: not excused.
     pub fn left(&mut self, node: NodeIx) {
-        for h in self.holders.values_mut() {
-            h.primaries.remove(&node);
-            h.others.remove(&node);
+        for (d, h) in &mut self.holders {
+            let held = h.primaries.remove(&node) | h.others.remove(&node);
+            if held && h.wiped_any && h.primaries.is_empty() && h.others.is_empty() {
+                self.orphaned.insert(*d);
+            }
         }
     }
 

@@ -667,7 +667,7 @@ fn the_sweeps_reap_and_the_checker_catches_a_reaper_that_ignores_other_copies() 
         .sum();
     assert!(reaped > 0, "no tombstone was reaped in 50 seeds");
 
-    const REAPER_SABOTAGE_SEEDS_MAX: u64 = 300;
+    const REAPER_SABOTAGE_SEEDS_MAX: u64 = 600;
     let seeds: Vec<u64> = (0..REAPER_SABOTAGE_SEEDS_MAX).collect();
     let opts = Options {
         reaper_sabotage: ReaperSabotage::IgnoreOtherCopies,
