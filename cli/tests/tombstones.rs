@@ -98,7 +98,10 @@ fn a_delete_while_a_replica_is_down_is_reaped_once_it_has_the_tombstone_and_stay
         let round_over = t["blocked"].as_u64() >= Some(1) || t["reaped"].as_u64() >= Some(1);
         (waited && round_over).then_some(t)
     });
-    assert_eq!(blocked["reaped"], 0, "node2 reaped while node3 was down: {blocked}");
+    assert_eq!(
+        blocked["reaped"], 0,
+        "node2 reaped while node3 was down: {blocked}"
+    );
     for node in ["node1", "node2"] {
         assert_eq!(
             stored(dir, node, "doomed"),
@@ -131,19 +134,31 @@ fn a_delete_while_a_replica_is_down_is_reaped_once_it_has_the_tombstone_and_stay
             .and_then(|m| m["anti_entropy"]["exchanges"].as_u64())
     };
     let before: Vec<u64> = NODES.iter().map(|n| exchanges(n).unwrap_or(0)).collect();
-    wait_for("two more anti-entropy exchanges at every node", DEADLINE, || {
-        for node in NODES {
-            let run = run_in(dir, &["get", "doomed", "--r", "3", "--node", node]);
-            assert_eq!(run.code, Some(1), "the deleted value came back at {node}: {run:?}");
-        }
-        NODES
-            .iter()
-            .zip(&before)
-            .all(|(n, b)| exchanges(n).is_some_and(|e| e >= b + 2))
-            .then_some(())
-    });
+    wait_for(
+        "two more anti-entropy exchanges at every node",
+        DEADLINE,
+        || {
+            for node in NODES {
+                let run = run_in(dir, &["get", "doomed", "--r", "3", "--node", node]);
+                assert_eq!(
+                    run.code,
+                    Some(1),
+                    "the deleted value came back at {node}: {run:?}"
+                );
+            }
+            NODES
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| exchanges(n).is_some_and(|e| e >= b + 2))
+                .then_some(())
+        },
+    );
     for node in NODES {
-        assert_eq!(stored(dir, node, "doomed"), None, "{node} holds the key again");
+        assert_eq!(
+            stored(dir, node, "doomed"),
+            None,
+            "{node} holds the key again"
+        );
     }
 
     // The key can be written again, and every node reads the new value.

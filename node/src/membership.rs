@@ -607,11 +607,8 @@ impl Membership {
         let me = self.me;
         // No fence yet (the coordinator has not started): nothing routed, nothing to ack.
         let fence = self.write_fence.get().map(|f| *f.borrow());
-        let needs_ack = fence.is_some_and(|fence| {
-            self.layout
-                .get()
-                .is_some_and(|l| l.should_ack(me, fence))
-        });
+        let needs_ack =
+            fence.is_some_and(|fence| self.layout.get().is_some_and(|l| l.should_ack(me, fence)));
         if needs_ack {
             self.layout
                 .modify(|l| {
