@@ -17,7 +17,7 @@ use crate::engine::{Engine, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::membership::ClusterView;
 use crate::peers::Peers;
-use crate::server::get_reply;
+use crate::replies::get_reply;
 use cairn_ring::Ring;
 
 /// A client request for the coordinator: defined by the pure driver.

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peers;
 pub mod reaper;
+pub mod replies;
 pub mod server;
 pub mod store;
 pub mod transfer;
