@@ -127,7 +127,8 @@ impl Node {
             &mut rand::rngs::OsRng,
             enabled.then(|| trees.clone()),
         )?;
-        let endpoint = cairn_net::server_endpoint(config.listen, &identity)?;
+        // Shutdown does not wait for the socket to close yet.
+        let (endpoint, _socket_closed) = cairn_net::server_endpoint(config.listen, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,
