@@ -18,6 +18,7 @@ pub mod reaper;
 pub mod replies;
 pub mod server;
 pub mod store;
+mod tasks;
 pub mod transfer;
 pub mod trees;
 

@@ -15,16 +15,16 @@ use tracing::{debug, info, warn};
 use super::dispatch::handle;
 use super::Shared;
 use crate::limits::CONNECTIONS_MAX;
+use crate::tasks::Tasks;
 
 /// How long a finished stream waits for the peer to take the response.
 const STREAM_LINGER_MAX: Duration = Duration::from_secs(5);
 
-pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    // Every connection task lives in this set: when shutdown stops the accept loop, the set is
-    // dropped and aborts them, so none keeps the endpoint (and its UDP port) alive afterwards.
-    let mut connections = tokio::task::JoinSet::new();
+/// Accepts connections until the endpoint closes, each served by a task in `scope`: they end
+/// with the loop, and shutdown waits for them, so none keeps the endpoint (and its UDP port)
+/// alive afterwards.
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, scope: Tasks) {
     while let Some(incoming) = endpoint.accept().await {
-        while connections.try_join_next().is_some() {}
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(
                 "refusing connection from {}: CONNECTIONS_MAX ({CONNECTIONS_MAX}) reached",
@@ -34,11 +34,11 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
             continue;
         };
         let shared = shared.clone();
-        connections.spawn(async move {
+        scope.spawn_scoped("quic connection", |streams| async move {
             let _open = crate::metrics::ConnectionGuard::open("quic");
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, shared).await,
+                Ok(conn) => serve_connection(conn, shared, streams).await,
                 // Most often a peer without a certificate from the cluster CA.
                 Err(e) => info!(%remote, "handshake refused: {e}"),
             }
@@ -47,7 +47,8 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+/// Serves a connection's streams, each by a task in `streams`, which end with the connection.
+async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, streams: Tasks) {
     let remote = conn.remote_address();
     let peer = Peer {
         role: cairn_net::peer_role(&conn),
@@ -55,11 +56,8 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     };
     let role = peer.role;
     let budget = shared.frame_budget.connection();
-    // Stream tasks die with their connection task (see `accept_loop`).
-    let mut streams = tokio::task::JoinSet::new();
     debug!(%remote, %role, "connection open");
     loop {
-        while streams.try_join_next().is_some() {}
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
             Err(e) => {
@@ -72,7 +70,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         // arrived, so a client that stalls mid-request cannot hold up shutdown.
         let shared = shared.clone();
         let budget = budget.clone();
-        streams.spawn(async move {
+        streams.spawn("quic stream", async move {
             serve_stream(send, recv, &shared, peer, &budget).await;
         });
     }

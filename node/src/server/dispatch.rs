@@ -342,18 +342,25 @@ async fn forwarded(
         Admit::First => {
             // Coordinated in a task of its own: if the forwarder's connection breaks, this
             // stream is dropped, but the write must still finish and be remembered for the
-            // retry. It ends with the coordinator's deadline.
+            // retry. It ends with the coordinator's deadline, or at shutdown.
             let task_shared = shared.clone();
-            let task = tokio::spawn(async move {
+            let task = shared.tasks.spawn("forwarded write", async move {
                 let reply = KeyOpReply::from_response(coordinate(op.into(), &task_shared).await);
                 task_shared.forwards.complete(key, &reply);
                 reply
             });
             match task.await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    let reply = KeyOpReply::Error(ErrorReply::Storage {
-                        reason: format!("coordinating the forward failed: {e}"),
+                Ok(Some(reply)) => reply,
+                other => {
+                    let reply = KeyOpReply::Error(match other {
+                        Ok(_) if shared.tasks.is_cancelled() => ErrorReply::ShuttingDown,
+                        // Its panic was logged with the task's name.
+                        Ok(_) => ErrorReply::Storage {
+                            reason: "coordinating the forward failed: its task panicked".into(),
+                        },
+                        Err(e) => ErrorReply::Storage {
+                            reason: format!("coordinating the forward failed: {e}"),
+                        },
                     });
                     shared.forwards.complete(key, &reply);
                     reply

@@ -26,7 +26,8 @@ use crate::frontend::FrontendAddrs;
 use crate::limits::{CONNECTIONS_MAX, REQUESTS_IN_FLIGHT_MAX, UP_EVENTS_MAX};
 use crate::membership::{Membership, MembershipError};
 use crate::peers::Peers;
-use crate::store::{RedbStore, StoreError};
+use crate::store::{RedbStore, StoreClosed, StoreError};
+use crate::tasks::Tasks;
 use crate::trees::Trees;
 
 pub(crate) use accept::request_name;
@@ -70,13 +71,16 @@ pub struct Node {
     local_addr: SocketAddr,
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Every task the node runs, in one tracker, under one cancellation token.
+    tasks: Tasks,
     peers: Arc<Peers>,
     trees: Arc<Trees>,
-    /// The start-up rebuild of the Merkle trees (a blocking scan shutdown must wait for).
-    rebuild: Option<tokio::task::JoinHandle<()>>,
     anti_entropy: Arc<AntiEntropy>,
     frontends: FrontendAddrs,
+    /// Resolves once the database is closed: its last handle dropped.
+    store_closed: StoreClosed,
+    /// Resolves once the UDP socket is closed: the endpoint and its connections gone.
+    socket_closed: cairn_net::SocketClosed,
 }
 
 /// What every request handler of the node shares, whatever front end the request came through.
@@ -102,6 +106,9 @@ pub(crate) struct Shared {
     reaper: Option<tokio::sync::watch::Receiver<cairn_core::reaper::ReaperStatus>>,
     /// The Merkle trees, while anti-entropy keeps them (they count a partition's keys and bytes).
     trees: Option<Arc<Trees>>,
+    /// The node's tasks, for work that must outlive the stream that asked for it (a forwarded
+    /// write).
+    tasks: Tasks,
 }
 
 impl Node {
@@ -113,10 +120,19 @@ impl Node {
             .anti_entropy
             .validate()
             .map_err(|reason| NodeError::Config { reason })?;
+        let transfer_config = config
+            .transfer
+            .config()
+            .map_err(|reason| NodeError::Config { reason })?;
+        let reaper_config = config
+            .tombstones
+            .config()
+            .map_err(|reason| NodeError::Config { reason })?;
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || RedbStore::open(&data_dir))
             .await
             .expect("open task panicked")?;
+        let store_closed = store.closed();
         // Trees exist before the engine so the writer records every commit from the first.
         // With anti-entropy off they stay empty and cost nothing.
         let trees = Arc::new(Trees::new(config.cluster().partitions));
@@ -127,8 +143,7 @@ impl Node {
             &mut rand::rngs::OsRng,
             enabled.then(|| trees.clone()),
         )?;
-        // Shutdown does not wait for the socket to close yet.
-        let (endpoint, _socket_closed) = cairn_net::server_endpoint(config.listen, &identity)?;
+        let (endpoint, socket_closed) = cairn_net::server_endpoint(config.listen, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: config.listen,
             source,
@@ -137,27 +152,34 @@ impl Node {
         let (listeners, frontends) = crate::frontend::bind(&config, &identity)?;
         let me = NodeId::from_name(&config.name);
         let engine = Arc::new(engine);
+        let tasks = Tasks::new();
         // Room for a burst of peers coming up at once; the handoff loop also scans periodically.
         let (up_tx, up_rx) = mpsc::channel(UP_EVENTS_MAX);
-        let peers = Arc::new(Peers::new(me, config.name.clone(), endpoint.clone(), up_tx));
+        let peers = Arc::new(Peers::new(
+            me,
+            config.name.clone(),
+            endpoint.clone(),
+            up_tx,
+            tasks.clone(),
+        ));
         let advertise = config.advertise.unwrap_or(local_addr);
         let membership = Membership::open(&config, advertise, peers.clone())?;
-        let transfer_config = config
-            .transfer
-            .config()
-            .map_err(|reason| NodeError::Config { reason })?;
         let (write_fence, fence) = tokio::sync::watch::channel(0);
         membership.set_write_fence(fence.clone());
-        let (coordinator, driver_task) = crate::driver::spawn(Arc::new(DriverContext {
-            me,
-            engine: engine.clone(),
-            peers: peers.clone(),
-            view: membership.subscribe(),
-            read_repair: config.read_repair,
-            write_fence,
-        }));
-        let (transfer_status, transfer_task) =
-            crate::transfer::spawn(crate::transfer::TransferContext {
+        // Nothing fails from here on, so a start that fails leaves no task running.
+        let coordinator = crate::driver::spawn(
+            Arc::new(DriverContext {
+                me,
+                engine: engine.clone(),
+                peers: peers.clone(),
+                view: membership.subscribe(),
+                read_repair: config.read_repair,
+                write_fence,
+            }),
+            &tasks,
+        );
+        let transfer_status = crate::transfer::spawn(
+            crate::transfer::TransferContext {
                 me,
                 membership: membership.clone(),
                 write_fence: fence,
@@ -165,23 +187,21 @@ impl Node {
                 peers: peers.clone(),
                 config: transfer_config,
                 trees: config.anti_entropy.enabled.then(|| trees.clone()),
-            });
-        let reaper_config = config
-            .tombstones
-            .config()
-            .map_err(|reason| NodeError::Config { reason })?;
-        let (reaper_status, reaper_task) = if config.tombstones.reap {
-            let (status, task) = crate::reaper::spawn(crate::reaper::ReaperContext {
-                me,
-                engine: engine.clone(),
-                peers: peers.clone(),
-                layouts: membership.layout().subscribe(),
-                config: reaper_config,
-            });
-            (Some(status), Some(task))
-        } else {
-            (None, None)
-        };
+            },
+            &tasks,
+        );
+        let reaper_status = config.tombstones.reap.then(|| {
+            crate::reaper::spawn(
+                crate::reaper::ReaperContext {
+                    me,
+                    engine: engine.clone(),
+                    peers: peers.clone(),
+                    layouts: membership.layout().subscribe(),
+                    config: reaper_config,
+                },
+                &tasks,
+            )
+        });
         let anti_entropy = Arc::new(AntiEntropy::new(
             me,
             config.anti_entropy.clone(),
@@ -207,49 +227,38 @@ impl Node {
             transfer: transfer_status,
             reaper: reaper_status,
             trees: enabled.then(|| trees.clone()),
+            tasks: tasks.clone(),
         });
-        let peers_handle = peers.clone();
         let layout = membership.layout().clone();
-        let mut tasks = vec![
-            // The accept loop first: shutdown stops it before draining requests.
-            tokio::spawn(accept::accept_loop(endpoint.clone(), shared.clone())),
-            driver_task,
-            transfer_task,
-            tokio::spawn(crate::membership::storage_watch(
-                engine.clone(),
-                membership.clone(),
-            )),
-            tokio::spawn(membership.run()),
-            tokio::spawn(peers.clone().probe_loop()),
-            tokio::spawn(crate::metrics::upkeep()),
-        ];
-        tasks.extend(reaper_task);
-        tasks.extend(
-            crate::frontend::serve(listeners, shared)
-                .into_iter()
-                .map(tokio::spawn),
-        );
-        tasks.push(tokio::spawn(crate::cleanup::run(
-            me,
-            engine.clone(),
-            layout.ring_config(),
-            layout.subscribe(),
-        )));
-        if config.hinted_handoff {
-            tasks.push(tokio::spawn(crate::handoff::run(
-                me,
-                engine.clone(),
-                peers,
-                layout,
-                up_rx,
-            )));
+        {
+            let (endpoint, shared) = (endpoint.clone(), shared.clone());
+            tasks.spawn_scoped("quic accept loop", |scope| {
+                accept::accept_loop(endpoint, shared, scope)
+            });
         }
-        // Started once nothing can fail any more: a failed start must not leave a scan
-        // holding the database. Commits before it are logged for it (the trees log from their
-        // creation).
-        let rebuild = enabled.then(|| spawn_rebuild(&config.name, &trees, &engine));
+        tasks.spawn(
+            "storage watch",
+            crate::membership::storage_watch(engine.clone(), membership.clone()),
+        );
+        tasks.spawn("membership", membership.run());
+        tasks.spawn("peer probes", peers.clone().probe_loop());
+        tasks.spawn("metrics upkeep", crate::metrics::upkeep());
+        crate::frontend::serve(listeners, shared, &tasks);
+        tasks.spawn(
+            "cleanup",
+            crate::cleanup::run(me, engine.clone(), layout.ring_config(), layout.subscribe()),
+        );
+        if config.hinted_handoff {
+            tasks.spawn(
+                "handoff",
+                crate::handoff::run(me, engine.clone(), peers.clone(), layout, up_rx),
+            );
+        }
         if enabled {
-            tasks.push(tokio::spawn(anti_entropy.clone().run()));
+            // The rebuild reads the whole store on a blocking thread; commits before it are
+            // logged for it (the trees log from their creation).
+            spawn_rebuild(&tasks, &config.name, &trees, &engine);
+            tasks.spawn("anti-entropy", anti_entropy.clone().run());
         }
         info!(node = %config.name, actor = %engine.actor(), %local_addr, ?frontends, "serving");
         Ok(Node {
@@ -259,11 +268,12 @@ impl Node {
             engine,
             in_flight,
             tasks,
-            peers: peers_handle,
+            peers,
             trees,
-            rebuild,
             anti_entropy,
             frontends,
+            store_closed,
+            socket_closed,
         })
     }
 
@@ -292,8 +302,8 @@ impl Node {
         self.anti_entropy.status()
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections and
-    /// the database.
+    /// Stops accepting, lets in-flight requests finish (up to a deadline), closes connections,
+    /// stops every task and waits for them, then closes the database.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         // Refuse new connections; existing ones finish their requests below.
         self.endpoint.set_server_config(None);
@@ -308,47 +318,78 @@ impl Node {
             warn!(node = %self.name, "requests still running after {SHUTDOWN_DRAIN_TIMEOUT:?}; closing anyway");
         }
         self.endpoint.close(0u32.into(), b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        // The accept loop (with every connection task), the coordinator, probes and handoff
-        // hold the endpoint and the engine: stop them so the socket and the database are
-        // released before shutdown returns.
-        for task in &self.tasks {
-            task.abort();
-        }
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        // The rebuild holds the store: stop it at its next object and wait, so the database
-        // file is closed when shutdown returns.
+        let _ = tokio::time::timeout(ENDPOINT_IDLE_WAIT, self.endpoint.wait_idle()).await;
+        // The rebuild is a blocking scan: it stops at its next object when asked to.
         self.trees.cancel_rebuild();
-        if let Some(rebuild) = self.rebuild {
-            let _ = rebuild.await;
+        let stopped = self.tasks.stop(SHUTDOWN_TASKS_WAIT).await;
+        if !stopped.unfinished.is_empty() {
+            warn!(
+                node = %self.name,
+                "tasks still running {SHUTDOWN_TASKS_WAIT:?} after they were cancelled: {}",
+                crate::tasks::describe(&stopped.unfinished)
+            );
         }
-        drop(self.anti_entropy);
-        // Tasks that were just stopped may release their handles a moment later; waiting for
-        // the last one keeps the writer's drain and the socket's release inside shutdown.
-        match sole_owner(self.engine).await {
-            // Dropping the engine drains the write queue and joins the writer thread.
-            Ok(engine) => tokio::task::spawn_blocking(move || drop(engine))
-                .await
-                .expect("engine close panicked"),
-            Err(_) => warn!(node = %self.name, "engine still in use after shutdown"),
+        if !stopped.panicked.is_empty() {
+            warn!(
+                node = %self.name,
+                "tasks that panicked while the node ran: {}",
+                crate::tasks::describe(&stopped.panicked)
+            );
         }
-        if sole_owner(self.peers).await.is_err() {
-            warn!(node = %self.name, "peer connections still in use after shutdown");
+        let Node {
+            name,
+            endpoint,
+            engine,
+            peers,
+            anti_entropy,
+            store_closed,
+            socket_closed,
+            ..
+        } = self;
+        drop((endpoint, peers, anti_entropy));
+        // Dropping the engine's last handle drains the write queue and joins the writer
+        // thread: blocking, so off the runtime.
+        tokio::task::spawn_blocking(move || drop(engine))
+            .await
+            .expect("engine close panicked");
+        // Work the stopped tasks had handed off (a read on a blocking thread, a helper task
+        // their sets aborted) may hold the store or the peers' endpoint a moment longer; the
+        // database file and the port are free once the last handle goes.
+        if tokio::time::timeout(RELEASE_WAIT, store_closed.wait())
+            .await
+            .is_err()
+        {
+            warn!(node = %name, "the database is still open {RELEASE_WAIT:?} after the node's tasks ended");
         }
-        info!(node = %self.name, "stopped");
+        if tokio::time::timeout(RELEASE_WAIT, socket_closed.wait())
+            .await
+            .is_err()
+        {
+            warn!(node = %name, "the UDP socket is still open {RELEASE_WAIT:?} after the node's tasks ended");
+        }
+        info!(node = %name, "stopped");
         Ok(())
     }
 }
 
+/// How long shutdown waits for the endpoint's connections to close after it closed them.
+const ENDPOINT_IDLE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long shutdown waits for its cancelled tasks to end (a task ends at its next await; a
+/// blocking scan at its next object).
+const SHUTDOWN_TASKS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits, once its tasks ended, for the database and the UDP socket to close
+/// (each at most this long: their last handles may be held by work the tasks handed off).
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Starts the rebuild of the Merkle trees from the store on a blocking thread; anti-entropy
 /// waits for it, client traffic does not.
-fn spawn_rebuild(name: &str, trees: &Arc<Trees>, engine: &Engine) -> tokio::task::JoinHandle<()> {
+fn spawn_rebuild(tasks: &Tasks, name: &str, trees: &Arc<Trees>, engine: &Engine) {
     let trees = trees.clone();
     let store = engine.store();
     let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
+    tasks.spawn_blocking("tree rebuild", move || {
         let started = std::time::Instant::now();
         match trees.rebuild(&*store) {
             Ok(r) if r.cancelled => debug!(node = %name, "tree rebuild stopped by shutdown"),
@@ -363,23 +404,5 @@ fn spawn_rebuild(name: &str, trees: &Arc<Trees>, engine: &Engine) -> tokio::task
                 warn!(node = %name, "rebuilding the Merkle trees failed, anti-entropy stays off: {e}")
             }
         }
-    })
-}
-
-/// How long shutdown waits for the last handle of the engine or of the peer connections.
-const LAST_HANDLE_WAIT: Duration = Duration::from_secs(2);
-
-/// Waits up to `LAST_HANDLE_WAIT` until `arc` is the only handle, then returns its value.
-async fn sole_owner<T>(mut arc: Arc<T>) -> Result<T, Arc<T>> {
-    let deadline = tokio::time::Instant::now() + LAST_HANDLE_WAIT;
-    loop {
-        match Arc::try_unwrap(arc) {
-            Ok(value) => return Ok(value),
-            Err(shared) if tokio::time::Instant::now() < deadline => {
-                arc = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(shared) => return Err(shared),
-        }
-    }
+    });
 }
