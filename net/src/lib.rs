@@ -5,6 +5,7 @@
 
 mod io;
 pub mod limits;
+mod socket;
 mod tcp;
 mod tls;
 
@@ -12,6 +13,7 @@ pub use cairn_proto::Role;
 pub use io::{
     read_frame, read_frame_body_within, write_frame, BudgetedFrame, ConnectionBudget, FrameBudget,
 };
+pub use socket::SocketClosed;
 pub use tcp::{chain_is_node, tcp_server_config};
 pub use tls::{
     certificate_role, client_endpoint, peer_is_node, peer_node_name, peer_role, server_endpoint,

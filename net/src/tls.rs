@@ -17,6 +17,7 @@ use crate::limits::{
     CERT_VALIDITY_DAYS, CONNECTION_RECEIVE_WINDOW_BYTES, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
     STREAMS_PER_CONNECTION_MAX,
 };
+use crate::socket::SocketClosed;
 use crate::NetError;
 
 /// The TLS server name every node certificate carries and every client asks for: a node proves it
@@ -292,12 +293,25 @@ fn client_config(id: &Identity) -> Result<quinn::ClientConfig, NetError> {
 }
 
 /// A QUIC endpoint that serves on `addr` and accepts only peers with a certificate from the
-/// cluster CA. It can also dial out (nodes talk to peers) with the same identity.
-pub fn server_endpoint(addr: SocketAddr, id: &Identity) -> Result<quinn::Endpoint, NetError> {
-    let mut ep = quinn::Endpoint::server(server_config(id)?, addr)
-        .map_err(|source| NetError::Bind { addr, source })?;
+/// cluster CA. It can also dial out (nodes talk to peers) with the same identity. The
+/// [`SocketClosed`] resolves once its UDP socket is closed: after the endpoint, every clone of
+/// it and every connection on it are gone.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    id: &Identity,
+) -> Result<(quinn::Endpoint, SocketClosed), NetError> {
+    let bind_err = |source| NetError::Bind { addr, source };
+    let runtime = quinn::TokioRuntime;
+    let (socket, closed) = crate::socket::bind(addr, &runtime).map_err(bind_err)?;
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server_config(id)?),
+        socket,
+        Arc::new(runtime),
+    )
+    .map_err(bind_err)?;
     ep.set_default_client_config(client_config(id)?);
-    Ok(ep)
+    Ok((ep, closed))
 }
 
 /// A client-only QUIC endpoint on an ephemeral local port of the family `for_addr` needs.
@@ -419,5 +433,26 @@ mod tests {
         let server_auth = ExtendedKeyUsagePurpose::ServerAuth;
         assert_eq!(role_of(&sign("cairn admin ops", server_auth)), Role::Data);
         assert!(certificate_role(b"not a certificate").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_endpoint_says_when_its_port_is_free() {
+        let ca = ClusterCa::generate("t").unwrap();
+        let node = ca.issue_node("n1", &[]).unwrap();
+        let id = Identity::from_pem(&ca.pem().cert_pem, &node.cert_pem, &node.key_pem).unwrap();
+        let (ep, closed) = server_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let clone = ep.clone();
+        drop(ep);
+        // A clone still holds the socket: not closed, the port still taken.
+        let mut closed = Box::pin(closed.wait());
+        let wait = std::time::Duration::from_millis(100);
+        assert!(tokio::time::timeout(wait, &mut closed).await.is_err());
+        assert!(std::net::UdpSocket::bind(addr).is_err());
+        drop(clone);
+        tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+            .await
+            .expect("closed once the last handle is gone");
+        std::net::UdpSocket::bind(addr).expect("the port is free once closed");
     }
 }

@@ -17,7 +17,8 @@ use crate::engine::{Engine, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::membership::ClusterView;
 use crate::peers::Peers;
-use crate::server::get_reply;
+use crate::replies::get_reply;
+use crate::tasks::Tasks;
 use cairn_ring::Ring;
 
 /// A client request for the coordinator: defined by the pure driver.
@@ -96,12 +97,13 @@ pub struct DriverContext {
     pub write_fence: watch::Sender<u64>,
 }
 
-/// Starts the coordinator task.
-pub fn spawn(ctx: Arc<DriverContext>) -> (CoordinatorHandle, tokio::task::JoinHandle<()>) {
+/// Starts the coordinator task (and its hint writer, which ends with it) among `tasks`.
+pub(crate) fn spawn(ctx: Arc<DriverContext>, tasks: &Tasks) -> CoordinatorHandle {
     let (tx, rx) = mpsc::channel(COORDINATOR_QUEUE_MAX);
     let unsettled = Arc::new(Unsettled::default());
-    let task = tokio::spawn(run(rx, ctx, unsettled.clone()));
-    (CoordinatorHandle { tx, unsettled }, task)
+    let task_unsettled = unsettled.clone();
+    tasks.spawn_scoped("coordinator", |scope| run(rx, ctx, task_unsettled, scope));
+    CoordinatorHandle { tx, unsettled }
 }
 
 /// What a replica op's task reports back to the coordinator task.
@@ -114,7 +116,12 @@ enum Answer {
     PeerFailed(OpId, crate::peers::PeerError),
 }
 
-async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled: Arc<Unsettled>) {
+async fn run(
+    mut rx: mpsc::Receiver<Command>,
+    ctx: Arc<DriverContext>,
+    unsettled: Arc<Unsettled>,
+    scope: Tasks,
+) {
     let mut view = ctx.view.clone();
     // No coordinator until there is a ring (a joining node has none); requests meanwhile are
     // refused by the server, and any that slip through are answered `NoRing` below.
@@ -141,16 +148,19 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
     // Everything the driver starts lives in this set, so stopping the driver (shutdown) stops
     // it too, and nothing keeps the endpoint or the engine alive afterwards.
     let mut tasks = tokio::task::JoinSet::new();
-    // Stops the hint writer when the driver ends (shutdown aborts the driver).
-    let _hint_writer = AbortOnDrop(tokio::spawn(write_hints(
-        ctx.clone(),
-        hints_rx,
-        HintsFinished {
-            done: done_tx,
-            failed: hints_failed.clone(),
-        },
-        unsettled.clone(),
-    )));
+    // In the driver's scope: it ends when the driver does.
+    scope.spawn(
+        "hint writer",
+        write_hints(
+            ctx.clone(),
+            hints_rx,
+            HintsFinished {
+                done: done_tx,
+                failed: hints_failed.clone(),
+            },
+            unsettled.clone(),
+        ),
+    );
     let is_up = {
         let peers = ctx.peers.clone();
         move |id| peers.is_up(id)
@@ -281,14 +291,6 @@ async fn run(mut rx: mpsc::Receiver<Command>, ctx: Arc<DriverContext>, unsettled
                 newer
             });
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

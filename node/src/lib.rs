@@ -15,8 +15,10 @@ pub mod membership;
 pub mod metrics;
 pub mod peers;
 pub mod reaper;
+pub mod replies;
 pub mod server;
 pub mod store;
+mod tasks;
 pub mod transfer;
 pub mod trees;
 

@@ -444,7 +444,7 @@ impl Membership {
             .map_or_else(|| self.peers.name(id), |m| m.name.clone())
     }
 
-    /// Runs gossip rounds for ever (until the task is aborted).
+    /// Runs gossip rounds for ever (until its task is cancelled).
     pub async fn run(self: Arc<Self>) {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let mut outbox = self

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use crate::limits::{
     PEER_BATCHES_IN_FLIGHT_MAX, PEER_BATCH_BYTES_MAX, PEER_BATCH_ITEMS_MAX, PEER_BATCH_QUEUE_MAX,
 };
+use crate::tasks::Tasks;
 
 /// Defined by the pure liveness policy, which the simulator drives too.
 pub use cairn_core::liveness::{
@@ -78,6 +79,8 @@ pub struct Peers {
     liveness: Mutex<Liveness>,
     up_events: mpsc::Sender<NodeId>,
     batches: BatchStats,
+    /// The node's tasks: the batchers and their batches run there, so shutdown stops them.
+    tasks: Tasks,
 }
 
 /// What the batchers sent: batches of two or more requests, and the requests in them.
@@ -89,12 +92,14 @@ struct BatchStats {
 
 impl Peers {
     /// No peers yet, reached through `endpoint`; `membership` adds them as gossip finds them.
-    /// Up-transitions are reported on `up_events` (hint delivery listens).
-    pub fn new(
+    /// Up-transitions are reported on `up_events` (hint delivery listens); batchers run among
+    /// `tasks`.
+    pub(crate) fn new(
         me: NodeId,
         my_name: String,
         endpoint: quinn::Endpoint,
         up_events: mpsc::Sender<NodeId>,
+        tasks: Tasks,
     ) -> Peers {
         Peers {
             me,
@@ -104,6 +109,7 @@ impl Peers {
             liveness: Mutex::new(Liveness::new(me)),
             up_events,
             batches: BatchStats::default(),
+            tasks,
         }
     }
 
@@ -342,7 +348,8 @@ impl Peers {
         };
         let queue = peer.batcher.get_or_init(|| {
             let (tx, rx) = mpsc::channel(PEER_BATCH_QUEUE_MAX);
-            tokio::spawn(batch_loop(Arc::downgrade(self), id, rx));
+            self.tasks
+                .spawn("peer batcher", batch_loop(Arc::downgrade(self), id, rx));
             tx
         });
         let (reply, answer) = oneshot::channel();
@@ -517,7 +524,10 @@ async fn batch_loop(peers: Weak<Peers>, id: NodeId, mut rx: mpsc::Receiver<Queue
         let Some(peers) = peers.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        // Among the node's tasks rather than the batcher's: a batch in flight is answered even
+        // if its batcher ends first.
+        let tasks = peers.tasks.clone();
+        tasks.spawn("peer batch", async move {
             peers.send_batch(id, batch).await;
             drop(permit);
         });

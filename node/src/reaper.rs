@@ -18,6 +18,7 @@ use tracing::{debug, info};
 use crate::engine::{Engine, Write};
 use crate::limits::{TOMBSTONE_ANSWERS_QUEUE_MAX, TOMBSTONE_REQUEST_TIMEOUT};
 use crate::peers::Peers;
+use crate::tasks::Tasks;
 
 /// What the reaper task needs.
 pub struct ReaperContext {
@@ -39,10 +40,11 @@ enum Answer {
     Dropped(Vec<u8>, Result<bool, String>),
 }
 
-/// Starts the reaper task; the watch carries its status.
-pub fn spawn(ctx: ReaperContext) -> (watch::Receiver<ReaperStatus>, tokio::task::JoinHandle<()>) {
+/// Starts the reaper task among `tasks`; the watch carries its status.
+pub(crate) fn spawn(ctx: ReaperContext, tasks: &Tasks) -> watch::Receiver<ReaperStatus> {
     let (tx, rx) = watch::channel(ReaperStatus::default());
-    (rx, tokio::spawn(run(ctx, tx)))
+    tasks.spawn("reaper", run(ctx, tx));
+    rx
 }
 
 async fn run(mut ctx: ReaperContext, status: watch::Sender<ReaperStatus>) {

@@ -29,6 +29,7 @@ use crate::limits::{
 use crate::membership::Membership;
 use crate::peers::Peers;
 use crate::store::Store;
+use crate::tasks::Tasks;
 
 /// What the transfer task needs.
 pub struct TransferContext {
@@ -54,12 +55,11 @@ enum Answer {
     Sent(SendId, Result<(), String>),
 }
 
-/// Starts the transfer task; the watch carries its status.
-pub fn spawn(
-    ctx: TransferContext,
-) -> (watch::Receiver<TransferStatus>, tokio::task::JoinHandle<()>) {
+/// Starts the transfer task among `tasks`; the watch carries its status.
+pub(crate) fn spawn(ctx: TransferContext, tasks: &Tasks) -> watch::Receiver<TransferStatus> {
     let (tx, rx) = watch::channel(TransferStatus::default());
-    (rx, tokio::spawn(run(ctx, tx)))
+    tasks.spawn("transfer", run(ctx, tx));
+    rx
 }
 
 async fn run(ctx: TransferContext, status: watch::Sender<TransferStatus>) {

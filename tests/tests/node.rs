@@ -164,3 +164,34 @@ async fn a_forged_context_is_refused() {
         .is_empty());
     node.shutdown().await.unwrap();
 }
+
+/// Shutdown releases everything the node held: the same UDP port and the same data directory
+/// serve again the moment it returns, with no retry, after clients (one still connected),
+/// writes and the start-up tree rebuild used them.
+#[tokio::test]
+async fn a_stopped_node_frees_its_port_and_its_database_at_once() {
+    let dir = TestDir::new().unwrap();
+    let mut config = dir.node_config("node1").unwrap();
+    let id = dir.client_identity().unwrap();
+    let mut node = cairn_node::Node::start(config.clone()).await.unwrap();
+    config.listen = node.local_addr();
+    for round in 0..5u8 {
+        let client = connect(node.local_addr(), &id).await.unwrap();
+        let key = [b'k', round];
+        client
+            .put(&key, b"v", &Context::empty(), &Default::default())
+            .await
+            .unwrap();
+        // Left connected: shutdown closes the connection itself.
+        node.shutdown().await.unwrap();
+        node = cairn_node::Node::start(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("restart {round} on the same port and data: {e}"));
+        assert_eq!(node.local_addr(), config.listen);
+        drop(client);
+        let client = connect(node.local_addr(), &id).await.unwrap();
+        let read = client.get(&key, &Default::default()).await.unwrap();
+        assert_eq!(read.siblings.len(), 1, "round {round}");
+    }
+    node.shutdown().await.unwrap();
+}

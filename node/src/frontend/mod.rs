@@ -21,6 +21,7 @@ use crate::config::{FrontendConfig, NodeConfig};
 use crate::limits::{FRONTEND_CONNECTIONS_MAX, TLS_HANDSHAKE_TIMEOUT};
 use crate::metrics::ConnectionGuard;
 use crate::server::Shared;
+use crate::tasks::Tasks;
 
 /// Why a front end could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,16 +173,18 @@ fn bind_tcp(frontend: &'static str, addr: SocketAddr) -> Result<TcpListener, Fro
     TcpListener::from_std(std).map_err(bind_err)
 }
 
-/// Serves every listener; each returned future runs until aborted (node shutdown), and owns its
-/// connections, so aborting it closes them.
-pub(crate) fn serve(
-    listeners: Vec<Listener>,
-    shared: Arc<Shared>,
-) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
-    listeners
-        .into_iter()
-        .map(|listener| accept_loop(listener, shared.clone()))
-        .collect()
+/// Serves every listener, each by a task among `tasks` that runs until the node stops; its
+/// connections are tasks in its scope, so they end with it.
+pub(crate) fn serve(listeners: Vec<Listener>, shared: Arc<Shared>, tasks: &Tasks) {
+    for listener in listeners {
+        let shared = shared.clone();
+        let name = match listener.kind {
+            Kind::Resp => "resp listener",
+            Kind::Http => "http listener",
+            Kind::Metrics => "metrics listener",
+        };
+        tasks.spawn_scoped(name, |scope| accept_loop(listener, shared, scope));
+    }
 }
 
 /// Who is at the other end of a front-end connection.
@@ -222,10 +225,14 @@ impl ClientId {
     }
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, connections: Tasks) {
     let frontend = listener.kind.name();
+    let connection = match listener.kind {
+        Kind::Resp => "resp connection",
+        Kind::Http => "http connection",
+        Kind::Metrics => "metrics connection",
+    };
     let slots = Arc::new(Semaphore::new(FRONTEND_CONNECTIONS_MAX));
-    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, remote) = match listener.tcp.accept().await {
             Ok(accepted) => accepted,
@@ -236,7 +243,6 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        while connections.try_join_next().is_some() {}
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(frontend, %remote, "refusing connection: FRONTEND_CONNECTIONS_MAX ({FRONTEND_CONNECTIONS_MAX}) reached");
             continue;
@@ -245,7 +251,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         let shared = shared.clone();
         let tls = listener.tls.clone();
         let kind = listener.kind;
-        connections.spawn(async move {
+        connections.spawn(connection, async move {
             let _open = ConnectionGuard::open(frontend);
             let (io, client): (Box<dyn IoObj>, ClientId) = match tls {
                 None => (

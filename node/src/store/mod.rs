@@ -6,4 +6,4 @@ mod redb_store;
 
 pub use cairn_core::store::{Batch, Hint, MemoryStore, NodeMeta, Store, StoreError};
 pub use commit_log::Replayed;
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, StoreClosed};

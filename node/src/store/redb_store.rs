@@ -105,6 +105,10 @@ pub struct RedbStore {
     log: Mutex<LogState>,
     /// What the last `open` replayed.
     replayed: Replayed,
+    /// Dropped with the store, which its receivers hear of ([`RedbStore::closed`]). Declared
+    /// last because fields drop in declaration order: by then the database and the log are
+    /// closed.
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 struct LogState {
@@ -143,7 +147,27 @@ impl RedbStore {
                 redb_failed: false,
             }),
             replayed,
+            closed: tokio::sync::watch::Sender::new(()),
         })
+    }
+
+    /// Tells when this store is dropped and its files are closed, so a node's shutdown can
+    /// wait for its last handle (a read on a blocking thread may still hold one) without
+    /// polling, and the data directory can be opened again as soon as shutdown returns.
+    pub fn closed(&self) -> StoreClosed {
+        StoreClosed(self.closed.subscribe())
+    }
+}
+
+/// Resolves once a [`RedbStore`] is dropped ([`StoreClosed::wait`]).
+#[derive(Debug)]
+pub struct StoreClosed(tokio::sync::watch::Receiver<()>);
+
+impl StoreClosed {
+    /// Waits until the store is dropped and its database file closed.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `changed` fails only once the store's sender is dropped.
+        while self.0.changed().await.is_ok() {}
     }
 }
 
