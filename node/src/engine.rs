@@ -366,12 +366,20 @@ impl Engine {
     }
 
     /// The stored objects for `keys`, in order, read on the calling task as [`Engine::read`]
-    /// does (a batch of peer reads holds at most `PEER_BATCH_ITEMS_MAX` keys).
+    /// does, in one read transaction (a batch of peer reads holds at most
+    /// `PEER_BATCH_ITEMS_MAX` keys); a failed transaction fails every read.
     pub async fn read_many(
         self: &Arc<Self>,
         keys: Vec<Vec<u8>>,
     ) -> Vec<Result<Object, EngineError>> {
-        keys.iter().map(|k| self.get(k)).collect()
+        match self.store.get_many(&keys) {
+            Ok(found) => keys
+                .iter()
+                .zip(found)
+                .map(|(key, bytes)| decode_object(key, bytes))
+                .collect(),
+            Err(e) => keys.iter().map(|_| Err(e.clone().into())).collect(),
+        }
     }
 
     /// Runs a blocking read of the store on a blocking thread (redb reads may block); a task
@@ -425,6 +433,17 @@ impl Drop for Engine {
 
 fn read_object(store: &dyn Store, key: &[u8]) -> Result<Object, EngineError> {
     Ok(cairn_core::writer::read_object(store, key)?)
+}
+
+/// A stored object's bytes decoded as `read_object` decodes them (empty if none).
+fn decode_object(key: &[u8], bytes: Option<Vec<u8>>) -> Result<Object, EngineError> {
+    match bytes {
+        None => Ok(Object::new()),
+        Some(bytes) => Object::decode(&bytes).map_err(|e| EngineError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// The writer thread: takes queued writes in batches and has the core writer apply them.
