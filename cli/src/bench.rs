@@ -27,8 +27,9 @@ const ZIPF_EXPONENT: f64 = 0.99;
 /// `cairn bench`
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Keys are bench:0 .. bench:K-1. Reads use R, writes use W and carry the context the worker last
-saw for the key, as an application would. Latencies are of successful operations; --json prints
+Keys are bench:0 .. bench:K-1. Reads use R, writes use W and carry the context last seen for
+the key by any worker, as the threads of an application that share what they read would, so
+siblings come only from writes in flight together (the report shows siblings per read). Latencies are of successful operations; --json prints
 them in microseconds. A progress bar runs on stderr when it is a terminal (not with --json).
 Exit status 3 when no operation succeeded.")]
 pub struct BenchArgs {
@@ -300,6 +301,8 @@ struct Summary {
     first_error: Option<String>,
     elapsed_s: f64,
     throughput_ops_s: f64,
+    /// Values per successful read (1 when no writes were concurrent); `None` without reads.
+    siblings_per_read: Option<f64>,
     latency_us: Latencies,
 }
 
@@ -327,6 +330,7 @@ impl Summary {
             first_error: report.first_error.clone(),
             elapsed_s: round(report.elapsed.as_secs_f64(), 3),
             throughput_ops_s: round(report.throughput(), 1),
+            siblings_per_read: report.siblings_per_read().map(|s| round(s, 2)),
             latency_us: Latencies {
                 read: Latency::of(&report.reads),
                 write: Latency::of(&report.writes),
@@ -352,8 +356,13 @@ impl Summary {
             self.seed,
         );
         out.push_str(&format!(
-            "{} ops in {:.2} s: {:.1} ops/s, {} errors\n",
-            self.ok, self.elapsed_s, self.throughput_ops_s, self.errors
+            "{} ops in {:.2} s: {:.1} ops/s, {} errors{}\n",
+            self.ok,
+            self.elapsed_s,
+            self.throughput_ops_s,
+            self.errors,
+            self.siblings_per_read
+                .map_or_else(String::new, |s| format!(", {s:.2} siblings per read"))
         ));
         out.push_str(&format!(
             "{:<10}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}\n",

@@ -1,8 +1,9 @@
 //! A load generator over the client library: concurrent workers issue reads and context-carrying
 //! writes, latencies go into HDR histograms.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_proto::Context;
@@ -77,12 +78,20 @@ pub struct BenchReport {
     pub reads: Histogram<u64>,
     /// Latency of successful writes, microseconds.
     pub writes: Histogram<u64>,
+    /// Siblings returned by the successful reads, summed: divided by the reads, how many
+    /// values a read carried (more than one when writes were concurrent).
+    pub read_siblings: u64,
 }
 
 impl BenchReport {
     /// Successful operations per second.
     pub fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Siblings per successful read; `None` without reads.
+    pub fn siblings_per_read(&self) -> Option<f64> {
+        (!self.reads.is_empty()).then(|| self.read_siblings as f64 / self.reads.len() as f64)
     }
 
     /// Reads and writes together.
@@ -149,15 +158,22 @@ pub async fn run(
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let value = vec![b'x'; cfg.value_size];
+    // The context last seen for each key, by any worker: writes carry it, as the threads of an
+    // application that share what they read would, so a key's siblings stay bounded by the
+    // writes really in flight together. (Per-worker contexts made every worker's first write
+    // to a key blind: with 64 workers a key held about one sibling per worker that wrote it,
+    // and reads then moved ten 1 KiB values instead of one.)
+    let contexts: Arc<Mutex<HashMap<u64, Context>>> = Arc::default();
     let mut workers = Vec::with_capacity(cfg.clients);
     for i in 0..cfg.clients {
         let client = clients[i % clients.len()].clone();
         let cfg = cfg.clone();
-        let (issued, stop, progress, value) = (
+        let (issued, stop, progress, value, contexts) = (
             issued.clone(),
             stop.clone(),
             progress.clone(),
             value.clone(),
+            contexts.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
@@ -165,10 +181,8 @@ pub async fn run(
                 KeyDistribution::Zipfian(s) => Some(Zipf::new(cfg.keys, s).expect("validated")),
                 KeyDistribution::Uniform => None,
             };
-            // The context this worker last saw per key: writes carry it, as a real client would,
-            // so siblings stay bounded by concurrent writers.
-            let mut contexts: std::collections::HashMap<u64, Context> = Default::default();
             let (mut reads, mut writes) = (histogram(), histogram());
+            let mut read_siblings = 0u64;
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
             loop {
                 if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -189,14 +203,25 @@ pub async fn run(
                 let result: Result<_, ClientError> = if read {
                     client.get(&key, &cfg.read_opts).await
                 } else {
-                    let ctx = contexts.get(&k).cloned().unwrap_or_default();
+                    let ctx = contexts
+                        .lock()
+                        .expect("contexts lock")
+                        .get(&k)
+                        .cloned()
+                        .unwrap_or_default();
                     client.put(&key, &value, &ctx, &cfg.write_opts).await
                 };
                 let micros =
                     (t.elapsed().as_micros() as u64).clamp(1, BENCH_LATENCY_MAX.as_micros() as u64);
                 match result {
                     Ok(reply) => {
-                        contexts.insert(k, reply.context);
+                        if read {
+                            read_siblings += reply.siblings.len() as u64;
+                        }
+                        contexts
+                            .lock()
+                            .expect("contexts lock")
+                            .insert(k, reply.context);
                         ok += 1;
                         let h = if read { &mut reads } else { &mut writes };
                         h.record(micros).expect("clamped into bounds");
@@ -208,7 +233,7 @@ pub async fn run(
                 }
                 progress.done.fetch_add(1, Ordering::Relaxed);
             }
-            (reads, writes, ok, errors, first_error)
+            (reads, writes, read_siblings, ok, errors, first_error)
         }));
     }
     let mut report = BenchReport {
@@ -218,9 +243,10 @@ pub async fn run(
         elapsed: Duration::ZERO,
         reads: histogram(),
         writes: histogram(),
+        read_siblings: 0,
     };
     for w in workers {
-        let (reads, writes, ok, errors, first_error) = match w.await {
+        let (reads, writes, read_siblings, ok, errors, first_error) = match w.await {
             Ok(r) => r,
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -229,6 +255,7 @@ pub async fn run(
         };
         report.reads.add(&reads).expect("same bounds");
         report.writes.add(&writes).expect("same bounds");
+        report.read_siblings += read_siblings;
         report.ok += ok;
         report.errors += errors;
         if report.first_error.is_none() {

@@ -98,6 +98,12 @@ pub trait Store: Send + Sync + 'static {
     fn meta(&self) -> Result<Option<NodeMeta>, StoreError>;
     /// The encoded object stored under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The encoded objects stored under `keys`, in order. A store with read transactions
+    /// reads them all in one (a batch of peer reads pays for one snapshot, not one per key);
+    /// the default reads them one by one.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// The stored key whose `blake3` hash is `key_hash`, if an object is stored under it.

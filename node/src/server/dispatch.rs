@@ -442,7 +442,7 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
 }
 
 /// Serves a batch of replica requests: its writes are queued at the engine together, so they
-/// share one group commit, and its reads are read on one blocking thread. When the copies read do not fit one answer frame, the
+/// share one group commit, and its reads are read one after the other. When the copies read do not fit one answer frame, the
 /// largest are answered `FrameTooLarge` instead, and the sender asks for those alone.
 async fn serve_batch(
     items: Vec<BatchItem>,

@@ -379,6 +379,18 @@ impl Store for RedbStore {
             .map(|g| g.value().to_vec()))
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let table = self.read_table(OBJECTS)?;
+        keys.iter()
+            .map(|key| {
+                Ok(table
+                    .get(key.as_slice())
+                    .map_err(io("read"))?
+                    .map(|g| g.value().to_vec()))
+            })
+            .collect()
+    }
+
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut state = self.log.lock().expect("commit log lock");
         if let Some(reason) = &state.failed {
@@ -685,6 +697,40 @@ mod tests {
 
     fn get(store: &RedbStore, key: &[u8]) -> Option<Vec<u8>> {
         store.get(key).unwrap()
+    }
+
+    #[test]
+    fn get_many_reads_what_get_reads_in_order_absent_keys_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        store
+            .commit(&Batch {
+                puts: vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (b"c".to_vec(), b"3".to_vec()),
+                ],
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .commit(&Batch {
+                puts: vec![(b"c".to_vec(), b"3'".to_vec())],
+                removes: vec![b"a".to_vec()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let keys: Vec<Vec<u8>> = [&b"c"[..], b"a", b"b", b"c"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        let many = store.get_many(&keys).unwrap();
+        let one: Vec<_> = keys.iter().map(|k| get(&store, k)).collect();
+        assert_eq!(many, one);
+        assert_eq!(
+            many,
+            vec![Some(b"3'".to_vec()), None, None, Some(b"3'".to_vec())]
+        );
+        assert_eq!(store.get_many(&[]).unwrap(), Vec::<Option<Vec<u8>>>::new());
     }
 
     /// Appends `batch` to the log in `dir` as a commit would, without applying it to redb: the

@@ -1,0 +1,61 @@
+//! The load generator (`cairn_client::bench`) against an in-process cluster: its workers share
+//! the contexts they see, so a key's siblings come only from writes in flight together, and
+//! the report counts the siblings its reads returned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::bench::{BenchConfig, BenchProgress, KeyDistribution};
+use cairn_tests::cluster::{r, w, TestCluster};
+
+/// Workers, and keys few enough that every worker writes every key many times.
+const WORKERS: usize = 8;
+const KEYS: u64 = 16;
+const OPS: u64 = 1_600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_contexts_so_keys_keep_few_siblings() {
+    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    cluster.wait_all_up().await.unwrap();
+    let mut clients = Vec::new();
+    for k in 1..=3 {
+        clients.push(Arc::new(cluster.client(k).await.unwrap()));
+    }
+    let cfg = BenchConfig {
+        read_opts: r(2),
+        write_opts: w(2),
+        clients: WORKERS,
+        ops: Some(OPS),
+        duration: Some(Duration::from_secs(120)),
+        value_size: 64,
+        keys: KEYS,
+        read_ratio: 0.5,
+        distribution: KeyDistribution::Uniform,
+        seed: 11,
+    };
+    let report = cairn_client::bench::run(clients, cfg, Arc::new(BenchProgress::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(report.ok, OPS);
+    let per_read = report.siblings_per_read().expect("the run read");
+    // Each worker writes each key about 50 times. With contexts kept per worker, its first
+    // write to a key was blind and each key ended up holding a sibling per worker (about 8,
+    // and reads averaged several); shared, a write supersedes everything read or written
+    // before it, and only writes in flight together (at most WORKERS) leave siblings behind.
+    assert!(
+        per_read < 2.0,
+        "{per_read:.2} siblings per read: the workers' writes do not carry what others saw"
+    );
+    // And the count is what the reads returned: afterwards, every key holds a value.
+    let client = cluster.client(1).await.unwrap();
+    for k in 0..KEYS {
+        let reply = client
+            .get(format!("bench:{k}").as_bytes(), &r(3))
+            .await
+            .unwrap();
+        assert!(!reply.siblings.is_empty(), "bench:{k} has no value");
+    }
+    drop(client);
+    cluster.shutdown().await;
+}
