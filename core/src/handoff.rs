@@ -29,6 +29,7 @@ use cairn_proto::{ErrorReply, NodeId};
 use crate::limits::{
     HANDOFF_BATCH_MAX, HANDOFF_REFUSED_MAX, HANDOFF_REFUSED_RETRY, HANDOFF_SWEEP_HINTS_MAX,
 };
+use crate::writer::Write;
 
 /// How often hints are retried when no peer came up in between.
 pub const HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
@@ -107,6 +108,26 @@ pub fn route_hint(layout: &Layout, me: NodeId, target: NodeId, key: &[u8]) -> Ro
     } else {
         Route::Owners(to)
     }
+}
+
+/// The writes that carry out [`Action::Redirect`], in the order they must be applied, each
+/// durable before the next: a hint of `hint`'s key for every node of `to`, then (unless `keep`)
+/// the deletion of `target`'s hint unless it was renewed since. A driver stops at the first
+/// that fails, so a failure or a crash in between leaves a hint too many (delivered twice,
+/// harmlessly), never one too few. The node (`node/src/handoff.rs`) and the simulator both
+/// apply exactly these.
+pub fn redirect_writes(target: NodeId, hint: &HintRef, to: &[NodeId], keep: bool) -> Vec<Write> {
+    let mut writes: Vec<Write> = to
+        .iter()
+        .map(|&owner| Write::AddHint { target: owner })
+        .collect();
+    if !keep {
+        writes.push(Write::HintDelivered {
+            target,
+            seq: hint.seq,
+        });
+    }
+    writes
 }
 
 /// The layout hints are routed by, and the node holding them.

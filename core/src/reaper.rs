@@ -667,6 +667,15 @@ pub fn read_page(
     Ok(page)
 }
 
+/// What this node answers to a `PeerRequest::Tombstones`: [`holding`] for each probe, in order
+/// (the node's peer handler and the simulator's both answer with this).
+pub fn holdings(
+    store: &dyn Store,
+    probes: &[TombstoneProbe],
+) -> Result<Vec<TombstoneHolding>, StoreError> {
+    probes.iter().map(|p| holding(store, p)).collect()
+}
+
 /// What this node answers about one probed tombstone (`PeerRequest::Tombstones`): whether it
 /// stores the same object, another one or none, and whether it holds a hint for the key to any
 /// target. One point read, plus one per target it holds hints for.

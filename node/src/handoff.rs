@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
+use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
 use cairn_core::version::Object;
 use cairn_proto::{NodeId, PeerRequest, PeerResponse};
 use tokio::sync::mpsc;
@@ -176,9 +176,8 @@ async fn carry_out(action: Action, policy: &mut Handoff, cx: &mut Context) {
     }
 }
 
-/// Hints `hint`'s key for every node of `to`, then (unless `keep`) deletes `target`'s hint if it
-/// was not renewed meanwhile. The new hints are durable before the old one goes, so a crash in
-/// between leaves a hint too many (delivered twice, harmlessly), never one too few.
+/// Carries out a redirect: the core's `redirect_writes`, applied in order, stopping at the
+/// first that fails (the old hint stays; the next round or sweep tries again).
 async fn redirect(
     engine: &Arc<Engine>,
     peers: &Peers,
@@ -187,27 +186,11 @@ async fn redirect(
     to: Vec<NodeId>,
     keep: bool,
 ) {
-    for owner in to {
-        let add = Write::AddHint { target: owner };
-        if let Err(e) = engine.apply(hint.key.clone(), add).await {
-            // The old hint stays; the next round or sweep tries again.
-            debug!(
-                "redirecting a hint for {} to {} failed: {e}",
-                peers.name(target),
-                peers.name(owner)
-            );
+    for write in redirect_writes(target, &hint, &to, keep) {
+        if let Err(e) = engine.apply(hint.key.clone(), write).await {
+            debug!("redirecting a hint for {}: {e}", peers.name(target));
             return;
         }
-    }
-    if keep {
-        return;
-    }
-    let done = Write::HintDelivered {
-        target,
-        seq: hint.seq,
-    };
-    if let Err(e) = engine.apply(hint.key, done).await {
-        debug!("deleting a redirected hint failed: {e}");
     }
 }
 

@@ -153,20 +153,15 @@ pub async fn answer(
     probes: Vec<TombstoneProbe>,
 ) -> Result<PeerResponse, ErrorReply> {
     let store = engine.store();
-    tokio::task::spawn_blocking(move || {
-        probes
-            .iter()
-            .map(|p| reaper::holding(&*store, p))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| ErrorReply::Storage {
-        reason: format!("tombstone check task: {e}"),
-    })?
-    .map(PeerResponse::Tombstones)
-    .map_err(|e| ErrorReply::Storage {
-        reason: e.to_string(),
-    })
+    tokio::task::spawn_blocking(move || reaper::holdings(&*store, &probes))
+        .await
+        .map_err(|e| ErrorReply::Storage {
+            reason: format!("tombstone check task: {e}"),
+        })?
+        .map(PeerResponse::Tombstones)
+        .map_err(|e| ErrorReply::Storage {
+            reason: e.to_string(),
+        })
 }
 
 /// The reaper's part of `status`, with member names.

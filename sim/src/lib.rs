@@ -32,7 +32,7 @@
 //!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
 //!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
-//!   no longer replicates a key are redirected to its owners) (that glue, and `server.rs`'s routing and peer handlers, is still
+//!   no longer replicates a key are redirected to its owners with the core's `redirect_writes`) (that glue, and `server/dispatch.rs`'s routing and peer handlers, is still
 //!   this crate's own: forward to the first chosen replica, coordinate here when the forward
 //!   never left). With no gossip here every peer counts as alive and suspect, so probes find a
 //!   dead one.
@@ -113,11 +113,11 @@ pub struct Options {
     /// Coordinate a write only at a node that `route` chooses for it (known bug 2 in
     /// `tests/tests/coordinator.rs`): after a failed forward, and on receiving a forward, a node
     /// that is not among the key's chosen replicas refuses the write. `false` does as
-    /// `server.rs` does today: it coordinates there anyway.
+    /// `server/dispatch.rs` does today: it coordinates there anyway.
     pub strict_routing: bool,
     /// A write whose forward went out unanswered is not coordinated again here (as
-    /// `server.rs` does since bug 3: it may have been applied there). `false` retries it here,
-    /// as `server.rs` did before, which can apply one client write twice.
+    /// `server/dispatch.rs` does since bug 3: it may have been applied there). `false` retries it here,
+    /// as `server/dispatch.rs` did before, which can apply one client write twice.
     pub forward_once: bool,
     /// The faults added with the shared node core: disks that fail their commits for a while,
     /// nodes paused and resumed, restarts right after a crash, and (drawn per seed) a small hint
@@ -528,17 +528,7 @@ impl Sim {
         }
         for key in &keys {
             let Some(layout) = &layout else { break };
-            let primaries = layout
-                .current()
-                .primaries(self.ring_config.partition_of(key));
-            let copies: Vec<(usize, Object)> = primaries
-                .iter()
-                .map(|id| {
-                    let ix = self.ids.iter().position(|i| i == id).expect("member");
-                    let o = self.nodes[ix].object(key);
-                    (ix, o)
-                })
-                .collect();
+            let copies = self.final_copies(layout, key);
             self.w.logf("sim", || {
                 let all: Vec<String> = copies
                     .iter()
@@ -602,21 +592,27 @@ impl Sim {
     ///
     /// Nodes removed or replaced for good are left out, and so are hints for them (nothing will
     /// ever take those); the layout must be the same everywhere and settled.
+    /// What each replica of `key` in `layout`'s newest version holds, by node index.
+    fn final_copies(&self, layout: &Layout, key: &[u8]) -> Vec<(usize, Object)> {
+        layout
+            .current()
+            .primaries(self.ring_config.partition_of(key))
+            .iter()
+            .map(|id| {
+                let ix = self.ids.iter().position(|i| i == id).expect("member");
+                (ix, self.nodes[ix].object(key))
+            })
+            .collect()
+    }
+
     /// Whether every replica of every key in the agreed layout holds the same object.
     fn final_replicas_agree(&self, keys: &[Vec<u8>]) -> bool {
         let Some(layout) = self.agreed_layout() else {
             return true;
         };
         keys.iter().all(|key| {
-            let primaries = layout
-                .current()
-                .primaries(self.ring_config.partition_of(key));
-            let mut copies = primaries.iter().filter_map(|id| {
-                let ix = self.ids.iter().position(|i| i == id)?;
-                Some(self.nodes[ix].object(key))
-            });
-            let first = copies.next();
-            copies.all(|o| Some(&o) == first.as_ref())
+            let copies = self.final_copies(layout, key);
+            copies.windows(2).all(|w| w[0].1 == w[1].1)
         })
     }
 
@@ -1187,7 +1183,7 @@ impl Sim {
     }
 
     /// The operator: once `cairn status` shows the cluster settled (every node holds the same
-    /// settled layout), one change at a node, as `server.rs` plans and applies it: a spare joins
+    /// settled layout), one change at a node, as `server/dispatch.rs` plans and applies it: a spare joins
     /// (fetching a member's layout first, as `cairn join SEED` does), a running member leaves,
     /// a crashed member is removed or replaced by a spare (it never comes back: its data counts
     /// as lost). Sometimes the next change is queued at once (two changes in a row), and

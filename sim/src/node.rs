@@ -1,6 +1,6 @@
 //! One simulated node: the core's request driver, writer, liveness and handoff policies,
 //! carried out over the simulated world as `node/src/driver.rs`, `engine.rs`, `peers.rs` and
-//! `handoff.rs` carry them out; `server.rs`'s routing and peer handlers are still this file's.
+//! `handoff.rs` carry them out; `server/dispatch.rs`'s routing and peer handlers are still this file's.
 //!
 //! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
 //! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for the disk is applied and
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
 use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
-use cairn_core::handoff::{Action, Answer, Handoff, HintRef};
+use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
@@ -179,20 +179,15 @@ pub enum DiskJob {
         seq: u64,
     },
     /// The handoff policy redirects a hint whose target no longer replicates the key
-    /// (`Action::Redirect`), as `node/src/handoff.rs::redirect` does: a hint for every node of
-    /// `to`, then (unless `keep`) `target`'s hint deleted unless renewed since; a failed write
-    /// stops it with the old hint still there.
+    /// (`Action::Redirect`): the core's `redirect_writes`, applied in order, stopping at the
+    /// first that fails, as `node/src/handoff.rs` applies them.
     Redirect {
         /// The key.
         key: Vec<u8>,
         /// The node the hint was for.
         target: NodeId,
-        /// Its renewal.
-        seq: u64,
-        /// The key's replicas that get hints instead.
-        to: Vec<NodeId>,
-        /// Whether `target`'s hint stays.
-        keep: bool,
+        /// The writes, in order.
+        writes: Vec<Write>,
     },
     /// The reaper removes a tombstone every member confirmed, if it is still what its scan
     /// read (`Write::DropIfUnchanged`, as `node/src/reaper.rs` applies it).
@@ -591,7 +586,7 @@ impl SimNode {
         }
     }
 
-    /// `server.rs::handle`: forward to a chosen replica, or coordinate here.
+    /// `server/dispatch.rs::handle`: forward to a chosen replica, or coordinate here.
     fn on_client_request(&mut self, cx: &mut Ctx, client: ClientIx, seq: u64, req: ClientRequest) {
         let Some(routed) = self.route(req.key()) else {
             self.no_layout(cx, ReplyTo::Client { client, seq });
@@ -608,7 +603,7 @@ impl SimNode {
                     seq,
                     req: req.clone(),
                 };
-                // As `server.rs`: the request's own timeout plus the core's margin.
+                // As `server/dispatch.rs`: the request's own timeout plus the core's margin.
                 let timeout = req.clone().into_job().0.forward_timeout();
                 self.request(cx, to_ix, PeerReq::Forward(req), out, timeout);
             }
@@ -637,7 +632,7 @@ impl SimNode {
         Some(route(layout.routing_ring(), me, key, &is_up))
     }
 
-    /// A node without a layout answers `NoRing`, as `server.rs` does.
+    /// A node without a layout answers `NoRing`, as `server/dispatch.rs` does.
     fn no_layout(&mut self, cx: &mut Ctx, reply: ReplyTo) {
         cx.w.log(self.me(), "no layout yet: request refused");
         let resp = ClientResponse {
@@ -651,7 +646,7 @@ impl SimNode {
         self.answer(cx, reply, resp);
     }
 
-    /// What `server.rs` does when it cannot hand a request to a chosen replica (its forward
+    /// What `server/dispatch.rs` does when it cannot hand a request to a chosen replica (its forward
     /// failed, or it was forwarded here): coordinate here regardless. With `strict_routing`,
     /// a write is coordinated only where `route` says `Local`, else refused.
     fn coordinate_if_chosen(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
@@ -672,7 +667,7 @@ impl SimNode {
         self.coordinate(cx, req, reply);
     }
 
-    /// `server.rs::handle_peer`.
+    /// `server/dispatch.rs::handle_peer`.
     fn on_peer_request(&mut self, cx: &mut Ctx, peer: NodeIx, gen: u64, rid: u64, req: PeerReq) {
         let reply = |cx: &mut Ctx, me: Addr, resp: Result<PeerResp, ErrorReply>| {
             cx.w.send(me, Addr::Node(peer), Body::PeerResp { gen, rid, resp });
@@ -716,7 +711,7 @@ impl SimNode {
             }
             PeerReq::Read { key } => {
                 let obj = self.read_local(&key);
-                // `server.rs` sends an object without siblings as empty bytes, which the
+                // `server/dispatch.rs` sends an object without siblings as empty bytes, which the
                 // requester decodes as `Object::new()` (its history is not sent).
                 let obj = if obj.is_empty() { Object::new() } else { obj };
                 reply(cx, self.me(), Ok(PeerResp::Object(obj)));
@@ -731,10 +726,7 @@ impl SimNode {
             }
             PeerReq::Tombstones(probes) => {
                 // As `node/src/reaper.rs::answer`: point reads of the store.
-                let held = probes
-                    .iter()
-                    .map(|p| reaper::holding(&self.store, p))
-                    .collect::<Result<Vec<_>, _>>()
+                let held = reaper::holdings(&self.store, &probes)
                     .map(PeerResp::Tombstones)
                     .map_err(|e| ErrorReply::Storage {
                         reason: e.to_string(),
@@ -861,7 +853,7 @@ impl SimNode {
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
             Outgoing::Forward { client, seq, req } => {
-                // `server.rs`: a write whose forward went out unanswered may have been applied
+                // `server/dispatch.rs`: a write whose forward went out unanswered may have been applied
                 // there; applying it here too would make two siblings of one write (rule 5).
                 // Only a forward that never reached a process is coordinated here.
                 if cx.forward_once
@@ -1356,36 +1348,25 @@ impl SimNode {
             DiskJob::Redirect {
                 key,
                 target,
-                seq,
-                to,
-                keep,
+                writes,
             } => {
-                for owner in &to {
-                    if let (_, Err(e)) = self.write(&key, Write::AddHint { target: *owner }) {
+                for write in writes {
+                    if let (_, Err(e)) = self.write(&key, write) {
                         cx.w.logf(self.me(), || {
                             format!(
-                                "disk: redirecting the hint for {} {} to {} failed: {e}",
+                                "disk: redirecting the hint for {} {} failed: {e}",
                                 node(target),
-                                key_str(&key),
-                                node(*owner)
+                                key_str(&key)
                             )
                         });
                         return;
                     }
                 }
-                let deleted = !keep
-                    && self
-                        .write(&key, Write::HintDelivered { target, seq })
-                        .1
-                        .is_ok();
                 cx.w.logf(self.me(), || {
-                    let to: Vec<String> = to.iter().map(|n| node(*n)).collect();
                     format!(
-                        "disk: hint for {} {} redirected to [{}]{}",
+                        "disk: hint for {} {} redirected",
                         node(target),
-                        key_str(&key),
-                        to.join(","),
-                        if deleted { ", deleted" } else { ", kept" }
+                        key_str(&key)
                     )
                 });
             }
@@ -1562,16 +1543,17 @@ impl SimNode {
                     hint,
                     to,
                     keep,
-                } => self.queue_disk(
-                    cx,
-                    DiskJob::Redirect {
-                        key: hint.key,
-                        target,
-                        seq: hint.seq,
-                        to,
-                        keep,
-                    },
-                ),
+                } => {
+                    let writes = redirect_writes(target, &hint, &to, keep);
+                    self.queue_disk(
+                        cx,
+                        DiskJob::Redirect {
+                            key: hint.key,
+                            target,
+                            writes,
+                        },
+                    );
+                }
                 Action::RoundDone { .. } => {}
             }
         }
