@@ -507,6 +507,13 @@ impl Layout {
     pub fn is_member(&self, node: NodeId) -> bool {
         self.versions.iter().any(|v| v.is_member(node))
     }
+
+    /// Whether `node` is on its way out: a member of an older live version but not of the
+    /// newest. Status shows this from the layout itself, so every node that holds the new
+    /// version says so at once instead of waiting for the leaver's own gossip.
+    pub fn is_leaving(&self, node: NodeId) -> bool {
+        self.is_member(node) && !self.current().is_member(node)
+    }
 }
 
 fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {

@@ -124,6 +124,11 @@ fn a_leaver_pushes_its_own_data_and_is_no_member_after_retirement() {
         .apply(layout.plan(&Change::Leave { node: id(4) }).unwrap())
         .unwrap();
     assert!(layout.is_member(id(4)), "still a member of the old version");
+    assert!(layout.is_leaving(id(4)));
+    assert!(
+        !layout.is_leaving(id(3)),
+        "a node that stays is not leaving"
+    );
     ack_all(&mut layout);
     assert!(!layout.transfers(id(4)).is_empty());
     for i in 1..=4 {
@@ -131,6 +136,7 @@ fn a_leaver_pushes_its_own_data_and_is_no_member_after_retirement() {
     }
     layout.poll_retire().unwrap();
     assert!(!layout.is_member(id(4)));
+    assert!(!layout.is_leaving(id(4)), "gone, no longer leaving");
     for p in 0..CONFIG.partitions {
         assert!(!layout.replicates(id(4), p));
     }

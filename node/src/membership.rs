@@ -1354,6 +1354,7 @@ impl Membership {
     /// Every member as this node sees it, for `cairn status`.
     pub fn status(&self, hints_pending: u64) -> Vec<MemberStatus> {
         let view = self.view();
+        let layout = self.layout.get();
         let now = Instant::now();
         let g = self.lock();
         view.members
@@ -1368,6 +1369,9 @@ impl Membership {
                     Status::Left => "left",
                     _ if m.storage.is_degraded() && heard => "degraded",
                     _ if !this_node && !self.peers.is_up(id) => "down",
+                    // The layout says a member leaves as soon as this node holds the version
+                    // that drops it; the leaver's own `Leaving` gossip may arrive later.
+                    _ if layout.as_ref().is_some_and(|l| l.is_leaving(id)) => "leaving",
                     Status::Joining => "joining",
                     Status::Up => "up",
                     Status::Leaving => "leaving",
