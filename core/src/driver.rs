@@ -332,11 +332,38 @@ impl<T> RequestDriver<T> {
     /// Hint `seq` (of [`Output::Hint`]) could not be made durable; report it before the
     /// [`RequestDriver::handle_hints_done`] that counts it.
     pub fn handle_hint_failed(&mut self, seq: u64, key: Vec<u8>, reason: String) {
-        // Only a reply still held can change; with none held, nothing waits for this hint.
-        if !self.held.is_empty() {
+        // Only a reply still held, or one whose outcome is still to come (the hint may fail
+        // before the last acknowledgement arrives: seed 8025), can change; with neither,
+        // nothing waits for this hint.
+        if self.refers_to(&key) {
             // The first failure per key: a reply is affected by any failed hint issued
             // before it.
             self.hints_failed.entry(key).or_insert((seq, reason));
+        }
+    }
+
+    /// Whether a held reply or a request still in flight is about `key`.
+    fn refers_to(&self, key: &[u8]) -> bool {
+        self.held.iter().any(|(_, k, _)| k == key) || self.keys.values().any(|k| k == key)
+    }
+
+    /// Turns the acknowledgement `reply` (issued after `issued` hints) into an error when a
+    /// hint for its key issued before it failed and this node is no primary of the key.
+    fn fail_if_hint_lost(&self, issued: u64, key: &[u8], reply: &mut Output<T>) {
+        if let Output::Reply { result, .. } = reply {
+            if let (Ok(Outcome::Written(_)), Some((seq, reason))) =
+                (&*result, self.hints_failed.get(key))
+            {
+                if *seq <= issued && !self.is_primary(key) && self.failed_hints_fail_acks() {
+                    *result = Err(CoordinatorError::Local(ErrorReply::Overloaded {
+                        reason: format!(
+                            "the write is stored only on this fallback node and a hint to \
+                             hand it to its primary could not be kept ({reason}); it may \
+                             never reach its replicas"
+                        ),
+                    }));
+                }
+            }
         }
     }
 
@@ -349,26 +376,23 @@ impl<T> RequestDriver<T> {
             .is_some_and(|(issued, _, _)| *issued <= self.hints_done)
         {
             let (issued, key, mut reply) = self.held.pop_front().expect("front exists");
-            if let Output::Reply { result, .. } = &mut reply {
-                if let (Ok(Outcome::Written(_)), Some((seq, reason))) =
-                    (&*result, self.hints_failed.get(&key))
-                {
-                    if *seq <= issued && !self.is_primary(&key) && self.failed_hints_fail_acks() {
-                        *result = Err(CoordinatorError::Local(ErrorReply::Overloaded {
-                            reason: format!(
-                                "the write is stored only on this fallback node and a hint to \
-                                 hand it to its primary could not be kept ({reason}); it may \
-                                 never reach its replicas"
-                            ),
-                        }));
-                    }
-                }
-            }
+            self.fail_if_hint_lost(issued, &key, &mut reply);
             self.out.push_back(reply);
         }
-        if self.held.is_empty() {
-            self.hints_failed.clear();
+        self.forget_hint_failures();
+    }
+
+    /// Drops the failures no held reply and no request in flight can be about, so the map
+    /// stays bounded by them.
+    fn forget_hint_failures(&mut self) {
+        if self.hints_failed.is_empty() {
+            return;
         }
+        let failed = std::mem::take(&mut self.hints_failed);
+        self.hints_failed = failed
+            .into_iter()
+            .filter(|(key, _)| self.refers_to(key))
+            .collect();
     }
 
     fn is_primary(&self, key: &[u8]) -> bool {
@@ -464,9 +488,12 @@ impl<T> RequestDriver<T> {
                 let Some(to) = self.waiting.remove(&req) else {
                     continue;
                 };
-                let reply = Output::Reply { req, to, result };
+                let mut reply = Output::Reply { req, to, result };
                 if self.hints_done >= self.hints_issued {
+                    // Every hint issued before it is done: one that failed decides now.
+                    self.fail_if_hint_lost(self.hints_issued, &key, &mut reply);
                     self.out.push_back(reply);
+                    self.forget_hint_failures();
                 } else {
                     self.held.push_back((self.hints_issued, key, reply));
                 }

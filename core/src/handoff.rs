@@ -111,7 +111,8 @@ pub fn route_hint(layout: &Layout, me: NodeId, target: NodeId, key: &[u8]) -> Ro
 }
 
 /// The writes that carry out [`Action::Redirect`], in the order they must be applied, each
-/// durable before the next: a hint of `hint`'s key for every node of `to`, then (unless `keep`)
+/// durable before the next: a hint of `hint`'s key for every node of `to` (admitted over the
+/// per-peer limit, see [`Write::RedirectHint`]), then (unless `keep`)
 /// the deletion of `target`'s hint unless it was renewed since. A driver stops at the first
 /// that fails, so a failure or a crash in between leaves a hint too many (delivered twice,
 /// harmlessly), never one too few. The node (`node/src/handoff.rs`) and the simulator both
@@ -119,7 +120,7 @@ pub fn route_hint(layout: &Layout, me: NodeId, target: NodeId, key: &[u8]) -> Ro
 pub fn redirect_writes(target: NodeId, hint: &HintRef, to: &[NodeId], keep: bool) -> Vec<Write> {
     let mut writes: Vec<Write> = to
         .iter()
-        .map(|&owner| Write::AddHint { target: owner })
+        .map(|&owner| Write::RedirectHint { target: owner })
         .collect();
     if !keep {
         writes.push(Write::HintDelivered {

@@ -68,6 +68,15 @@ pub enum Write {
         /// The node that missed it.
         target: NodeId,
     },
+    /// A hint moved here from a node that no longer owns the key ([`crate::handoff`]'s
+    /// redirect): as `AddHint`, but kept even when `target`'s hints are at their limit. The
+    /// limit bounds what new writes add; a redirect carries a hint already admitted, and
+    /// refusing it can deadlock: two full hint queues, each waiting to redirect into the other,
+    /// never drain (simulator, seed 8025 of the crash sweep).
+    RedirectHint {
+        /// The key's owner that takes the hint over.
+        target: NodeId,
+    },
     /// `target` acknowledged the key as of hint renewal `seq`: delete the hint unless it was
     /// renewed since.
     HintDelivered {
@@ -571,7 +580,7 @@ impl Writer {
                     });
                 }
                 if let Some(target) = hint_for {
-                    self.add_hint(store, pending, *target, key)?;
+                    self.add_hint(store, pending, *target, key, false)?;
                 }
                 #[cfg(feature = "sabotage")]
                 if self.sabotage() == Sabotage::AckWithoutStoring {
@@ -580,7 +589,11 @@ impl Writer {
                 merged
             }
             Write::AddHint { target } => {
-                self.add_hint(store, pending, *target, key)?;
+                self.add_hint(store, pending, *target, key, false)?;
+                return Ok(current);
+            }
+            Write::RedirectHint { target } => {
+                self.add_hint(store, pending, *target, key, true)?;
                 return Ok(current);
             }
             Write::HintDelivered { target, seq } => {
@@ -687,6 +700,7 @@ impl Writer {
         pending: &mut Pending,
         target: NodeId,
         key: &[u8],
+        over_limit: bool,
     ) -> Result<(), WriteError> {
         #[cfg(feature = "sabotage")]
         if self.sabotage() == Sabotage::ForgetHints {
@@ -695,7 +709,7 @@ impl Writer {
         let exists = pending.hint(store, target, key)?.is_some();
         let count = pending.counts.entry(target).or_insert(0);
         if !exists {
-            if *count >= self.config.hints_per_peer_max {
+            if *count >= self.config.hints_per_peer_max && !over_limit {
                 return Err(WriteError::HintsFull {
                     target,
                     max: self.config.hints_per_peer_max,

@@ -1,5 +1,6 @@
 //! The request driver's reply rule: an acknowledgement waits for the hints issued before it,
-//! and a fallback that could not keep such a hint does not acknowledge (seed 106).
+//! and a fallback that could not keep such a hint does not acknowledge (seed 106), even when the
+//! hint failed before the last acknowledgement came (seed 8025).
 
 // A test needs one real instant to start its virtual clock from; the core itself reads none.
 #![allow(clippy::disallowed_methods)]
@@ -10,7 +11,7 @@ use cairn_core::coordinator::{CoordinatorError, Outcome, ReplicaResult};
 use cairn_core::driver::{Job, LocalOp, Output, RequestDriver};
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::Write;
-use cairn_proto::{ActorId, Context, NodeId, WriteOptions};
+use cairn_proto::{ActorId, Context, NodeId, PeerResponse, WriteOptions};
 use cairn_ring::{Member, Ring, RingConfig};
 
 /// Four nodes, N = 3; `me` and a key it is *not* a primary of.
@@ -116,6 +117,69 @@ fn a_fallback_does_not_ack_a_write_whose_hint_was_not_kept() {
     let hints = put_alone(&mut driver, me, &key);
     driver.handle_hint_failed(hints[0], key.clone(), "hint store full".into());
     driver.handle_hints_done(*hints.last().unwrap());
+    match reply(&mut driver) {
+        Err(CoordinatorError::Local(e)) => {
+            assert!(e.to_string().contains("hint store full"), "{e}")
+        }
+        other => panic!("acknowledged anyway: {other:?}"),
+    }
+}
+
+#[test]
+fn a_hint_that_failed_before_the_last_ack_still_fails_the_write() {
+    let (me, ring, key) = setup();
+    let primaries = ring.preference_list(ring.partition_of(&key)).primaries;
+    let up = primaries[0];
+    let mut driver: RequestDriver<&'static str> = RequestDriver::new(me, ring, true);
+    // W = 2 with one primary up: this fallback's copy and that primary's make the quorum.
+    let job = Job::Put {
+        key: key.clone(),
+        context: Context::default(),
+        payload: Payload::Value(b"v".to_vec()),
+        opts: WriteOptions {
+            w: Some(2),
+            ..WriteOptions::default()
+        },
+    };
+    driver.handle_client(Instant::now(), job, "client", &|id| id == me || id == up);
+    let mut update = None;
+    while let Some(out) = driver.poll_output() {
+        if let Output::Local {
+            op: Some(op),
+            work: LocalOp::Write(Write::Update { .. }),
+            ..
+        } = out
+        {
+            update = Some(op);
+        }
+    }
+    let stored = Object::new()
+        .update(
+            &VClock::default(),
+            Dot::new(ActorId { node: me, epoch: 1 }, 1),
+            Payload::Value(b"v".to_vec()),
+        )
+        .unwrap();
+    driver.handle_local(update.unwrap(), Ok(ReplicaResult::Object(stored)));
+    let (mut hints, mut sent) = (Vec::new(), None);
+    while let Some(out) = driver.poll_output() {
+        match out {
+            Output::Hint { seq, .. } => hints.push(seq),
+            Output::SendPeer {
+                op: Some(op), to, ..
+            } if to == up => sent = Some(op),
+            Output::Reply { .. } => panic!("replied before the quorum"),
+            _ => {}
+        }
+    }
+    // Every hint is done (one failed) while the primary's acknowledgement is still on its way.
+    driver.handle_hint_failed(hints[0], key.clone(), "hint store full".into());
+    driver.handle_hints_done(*hints.last().unwrap());
+    assert!(driver.poll_output().is_none(), "the quorum is not met yet");
+    driver.handle_peer_reply(
+        sent.expect("the primary is sent the write"),
+        Ok(PeerResponse::Ack),
+    );
     match reply(&mut driver) {
         Err(CoordinatorError::Local(e)) => {
             assert!(e.to_string().contains("hint store full"), "{e}")

@@ -139,6 +139,32 @@ fn hints_beyond_the_maximum_are_refused_and_the_merge_with_them() {
     assert_eq!(store.hint_counts().unwrap().get(&target), Some(&2));
 }
 
+/// Two full hint queues each waiting to redirect into the other would never drain (simulator,
+/// seed 8025 of the crash sweep): a redirected hint is admitted over the limit.
+#[test]
+fn a_redirected_hint_is_kept_over_the_limit_a_new_one_is_not() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 1);
+    let target = node("owner");
+    let results = apply(
+        &mut w,
+        &store,
+        vec![
+            ("a", Write::AddHint { target }),
+            ("b", Write::AddHint { target }),
+            ("b", Write::RedirectHint { target }),
+        ],
+    );
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(WriteError::HintsFull { max: 1, .. })),
+        "{results:?}"
+    );
+    assert!(results[2].is_ok(), "{results:?}");
+    assert!(store.hint(target, b"b").unwrap().is_some());
+    assert_eq!(store.hint_counts().unwrap().get(&target), Some(&2));
+}
+
 /// A store whose commits fail after the first `ok` of them.
 #[derive(Debug, Default)]
 struct Failing {

@@ -147,6 +147,22 @@ pub struct History {
     reaped: std::collections::BTreeSet<(ActorId, u64)>,
 }
 
+/// How a node holds the key it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// It replicates the key in a live version of its layout.
+    Primary,
+    /// It stands in for a primary (with a hint), or coordinated a write off the key's replicas
+    /// (with hints for them).
+    Fallback,
+    /// A replica copy sent by a node with an older layout, which this node does not replicate:
+    /// no hint goes with it and its cleanup drops it, so it is no way for the write to reach a
+    /// replica and does not make the write survive a loss of its real holders (seed 2791 of the
+    /// crash sweep: a removed fallback's hints were lost with it; a stray copy it had sent is
+    /// not a holder).
+    Stray,
+}
+
 /// Who holds a dot.
 #[derive(Debug, Default)]
 struct Holders {
@@ -379,17 +395,28 @@ impl History {
         self.orphaned.contains(&(d.actor, d.counter))
     }
 
-    /// Replica `node` (a primary of `key` or not) replaces its object for `key`, `old`, with
+    /// Node `node`, holding `key` as `holding` says, replaces its object for `key`, `old`, with
     /// `new` (rule 6).
-    pub fn stored(&mut self, node: NodeIx, primary: bool, key: &[u8], old: &Object, new: &Object) {
+    pub fn stored(
+        &mut self,
+        node: NodeIx,
+        holding: Holding,
+        key: &[u8],
+        old: &Object,
+        new: &Object,
+    ) {
         for (d, _) in new.siblings() {
             let id = (d.actor, d.counter);
-            let h = self.holders.entry(id).or_default();
-            if primary {
-                h.primaries.insert(node);
-                h.reached_primary = true;
-            } else {
-                h.others.insert(node);
+            match holding {
+                Holding::Primary => {
+                    let h = self.holders.entry(id).or_default();
+                    h.primaries.insert(node);
+                    h.reached_primary = true;
+                }
+                Holding::Fallback => {
+                    self.holders.entry(id).or_default().others.insert(node);
+                }
+                Holding::Stray => continue,
             }
             self.orphaned.remove(&id);
         }

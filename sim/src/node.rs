@@ -36,7 +36,7 @@ use rand::Rng;
 
 use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
-use super::history::{History, WriteId};
+use super::history::{History, Holding, WriteId};
 use super::msg::{
     describe_layout, key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq,
     PeerResp,
@@ -1211,8 +1211,12 @@ impl SimNode {
                                 obj(&next)
                             )
                         });
-                        let primary = self.is_primary(cx, &key);
-                        cx.history.stored(self.ix, primary, &key, &current, &next);
+                        let holding = if self.is_primary(cx, &key) {
+                            Holding::Primary
+                        } else {
+                            Holding::Fallback
+                        };
+                        cx.history.stored(self.ix, holding, &key, &current, &next);
                         if let Some((req, write)) = tag {
                             if let Some(&first) = minted.first() {
                                 self.run().minted.insert(req, first);
@@ -1251,8 +1255,12 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
-                        let primary = self.is_primary(cx, &key);
-                        cx.history.stored(self.ix, primary, &key, &current, &merged);
+                        let holding = match (self.is_primary(cx, &key), hint_for) {
+                            (true, _) => Holding::Primary,
+                            (false, Some(_)) => Holding::Fallback,
+                            (false, None) => Holding::Stray,
+                        };
+                        cx.history.stored(self.ix, holding, &key, &current, &merged);
                         Ok(())
                     }
                     Err(e) => {

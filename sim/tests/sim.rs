@@ -650,6 +650,47 @@ fn regression_7_hints_follow_the_layout() {
     );
 }
 
+/// Found by the 10,000-seed sweeps (session 7), three defects:
+///
+/// - Seed 8025 (`sweep_as_the_node_drives_it`): a fallback coordinated a W = 2 delete; both of
+///   its hints were refused (hint store full) *before* the one primary's acknowledgement came.
+///   The driver kept a failed hint only while a reply was held, so it forgot these and
+///   acknowledged a write held by the fallback (no hint) and one primary, which then lost its
+///   disk; the fallback's cleanup dropped the last copy. Fixed in `cairn_core::driver`: a
+///   failure is kept while a request for the key is in flight.
+/// - Seed 8025 (`sweep_with_crashes_right_after_acks`): two full hint queues, each hint waiting
+///   to be redirected into the other queue after a layout change, never drained. Fixed in
+///   `cairn_core::writer`: a redirected hint (`Write::RedirectHint`) is kept over the per-peer
+///   limit, which bounds what new writes add.
+/// - Seed 2791 (crash sweep), the checker's: a copy sent by a node with an older layout to a node
+///   that does not replicate the key carries no hint and is dropped by cleanup; it no longer
+///   counts as a holder (`Holding::Stray`), so a W = 1 write whose fallback was removed with its
+///   hints is excused as lost with it, as a wiped disk is.
+///
+/// And two of the harness: every member still in the cluster lost its disk, so no node held a
+/// layout to join (seeds 2088 and 8999; a run now keeps one layout holder), and the final read
+/// asked a node gone for good whose removal had not spread (seed 9607).
+#[test]
+fn regression_8_failed_hints_redirects_and_stray_copies() {
+    expect_no_failures(
+        "regression_8 (node sweep)",
+        &[2088, 8025, 8999, 9607],
+        &Options {
+            crash_after_ack: false,
+            ..Options::default()
+        },
+    );
+    expect_no_failures(
+        "regression_8 (crashes after acks)",
+        &[2088, 2791, 8025],
+        &Options {
+            crash_after_ack: true,
+            strict_routing: true,
+            ..Options::default()
+        },
+    );
+}
+
 /// The sweeps reap tombstones as the node does, and a reaper that breaks its rule is caught: one
 /// that does not wait for a member holding another copy (the value a delete superseded, missed
 /// while it was down) reaps while that copy lives, and read repair or a hint then brings the
