@@ -52,6 +52,21 @@ fn put_alone(driver: &mut RequestDriver<&'static str>, me: NodeId, key: &[u8]) -
         },
     };
     driver.handle_client(Instant::now(), job, "client", &|id| id == me);
+    apply_update(driver, me);
+    let mut hints = Vec::new();
+    while let Some(out) = driver.poll_output() {
+        match out {
+            Output::Hint { seq, .. } => hints.push(seq),
+            Output::Reply { .. } => panic!("replied before its hints were durable"),
+            _ => {}
+        }
+    }
+    assert!(!hints.is_empty(), "the down primaries get hints");
+    hints
+}
+
+/// Applies the local update the driver asked for, as this node's writer would.
+fn apply_update(driver: &mut RequestDriver<&'static str>, me: NodeId) {
     let mut update = None;
     while let Some(out) = driver.poll_output() {
         if let Output::Local {
@@ -72,16 +87,6 @@ fn put_alone(driver: &mut RequestDriver<&'static str>, me: NodeId, key: &[u8]) -
         )
         .unwrap();
     driver.handle_local(op, Ok(ReplicaResult::Object(stored)));
-    let mut hints = Vec::new();
-    while let Some(out) = driver.poll_output() {
-        match out {
-            Output::Hint { seq, .. } => hints.push(seq),
-            Output::Reply { .. } => panic!("replied before its hints were durable"),
-            _ => {}
-        }
-    }
-    assert!(!hints.is_empty(), "the down primaries get hints");
-    hints
 }
 
 fn reply(driver: &mut RequestDriver<&'static str>) -> Result<Outcome, CoordinatorError> {
@@ -142,25 +147,7 @@ fn a_hint_that_failed_before_the_last_ack_still_fails_the_write() {
         },
     };
     driver.handle_client(Instant::now(), job, "client", &|id| id == me || id == up);
-    let mut update = None;
-    while let Some(out) = driver.poll_output() {
-        if let Output::Local {
-            op: Some(op),
-            work: LocalOp::Write(Write::Update { .. }),
-            ..
-        } = out
-        {
-            update = Some(op);
-        }
-    }
-    let stored = Object::new()
-        .update(
-            &VClock::default(),
-            Dot::new(ActorId { node: me, epoch: 1 }, 1),
-            Payload::Value(b"v".to_vec()),
-        )
-        .unwrap();
-    driver.handle_local(update.unwrap(), Ok(ReplicaResult::Object(stored)));
+    apply_update(&mut driver, me);
     let (mut hints, mut sent) = (Vec::new(), None);
     while let Some(out) = driver.poll_output() {
         match out {
