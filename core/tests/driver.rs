@@ -40,18 +40,22 @@ fn setup() -> (NodeId, Ring, Vec<u8>) {
     (me, ring, key)
 }
 
-/// A W = 1 put at `me` with every other node down: `me` stands in for the primaries.
-fn put_alone(driver: &mut RequestDriver<&'static str>, me: NodeId, key: &[u8]) -> Vec<u64> {
-    let job = Job::Put {
+/// A blind put of `v` to `key` with write quorum `w`.
+fn put(key: &[u8], w: u8) -> Job {
+    Job::Put {
         key: key.to_vec(),
         context: Context::default(),
         payload: Payload::Value(b"v".to_vec()),
         opts: WriteOptions {
-            w: Some(1),
+            w: Some(w),
             ..WriteOptions::default()
         },
-    };
-    driver.handle_client(Instant::now(), job, "client", &|id| id == me);
+    }
+}
+
+/// A W = 1 put at `me` with every other node down: `me` stands in for the primaries.
+fn put_alone(driver: &mut RequestDriver<&'static str>, me: NodeId, key: &[u8]) -> Vec<u64> {
+    driver.handle_client(Instant::now(), put(key, 1), "client", &|id| id == me);
     apply_update(driver, me);
     let mut hints = Vec::new();
     while let Some(out) = driver.poll_output() {
@@ -137,16 +141,9 @@ fn a_hint_that_failed_before_the_last_ack_still_fails_the_write() {
     let up = primaries[0];
     let mut driver: RequestDriver<&'static str> = RequestDriver::new(me, ring, true);
     // W = 2 with one primary up: this fallback's copy and that primary's make the quorum.
-    let job = Job::Put {
-        key: key.clone(),
-        context: Context::default(),
-        payload: Payload::Value(b"v".to_vec()),
-        opts: WriteOptions {
-            w: Some(2),
-            ..WriteOptions::default()
-        },
-    };
-    driver.handle_client(Instant::now(), job, "client", &|id| id == me || id == up);
+    driver.handle_client(Instant::now(), put(&key, 2), "client", &|id| {
+        id == me || id == up
+    });
     apply_update(&mut driver, me);
     let (mut hints, mut sent) = (Vec::new(), None);
     while let Some(out) = driver.poll_output() {

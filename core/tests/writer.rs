@@ -109,14 +109,31 @@ fn a_delivered_hint_is_deleted_only_if_not_renewed() {
     assert_eq!(w.hint_counts().get(&target), Some(&1));
 }
 
+/// `writes` applied by a fresh writer over a fresh store that keeps at most `max` hints per
+/// peer.
+fn apply_with_hint_limit(
+    max: u64,
+    writes: Vec<(&str, Write)>,
+) -> (MemoryStore, Vec<Result<Object, WriteError>>) {
+    let store = MemoryStore::new();
+    let mut w = open(&store, max);
+    let results = apply(&mut w, &store, writes);
+    (store, results)
+}
+
+/// Write `i` of `results` was refused because its peer's hints are at `max`.
+fn assert_hints_full(results: &[Result<Object, WriteError>], i: usize, max: u64) {
+    assert!(
+        matches!(&results[i], Err(WriteError::HintsFull { max: m, .. }) if *m == max),
+        "{results:?}"
+    );
+}
+
 #[test]
 fn hints_beyond_the_maximum_are_refused_and_the_merge_with_them() {
-    let store = MemoryStore::new();
-    let mut w = open(&store, 2);
     let target = node("other");
-    let results = apply(
-        &mut w,
-        &store,
+    let (store, results) = apply_with_hint_limit(
+        2,
         vec![
             ("a", Write::AddHint { target }),
             ("b", Write::AddHint { target }),
@@ -132,10 +149,7 @@ fn hints_beyond_the_maximum_are_refused_and_the_merge_with_them() {
         ],
     );
     assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
-    assert!(
-        matches!(results[3], Err(WriteError::HintsFull { max: 2, .. })),
-        "{results:?}"
-    );
+    assert_hints_full(&results, 3, 2);
     assert_eq!(store.hint_counts().unwrap().get(&target), Some(&2));
 }
 
@@ -143,12 +157,9 @@ fn hints_beyond_the_maximum_are_refused_and_the_merge_with_them() {
 /// seed 8025 of the crash sweep): a redirected hint is admitted over the limit.
 #[test]
 fn a_redirected_hint_is_kept_over_the_limit_a_new_one_is_not() {
-    let store = MemoryStore::new();
-    let mut w = open(&store, 1);
     let target = node("owner");
-    let results = apply(
-        &mut w,
-        &store,
+    let (store, results) = apply_with_hint_limit(
+        1,
         vec![
             ("a", Write::AddHint { target }),
             ("b", Write::AddHint { target }),
@@ -156,10 +167,7 @@ fn a_redirected_hint_is_kept_over_the_limit_a_new_one_is_not() {
         ],
     );
     assert!(results[0].is_ok(), "{results:?}");
-    assert!(
-        matches!(results[1], Err(WriteError::HintsFull { max: 1, .. })),
-        "{results:?}"
-    );
+    assert_hints_full(&results, 1, 1);
     assert!(results[2].is_ok(), "{results:?}");
     assert!(store.hint(target, b"b").unwrap().is_some());
     assert_eq!(store.hint_counts().unwrap().get(&target), Some(&2));

@@ -1017,7 +1017,6 @@ impl Sim {
         }
     }
 
-    /// The fault injector: crash a node, install a partition, or heal.
     /// Whether some node other than `n`, not gone for good, holds the layout, so `n` may lose
     /// its data directory. With every member's disk lost the cluster itself is gone: a new node
     /// has no layout to join (it waits for one, as `cairn` does) and an operator would have to
@@ -1028,6 +1027,7 @@ impl Sim {
                 .any(|m| m != n && !self.gone[m] && self.nodes[m].layout.is_some())
     }
 
+    /// The fault injector: crash a node, install a partition, or heal.
     fn fault(&mut self) {
         if !self.faults_on {
             return;

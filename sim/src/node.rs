@@ -368,6 +368,16 @@ impl SimNode {
             .is_some_and(|l| l.replicates(self.id, cx.config.partition_of(key)))
     }
 
+    /// How this node holds the copy of `key` it stores (for the checker): as a replica, as a
+    /// fallback whose copy has a hint (`hinted`), or as a stray copy.
+    fn holding(&self, cx: &Ctx, key: &[u8], hinted: bool) -> Holding {
+        match (self.is_primary(cx, key), hinted) {
+            (true, _) => Holding::Primary,
+            (false, true) => Holding::Fallback,
+            (false, false) => Holding::Stray,
+        }
+    }
+
     /// The stored copy of `key` (empty if none).
     pub fn object(&self, key: &[u8]) -> Object {
         read_object(&self.store, key).expect("the simulated store holds only objects it encoded")
@@ -1211,11 +1221,8 @@ impl SimNode {
                                 obj(&next)
                             )
                         });
-                        let holding = if self.is_primary(cx, &key) {
-                            Holding::Primary
-                        } else {
-                            Holding::Fallback
-                        };
+                        // An update off the key's replicas issues hints for them.
+                        let holding = self.holding(cx, &key, true);
                         cx.history.stored(self.ix, holding, &key, &current, &next);
                         if let Some((req, write)) = tag {
                             if let Some(&first) = minted.first() {
@@ -1255,11 +1262,7 @@ impl SimNode {
                                 obj(&merged)
                             )
                         });
-                        let holding = match (self.is_primary(cx, &key), hint_for) {
-                            (true, _) => Holding::Primary,
-                            (false, Some(_)) => Holding::Fallback,
-                            (false, None) => Holding::Stray,
-                        };
+                        let holding = self.holding(cx, &key, hint_for.is_some());
                         cx.history.stored(self.ix, holding, &key, &current, &merged);
                         Ok(())
                     }
