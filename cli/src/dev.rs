@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use crate::cert;
 use crate::cluster::{self, dial_addr, DEFAULT_DIR};
 use crate::limits::{
-    DEV_NODES_DEFAULT, DEV_NODES_MAX, DEV_PARTITIONS, DEV_REPLICAS, LOG_SCAN_BYTES_MAX,
-    LOG_TAIL_BYTES_MAX, READY_ATTEMPT_TIMEOUT, READY_BACKOFF_MAX, READY_BACKOFF_MIN, READY_TIMEOUT,
-    STOP_TIMEOUT,
+    DEV_NODES_DEFAULT, DEV_NODES_MAX, DEV_PARTITIONS, DEV_PORT_ATTEMPTS_PER_PORT, DEV_PORT_MIN,
+    DEV_PORT_ROOM_FACTOR, DEV_REPLICAS, LOG_SCAN_BYTES_MAX, LOG_TAIL_BYTES_MAX,
+    READY_ATTEMPT_TIMEOUT, READY_BACKOFF_MAX, READY_BACKOFF_MIN, READY_TIMEOUT, STOP_TIMEOUT,
 };
 use crate::signals::{self, StopSignals};
 use crate::start::LISTENING;
@@ -274,8 +274,8 @@ fn check_members(dir: &Path, names: &[String]) -> anyhow::Result<()> {
 /// share of the layout from its first start.
 fn create_nodes(dir: &Path, ca: &ClusterCa, count: usize) -> anyhow::Result<Vec<DevNode>> {
     let names: Vec<String> = (1..=count).map(cluster::node_name).collect();
-    let ports = free_udp_ports(count)?;
-    let mut tcp_ports = free_tcp_ports(count * 3)?.into_iter();
+    let ports = free_ports(count)?;
+    let mut tcp_ports = free_ports(count * 3)?.into_iter();
     let addrs: Vec<std::net::SocketAddr> = ports
         .iter()
         .map(|port| (std::net::Ipv4Addr::LOCALHOST, *port).into())
@@ -363,21 +363,8 @@ fn add_frontends(dir: &Path, name: &str) -> anyhow::Result<()> {
     if off == 0 {
         return Ok(());
     }
-    let mut ports = free_tcp_ports(off)?.into_iter();
+    let mut ports = free_ports(off)?.into_iter();
     write_atomically(&path, &with_frontends(config, &mut ports).to_toml())
-}
-
-/// `count` distinct TCP ports on loopback that were free a moment ago (bound at once, read,
-/// released).
-fn free_tcp_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free TCP ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr().context("cannot find free TCP ports")?.port()))
-        .collect()
 }
 
 /// Writes `OUT/STEM.pem` and `.key` unless both exist; one without the other is an error.
@@ -401,17 +388,79 @@ fn ensure_issued(
     }
 }
 
-/// `count` distinct UDP ports that were free a moment ago: all bound on port 0 at once (so no two
-/// are the same), read, released.
-fn free_udp_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let sockets = (0..count)
-        .map(|_| std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free UDP ports")?;
-    sockets
-        .iter()
-        .map(|s| Ok(s.local_addr().context("cannot find free UDP ports")?.port()))
+/// `count` distinct ports free on loopback a moment ago, for the listeners a dev cluster keeps
+/// across runs (see [`dev_ports`]).
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let (first_ephemeral, _) = ephemeral_ports();
+    dev_ports(
+        count,
+        &mut rand::thread_rng(),
+        DEV_PORT_MIN..=first_ephemeral.saturating_sub(1),
+    )
+}
+
+/// `count` distinct ports, each free for both UDP and TCP on loopback a moment ago, drawn at
+/// random from `range`, which lies below the kernel's ephemeral ports.
+///
+/// A dev cluster writes its ports into node.toml and binds them again on every run. A port
+/// inside the ephemeral range may be handed out meanwhile to any socket bound on port 0 or to
+/// an outgoing connection, so a stopped cluster could not start again (CI saw "Address already
+/// in use" for a metrics port a parallel test had been given). Below that range only a socket
+/// asking for that very port can take it, and the random draw makes two dev clusters asking for
+/// the same one unlikely. When the range leaves no room below it, the kernel chooses.
+fn dev_ports(
+    count: usize,
+    rng: &mut impl rand::Rng,
+    range: std::ops::RangeInclusive<u16>,
+) -> anyhow::Result<Vec<u16>> {
+    let (low, high) = (*range.start(), *range.end());
+    // Every candidate is held bound until all are chosen, so none is chosen twice.
+    let mut held = Vec::with_capacity(count);
+    if usize::from(high.saturating_sub(low)) >= count.saturating_mul(DEV_PORT_ROOM_FACTOR) {
+        for _ in 0..count.saturating_mul(DEV_PORT_ATTEMPTS_PER_PORT) {
+            if held.len() == count {
+                break;
+            }
+            if let Some(pair) = bind_both(rng.gen_range(low..=high)) {
+                held.push(pair);
+            }
+        }
+    }
+    while held.len() < count {
+        let udp = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .context("cannot find free ports")?;
+        let port = udp.local_addr().context("cannot find free ports")?.port();
+        if let Ok(tcp) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+            held.push((udp, tcp));
+        }
+    }
+    held.iter()
+        .map(|(udp, _)| Ok(udp.local_addr().context("cannot find free ports")?.port()))
         .collect()
+}
+
+/// `port` bound on loopback for UDP and TCP, or `None` if either is taken.
+fn bind_both(port: u16) -> Option<(std::net::UdpSocket, std::net::TcpListener)> {
+    let udp = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, port)).ok()?;
+    let tcp = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).ok()?;
+    Some((udp, tcp))
+}
+
+/// The kernel's ephemeral port range (Linux: `/proc/sys/net/ipv4/ip_local_port_range`), or
+/// IANA's 49152–65535 where it cannot be read.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or((49152, 65535))
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(first)), Some(Ok(last))) if first <= last => Some((first, last)),
+        _ => None,
+    }
 }
 
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -745,6 +794,60 @@ fn log_since(path: &Path, start: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng as _;
+
+    #[test]
+    fn dev_ports_are_distinct_free_and_drawn_from_their_range() {
+        let range = DEV_PORT_MIN..=32767;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let ports = dev_ports(48, &mut rng, range.clone()).unwrap();
+        assert_eq!(ports.len(), 48);
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ports.len(), "distinct: {ports:?}");
+        for port in ports {
+            assert!(range.contains(&port), "{port}");
+            assert!(bind_both(port).is_some(), "{port} was released");
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_never_drawn() {
+        // A range just wide enough to be drawn from, starting at a port held here: over many
+        // draws the held one comes up and must be passed over.
+        let (taken, _held) = (DEV_PORT_MIN..32767)
+            .step_by(DEV_PORT_ROOM_FACTOR + 1)
+            .find_map(|port| bind_both(port).map(|sockets| (port, sockets)))
+            .expect("a free port on loopback");
+        let range = taken..=taken + DEV_PORT_ROOM_FACTOR as u16;
+        for seed in 0..64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let port = dev_ports(1, &mut rng, range.clone()).unwrap()[0];
+            assert_ne!(port, taken, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn without_room_in_the_range_the_kernel_chooses() {
+        let range = DEV_PORT_MIN..=DEV_PORT_MIN + 10;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let ports = dev_ports(4, &mut rng, range.clone()).unwrap();
+        assert_eq!(ports.len(), 4);
+        let (first_ephemeral, last_ephemeral) = ephemeral_ports();
+        for port in ports {
+            assert!(!range.contains(&port), "{port}");
+            assert!((first_ephemeral..=last_ephemeral).contains(&port), "{port}");
+        }
+    }
+
+    #[test]
+    fn the_port_range_file_is_parsed_or_refused() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("x 1"), None);
+        assert_eq!(parse_port_range(""), None);
+    }
 
     #[test]
     fn a_fresh_directory_gets_a_full_layout_and_a_rerun_reuses_it() {

@@ -31,6 +31,14 @@ pub const DEV_NODES_DEFAULT: usize = 3;
 pub const DEV_REPLICAS: u8 = 3;
 /// Partitions (Q) in a dev cluster's ring.
 pub const DEV_PARTITIONS: u32 = 64;
+/// Lowest port a dev cluster draws its listeners from (they go below the kernel's ephemeral
+/// range; the registered ports under this are left to the services that own them).
+pub const DEV_PORT_MIN: u16 = 10_000;
+/// How many times more free ports than it needs the range below the ephemeral ones must hold
+/// before a dev cluster draws from it at random; with less room, the kernel chooses.
+pub const DEV_PORT_ROOM_FACTOR: usize = 16;
+/// Random draws per port a dev cluster needs before it lets the kernel choose the rest.
+pub const DEV_PORT_ATTEMPTS_PER_PORT: usize = 64;
 /// How much longer than the timeout it sent a client waits for the node's answer, so the node's
 /// own timeout error (which names the replicas that failed) arrives before the client gives up.
 pub const REPLY_GRACE: Duration = Duration::from_secs(2);
