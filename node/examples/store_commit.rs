@@ -2,7 +2,10 @@
 //! objects into a `RedbStore` in a temporary directory, as the engine's writer makes them.
 //! Prints the wall time per commit; run under `valgrind --tool=callgrind` for instruction counts.
 //!
-//! `cargo run --release -p cairn-node --example store_commit -- [ROUNDS] [BATCH] [VALUE_BYTES] [DIR]`
+//! `cargo run --release -p cairn-node --example store_commit -- [ROUNDS] [BATCH] [VALUE_BYTES] [DIR] [PENDING_BYTES]`
+//!
+//! PENDING_BYTES replaces `PENDING_BYTES_MAX`, the logged objects the store keeps in memory
+//! before it writes them to redb; 0 writes every commit to redb at once.
 
 use std::time::Instant;
 
@@ -16,13 +19,19 @@ fn main() {
         .next()
         .map_or(1024, |a| a.parse().expect("VALUE_BYTES"));
     // The directory matters: fdatasync costs what the file system under it costs.
-    let parent = args.next().map(std::path::PathBuf::from);
+    let parent = args
+        .next()
+        .filter(|a| !a.is_empty())
+        .map(std::path::PathBuf::from);
     let dir = match &parent {
         Some(p) => tempfile::tempdir_in(p),
         None => tempfile::tempdir(),
     }
     .expect("temporary directory");
-    let store = RedbStore::open(dir.path()).expect("open store");
+    let mut store = RedbStore::open(dir.path()).expect("open store");
+    if let Some(bytes) = args.next() {
+        store = store.with_pending_bytes_max(bytes.parse().expect("PENDING_BYTES"));
+    }
     let object = vec![0xa5u8; value_bytes];
     let start = Instant::now();
     for round in 0..rounds {

@@ -13,6 +13,9 @@ pub const LOG_RECORD_BYTES_MAX: usize = 16 << 20;
 /// Commit-log bytes after which the store checkpoints (one durable redb commit) and empties the
 /// log: bounds the log on disk and the replay after a crash.
 pub const LOG_BYTES_MAX: u64 = 64 << 20;
+/// Bytes of logged objects the store keeps in memory before writing them to redb in one
+/// non-durable transaction (a checkpoint writes them too); bounds that memory per node.
+pub const PENDING_BYTES_MAX: usize = 8 << 20;
 /// Group commits after which the store checkpoints even if the log is small: bounds redb's
 /// not-yet-durable state and the records a restart replays.
 pub const LOG_COMMITS_MAX: u64 = 1024;

@@ -3,34 +3,43 @@
 //! `fdatasync`.
 //!
 //! A commit appends the batch to the log (`commit_log.rs`) and syncs it — from then on it is
-//! durable and may be acknowledged — then applies it to redb in a transaction with
-//! `Durability::None`, which writes its pages but does not sync them (redb's documented pattern
-//! for many cheap commits). Readers see it at once. Every `LOG_COMMITS_MAX` commits or
-//! `LOG_BYTES_MAX` log bytes the store checkpoints: one `Durability::Immediate` commit makes
-//! every earlier commit durable in redb, then the log is emptied. After a crash redb opens at its
-//! last durable commit and `open` replays the log over it (every record holds whole objects and
-//! hint states, so replaying one redb already has changes nothing), ignoring a torn tail.
+//! durable and may be acknowledged. Its objects then wait in memory (`Pending`), where readers
+//! see them at once, and reach redb together with later batches' in one transaction: every
+//! `PENDING_BYTES_MAX` bytes with `Durability::None`, which writes redb's pages but does not
+//! sync them (redb's documented pattern for many cheap commits), and at every checkpoint. One
+//! redb transaction per group commit cost more CPU than anything else on the write path (its
+//! copy-on-write B-tree rewrites, checksums and page allocation); a key written again before the
+//! flush is written to redb once. A batch that changes hints or metadata goes to redb at once
+//! (after what is pending), so those tables are always read from redb.
 //!
-//! The checkpoint runs inline, on the committing thread: redb admits one write transaction at a
-//! time, so a checkpoint on another thread would hold up the next commit for the same sync.
+//! Every `LOG_COMMITS_MAX` commits or `LOG_BYTES_MAX` log bytes the store checkpoints: one
+//! `Durability::Immediate` commit makes every earlier commit (and what is pending) durable in
+//! redb, then the log is emptied. After a crash redb opens at its last durable commit and `open`
+//! replays the log over it (every record holds whole objects and hint states, so replaying one
+//! redb already has changes nothing), ignoring a torn tail. A scan or a key-hash lookup first
+//! flushes what is pending, so they read redb alone.
+//!
+//! Flushes and checkpoints run inline, on the committing thread: redb admits one write
+//! transaction at a time, so one on another thread would hold up the next commit for as long.
 //!
 //! After a failed log or redb write the store refuses every commit (the log and redb may
 //! disagree) until [`Store::recover`] succeeds: it closes redb, opens it again and replays the
 //! log over it exactly as `open` does, in place, without a restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_bytes::Bytes;
 
 use super::commit_log::{CommitLog, Record, Replayed};
 use super::{Batch, Hint, NodeMeta, Store, StoreError};
 use crate::limits::{
-    LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX, RECOVERY_FREE_LOG_FACTOR,
-    RECOVERY_FREE_MARGIN_BYTES,
+    LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX, PENDING_BYTES_MAX,
+    RECOVERY_FREE_LOG_FACTOR, RECOVERY_FREE_MARGIN_BYTES,
 };
 
 /// Bytes the filesystem holding `dir` has free for this process.
@@ -103,6 +112,10 @@ pub struct RedbStore {
     path: PathBuf,
     /// Held for the whole of a commit: log append, redb apply and checkpoint happen in order.
     log: Mutex<LogState>,
+    /// Logged objects not yet in redb. Written only with `log` held; readers take it briefly.
+    pending: RwLock<Pending>,
+    /// Pending bytes that make a commit write them to redb (`PENDING_BYTES_MAX`).
+    pending_bytes_max: usize,
     /// What the last `open` replayed.
     replayed: Replayed,
     /// Dropped with the store, which its receivers hear of ([`RedbStore::closed`]). Declared
@@ -122,6 +135,37 @@ struct LogState {
     /// Whether the failure touched redb (its write or checkpoint), so it must be reopened; a
     /// failed log append alone leaves redb as it was.
     redb_failed: bool,
+}
+
+/// Newest state per key of objects not yet in redb: `Some(object)` stored, `None` removed.
+type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Objects that are durable in the commit log but not yet written to redb.
+#[derive(Default)]
+struct Pending {
+    /// Changes of commits since the last flush.
+    active: Changes,
+    /// Bytes of keys and objects in `active`.
+    active_bytes: usize,
+    /// The changes a flush is writing to redb. They stay readable here until that transaction
+    /// has committed, so a reader that misses here and then opens a redb snapshot sees them
+    /// there. After a failed flush they stay until a recovery replays the log.
+    flushing: Option<Arc<Changes>>,
+}
+
+impl Pending {
+    /// What is pending for `key`: `Some(Some(object))`, `Some(None)` (removed), or `None` (redb
+    /// has the answer).
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.active
+            .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.get(key)))
+            .cloned()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.active.is_empty() && self.flushing.is_none()
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -146,9 +190,18 @@ impl RedbStore {
                 failed: None,
                 redb_failed: false,
             }),
+            pending: RwLock::new(Pending::default()),
+            pending_bytes_max: PENDING_BYTES_MAX,
             replayed,
             closed: tokio::sync::watch::Sender::new(()),
         })
+    }
+
+    /// The store with `bytes` in place of `PENDING_BYTES_MAX`; 0 writes every commit to redb
+    /// at once (how the store worked before it kept objects pending), for benchmarks.
+    pub fn with_pending_bytes_max(mut self, bytes: usize) -> RedbStore {
+        self.pending_bytes_max = bytes;
+        self
     }
 
     /// Tells when this store is dropped and its files are closed, so a node's shutdown can
@@ -278,13 +331,68 @@ impl RedbStore {
         }
     }
 
-    /// Applies `record` to redb in one transaction of the given durability.
-    fn apply(&self, record: &Record<'_>, durability: Durability) -> Result<(), StoreError> {
+    /// Writes what is pending, then `record`, to redb in one transaction of the given
+    /// durability. What is pending stays readable in memory until the transaction committed.
+    fn flush(&self, record: &Record<'_>, durability: Durability) -> Result<(), StoreError> {
+        let changes = {
+            let mut pending = self.pending.write().expect("pending lock");
+            if pending.active.is_empty() && pending.flushing.is_none() {
+                None
+            } else {
+                let mut changes = std::mem::take(&mut pending.active);
+                pending.active_bytes = 0;
+                // Left by a failed flush (a recovery would have cleared it): older, so what
+                // came since wins.
+                if let Some(older) = pending.flushing.take() {
+                    for (k, v) in older.iter() {
+                        changes.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                let changes = Arc::new(changes);
+                pending.flushing = Some(changes.clone());
+                Some(changes)
+            }
+        };
         let mut txn = self.with_db(|db| db.begin_write().map_err(io("begin")))?;
         txn.set_durability(durability)
             .map_err(io("set durability"))?;
+        if let Some(changes) = &changes {
+            let mut flushed = Record::default();
+            for (k, v) in changes.iter() {
+                match v {
+                    Some(object) => flushed.puts.push((Bytes::new(k), Bytes::new(object))),
+                    None => flushed.removes.push(Bytes::new(k)),
+                }
+            }
+            write_record(&txn, &flushed)?;
+        }
         write_record(&txn, record)?;
-        txn.commit().map_err(io("commit"))
+        txn.commit().map_err(io("commit"))?;
+        if changes.is_some() {
+            self.pending.write().expect("pending lock").flushing = None;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending to redb (not durably: the log holds it), so a read of redb alone
+    /// sees every commit. Refused while the store is stopped by a failure.
+    fn flush_for_read(&self) -> Result<(), StoreError> {
+        if self.pending.read().expect("pending lock").is_empty() {
+            return Ok(());
+        }
+        let mut state = self.log.lock().expect("commit log lock");
+        if let Some(reason) = &state.failed {
+            return Err(StoreError::Io {
+                op: "flush pending objects",
+                reason: format!("the store stopped after an earlier failure: {reason}"),
+            });
+        }
+        if let Err(e) = self.flush(&Record::default(), Durability::None) {
+            state.failed = Some(e.to_string());
+            state.redb_failed = true;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Empties the log after a durable redb commit covered everything in it.
@@ -372,6 +480,10 @@ impl Store for RedbStore {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        // Pending first, then a redb snapshot opened after it (see `Pending::flushing`).
+        if let Some(found) = self.pending.read().expect("pending lock").lookup(key) {
+            return Ok(found);
+        }
         let table = self.read_table(OBJECTS)?;
         Ok(table
             .get(key)
@@ -380,13 +492,22 @@ impl Store for RedbStore {
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let found: Vec<Option<Option<Vec<u8>>>> = {
+            let pending = self.pending.read().expect("pending lock");
+            keys.iter().map(|key| pending.lookup(key)).collect()
+        };
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
+        }
         let table = self.read_table(OBJECTS)?;
         keys.iter()
-            .map(|key| {
-                Ok(table
+            .zip(found)
+            .map(|(key, found)| match found {
+                Some(found) => Ok(found),
+                None => Ok(table
                     .get(key.as_slice())
                     .map_err(io("read"))?
-                    .map(|g| g.value().to_vec()))
+                    .map(|g| g.value().to_vec())),
             })
             .collect()
     }
@@ -402,9 +523,9 @@ impl Store for RedbStore {
         let record = Record::of(batch);
         let frame = record.frame();
         if frame.len() > LOG_RECORD_BYTES_MAX {
-            // Too big for one log record: a durable redb commit, which makes every commit
-            // before it durable as well, so it is a checkpoint.
-            self.apply(&record, Durability::Immediate)?;
+            // Too big for one log record: a durable redb commit (with what is pending), which
+            // makes every commit before it durable as well, so it is a checkpoint.
+            self.flush(&record, Durability::Immediate)?;
             return self.emptied_log(&mut state);
         }
         // The durable step: from here the batch survives a crash.
@@ -412,7 +533,32 @@ impl Store for RedbStore {
             state.failed = Some(e.to_string());
             return Err(e);
         }
-        if let Err(e) = self.apply(&record, Durability::None) {
+        let applied = if record.hints_put.is_empty()
+            && record.hints_remove.is_empty()
+            && record.meta.is_none()
+        {
+            let full = {
+                let mut pending = self.pending.write().expect("pending lock");
+                for (k, v) in &batch.puts {
+                    pending.active_bytes += k.len() + v.len();
+                    pending.active.insert(k.clone(), Some(v.clone()));
+                }
+                for k in &batch.removes {
+                    pending.active_bytes += k.len();
+                    pending.active.insert(k.clone(), None);
+                }
+                pending.active_bytes >= self.pending_bytes_max
+            };
+            if full {
+                self.flush(&Record::default(), Durability::None)
+            } else {
+                Ok(())
+            }
+        } else {
+            // Hints and metadata are read from redb alone.
+            self.flush(&record, Durability::None)
+        };
+        if let Err(e) = applied {
             state.failed = Some(e.to_string());
             state.redb_failed = true;
             return Err(e);
@@ -422,7 +568,7 @@ impl Store for RedbStore {
             // The batch is durable (logged) whatever happens now; a failed checkpoint stops
             // later commits instead.
             if let Err(e) = self
-                .apply(&Record::default(), Durability::Immediate)
+                .flush(&Record::default(), Durability::Immediate)
                 .and_then(|()| self.emptied_log(&mut state))
             {
                 state.failed = Some(e.to_string());
@@ -465,7 +611,7 @@ impl Store for RedbStore {
             // A checkpoint now, while there is room: it empties the log, so the next restart
             // (or recovery) has nothing to replay.
             if let Err(e) = self
-                .apply(&Record::default(), Durability::Immediate)
+                .flush(&Record::default(), Durability::Immediate)
                 .and_then(|()| self.emptied_log(&mut state))
             {
                 state.redb_failed = true;
@@ -484,6 +630,8 @@ impl Store for RedbStore {
         }) {
             Ok((opened, log, replayed)) => {
                 *db = Some(opened);
+                // The replay wrote everything the log holds, which is all that was pending.
+                *self.pending.write().expect("pending lock") = Pending::default();
                 state.log = log;
                 state.unsynced_commits = 0;
                 state.failed = None;
@@ -504,6 +652,7 @@ impl Store for RedbStore {
     }
 
     fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.flush_for_read()?;
         let table = self.read_table(KEY_HASHES)?;
         Ok(table
             .get(key_hash.0.as_slice())
@@ -512,6 +661,7 @@ impl Store for RedbStore {
     }
 
     fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
+        self.flush_for_read()?;
         let table = self.read_table(OBJECTS)?;
         let mut seen = 0;
         for entry in table.iter().map_err(io("scan objects"))? {
@@ -832,7 +982,7 @@ mod tests {
             // A crash after a checkpoint's redb sync but before the log was emptied: redb
             // has both commits durably and the log still holds them.
             store
-                .apply(&Record::default(), Durability::Immediate)
+                .flush(&Record::default(), Durability::Immediate)
                 .unwrap();
         }
         let store = RedbStore::open(dir.path()).unwrap();
@@ -910,6 +1060,104 @@ mod tests {
         keys
     }
 
+    /// What redb alone holds for `key`, pending objects aside.
+    fn in_redb(store: &RedbStore, key: &[u8]) -> Option<Vec<u8>> {
+        let table = store.read_table(OBJECTS).unwrap();
+        table.get(key).unwrap().map(|g| g.value().to_vec())
+    }
+
+    fn pending_keys(store: &RedbStore) -> usize {
+        store.pending.read().unwrap().active.len()
+    }
+
+    #[test]
+    fn pending_objects_are_read_before_they_reach_redb_and_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            put(&store, b"a", b"1");
+            store
+                .flush(&Record::default(), Durability::Immediate)
+                .unwrap();
+            assert_eq!(in_redb(&store, b"a").as_deref(), Some(&b"1"[..]));
+            put(&store, b"a", b"2");
+            put(&store, b"b", b"1");
+            assert_eq!(pending_keys(&store), 2, "one entry per key");
+            assert_eq!(in_redb(&store, b"a").as_deref(), Some(&b"1"[..]));
+            assert_eq!(in_redb(&store, b"b"), None);
+            assert_eq!(get(&store, b"a").as_deref(), Some(&b"2"[..]));
+            let many = store
+                .get_many(&[b"b".to_vec(), b"x".to_vec(), b"a".to_vec()])
+                .unwrap();
+            assert_eq!(many, [Some(b"1".to_vec()), None, Some(b"2".to_vec())]);
+            // A pending removal hides redb's copy.
+            remove(&store, b"a");
+            assert_eq!(in_redb(&store, b"a").as_deref(), Some(&b"1"[..]));
+            assert_eq!(get(&store, b"a"), None);
+            assert_eq!(store.get_many(&[b"a".to_vec()]).unwrap(), [None]);
+            // A scan and a key-hash lookup read redb after writing what is pending to it.
+            assert_eq!(stored_keys(&store), [b"b".to_vec()]);
+            assert_eq!(pending_keys(&store), 0);
+            assert_eq!(in_redb(&store, b"a"), None);
+            put(&store, b"c", b"1");
+            assert_eq!(
+                store
+                    .key_for_hash(&KeyHash::of_key(b"c"))
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"c"[..])
+            );
+            assert_eq!(store.key_for_hash(&KeyHash::of_key(b"a")).unwrap(), None);
+            // Pending only, never flushed: the crash below loses it from memory, not the log.
+            put(&store, b"d", b"1");
+            remove(&store, b"b");
+            assert_eq!(pending_keys(&store), 2);
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(stored_keys(&store), [b"c".to_vec(), b"d".to_vec()]);
+    }
+
+    #[test]
+    fn pending_objects_reach_redb_once_they_hold_pending_bytes_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let object = vec![7u8; 1 << 20];
+        let mut flushed_at = None;
+        for i in 0..=(PENDING_BYTES_MAX >> 20) {
+            put(&store, format!("k{i:02}").as_bytes(), &object);
+            if pending_keys(&store) == 0 {
+                flushed_at = Some(i);
+                break;
+            }
+        }
+        // Keys of 3 bytes push the eighth 1 MiB object over 8 MiB.
+        assert_eq!(flushed_at, Some((PENDING_BYTES_MAX >> 20) - 1));
+        assert_eq!(in_redb(&store, b"k00").as_deref(), Some(&object[..]));
+    }
+
+    #[test]
+    fn a_batch_that_changes_hints_writes_what_is_pending_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        put(&store, b"a", b"1");
+        assert_eq!(pending_keys(&store), 1);
+        store
+            .commit(&Batch {
+                puts: vec![(b"b".to_vec(), b"1".to_vec())],
+                hints_put: vec![Hint {
+                    target: NodeId(9),
+                    key: b"b".to_vec(),
+                    seq: 1,
+                }],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(pending_keys(&store), 0);
+        assert_eq!(in_redb(&store, b"a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(in_redb(&store, b"b").as_deref(), Some(&b"1"[..]));
+        assert!(store.hint(NodeId(9), b"b").unwrap().is_some());
+    }
+
     #[test]
     fn a_removed_key_leaves_objects_and_key_hashes_and_may_be_stored_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -945,11 +1193,11 @@ mod tests {
             // Durable in redb (a checkpoint's sync), then crash before the log was emptied:
             // the replay repeats these commits over a redb that has them.
             store
-                .apply(&Record::default(), Durability::Immediate)
+                .flush(&Record::default(), Durability::Immediate)
                 .unwrap();
             remove(&store, b"b");
             store
-                .apply(&Record::default(), Durability::Immediate)
+                .flush(&Record::default(), Durability::Immediate)
                 .unwrap();
         }
         // A removal that reached only the log (the crash lost redb's unsynced apply).
