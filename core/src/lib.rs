@@ -4,6 +4,7 @@
 //! (`cairn-node`, over tokio, quinn and redb) and the simulator both drive. Cargo keeps it pure:
 //! nothing here may depend, even transitively, on an I/O crate (see `tests/tests/architecture.rs`).
 
+pub mod cleanup;
 pub mod coordinator;
 pub mod driver;
 pub mod handoff;

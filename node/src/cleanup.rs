@@ -1,41 +1,31 @@
-//! Dropping the copies this node no longer needs: after a layout change settles (the old
-//! version retired), the keys of partitions this node replicates in no live layout version are
-//! removed from its store, each by compare-and-delete ([`Write::DropIfUnchanged`] with the object
-//! as the sweep read it), so a write or merge that reached the key meanwhile is never removed,
-//! and a copy that backs a hint stays (the writer checks).
-//!
-//! Rule (issue 11): an old owner deletes only when no live version needs it. Retirement waits
-//! until every old replica pushed its partitions to the new ones, and [`Layout::replicates`]
-//! counts every live version, so while a transfer is in flight the old owners keep everything.
-//!
-//! A sweep runs when the layout changes, and again after `CLEANUP_RETRY_INTERVAL` if it had to
-//! keep a key it does not replicate (changed since it was read, or hinted). It reads pages of at
-//! most `CLEANUP_PAGE_MAX` keys (a snapshot scan, as the transfer's pages), and stops at once if
-//! the layout changes under it: the next sweep starts from the new layout.
+//! Dropping the copies this node no longer needs: the task that drives the core's cleanup
+//! machine (`cairn_core::cleanup`, which decides what a sweep drops and when it runs again, and
+//! which the simulator runs too). It reads the pages the machine asks for on a blocking thread
+//! (a snapshot scan, as the transfer's pages), drops each key by compare-and-delete
+//! ([`Write::DropIfUnchanged`] with the object as the page read it, so a write or merge that
+//! reached the key meanwhile is never removed, and a copy that backs a hint stays), and feeds
+//! it the layout, the outcomes and the time.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use cairn_core::cleanup::{Action, Cleanup, CleanupConfig};
 use cairn_core::transfer::{unreplicated_page, TransferEntry};
 use cairn_layout::Layout;
 use cairn_proto::NodeId;
 use cairn_ring::RingConfig;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Write};
 use crate::limits::{CLEANUP_PAGE_MAX, CLEANUP_RETRY_INTERVAL};
-use crate::version::Object;
 
-/// What one sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Keys removed.
-    pub dropped: u64,
-    /// Keys this node does not replicate that were kept (changed since read, hinted, or a
-    /// failed write); the sweep is retried for them.
-    pub kept: u64,
-    /// The layout changed during the sweep, which stopped.
-    pub interrupted: bool,
+pub use cairn_core::cleanup::SweepReport;
+
+/// What a page read or a drop reports back to the cleanup task.
+enum Answer {
+    Page(Result<(Vec<TransferEntry>, bool), String>),
+    Dropped(Vec<u8>, Result<bool, String>),
 }
 
 /// Sweeps forever: after every layout change, and again while a sweep left keys behind.
@@ -45,11 +35,74 @@ pub async fn run(
     config: RingConfig,
     mut layouts: watch::Receiver<Option<Arc<Layout>>>,
 ) {
+    let mut cleanup = Cleanup::new(CleanupConfig {
+        page_max: CLEANUP_PAGE_MAX,
+        retry_interval: CLEANUP_RETRY_INTERVAL,
+    });
+    cleanup.handle_layout(Instant::now(), layouts.borrow_and_update().clone());
+    // At most one page read or one page's drops are out at once.
+    let (answers_tx, mut answers) = mpsc::channel(CLEANUP_PAGE_MAX + 1);
+    // Ends with this task, so nothing it started outlives the node.
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let layout = layouts.borrow_and_update().clone();
-        let mut retry = false;
-        if let Some(layout) = layout {
-            let report = sweep(me, &engine, config, &layout, &layouts).await;
+        let now = Instant::now();
+        while let Some(action) = cleanup.poll_action(now) {
+            let engine = engine.clone();
+            let answers = answers_tx.clone();
+            match action {
+                Action::Scan {
+                    layout,
+                    after,
+                    keys_max,
+                } => {
+                    tasks.spawn(async move {
+                        let store = engine.store();
+                        let page = tokio::task::spawn_blocking(move || {
+                            unreplicated_page(
+                                &*store,
+                                config,
+                                &layout,
+                                me,
+                                after.as_deref(),
+                                keys_max,
+                            )
+                        })
+                        .await;
+                        let page = match page {
+                            Ok(Ok(page)) => Ok(page),
+                            Ok(Err(e)) => Err(format!("reading the store failed: {e}")),
+                            Err(e) => Err(format!("the read task failed: {e}")),
+                        };
+                        if let Err(e) = &page {
+                            warn!("cleanup: {e}");
+                        }
+                        let _ = answers.send(Answer::Page(page)).await;
+                    });
+                }
+                Action::Drop { key, expected } => {
+                    tasks.spawn(async move {
+                        let outcome = match engine
+                            .apply(key.clone(), Write::DropIfUnchanged { expected })
+                            .await
+                        {
+                            Ok(left) => {
+                                let dropped = left.is_empty();
+                                if dropped {
+                                    crate::metrics::record_copy_dropped();
+                                }
+                                Ok(dropped)
+                            }
+                            Err(e) => {
+                                debug!("cleanup: a drop failed: {e}");
+                                Err(e.to_string())
+                            }
+                        };
+                        let _ = answers.send(Answer::Dropped(key, outcome)).await;
+                    });
+                }
+            }
+        }
+        if let Some(report) = cleanup.poll_report() {
             if report.dropped > 0 || report.kept > 0 {
                 info!(
                     dropped = report.dropped,
@@ -58,98 +111,33 @@ pub async fn run(
                     "dropped copies of partitions this node no longer replicates"
                 );
             }
-            retry = report.kept > 0;
         }
-        if retry {
-            tokio::select! {
-                changed = layouts.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(CLEANUP_RETRY_INTERVAL) => {}
+        while tasks.try_join_next().is_some() {}
+        let retry = cleanup.poll_timeout();
+        tokio::select! {
+            changed = layouts.changed() => {
+                if changed.is_err() {
+                    // The layout's sender is gone: the node is shutting down.
+                    return;
+                }
+                let layout = layouts.borrow_and_update().clone();
+                cleanup.handle_layout(Instant::now(), layout);
             }
-        } else if layouts.changed().await.is_err() {
-            // The layout's sender is gone: the node is shutting down.
-            return;
+            Some(answer) = answers.recv() => match answer {
+                Answer::Page(page) => cleanup.handle_page(Instant::now(), page),
+                Answer::Dropped(key, outcome) => {
+                    cleanup.handle_dropped(Instant::now(), &key, outcome);
+                }
+            },
+            _ = sleep_until(retry), if retry.is_some() => {}
         }
     }
 }
 
-/// One pass over the store under `layout`.
-pub async fn sweep(
-    me: NodeId,
-    engine: &Arc<Engine>,
-    config: RingConfig,
-    layout: &Arc<Layout>,
-    layouts: &watch::Receiver<Option<Arc<Layout>>>,
-) -> SweepReport {
-    let mut report = SweepReport::default();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        if layouts.has_changed().unwrap_or(true) {
-            report.interrupted = true;
-            return report;
-        }
-        let store = engine.store();
-        let page_layout = layout.clone();
-        let from = after.clone();
-        let page = tokio::task::spawn_blocking(move || {
-            unreplicated_page(
-                &*store,
-                config,
-                &page_layout,
-                me,
-                from.as_deref(),
-                CLEANUP_PAGE_MAX,
-            )
-        })
-        .await;
-        let (entries, last) = match page {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                warn!("cleanup: reading the store failed: {e}");
-                report.kept += 1;
-                return report;
-            }
-            Err(e) => {
-                warn!("cleanup: the read task failed: {e}");
-                report.kept += 1;
-                return report;
-            }
-        };
-        after = entries.last().map(|e| e.key.clone());
-        // All of a page at once, so the writer's group commit folds them into few commits.
-        let mut drops = tokio::task::JoinSet::new();
-        for TransferEntry { key, object } in entries {
-            let expected = match Object::decode(&object) {
-                Ok(o) => o,
-                Err(e) => {
-                    // Not ours to judge here: a corrupt object is kept for an operator to see.
-                    warn!(key = %String::from_utf8_lossy(&key), "cleanup: stored object does not decode: {e}");
-                    report.kept += 1;
-                    continue;
-                }
-            };
-            let engine = engine.clone();
-            drops
-                .spawn(async move { engine.apply(key, Write::DropIfUnchanged { expected }).await });
-        }
-        while let Some(done) = drops.join_next().await {
-            match done {
-                Ok(Ok(left)) if left.is_empty() => {
-                    report.dropped += 1;
-                    crate::metrics::record_copy_dropped();
-                }
-                Ok(Ok(_)) => report.kept += 1,
-                Ok(Err(e)) => {
-                    debug!("cleanup: a drop failed: {e}");
-                    report.kept += 1;
-                }
-                Err(e) => {
-                    debug!("cleanup: a drop task failed: {e}");
-                    report.kept += 1;
-                }
-            }
-        }
-        if last {
-            return report;
-        }
+/// Sleeps until `at` (never, for `None`: the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -47,8 +47,9 @@
 //!   acknowledges by `Layout::should_ack`, follows and runs the core's transfer machine
 //!   (`TransferMachine::follow`, pages from `transfer::read_page`, each key a `Replicate`
 //!   without a hint), records its push and retires the old version as `node/src/transfer.rs`
-//!   does, and (with `Options::drop_copies`) sweeps with `transfer::unreplicated_page` and
-//!   `DropIfUnchanged` as `node/src/cleanup.rs` does.
+//!   does, and (with `Options::drop_copies`) runs the core's cleanup machine
+//!   (`cairn_core::cleanup`: pages from `transfer::unreplicated_page`, each key a
+//!   `DropIfUnchanged` through the disk queue) as `node/src/cleanup.rs` drives it.
 //! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
@@ -930,8 +931,8 @@ impl Sim {
             Event::LayoutTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_layout_tick(cx));
             }
-            Event::Cleanup { node, gen } => {
-                self.on_node(node, gen, |n, cx| n.on_cleanup(cx));
+            Event::Cleanup { node, gen, arm } => {
+                self.on_node(node, gen, |n, cx| n.on_cleanup(cx, arm));
             }
             Event::LayoutChange { tries } => self.layout_change(tries),
             Event::ClientNext(c) => {

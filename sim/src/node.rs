@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cairn_core::cleanup::{Action as CleanupAction, Cleanup, CleanupConfig};
 use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
 use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
@@ -313,8 +314,13 @@ pub struct Running {
     /// The write fence (`node/src/driver.rs`): the newest layout version the coordinator routes
     /// by with no unanswered write routed under an older one.
     fence: u64,
-    /// A cleanup sweep is scheduled.
-    cleanup_scheduled: bool,
+    /// The node's cleanup (`cairn_core::cleanup`, driven as `node/src/cleanup.rs` does);
+    /// `None` when the run does not drop copies (`Options::drop_copies`).
+    cleanup: Option<Cleanup>,
+    /// The `layout_seq` the cleanup last got its layout at.
+    cleanup_seq: u64,
+    /// Arming of the cleanup's timer; older arms are stale.
+    cleanup_arm: u64,
     /// The `layout_seq` the coordinator routes by.
     routed_seq: u64,
 }
@@ -486,7 +492,14 @@ impl SimNode {
             transfer_timer: None,
             snapshot: None,
             fence: 0,
-            cleanup_scheduled: false,
+            cleanup: cx.drop_copies.then(|| {
+                Cleanup::new(CleanupConfig {
+                    page_max: SIM_CLEANUP_PAGE_MAX,
+                    retry_interval: SIM_CLEANUP_RETRY_INTERVAL,
+                })
+            }),
+            cleanup_seq: u64::MAX,
+            cleanup_arm: 0,
             routed_seq: self.layout_seq,
         });
         cx.w.logf(self.me(), || {
@@ -505,7 +518,7 @@ impl SimNode {
             cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
         }
         // As the node's cleanup task: one sweep at start.
-        self.schedule_cleanup(cx, Duration::ZERO);
+        self.cleanup_pump(cx);
         self.pump(cx);
         true
     }
@@ -1315,8 +1328,11 @@ impl SimNode {
             }
             DiskJob::Drop { key, expected } => {
                 let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
-                match result {
-                    Ok(left) if left.is_empty() => {
+                let outcome = result
+                    .map(|left| left.is_empty())
+                    .map_err(|e| e.to_string());
+                match &outcome {
+                    Ok(true) => {
                         cx.w.logf(self.me(), || {
                             format!("cleanup: dropped {} {}", key_str(&key), obj(&before))
                         });
@@ -1328,14 +1344,18 @@ impl SimNode {
                                 "cleanup: kept {} ({})",
                                 key_str(&key),
                                 match other {
-                                    Ok(_) => "changed since read, or hinted".to_owned(),
-                                    Err(e) => e.to_string(),
+                                    Ok(_) => "changed since read, or hinted",
+                                    Err(e) => e,
                                 }
                             )
                         });
-                        self.schedule_cleanup(cx, SIM_CLEANUP_RETRY_INTERVAL);
                     }
                 }
+                let now = cx.w.instant();
+                if let Some(c) = self.run().cleanup.as_mut() {
+                    c.handle_dropped(now, &key, outcome);
+                }
+                self.cleanup_pump(cx);
             }
             DiskJob::Reap { key, expected } => {
                 let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
@@ -1669,7 +1689,7 @@ impl SimNode {
         if self.run.is_none() {
             return;
         }
-        self.schedule_cleanup(cx, Duration::ZERO);
+        self.cleanup_pump(cx);
         self.pump(cx);
         self.reaper_pump(cx);
     }
@@ -1863,7 +1883,7 @@ impl SimNode {
             run.driver
                 .set_layout(layout.as_ref().expect("checked above"));
             run.routed_seq = seq;
-            self.schedule_cleanup(cx, Duration::ZERO);
+            self.cleanup_pump(cx);
         }
         let member = self.layout.as_ref().is_some_and(|l| l.is_member(me));
         if !member && !self.left && self.was_member {
@@ -1964,53 +1984,63 @@ impl SimNode {
         cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
     }
 
-    fn schedule_cleanup(&mut self, cx: &mut Ctx, delay: Duration) {
-        let gen = self.gen;
-        let run = self.run();
-        if !run.cleanup_scheduled {
-            run.cleanup_scheduled = true;
-            cx.w.after(delay, Event::Cleanup { node: self.ix, gen });
+    /// Hands the cleanup the layout if it changed, carries out what it asks (pages read from
+    /// the store at once, drops queued for the disk), and arms its timer.
+    fn cleanup_pump(&mut self, cx: &mut Ctx) {
+        let (seq, ix, gen) = (self.layout_seq, self.ix, self.gen);
+        let now = cx.w.instant();
+        let here = self.me();
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        let Some(cleanup) = run.cleanup.as_mut() else {
+            return;
+        };
+        if run.cleanup_seq != seq {
+            cleanup.handle_layout(now, self.layout.clone().map(std::sync::Arc::new));
+            run.cleanup_seq = seq;
+        }
+        let mut drops = Vec::new();
+        while let Some(action) = cleanup.poll_action(now) {
+            match action {
+                CleanupAction::Scan {
+                    layout,
+                    after,
+                    keys_max,
+                } => {
+                    let page = unreplicated_page(
+                        &self.store,
+                        cx.config,
+                        &layout,
+                        self.id,
+                        after.as_deref(),
+                        keys_max,
+                    )
+                    .map_err(|e| e.to_string());
+                    cleanup.handle_page(now, page);
+                }
+                CleanupAction::Drop { key, expected } => drops.push((key, expected)),
+            }
+        }
+        if let Some(report) = cleanup.poll_report() {
+            cx.w.logf(here, || format!("cleanup: sweep ended {report:?}"));
+        }
+        let next = cleanup.poll_timeout();
+        run.cleanup_arm += 1;
+        let arm = run.cleanup_arm;
+        for (key, expected) in drops {
+            self.queue_disk(cx, DiskJob::Drop { key, expected });
+        }
+        if let Some(at) = next {
+            let delay = cx.w.virtual_of(at).saturating_sub(cx.w.now);
+            cx.w.after(delay, Event::Cleanup { node: ix, gen, arm });
         }
     }
 
-    /// The cleanup sweep (`node/src/cleanup.rs`): pages of the copies this node replicates in
-    /// no live layout version (the core's `unreplicated_page`), each dropped by
-    /// compare-and-delete.
-    pub fn on_cleanup(&mut self, cx: &mut Ctx) {
-        self.run().cleanup_scheduled = false;
-        let Some(layout) = self.layout.clone() else {
-            return;
-        };
-        if !cx.drop_copies {
-            return;
-        }
-        let mut after: Option<Vec<u8>> = None;
-        let mut drops = Vec::new();
-        loop {
-            let (entries, last) = unreplicated_page(
-                &self.store,
-                cx.config,
-                &layout,
-                self.id,
-                after.as_deref(),
-                SIM_CLEANUP_PAGE_MAX,
-            )
-            .expect("a simulated store scan does not fail");
-            after = entries.last().map(|e| e.key.clone());
-            drops.extend(entries);
-            if last {
-                break;
-            }
-        }
-        for e in drops {
-            let expected = Object::decode(&e.object).expect("the simulated store holds objects");
-            self.queue_disk(
-                cx,
-                DiskJob::Drop {
-                    key: e.key,
-                    expected,
-                },
-            );
+    /// The cleanup's timer (a sweep that kept keys runs again).
+    pub fn on_cleanup(&mut self, cx: &mut Ctx, arm: u64) {
+        if self.run.as_ref().is_some_and(|r| r.cleanup_arm == arm) {
+            self.cleanup_pump(cx);
         }
     }
 }

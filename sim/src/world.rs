@@ -110,12 +110,14 @@ pub enum Event {
         /// Its incarnation.
         gen: u64,
     },
-    /// The cleanup sweep runs (after a layout change, or again for keys it had to keep).
+    /// The cleanup's timer: a sweep that had to keep keys runs again.
     Cleanup {
         /// The node.
         node: NodeIx,
         /// Its incarnation.
         gen: u64,
+        /// Which arming of the timer (older ones are stale).
+        arm: u64,
     },
     /// The operator tries a layout change (`tries` more times while the cluster is not settled).
     LayoutChange {
