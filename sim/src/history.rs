@@ -342,13 +342,32 @@ impl History {
     }
 
     /// Node `node` dropped its copy `before` of a key it no longer replicates (the cleanup's
-    /// compare-and-delete): it holds none of those dots any more. Not a loss: a dot whose last
-    /// holder drops it is not excused.
+    /// compare-and-delete, once no live layout version has it as a replica): it holds none of
+    /// those dots any more. For those partitions the node has left, and the rule is
+    /// [`History::left`]'s: a dot it was the last holder of is excused only if another holder
+    /// lost its data before (seed 8751: W = 1 while v3 and v4 were live, so the write was
+    /// acknowledged by one old replica, which had pushed its partitions before the write came,
+    /// and by one new one, whose data was then wiped; the old replica dropped its copy when v3
+    /// retired). Otherwise the dropped copy should have reached the new replicas: not excused.
     pub fn dropped(&mut self, node: NodeIx, before: &Object) {
+        self.forget(node, before, true);
+    }
+
+    /// `node` holds none of `before`'s dots any more; with `may_orphan`, a dot whose last holder
+    /// it was after another holder lost its data is excused ([`History::left`]).
+    fn forget(&mut self, node: NodeIx, before: &Object, may_orphan: bool) {
         for (d, _) in before.siblings() {
-            if let Some(h) = self.holders.get_mut(&(d.actor, d.counter)) {
-                h.primaries.remove(&node);
-                h.others.remove(&node);
+            let id = (d.actor, d.counter);
+            if let Some(h) = self.holders.get_mut(&id) {
+                let held = h.primaries.remove(&node) | h.others.remove(&node);
+                if may_orphan
+                    && held
+                    && h.wiped_any
+                    && h.primaries.is_empty()
+                    && h.others.is_empty()
+                {
+                    self.orphaned.insert(id);
+                }
             }
         }
     }
@@ -357,7 +376,7 @@ impl History {
     /// confirmed): it holds none of its dots any more, and the deletes they stand for took
     /// effect.
     pub fn reaped(&mut self, node: NodeIx, before: &Object) {
-        self.dropped(node, before);
+        self.forget(node, before, false);
         for (d, _) in before.siblings() {
             self.reaped.insert((d.actor, d.counter));
         }

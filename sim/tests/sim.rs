@@ -691,6 +691,25 @@ fn regression_8_failed_hints_redirects_and_stray_copies() {
     );
 }
 
+/// Found once the simulator ran the core's cleanup machine (pages dropped as they are read,
+/// sweeps stopped by a newer layout) instead of its own sweep, which changed when copies go:
+/// seed 8751 (node sweep), the checker's. A W = 1 write during a transition reached one old
+/// replica (which had already pushed its partitions) and one new one; the new one's data was
+/// wiped, and the old one dropped its copy when the old version retired. An old owner's drop
+/// is its leaving those partitions, so `History::dropped` now excuses a dot as
+/// `History::left` does: only when another holder lost its data before.
+#[test]
+fn regression_9_a_cleanup_drop_after_a_wiped_new_replica() {
+    expect_no_failures(
+        "regression_9 (node sweep)",
+        &[8751],
+        &Options {
+            crash_after_ack: false,
+            ..Options::default()
+        },
+    );
+}
+
 /// The sweeps reap tombstones as the node does, and a reaper that breaks its rule is caught: one
 /// that does not wait for a member holding another copy (the value a delete superseded, missed
 /// while it was down) reaps while that copy lives, and read repair or a hint then brings the
