@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn_proto::ErrorReply;
+use cairn_proto::{ErrorReply, PeerResponse};
 
 /// Why a request to a peer got no answer, with what is known about whether it arrived.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,25 +40,160 @@ pub enum PeerError {
         /// Why.
         reason: String,
     },
+    /// The peer answered with its own error reply (it is overloaded, its store failed, it
+    /// refused the request's contents...).
+    #[error("{node} refused the {request}: {reply}")]
+    Refused {
+        /// The node.
+        node: String,
+        /// The request, by kind.
+        request: &'static str,
+        /// Its answer.
+        reply: ErrorReply,
+    },
+    /// The peer answered with a message that answers another request: it speaks another
+    /// version of the protocol, or it is broken.
+    #[error("{node} answered a {request} with {answer}")]
+    Mismatch {
+        /// The node.
+        node: String,
+        /// The request, by kind.
+        request: &'static str,
+        /// What came back, as debug text.
+        answer: String,
+    },
 }
 
 impl PeerError {
     /// Whether the peer may have received the request (and acted on it): a write whose
     /// forward failed this way must not be applied again elsewhere.
     pub fn may_have_arrived(&self) -> bool {
-        matches!(self, PeerError::Timeout { .. } | PeerError::Lost { .. })
+        // A refusal or an answer of the wrong kind came from a peer that received the request;
+        // whether it acted on it is not known, so it counts as arrived.
+        matches!(
+            self,
+            PeerError::Timeout { .. }
+                | PeerError::Lost { .. }
+                | PeerError::Refused { .. }
+                | PeerError::Mismatch { .. }
+        )
+    }
+
+    /// The node the request was for.
+    pub fn node(&self) -> &str {
+        match self {
+            PeerError::NotAMember { node }
+            | PeerError::Connect { node, .. }
+            | PeerError::Timeout { node, .. }
+            | PeerError::Lost { node, .. }
+            | PeerError::Refused { node, .. }
+            | PeerError::Mismatch { node, .. } => node,
+        }
+    }
+}
+
+/// A typed peer call's answer: what `pick` takes from the peer's answer to a `request` sent to
+/// `node`, or why there is none: the transport's failure, the peer's refusal
+/// ([`PeerError::Refused`]) or an answer of another kind ([`PeerError::Mismatch`]). The node's
+/// transport and the simulator's network (with their own answer types `R`) both read their
+/// answers through it.
+pub fn typed_answer<R: std::fmt::Debug, T>(
+    node: &str,
+    request: &'static str,
+    answer: Result<Result<R, ErrorReply>, PeerError>,
+    pick: impl FnOnce(R) -> Result<T, R>,
+) -> Result<T, PeerError> {
+    match answer? {
+        Ok(answer) => pick(answer).map_err(|other| PeerError::Mismatch {
+            node: node.to_owned(),
+            request,
+            answer: format!("{other:?}"),
+        }),
+        Err(reply) => Err(PeerError::Refused {
+            node: node.to_owned(),
+            request,
+            reply,
+        }),
+    }
+}
+
+/// [`typed_answer`]'s `pick` for requests answered by a bare acknowledgement.
+pub fn ack(answer: PeerResponse) -> Result<(), PeerResponse> {
+    match answer {
+        PeerResponse::Ack => Ok(()),
+        other => Err(other),
     }
 }
 
 impl From<PeerError> for ErrorReply {
     fn from(e: PeerError) -> ErrorReply {
-        let reason = e.to_string();
-        let node = match e {
-            PeerError::NotAMember { node }
-            | PeerError::Connect { node, .. }
-            | PeerError::Timeout { node, .. }
-            | PeerError::Lost { node, .. } => node,
+        match e {
+            // The peer's own answer goes on as it was.
+            PeerError::Refused { reply, .. } => reply,
+            PeerError::Mismatch { .. } => ErrorReply::Malformed {
+                reason: e.to_string(),
+            },
+            other => ErrorReply::Unreachable {
+                node: other.node().to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick_pong(answer: PeerResponse) -> Result<String, PeerResponse> {
+        match answer {
+            PeerResponse::Pong { node } => Ok(node),
+            other => Err(other),
+        }
+    }
+
+    #[test]
+    fn a_typed_answer_names_a_refusal_a_mismatch_and_a_transport_failure() {
+        let pong = Ok(Ok(PeerResponse::Pong {
+            node: "node2".into(),
+        }));
+        assert_eq!(
+            typed_answer("node2", "ping", pong, pick_pong),
+            Ok("node2".to_owned())
+        );
+        let busy = ErrorReply::Overloaded {
+            reason: "queue full".into(),
         };
-        ErrorReply::Unreachable { node, reason }
+        let refused = typed_answer("node2", "ping", Ok(Err(busy.clone())), pick_pong).unwrap_err();
+        assert_eq!(
+            refused,
+            PeerError::Refused {
+                node: "node2".into(),
+                request: "ping",
+                reply: busy.clone(),
+            }
+        );
+        assert!(refused.may_have_arrived());
+        // A refusal reaches the client as the peer's own answer.
+        assert_eq!(ErrorReply::from(refused), busy);
+        let mismatch =
+            typed_answer("node2", "ping", Ok(Ok(PeerResponse::Ack)), pick_pong).unwrap_err();
+        assert_eq!(mismatch.to_string(), "node2 answered a ping with Ack");
+        assert!(matches!(
+            ErrorReply::from(mismatch),
+            ErrorReply::Malformed { .. }
+        ));
+        let timeout = PeerError::Timeout {
+            node: "node2".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(
+            typed_answer("node2", "ping", Err(timeout.clone()), pick_pong),
+            Err(timeout.clone())
+        );
+        assert!(matches!(
+            ErrorReply::from(timeout),
+            ErrorReply::Unreachable { node, .. } if node == "node2"
+        ));
     }
 }

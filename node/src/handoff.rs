@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
+use cairn_core::peer::{ack, PeerError};
 use cairn_core::version::Object;
-use cairn_proto::{NodeId, PeerRequest, PeerResponse};
+use cairn_proto::{NodeId, PeerRequest};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -210,11 +211,14 @@ async fn send(
         object: object.encode(),
         hint_for: None,
     };
-    let answer = match peers.call(target, req, HANDOFF_REQUEST_TIMEOUT).await {
-        Ok(Ok(PeerResponse::Ack)) => Answer::Acked,
-        Ok(Ok(other)) => Answer::Refused(format!("answered {other:?}")),
+    let answer = match peers
+        .call_for(target, "hint delivery", req, HANDOFF_REQUEST_TIMEOUT, ack)
+        .await
+    {
+        Ok(()) => Answer::Acked,
         // The target's own refusal says whether the others may still go.
-        Ok(Err(reply)) => Answer::from_error(&reply),
+        Err(PeerError::Refused { reply, .. }) => Answer::from_error(&reply),
+        Err(e @ PeerError::Mismatch { .. }) => Answer::Refused(e.to_string()),
         // No answer at all: the others would most likely get none either.
         Err(e) => Answer::Failed(e.to_string()),
     };

@@ -324,6 +324,22 @@ impl Peers {
         }
     }
 
+    /// A typed call: [`Peers::call`] with the answer read by `pick`
+    /// ([`cairn_core::peer::typed_answer`]), so the peer's refusal and an answer of another
+    /// kind are [`PeerError`]s carrying their facts, as transport failures are. `request`
+    /// names the request in those errors.
+    pub async fn call_for<T>(
+        &self,
+        id: NodeId,
+        request: &'static str,
+        req: PeerRequest,
+        timeout: Duration,
+        pick: impl FnOnce(PeerResponse) -> Result<T, PeerResponse>,
+    ) -> Result<T, PeerError> {
+        let answer = self.call(id, req, timeout).await;
+        cairn_core::peer::typed_answer(&self.name(id), request, answer, pick)
+    }
+
     /// [`Peers::call`] for a replica request (`Replicate` or `Read`; anything else is sent
     /// alone): requests queued for the same peer while its earlier batches are in flight go
     /// together as one `PeerRequest::Batch`, one frame on one stream, and the peer applies

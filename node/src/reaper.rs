@@ -85,12 +85,19 @@ async fn run(mut ctx: ReaperContext, status: watch::Sender<ReaperStatus>) {
                         let req = PeerRequest::Tombstones {
                             probes: probes.to_vec(),
                         };
-                        let answer = match peers.request(peer, req, TOMBSTONE_REQUEST_TIMEOUT).await
-                        {
-                            Ok(PeerResponse::Tombstones(holdings)) => Ok(holdings),
-                            Ok(other) => Err(format!("answered tombstones with {other:?}")),
-                            Err(e) => Err(e.to_string()),
-                        };
+                        let answer = peers
+                            .call_for(
+                                peer,
+                                "tombstone check",
+                                req,
+                                TOMBSTONE_REQUEST_TIMEOUT,
+                                |answer| match answer {
+                                    PeerResponse::Tombstones(holdings) => Ok(holdings),
+                                    other => Err(other),
+                                },
+                            )
+                            .await
+                            .map_err(|e| e.to_string());
                         let _ = tx.send(Answer::Checked(peer, answer)).await;
                     });
                 }

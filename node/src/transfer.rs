@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
+use cairn_core::peer::ack;
 use cairn_core::transfer::{
     read_page, Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
 };
 use cairn_layout::Layout;
-use cairn_proto::{NodeId, PeerRequest, PeerResponse};
+use cairn_proto::{NodeId, PeerRequest};
 use cairn_ring::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -222,12 +223,15 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
                 object: e.object.clone(),
                 hint_for: None,
             };
-            set.spawn(async move { peers.request(to, req, TRANSFER_REQUEST_TIMEOUT).await });
+            set.spawn(async move {
+                peers
+                    .call_for(to, "transfer", req, TRANSFER_REQUEST_TIMEOUT, ack)
+                    .await
+            });
         }
         while let Some(r) = set.join_next().await {
             match r {
-                Ok(Ok(PeerResponse::Ack)) => {}
-                Ok(Ok(other)) => return Err(format!("answered a replicate with {other:?}")),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(e) => return Err(format!("send task: {e}")),
             }

@@ -21,7 +21,7 @@ use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_core::peer::PeerError;
+use cairn_core::peer::{typed_answer, PeerError};
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::store::Store;
 use cairn_core::transfer::{
@@ -59,6 +59,15 @@ pub const SIM_CLEANUP_PAGE_MAX: usize = 2;
 /// When a sweep that had to keep a key it does not replicate runs again (the node's
 /// `CLEANUP_RETRY_INTERVAL` is 30 s; shorter here so runs settle).
 pub const SIM_CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(3);
+/// `typed_answer`'s pick for a simulated request answered by a bare acknowledgement (the
+/// node's is `cairn_core::peer::ack`).
+fn sim_ack(answer: PeerResp) -> Result<(), PeerResp> {
+    match answer {
+        PeerResp::Ack => Ok(()),
+        other => Err(other),
+    }
+}
+
 /// Rounds of acknowledging, recording and retiring one layout change may take in one go (each
 /// round changes the layout or stops).
 const PUMP_ROUNDS_MAX: usize = 8;
@@ -818,19 +827,16 @@ impl SimNode {
             },
             Outgoing::Handoff => {
                 // As `node/src/handoff.rs::send` reads the answer.
-                let answer = match resp {
-                    Ok(PeerResp::Ack) => Answer::Acked,
-                    Ok(other) => Answer::Refused(format!("answered {other:?}")),
-                    Err(e) => Answer::from_error(&e),
+                let answer = match typed_answer(&node(peer), "hint delivery", Ok(resp), sim_ack) {
+                    Ok(()) => Answer::Acked,
+                    Err(PeerError::Refused { reply, .. }) => Answer::from_error(&reply),
+                    Err(e) => Answer::Refused(e.to_string()),
                 };
                 self.handoff_answer(cx, peer, answer);
             }
             Outgoing::Transfer { send } => {
-                let result = match resp {
-                    Ok(PeerResp::Ack) => Ok(()),
-                    Ok(other) => Err(format!("answered a replicate with {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                };
+                let result = typed_answer(&node(peer), "transfer", Ok(resp), sim_ack)
+                    .map_err(|e| e.to_string());
                 self.transfer_sent(cx, send, result);
             }
             Outgoing::Layout => {
