@@ -639,8 +639,9 @@ impl Reaper {
 }
 
 /// Reads the reaper's page from `store`: the stored objects after `after`, in key order, until
-/// `tombstones_max` tombstones ([`tombstone_of`]) are found. One snapshot scan per page, so a
-/// store with few tombstones costs one pass per round (each object decoded once).
+/// `tombstones_max` tombstones ([`tombstone_of`]) are found. One snapshot scan per page that
+/// starts after `after`, so a round's pages together cost one pass over the store (each object
+/// decoded once), however many tombstones it holds.
 pub fn read_page(
     store: &dyn Store,
     after: Option<&[u8]>,
@@ -650,10 +651,7 @@ pub fn read_page(
         last: true,
         ..ScanPage::default()
     };
-    store.scan_objects(&mut |key, object| {
-        if after.is_some_and(|a| key <= a) {
-            return true;
-        }
+    store.scan_objects(after, &mut |key, object| {
         page.last_key = Some(key.to_vec());
         if let Some(t) = tombstone_of(object) {
             page.tombstones.push((key.to_vec(), t));

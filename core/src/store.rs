@@ -108,10 +108,17 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// The stored key whose `blake3` hash is `key_hash`, if an object is stored under it.
     fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Calls `visit(key, encoded object)` for every stored object, in key order, over one
-    /// consistent snapshot (taken when the call starts), until `visit` returns false. Returns how
-    /// many objects were visited.
-    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError>;
+    /// Calls `visit(key, encoded object)` for every stored object whose key is strictly greater
+    /// than `after` (every object when `None`), in key order, over one consistent snapshot
+    /// (taken when the call starts), until `visit` returns false. Returns how many objects were
+    /// visited. The scan starts at `after` rather than skipping up to it, so a caller that reads
+    /// the store in pages (the transfer, the cleanup sweep, the reaper) costs one pass over the
+    /// store in all, not one per page.
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError>;
     /// Up to `limit` hints for `target`, in key order.
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError>;
     /// The hint for (`target`, `key`), if any.

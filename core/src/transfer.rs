@@ -741,8 +741,9 @@ impl TransferMachine {
 }
 
 /// Reads the next page of `partition` from `store`: its keys after `after`, in key order, up to
-/// `keys_max` keys or the entry that reaches `bytes_max` bytes (one snapshot scan that skips
-/// other partitions' keys). The node and the simulator answer [`Action::Scan`] with it.
+/// `keys_max` keys or the entry that reaches `bytes_max` bytes (one snapshot scan that starts
+/// after `after` and skips other partitions' keys, so a partition's pages together walk the
+/// store once). The node and the simulator answer [`Action::Scan`] with it.
 pub fn read_page(
     store: &dyn Store,
     config: RingConfig,
@@ -754,8 +755,8 @@ pub fn read_page(
     let mut entries = Vec::new();
     let mut bytes = 0u64;
     let mut more = false;
-    store.scan_objects(&mut |key, object| {
-        if after.is_some_and(|a| key <= a) || config.partition_of(key) != partition {
+    store.scan_objects(after, &mut |key, object| {
+        if config.partition_of(key) != partition {
             return true;
         }
         if entries.len() >= keys_max || bytes >= bytes_max {
@@ -791,8 +792,8 @@ pub fn unreplicated_page(
 ) -> Result<(Vec<TransferEntry>, bool), StoreError> {
     let mut entries = Vec::new();
     let mut more = false;
-    store.scan_objects(&mut |key, object| {
-        if after.is_some_and(|a| key <= a) || layout.replicates(me, config.partition_of(key)) {
+    store.scan_objects(after, &mut |key, object| {
+        if layout.replicates(me, config.partition_of(key)) {
             return true;
         }
         if entries.len() >= keys_max {

@@ -8,10 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cairn_core::limits::{TRANSFER_ATTEMPTS_MAX, TRANSFER_RETRY_BASE, TRANSFER_RETRY_MAX};
-use cairn_core::transfer::{Action, Page, TransferConfig, TransferEntry, TransferMachine};
+use std::sync::Mutex;
+
+use cairn_antientropy::KeyHash;
+use cairn_core::store::{Batch, Hint, MemoryStore, NodeMeta, Store, StoreError};
+use cairn_core::transfer::{
+    read_page, Action, Page, TransferConfig, TransferEntry, TransferMachine,
+};
 use cairn_layout::Transfer;
 use cairn_proto::NodeId;
-use cairn_ring::PartitionId;
+use cairn_ring::{PartitionId, RingConfig};
 
 type Keys = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -508,4 +514,107 @@ fn following_the_layout_starts_records_and_retires() {
 
 fn cfg_fast() -> TransferConfig {
     config(100, 2)
+}
+
+/// A store that records every key its scans hand to their visitor, scan by scan.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    scans: Mutex<Vec<Vec<Vec<u8>>>>,
+}
+
+impl Store for Counting {
+    fn meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        self.inner.meta()
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.inner.commit(batch)
+    }
+    fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_for_hash(key_hash)
+    }
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut visited = Vec::new();
+        let n = self.inner.scan_objects(after, &mut |k, o| {
+            visited.push(k.to_vec());
+            visit(k, o)
+        })?;
+        self.scans.lock().unwrap().push(visited);
+        Ok(n)
+    }
+    fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        self.inner.hints(target, limit)
+    }
+    fn hint(&self, target: NodeId, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        self.inner.hint(target, key)
+    }
+    fn hint_counts(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+        self.inner.hint_counts()
+    }
+}
+
+/// Issue 11: a page read starts after the previous page's last key instead of walking the store
+/// from its first key, so a partition's pages together visit each stored key at most twice (the
+/// keys between a page's last entry and the key that told it there is more are visited again by
+/// the next page) rather than once per page.
+#[test]
+fn a_page_read_visits_only_the_keys_after_the_previous_page() {
+    let config = RingConfig {
+        partitions: 4,
+        replicas: 3,
+    };
+    let store = Counting::default();
+    let keys: Vec<Vec<u8>> = (0..400).map(|i| format!("k{i:04}").into_bytes()).collect();
+    store
+        .commit(&Batch {
+            puts: keys.iter().map(|k| (k.clone(), b"v".to_vec())).collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    let partition = 2;
+    let want: Vec<&Vec<u8>> = keys
+        .iter()
+        .filter(|k| config.partition_of(k) == partition)
+        .collect();
+    assert!(want.len() > 40, "{} keys in partition 2", want.len());
+
+    let mut got = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    let mut pages = 0;
+    loop {
+        let page = read_page(&store, config, partition, after.as_deref(), 10, u64::MAX).unwrap();
+        let visited = store.scans.lock().unwrap().last().unwrap().clone();
+        // Strictly after the cursor: no key of an earlier page is visited again.
+        if let Some(a) = &after {
+            assert!(
+                visited.iter().all(|k| k > a),
+                "page {pages} after {a:?} visited {:?}",
+                visited.first()
+            );
+        }
+        pages += 1;
+        got.extend(page.entries.iter().map(|e| e.key.clone()));
+        after = page.entries.last().map(|e| e.key.clone());
+        if page.last {
+            break;
+        }
+    }
+    assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    assert!(pages >= 4, "{pages} pages");
+    let mut visits: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for k in store.scans.lock().unwrap().iter().flatten() {
+        *visits.entry(k.clone()).or_default() += 1;
+    }
+    assert!(
+        visits.values().all(|v| *v <= 2),
+        "{pages} pages visited a key {:?} times",
+        visits.values().max()
+    );
 }

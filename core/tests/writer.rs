@@ -204,8 +204,12 @@ impl Store for Failing {
     fn key_for_hash(&self, key_hash: &KeyHash) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.key_for_hash(key_hash)
     }
-    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
-        self.inner.scan_objects(visit)
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.inner.scan_objects(after, visit)
     }
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
         self.inner.hints(target, limit)
@@ -289,7 +293,7 @@ fn drop_if_unchanged_removes_the_object_and_its_key_hash_only_if_it_is_what_was_
     assert_eq!(store.key_for_hash(&KeyHash::of_key(b"k")).unwrap(), None);
     let mut left = 0;
     store
-        .scan_objects(&mut |_, _| {
+        .scan_objects(None, &mut |_, _| {
             left += 1;
             true
         })

@@ -5,10 +5,10 @@
 //! fence reaches it, and publishes where the transfer stands for `cairn status`. Every layout
 //! change goes through `Membership::change_layout`: persisted, then routed by, then gossiped.
 //!
-//! Pages are read from the store in key order (a snapshot scan that skips other partitions),
-//! and each key goes to the new replica as the ordinary `PeerRequest::Replicate` without a hint:
-//! the receiver merges it with `sync`, so nothing it holds is overwritten and sending twice is
-//! harmless.
+//! Pages are read from the store in key order (a snapshot scan that starts after the last key
+//! sent and skips other partitions), and each key goes to the new replica as the ordinary
+//! `PeerRequest::Replicate` without a hint: the receiver merges it with `sync`, so nothing it
+//! holds is overwritten and sending twice is harmless.
 
 use std::sync::Arc;
 

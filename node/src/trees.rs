@@ -220,7 +220,7 @@ impl Trees {
         let mut sizes: Vec<Sizes> = (0..self.ring.partitions)
             .map(|_| Sizes::default())
             .collect();
-        let scanned = store.scan_objects(&mut |key, object| {
+        let scanned = store.scan_objects(None, &mut |key, object| {
             let key_hash = KeyHash::of_key(key);
             let p = self.partition_of(&key_hash) as usize;
             entries[p].push((key_hash, ObjectHash::of_encoded(object)));

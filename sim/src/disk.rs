@@ -52,8 +52,12 @@ impl Store for SimDisk {
         self.inner.key_for_hash(key_hash)
     }
 
-    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
-        self.inner.scan_objects(visit)
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.inner.scan_objects(after, visit)
     }
 
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {

@@ -455,7 +455,7 @@ impl SimNode {
         let mut transfer = TransferMachine::new(instant, cx.transfer);
         transfer.set_sabotage(cx.transfer_sabotage);
         let meta = self.store.meta().ok().flatten();
-        let objects = self.store.scan_objects(&mut |_, _| true).unwrap_or(0);
+        let objects = self.store.scan_objects(None, &mut |_, _| true).unwrap_or(0);
         let hints: u64 = self.hint_counts().values().sum();
         self.run = Some(Running {
             driver: {
@@ -1791,7 +1791,7 @@ impl SimNode {
                 let mut snapshot = Vec::new();
                 let config = cx.config;
                 store
-                    .scan_objects(&mut |k, o| {
+                    .scan_objects(None, &mut |k, o| {
                         if let Some(to) = parts.get(&config.partition_of(k)) {
                             let o = Object::decode(o).expect("the simulated store holds objects");
                             snapshot.push((k.to_vec(), o, to.clone()));

@@ -375,7 +375,7 @@ async fn a_node_that_left_drops_the_keys_it_no_longer_replicates() {
             .node(k)
             .engine()
             .store()
-            .scan_objects(&mut |_, _| {
+            .scan_objects(None, &mut |_, _| {
                 n += 1;
                 true
             })

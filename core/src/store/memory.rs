@@ -2,6 +2,7 @@
 //! simulated crash, nothing else does (the engine keeps uncommitted state only in memory).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use cairn_antientropy::KeyHash;
@@ -86,9 +87,22 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
-        // A copy is the snapshot: commits during the scan do not show.
-        let objects = self.inner.lock().expect("store lock").objects.clone();
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        // A copy of the objects from `after` on is the snapshot: commits during the scan do not
+        // show, and `visit` may call the store (the lock is not held while it runs).
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let objects: Vec<(Vec<u8>, Vec<u8>)> = self
+            .inner
+            .lock()
+            .expect("store lock")
+            .objects
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut seen = 0;
         for (k, v) in &objects {
             seen += 1;
@@ -130,5 +144,59 @@ impl Store for MemoryStore {
             *counts.entry(*t).or_insert(0) += 1;
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_after(store: &MemoryStore, after: Option<&[u8]>) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        store
+            .scan_objects(after, &mut |k, _| {
+                keys.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        keys
+    }
+
+    #[test]
+    fn a_scan_after_a_key_starts_strictly_after_it() {
+        let store = MemoryStore::new();
+        let puts = [&b"a"[..], b"b", b"ba", b"c"]
+            .iter()
+            .map(|k| (k.to_vec(), b"v".to_vec()))
+            .collect();
+        store
+            .commit(&Batch {
+                puts,
+                ..Batch::default()
+            })
+            .unwrap();
+        let all: Vec<Vec<u8>> = [&b"a"[..], b"b", b"ba", b"c"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        assert_eq!(keys_after(&store, None), all);
+        // A stored key: the scan starts at the next one.
+        assert_eq!(keys_after(&store, Some(b"b")), all[2..]);
+        // A key between stored ones, and one before every stored key.
+        assert_eq!(keys_after(&store, Some(b"bb")), all[3..]);
+        assert_eq!(keys_after(&store, Some(b"")), all);
+        // The last key, and one past every stored key: nothing is visited.
+        assert_eq!(keys_after(&store, Some(b"c")), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            store
+                .scan_objects(Some(b"z"), &mut |_, _| panic!("visited"))
+                .unwrap(),
+            0
+        );
+        // The count is of the objects visited, the one that stopped the scan included.
+        assert_eq!(
+            store.scan_objects(Some(b"a"), &mut |_, _| false).unwrap(),
+            1
+        );
     }
 }

@@ -27,6 +27,7 @@
 //! log over it exactly as `open` does, in place, without a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -660,11 +661,20 @@ impl Store for RedbStore {
             .map(|g| g.value().to_vec()))
     }
 
-    fn scan_objects(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<u64, StoreError> {
+    fn scan_objects(
+        &self,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
         self.flush_for_read()?;
         let table = self.read_table(OBJECTS)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut seen = 0;
-        for entry in table.iter().map_err(io("scan objects"))? {
+        // A range seeks to the start key (one B-tree descent) instead of walking from the first.
+        let range = table
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(io("scan objects"))?;
+        for entry in range {
             let (key, object) = entry.map_err(io("scan objects"))?;
             seen += 1;
             if !visit(key.value(), object.value()) {
@@ -753,7 +763,7 @@ mod tests {
         assert_eq!(store.key_for_hash(&KeyHash::of_key(b"c")).unwrap(), None);
         let mut seen = Vec::new();
         let n = store
-            .scan_objects(&mut |k, v| {
+            .scan_objects(None, &mut |k, v| {
                 seen.push((k.to_vec(), v.to_vec()));
                 true
             })
@@ -767,7 +777,49 @@ mod tests {
             ]
         );
         // A visitor can stop the scan.
-        assert_eq!(store.scan_objects(&mut |_, _| false).unwrap(), 1);
+        assert_eq!(store.scan_objects(None, &mut |_, _| false).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_scan_after_a_key_starts_strictly_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for key in [&b"a"[..], b"b", b"ba", b"c"] {
+            put(&store, key, b"v");
+        }
+        let keys_after = |after: Option<&[u8]>| {
+            let mut keys = Vec::new();
+            store
+                .scan_objects(after, &mut |k, _| {
+                    keys.push(k.to_vec());
+                    true
+                })
+                .unwrap();
+            keys
+        };
+        let all: Vec<Vec<u8>> = [&b"a"[..], b"b", b"ba", b"c"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        assert_eq!(keys_after(None), all);
+        // A stored key: the scan starts at the next one.
+        assert_eq!(keys_after(Some(b"b")), all[2..]);
+        // A key between stored ones, and one before every stored key.
+        assert_eq!(keys_after(Some(b"bb")), all[3..]);
+        assert_eq!(keys_after(Some(b"")), all);
+        // The last key, and one past every stored key: nothing is visited.
+        assert_eq!(keys_after(Some(b"c")), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            store
+                .scan_objects(Some(b"z"), &mut |_, _| panic!("visited"))
+                .unwrap(),
+            0
+        );
+        // The count is of the objects visited, the one that stopped the scan included.
+        assert_eq!(
+            store.scan_objects(Some(b"a"), &mut |_, _| false).unwrap(),
+            1
+        );
     }
 
     /// Issue 12: after a failed redb write the store refuses commits; `recover` reopens redb in
@@ -990,7 +1042,7 @@ mod tests {
         assert_eq!(get(&store, b"k").as_deref(), Some(&b"new"[..]));
         let mut keys = 0;
         store
-            .scan_objects(&mut |_, _| {
+            .scan_objects(None, &mut |_, _| {
                 keys += 1;
                 true
             })
@@ -1052,7 +1104,7 @@ mod tests {
     fn stored_keys(store: &RedbStore) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();
         store
-            .scan_objects(&mut |k, _| {
+            .scan_objects(None, &mut |k, _| {
                 keys.push(k.to_vec());
                 true
             })
