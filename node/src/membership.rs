@@ -969,18 +969,25 @@ impl Membership {
             let peers = self.peers.clone();
             calls.spawn(async move {
                 let req = PeerRequest::PartitionSizes { partitions };
-                (node, peers.call(node, req, PLAN_SIZES_TIMEOUT).await)
+                let sizes = |answer| match answer {
+                    PeerResponse::PartitionSizes(sizes) => Ok(sizes),
+                    other => Err(other),
+                };
+                let answer = peers
+                    .call_for(node, "partition count", req, PLAN_SIZES_TIMEOUT, sizes)
+                    .await;
+                (node, answer)
             });
         }
         while let Some(done) = calls.join_next().await {
             match done {
-                Ok((_, Ok(Ok(PeerResponse::PartitionSizes(answer))))) => {
+                Ok((_, Ok(answer))) => {
                     for s in answer {
                         keep(s.partition, s.keys, s.bytes);
                     }
                 }
-                Ok((node, other)) => debug!(
-                    "{} did not count its partitions for the plan: {other:?}",
+                Ok((node, Err(e))) => debug!(
+                    "{} did not count its partitions for the plan: {e}",
                     self.peers.name(node)
                 ),
                 Err(e) => debug!("counting a plan's partitions: {e}"),

@@ -461,10 +461,15 @@ impl Peers {
             from: self.my_name.clone(),
         };
         let started = Instant::now();
-        match self.request(id, req, PING_TIMEOUT).await {
-            Ok(PeerResponse::Pong { .. }) => true,
-            Ok(other) => {
-                self.mark(id, started, Err(format!("odd answer to ping: {other:?}")));
+        let pong = |answer| match answer {
+            PeerResponse::Pong { .. } => Ok(()),
+            other => Err(other),
+        };
+        match self.call_for(id, "ping", req, PING_TIMEOUT, pong).await {
+            Ok(()) => true,
+            // It answered, but not as a node of this protocol does: not up.
+            Err(e @ PeerError::Mismatch { .. }) => {
+                self.mark(id, started, Err(e.to_string()));
                 false
             }
             Err(e) => {

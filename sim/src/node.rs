@@ -797,19 +797,24 @@ impl SimNode {
                 self.drain(cx);
             }
             Outgoing::Repair => {}
-            Outgoing::Ping => match resp {
-                Ok(PeerResp::Pong) => {
-                    let now = cx.w.instant();
-                    let run = self.run();
-                    run.pinging.remove(&peer);
-                    run.liveness.handle_probe(now, peer, true);
+            Outgoing::Ping => {
+                let pong = |answer| match answer {
+                    PeerResp::Pong => Ok(()),
+                    other => Err(other),
+                };
+                match typed_answer(&node(peer), "ping", Ok(resp), pong) {
+                    Ok(()) => {
+                        let now = cx.w.instant();
+                        let run = self.run();
+                        run.pinging.remove(&peer);
+                        run.liveness.handle_probe(now, peer, true);
+                    }
+                    Err(e) => {
+                        self.mark(cx, peer, false, started, &e.to_string());
+                        self.ping_failed(cx, peer);
+                    }
                 }
-                other => {
-                    let why = format!("odd answer to ping: {other:?}");
-                    self.mark(cx, peer, false, started, &why);
-                    self.ping_failed(cx, peer);
-                }
-            },
+            }
             Outgoing::Forward { client, seq, req } => match resp {
                 Ok(PeerResp::Forwarded(r)) => {
                     cx.w.send(
