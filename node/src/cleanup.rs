@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Write};
 use crate::limits::{CLEANUP_PAGE_MAX, CLEANUP_RETRY_INTERVAL};
+use crate::tasks::sleep_until;
 
 pub use cairn_core::cleanup::SweepReport;
 
@@ -129,15 +130,7 @@ pub async fn run(
                     cleanup.handle_dropped(Instant::now(), &key, outcome);
                 }
             },
-            _ = sleep_until(retry), if retry.is_some() => {}
+            _ = sleep_until(retry) => {}
         }
-    }
-}
-
-/// Sleeps until `at` (never, for `None`: the branch is disabled then).
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

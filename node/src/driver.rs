@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use cairn_core::driver::{LocalOp, Output, RequestDriver};
 use cairn_proto::{ErrorReply, NodeId, PeerResponse, ReplicaFailure, Response};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tracing::warn;
 
 use crate::coordinator::{CoordinatorError, OpId, Outcome, ReadFanout, ReplicaResult};
@@ -18,7 +17,7 @@ use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE
 use crate::membership::ClusterView;
 use crate::peers::Peers;
 use crate::replies::get_reply;
-use crate::tasks::Tasks;
+use crate::tasks::{sleep_until, Tasks};
 use cairn_ring::Ring;
 
 /// A client request for the coordinator: defined by the pure driver.
@@ -357,13 +356,6 @@ async fn write_hints(
         finished += n;
         unsettled.hints_done.store(finished, Ordering::Release);
         let _ = report.done.send(finished);
-    }
-}
-
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(Instant::from_std(d)).await,
-        None => std::future::pending().await,
     }
 }
 

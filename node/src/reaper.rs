@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use crate::engine::{Engine, Write};
 use crate::limits::{TOMBSTONE_ANSWERS_QUEUE_MAX, TOMBSTONE_REQUEST_TIMEOUT};
 use crate::peers::Peers;
-use crate::tasks::Tasks;
+use crate::tasks::{sleep_until, Tasks};
 
 /// What the reaper task needs.
 pub struct ReaperContext {
@@ -143,13 +143,6 @@ async fn run(mut ctx: ReaperContext, status: watch::Sender<ReaperStatus>) {
             }
             _ = sleep_until(deadline) => {}
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

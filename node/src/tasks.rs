@@ -243,6 +243,15 @@ pub(crate) fn describe(tasks: &[(&'static str, usize)]) -> String {
         .join(", ")
 }
 
+/// Sleeps until `deadline`, or forever for `None`, so a `select!` branch on a state machine's
+/// `poll_timeout` waits only when it has one (the driver, transfer, cleanup and reaper tasks).
+pub(crate) async fn sleep_until(deadline: Option<impl Into<tokio::time::Instant>>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

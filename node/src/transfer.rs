@@ -30,7 +30,7 @@ use crate::limits::{
 use crate::membership::Membership;
 use crate::peers::Peers;
 use crate::store::Store;
-use crate::tasks::Tasks;
+use crate::tasks::{sleep_until, Tasks};
 
 /// What the transfer task needs.
 pub struct TransferContext {
@@ -157,13 +157,6 @@ async fn run(ctx: TransferContext, status: watch::Sender<TransferStatus>) {
             }
             _ = sleep_until(deadline) => {}
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

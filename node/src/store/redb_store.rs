@@ -337,7 +337,7 @@ impl RedbStore {
     fn flush(&self, record: &Record<'_>, durability: Durability) -> Result<(), StoreError> {
         let changes = {
             let mut pending = self.pending.write().expect("pending lock");
-            if pending.active.is_empty() && pending.flushing.is_none() {
+            if pending.is_empty() {
                 None
             } else {
                 let mut changes = std::mem::take(&mut pending.active);
