@@ -586,6 +586,13 @@ impl Writer {
                 if self.sabotage() == Sabotage::AckWithoutStoring {
                     return Ok(merged);
                 }
+                if merged == current {
+                    // The copy held nothing new (a second source's push of a moved partition,
+                    // a repair of a replica that already caught up): the stored object stays,
+                    // durable as it is, and the batch writes nothing for the key. An earlier
+                    // write of this batch to the key is still in `pending` and is stored.
+                    return Ok(current);
+                }
                 merged
             }
             Write::AddHint { target } => {

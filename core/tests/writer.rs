@@ -402,3 +402,61 @@ fn a_copy_that_backs_a_hint_is_not_dropped_until_the_hint_is_delivered() {
     assert_eq!(store.get(b"k").unwrap(), None);
     assert_eq!(store.hint(target, b"k").unwrap(), None);
 }
+
+#[test]
+fn a_merge_that_brings_nothing_new_writes_nothing_but_keeps_its_hint() {
+    let store = MemoryStore::new();
+    let mut w = open(&store, 10);
+    let stored = apply(&mut w, &store, vec![("k", update("1"))])
+        .pop()
+        .unwrap()
+        .unwrap();
+    // The same copy again (a second old replica's push, a repair that already happened): no
+    // put, no commit, the answer is the stored object.
+    let writes = vec![(b"k".to_vec(), merge(&stored))];
+    let outcome = w.apply_batch(&store, &writes, &mut |b| store.commit(b));
+    assert_eq!(outcome.results[0].as_ref().unwrap(), &stored);
+    assert!(outcome.puts.is_empty(), "{:?}", outcome.puts);
+    assert!(!outcome.committed);
+    // An older copy is dominated by the stored one: nothing written either.
+    let writes = vec![(b"k".to_vec(), merge(&Object::new()))];
+    let outcome = w.apply_batch(&store, &writes, &mut |b| store.commit(b));
+    assert!(outcome.puts.is_empty() && !outcome.committed);
+    // A fallback's merge that brings nothing new still records the hint it stands for.
+    let target = node("down");
+    let writes = vec![(
+        b"k".to_vec(),
+        Write::Merge {
+            object: stored.clone(),
+            hint_for: Some(target),
+        },
+    )];
+    let outcome = w.apply_batch(&store, &writes, &mut |b| store.commit(b));
+    assert!(outcome.committed && outcome.puts.is_empty());
+    assert_eq!(w.hint_counts().get(&target), Some(&1));
+    assert_eq!(
+        Object::decode(&store.get(b"k").unwrap().unwrap()).unwrap(),
+        stored
+    );
+    // A write earlier in the same batch is stored even when a later merge adds nothing to it.
+    let results = apply(
+        &mut w,
+        &store,
+        vec![
+            (
+                "k",
+                Write::Update {
+                    ctx: stored.join(),
+                    payload: Payload::Value(b"2".to_vec()),
+                },
+            ),
+            ("k", merge(&stored)),
+        ],
+    );
+    let newer = results[1].as_ref().unwrap();
+    assert_eq!(
+        &Object::decode(&store.get(b"k").unwrap().unwrap()).unwrap(),
+        newer
+    );
+    assert_eq!(newer.live().len(), 1);
+}
