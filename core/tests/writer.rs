@@ -45,6 +45,11 @@ fn apply(
         .results
 }
 
+/// The object one write leaves at `key`, which must succeed.
+fn applied(w: &mut Writer, store: &dyn Store, key: &str, write: Write) -> Object {
+    apply(w, store, vec![(key, write)]).pop().unwrap().unwrap()
+}
+
 fn counters(o: &Object) -> Vec<u64> {
     o.siblings().iter().map(|(d, _)| d.counter).collect()
 }
@@ -271,15 +276,9 @@ fn merge(object: &Object) -> Write {
 fn drop_if_unchanged_removes_the_object_and_its_key_hash_only_if_it_is_what_was_seen() {
     let store = MemoryStore::new();
     let mut w = open(&store, 10);
-    let seen = apply(&mut w, &store, vec![("k", update("1"))])
-        .pop()
-        .unwrap()
-        .unwrap();
+    let seen = applied(&mut w, &store, "k", update("1"));
     // A newer write arrived after the caller read `seen`: the drop must not remove it.
-    let newer = apply(&mut w, &store, vec![("k", update("2"))])
-        .pop()
-        .unwrap()
-        .unwrap();
+    let newer = applied(&mut w, &store, "k", update("2"));
     let kept = apply(&mut w, &store, vec![("k", drop_if(&seen))]);
     assert_eq!(kept[0].as_ref().unwrap(), &newer);
     assert!(store.get(b"k").unwrap().is_some());
@@ -311,10 +310,7 @@ fn drop_if_unchanged_removes_the_object_and_its_key_hash_only_if_it_is_what_was_
 fn a_merge_after_a_drop_in_the_same_batch_is_stored_and_a_merge_before_it_prevents_it() {
     let store = MemoryStore::new();
     let mut w = open(&store, 10);
-    let seen = apply(&mut w, &store, vec![("k", update("1"))])
-        .pop()
-        .unwrap()
-        .unwrap();
+    let seen = applied(&mut w, &store, "k", update("1"));
     let peer = {
         let other = MemoryStore::new();
         let mut w2 =
@@ -407,10 +403,7 @@ fn a_copy_that_backs_a_hint_is_not_dropped_until_the_hint_is_delivered() {
 fn a_merge_that_brings_nothing_new_writes_nothing_but_keeps_its_hint() {
     let store = MemoryStore::new();
     let mut w = open(&store, 10);
-    let stored = apply(&mut w, &store, vec![("k", update("1"))])
-        .pop()
-        .unwrap()
-        .unwrap();
+    let stored = applied(&mut w, &store, "k", update("1"));
     // The same copy again (a second old replica's push, a repair that already happened): no
     // put, no commit, the answer is the stored object.
     let writes = vec![(b"k".to_vec(), merge(&stored))];
