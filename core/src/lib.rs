@@ -7,6 +7,7 @@
 pub mod cleanup;
 pub mod coordinator;
 pub mod driver;
+pub mod forward;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;

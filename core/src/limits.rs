@@ -102,3 +102,27 @@ pub const TOMBSTONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one transferred key waits for the target's acknowledgement.
 pub const TRANSFER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forwarded writes whose outcome a replica remembers (by sender and request id), so a forward
+/// retried after its reply was lost is answered with the first outcome instead of being applied
+/// twice. The oldest is forgotten first when the table is full.
+pub const FORWARD_REPLIES_MAX: usize = 4096;
+/// How long a forwarded write's outcome is remembered: longer than a forwarder keeps retrying
+/// (`FORWARD_ATTEMPTS_MAX` attempts of at most the forward timeout each).
+pub const FORWARD_REPLY_TTL: Duration = Duration::from_secs(300);
+/// Bytes of remembered forward replies (their siblings and contexts) across the table.
+pub const FORWARD_REPLY_BYTES_MAX: usize = 64 << 20;
+/// Largest single reply kept whole; a larger one is remembered only as "applied", and a retry
+/// is told to read the key.
+pub const FORWARD_REPLY_KEPT_BYTES_MAX: usize = 1 << 20;
+/// Attempts a forwarder makes at one forward (same request id) before telling the client the
+/// write may have been applied.
+pub const FORWARD_ATTEMPTS_MAX: u32 = 3;
+/// How long a forwarder waits for a replica whose forward failed to be judged up again (a
+/// failure marks it down at once; its probe brings it back) before retrying; a replica still
+/// down after it gets no retry, and the client hears at once that the write may have been
+/// applied.
+pub const FORWARD_RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How often the forwarder looks whether the replica is up again while it waits.
+pub const FORWARD_RETRY_POLL: Duration = Duration::from_millis(50);
+const _: () = assert!(FORWARD_REPLY_KEPT_BYTES_MAX <= FORWARD_REPLY_BYTES_MAX);

@@ -32,9 +32,8 @@
 //!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
 //!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
-//!   no longer replicates a key are redirected to its owners with the core's `redirect_writes`) (that glue, and `server/dispatch.rs`'s routing and peer handlers, is still
-//!   this crate's own: forward to the first chosen replica, coordinate here when the forward
-//!   never left). With no gossip here every peer counts as alive and suspect, so probes find a
+//!   no longer replicates a key are redirected to its owners with the core's `redirect_writes`) (that glue, and `server/dispatch.rs`'s choice to forward and its peer handlers, is
+//!   still this crate's own); the core's forwarder and forward table at both ends of a forward. With no gossip here every peer counts as alive and suspect, so probes find a
 //!   dead one.
 //! - `world`: virtual time, the event queue, the network: per-message delay, loss, duplicated
 //!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
@@ -71,6 +70,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use cairn_core::forward::ForwardSabotage;
 use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
 use cairn_core::transfer::TransferConfig;
 use cairn_core::version::Object;
@@ -116,10 +116,10 @@ pub struct Options {
     /// that is not among the key's chosen replicas refuses the write. `false` does as
     /// `server/dispatch.rs` does today: it coordinates there anyway.
     pub strict_routing: bool,
-    /// A write whose forward went out unanswered is not coordinated again here (as
-    /// `server/dispatch.rs` does since bug 3: it may have been applied there). `false` retries it here,
-    /// as `server/dispatch.rs` did before, which can apply one client write twice.
-    pub forward_once: bool,
+    /// A deliberate bug in every node's forwarder (`cairn_core::forward::Forwarder`):
+    /// `CoordinateAfterLostReply` coordinates a write whose forward went out unanswered here as
+    /// well, as `server/dispatch.rs` did before bug 3, which can apply one client write twice.
+    pub forward_sabotage: ForwardSabotage,
     /// The faults added with the shared node core: disks that fail their commits for a while,
     /// nodes paused and resumed, restarts right after a crash, and (drawn per seed) a small hint
     /// store that fills up. `false` keeps the random choices of the seeds found before them
@@ -164,7 +164,7 @@ impl Default for Options {
             // As node/src/driver.rs does: an ack waits for the hints issued before it.
             ack_despite_failed_hint: false,
             strict_routing: false,
-            forward_once: true,
+            forward_sabotage: ForwardSabotage::None,
             more_faults: true,
             layout_changes: true,
             transfer_sabotage: TransferSabotage::None,
@@ -732,7 +732,7 @@ impl Sim {
                 hints_per_peer_max: cfg.hints_per_peer_max,
                 sabotage: opts.sabotage,
                 ack_despite_failed_hint: opts.ack_despite_failed_hint,
-                forward_once: opts.forward_once,
+                forward_sabotage: opts.forward_sabotage,
                 strict_routing: opts.strict_routing,
                 transfer: cfg.transfer,
                 transfer_sabotage: opts.transfer_sabotage,
@@ -933,6 +933,9 @@ impl Sim {
             }
             Event::Cleanup { node, gen, arm } => {
                 self.on_node(node, gen, |n, cx| n.on_cleanup(cx, arm));
+            }
+            Event::ForwardWait { node, gen, wait } => {
+                self.on_node(node, gen, |n, cx| n.on_forward_wait(cx, wait));
             }
             Event::LayoutChange { tries } => self.layout_change(tries),
             Event::ClientNext(c) => {

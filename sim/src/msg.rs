@@ -104,8 +104,16 @@ pub struct ClientResponse {
 pub enum PeerReq {
     /// Liveness probe.
     Ping,
-    /// Coordinate this client request.
-    Forward(ClientRequest),
+    /// Coordinate this client request (`PeerRequest::Forward`): every attempt of one forward
+    /// carries the same `id`, and `retry` says an earlier one went out unanswered.
+    Forward {
+        /// The forward's id.
+        id: u64,
+        /// Whether an earlier attempt went out.
+        retry: bool,
+        /// The request.
+        req: ClientRequest,
+    },
     /// Merge and store durably; keep a hint for `hint_for`.
     Replicate {
         /// The key.
@@ -216,7 +224,11 @@ impl Body {
             }
             Body::PeerReq { rid, req, .. } => match req {
                 PeerReq::Ping => format!("ping r{rid}"),
-                PeerReq::Forward(req) => format!("forward r{rid} {}", describe_req(req)),
+                PeerReq::Forward { id, retry, req } => format!(
+                    "forward r{rid} f{id:x}{} {}",
+                    if *retry { " (retry)" } else { "" },
+                    describe_req(req)
+                ),
                 PeerReq::Replicate {
                     key,
                     object,

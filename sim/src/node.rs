@@ -1,6 +1,7 @@
-//! One simulated node: the core's request driver, writer, liveness and handoff policies,
-//! carried out over the simulated world as `node/src/driver.rs`, `engine.rs`, `peers.rs` and
-//! `handoff.rs` carry them out; `server/dispatch.rs`'s routing and peer handlers are still this file's.
+//! One simulated node: the core's request driver, forwarder and forward table, writer, liveness
+//! and handoff policies, carried out over the simulated world as `node/src/driver.rs`,
+//! `server/dispatch.rs`, `engine.rs`, `peers.rs` and `handoff.rs` carry them out; the choice
+//! between forwarding and coordinating and the peer request handlers are still this file's.
 //!
 //! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
 //! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for the disk is applied and
@@ -16,8 +17,13 @@ use std::time::Duration;
 use cairn_core::cleanup::{Action as CleanupAction, Cleanup, CleanupConfig};
 use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
 use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
+use cairn_core::forward::{
+    unrecorded_retry, Admit, ForwardKey, ForwardSabotage, ForwardTable, Forwarder, Step,
+    FORWARD_RETRY_WINDOW,
+};
 use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_core::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
@@ -113,8 +119,8 @@ pub struct Ctx<'a> {
     pub sabotage: Sabotage,
     /// The driver's bug of seed 106 put back (see `Options`).
     pub ack_despite_failed_hint: bool,
-    /// A write whose forward went out unanswered is not coordinated again (see `Options`).
-    pub forward_once: bool,
+    /// A deliberate bug in every forwarder (see `Options`).
+    pub forward_sabotage: ForwardSabotage,
     /// Writes are coordinated only at a chosen replica (see `Options`).
     pub strict_routing: bool,
     /// How fast and wide transfers go (drawn per seed).
@@ -243,7 +249,13 @@ pub enum ReplyTo {
         /// Its operation.
         seq: u64,
     },
-    /// A peer that forwarded the request.
+    /// A peer that forwarded a write: its answer goes to every attempt of that forward
+    /// waiting in the node's forward table.
+    Forward {
+        /// (the sender, the forward's id).
+        key: ForwardKey,
+    },
+    /// A peer that forwarded a read.
     Peer {
         /// The peer.
         node: NodeIx,
@@ -257,23 +269,29 @@ pub enum ReplyTo {
 /// A peer request waiting for its answer.
 #[derive(Debug)]
 enum Outgoing {
-    Coord {
-        op: OpId,
-    },
+    Coord { op: OpId },
     Repair,
     Ping,
-    Forward {
-        client: ClientIx,
-        seq: u64,
-        req: ClientRequest,
-    },
+    Forward(Forwarding),
     Handoff,
-    Transfer {
-        send: SendId,
-    },
+    Transfer { send: SendId },
     Layout,
     Reaper,
 }
+
+/// A client request this node forwards: the core's forwarder for it and what it needs to
+/// answer the client or coordinate the request here.
+#[derive(Debug)]
+struct Forwarding {
+    client: ClientIx,
+    seq: u64,
+    req: ClientRequest,
+    to: NodeIx,
+    forwarder: Forwarder,
+}
+
+/// Who waits for a forwarded write's first attempt: (peer, its incarnation, its request id).
+type ForwardWaiters = Vec<(NodeIx, u64, u64)>;
 
 /// The state a crash loses.
 pub struct Running {
@@ -332,6 +350,13 @@ pub struct Running {
     cleanup_arm: u64,
     /// The `layout_seq` the coordinator routes by.
     routed_seq: u64,
+    /// The forwarded writes this node coordinated, by (sender, id), as
+    /// `node/src/forwards.rs` keeps them: a retry gets the first outcome.
+    forwards: ForwardTable<ClientResponse, ForwardWaiters>,
+    /// Forwards waiting for their replica to be judged up again, with the wait's deadline.
+    forward_waits: BTreeMap<u64, (Duration, Forwarding)>,
+    /// Forwards sent by this incarnation (the low half of their ids; the high half is `gen`).
+    forwards_sent: u64,
 }
 
 /// A simulated node.
@@ -510,6 +535,9 @@ impl SimNode {
             cleanup_seq: u64::MAX,
             cleanup_arm: 0,
             routed_seq: self.layout_seq,
+            forwards: ForwardTable::new(instant, usize::MAX),
+            forward_waits: BTreeMap::new(),
+            forwards_sent: 0,
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -629,15 +657,24 @@ impl SimNode {
                 cx.w.logf(self.me(), || {
                     format!("route {}: forward to {}", key_str(req.key()), node(to))
                 });
-                let to_ix = cx.ix(to);
-                let out = Outgoing::Forward {
+                // As `server/dispatch.rs`: an id of this incarnation's own, the core's
+                // forwarder deciding what follows each attempt.
+                let gen = self.gen;
+                let run = self.run();
+                run.forwards_sent += 1;
+                let id = (gen << 32) | run.forwards_sent;
+                let write = matches!(req, ClientRequest::Put { .. });
+                let mut forwarder = Forwarder::new(id, write, node(to));
+                forwarder.set_sabotage(cx.forward_sabotage);
+                let step = forwarder.start();
+                let f = Forwarding {
                     client,
                     seq,
-                    req: req.clone(),
+                    req,
+                    to: cx.ix(to),
+                    forwarder,
                 };
-                // As `server/dispatch.rs`: the request's own timeout plus the core's margin.
-                let timeout = req.clone().into_job().0.forward_timeout();
-                self.request(cx, to_ix, PeerReq::Forward(req), out, timeout);
+                self.forward_step(cx, f, step);
             }
             Route::Local => {
                 cx.w.logf(self.me(), || {
@@ -706,20 +743,8 @@ impl SimNode {
         };
         match req {
             PeerReq::Ping => reply(cx, self.me(), Ok(PeerResp::Pong)),
-            PeerReq::Forward(req) => {
-                cx.w.logf(self.me(), || {
-                    format!("recv forward from n{} r{rid}: coordinating", peer + 1)
-                });
-                // Never forwarded again.
-                self.coordinate_if_chosen(
-                    cx,
-                    req,
-                    ReplyTo::Peer {
-                        node: peer,
-                        gen,
-                        rid,
-                    },
-                );
+            PeerReq::Forward { id, retry, req } => {
+                self.on_forward(cx, (peer, gen, rid), id, retry, req);
             }
             PeerReq::Replicate {
                 key,
@@ -815,21 +840,29 @@ impl SimNode {
                     }
                 }
             }
-            Outgoing::Forward { client, seq, req } => match resp {
-                Ok(PeerResp::Forwarded(r)) => {
-                    cx.w.send(
-                        self.me(),
-                        Addr::Client(client),
-                        Body::ClientResp { seq, resp: r },
-                    );
+            Outgoing::Forward(mut f) => {
+                let forwarded = |answer| match answer {
+                    PeerResp::Forwarded(r) => Ok(r),
+                    other => Err(other),
+                };
+                match typed_answer(&node(peer), "forward", Ok(resp), forwarded) {
+                    Ok(r) => {
+                        cx.w.send(
+                            self.me(),
+                            Addr::Client(f.client),
+                            Body::ClientResp {
+                                seq: f.seq,
+                                resp: r,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let step = f.forwarder.handle_failure(&e);
+                        cx.w.logf(self.me(), || format!("forward failed ({e}): {step:?}"));
+                        self.forward_step(cx, f, step);
+                    }
                 }
-                other => {
-                    cx.w.logf(self.me(), || {
-                        format!("forward failed ({other:?}); coordinating here")
-                    });
-                    self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
-                }
-            },
+            }
             Outgoing::Handoff => {
                 // As `node/src/handoff.rs::send` reads the answer.
                 let answer = match typed_answer(&node(peer), "hint delivery", Ok(resp), sim_ack) {
@@ -886,31 +919,12 @@ impl SimNode {
             }
             Outgoing::Repair => {}
             Outgoing::Ping => self.ping_failed(cx, peer),
-            Outgoing::Forward { client, seq, req } => {
-                // `server/dispatch.rs`: a write whose forward went out unanswered may have been applied
-                // there; applying it here too would make two siblings of one write (rule 5).
-                // Only a forward that never reached a process is coordinated here.
-                if cx.forward_once
-                    && matches!(req, ClientRequest::Put { .. })
-                    && error.may_have_arrived()
-                {
-                    cx.w.logf(self.me(), || {
-                        format!("forward failed ({reason}) after it went out; write not retried")
-                    });
-                    let resp = ClientResponse {
-                        result: Err(format!(
-                            "forward to {} failed ({reason}); the write may have been applied there",
-                            node(peer)
-                        )),
-                        minted: None,
-                    };
-                    self.answer(cx, ReplyTo::Client { client, seq }, resp);
-                    return;
-                }
-                cx.w.logf(self.me(), || {
-                    format!("forward failed ({reason}); coordinating here")
-                });
-                self.coordinate_if_chosen(cx, req, ReplyTo::Client { client, seq });
+            Outgoing::Forward(mut f) => {
+                // A write whose forward went out unanswered may have been applied there;
+                // applying it here too would make two siblings of one write (rule 5).
+                let step = f.forwarder.handle_failure(&error);
+                cx.w.logf(self.me(), || format!("forward failed ({reason}): {step:?}"));
+                self.forward_step(cx, f, step);
             }
             Outgoing::Handoff => {
                 self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
@@ -1146,6 +1160,161 @@ impl SimNode {
                     },
                 );
             }
+            ReplyTo::Forward { key } => {
+                // Remembered for a retry, and sent to every attempt waiting for it.
+                let waiting = self.run().forwards.complete(key, resp.clone(), 1);
+                for (node, gen, rid) in waiting.into_iter().flatten() {
+                    cx.w.send(
+                        self.me(),
+                        Addr::Node(node),
+                        Body::PeerResp {
+                            gen,
+                            rid,
+                            resp: Ok(PeerResp::Forwarded(resp.clone())),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// A forward arrived (`server/dispatch.rs::forwarded`): a read is coordinated (it is safe
+    /// to carry out twice); a write at most once per (sender, id), a retry answered with the
+    /// first attempt's outcome.
+    fn on_forward(
+        &mut self,
+        cx: &mut Ctx,
+        (peer, gen, rid): (NodeIx, u64, u64),
+        id: u64,
+        retry: bool,
+        req: ClientRequest,
+    ) {
+        // Never forwarded again.
+        if matches!(req, ClientRequest::Get { .. }) {
+            let reply = ReplyTo::Peer {
+                node: peer,
+                gen,
+                rid,
+            };
+            self.coordinate_if_chosen(cx, req, reply);
+            return;
+        }
+        let key = (cx.ids[peer], id);
+        let now = cx.w.instant();
+        let me = self.me();
+        let name = node(self.id);
+        let run = self.run();
+        let waiter = || vec![(peer, gen, rid)];
+        let answer = match run
+            .forwards
+            .admit(key, retry, FORWARD_RETRY_WINDOW, now, waiter)
+        {
+            Admit::First => {
+                cx.w.logf(me, || {
+                    format!(
+                        "recv forward f{id:x} from n{} r{rid}: coordinating",
+                        peer + 1
+                    )
+                });
+                self.coordinate_if_chosen(cx, req, ReplyTo::Forward { key });
+                return;
+            }
+            Admit::Wait(waiting) => {
+                waiting.push((peer, gen, rid));
+                cx.w.logf(me, || {
+                    format!("recv forward f{id:x} again: waits for the first")
+                });
+                return;
+            }
+            Admit::Done(resp) => resp,
+            Admit::Unknown => ClientResponse {
+                result: Err(unrecorded_retry(&name, id).to_string()),
+                minted: None,
+            },
+        };
+        cx.w.logf(me, || {
+            format!("recv forward f{id:x} again: answered as before")
+        });
+        cx.w.send(
+            me,
+            Addr::Node(peer),
+            Body::PeerResp {
+                gen,
+                rid,
+                resp: Ok(PeerResp::Forwarded(answer)),
+            },
+        );
+    }
+
+    /// Carries out the forwarder's next step (as `server/dispatch.rs`'s forward loop does).
+    fn forward_step(&mut self, cx: &mut Ctx, f: Forwarding, step: Step) {
+        match step {
+            Step::Send { id, retry } => {
+                // As `server/dispatch.rs`: the request's own timeout plus the core's margin.
+                let timeout = f.req.clone().into_job().0.forward_timeout();
+                let (to, req) = (f.to, f.req.clone());
+                self.request(
+                    cx,
+                    to,
+                    PeerReq::Forward { id, retry, req },
+                    Outgoing::Forward(f),
+                    timeout,
+                );
+            }
+            Step::CoordinateHere => {
+                let reply = ReplyTo::Client {
+                    client: f.client,
+                    seq: f.seq,
+                };
+                self.coordinate_if_chosen(cx, f.req, reply);
+            }
+            Step::Fail(e) => {
+                let resp = ClientResponse {
+                    result: Err(e.to_string()),
+                    minted: None,
+                };
+                let reply = ReplyTo::Client {
+                    client: f.client,
+                    seq: f.seq,
+                };
+                self.answer(cx, reply, resp);
+            }
+            Step::WaitForUp => {
+                let deadline = cx.w.now + FORWARD_RETRY_WAIT_MAX;
+                self.forward_wait(cx, f, deadline);
+            }
+        }
+    }
+
+    /// `server/dispatch.rs::up_again`: looks whether the replica is up again, every
+    /// `FORWARD_RETRY_POLL` until `deadline`.
+    fn forward_wait(&mut self, cx: &mut Ctx, mut f: Forwarding, deadline: Duration) {
+        let peer = cx.ids[f.to];
+        let up = self.run().liveness.is_up(peer);
+        if up || cx.w.now >= deadline {
+            let step = f.forwarder.handle_wait(up);
+            self.forward_step(cx, f, step);
+            return;
+        }
+        let gen = self.gen;
+        let run = self.run();
+        let wait = run.next_rid;
+        run.next_rid += 1;
+        run.forward_waits.insert(wait, (deadline, f));
+        cx.w.after(
+            FORWARD_RETRY_POLL,
+            Event::ForwardWait {
+                node: self.ix,
+                gen,
+                wait,
+            },
+        );
+    }
+
+    /// A forward's wait looks again.
+    pub fn on_forward_wait(&mut self, cx: &mut Ctx, wait: u64) {
+        if let Some((deadline, f)) = self.run().forward_waits.remove(&wait) {
+            self.forward_wait(cx, f, deadline);
         }
     }
 

@@ -119,6 +119,15 @@ pub enum Event {
         /// Which arming of the timer (older ones are stale).
         arm: u64,
     },
+    /// A forwarder waiting for its replica to be judged up again looks again.
+    ForwardWait {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+        /// Which wait.
+        wait: u64,
+    },
     /// The operator tries a layout change (`tries` more times while the cluster is not settled).
     LayoutChange {
         /// Attempts left.
@@ -184,7 +193,8 @@ impl Event {
             | Event::ReaperTick { node, .. }
             | Event::TransferTimer { node, .. }
             | Event::LayoutTick { node, .. }
-            | Event::Cleanup { node, .. } => Some(*node),
+            | Event::Cleanup { node, .. }
+            | Event::ForwardWait { node, .. } => Some(*node),
             _ => None,
         }
     }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cairn_sim::{run, Options, ReaperSabotage, Report, Sabotage, TransferSabotage};
+use cairn_sim::{
+    run, ForwardSabotage, Options, ReaperSabotage, Report, Sabotage, TransferSabotage,
+};
 
 /// Seeds a sweep runs when `CAIRN_SIM_SEEDS` is not set (each suite below runs them all).
 const SEEDS_DEFAULT: u64 = 500;
@@ -331,9 +333,11 @@ fn regression_5_data_loss_and_pauses_across_the_heal() {
 /// w114 applied at n2 as n2:41 and again at n3 as n3:60; seeds shift as the simulated node
 /// changes, so this test looks for one).
 ///
-/// Fixed: `server.rs` coordinates a forwarded write here only if the forward never left
-/// (`PeerError::may_have_arrived`), else answers an error saying the write may have been
-/// applied; the simulated node follows it (`forward_once: true` in `Options::default`). The
+/// Fixed: the forwarder (`cairn_core::forward::Forwarder`, run by `server/dispatch.rs` and by
+/// the simulated node) coordinates a forwarded write here only if the forward never left
+/// (`PeerError::may_have_arrived`); else it asks the same replica again with the same id (which
+/// the replica's `ForwardTable` applies at most once) or answers an error saying the write may
+/// have been applied. `ForwardSabotage::CoordinateAfterLostReply` puts the old forward back. The
 /// old forward is caught within `BUG_3_SEEDS_MAX` seeds, and those seeds pass with the fix.
 #[test]
 fn regression_3_a_write_whose_forward_went_out_is_not_applied_again() {
@@ -344,7 +348,7 @@ fn regression_3_a_write_whose_forward_went_out_is_not_applied_again() {
         ..Options::default()
     };
     let old = Options {
-        forward_once: false,
+        forward_sabotage: ForwardSabotage::CoordinateAfterLostReply,
         ..fixed.clone()
     };
     let seeds: Vec<u64> = (0..BUG_3_SEEDS_MAX).collect();
@@ -420,6 +424,8 @@ fn runs_exercise_the_interesting_paths() {
     let mut disk_failures = 0;
     let mut pauses = 0;
     let mut hints_refused = 0;
+    let mut forward_retries = 0;
+    let mut retries_answered = 0;
     let mut layout = LayoutCounts::default();
     for seed in 0..20 {
         let r = run(
@@ -450,12 +456,17 @@ fn runs_exercise_the_interesting_paths() {
         disk_failures += count("simulated disk write failure");
         pauses += count("PAUSED until");
         hints_refused += count("hint store for node");
+        // The forwarder's retries (same id), and the replica's table answering one with the
+        // first attempt's outcome or holding it until that outcome is known.
+        forward_retries += count("(retry) put");
+        retries_answered += count("again: answered as before") + count("again: waits for");
         layout.add(&r.trace);
     }
     println!(
         "acked={acked} failed={failed} unknown={unknown} sibling_reads={sibling_reads} \
          crashes={crashes} partitions={partitions} handoffs={handoffs} data_lost={data_lost} \
-         disk_failures={disk_failures} pauses={pauses} hints_refused={hints_refused}"
+         disk_failures={disk_failures} pauses={pauses} hints_refused={hints_refused} \
+         forward_retries={forward_retries} retries_answered={retries_answered}"
     );
     // Rarer faults: each must happen at least once in these seeds.
     println!("{layout:?}");
@@ -464,6 +475,11 @@ fn runs_exercise_the_interesting_paths() {
         ("failed disk writes", disk_failures),
         ("pauses", pauses),
         ("hints refused by a full hint store", hints_refused),
+        ("forwards asked again after a lost reply", forward_retries),
+        (
+            "retried forwards answered by the first attempt",
+            retries_answered,
+        ),
         ("removes of a crashed node", layout.removes),
         ("replaces of a crashed node", layout.replaces),
         (
@@ -727,7 +743,7 @@ fn the_sweeps_reap_and_the_checker_catches_a_reaper_that_ignores_other_copies() 
         .sum();
     assert!(reaped > 0, "no tombstone was reaped in 50 seeds");
 
-    const REAPER_SABOTAGE_SEEDS_MAX: u64 = 600;
+    const REAPER_SABOTAGE_SEEDS_MAX: u64 = 1500;
     let seeds: Vec<u64> = (0..REAPER_SABOTAGE_SEEDS_MAX).collect();
     let opts = Options {
         reaper_sabotage: ReaperSabotage::IgnoreOtherCopies,

@@ -4,7 +4,6 @@
 //! anti-entropy, tombstones) and the operator's layout changes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn_proto::{
     check_peer_request, check_request, BatchAnswer, BatchItem, Context, ContextKey, ErrorReply,
@@ -16,16 +15,16 @@ use tracing::{debug, warn};
 use super::accept::{forbidden, request_name, Peer};
 use super::status::{ring_reply, status};
 use super::Shared;
-use crate::coordinator::{route, Route, REQUEST_TIMEOUT_MAX};
+use crate::coordinator::{route, Route};
 use crate::driver::Job;
 use crate::engine::{Engine, Write};
 use crate::forwards::Admit;
-use crate::limits::{
-    FORWARD_ATTEMPTS_MAX, FORWARD_REPLY_TTL, FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX,
-};
+use crate::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use crate::membership::Membership;
 use crate::replies::get_reply;
 use crate::version::Object;
+use cairn_core::forward::{unrecorded_retry, Forwarder, Step, FORWARD_RETRY_WINDOW};
+use cairn_core::peer::typed_answer;
 
 pub(super) async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
@@ -154,51 +153,34 @@ impl Shared {
             let timeout = crate::coordinator::request_timeout(timeout_ms)
                 + cairn_core::driver::FORWARD_TIMEOUT_MARGIN;
             // One id for every attempt: the replica applies a forwarded write at most once
-            // and answers a retry with the first outcome.
-            let id: u64 = rand::random();
-            let mut sent_before = false;
-            for attempt in 1..=FORWARD_ATTEMPTS_MAX {
-                let forward = PeerRequest::Forward {
-                    id,
-                    retry: sent_before,
-                    op: op.clone(),
-                };
-                match self.peers.call(to, forward, timeout).await {
-                    Ok(Ok(PeerResponse::Forwarded(reply))) => return reply.into(),
-                    // Over a limit there (an answer too large for a frame): so it would be here.
-                    Ok(Err(e @ ErrorReply::Limit(_))) => return Response::Error(e),
-                    // The write may have been applied there and its reply lost: ask again with
-                    // the same id, which is never applied twice.
-                    Err(e) if !is_get && (sent_before || e.may_have_arrived()) => {
-                        sent_before = true;
-                        if attempt == FORWARD_ATTEMPTS_MAX
-                            || !e.may_have_arrived()
-                            || !self.up_again(to).await
-                        {
-                            // Out of attempts, or the replica cannot be reached (or stays
-                            // down): applying the write here too could make it two siblings.
-                            return Response::Error(ErrorReply::Unreachable {
-                                node: self.peers.name(to),
-                                reason: format!(
-                                    "{e} (after {attempt} attempts); the write may have been applied there: read the key before writing again"
-                                ),
-                            });
+            // and answers a retry with the first outcome. The core's forwarder decides what
+            // follows a failed attempt.
+            let mut forwarder = Forwarder::new(rand::random(), !is_get, self.peers.name(to));
+            let mut step = forwarder.start();
+            loop {
+                match step {
+                    Step::Send { id, retry } => {
+                        let forward = PeerRequest::Forward {
+                            id,
+                            retry,
+                            op: op.clone(),
+                        };
+                        let answer = self.peers.call(to, forward, timeout).await;
+                        let name = self.peers.name(to);
+                        match typed_answer(&name, "forward", answer, forwarded_reply) {
+                            Ok(reply) => return reply.into(),
+                            Err(e) => {
+                                step = forwarder.handle_failure(&e);
+                                debug!("forward {id:x} to {name}: {e}; next {step:?}");
+                            }
                         }
-                        debug!(
-                            "forward {id:x} to {} got no answer ({e}); asking again",
-                            self.peers.name(to)
-                        );
                     }
-                    // The chosen coordinator is unreachable (and now marked down): coordinate
-                    // here rather than fail, the write still reaches the replicas that are up.
-                    // A read is safe to carry out here whatever happened there.
-                    other => {
-                        debug!(
-                            "forwarding to {} failed ({other:?}); coordinating here",
-                            self.peers.name(to)
-                        );
-                        break;
-                    }
+                    Step::WaitForUp => step = forwarder.handle_wait(self.up_again(to).await),
+                    Step::Fail(e) => return Response::Error(e),
+                    // The chosen coordinator never got it (and is now marked down), or it is a
+                    // read: coordinate here rather than fail, the write still reaches the
+                    // replicas that are up.
+                    Step::CoordinateHere => break,
                 }
             }
         }
@@ -298,12 +280,13 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
     }
 }
 
-/// How long after a forward's first attempt its last retry can arrive.
-const FORWARD_RETRY_WINDOW: Duration = Duration::from_secs(
-    (REQUEST_TIMEOUT_MAX.as_secs() + cairn_core::driver::FORWARD_TIMEOUT_MARGIN.as_secs())
-        * FORWARD_ATTEMPTS_MAX as u64,
-);
-const _: () = assert!(FORWARD_RETRY_WINDOW.as_secs() < FORWARD_REPLY_TTL.as_secs());
+/// [`typed_answer`]'s `pick` for a forward's answer.
+fn forwarded_reply(answer: PeerResponse) -> Result<KeyOpReply, PeerResponse> {
+    match answer {
+        PeerResponse::Forwarded(reply) => Ok(reply),
+        other => Err(other),
+    }
+}
 
 /// Carries out a forwarded operation. A forwarded write is applied at most once per (sender,
 /// id): a retry gets the first attempt's outcome, waiting for it if it is still running.
@@ -331,14 +314,7 @@ async fn forwarded(
             Ok(reply) => reply.clone().expect("waited for an outcome"),
             Err(_) => KeyOpReply::Error(ErrorReply::ShuttingDown),
         },
-        Admit::Unknown => KeyOpReply::Error(ErrorReply::Unreachable {
-            node: shared.name.clone(),
-            reason: format!(
-                "a retried forward {id:x} of which this node has no record (it restarted or \
-                 forgot it within its limits); the first attempt may have been applied: read \
-                 the key before writing again"
-            ),
-        }),
+        Admit::Unknown => KeyOpReply::Error(unrecorded_retry(&shared.name, id)),
         Admit::First => {
             // Coordinated in a task of its own: if the forwarder's connection breaks, this
             // stream is dropped, but the write must still finish and be remembered for the
