@@ -12,6 +12,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use tokio::sync::watch;
 
+use crate::limits::UDP_SOCKET_BUFFER_BYTES;
+
 /// Resolves once the socket it was made with is closed ([`SocketClosed::wait`]).
 #[derive(Debug)]
 pub struct SocketClosed(watch::Receiver<()>);
@@ -29,13 +31,35 @@ pub(crate) fn bind(
     addr: SocketAddr,
     runtime: &quinn::TokioRuntime,
 ) -> io::Result<(Arc<dyn AsyncUdpSocket>, SocketClosed)> {
-    let inner = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
+    let inner = runtime.wrap_udp_socket(udp_socket(addr)?)?;
     let (closed, watch) = watch::channel(());
     let socket: Arc<dyn AsyncUdpSocket> = Arc::new(Watched {
         inner,
         _closed: closed,
     });
     Ok((socket, SocketClosed(watch)))
+}
+
+/// A UDP socket bound to `addr` with buffers of `UDP_SOCKET_BUFFER_BYTES` asked for (what the
+/// kernel grants is logged: it caps them at its own maximum).
+pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the system allows it, as quinn's own `Endpoint::client` binds.
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::debug!("UDP socket on {addr} stays IPv6-only: {e}");
+        }
+    }
+    socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES)?;
+    socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES)?;
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        "UDP socket on {addr}: receive buffer {} bytes, send buffer {} bytes (asked {UDP_SOCKET_BUFFER_BYTES})",
+        socket.recv_buffer_size()?,
+        socket.send_buffer_size()?
+    );
+    Ok(socket.into())
 }
 
 /// quinn's socket and the sender its watchers hear the close from.

@@ -320,8 +320,16 @@ pub fn client_endpoint(id: &Identity, for_addr: SocketAddr) -> Result<quinn::End
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let mut ep =
-        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let bind_err = |source| NetError::Bind { addr: bind, source };
+    // As quinn's `Endpoint::client`, over a socket with the node's buffer sizes.
+    let socket = crate::socket::udp_socket(bind).map_err(bind_err)?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
     ep.set_default_client_config(client_config(id)?);
     Ok(ep)
 }
