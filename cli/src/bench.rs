@@ -54,7 +54,8 @@ pub struct BenchArgs {
     /// Fraction of operations that are reads, from 0 to 1.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_ratio)]
     read_ratio: f64,
-    /// How keys are chosen: every key equally likely, or a few hot ones (Zipf, exponent 0.99).
+    /// How keys are chosen: every key equally likely, a few hot ones (Zipf, exponent 0.99), or
+    /// each in turn (`--ops K --keys K` writes every key once: a load).
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     distribution: Distribution,
     /// Replies each read waits for [default: the node's, a majority of N].
@@ -77,6 +78,8 @@ enum Distribution {
     Uniform,
     /// Zipf with exponent 0.99: a few keys take most operations.
     Zipfian,
+    /// Each operation takes the next key (bench:0, bench:1, ...), wrapping at --keys.
+    Sequential,
 }
 
 impl Distribution {
@@ -84,6 +87,7 @@ impl Distribution {
         match self {
             Distribution::Uniform => "uniform",
             Distribution::Zipfian => "zipfian",
+            Distribution::Sequential => "sequential",
         }
     }
 }
@@ -122,6 +126,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         distribution: match args.distribution {
             Distribution::Uniform => KeyDistribution::Uniform,
             Distribution::Zipfian => KeyDistribution::Zipfian(ZIPF_EXPONENT),
+            Distribution::Sequential => KeyDistribution::Sequential,
         },
         seed,
     };

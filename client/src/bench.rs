@@ -25,6 +25,9 @@ pub enum KeyDistribution {
     Uniform,
     /// A few hot keys (Zipf with this exponent, YCSB uses 0.99).
     Zipfian(f64),
+    /// Each operation takes the next key in turn over all workers (`bench:0`, `bench:1`, ...),
+    /// wrapping at `keys`: `ops == keys` writes every key once, to load a store.
+    Sequential,
 }
 
 /// What to run.
@@ -156,6 +159,7 @@ pub async fn run(
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let issued = Arc::new(AtomicU64::new(0));
+    let next_key = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let value = vec![b'x'; cfg.value_size];
     // The context last seen for each key, by any worker: writes carry it, as the threads of an
@@ -168,6 +172,7 @@ pub async fn run(
     for i in 0..cfg.clients {
         let client = clients[i % clients.len()].clone();
         let cfg = cfg.clone();
+        let next_key = next_key.clone();
         let (issued, stop, progress, value, contexts) = (
             issued.clone(),
             stop.clone(),
@@ -179,7 +184,7 @@ pub async fn run(
             let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
             let zipf = match cfg.distribution {
                 KeyDistribution::Zipfian(s) => Some(Zipf::new(cfg.keys, s).expect("validated")),
-                KeyDistribution::Uniform => None,
+                KeyDistribution::Uniform | KeyDistribution::Sequential => None,
             };
             let (mut reads, mut writes) = (histogram(), histogram());
             let mut read_siblings = 0u64;
@@ -193,9 +198,12 @@ pub async fn run(
                         break;
                     }
                 }
-                let k = match &zipf {
-                    Some(z) => z.sample(&mut rng) as u64 - 1,
-                    None => rng.gen_range(0..cfg.keys),
+                let k = match (&zipf, cfg.distribution) {
+                    (Some(z), _) => z.sample(&mut rng) as u64 - 1,
+                    (None, KeyDistribution::Sequential) => {
+                        next_key.fetch_add(1, Ordering::Relaxed) % cfg.keys
+                    }
+                    (None, _) => rng.gen_range(0..cfg.keys),
                 };
                 let key = format!("bench:{k}").into_bytes();
                 let read = rng.gen_bool(cfg.read_ratio);

@@ -1,6 +1,6 @@
 //! The load generator (`cairn_client::bench`) against an in-process cluster: its workers share
 //! the contexts they see, so a key's siblings come only from writes in flight together, and
-//! the report counts the siblings its reads returned.
+//! the report counts the siblings its reads returned; a sequential load writes every key once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,55 @@ async fn workers_share_contexts_so_keys_keep_few_siblings() {
             .unwrap();
         assert!(!reply.siblings.is_empty(), "bench:{k} has no value");
     }
+    drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_load_writes_every_key_once() {
+    const LOAD_KEYS: u64 = 200;
+    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
+    cluster.wait_all_up().await.unwrap();
+    let mut clients = Vec::new();
+    for k in 1..=3 {
+        clients.push(Arc::new(cluster.client(k).await.unwrap()));
+    }
+    let cfg = BenchConfig {
+        read_opts: r(2),
+        write_opts: w(3),
+        clients: WORKERS,
+        ops: Some(LOAD_KEYS),
+        duration: Some(Duration::from_secs(120)),
+        value_size: 16,
+        keys: LOAD_KEYS,
+        read_ratio: 0.0,
+        distribution: KeyDistribution::Sequential,
+        seed: 3,
+    };
+    let report = cairn_client::bench::run(clients, cfg, Arc::new(BenchProgress::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.ok, report.errors),
+        (LOAD_KEYS, 0),
+        "{:?}",
+        report.first_error
+    );
+    // Every key once: each holds one value (a key written twice by two workers that had not
+    // seen each other's write would hold two), and the next key was never written.
+    let client = cluster.client(2).await.unwrap();
+    for k in 0..LOAD_KEYS {
+        let reply = client
+            .get(format!("bench:{k}").as_bytes(), &r(3))
+            .await
+            .unwrap();
+        assert_eq!(reply.siblings.len(), 1, "bench:{k}");
+    }
+    let past = client
+        .get(format!("bench:{LOAD_KEYS}").as_bytes(), &r(3))
+        .await
+        .unwrap();
+    assert!(past.siblings.is_empty(), "a key past --keys was written");
     drop(client);
     cluster.shutdown().await;
 }
