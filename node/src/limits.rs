@@ -16,6 +16,11 @@ pub const LOG_BYTES_MAX: u64 = 64 << 20;
 /// Bytes of logged objects the store keeps in memory before writing them to redb in one
 /// non-durable transaction (a checkpoint writes them too); bounds that memory per node.
 pub const PENDING_BYTES_MAX: usize = 8 << 20;
+/// Bytes of redb's page cache per node (redb's own default is 1 GiB, which a node filled: 1.8
+/// GiB resident per million 1 KiB keys, bench/curves). It holds the B-trees' interior pages,
+/// which every lookup touches, several times over for tens of millions of keys; values are read
+/// from the OS page cache beyond it.
+pub const STORE_CACHE_BYTES: usize = 256 << 20;
 /// Group commits after which the store checkpoints even if the log is small: bounds redb's
 /// not-yet-durable state and the records a restart replays.
 pub const LOG_COMMITS_MAX: u64 = 1024;

@@ -40,7 +40,7 @@ use super::commit_log::{CommitLog, Record, Replayed};
 use super::{Batch, Hint, NodeMeta, Store, StoreError};
 use crate::limits::{
     LOG_BYTES_MAX, LOG_COMMITS_MAX, LOG_RECORD_BYTES_MAX, PENDING_BYTES_MAX,
-    RECOVERY_FREE_LOG_FACTOR, RECOVERY_FREE_MARGIN_BYTES,
+    RECOVERY_FREE_LOG_FACTOR, RECOVERY_FREE_MARGIN_BYTES, STORE_CACHE_BYTES,
 };
 
 /// Bytes the filesystem holding `dir` has free for this process.
@@ -238,7 +238,10 @@ fn open_and_replay(
             reason,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err(e.to_string()))?;
         // Create every table up front so readers never meet a missing table.
         let txn = db.begin_write().map_err(io("begin"))?;
         {
