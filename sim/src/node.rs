@@ -1149,33 +1149,30 @@ impl SimNode {
                     Body::ClientResp { seq, resp },
                 );
             }
-            ReplyTo::Peer { node, gen, rid } => {
-                cx.w.send(
-                    self.me(),
-                    Addr::Node(node),
-                    Body::PeerResp {
-                        gen,
-                        rid,
-                        resp: Ok(PeerResp::Forwarded(resp)),
-                    },
-                );
-            }
+            ReplyTo::Peer { node, gen, rid } => self.send_forwarded(cx, (node, gen, rid), resp),
             ReplyTo::Forward { key } => {
                 // Remembered for a retry, and sent to every attempt waiting for it.
                 let waiting = self.run().forwards.complete(key, resp.clone(), 1);
-                for (node, gen, rid) in waiting.into_iter().flatten() {
-                    cx.w.send(
-                        self.me(),
-                        Addr::Node(node),
-                        Body::PeerResp {
-                            gen,
-                            rid,
-                            resp: Ok(PeerResp::Forwarded(resp.clone())),
-                        },
-                    );
+                for to in waiting.into_iter().flatten() {
+                    self.send_forwarded(cx, to, resp.clone());
                 }
             }
         }
+    }
+
+    /// Answers a forward: to the attempt `(peer, its incarnation, its request id)`.
+    fn send_forwarded(
+        &self,
+        cx: &mut Ctx,
+        (peer, gen, rid): (NodeIx, u64, u64),
+        resp: ClientResponse,
+    ) {
+        let resp = Ok(PeerResp::Forwarded(resp));
+        cx.w.send(
+            self.me(),
+            Addr::Node(peer),
+            Body::PeerResp { gen, rid, resp },
+        );
     }
 
     /// A forward arrived (`server/dispatch.rs::forwarded`): a read is coordinated (it is safe
@@ -1235,15 +1232,7 @@ impl SimNode {
         cx.w.logf(me, || {
             format!("recv forward f{id:x} again: answered as before")
         });
-        cx.w.send(
-            me,
-            Addr::Node(peer),
-            Body::PeerResp {
-                gen,
-                rid,
-                resp: Ok(PeerResp::Forwarded(answer)),
-            },
-        );
+        self.send_forwarded(cx, (peer, gen, rid), answer);
     }
 
     /// Carries out the forwarder's next step (as `server/dispatch.rs`'s forward loop does).

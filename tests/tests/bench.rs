@@ -13,14 +13,20 @@ const WORKERS: usize = 8;
 const KEYS: u64 = 16;
 const OPS: u64 = 1_600;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_share_contexts_so_keys_keep_few_siblings() {
+/// A 3-node cluster, up, and a client of each node.
+async fn cluster_and_clients() -> (TestCluster, Vec<Arc<cairn_client::Client>>) {
     let cluster = TestCluster::start(3, 3, 16).await.unwrap();
     cluster.wait_all_up().await.unwrap();
     let mut clients = Vec::new();
     for k in 1..=3 {
         clients.push(Arc::new(cluster.client(k).await.unwrap()));
     }
+    (cluster, clients)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_contexts_so_keys_keep_few_siblings() {
+    let (cluster, clients) = cluster_and_clients().await;
     let cfg = BenchConfig {
         read_opts: r(2),
         write_opts: w(2),
@@ -63,12 +69,7 @@ async fn workers_share_contexts_so_keys_keep_few_siblings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_load_writes_every_key_once() {
     const LOAD_KEYS: u64 = 200;
-    let cluster = TestCluster::start(3, 3, 16).await.unwrap();
-    cluster.wait_all_up().await.unwrap();
-    let mut clients = Vec::new();
-    for k in 1..=3 {
-        clients.push(Arc::new(cluster.client(k).await.unwrap()));
-    }
+    let (cluster, clients) = cluster_and_clients().await;
     let cfg = BenchConfig {
         read_opts: r(2),
         write_opts: w(3),
