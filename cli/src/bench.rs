@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// Durable acks each write waits for [default: the node's, a majority of N].
     #[arg(long, value_name = "W", value_parser = clap::value_parser!(u8).range(1..))]
     w: Option<u8>,
+    /// Operations per second over all workers, each issuing its share at even intervals
+    /// [default: as fast as answers come]. Latencies then count from when an operation was
+    /// due, so a backlog shows.
+    #[arg(long, value_name = "OPS_PER_SEC")]
+    rate: Option<f64>,
     /// Seed of the workers' random choices [default: from the clock; the report shows it].
     #[arg(long, value_name = "SEED")]
     seed: Option<u64>,
@@ -123,6 +128,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         value_size: args.value_size,
         keys: args.keys,
         read_ratio: args.read_ratio,
+        rate: args.rate,
         distribution: match args.distribution {
             Distribution::Uniform => KeyDistribution::Uniform,
             Distribution::Zipfian => KeyDistribution::Zipfian(ZIPF_EXPONENT),
@@ -297,6 +303,8 @@ struct Summary {
     distribution: &'static str,
     value_size: usize,
     read_ratio: f64,
+    /// The `--rate` asked for, operations per second; `None`: as fast as answers came.
+    rate: Option<f64>,
     r: Option<u8>,
     w: Option<u8>,
     seed: u64,
@@ -326,6 +334,7 @@ impl Summary {
             distribution: distribution.name(),
             value_size: cfg.value_size,
             read_ratio: cfg.read_ratio,
+            rate: cfg.rate,
             r: cfg.read_opts.r,
             w: cfg.write_opts.w,
             seed: cfg.seed,

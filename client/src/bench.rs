@@ -15,6 +15,8 @@ use crate::{Client, ClientError};
 
 /// Most concurrent workers one benchmark runs.
 pub const BENCH_CLIENTS_MAX: usize = 4096;
+/// Highest `--rate`, operations per second over all workers.
+pub const BENCH_RATE_MAX: f64 = 10_000_000.0;
 /// Highest latency the histograms record; slower operations are clamped to it.
 pub const BENCH_LATENCY_MAX: Duration = Duration::from_secs(60);
 
@@ -53,6 +55,11 @@ pub struct BenchConfig {
     pub distribution: KeyDistribution,
     /// Seed for the workers' random choices.
     pub seed: u64,
+    /// Operations per second over all workers, each worker issuing its share at even
+    /// intervals; `None` issues the next operation as soon as the last is answered. With a
+    /// rate, a latency counts from when its operation was due, so a backlog behind a slow
+    /// answer shows in the percentiles (no coordinated omission).
+    pub rate: Option<f64>,
 }
 
 /// Why a benchmark could not run.
@@ -130,6 +137,13 @@ impl BenchConfig {
                 cairn_proto::limits::VALUE_BYTES_MAX
             ));
         }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= BENCH_RATE_MAX) {
+                return bad(format!(
+                    "--rate must be above 0 and at most {BENCH_RATE_MAX}"
+                ));
+            }
+        }
         if let KeyDistribution::Zipfian(s) = self.distribution {
             if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return bad("zipfian exponent must be positive".into());
@@ -182,6 +196,12 @@ pub async fn run(
         );
         workers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
+            // With a rate: this worker's interval, its first operation staggered by its index
+            // so the workers' operations interleave evenly.
+            let interval = cfg
+                .rate
+                .map(|rate| Duration::from_secs_f64(cfg.clients as f64 / rate));
+            let mut due = interval.map(|iv| started + iv.mul_f64(i as f64 / cfg.clients as f64));
             let zipf = match cfg.distribution {
                 KeyDistribution::Zipfian(s) => Some(Zipf::new(cfg.keys, s).expect("validated")),
                 KeyDistribution::Uniform | KeyDistribution::Sequential => None,
@@ -207,7 +227,15 @@ pub async fn run(
                 };
                 let key = format!("bench:{k}").into_bytes();
                 let read = rng.gen_bool(cfg.read_ratio);
-                let t = Instant::now();
+                let t = match (&mut due, interval) {
+                    (Some(due), Some(iv)) => {
+                        tokio::time::sleep_until((*due).into()).await;
+                        let t = *due;
+                        *due += iv;
+                        t
+                    }
+                    _ => Instant::now(),
+                };
                 let result: Result<_, ClientError> = if read {
                     client.get(&key, &cfg.read_opts).await
                 } else {

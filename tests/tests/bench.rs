@@ -1,6 +1,7 @@
 //! The load generator (`cairn_client::bench`) against an in-process cluster: its workers share
 //! the contexts they see, so a key's siblings come only from writes in flight together, and
-//! the report counts the siblings its reads returned; a sequential load writes every key once.
+//! the report counts the siblings its reads returned; a sequential load writes every key once;
+//! a rate paces the workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ async fn workers_share_contexts_so_keys_keep_few_siblings() {
         read_ratio: 0.5,
         distribution: KeyDistribution::Uniform,
         seed: 11,
+        rate: None,
     };
     let report = cairn_client::bench::run(clients, cfg, Arc::new(BenchProgress::default()))
         .await
@@ -81,6 +83,7 @@ async fn a_sequential_load_writes_every_key_once() {
         read_ratio: 0.0,
         distribution: KeyDistribution::Sequential,
         seed: 3,
+        rate: None,
     };
     let report = cairn_client::bench::run(clients, cfg, Arc::new(BenchProgress::default()))
         .await
@@ -107,5 +110,49 @@ async fn a_sequential_load_writes_every_key_once() {
         .unwrap();
     assert!(past.siblings.is_empty(), "a key past --keys was written");
     drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_paces_the_workers() {
+    let (cluster, clients) = cluster_and_clients().await;
+    // 20 operations at 10 per second over 2 workers: each worker's 10 are due 0.2 s apart,
+    // the second worker's 0.1 s after the first's, so the last is due at 1.9 s (unpaced, they
+    // take a few milliseconds).
+    let cfg = BenchConfig {
+        read_opts: r(1),
+        write_opts: w(1),
+        clients: 2,
+        ops: Some(20),
+        duration: Some(Duration::from_secs(120)),
+        value_size: 16,
+        keys: 10,
+        read_ratio: 0.5,
+        distribution: KeyDistribution::Uniform,
+        seed: 5,
+        rate: Some(10.0),
+    };
+    let report = cairn_client::bench::run(clients, cfg.clone(), Arc::new(BenchProgress::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.ok, report.errors),
+        (20, 0),
+        "{:?}",
+        report.first_error
+    );
+    assert!(
+        report.elapsed >= Duration::from_millis(1900),
+        "20 operations at 10/s took only {:?}",
+        report.elapsed
+    );
+    let bad = BenchConfig {
+        rate: Some(0.0),
+        ..cfg
+    };
+    let refused = cairn_client::bench::run(Vec::new(), bad, Arc::new(BenchProgress::default()))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--rate"), "{refused}");
     cluster.shutdown().await;
 }
