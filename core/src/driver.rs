@@ -519,15 +519,11 @@ impl<T> RequestDriver<T> {
 fn replica_result(response: PeerResponse) -> Result<ReplicaResult, ErrorReply> {
     match response {
         PeerResponse::Ack => Ok(ReplicaResult::Ack),
-        // An absent key travels as no bytes (`server.rs` sends an empty object so).
-        PeerResponse::Object(bytes) if bytes.is_empty() => Ok(ReplicaResult::Object(Object::new())),
-        PeerResponse::Object(bytes) => {
-            Object::decode(&bytes)
-                .map(ReplicaResult::Object)
-                .map_err(|e| ErrorReply::Malformed {
-                    reason: format!("peer sent a bad object: {e}"),
-                })
-        }
+        PeerResponse::Object(bytes) => Object::decode_copy(&bytes)
+            .map(ReplicaResult::Object)
+            .map_err(|e| ErrorReply::Malformed {
+                reason: format!("peer sent a bad object: {e}"),
+            }),
         other => Err(ErrorReply::Malformed {
             reason: format!("peer answered {other:?}"),
         }),

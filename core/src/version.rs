@@ -417,6 +417,26 @@ impl Object {
         postcard::to_allocvec(self).expect("encoding an Object into a Vec cannot fail")
     }
 
+    /// A replica's copy as a read answer carries it (`PeerResponse::Object`,
+    /// `BatchAnswer::Object`): no bytes for a copy without siblings (the key is absent here),
+    /// else its encoding. [`Object::decode_copy`] reads it back.
+    pub fn encode_copy(&self) -> Vec<u8> {
+        if self.is_empty() {
+            Vec::new()
+        } else {
+            self.encode()
+        }
+    }
+
+    /// Reads a copy made by [`Object::encode_copy`]: no bytes are an absent key.
+    pub fn decode_copy(bytes: &[u8]) -> Result<Object, VersionError> {
+        if bytes.is_empty() {
+            Ok(Object::new())
+        } else {
+            Object::decode(bytes)
+        }
+    }
+
     /// Reads bytes made by [`Object::encode`]. The bytes come from a disk or a peer, so anything
     /// malformed or over a limit is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Object, VersionError> {
@@ -1314,6 +1334,14 @@ mod tests {
             let obj = pick(&states, &i);
             prop_assert_eq!(Object::decode(&obj.encode()), Ok(obj.clone()));
             prop_assert_eq!(decode_context(&encode_context(&obj.join())), Ok(obj.join()));
+            // As a read answer: the object itself, or an absent key when it has no sibling.
+            let copy = Object::decode_copy(&obj.encode_copy()).unwrap();
+            if obj.is_empty() {
+                prop_assert!(obj.encode_copy().is_empty());
+                prop_assert_eq!(copy, Object::new());
+            } else {
+                prop_assert_eq!(copy, obj.clone());
+            }
         }
 
         #[test]

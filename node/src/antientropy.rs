@@ -537,8 +537,7 @@ impl AntiEntropy {
                     .ask(peer, PeerRequest::Read { key: key.clone() })
                     .await?
                 {
-                    PeerResponse::Object(bytes) if bytes.is_empty() => Object::new(),
-                    PeerResponse::Object(bytes) => Object::decode(&bytes).map_err(|e| {
+                    PeerResponse::Object(bytes) => Object::decode_copy(&bytes).map_err(|e| {
                         ExchangeError::Unexpected(format!("the peer sent a bad object: {e}"))
                     })?,
                     other => return Err(ExchangeError::Unexpected(format!("{other:?}"))),

@@ -767,10 +767,10 @@ impl SimNode {
                 );
             }
             PeerReq::Read { key } => {
+                // Sent as the object itself; the requester takes it as the node's wire carries
+                // it (`Object::encode_copy`, `decode_copy`), so a copy without siblings
+                // arrives as an absent key, its history not sent.
                 let obj = self.read_local(&key);
-                // `server/dispatch.rs` sends an object without siblings as empty bytes, which the
-                // requester decodes as `Object::new()` (its history is not sent).
-                let obj = if obj.is_empty() { Object::new() } else { obj };
                 reply(cx, self.me(), Ok(PeerResp::Object(obj)));
             }
             PeerReq::Layout(theirs) => {
@@ -809,8 +809,7 @@ impl SimNode {
                 // On the wire as the node's peer protocol has it: an absent key as no bytes.
                 let answer = resp.map(|r| match r {
                     PeerResp::Ack => PeerResponse::Ack,
-                    PeerResp::Object(o) if o.is_empty() => PeerResponse::Object(Vec::new()),
-                    PeerResp::Object(o) => PeerResponse::Object(o.encode()),
+                    PeerResp::Object(o) => PeerResponse::Object(o.encode_copy()),
                     PeerResp::Pong
                     | PeerResp::Forwarded(_)
                     | PeerResp::Layout(_)

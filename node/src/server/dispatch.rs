@@ -385,9 +385,7 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
             None => Err(forbidden("a layout exchange", Role::Node, Role::Data)),
         },
         PeerRequest::Read { key } => match shared.engine.read(key).await {
-            // Empty bytes say "absent" without encoding an empty object.
-            Ok(obj) if obj.is_empty() => Ok(PeerResponse::Object(Vec::new())),
-            Ok(obj) => Ok(PeerResponse::Object(obj.encode())),
+            Ok(obj) => Ok(PeerResponse::Object(obj.encode_copy())),
             Err(e) => Err(e.into()),
         },
         PeerRequest::AntiEntropy {
@@ -460,10 +458,8 @@ async fn serve_batch(
     let mut read_bytes = 0;
     for (i, result) in read_at.iter().copied().zip(read) {
         answers[i] = Some(match result {
-            // Empty bytes say "absent", as for a lone read.
-            Ok(obj) if obj.is_empty() => Ok(BatchAnswer::Object(Vec::new())),
             Ok(obj) => {
-                let bytes = obj.encode();
+                let bytes = obj.encode_copy();
                 read_bytes += bytes.len();
                 Ok(BatchAnswer::Object(bytes))
             }
