@@ -1,6 +1,8 @@
 //! In-process clusters of real nodes serving real QUIC on loopback, for multi-node tests.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_client::Client;
@@ -29,13 +31,25 @@ pub struct TestCluster {
 /// stopped node releases is not taken by some other socket's `bind(0)` before it restarts.
 const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-/// A free UDP port on loopback (bound, then released for the node to take).
+/// Ports this test process has handed out, never handed out again: a port is free from the
+/// moment it is picked until its node binds it (a second or more for the last node of a cluster
+/// on a loaded machine), and a test running in parallel that picked it meanwhile failed with
+/// "Address already in use" (seen in CI as `a_hint_for_a_removed_node_is_delivered_to_the_new_owners`).
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A free UDP port on loopback (bound, then released for the node to take), not handed out
+/// before by this process.
 fn free_addr() -> anyhow::Result<SocketAddr> {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     for _ in 0..1000 {
         let port = rng.gen_range(NODE_PORTS);
+        let mut handed_out = HANDED_OUT.lock().expect("port registry lock");
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(sock) = UdpSocket::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
             return Ok(sock.local_addr()?);
         }
     }
