@@ -126,3 +126,13 @@ pub const FORWARD_RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
 /// How often the forwarder looks whether the replica is up again while it waits.
 pub const FORWARD_RETRY_POLL: Duration = Duration::from_millis(50);
 const _: () = assert!(FORWARD_REPLY_KEPT_BYTES_MAX <= FORWARD_REPLY_BYTES_MAX);
+
+/// Exchanges one node answers at once (as responder, for all peers together); a new exchange
+/// beyond it is refused as overloaded after idle ones are dropped. Room for every peer of a
+/// large cluster to run its maximum at once would be wasteful: initiators simply retry next round.
+pub const AE_RESPONDER_SESSIONS_MAX: usize = 64;
+/// A responder's session that saw no request for this long is dropped (its initiator failed or
+/// gave up); the next exchange starts afresh from the roots.
+pub const AE_SESSION_IDLE_MAX: Duration = Duration::from_secs(60);
+/// How long one anti-entropy request (a message, a key lookup, one object) may take.
+pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -115,15 +115,7 @@ pub const UP_EVENTS_MAX: usize = 64;
 pub const AE_INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// Most exchanges a node may be configured to run at once as initiator.
 pub const AE_SESSIONS_MAX: usize = 16;
-/// Exchanges one node answers at once (as responder, for all peers together); a new exchange
-/// beyond it is refused as overloaded after idle ones are dropped. Room for every peer of a
-/// large cluster to run its maximum at once would be wasteful: initiators simply retry next round.
-pub const AE_RESPONDER_SESSIONS_MAX: usize = 64;
-/// A responder's session that saw no request for this long is dropped (its initiator failed or
-/// gave up); the next exchange starts afresh from the roots.
-pub const AE_SESSION_IDLE_MAX: Duration = Duration::from_secs(60);
-/// How long one anti-entropy request (a message, a key lookup, one object) may take.
-pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use cairn_core::limits::{AE_REQUEST_TIMEOUT, AE_RESPONDER_SESSIONS_MAX, AE_SESSION_IDLE_MAX};
 
 const _: () = assert!(AE_RESPONDER_SESSIONS_MAX >= AE_SESSIONS_MAX);
 // A diff batch's key hashes fit one `PeerRequest::Keys`.
