@@ -95,16 +95,13 @@ impl Job {
             Job::Get { key, .. } | Job::Put { key, .. } => key,
         }
     }
+}
 
-    /// How long a node that forwarded this job waits for the coordinator's answer: the job's
-    /// own timeout plus [`FORWARD_TIMEOUT_MARGIN`].
-    pub fn forward_timeout(&self) -> Duration {
-        let ms = match self {
-            Job::Get { opts, .. } => opts.timeout_ms,
-            Job::Put { opts, .. } => opts.timeout_ms,
-        };
-        request_timeout(ms) + FORWARD_TIMEOUT_MARGIN
-    }
+/// How long a node that forwarded a request with this `timeout_ms` waits for the coordinator's
+/// answer: the request's own timeout plus [`FORWARD_TIMEOUT_MARGIN`] (a fixed wait outlasted
+/// every client, or cut a long request short).
+pub fn forward_timeout(timeout_ms: Option<u32>) -> Duration {
+    request_timeout(timeout_ms) + FORWARD_TIMEOUT_MARGIN
 }
 
 /// Work on this node's own replica.

@@ -10,8 +10,8 @@
 //! *took effect in* a final object `F` when one of its dots is covered by `F`'s context (the
 //! final state descends from it), or it is a delete whose tombstone a node reaped (the reaper
 //! removes only what every member holds, so the final state descended from it before the reap;
-//! the reaped tombstone's own dot is not required in `F`). The rules checked, per key, after healing, hint delivery and a
-//! full read repair:
+//! the reaped tombstone's own dot is not required in `F`). The rules checked, per key, after healing, hint delivery and the
+//! final repair (anti-entropy, or a full read repair without it):
 //!
 //! 1. *No lost write*: every acknowledged write's dot is a sibling of the final object, or some
 //!    write whose context covers that dot took effect in it (it was superseded by a write that

@@ -20,8 +20,11 @@
 //!    duplicating; the run waits until the cluster is quiet (every node idle, every liveness view
 //!    up, every hint delivered, every node holding the same settled layout; the operator
 //!    overrides a change that still waits for a node gone for good).
-//! 3. *Repair*: there is no anti-entropy here, so a verifier reads every key written with R = N
-//!    (read repair), and the run waits for quiet again.
+//! 3. *Repair*: anti-entropy alone (`Options::anti_entropy`): the run waits until every replica
+//!    of every key written agrees (or `QUIET_MAX` passes, and the checker says what differs).
+//!    Then every key is read with R = N, which must succeed and has nothing left to repair.
+//!    Without it a verifier reads every key written with R = N (read repair), and the run waits
+//!    for quiet again.
 //! 4. *Check*: the history checker judges what every replica of the final layout holds.
 //!
 //! What runs the node's own code, and what is still this simulator's:
@@ -52,8 +55,11 @@
 //! - `disk`: the core's `MemoryStore`, whose commits fail while the fault injector says so.
 //! - `client`: random clients and the final verifier; `history`: the record and the checker.
 //!
-//! Not modelled: gossip membership (the layout exchange stands in for its stamps), anti-entropy,
-//! a node that bootstraps version 1 again from `initial_members` after losing its data
+//! - `node/ae`: anti-entropy, the core's round plan, exchange, key repair and responder table
+//!   (`cairn_core::antientropy`) over the simulated network and the node's disk queue.
+//!
+//! Not modelled: gossip membership (the layout exchange stands in for its stamps), the writer's
+//! upkeep of Merkle trees (built from the store for each exchange turn), a node that bootstraps version 1 again from `initial_members` after losing its data
 //! directory while the layout has moved on (in runs with changes it waits for a peer's layout
 //! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
 //! operator changes only a settled cluster), limits other than the object's and the hint
@@ -70,6 +76,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use cairn_core::antientropy::ExchangeSabotage;
 pub use cairn_core::forward::ForwardSabotage;
 use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
 use cairn_core::transfer::TransferConfig;
@@ -143,6 +150,12 @@ pub struct Options {
     pub reap: bool,
     /// A deliberate bug in every node's reaper.
     pub reaper_sabotage: ReaperSabotage,
+    /// Every node runs anti-entropy (`cairn_core::antientropy`, as `node/src/antientropy.rs`
+    /// drives it), and the final repair waits for it to make the replicas agree instead of
+    /// reading every key with R = N.
+    pub anti_entropy: bool,
+    /// A deliberate bug in every node's anti-entropy exchanges.
+    pub exchange_sabotage: ExchangeSabotage,
 }
 
 /// The simulated reaper's grace period. As the node's hour is twelve times the longest a copy
@@ -171,6 +184,8 @@ impl Default for Options {
             drop_copies: true,
             reap: true,
             reaper_sabotage: ReaperSabotage::None,
+            anti_entropy: true,
+            exchange_sabotage: ExchangeSabotage::None,
         }
     }
 }
@@ -479,8 +494,34 @@ impl Sim {
             self.stuck("no quiet after healing");
         }
 
-        // 3. Full read of every key written: read repair stands in for anti-entropy.
         let keys = self.history.keys_written();
+        if self.opts.anti_entropy {
+            // 3. Anti-entropy alone makes the replicas agree (no read repairs them).
+            self.w.log(
+                "sim",
+                format!("REPAIR by anti-entropy of {} keys", keys.len()),
+            );
+            let deadline = self.w.now + QUIET_MAX;
+            if self.run_until(deadline, |s| s.quiet() && s.final_replicas_agree(&keys)) {
+                // Every key must also read with R = N now that every node is up; the replicas
+                // agree, so these reads repair nothing and cannot hide what anti-entropy left.
+                self.full_reads(&keys, min);
+            } else {
+                // Rule 3 of the checker names the keys whose replicas still differ.
+                self.w.log(
+                    "sim",
+                    "anti-entropy did not make the replicas agree in time",
+                );
+            }
+        } else {
+            self.full_reads(&keys, min);
+        }
+        self.check(seed, &keys)
+    }
+
+    /// Repair without anti-entropy: a full read of every key written, read repair standing in
+    /// for it.
+    fn full_reads(&mut self, keys: &[Vec<u8>], min: Duration) {
         let verifier = self.clients.len();
         self.w.log(
             "sim",
@@ -500,14 +541,14 @@ impl Sim {
         for round in 0..FULL_READS_MAX {
             let verifier = verifier + round;
             if round > 0 {
-                if self.final_replicas_agree(&keys) {
+                if self.final_replicas_agree(keys) {
                     break;
                 }
                 self.w.log("sim", "FULL READ again: replicas still differ");
             }
             self.clients.push(SimClient::verifier(
                 verifier,
-                keys.clone(),
+                keys.to_vec(),
                 final_members.clone(),
             ));
             self.w.after(Duration::ZERO, Event::ClientNext(verifier));
@@ -518,8 +559,10 @@ impl Sim {
                 self.stuck("no quiet after the full read");
             }
         }
+    }
 
-        // 4. Check.
+    /// 4. The checker's judgement of what every replica of the final layout holds.
+    fn check(mut self, seed: u64, keys: &[Vec<u8>]) -> Report {
         self.w.log("sim", "CHECK");
         let mut finals = BTreeMap::new();
         let layout = self.agreed_layout().cloned();
@@ -529,7 +572,7 @@ impl Sim {
                 format!("final layout {}", msg::describe_layout(Some(l))),
             );
         }
-        for key in &keys {
+        for key in keys {
             let Some(layout) = &layout else { break };
             let copies = self.final_copies(layout, key);
             self.w.logf("sim", || {
@@ -737,6 +780,8 @@ impl Sim {
                 transfer: cfg.transfer,
                 transfer_sabotage: opts.transfer_sabotage,
                 drop_copies: opts.drop_copies,
+                anti_entropy: opts.anti_entropy,
+                exchange_sabotage: opts.exchange_sabotage,
                 reap: opts.reap,
                 reaper_sabotage: opts.reaper_sabotage,
                 layout_changes: cfg.layout_changes,
@@ -936,6 +981,9 @@ impl Sim {
             }
             Event::ForwardWait { node, gen, wait } => {
                 self.on_node(node, gen, |n, cx| n.on_forward_wait(cx, wait));
+            }
+            Event::AntiEntropyTick { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_anti_entropy_tick(cx));
             }
             Event::LayoutChange { tries } => self.layout_change(tries),
             Event::ClientNext(c) => {

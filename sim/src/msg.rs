@@ -1,8 +1,10 @@
 //! What travels on the simulated network: client requests and answers, and the peer protocol
-//! (ping, forward, replicate, read, layout exchange) with the node driver's request ids.
+//! (ping, forward, replicate, read, layout exchange, tombstones, anti-entropy) with the node
+//! driver's request ids.
 
 use std::fmt;
 
+use cairn_antientropy::KeyHash;
 use cairn_core::coordinator::Outcome;
 use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
@@ -10,6 +12,7 @@ use cairn_layout::Layout;
 use cairn_proto::{
     Context, ErrorReply, NodeId, ReadOptions, TombstoneHolding, TombstoneProbe, WriteOptions,
 };
+use cairn_ring::PartitionId;
 
 use super::fmt::{obj, payload};
 use super::history::WriteId;
@@ -132,6 +135,24 @@ pub enum PeerReq {
     Layout(Option<Box<Layout>>),
     /// The reaper's question (`PeerRequest::Tombstones`): what do you hold of these keys?
     Tombstones(Vec<TombstoneProbe>),
+    /// One message of an anti-entropy exchange (`PeerRequest::AntiEntropy`), or `None` to
+    /// ask for the responder's next one.
+    AntiEntropy {
+        /// The partition compared.
+        partition: PartitionId,
+        /// The initiator's session id.
+        session: u64,
+        /// The encoded message.
+        message: Option<Vec<u8>>,
+    },
+    /// Anti-entropy asks for the keys behind hashes only the receiver holds
+    /// (`PeerRequest::Keys`).
+    Keys {
+        /// Their partition.
+        partition: PartitionId,
+        /// The hashes.
+        hashes: Vec<KeyHash>,
+    },
 }
 
 /// A successful answer to a [`PeerReq`].
@@ -149,6 +170,10 @@ pub enum PeerResp {
     Layout(Option<Box<Layout>>),
     /// To `Tombstones`: one holding per probe, in order.
     Tombstones(Vec<TombstoneHolding>),
+    /// To `AntiEntropy`: the responder's next message, if it has one.
+    AntiEntropy(Option<Vec<u8>>),
+    /// To `Keys`: the key behind each hash, in order (`None`: not stored).
+    Keys(Vec<Option<Vec<u8>>>),
 }
 
 /// A message body.
@@ -245,6 +270,19 @@ impl Body {
                     let keys: Vec<String> = probes.iter().map(|p| key_str(&p.key)).collect();
                     format!("tombstones? r{rid} [{}]", keys.join(","))
                 }
+                PeerReq::AntiEntropy {
+                    partition,
+                    session,
+                    message,
+                } => format!(
+                    "anti-entropy r{rid} p{partition} s{session:x} {}",
+                    message
+                        .as_ref()
+                        .map_or("(next?)".to_owned(), |m| format!("{} bytes", m.len()))
+                ),
+                PeerReq::Keys { partition, hashes } => {
+                    format!("keys? r{rid} p{partition} {} hashes", hashes.len())
+                }
             },
             Body::PeerResp { rid, resp, .. } => match resp {
                 Ok(PeerResp::Pong) => format!("pong r{rid}"),
@@ -260,6 +298,18 @@ impl Body {
                         .map(|h| format!("{:?}{}", h.copy, if h.hinted { "+hint" } else { "" }))
                         .collect();
                     format!("tombstones r{rid} [{}]", held.join(","))
+                }
+                Ok(PeerResp::AntiEntropy(m)) => format!(
+                    "anti-entropy r{rid} {}",
+                    m.as_ref()
+                        .map_or("(waits)".to_owned(), |m| format!("{} bytes", m.len()))
+                ),
+                Ok(PeerResp::Keys(keys)) => {
+                    let keys: Vec<String> = keys
+                        .iter()
+                        .map(|k| k.as_deref().map_or("-".to_owned(), key_str))
+                        .collect();
+                    format!("keys r{rid} [{}]", keys.join(","))
                 }
                 Err(e) => format!("error r{rid}: {e}"),
             },

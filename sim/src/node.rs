@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cairn_core::cleanup::{Action as CleanupAction, Cleanup, CleanupConfig};
 use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
-use cairn_core::driver::{DriverSabotage, LocalOp, Output, RequestDriver};
+use cairn_core::driver::{forward_timeout, DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::forward::{
     unrecorded_retry, Admit, ForwardKey, ForwardSabotage, ForwardTable, Forwarder, Step,
     FORWARD_RETRY_WINDOW,
@@ -40,6 +40,8 @@ use cairn_layout::{Layout, MergeOutcome};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding};
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
+
+mod ae;
 
 use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
@@ -136,6 +138,10 @@ pub struct Ctx<'a> {
     /// The layout changes in this run (else nodes skip the layout exchange, whose timing would
     /// move the runs of the seeds found before it).
     pub layout_changes: bool,
+    /// Nodes run anti-entropy (`ae`).
+    pub anti_entropy: bool,
+    /// A deliberate bug in every anti-entropy exchange.
+    pub exchange_sabotage: cairn_core::antientropy::ExchangeSabotage,
     /// What nodes report for the checker.
     pub notices: &'a mut Vec<Notice>,
 }
@@ -237,6 +243,13 @@ pub enum MergeDone {
         /// Its request id.
         rid: u64,
     },
+    /// A key repair of anti-entropy exchange `exchange`.
+    AntiEntropy {
+        /// The exchange.
+        exchange: u64,
+        /// The key's repair.
+        repair: cairn_core::antientropy::KeyRepair,
+    },
 }
 
 /// Who gets the answer to a request coordinated here.
@@ -277,6 +290,7 @@ enum Outgoing {
     Transfer { send: SendId },
     Layout,
     Reaper,
+    AntiEntropy { exchange: u64, wait: ae::Wait },
 }
 
 /// A client request this node forwards: the core's forwarder for it and what it needs to
@@ -288,6 +302,9 @@ struct Forwarding {
     req: ClientRequest,
     to: NodeIx,
     forwarder: Forwarder,
+    /// How long each attempt waits for its answer (`cairn_core::driver::forward_timeout`, as
+    /// `server/dispatch.rs` computes it).
+    timeout: Duration,
 }
 
 /// Who waits for a forwarded write's first attempt: (peer, its incarnation, its request id).
@@ -357,6 +374,8 @@ pub struct Running {
     forward_waits: BTreeMap<u64, (Duration, Forwarding)>,
     /// Forwards sent by this incarnation (the low half of their ids; the high half is `gen`).
     forwards_sent: u64,
+    /// Anti-entropy (`ae`), when the run has it.
+    ae: Option<ae::AntiEntropy>,
 }
 
 /// A simulated node.
@@ -538,6 +557,7 @@ impl SimNode {
             forwards: ForwardTable::new(instant, usize::MAX),
             forward_waits: BTreeMap::new(),
             forwards_sent: 0,
+            ae: cx.anti_entropy.then(ae::AntiEntropy::new),
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -553,6 +573,9 @@ impl SimNode {
         if cx.layout_changes {
             let delay = cx.w.micros(0, 500_000);
             cx.w.after(delay, Event::LayoutTick { node: self.ix, gen });
+        }
+        if cx.anti_entropy {
+            self.arm_anti_entropy(cx);
         }
         // As the node's cleanup task: one sweep at start.
         self.cleanup_pump(cx);
@@ -600,7 +623,13 @@ impl SimNode {
                 // Pings, layout exchanges and the reaper's checks never end: background.
                 && r.outgoing
                     .values()
-                    .all(|(_, _, o)| matches!(o, Outgoing::Ping | Outgoing::Layout | Outgoing::Reaper))
+                    .all(|(_, _, o)| matches!(
+                        o,
+                        Outgoing::Ping
+                            | Outgoing::Layout
+                            | Outgoing::Reaper
+                            | Outgoing::AntiEntropy { .. }
+                    ))
         })
     }
 
@@ -667,12 +696,17 @@ impl SimNode {
                 let mut forwarder = Forwarder::new(id, write, node(to));
                 forwarder.set_sabotage(cx.forward_sabotage);
                 let step = forwarder.start();
+                let timeout = forward_timeout(match &req {
+                    ClientRequest::Get { opts, .. } => opts.timeout_ms,
+                    ClientRequest::Put { opts, .. } => opts.timeout_ms,
+                });
                 let f = Forwarding {
                     client,
                     seq,
                     req,
                     to: cx.ix(to),
                     forwarder,
+                    timeout,
                 };
                 self.forward_step(cx, f, step);
             }
@@ -781,6 +815,18 @@ impl SimNode {
                 let mine = self.layout.clone().map(Box::new);
                 reply(cx, self.me(), Ok(PeerResp::Layout(mine)));
             }
+            PeerReq::AntiEntropy {
+                partition,
+                session,
+                message,
+            } => {
+                let answer = self.ae_respond(cx, peer, partition, session, message);
+                reply(cx, self.me(), answer);
+            }
+            PeerReq::Keys { partition, hashes } => {
+                let answer = self.ae_keys(cx, partition, &hashes);
+                reply(cx, self.me(), answer);
+            }
             PeerReq::Tombstones(probes) => {
                 // As `node/src/reaper.rs::answer`: point reads of the store.
                 let held = reaper::holdings(&self.store, &probes)
@@ -813,7 +859,9 @@ impl SimNode {
                     PeerResp::Pong
                     | PeerResp::Forwarded(_)
                     | PeerResp::Layout(_)
-                    | PeerResp::Tombstones(_) => {
+                    | PeerResp::Tombstones(_)
+                    | PeerResp::AntiEntropy(_)
+                    | PeerResp::Keys(_) => {
                         unreachable!("replica requests are answered with acks and objects")
                     }
                 });
@@ -890,6 +938,13 @@ impl SimNode {
                 };
                 self.reaper_checked(cx, peer, answer);
             }
+            Outgoing::AntiEntropy { exchange, wait } => {
+                let gone = |e: &ErrorReply| {
+                    matches!(e, ErrorReply::Unreachable { .. } | ErrorReply::ShuttingDown)
+                };
+                let answer = resp.map_err(|e| (e.to_string(), gone(&e)));
+                self.ae_answer(cx, exchange, wait, answer);
+            }
         }
     }
 
@@ -931,6 +986,10 @@ impl SimNode {
             Outgoing::Transfer { send } => self.transfer_sent(cx, send, Err(reason)),
             Outgoing::Layout => {}
             Outgoing::Reaper => self.reaper_checked(cx, peer, Err(reason)),
+            // As `node/src/antientropy.rs`: a transport failure is an unreachable peer.
+            Outgoing::AntiEntropy { exchange, wait } => {
+                self.ae_answer(cx, exchange, wait, Err((reason, true)))
+            }
         }
     }
 
@@ -1238,9 +1297,7 @@ impl SimNode {
     fn forward_step(&mut self, cx: &mut Ctx, f: Forwarding, step: Step) {
         match step {
             Step::Send { id, retry } => {
-                // As `server/dispatch.rs`: the request's own timeout plus the core's margin.
-                let timeout = f.req.clone().into_job().0.forward_timeout();
-                let (to, req) = (f.to, f.req.clone());
+                let (to, req, timeout) = (f.to, f.req.clone(), f.timeout);
                 self.request(
                     cx,
                     to,
@@ -1445,7 +1502,7 @@ impl SimNode {
                         });
                         let holding = self.holding(cx, &key, hint_for.is_some());
                         cx.history.stored(self.ix, holding, &key, &current, &merged);
-                        Ok(())
+                        Ok(merged)
                     }
                     Err(e) => {
                         cx.w.logf(self.me(), || {
@@ -1456,18 +1513,21 @@ impl SimNode {
                 };
                 match done {
                     MergeDone::Local(Some(op)) => {
-                        let result = result.map(|()| ReplicaResult::Ack);
+                        let result = result.map(|_| ReplicaResult::Ack);
                         self.run().driver.handle_local(op, result);
                         self.drain(cx);
                     }
                     MergeDone::Local(None) => {}
                     MergeDone::Peer { node, gen, rid } => {
-                        let resp = result.map(|()| PeerResp::Ack);
+                        let resp = result.map(|_| PeerResp::Ack);
                         cx.w.send(
                             self.me(),
                             Addr::Node(node),
                             Body::PeerResp { gen, rid, resp },
                         );
+                    }
+                    MergeDone::AntiEntropy { exchange, repair } => {
+                        self.ae_merged(cx, exchange, key, repair, result);
                     }
                 }
             }

@@ -119,6 +119,13 @@ pub enum Event {
         /// Which arming of the timer (older ones are stale).
         arm: u64,
     },
+    /// The anti-entropy driver starts its next round.
+    AntiEntropyTick {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
     /// A forwarder waiting for its replica to be judged up again looks again.
     ForwardWait {
         /// The node.
@@ -194,7 +201,8 @@ impl Event {
             | Event::TransferTimer { node, .. }
             | Event::LayoutTick { node, .. }
             | Event::Cleanup { node, .. }
-            | Event::ForwardWait { node, .. } => Some(*node),
+            | Event::ForwardWait { node, .. }
+            | Event::AntiEntropyTick { node, .. } => Some(*node),
             _ => None,
         }
     }

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use cairn_sim::{
-    run, ForwardSabotage, Options, ReaperSabotage, Report, Sabotage, TransferSabotage,
+    run, ExchangeSabotage, ForwardSabotage, Options, ReaperSabotage, Report, Sabotage,
+    TransferSabotage,
 };
 
 /// Seeds a sweep runs when `CAIRN_SIM_SEEDS` is not set (each suite below runs them all).
@@ -426,6 +427,9 @@ fn runs_exercise_the_interesting_paths() {
     let mut hints_refused = 0;
     let mut forward_retries = 0;
     let mut retries_answered = 0;
+    let mut ae_exchanges = 0;
+    let mut ae_sent = 0;
+    let mut ae_failed = 0;
     let mut layout = LayoutCounts::default();
     for seed in 0..20 {
         let r = run(
@@ -460,13 +464,23 @@ fn runs_exercise_the_interesting_paths() {
         // first attempt's outcome or holding it until that outcome is known.
         forward_retries += count("(retry) put");
         retries_answered += count("again: answered as before") + count("again: waits for");
+        // Anti-entropy: exchanges that ran to the end, keys one sent the other, and exchanges
+        // that failed (a peer crashed or cut off in the middle).
+        ae_exchanges += count("keys repaired");
+        ae_sent += count("anti-entropy: ");
+        ae_failed += r
+            .trace
+            .iter()
+            .filter(|l| l.contains("anti-entropy p") && l.contains("failed"))
+            .count();
         layout.add(&r.trace);
     }
     println!(
         "acked={acked} failed={failed} unknown={unknown} sibling_reads={sibling_reads} \
          crashes={crashes} partitions={partitions} handoffs={handoffs} data_lost={data_lost} \
          disk_failures={disk_failures} pauses={pauses} hints_refused={hints_refused} \
-         forward_retries={forward_retries} retries_answered={retries_answered}"
+         forward_retries={forward_retries} retries_answered={retries_answered} \
+         ae_exchanges={ae_exchanges} ae_sent={ae_sent} ae_failed={ae_failed}"
     );
     // Rarer faults: each must happen at least once in these seeds.
     println!("{layout:?}");
@@ -509,6 +523,9 @@ fn runs_exercise_the_interesting_paths() {
         ("crashes", crashes),
         ("partitions", partitions),
         ("hints delivered", handoffs),
+        ("anti-entropy exchanges", ae_exchanges),
+        ("keys sent by anti-entropy", ae_sent),
+        ("anti-entropy exchanges cut off", ae_failed),
     ] {
         assert!(n >= 10, "only {n} {what} in 20 seeds");
     }
@@ -730,6 +747,11 @@ fn regression_9_a_cleanup_drop_after_a_wiped_new_replica() {
 /// that does not wait for a member holding another copy (the value a delete superseded, missed
 /// while it was down) reaps while that copy lives, and read repair or a hint then brings the
 /// deleted value back (rule 4 or rule 6) within `REAPER_SABOTAGE_SEEDS_MAX` seeds.
+///
+/// Without anti-entropy: it brings the delete to the member that missed it within a round or two
+/// of its return, long before the grace period lets a reaper act, so with it the sabotage went
+/// unnoticed in 1,500 seeds. That is anti-entropy narrowing the window, not the bug going away:
+/// a member cut off for longer than the grace period still comes back holding the old value.
 #[test]
 fn the_sweeps_reap_and_the_checker_catches_a_reaper_that_ignores_other_copies() {
     assert!(
@@ -747,6 +769,7 @@ fn the_sweeps_reap_and_the_checker_catches_a_reaper_that_ignores_other_copies() 
     let seeds: Vec<u64> = (0..REAPER_SABOTAGE_SEEDS_MAX).collect();
     let opts = Options {
         reaper_sabotage: ReaperSabotage::IgnoreOtherCopies,
+        anti_entropy: false,
         ..Options::default()
     };
     let resurrected = |r: &Report| {
@@ -762,6 +785,34 @@ fn the_sweeps_reap_and_the_checker_catches_a_reaper_that_ignores_other_copies() 
         ),
         None => panic!(
             "a reaper that ignores other copies went unnoticed in {ran} seeds \
+             ({} failed otherwise)",
+            failures.len()
+        ),
+    }
+}
+
+/// The final repair is anti-entropy's, and the checker judges it rather than trusting it: an
+/// exchange that never repairs the keys two replicas hold differently
+/// (`ExchangeSabotage::IgnoreDiffering`, only missing keys are copied) leaves replicas apart,
+/// and rule 3 reports it within `AE_SABOTAGE_SEEDS_MAX` seeds; the sweeps above pass with the
+/// same anti-entropy unbroken.
+#[test]
+fn the_checker_catches_an_anti_entropy_that_ignores_differing_keys() {
+    const AE_SABOTAGE_SEEDS_MAX: u64 = 50;
+    let seeds: Vec<u64> = (0..AE_SABOTAGE_SEEDS_MAX).collect();
+    let opts = Options {
+        exchange_sabotage: ExchangeSabotage::IgnoreDiffering,
+        ..Options::default()
+    };
+    let apart = |r: &Report| r.violations.iter().any(|v| v.rule == "3 replicas differ");
+    let (failures, ran) = sweep_until(&seeds, &opts, &apart);
+    match failures.iter().find(|r| apart(r)) {
+        Some(r) => println!(
+            "IgnoreDiffering caught at seed {} after {ran} seeds: {}",
+            r.seed, r.violations[0]
+        ),
+        None => panic!(
+            "an anti-entropy that ignores differing keys went unnoticed in {ran} seeds \
              ({} failed otherwise)",
             failures.len()
         ),

@@ -144,14 +144,11 @@ impl Shared {
                 .into_op()
                 .expect("gets, puts and deletes are key operations");
             let is_get = matches!(req, Request::Get { .. });
-            // The request's own timeout plus a margin (a fixed 65 s outlasted every client).
-            let timeout_ms = match &req {
+            let timeout = cairn_core::driver::forward_timeout(match &req {
                 Request::Get { opts, .. } => opts.timeout_ms,
                 Request::Put { opts, .. } | Request::Delete { opts, .. } => opts.timeout_ms,
                 _ => None,
-            };
-            let timeout = crate::coordinator::request_timeout(timeout_ms)
-                + cairn_core::driver::FORWARD_TIMEOUT_MARGIN;
+            });
             // One id for every attempt: the replica applies a forwarded write at most once
             // and answers a retry with the first outcome. The core's forwarder decides what
             // follows a failed attempt.
