@@ -12,6 +12,7 @@ pub mod forward;
 pub mod handoff;
 pub mod limits;
 pub mod liveness;
+pub mod membership;
 pub mod peer;
 pub mod reaper;
 pub mod store;

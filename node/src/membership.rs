@@ -40,15 +40,11 @@ use crate::limits::{
 };
 use crate::peers::{exchange_on, Peers};
 use crate::trees::Trees;
+use cairn_core::membership::PeerJudge;
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
-/// Gossip rounds without a heartbeat after which a member is suspect and pinged directly: phi
-/// takes about 18 rounds to convict, a failed ping about one second.
-pub const SUSPECT_ROUNDS: u32 = 3;
-/// Gossip rounds a newly seen member counts as up before its heartbeat is seen moving (unless
-/// a request to it fails first).
-pub const NEW_MEMBER_GRACE_ROUNDS: u32 = 5;
+pub use cairn_core::membership::{NEW_MEMBER_GRACE_ROUNDS, SUSPECT_ROUNDS};
 /// Gossip rounds a restarted node that was a member waits to hear from any peer before it
 /// serves alone (its peers may all be down); a node that never was a member waits for ever.
 pub const REJOIN_ROUNDS_MAX: u32 = 10;
@@ -246,10 +242,8 @@ struct Local {
     gossip: Gossip,
     /// Rounds ticked while joining without hearing from anyone.
     lonely_rounds: u32,
-    /// Per member: the generation first seen and when, for the grace period below.
-    first_seen: BTreeMap<NodeId, (u64, Instant)>,
-    /// Members gossip convicted (`NodeDown`) and has not seen alive since.
-    convicted: std::collections::BTreeSet<NodeId>,
+    /// What gossip says about each member, for routing (the core's rules).
+    judge: PeerJudge,
     /// What this node last put in its gossiped ring field.
     advertised: RingInfo,
 }
@@ -295,12 +289,6 @@ pub struct Membership {
     file_lock: Arc<Mutex<()>>,
     outbox: mpsc::Sender<Transmit>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Transmit>>>,
-    /// How long a member newly seen (or in a new generation) counts as up before its heartbeat
-    /// has been seen moving: without it a node that just started would refuse to use peers that
-    /// are plainly there for the first rounds.
-    grace: Duration,
-    /// Heartbeat age after which a member is suspect (`SUSPECT_ROUNDS` intervals).
-    suspect_after: Duration,
 }
 
 fn unix_seconds() -> u64 {
@@ -392,8 +380,7 @@ impl Membership {
             local: Mutex::new(Local {
                 gossip,
                 lonely_rounds: 0,
-                first_seen: BTreeMap::new(),
-                convicted: std::collections::BTreeSet::new(),
+                judge: PeerJudge::new(Duration::from_millis(cluster.gossip_interval_ms)),
                 advertised: info,
             }),
             layout,
@@ -406,8 +393,6 @@ impl Membership {
             file_lock: Arc::new(Mutex::new(())),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
-            grace: Duration::from_millis(cluster.gossip_interval_ms) * NEW_MEMBER_GRACE_ROUNDS,
-            suspect_after: Duration::from_millis(cluster.gossip_interval_ms) * SUSPECT_ROUNDS,
         });
         let mut g = membership.lock();
         membership.refresh(&mut g);
@@ -1172,19 +1157,15 @@ impl Membership {
         let now = Instant::now();
         let Local {
             gossip: g,
-            first_seen,
-            convicted,
+            judge,
             advertised,
             ..
         } = local;
         while let Some(event) = g.poll_event() {
+            judge.handle_event(&event);
             match event {
                 MembershipEvent::NodeDown { node } => {
                     info!(node = %self.name(node), "judged down by the failure detector");
-                    convicted.insert(node);
-                }
-                MembershipEvent::NodeUp { node } => {
-                    convicted.remove(&node);
                 }
                 MembershipEvent::NodeRemoved { node } => self.peers.remove(node),
                 MembershipEvent::SelfSuperseded { generation } => warn!(
@@ -1193,7 +1174,6 @@ impl Membership {
                 ),
                 MembershipEvent::NodeJoined { node, generation }
                 | MembershipEvent::NodeRestarted { node, generation } => {
-                    convicted.remove(&node);
                     debug!(%node, generation, "node (re)started")
                 }
                 _ => {}
@@ -1230,18 +1210,9 @@ impl Membership {
                 (info.name, addr, compatible, info.layout)
             };
             if id != self.me {
-                let seen = first_seen.entry(id).or_insert((v.generation(), now));
-                if seen.0 != v.generation() {
-                    *seen = (v.generation(), now);
-                }
-                let in_grace =
-                    !convicted.contains(&id) && now.saturating_duration_since(seen.1) < self.grace;
-                let alive = (v.is_alive() || in_grace) && state.status != Status::Left;
-                let late = v
-                    .heartbeat_age(now)
-                    .is_some_and(|age| age > self.suspect_after);
+                let j = judge.judge(now, id, v);
                 self.peers
-                    .upsert(id, &name, addr, alive, late, state.storage.is_degraded());
+                    .upsert(id, &name, addr, j.alive, j.late, j.degraded);
             }
             members.insert(
                 id,

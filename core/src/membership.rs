@@ -1,0 +1,178 @@
+//! What gossip's state says about each peer, for routing: the judge that turns gossip's events
+//! and views (failure detector, heartbeat age, declared status and storage) into the liveness
+//! policy's inputs. The node's membership (`node/src/membership.rs`, after every gossip message
+//! and tick) and the simulator both run it, so neither holds these rules.
+//!
+//! - *Alive*: gossip's failure detector judges the peer alive, or it was first seen (in this
+//!   generation) less than a grace period ago and has not been convicted since: a member that
+//!   just joined or restarted is routed to before its heartbeat has been seen moving, and a
+//!   request that fails marks it down at once anyway. A peer that declared `Left` is not alive.
+//! - *Late*: its heartbeat is older than `SUSPECT_ROUNDS` gossip intervals, so the probe loop
+//!   pings it directly instead of waiting for phi to convict (about 18 rounds).
+//! - *Degraded*: it declares that its commits fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cairn_gossip::{MembershipEvent, NodeView, Status};
+use cairn_proto::NodeId;
+
+/// Gossip rounds without a heartbeat after which a member is suspect and pinged directly: phi
+/// takes about 18 rounds to convict, a failed ping about one second.
+pub const SUSPECT_ROUNDS: u32 = 3;
+/// Gossip rounds a newly seen member counts as up before its heartbeat is seen moving (unless
+/// a request to it fails first).
+pub const NEW_MEMBER_GRACE_ROUNDS: u32 = 5;
+
+/// Gossip's judgement of one peer, for the liveness policy (`Liveness::handle_gossip` and
+/// `handle_storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judgement {
+    /// Judged alive (or new and in its grace period).
+    pub alive: bool,
+    /// Its heartbeat is late: ping it.
+    pub late: bool,
+    /// It declares its storage degraded.
+    pub degraded: bool,
+}
+
+/// The judge of one node's peers.
+#[derive(Debug)]
+pub struct PeerJudge {
+    grace: Duration,
+    suspect_after: Duration,
+    /// When each peer was first seen in its current generation.
+    first_seen: BTreeMap<NodeId, (u64, Instant)>,
+    /// Peers the failure detector convicted (and that have not been seen up or restarted).
+    convicted: BTreeSet<NodeId>,
+}
+
+impl PeerJudge {
+    /// A judge for gossip rounds of `gossip_interval`.
+    pub fn new(gossip_interval: Duration) -> PeerJudge {
+        PeerJudge {
+            grace: gossip_interval * NEW_MEMBER_GRACE_ROUNDS,
+            suspect_after: gossip_interval * SUSPECT_ROUNDS,
+            first_seen: BTreeMap::new(),
+            convicted: BTreeSet::new(),
+        }
+    }
+
+    /// One of gossip's events.
+    pub fn handle_event(&mut self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::NodeDown { node } => {
+                self.convicted.insert(*node);
+            }
+            MembershipEvent::NodeUp { node }
+            | MembershipEvent::NodeJoined { node, .. }
+            | MembershipEvent::NodeRestarted { node, .. } => {
+                self.convicted.remove(node);
+            }
+            MembershipEvent::NodeRemoved { node } => {
+                self.convicted.remove(node);
+                self.first_seen.remove(node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Peer `id` as gossip holds it (`view`) at `now`.
+    pub fn judge(&mut self, now: Instant, id: NodeId, view: &NodeView) -> Judgement {
+        let seen = self
+            .first_seen
+            .entry(id)
+            .or_insert((view.generation(), now));
+        if seen.0 != view.generation() {
+            *seen = (view.generation(), now);
+        }
+        let in_grace =
+            !self.convicted.contains(&id) && now.saturating_duration_since(seen.1) < self.grace;
+        let state = view.state();
+        Judgement {
+            alive: (view.is_alive() || in_grace) && state.status != Status::Left,
+            late: view
+                .heartbeat_age(now)
+                .is_some_and(|age| age > self.suspect_after),
+            degraded: state.storage.is_degraded(),
+        }
+    }
+}
+
+#[cfg(test)]
+// A test's clock starts at the real now; the core itself only takes `now` as an argument.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use cairn_gossip::{Gossip, GossipConfig, NodeState};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const ROUND: Duration = Duration::from_secs(1);
+
+    fn gossip(id: u64, name: &str, t0: Instant) -> Gossip {
+        let config = GossipConfig::with_interval(ROUND);
+        Gossip::new(NodeId(id), config, NodeState::joining(name), 1, t0).unwrap()
+    }
+
+    /// One round at `t`: `b` ticks and gossips with `a` (its seed), every message delivered.
+    fn round(a: &mut Gossip, b: &mut Gossip, t: Instant, rng: &mut StdRng) {
+        b.handle_tick(t, rng);
+        let mut to_a: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        while !to_a.is_empty() {
+            for m in to_a.drain(..) {
+                a.handle_message(t, m.message).unwrap();
+            }
+            while let Some(m) = a.poll_transmit() {
+                b.handle_message(t, m.message).unwrap();
+            }
+            to_a.extend(std::iter::from_fn(|| b.poll_transmit()));
+        }
+    }
+
+    #[test]
+    fn a_new_member_is_alive_in_its_grace_period_then_late_then_convicted() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut a, mut b) = (gossip(1, "a", t0), gossip(2, "b", t0));
+        b.add_seed("a".into()).unwrap();
+        let mut judge = PeerJudge::new(ROUND);
+        let mut t = t0;
+        round(&mut a, &mut b, t, &mut rng);
+        while let Some(e) = a.poll_event() {
+            judge.handle_event(&e);
+        }
+        let view = |a: &Gossip| a.node(NodeId(2)).unwrap().clone();
+        let j = judge.judge(t, NodeId(2), &view(&a));
+        assert!(
+            j.alive && !j.late && !j.degraded,
+            "new, in its grace period: {j:?}"
+        );
+        for _ in 0..30 {
+            t += ROUND;
+            round(&mut a, &mut b, t, &mut rng);
+            a.handle_tick(t, &mut rng);
+            while a.poll_transmit().is_some() {}
+        }
+        while let Some(e) = a.poll_event() {
+            judge.handle_event(&e);
+        }
+        let j = judge.judge(t, NodeId(2), &view(&a));
+        assert!(j.alive && !j.late, "heard every round: {j:?}");
+        // b falls silent: late after SUSPECT_ROUNDS, convicted by phi later.
+        let late = t + ROUND * (SUSPECT_ROUNDS + 1);
+        assert!(judge.judge(late, NodeId(2), &view(&a)).late);
+        let mut convicted = false;
+        for _ in 0..60 {
+            t += ROUND;
+            a.handle_tick(t, &mut rng);
+            while a.poll_transmit().is_some() {}
+            while let Some(e) = a.poll_event() {
+                convicted |= matches!(e, MembershipEvent::NodeDown { .. });
+                judge.handle_event(&e);
+            }
+        }
+        assert!(convicted, "phi convicts a silent peer within a minute");
+        assert!(!judge.judge(t, NodeId(2), &view(&a)).alive);
+    }
+}
