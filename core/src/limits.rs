@@ -136,3 +136,6 @@ pub const AE_RESPONDER_SESSIONS_MAX: usize = 64;
 pub const AE_SESSION_IDLE_MAX: Duration = Duration::from_secs(60);
 /// How long one anti-entropy request (a message, a key lookup, one object) may take.
 pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
+pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);

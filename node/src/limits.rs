@@ -103,8 +103,7 @@ const _: () = assert!(STORAGE_PROBE_POLL.as_nanos() <= STORAGE_PROBE_RETRY_BASE.
 /// How long a layout change's plan waits for an old replica to say how much it holds of the
 /// moving partitions; one that does not answer leaves its partitions not counted.
 pub const PLAN_SIZES_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
-pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+pub use cairn_core::limits::GOSSIP_EXCHANGE_TIMEOUT;
 /// Gossip replies waiting to be sent by the gossip task; gossip tolerates loss, so a full queue
 /// drops the message.
 pub const GOSSIP_OUTBOX_MAX: usize = 64;

@@ -36,8 +36,12 @@
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
 //!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
 //!   no longer replicates a key are redirected to its owners with the core's `redirect_writes`) (that glue, and `server/dispatch.rs`'s choice to forward and its peer handlers, is
-//!   still this crate's own); the core's forwarder and forward table at both ends of a forward. With no gossip here every peer counts as alive and suspect, so probes find a
-//!   dead one.
+//!   still this crate's own); the core's forwarder and forward table at both ends of a forward.
+//! - `node/gossip`: gossip membership, the gossip crate's state machine (SYN/ACK/ACK2 over the
+//!   simulated network, heartbeats, phi accrual, a new generation per start) with the core's
+//!   `PeerJudge` feeding the liveness policy after every tick and message, as
+//!   `node/src/membership.rs` does; `Options::gossip` off feeds every peer as alive and suspect,
+//!   so only probes find a dead one.
 //! - `world`: virtual time, the event queue, the network: per-message delay, loss, duplicated
 //!   answers (never requests), slow messages that reorder, partitions between groups of nodes;
 //!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
@@ -58,7 +62,8 @@
 //! - `node/ae`: anti-entropy, the core's round plan, exchange, key repair and responder table
 //!   (`cairn_core::antientropy`) over the simulated network and the node's disk queue.
 //!
-//! Not modelled: gossip membership (the layout exchange stands in for its stamps), the writer's
+//! Not modelled: gossip's layout stamps (the layout exchange stands in for them), storage faults
+//! declared in gossip (a failing disk is found by the writes it refuses), joining rounds, the writer's
 //! upkeep of Merkle trees (built from the store for each exchange turn), a node that bootstraps version 1 again from `initial_members` after losing its data
 //! directory while the layout has moved on (in runs with changes it waits for a peer's layout
 //! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
@@ -156,6 +161,10 @@ pub struct Options {
     pub anti_entropy: bool,
     /// A deliberate bug in every node's anti-entropy exchanges.
     pub exchange_sabotage: ExchangeSabotage,
+    /// Every node runs gossip membership (the gossip crate's state machine and the core's
+    /// `PeerJudge`, as `node/src/membership.rs` runs them), which tells the liveness policy who
+    /// is alive; `false` feeds it every peer as alive and suspect, so only pings find the dead.
+    pub gossip: bool,
 }
 
 /// The simulated reaper's grace period. As the node's hour is twelve times the longest a copy
@@ -186,6 +195,7 @@ impl Default for Options {
             reaper_sabotage: ReaperSabotage::None,
             anti_entropy: true,
             exchange_sabotage: ExchangeSabotage::None,
+            gossip: true,
         }
     }
 }
@@ -370,6 +380,8 @@ const ACTIVE_MAX: Duration = Duration::from_secs(600);
 const QUIET_MAX: Duration = Duration::from_secs(300);
 /// Full reads of every key at the end, repeated while the replicas still differ.
 const FULL_READS_MAX: usize = 3;
+/// When clients start in runs with gossip: two gossip rounds.
+const CLIENTS_START_WITH_GOSSIP: Duration = Duration::from_secs(2);
 /// Shortest quiet phase (lets views and timers settle even when nothing is pending).
 const QUIET_MIN: Duration = Duration::from_secs(2);
 
@@ -468,8 +480,15 @@ impl Sim {
             let (node, mut cx) = self.split(n);
             assert!(node.start(&mut cx), "a fresh node on a healthy disk starts");
         }
+        // With gossip, clients start once its first rounds told every node of the others (as
+        // an operator waits for `cairn status` to show every node up).
+        let start = if self.opts.gossip {
+            CLIENTS_START_WITH_GOSSIP
+        } else {
+            Duration::ZERO
+        };
         for c in 0..self.clients.len() {
-            let delay = self.w.micros(0, 10_000);
+            let delay = start + self.w.micros(0, 10_000);
             self.w.after(delay, Event::ClientNext(c));
         }
         if self.cfg.fault_every_ms.1 > 0 {
@@ -781,6 +800,7 @@ impl Sim {
                 transfer_sabotage: opts.transfer_sabotage,
                 drop_copies: opts.drop_copies,
                 anti_entropy: opts.anti_entropy,
+                gossip: opts.gossip,
                 exchange_sabotage: opts.exchange_sabotage,
                 reap: opts.reap,
                 reaper_sabotage: opts.reaper_sabotage,
@@ -981,6 +1001,9 @@ impl Sim {
             }
             Event::ForwardWait { node, gen, wait } => {
                 self.on_node(node, gen, |n, cx| n.on_forward_wait(cx, wait));
+            }
+            Event::GossipTick { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_gossip_tick(cx));
             }
             Event::AntiEntropyTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_anti_entropy_tick(cx));

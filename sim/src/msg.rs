@@ -8,6 +8,7 @@ use cairn_antientropy::KeyHash;
 use cairn_core::coordinator::Outcome;
 use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
+use cairn_gossip::{GossipMessage, Payload as GossipPayload};
 use cairn_layout::Layout;
 use cairn_proto::{
     Context, ErrorReply, NodeId, ReadOptions, TombstoneHolding, TombstoneProbe, WriteOptions,
@@ -145,6 +146,8 @@ pub enum PeerReq {
         /// The encoded message.
         message: Option<Vec<u8>>,
     },
+    /// A gossip message (`PeerRequest::Gossip`): a SYN, an ACK or an ACK2.
+    Gossip(Box<GossipMessage>),
     /// Anti-entropy asks for the keys behind hashes only the receiver holds
     /// (`PeerRequest::Keys`).
     Keys {
@@ -174,6 +177,8 @@ pub enum PeerResp {
     AntiEntropy(Option<Vec<u8>>),
     /// To `Keys`: the key behind each hash, in order (`None`: not stored).
     Keys(Vec<Option<Vec<u8>>>),
+    /// To `Gossip`: the message that answers it, if any.
+    Gossip(Option<Box<GossipMessage>>),
 }
 
 /// A message body.
@@ -231,10 +236,16 @@ impl Body {
         matches!(
             self,
             Body::PeerReq {
-                req: PeerReq::Ping | PeerReq::Layout(_) | PeerReq::Tombstones(_),
+                req: PeerReq::Ping
+                    | PeerReq::Layout(_)
+                    | PeerReq::Tombstones(_)
+                    | PeerReq::Gossip(_),
                 ..
             } | Body::PeerResp {
-                resp: Ok(PeerResp::Pong | PeerResp::Layout(_) | PeerResp::Tombstones(_)),
+                resp: Ok(PeerResp::Pong
+                    | PeerResp::Layout(_)
+                    | PeerResp::Tombstones(_)
+                    | PeerResp::Gossip(_)),
                 ..
             }
         )
@@ -283,6 +294,7 @@ impl Body {
                 PeerReq::Keys { partition, hashes } => {
                     format!("keys? r{rid} p{partition} {} hashes", hashes.len())
                 }
+                PeerReq::Gossip(m) => format!("gossip r{rid} {}", gossip_kind(m)),
             },
             Body::PeerResp { rid, resp, .. } => match resp {
                 Ok(PeerResp::Pong) => format!("pong r{rid}"),
@@ -311,9 +323,22 @@ impl Body {
                         .collect();
                     format!("keys r{rid} [{}]", keys.join(","))
                 }
+                Ok(PeerResp::Gossip(m)) => format!(
+                    "gossip r{rid} {}",
+                    m.as_deref().map_or("(nothing)", gossip_kind)
+                ),
                 Err(e) => format!("error r{rid}: {e}"),
             },
         }
+    }
+}
+
+/// A gossip message's kind, for the trace.
+fn gossip_kind(m: &GossipMessage) -> &'static str {
+    match m.payload {
+        GossipPayload::Syn { .. } => "SYN",
+        GossipPayload::Ack { .. } => "ACK",
+        GossipPayload::Ack2 { .. } => "ACK2",
     }
 }
 

@@ -1,5 +1,6 @@
 //! One simulated node: the core's request driver, forwarder and forward table, writer, liveness
-//! and handoff policies, carried out over the simulated world as `node/src/driver.rs`,
+//! and handoff policies (anti-entropy in `ae`, gossip membership in `gossip`), carried out over
+//! the simulated world as `node/src/driver.rs`,
 //! `server/dispatch.rs`, `engine.rs`, `peers.rs` and `handoff.rs` carry them out; the choice
 //! between forwarding and coordinating and the peer request handlers are still this file's.
 //!
@@ -42,6 +43,7 @@ use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
 
 mod ae;
+mod gossip;
 
 use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
@@ -140,6 +142,8 @@ pub struct Ctx<'a> {
     pub layout_changes: bool,
     /// Nodes run anti-entropy (`ae`).
     pub anti_entropy: bool,
+    /// Nodes run gossip membership (`gossip`).
+    pub gossip: bool,
     /// A deliberate bug in every anti-entropy exchange.
     pub exchange_sabotage: cairn_core::antientropy::ExchangeSabotage,
     /// What nodes report for the checker.
@@ -291,6 +295,7 @@ enum Outgoing {
     Layout,
     Reaper,
     AntiEntropy { exchange: u64, wait: ae::Wait },
+    Gossip,
 }
 
 /// A client request this node forwards: the core's forwarder for it and what it needs to
@@ -376,6 +381,8 @@ pub struct Running {
     forwards_sent: u64,
     /// Anti-entropy (`ae`), when the run has it.
     ae: Option<ae::AntiEntropy>,
+    /// Gossip membership (`gossip`), when the run has it.
+    gossip: Option<gossip::SimGossip>,
 }
 
 /// A simulated node.
@@ -472,9 +479,9 @@ impl SimNode {
         let instant = cx.w.instant();
         let peer_ids: Vec<NodeId> = cx.ids.iter().copied().filter(|&id| id != self.id).collect();
         let mut liveness = Liveness::new(self.id);
-        for &id in &peer_ids {
-            // No gossip here: every peer counts as alive to gossip and as a suspect, so the
-            // probes find a dead one, as a suspect's pings do in the node.
+        for &id in peer_ids.iter().filter(|_| !cx.gossip) {
+            // No gossip: every peer counts as alive to gossip and as a suspect, so the probes
+            // find a dead one, as a suspect's pings do in the node.
             liveness.handle_gossip(instant, id, true, true);
         }
         while liveness.poll_transition().is_some() {}
@@ -558,6 +565,9 @@ impl SimNode {
             forward_waits: BTreeMap::new(),
             forwards_sent: 0,
             ae: cx.anti_entropy.then(ae::AntiEntropy::new),
+            gossip: cx
+                .gossip
+                .then(|| gossip::SimGossip::new(self.ix, cx.ids, self.gen + 1, instant)),
         });
         cx.w.logf(self.me(), || {
             format!(
@@ -576,6 +586,9 @@ impl SimNode {
         }
         if cx.anti_entropy {
             self.arm_anti_entropy(cx);
+        }
+        if cx.gossip {
+            self.arm_gossip(cx);
         }
         // As the node's cleanup task: one sweep at start.
         self.cleanup_pump(cx);
@@ -629,6 +642,7 @@ impl SimNode {
                             | Outgoing::Layout
                             | Outgoing::Reaper
                             | Outgoing::AntiEntropy { .. }
+                            | Outgoing::Gossip
                     ))
         })
     }
@@ -827,6 +841,15 @@ impl SimNode {
                 let answer = self.ae_keys(cx, partition, &hashes);
                 reply(cx, self.me(), answer);
             }
+            PeerReq::Gossip(message) => {
+                let answer = match self.run().gossip {
+                    Some(_) => self.gossip_receive(cx, peer, *message),
+                    None => Err(ErrorReply::Refused {
+                        reason: "no gossip in this run".into(),
+                    }),
+                };
+                reply(cx, self.me(), answer);
+            }
             PeerReq::Tombstones(probes) => {
                 // As `node/src/reaper.rs::answer`: point reads of the store.
                 let held = reaper::holdings(&self.store, &probes)
@@ -861,7 +884,8 @@ impl SimNode {
                     | PeerResp::Layout(_)
                     | PeerResp::Tombstones(_)
                     | PeerResp::AntiEntropy(_)
-                    | PeerResp::Keys(_) => {
+                    | PeerResp::Keys(_)
+                    | PeerResp::Gossip(_) => {
                         unreachable!("replica requests are answered with acks and objects")
                     }
                 });
@@ -945,6 +969,11 @@ impl SimNode {
                 let answer = resp.map_err(|e| (e.to_string(), gone(&e)));
                 self.ae_answer(cx, exchange, wait, answer);
             }
+            Outgoing::Gossip => {
+                if let Ok(answer) = resp {
+                    self.gossip_answer(cx, peer, answer);
+                }
+            }
         }
     }
 
@@ -990,6 +1019,8 @@ impl SimNode {
             Outgoing::AntiEntropy { exchange, wait } => {
                 self.ae_answer(cx, exchange, wait, Err((reason, true)))
             }
+            // Gossip tolerates loss.
+            Outgoing::Gossip => {}
         }
     }
 

@@ -119,6 +119,13 @@ pub enum Event {
         /// Which arming of the timer (older ones are stale).
         arm: u64,
     },
+    /// The gossip state machine's next round is due.
+    GossipTick {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
     /// The anti-entropy driver starts its next round.
     AntiEntropyTick {
         /// The node.
@@ -202,7 +209,8 @@ impl Event {
             | Event::LayoutTick { node, .. }
             | Event::Cleanup { node, .. }
             | Event::ForwardWait { node, .. }
-            | Event::AntiEntropyTick { node, .. } => Some(*node),
+            | Event::AntiEntropyTick { node, .. }
+            | Event::GossipTick { node, .. } => Some(*node),
             _ => None,
         }
     }

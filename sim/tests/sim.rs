@@ -430,6 +430,9 @@ fn runs_exercise_the_interesting_paths() {
     let mut ae_exchanges = 0;
     let mut ae_sent = 0;
     let mut ae_failed = 0;
+    let mut convictions = 0;
+    let mut restarts_seen = 0;
+    let mut gossip_ups = 0;
     let mut layout = LayoutCounts::default();
     for seed in 0..20 {
         let r = run(
@@ -468,6 +471,11 @@ fn runs_exercise_the_interesting_paths() {
         // that failed (a peer crashed or cut off in the middle).
         ae_exchanges += count("keys repaired");
         ae_sent += count("anti-entropy: ");
+        // Gossip: the failure detector convicting a silent node, a restart's new generation
+        // seen, and a node judged up again by gossip.
+        convictions += count("CONVICTED by the failure detector");
+        restarts_seen += count("RESTARTED in generation");
+        gossip_ups += count("is UP (gossip)");
         ae_failed += r
             .trace
             .iter()
@@ -480,7 +488,8 @@ fn runs_exercise_the_interesting_paths() {
          crashes={crashes} partitions={partitions} handoffs={handoffs} data_lost={data_lost} \
          disk_failures={disk_failures} pauses={pauses} hints_refused={hints_refused} \
          forward_retries={forward_retries} retries_answered={retries_answered} \
-         ae_exchanges={ae_exchanges} ae_sent={ae_sent} ae_failed={ae_failed}"
+         ae_exchanges={ae_exchanges} ae_sent={ae_sent} ae_failed={ae_failed} \
+         convictions={convictions} restarts_seen={restarts_seen} gossip_ups={gossip_ups}"
     );
     // Rarer faults: each must happen at least once in these seeds.
     println!("{layout:?}");
@@ -526,6 +535,9 @@ fn runs_exercise_the_interesting_paths() {
         ("anti-entropy exchanges", ae_exchanges),
         ("keys sent by anti-entropy", ae_sent),
         ("anti-entropy exchanges cut off", ae_failed),
+        ("convictions by gossip's failure detector", convictions),
+        ("restarts seen in gossip", restarts_seen),
+        ("peers judged up by gossip", gossip_ups),
     ] {
         assert!(n >= 10, "only {n} {what} in 20 seeds");
     }

@@ -1,0 +1,221 @@
+//! Gossip membership in a simulated node: the gossip crate's state machine (scuttlebutt
+//! exchanges, heartbeats, phi accrual, generations) and the core's `PeerJudge`, feeding the
+//! liveness policy as `node/src/membership.rs` feeds it: every tick and every message is
+//! followed by the judge's verdict on each member (`Liveness::handle_gossip`, `handle_storage`),
+//! so a crashed, paused or cut-off node is convicted by its silence and a restarted one comes
+//! back under its new generation.
+//!
+//! What differs from the node: a node's address is its name, a seed is every other node of the
+//! run (the node's seeds are its configured ones and the peers it remembers), every node
+//! declares itself `Up` at once (no joining rounds), storage faults are not gossiped (a failing
+//! disk is found by the writes it refuses), and layouts travel by the simulator's own layout
+//! exchange rather than by gossiped stamps.
+
+use std::time::{Duration, Instant};
+
+use cairn_core::limits::GOSSIP_EXCHANGE_TIMEOUT;
+use cairn_core::liveness::Transition;
+use cairn_core::membership::PeerJudge;
+use cairn_gossip::{
+    Destination, Gossip, GossipConfig, GossipMessage, MembershipEvent, NodeState, Payload, Status,
+    Storage, Transmit,
+};
+use cairn_proto::{ErrorReply, NodeId};
+
+use super::{Ctx, Outgoing, SimNode};
+use crate::fmt::{node, node_name};
+use crate::msg::{PeerReq, PeerResp};
+use crate::world::{Event, NodeIx};
+
+/// The simulated nodes' gossip interval (the node's default).
+pub const SIM_GOSSIP_INTERVAL: Duration = cairn_gossip::limits::GOSSIP_INTERVAL_DEFAULT;
+
+/// A node's gossip and the judge of its peers (lost on a crash; the generation is not).
+#[derive(Debug)]
+pub struct SimGossip {
+    gossip: Gossip,
+    judge: PeerJudge,
+}
+
+impl SimGossip {
+    /// The gossip of node `ix` (one of `ids`) in `generation`, with every other node as a seed.
+    pub fn new(ix: NodeIx, ids: &[NodeId], generation: u64, now: Instant) -> SimGossip {
+        let seeds = (0..ids.len()).filter(|&i| i != ix).map(node_name).collect();
+        let config = GossipConfig {
+            seeds,
+            ..GossipConfig::with_interval(SIM_GOSSIP_INTERVAL)
+        };
+        let state = NodeState {
+            status: Status::Up,
+            storage: Storage::Ok,
+            ..NodeState::joining(node_name(ix))
+        };
+        let gossip = Gossip::new(ids[ix], config, state, generation, now)
+            .expect("a simulated node's gossip state is within its limits");
+        SimGossip {
+            gossip,
+            judge: PeerJudge::new(SIM_GOSSIP_INTERVAL),
+        }
+    }
+}
+
+impl SimNode {
+    fn gossip_state(&mut self) -> &mut SimGossip {
+        self.run().gossip.as_mut().expect("gossip runs here")
+    }
+
+    /// Schedules the next gossip tick when its state machine asks for it.
+    pub(super) fn arm_gossip(&mut self, cx: &mut Ctx) {
+        let due = cx.w.virtual_of(self.gossip_state().gossip.poll_timeout());
+        let delay = due.saturating_sub(cx.w.now);
+        let gen = self.gen;
+        cx.w.after(delay, Event::GossipTick { node: self.ix, gen });
+    }
+
+    /// A gossip round: heartbeat, convictions, SYNs.
+    pub fn on_gossip_tick(&mut self, cx: &mut Ctx) {
+        let now = cx.w.instant();
+        let run = self.run.as_mut().expect("running");
+        let g = run.gossip.as_mut().expect("gossip runs here");
+        g.gossip.handle_tick(now, &mut cx.w.rng);
+        let transmits: Vec<Transmit> = std::iter::from_fn(|| g.gossip.poll_transmit()).collect();
+        for t in transmits {
+            self.gossip_send(cx, t);
+        }
+        self.gossip_refresh(cx);
+        self.arm_gossip(cx);
+    }
+
+    /// Sends one message (a seed is the node of that name).
+    fn gossip_send(&mut self, cx: &mut Ctx, t: Transmit) {
+        let to = match &t.to {
+            Destination::Node(id) => cx.ids.iter().position(|i| i == id),
+            Destination::Seed(name) => (0..cx.ids.len()).find(|&i| node_name(i) == *name),
+        };
+        let Some(to) = to.filter(|&to| to != self.ix) else {
+            return;
+        };
+        let req = PeerReq::Gossip(Box::new(t.message));
+        self.request(cx, to, req, Outgoing::Gossip, GOSSIP_EXCHANGE_TIMEOUT);
+    }
+
+    /// Takes a message from `from`; returns the reply that answers it (an ACK for a SYN, an
+    /// ACK2 for an ACK), as `Membership::receive` does. A message claiming another sender is
+    /// refused.
+    fn gossip_take(
+        &mut self,
+        cx: &mut Ctx,
+        from: NodeId,
+        message: GossipMessage,
+    ) -> Result<Option<GossipMessage>, ErrorReply> {
+        if message.from != from {
+            return Err(ErrorReply::Malformed {
+                reason: format!("gossip: a message from {} sent by {from}", message.from),
+            });
+        }
+        let now = cx.w.instant();
+        let g = self.gossip_state();
+        g.gossip
+            .handle_message(now, message)
+            .map_err(|e| ErrorReply::Malformed {
+                reason: format!("gossip: {e}"),
+            })?;
+        let mut reply = None;
+        let mut others = Vec::new();
+        while let Some(t) = g.gossip.poll_transmit() {
+            let answers = t.to == Destination::Node(from)
+                && matches!(
+                    t.message.payload,
+                    Payload::Ack { .. } | Payload::Ack2 { .. }
+                );
+            if answers && reply.is_none() {
+                reply = Some(t.message);
+            } else {
+                others.push(t);
+            }
+        }
+        for t in others {
+            self.gossip_send(cx, t);
+        }
+        self.gossip_refresh(cx);
+        Ok(reply)
+    }
+
+    /// Answers `PeerReq::Gossip` from `from`.
+    pub(super) fn gossip_receive(
+        &mut self,
+        cx: &mut Ctx,
+        from: NodeIx,
+        message: GossipMessage,
+    ) -> Result<PeerResp, ErrorReply> {
+        let from = cx.ids[from];
+        let reply = self.gossip_take(cx, from, message)?;
+        Ok(PeerResp::Gossip(reply.map(Box::new)))
+    }
+
+    /// The answer to a gossip message this node sent: its reply is taken, and the reply to
+    /// that sent on, until the exchange ends (as `Membership::exchange` carries it).
+    pub(super) fn gossip_answer(&mut self, cx: &mut Ctx, peer: NodeId, answer: PeerResp) {
+        let PeerResp::Gossip(Some(reply)) = answer else {
+            return;
+        };
+        match self.gossip_take(cx, peer, *reply) {
+            Ok(Some(next)) => {
+                let to = cx.ix(peer);
+                let req = PeerReq::Gossip(Box::new(next));
+                self.request(cx, to, req, Outgoing::Gossip, GOSSIP_EXCHANGE_TIMEOUT);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                cx.w.logf(self.me(), || format!("gossip from {}: {e}", node(peer)))
+            }
+        }
+    }
+
+    /// Gossip's events and views to the judge, the judge's verdicts to the liveness policy.
+    fn gossip_refresh(&mut self, cx: &mut Ctx) {
+        let now = cx.w.instant();
+        let me = self.id;
+        let run = self.run.as_mut().expect("running");
+        let g = run.gossip.as_mut().expect("gossip runs here");
+        let mut events = Vec::new();
+        while let Some(event) = g.gossip.poll_event() {
+            g.judge.handle_event(&event);
+            events.push(event);
+        }
+        for (id, view) in g.gossip.members() {
+            if id == me {
+                continue;
+            }
+            let j = g.judge.judge(now, id, view);
+            run.liveness.handle_gossip(now, id, j.alive, j.late);
+            run.liveness.handle_storage(now, id, j.degraded);
+        }
+        let transitions: Vec<Transition> =
+            std::iter::from_fn(|| run.liveness.poll_transition()).collect();
+        let up = transitions.iter().any(|t| matches!(t, Transition::Up(_)));
+        for e in events {
+            cx.w.logf(self.me(), || match e {
+                MembershipEvent::NodeDown { node: p } => {
+                    format!("gossip: {} CONVICTED by the failure detector", node(p))
+                }
+                MembershipEvent::NodeRestarted {
+                    node: p,
+                    generation,
+                } => format!("gossip: {} RESTARTED in generation {generation}", node(p)),
+                other => format!("gossip: {other:?}"),
+            });
+        }
+        for t in transitions {
+            cx.w.logf(self.me(), || match &t {
+                Transition::Up(p) => format!("view: {} is UP (gossip)", node(*p)),
+                Transition::Down { node: p, reason } => {
+                    format!("view: {} is DOWN ({reason})", node(*p))
+                }
+            });
+        }
+        if up {
+            self.handoff_up_event(cx);
+        }
+    }
+}
