@@ -31,7 +31,8 @@
 //! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
 //!   fallback's ack failed when its hint could not be kept), carried out as
 //!   `node/src/driver.rs` carries out its outputs; the core's `Writer` applying each queued
-//!   write (one per batch, FIFO, like the engine's single writer thread without group commit)
+//!   write (FIFO, group commits of up to `SIM_GROUP_COMMIT_MAX` jobs, like the engine's
+//!   single writer thread)
 //!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
 //!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
@@ -964,8 +965,8 @@ impl Sim {
                     }
                 }
             }
-            Event::Disk { node, gen, job } => {
-                self.on_node(node, gen, |n, cx| n.on_disk(cx, job));
+            Event::Disk { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_disk(cx));
             }
             Event::LocalRead { node, gen, op, key } => {
                 self.on_node(node, gen, |n, cx| n.on_local_read(cx, op, key));

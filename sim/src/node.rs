@@ -5,14 +5,15 @@
 //! between forwarding and coordinating and the peer request handlers are still this file's.
 //!
 //! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
-//! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for the disk is applied and
-//! becomes durable when its `Disk` event runs (one FIFO queue per node, like the engine's single
+//! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for
+//! the disk is applied and becomes durable in the group commit of the next `Disk` event (one
+//! FIFO queue per node, up to `SIM_GROUP_COMMIT_MAX` jobs per commit, like the engine's single
 //! writer thread); its acknowledgement is sent only then, and a crash before it loses the write.
 //! Everything else (the coordinator, the liveness view, requests in flight, the handoff loop,
 //! the writer with its next dot counter) is lost on a crash; a restart reopens the writer, which
 //! resumes dots at the persisted lease end, so no dot is minted twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use cairn_core::cleanup::{Action as CleanupAction, Cleanup, CleanupConfig};
@@ -59,6 +60,9 @@ use super::Sabotage;
 /// runs cross many lease boundaries; the rule (persist the lease end before using a counter
 /// under it, restart at the lease end) is the writer's own.
 pub const SIM_LEASE_BLOCK: u64 = 5;
+/// Jobs one group commit of a simulated writer takes at most (the engine's batches are larger;
+/// small here so batches of one, a few and a full one all occur).
+pub const SIM_GROUP_COMMIT_MAX: usize = 8;
 /// Hints a simulated node keeps per target unless the seed draws a small store (the node's
 /// `HINTS_PER_PEER_MAX` is 100,000, which no run reaches).
 pub const SIM_HINTS_PER_PEER_MAX: u64 = 100_000;
@@ -233,6 +237,60 @@ pub enum DiskJob {
     },
 }
 
+impl DiskJob {
+    /// The key it writes.
+    fn key(&self) -> &[u8] {
+        match self {
+            DiskJob::Update { key, .. }
+            | DiskJob::Merge { key, .. }
+            | DiskJob::AddHint { key, .. }
+            | DiskJob::HintDelivered { key, .. }
+            | DiskJob::Redirect { key, .. }
+            | DiskJob::Reap { key, .. }
+            | DiskJob::Drop { key, .. } => key,
+        }
+    }
+
+    /// The write it asks of the writer's batch (`None` for a redirect, applied write by write).
+    fn write(&self) -> Option<(Vec<u8>, Write)> {
+        let write = match self {
+            DiskJob::Update { ctx, payload, .. } => Write::Update {
+                ctx: ctx.clone(),
+                payload: payload.clone(),
+            },
+            DiskJob::Merge {
+                object, hint_for, ..
+            } => Write::Merge {
+                object: object.clone(),
+                hint_for: *hint_for,
+            },
+            DiskJob::AddHint { target, .. } => Write::AddHint { target: *target },
+            DiskJob::HintDelivered { target, seq, .. } => Write::HintDelivered {
+                target: *target,
+                seq: *seq,
+            },
+            DiskJob::Reap { expected, .. } | DiskJob::Drop { expected, .. } => {
+                Write::DropIfUnchanged {
+                    expected: expected.clone(),
+                }
+            }
+            DiskJob::Redirect { .. } => return None,
+        };
+        Some((self.key().to_vec(), write))
+    }
+
+    /// Whether its write's result is the key's new copy (not a hint change).
+    fn changes_object(&self) -> bool {
+        matches!(
+            self,
+            DiskJob::Update { .. }
+                | DiskJob::Merge { .. }
+                | DiskJob::Reap { .. }
+                | DiskJob::Drop { .. }
+        )
+    }
+}
+
 /// Where a merge's acknowledgement goes.
 #[derive(Debug)]
 pub enum MergeDone {
@@ -333,7 +391,10 @@ pub struct Running {
     minted: BTreeMap<RequestId, Dot>,
     put_tag: Option<(RequestId, WriteId)>,
     coord_timer: Option<Duration>,
-    disk_free_at: Duration,
+    /// Jobs queued for the disk, in order; a flush is scheduled while any wait.
+    disk_queue: VecDeque<DiskJob>,
+    /// A flush is scheduled.
+    disk_busy: bool,
     disk_pending: usize,
     /// Hints the disk finished (kept or failed), in issue order, for the driver.
     hints_done: u64,
@@ -475,7 +536,6 @@ impl SimNode {
     /// (a fresh store whose disk fails cannot record its metadata).
     pub fn start(&mut self, cx: &mut Ctx) -> bool {
         assert!(self.run.is_none(), "node started twice");
-        let now = cx.w.now;
         let instant = cx.w.instant();
         let peer_ids: Vec<NodeId> = cx.ids.iter().copied().filter(|&id| id != self.id).collect();
         let mut liveness = Liveness::new(self.id);
@@ -528,7 +588,8 @@ impl SimNode {
             minted: BTreeMap::new(),
             put_tag: None,
             coord_timer: None,
-            disk_free_at: now,
+            disk_queue: VecDeque::new(),
+            disk_busy: false,
             disk_pending: 0,
             hints_done: 0,
             handoff: Handoff::new(),
@@ -1425,27 +1486,95 @@ impl SimNode {
     // ---- the disk (engine.rs) ----
 
     fn queue_disk(&mut self, cx: &mut Ctx, job: DiskJob) {
-        let now = cx.w.now;
+        let run = self.run();
+        run.disk_queue.push_back(job);
+        run.disk_pending += 1;
+        if !run.disk_busy {
+            run.disk_busy = true;
+            self.arm_disk(cx);
+        }
+    }
+
+    /// Schedules the writer's next group commit (one writer: jobs become durable in the order
+    /// they were queued).
+    fn arm_disk(&mut self, cx: &mut Ctx) {
         let latency = cx.w.micros(50, 2000);
         let gen = self.gen;
+        cx.w.after(latency, Event::Disk { node: self.ix, gen });
+    }
+
+    /// The writer's group commit, as the engine's writer thread makes it: whatever queued
+    /// since the last one, up to `SIM_GROUP_COMMIT_MAX` jobs, applied in order by one
+    /// `apply_batch` and committed as one transaction (all durable or none), then each job
+    /// answered in order. A redirect, applied write by write until one fails, goes alone.
+    pub fn on_disk(&mut self, cx: &mut Ctx) {
         let run = self.run();
-        // One writer: jobs become durable in the order they were queued.
-        let at = run.disk_free_at.max(now) + latency;
-        run.disk_free_at = at;
-        run.disk_pending += 1;
-        cx.w.at(
-            at,
-            Event::Disk {
-                node: self.ix,
-                gen,
-                job,
-            },
-        );
+        let mut jobs = Vec::new();
+        while jobs.len() < SIM_GROUP_COMMIT_MAX {
+            let Some(next) = run.disk_queue.front() else {
+                break;
+            };
+            let alone = matches!(next, DiskJob::Redirect { .. });
+            if alone && !jobs.is_empty() {
+                break;
+            }
+            jobs.push(run.disk_queue.pop_front().expect("looked at"));
+            if alone {
+                break;
+            }
+        }
+        run.disk_pending -= jobs.len();
+        let writes: Vec<(Vec<u8>, Write)> = jobs.iter().filter_map(DiskJob::write).collect();
+        // The copies (and for a delivery, the hint) the batch finds in the store; each write
+        // then finds what the batch's earlier writes left.
+        let mut copies: BTreeMap<Vec<u8>, Object> = BTreeMap::new();
+        let mut hints = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let key = job.key();
+            if !copies.contains_key(key) {
+                copies.insert(key.to_vec(), self.object(key));
+            }
+            hints.push(match job {
+                DiskJob::HintDelivered { key, target, .. } => {
+                    self.store.hint(*target, key).ok().flatten()
+                }
+                _ => None,
+            });
+        }
+        let mut results = if writes.is_empty() {
+            Vec::new()
+        } else {
+            let store = &self.store;
+            let run = self.run.as_mut().expect("running");
+            run.writer
+                .apply_batch(store, &writes, &mut |b| store.commit(b))
+                .results
+        }
+        .into_iter();
+        for (job, hint) in jobs.into_iter().zip(hints) {
+            let before = copies[job.key()].clone();
+            let result = match job.write() {
+                Some(_) => results
+                    .next()
+                    .expect("one result per write")
+                    .map_err(ErrorReply::from),
+                None => Ok(Object::new()),
+            };
+            if let (Ok(after), true) = (&result, job.changes_object()) {
+                copies.insert(job.key().to_vec(), after.clone());
+            }
+            self.disk_done(cx, job, before, result, hint);
+        }
+        let run = self.run();
+        if run.disk_queue.is_empty() {
+            run.disk_busy = false;
+        } else {
+            self.arm_disk(cx);
+        }
     }
 
     /// Applies one write through the node's writer (`cairn_core::writer`) over this node's
-    /// store, as the engine's writer thread does for a batch; returns the copy before and the
-    /// writer's result.
+    /// store in a batch of its own; returns the copy before and the writer's result.
     fn write(&mut self, key: &[u8], write: Write) -> (Object, Result<Object, ErrorReply>) {
         let before = self.object(key);
         let store = &self.store;
@@ -1457,18 +1586,19 @@ impl SimNode {
         (before, result.map_err(ErrorReply::from))
     }
 
-    /// A queued write reaches the disk: apply it durably, then answer.
-    pub fn on_disk(&mut self, cx: &mut Ctx, job: DiskJob) {
-        self.run().disk_pending -= 1;
+    /// A queued job's write is durable (or failed): answer it. `before` is the copy its write
+    /// found, `hint` (for a delivery) the hint it found.
+    fn disk_done(
+        &mut self,
+        cx: &mut Ctx,
+        job: DiskJob,
+        before: Object,
+        result: Result<Object, ErrorReply>,
+        hint: Option<cairn_core::store::Hint>,
+    ) {
         match job {
-            DiskJob::Update {
-                key,
-                ctx,
-                payload,
-                op,
-                tag,
-            } => {
-                let (current, result) = self.write(&key, Write::Update { ctx, payload });
+            DiskJob::Update { key, op, tag, .. } => {
+                let current = before;
                 let result = match result {
                     Ok(next) => {
                         // The dots this update minted: its new siblings (more than one only
@@ -1515,11 +1645,11 @@ impl SimNode {
             }
             DiskJob::Merge {
                 key,
-                object,
                 hint_for,
                 done,
+                ..
             } => {
-                let (current, result) = self.write(&key, Write::Merge { object, hint_for });
+                let current = before;
                 let result = match result {
                     Ok(merged) => {
                         cx.w.logf(self.me(), || {
@@ -1563,7 +1693,6 @@ impl SimNode {
                 }
             }
             DiskJob::AddHint { seq, key, target } => {
-                let (_, result) = self.write(&key, Write::AddHint { target });
                 // As the driver's hint writer: a hint that cannot be kept is logged; read
                 // repair still repairs the key.
                 cx.w.logf(self.me(), || match &result {
@@ -1585,8 +1714,7 @@ impl SimNode {
                 run.driver.handle_hints_done(done);
                 self.drain(cx);
             }
-            DiskJob::Drop { key, expected } => {
-                let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
+            DiskJob::Drop { key, .. } => {
                 let outcome = result
                     .map(|left| left.is_empty())
                     .map_err(|e| e.to_string());
@@ -1616,8 +1744,7 @@ impl SimNode {
                 }
                 self.cleanup_pump(cx);
             }
-            DiskJob::Reap { key, expected } => {
-                let (before, result) = self.write(&key, Write::DropIfUnchanged { expected });
+            DiskJob::Reap { key, .. } => {
                 let outcome = result
                     .map(|left| left.is_empty())
                     .map_err(|e| e.to_string());
@@ -1661,9 +1788,7 @@ impl SimNode {
                 });
             }
             DiskJob::HintDelivered { key, target, seq } => {
-                let before = self.store.hint(target, &key).ok().flatten();
-                let (_, result) = self.write(&key, Write::HintDelivered { target, seq });
-                let deleted = before.is_some_and(|h| h.seq == seq) && result.is_ok();
+                let deleted = hint.is_some_and(|h| h.seq == seq) && result.is_ok();
                 cx.w.logf(self.me(), || {
                     format!(
                         "disk: hint for {} {} delivered, {}",

@@ -12,7 +12,6 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::msg::{Addr, Body, Envelope};
-use super::node::DiskJob;
 
 /// Index of a simulated node, `0..nodes`.
 pub type NodeIx = usize;
@@ -33,14 +32,13 @@ pub enum TransportFailure {
 pub enum Event {
     /// A message arrives.
     Deliver(Envelope),
-    /// A queued write of node `node` (incarnation `gen`) reaches its disk and becomes durable.
+    /// The writer of node `node` (incarnation `gen`) makes its next group commit of the jobs
+    /// queued for its disk.
     Disk {
         /// The node.
         node: NodeIx,
-        /// Its incarnation when the write was queued: a crash in between loses the write.
+        /// Its incarnation when the commit was scheduled: a crash in between loses the jobs.
         gen: u64,
-        /// The write.
-        job: DiskJob,
     },
     /// A local read finished (local reads skip the write queue, as in the engine).
     LocalRead {

@@ -270,10 +270,12 @@ fn regression_1_acks_wait_for_hints() {
 /// Fixed in `cairn_core::driver`: a failed hint is reported (`handle_hint_failed`), and a held
 /// acknowledgement for that key at a node that is not its primary becomes an error saying the
 /// write may not reach its replicas. `DriverSabotage::AckDespiteFailedHint` puts the bug back,
-/// and the checker catches it within `BUG_4_SEEDS_MAX` seeds.
+/// and the checker catches it within `BUG_4_SEEDS_MAX` seeds (at seed 1223 since the simulated
+/// writer makes group commits as the engine does, the fallback's update and its hints often in
+/// one commit; within 300 when each write was a commit of its own).
 #[test]
 fn regression_4_a_fallback_does_not_ack_a_write_whose_hint_failed() {
-    const BUG_4_SEEDS_MAX: u64 = 300;
+    const BUG_4_SEEDS_MAX: u64 = 1500;
     // Without layout changes: hints are what this is about, and the changes' transfers and
     // operator crashes move the runs away from the small hint stores that show it.
     let fixed = Options {
