@@ -753,6 +753,18 @@ mod tests {
         )
     }
 
+    /// The one-byte keys behind `hashes`.
+    fn one_byte_keys(hashes: &[KeyHash]) -> Vec<Option<Vec<u8>>> {
+        hashes
+            .iter()
+            .map(|h| {
+                (0..=255u8)
+                    .find(|&k| KeyHash::of_key(&[k]) == *h)
+                    .map(|k| vec![k])
+            })
+            .collect()
+    }
+
     /// Runs an exchange between `ours` and `theirs` to the end; every key repair is answered
     /// with an empty object (nothing stored), so only the actions are checked.
     fn run(ours: &MerkleTree, theirs: &MerkleTree) -> Vec<Action> {
@@ -766,25 +778,11 @@ mod tests {
             match action {
                 Action::Turn => ex.turn(ours).unwrap(),
                 Action::LocalKeys(hashes) => {
-                    let keys = hashes
-                        .iter()
-                        .map(|h| {
-                            (0..=255u8)
-                                .find(|&k| KeyHash::of_key(&[k]) == *h)
-                                .map(|k| vec![k])
-                        })
-                        .collect();
+                    let keys = one_byte_keys(&hashes);
                     assert!(ex.handle_local_keys(keys).unwrap().is_empty());
                 }
                 Action::PeerKeys(hashes) => {
-                    let keys = hashes
-                        .iter()
-                        .map(|h| {
-                            (0..=255u8)
-                                .find(|&k| KeyHash::of_key(&[k]) == *h)
-                                .map(|k| vec![k])
-                        })
-                        .collect();
+                    let keys = one_byte_keys(&hashes);
                     assert_eq!(ex.handle_peer_keys(keys).unwrap(), 0);
                 }
                 Action::Repair(batch) => {

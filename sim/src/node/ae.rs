@@ -195,14 +195,7 @@ impl SimNode {
                     }
                 }
                 Action::LocalKeys(hashes) => {
-                    let keys = hashes
-                        .iter()
-                        .map(|h| {
-                            self.store
-                                .key_for_hash(h)
-                                .expect("the simulated store reads")
-                        })
-                        .collect();
+                    let keys = self.ae_keys_for(&hashes);
                     let x = self.ae().exchanges.get_mut(&id).expect("exchange");
                     if let Err(e) = x.exchange.handle_local_keys(keys) {
                         return self.ae_end(cx, id, Err(e.to_string()));
@@ -450,14 +443,18 @@ impl SimNode {
                 reason: format!("key hash {stray:?} is not in partition {partition}"),
             });
         }
-        let keys = hashes
+        Ok(PeerResp::Keys(self.ae_keys_for(hashes)))
+    }
+
+    /// The stored keys behind `hashes` (the store's key-hash index).
+    fn ae_keys_for(&self, hashes: &[KeyHash]) -> Vec<Option<Vec<u8>>> {
+        hashes
             .iter()
             .map(|h| {
                 self.store
                     .key_for_hash(h)
                     .expect("the simulated store reads")
             })
-            .collect();
-        Ok(PeerResp::Keys(keys))
+            .collect()
     }
 }
