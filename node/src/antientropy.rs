@@ -22,10 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_antientropy::KeyHash;
-pub use cairn_core::antientropy::TokenBucket;
 use cairn_core::antientropy::{
     refusal, round_jobs, Action, Direction, Exchange, ExchangeFault, KeyRepair, RepairStep,
-    Responders,
+    Responders, TokenBucket,
 };
 use cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX;
 use cairn_proto::{AntiEntropyStatus, ErrorReply, NodeId, PeerRequest, PeerResponse};

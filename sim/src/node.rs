@@ -1,8 +1,10 @@
-//! One simulated node: the core's request driver, forwarder and forward table, writer, liveness
-//! and handoff policies (anti-entropy in `ae`, gossip membership in `gossip`), carried out over
-//! the simulated world as `node/src/driver.rs`,
-//! `server/dispatch.rs`, `engine.rs`, `peers.rs` and `handoff.rs` carry them out; the choice
-//! between forwarding and coordinating and the peer request handlers are still this file's.
+//! One simulated node: the core's request driver, route, forwarder and forward table, writer,
+//! liveness and handoff policies (anti-entropy in `ae`, gossip membership in `gossip`), carried
+//! out over the simulated world as `node/src/driver.rs`, `server/dispatch.rs`, `engine.rs`,
+//! `peers.rs` and `handoff.rs` carry them out. This file's own: the match that hands each peer
+//! request to the writer, the store, the layout or a core machine (as `handle_peer` does), and
+//! `strict_routing`, a stricter policy than the node's (a write off its chosen replicas refused)
+//! that only the simulator's sweeps try.
 //!
 //! Durability: the node's writer (`cairn_core::writer`, the engine's own batch application)
 //! over a `SimDisk` that survives a crash (unless the data directory is lost). A write queued for
@@ -1553,12 +1555,15 @@ impl SimNode {
         .into_iter();
         for (job, hint) in jobs.into_iter().zip(hints) {
             let before = copies[job.key()].clone();
-            let result = match job.write() {
-                Some(_) => results
+            // A redirect's writes are its own (`disk_done` applies them); every other job had
+            // one write in the batch.
+            let result = if matches!(job, DiskJob::Redirect { .. }) {
+                Ok(Object::new())
+            } else {
+                results
                     .next()
                     .expect("one result per write")
-                    .map_err(ErrorReply::from),
-                None => Ok(Object::new()),
+                    .map_err(ErrorReply::from)
             };
             if let (Ok(after), true) = (&result, job.changes_object()) {
                 copies.insert(job.key().to_vec(), after.clone());

@@ -44,10 +44,6 @@ pub struct AntiEntropy {
     exchanges: BTreeMap<u64, Running>,
     next_session: u64,
     responders: Responders,
-    /// Exchanges that ended.
-    done: u64,
-    /// Keys repaired by this node's exchanges.
-    repaired: u64,
 }
 
 impl AntiEntropy {
@@ -59,18 +55,15 @@ impl AntiEntropy {
             exchanges: BTreeMap::new(),
             next_session: 0,
             responders: Responders::new(AE_RESPONDER_SESSIONS_MAX, AE_SESSION_IDLE_MAX),
-            done: 0,
-            repaired: 0,
         }
     }
 }
 
-/// One exchange this node started.
+/// One exchange this node started (its session id is its key in `exchanges`).
 #[derive(Debug)]
 struct Running {
     partition: PartitionId,
     peer: NodeId,
-    session: u64,
     exchange: Exchange,
     /// Key repairs of the current batch not yet over.
     outstanding: usize,
@@ -151,7 +144,6 @@ impl SimNode {
                 Running {
                     partition,
                     peer,
-                    session,
                     exchange,
                     outstanding: 0,
                     repaired: 0,
@@ -379,12 +371,9 @@ impl SimNode {
                 "anti-entropy p{} with {} s{:x}: failed: {e}",
                 x.partition,
                 node(x.peer),
-                x.session
+                id
             ),
         });
-        let ae = self.ae();
-        ae.done += 1;
-        ae.repaired += outcome.unwrap_or(0);
         if !self.ae_start_more(cx) {
             self.arm_anti_entropy(cx);
         }
