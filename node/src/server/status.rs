@@ -36,10 +36,15 @@ pub(super) fn ring_reply(shared: &Shared) -> RingReply {
             partitions: Vec::new(),
         };
     };
-    let name = |id: &NodeId| {
-        view.members
-            .get(id)
-            .map_or_else(|| id.to_string(), |m| m.name.clone())
+    // Gossip's name, else the layout's (a node that just restarted holds the layout before it
+    // has heard its peers' gossip), else the id.
+    let name = |id: &NodeId| match view.members.get(id) {
+        Some(m) => m.name.clone(),
+        None => view
+            .layout
+            .as_deref()
+            .and_then(|l| l.name(*id))
+            .map_or_else(|| id.to_string(), str::to_owned),
     };
     RingReply {
         replicas: crate::coordinator::replicas(ring) as u8,
