@@ -23,7 +23,8 @@ const SOURCES_PER_RELAY_MAX: usize = 256;
 struct Shared {
     /// Private address of node `i`, once it is known.
     backends: RwLock<Vec<Option<SocketAddr>>>,
-    /// Pairs of node indexes (both orders) whose traffic is dropped.
+    /// (sender, receiver) pairs of node indexes whose traffic is dropped; a partition blocks
+    /// both orders.
     blocked: RwLock<BTreeSet<(usize, usize)>>,
 }
 
@@ -101,6 +102,16 @@ impl Relays {
                 }
             }
         }
+    }
+
+    /// Drops what node `from` sends to node `to`, and nothing the other way: `to`'s requests
+    /// arrive, the answers to them are lost. Adds to whatever is already cut.
+    pub fn block(&self, from: usize, to: usize) {
+        self.shared
+            .blocked
+            .write()
+            .expect("blocked lock")
+            .insert((from, to));
     }
 
     /// Restores every link.
