@@ -10,6 +10,7 @@ pub use memory::MemoryStore;
 
 use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
+use cairn_ring::{PartitionId, RingConfig};
 
 /// The node's identity and dot-counter lease, kept with its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,32 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<u64, StoreError>;
+    /// Calls `visit(key, encoded object)` for every stored object of `partition` (under
+    /// `config`) that comes after the key `after` (from the partition's first when `None`) in
+    /// the store's partition order, over one consistent snapshot, until `visit` returns false.
+    /// Returns how many objects were visited. The order is the store's own but fixed, so pages
+    /// that each start after the last key of the one before walk the partition once. The
+    /// default walks [`Store::scan_objects`] in key order and skips other partitions' keys,
+    /// which reads the whole store per partition: fine for a map. The redb store walks its
+    /// key-hash index instead (key-hash order, where a partition's keys lie together) and reads
+    /// only the partition's own objects.
+    fn scan_partition(
+        &self,
+        config: RingConfig,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut seen = 0;
+        self.scan_objects(after, &mut |key, object| {
+            if config.partition_of(key) != partition {
+                return true;
+            }
+            seen += 1;
+            visit(key, object)
+        })?;
+        Ok(seen)
+    }
     /// Up to `limit` hints for `target`, in key order.
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError>;
     /// The hint for (`target`, `key`), if any.

@@ -116,7 +116,7 @@ pub struct SendId(u64);
 /// A page of a partition's keys, read by the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    /// Keys after the asked-for cursor, in key order, within the asked-for limits (a single
+    /// Keys after the asked-for cursor, in the store's partition order, within the asked-for limits (a single
     /// entry may exceed the byte limit). Empty: the partition has no more keys.
     pub entries: Vec<TransferEntry>,
     /// Whether the store has no key after the last entry.
@@ -740,10 +740,10 @@ impl TransferMachine {
     }
 }
 
-/// Reads the next page of `partition` from `store`: its keys after `after`, in key order, up to
-/// `keys_max` keys or the entry that reaches `bytes_max` bytes (one snapshot scan that starts
-/// after `after` and skips other partitions' keys, so a partition's pages together walk the
-/// store once). The node and the simulator answer [`Action::Scan`] with it.
+/// Reads the next page of `partition` from `store`: its keys after `after`, in the store's
+/// partition order ([`Store::scan_partition`]), up to `keys_max` keys or the entry that reaches
+/// `bytes_max` bytes (one snapshot scan that starts after `after`, so a partition's pages
+/// together walk it once). The node and the simulator answer [`Action::Scan`] with it.
 pub fn read_page(
     store: &dyn Store,
     config: RingConfig,
@@ -755,10 +755,7 @@ pub fn read_page(
     let mut entries = Vec::new();
     let mut bytes = 0u64;
     let mut more = false;
-    store.scan_objects(after, &mut |key, object| {
-        if config.partition_of(key) != partition {
-            return true;
-        }
+    store.scan_partition(config, partition, after, &mut |key, object| {
         if entries.len() >= keys_max || bytes >= bytes_max {
             more = true;
             return false;

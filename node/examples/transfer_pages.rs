@@ -1,7 +1,9 @@
-//! Benchmark: what reading one partition's transfer pages costs a node's redb store, with the
-//! ranged scan (`transfer::read_page`, each page starting after the last key sent) and with the
-//! page read as it was before issue 11 (every page walked the store from its first key and
-//! skipped the keys up to the cursor), so the difference can be measured on one binary.
+//! Benchmark: what reading one partition's transfer pages costs a node's redb store, three ways
+//! on one binary: `transfer::read_page` as it is (the partition's own keys through the
+//! key-hash index, `Store::scan_partition`); as it was before (each page a scan of the objects
+//! in key order from the cursor on, skipping other partitions' keys, so each partition walks
+//! the whole store); and as it was before issue 11 (every page walked the store from its first
+//! key and skipped the keys up to the cursor).
 //!
 //! Timing, so a benchmark rather than a test:
 //! `cargo run --release -p cairn-node --example transfer_pages -- [KEYS] [VALUE_BYTES] [PARTITIONS]`
@@ -52,10 +54,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     type ReadPage = fn(&dyn Store, RingConfig, PartitionId, Option<&[u8]>, usize, u64) -> Page;
     let ranged: ReadPage = |s, c, p, a, k, b| read_page(s, c, p, a, k, b).expect("read page");
+    let key_order: ReadPage =
+        |s, c, p, a, k, b| read_page_in_key_order(s, c, p, a, k, b, false).expect("read page");
     let from_start: ReadPage =
-        |s, c, p, a, k, b| read_page_from_start(s, c, p, a, k, b).expect("read page");
-    // The old read first, so the ranged one does not run on pages the old one left cold.
-    for (name, read) in [("from the first key", from_start), ("ranged", ranged)] {
+        |s, c, p, a, k, b| read_page_in_key_order(s, c, p, a, k, b, true).expect("read page");
+    // The old reads first, so the new one does not run on pages the old ones left cold.
+    for (name, read) in [
+        ("from the first key", from_start),
+        ("key order", key_order),
+        ("partition index", ranged),
+    ] {
         let mut total = Duration::ZERO;
         let mut pages = 0;
         let mut entries = 0;
@@ -91,20 +99,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `transfer::read_page` as it was before issue 11: a scan from the store's first key that skips
-/// the keys up to the cursor, so the k-th page walks k pages' share of the store first.
-fn read_page_from_start(
+/// `transfer::read_page` as it was: a scan of the objects in key order from the cursor on that
+/// skips other partitions' keys; with `from_start`, as it was before issue 11, from the store's
+/// first key, skipping the keys up to the cursor too (the k-th page walks k pages' share of the
+/// store first).
+fn read_page_in_key_order(
     store: &dyn Store,
     config: RingConfig,
     partition: PartitionId,
     after: Option<&[u8]>,
     keys_max: usize,
     bytes_max: u64,
+    from_start: bool,
 ) -> Result<Page, StoreError> {
     let mut entries = Vec::new();
     let mut bytes = 0u64;
     let mut more = false;
-    store.scan_objects(None, &mut |key, object| {
+    let scan_after = if from_start { None } else { after };
+    store.scan_objects(scan_after, &mut |key, object| {
         if after.is_some_and(|a| key <= a) || config.partition_of(key) != partition {
             return true;
         }

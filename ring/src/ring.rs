@@ -104,6 +104,19 @@ impl RingConfig {
             .checked_shr(64 - bits)
             .map_or(0, |p| p as PartitionId)
     }
+
+    /// The key hashes of `partition` as a range of their first 8 bytes (big-endian): every
+    /// hash at or above the first bound and (unless it is the last partition, `None`) below the
+    /// second. A partition is a hash's top bits, so in a table ordered by key hash its keys
+    /// lie together between these bounds.
+    pub fn hash_prefix_range(&self, partition: PartitionId) -> ([u8; 8], Option<[u8; 8]>) {
+        let bits = self.partitions.trailing_zeros();
+        // With Q = 1 the shift is 64 (`None`): the single partition holds every hash.
+        let start = |p: u64| p.checked_shl(64 - bits).unwrap_or(0).to_be_bytes();
+        let next = u64::from(partition) + 1;
+        let end = (next < u64::from(self.partitions)).then(|| start(next));
+        (start(u64::from(partition)), end)
+    }
 }
 
 /// The replicas of one partition, in the order a coordinator should try them.

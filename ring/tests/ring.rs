@@ -368,6 +368,27 @@ fn partition_of_is_stable() {
     assert_eq!(max.partition_of(b"hello") >> 6, ring.partition_of(b"hello"));
 }
 
+/// A partition's hash range holds exactly its keys' hashes, for every Q from 1 to the largest.
+#[test]
+fn a_partitions_hash_prefix_range_holds_exactly_its_keys() {
+    for q in [1, 2, 8, 64, PARTITIONS_MAX] {
+        let config = config(q, 1);
+        for i in 0..2000u32 {
+            let key = format!("key-{i}");
+            let hash = blake3::hash(key.as_bytes());
+            let prefix: [u8; 8] = hash.as_bytes()[..8].try_into().unwrap();
+            let p = config.partition_of(key.as_bytes());
+            for probe in [p, p.saturating_sub(1), (p + 1).min(q - 1)] {
+                let (start, end) = config.hash_prefix_range(probe);
+                let inside = prefix >= start && end.is_none_or(|e| prefix < e);
+                assert_eq!(inside, probe == p, "Q {q}, key {key}, partition {probe}");
+            }
+        }
+        assert_eq!(config.hash_prefix_range(0).0, [0; 8]);
+        assert_eq!(config.hash_prefix_range(q - 1).1, None);
+    }
+}
+
 #[test]
 fn partition_of_spreads_keys() {
     let ring = Ring::new(config(64, 3), &members(3)).unwrap();

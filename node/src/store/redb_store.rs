@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_antientropy::KeyHash;
 use cairn_proto::NodeId;
+use cairn_ring::{PartitionId, RingConfig};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_bytes::Bytes;
 
@@ -687,6 +688,59 @@ impl Store for RedbStore {
         Ok(seen)
     }
 
+    /// In key-hash order: the `key_hashes` table is ordered by hash and a partition is a hash's
+    /// top bits, so the partition's entries lie together and a page reads only its own objects
+    /// (a scan of `objects` in key order would read every other partition's objects to skip
+    /// them, once per moving partition).
+    fn scan_partition(
+        &self,
+        config: RingConfig,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.flush_for_read()?;
+        let txn = self.with_db(|db| db.begin_read().map_err(io("begin read")))?;
+        let hashes = txn.open_table(KEY_HASHES).map_err(io("open table"))?;
+        let objects = txn.open_table(OBJECTS).map_err(io("open table"))?;
+        let (first, end) = config.hash_prefix_range(partition);
+        let after_hash = after.map(|k| KeyHash::of_key(k).0);
+        let start = match &after_hash {
+            // A cursor from another partition would start the range outside this one.
+            Some(h) if config.partition_of_hash(h) == partition => Bound::Excluded(&h[..]),
+            Some(h) if h[..8] >= first[..] => return Ok(0),
+            _ => Bound::Included(&first[..]),
+        };
+        let end = end
+            .as_ref()
+            .map_or(Bound::Unbounded, |e| Bound::Excluded(&e[..]));
+        let range = hashes
+            .range::<&[u8]>((start, end))
+            .map_err(io("scan key hashes"))?;
+        let mut seen = 0;
+        for entry in range {
+            let (_, key) = entry.map_err(io("scan key hashes"))?;
+            let key = key.value();
+            // Written and removed in the same transactions as the objects they name.
+            let object = objects
+                .get(key)
+                .map_err(io("read"))?
+                .ok_or_else(|| StoreError::Io {
+                    op: "scan partition",
+                    reason: format!(
+                        "the key-hash index names key {:?} of partition {partition}, which has \
+                         no object",
+                        String::from_utf8_lossy(key)
+                    ),
+                })?;
+            seen += 1;
+            if !visit(key, object.value()) {
+                break;
+            }
+        }
+        Ok(seen)
+    }
+
     fn hints(&self, target: NodeId, limit: usize) -> Result<Vec<Hint>, StoreError> {
         let table = self.read_table(HINTS)?;
         let start = hint_key(target, &[]);
@@ -902,6 +956,80 @@ mod tests {
 
     fn get(store: &RedbStore, key: &[u8]) -> Option<Vec<u8>> {
         store.get(key).unwrap()
+    }
+
+    /// Issue 11: a partition's pages visit exactly its keys, each once, and nothing of any other
+    /// partition, including keys removed, written since the last durable commit (still in the
+    /// log only) and a cursor from another partition.
+    #[test]
+    fn a_partition_scan_visits_exactly_its_keys_in_pages() {
+        let config = cairn_ring::RingConfig {
+            partitions: 8,
+            replicas: 3,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..400).map(|i| format!("k{i}").into_bytes()).collect();
+        store
+            .commit(&Batch {
+                puts: keys.iter().map(|k| (k.clone(), k.repeat(2))).collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .commit(&Batch {
+                removes: keys[..50].to_vec(),
+                ..Batch::default()
+            })
+            .unwrap();
+        for partition in 0..8 {
+            let mut want: Vec<&Vec<u8>> = keys[50..]
+                .iter()
+                .filter(|k| config.partition_of(k) == partition)
+                .collect();
+            want.sort();
+            let mut got = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let mut page = Vec::new();
+                store
+                    .scan_partition(config, partition, after.as_deref(), &mut |k, o| {
+                        assert_eq!(o, k.repeat(2), "the object stored under {k:?}");
+                        page.push(k.to_vec());
+                        page.len() < 7
+                    })
+                    .unwrap();
+                let Some(last) = page.last().cloned() else {
+                    break;
+                };
+                after = Some(last);
+                got.extend(page);
+            }
+            got.sort();
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                want,
+                "partition {partition}"
+            );
+            let elsewhere = keys[50..]
+                .iter()
+                .find(|k| config.partition_of(k) != partition)
+                .unwrap();
+            let mut from_elsewhere = Vec::new();
+            store
+                .scan_partition(config, partition, Some(elsewhere), &mut |k, _| {
+                    from_elsewhere.push(k.to_vec());
+                    true
+                })
+                .unwrap();
+            assert!(
+                from_elsewhere
+                    .iter()
+                    .all(|k| config.partition_of(k) == partition),
+                "a cursor of partition {} led partition {partition}'s scan astray",
+                config.partition_of(elsewhere)
+            );
+        }
     }
 
     #[test]
