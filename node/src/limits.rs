@@ -149,8 +149,9 @@ pub use cairn_core::limits::{
 /// Answers (pages read, batches sent) waiting for the transfer task; at most one per active
 /// partition is outstanding, so this is never reached in practice.
 pub const TRANSFER_RESULTS_QUEUE_MAX: usize = 64;
-/// Keys of one transfer batch merged into the target at once.
-pub const TRANSFER_SENDS_IN_FLIGHT_MAX: usize = 16;
+/// Peer batches of one transfer send in flight to its target at once (a default page of 128
+/// keys or 1 MiB is one or two batches).
+pub const TRANSFER_BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Defined with the transfer machine's limits, which the simulator runs too.
 pub use cairn_core::limits::TRANSFER_REQUEST_TIMEOUT;
 /// Defined by the pure core's transfer machine, which enforces them.

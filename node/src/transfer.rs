@@ -5,27 +5,26 @@
 //! fence reaches it, and publishes where the transfer stands for `cairn status`. Every layout
 //! change goes through `Membership::change_layout`: persisted, then routed by, then gossiped.
 //!
-//! Pages are read from the store in key order (a snapshot scan that starts after the last key
-//! sent and skips other partitions), and each key goes to the new replica as the ordinary
-//! `PeerRequest::Replicate` without a hint: the receiver merges it with `sync`, so nothing it
+//! Pages are read from the store a partition at a time (`Store::scan_partition`, a snapshot scan
+//! that starts after the last key sent), and their keys go to the new replica in peer batches of
+//! the ordinary replicate without a hint: the receiver merges each with `sync`, so nothing it
 //! holds is overwritten and sending twice is harmless.
 
 use std::sync::Arc;
 
-use cairn_core::peer::ack;
 use cairn_core::transfer::{
     read_page, Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
 };
 use cairn_layout::Layout;
-use cairn_proto::{NodeId, PeerRequest};
+use cairn_proto::{BatchAnswer, BatchItem, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::limits::{
+    PEER_BATCH_BYTES_MAX, PEER_BATCH_ITEMS_MAX, TRANSFER_BATCHES_IN_FLIGHT_MAX,
     TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX, TRANSFER_RETRY_MAX,
-    TRANSFER_SENDS_IN_FLIGHT_MAX,
 };
 use crate::membership::Membership;
 use crate::peers::Peers;
@@ -204,31 +203,120 @@ async fn record_pushed(ctx: &TransferContext, version: u64) {
     }
 }
 
-/// Merges every entry into `to`, `TRANSFER_SENDS_IN_FLIGHT_MAX` at a time; the first failure
-/// fails the batch (the machine sends it again; merging twice is harmless).
+/// Merges every entry into `to` in peer batches: `PeerRequest::Batch` of replicates without a
+/// hint, at most `PEER_BATCH_ITEMS_MAX` entries and about `PEER_BATCH_BYTES_MAX` bytes each (an
+/// entry larger than that goes alone), `TRANSFER_BATCHES_IN_FLIGHT_MAX` at a time. A batch is one
+/// frame on one stream and one group commit at the target, where a request per key cost a
+/// stream, a task and a writer round on both sides. The first failure fails the whole send
+/// (the machine sends it again; merging twice is harmless).
 async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Result<(), String> {
-    for chunk in entries.chunks(TRANSFER_SENDS_IN_FLIGHT_MAX) {
+    let batches = batches(entries);
+    for group in batches.chunks(TRANSFER_BATCHES_IN_FLIGHT_MAX) {
         let mut set = tokio::task::JoinSet::new();
-        for e in chunk {
+        for batch in group {
             let peers = peers.clone();
-            let req = PeerRequest::Replicate {
-                key: e.key.clone(),
-                object: e.object.clone(),
-                hint_for: None,
-            };
+            let items: Vec<BatchItem> = batch
+                .iter()
+                .map(|e| BatchItem::Replicate {
+                    key: e.key.clone(),
+                    object: e.object.clone(),
+                    hint_for: None,
+                })
+                .collect();
+            let n = items.len();
             set.spawn(async move {
-                peers
-                    .call_for(to, "transfer", req, TRANSFER_REQUEST_TIMEOUT, ack)
+                let answers = peers
+                    .call_for(
+                        to,
+                        "transfer",
+                        PeerRequest::Batch(items),
+                        TRANSFER_REQUEST_TIMEOUT,
+                        |answer| match answer {
+                            PeerResponse::Batch(answers) => Ok(answers),
+                            other => Err(other),
+                        },
+                    )
                     .await
+                    .map_err(|e| e.to_string())?;
+                if answers.len() != n {
+                    return Err(format!(
+                        "a transfer batch of {n} keys was answered with {} answers",
+                        answers.len()
+                    ));
+                }
+                match answers.into_iter().find_map(|a| match a {
+                    Ok(BatchAnswer::Ack) => None,
+                    Ok(other) => Some(format!("a transferred key answered with {other:?}")),
+                    Err(e) => Some(format!("a transferred key was refused: {e}")),
+                }) {
+                    Some(failure) => Err(failure),
+                    None => Ok(()),
+                }
             });
         }
         while let Some(r) = set.join_next().await {
             match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(format!("send task: {e}")),
             }
         }
     }
     Ok(())
+}
+
+/// `entries` cut into peer batches, in order: a batch ends at `PEER_BATCH_ITEMS_MAX` entries or
+/// at the entry that would take it past `PEER_BATCH_BYTES_MAX` bytes.
+fn batches(entries: &[TransferEntry]) -> Vec<&[TransferEntry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let size = e.key.len() + e.object.len();
+        if i > start && (i - start == PEER_BATCH_ITEMS_MAX || bytes + size > PEER_BATCH_BYTES_MAX) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize, bytes: usize) -> TransferEntry {
+        TransferEntry {
+            key: format!("{i:04}").into_bytes(),
+            object: vec![0; bytes - 4],
+        }
+    }
+
+    #[test]
+    fn batches_keep_order_and_limits_and_a_large_entry_goes_alone() {
+        let sizes = [
+            PEER_BATCH_BYTES_MAX / 2,
+            PEER_BATCH_BYTES_MAX / 2,
+            1000,
+            PEER_BATCH_BYTES_MAX * 3,
+            10,
+        ];
+        let mut entries: Vec<TransferEntry> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| entry(i, *b))
+            .collect();
+        entries.extend((5..5 + PEER_BATCH_ITEMS_MAX + 1).map(|i| entry(i, 100)));
+        let got = batches(&entries);
+        let lens: Vec<usize> = got.iter().map(|b| b.len()).collect();
+        // Two halves fill a batch; the next entry starts one; the large one is alone; the
+        // small entries after it fill a batch to the item limit.
+        assert_eq!(lens, [2, 1, 1, PEER_BATCH_ITEMS_MAX, 2]);
+        let flat: Vec<&TransferEntry> = got.iter().flat_map(|b| b.iter()).collect();
+        assert_eq!(flat, entries.iter().collect::<Vec<_>>());
+        assert!(batches(&[]).is_empty());
+    }
 }
