@@ -182,6 +182,13 @@ fn print_plan(plan: &LayoutChangeReply) {
             "the new version spreads by gossip; it stays in transition until its partitions are \
              transferred (`cairn status`)"
         );
+        if !plan.unconfirmed.is_empty() {
+            println!(
+                "not confirmed with {} (no answer): a change applied there at the same moment \
+                 could still supersede this one; check `cairn status` once they are reachable",
+                plan.unconfirmed.join(", ")
+            );
+        }
     }
 }
 

@@ -202,6 +202,15 @@ impl Layout {
         &self.versions
     }
 
+    /// Whether `ours` (a version this node applied) survived the merges since: a live version
+    /// is it, or the history went past its number (its successor can only have been planned by
+    /// someone holding it or its rival; a change's confirmation runs long before that). False
+    /// when a rival change against the same version won the merge.
+    pub fn kept(&self, ours: &crate::LayoutVersion) -> bool {
+        self.current().version() > ours.version()
+            || self.versions.iter().any(|v| v.digest() == ours.digest())
+    }
+
     /// Whether no change is in flight.
     pub fn is_settled(&self) -> bool {
         self.versions.len() == 1

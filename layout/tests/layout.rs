@@ -323,6 +323,18 @@ fn conflicting_proposals_converge_on_one_winner_and_the_losers_progress_is_dropp
     let acks: Vec<bool> = (1..=2).map(|i| a2.has_acked(id(i))).collect();
     assert_eq!(acks.iter().filter(|x| **x).count(), 1);
     assert_eq!(a2.merge(&b2), MergeOutcome::Unchanged, "idempotent");
+    // Each proposer can tell from the merged history whether its change was kept.
+    let (ours_a, ours_b) = (a.current().clone(), b.current().clone());
+    assert_ne!(
+        a2.kept(&ours_a),
+        a2.kept(&ours_b),
+        "exactly one change is kept"
+    );
+    assert_eq!(a2.kept(&ours_a), winner == ours_a.digest());
+    assert!(
+        a.kept(&ours_a) && !a.kept(&ours_b),
+        "before any merge, each keeps its own"
+    );
 }
 
 #[test]

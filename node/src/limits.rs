@@ -79,6 +79,11 @@ pub const LAYOUT_EXCHANGES_MAX: usize = 4;
 /// How long one layout exchange may take (a layout is at most a few megabytes; the next round
 /// tries again).
 pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an applied layout change waits for each member's answer when it is confirmed with
+/// every member (a member slower than this is named as not confirmed): shorter than the
+/// exchange's own timeout, as an operator's command waits for it, with the plan's counting
+/// (`PLAN_SIZES_TIMEOUT`), within the CLI's request timeout.
+pub const LAYOUT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first wait before a degraded node's writer tries to recover its store in place (reopen
 /// redb, replay the log) after a failed commit; each failed attempt doubles it.
 pub const STORAGE_PROBE_RETRY_BASE: Duration = Duration::from_millis(200);

@@ -11,7 +11,7 @@
 //! ACK as its response, then sends the ACK2 as a second request on the same connection. The
 //! responder never dials back, so a joiner whose address nobody knows yet is answered too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +21,7 @@ use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
     Payload, Status, Storage, Transmit, Value,
 };
-use cairn_layout::{Change, Layout, LayoutError, MergeOutcome, Plan};
+use cairn_layout::{Change, Layout, LayoutError, LayoutVersion, MergeOutcome, Plan};
 use cairn_proto::{
     ErrorReply, LayoutChangeReply, MemberStatus, NodeId, PartitionMoveReply, PartitionSize,
     PeerRequest, PeerResponse,
@@ -35,8 +35,8 @@ use tracing::{debug, info, warn};
 use crate::config::NodeConfig;
 use crate::layout::{Held, LayoutFileError, NodeLayout, Stamp};
 use crate::limits::{
-    GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_EXCHANGES_MAX,
-    LAYOUT_EXCHANGE_TIMEOUT, PLAN_SIZES_TIMEOUT,
+    GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_CONFIRM_TIMEOUT,
+    LAYOUT_EXCHANGES_MAX, LAYOUT_EXCHANGE_TIMEOUT, PLAN_SIZES_TIMEOUT,
 };
 use crate::peers::{exchange_on, Peers};
 use crate::trees::Trees;
@@ -884,7 +884,72 @@ impl Membership {
             "layout change applied: {}",
             describe(&change, &before)
         );
-        Ok(self.plan_reply(&before, &plan, true))
+        let unconfirmed = self.confirm_change(&plan.next).await?;
+        let mut reply = self.plan_reply(&before, &plan, true);
+        reply.unconfirmed = unconfirmed;
+        Ok(reply)
+    }
+
+    /// After this node applied the layout version `ours`: sends the layout to every other
+    /// member of its live versions at once (a departed node excepted) and merges what each
+    /// answers, so that a change another operator applied at the same moment, against the same
+    /// version, meets this one now and the command that lost hears it, instead of one of them
+    /// vanishing at a later gossip merge while both commands said "applied". Returns the
+    /// members that did not answer within `LAYOUT_CONFIRM_TIMEOUT` (such a member could still
+    /// hold a rival change); fails when the merge kept the rival.
+    async fn confirm_change(&self, ours: &LayoutVersion) -> Result<Vec<String>, ErrorReply> {
+        let layout = self.layout.get().ok_or_else(no_layout)?;
+        let departed = layout.current().departed().clone();
+        let members: BTreeSet<NodeId> = layout
+            .versions()
+            .iter()
+            .flat_map(|v| v.names().keys().copied())
+            .filter(|n| *n != self.me && !departed.contains(n))
+            .collect();
+        let mine = self.layout.encoded();
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in members {
+            let (peers, req) = (self.peers.clone(), PeerRequest::Layout(mine.clone()));
+            asks.spawn(
+                async move { (peer, peers.request(peer, req, LAYOUT_CONFIRM_TIMEOUT).await) },
+            );
+        }
+        let mut unconfirmed = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            let Ok((peer, answer)) = done else { continue };
+            match answer {
+                Ok(PeerResponse::Layout(theirs)) => {
+                    if let Err(e) = self.take_layout(&theirs, peer).await {
+                        warn!("layout from {}: {e}", self.name(peer));
+                        unconfirmed.push(self.name(peer));
+                    }
+                }
+                Ok(other) => {
+                    debug!("layout confirmation from {} got {other:?}", self.name(peer));
+                    unconfirmed.push(self.name(peer));
+                }
+                Err(e) => {
+                    debug!("layout confirmation from {} failed: {e}", self.name(peer));
+                    unconfirmed.push(self.name(peer));
+                }
+            }
+        }
+        unconfirmed.sort();
+        let now = self.layout.get().ok_or_else(no_layout)?;
+        if !now.kept(ours) {
+            let current = now.current();
+            return Err(ErrorReply::Membership {
+                reason: format!(
+                    "this change (layout version {}) was superseded: another change was applied \
+                     against the same version at the same moment, and the cluster keeps that one \
+                     (version {}, now in transition); nothing of this change will be carried out: \
+                     look at `cairn status`, then plan again",
+                    ours.version(),
+                    current.version()
+                ),
+            });
+        }
+        Ok(unconfirmed)
     }
 
     fn plan_reply(&self, before: &Layout, plan: &Plan, applied: bool) -> LayoutChangeReply {
@@ -914,6 +979,8 @@ impl Membership {
             // Counted by `count_plan`, which asks the old replicas.
             keys: None,
             bytes: None,
+            // Filled by `confirm_change` once applied.
+            unconfirmed: Vec::new(),
         }
     }
 

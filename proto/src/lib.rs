@@ -31,7 +31,8 @@ pub use sealed::{ContextKey, SealError};
 /// 13: `PeerRequest::PartitionSizes` and its answer; a plan's moves carry keys and bytes.
 /// 14: `PeerRequest::Batch`/`PeerResponse::Batch` (replicates and reads to one peer in one
 ///     frame) and `LimitError::TooManyBatchItems`.
-pub const PROTOCOL_VERSION: u16 = 14;
+/// 15: `LayoutChangeReply.unconfirmed` (members an applied change could not be confirmed with).
+pub const PROTOCOL_VERSION: u16 = 15;
 
 /// ALPN protocol id negotiated in the TLS handshake; a QUIC peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cairn/1";

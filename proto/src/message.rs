@@ -929,6 +929,11 @@ pub struct LayoutChangeReply {
     pub keys: Option<u64>,
     /// Bytes the new replicas must receive, if counted.
     pub bytes: Option<u64>,
+    /// Members that did not answer when the applied change was sent to every member at once:
+    /// a change applied at one of them at the same moment, against the same version, could
+    /// still supersede this one (the layout's merge keeps one of two such changes). Empty when
+    /// every member answered, or when nothing was applied.
+    pub unconfirmed: Vec<String>,
 }
 
 /// One partition of a plan: its replicas before and after.
