@@ -908,32 +908,28 @@ impl Membership {
             .collect();
         let mine = self.layout.encoded();
         let mut asks = tokio::task::JoinSet::new();
-        for peer in members {
+        for &peer in &members {
             let (peers, req) = (self.peers.clone(), PeerRequest::Layout(mine.clone()));
             asks.spawn(
                 async move { (peer, peers.request(peer, req, LAYOUT_CONFIRM_TIMEOUT).await) },
             );
         }
-        let mut unconfirmed = Vec::new();
+        // Whoever has not answered with a layout that merged is unconfirmed, a lost task too.
+        let mut unanswered = members;
         while let Some(done) = asks.join_next().await {
             let Ok((peer, answer)) = done else { continue };
             match answer {
-                Ok(PeerResponse::Layout(theirs)) => {
-                    if let Err(e) = self.take_layout(&theirs, peer).await {
-                        warn!("layout from {}: {e}", self.name(peer));
-                        unconfirmed.push(self.name(peer));
+                Ok(PeerResponse::Layout(theirs)) => match self.take_layout(&theirs, peer).await {
+                    Ok(_) => {
+                        unanswered.remove(&peer);
                     }
-                }
-                Ok(other) => {
-                    debug!("layout confirmation from {} got {other:?}", self.name(peer));
-                    unconfirmed.push(self.name(peer));
-                }
-                Err(e) => {
-                    debug!("layout confirmation from {} failed: {e}", self.name(peer));
-                    unconfirmed.push(self.name(peer));
-                }
+                    Err(e) => warn!("layout from {}: {e}", self.name(peer)),
+                },
+                Ok(other) => debug!("layout confirmation from {} got {other:?}", self.name(peer)),
+                Err(e) => debug!("layout confirmation from {} failed: {e}", self.name(peer)),
             }
         }
+        let mut unconfirmed: Vec<String> = unanswered.into_iter().map(|n| self.name(n)).collect();
         unconfirmed.sort();
         let now = self.layout.get().ok_or_else(no_layout)?;
         if !now.kept(ours) {

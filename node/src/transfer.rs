@@ -223,6 +223,7 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
                     hint_for: None,
                 })
                 .collect();
+            let keys: Vec<Vec<u8>> = batch.iter().map(|e| e.key.clone()).collect();
             let n = items.len();
             set.spawn(async move {
                 let answers = peers
@@ -244,10 +245,11 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
                         answers.len()
                     ));
                 }
-                match answers.into_iter().find_map(|a| match a {
+                let key = |i: usize| String::from_utf8_lossy(&keys[i]).into_owned();
+                match answers.into_iter().enumerate().find_map(|(i, a)| match a {
                     Ok(BatchAnswer::Ack) => None,
-                    Ok(other) => Some(format!("a transferred key answered with {other:?}")),
-                    Err(e) => Some(format!("a transferred key was refused: {e}")),
+                    Ok(other) => Some(format!("transferred key {:?} answered {other:?}", key(i))),
+                    Err(e) => Some(format!("transferred key {:?} was refused: {e}", key(i))),
                 }) {
                     Some(failure) => Err(failure),
                     None => Ok(()),
