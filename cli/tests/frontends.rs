@@ -155,15 +155,7 @@ fn redis_cli_siblings_loop_over_tls_and_refused_without_a_certificate() {
 #[test]
 fn redis_py_siblings_loop_pipelining_and_resp3() {
     require("python3", "Debian's python3");
-    let probe = Command::new("python3")
-        .args(["-c", "import redis"])
-        .output()
-        .expect("run python3");
-    assert!(
-        probe.status.success(),
-        "the redis Python package is missing: `.ci/run` installs it (pip install redis): {}",
-        text(&probe)
-    );
+    common::require_python_package("redis");
     let tmp = tempfile::tempdir().unwrap();
     let dev = Dev::start(&tmp.path().join("c"), Some(3));
     let resp = addr(&dev, "node2", "resp");

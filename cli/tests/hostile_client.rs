@@ -33,15 +33,7 @@ fn answer(report: &serde_json::Value, probe: &str) -> Response {
 
 #[test]
 fn bad_frames_from_an_independent_quic_client_leave_every_node_serving() {
-    let probe = Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .output()
-        .expect("run python3");
-    assert!(
-        probe.status.success(),
-        "the aioquic Python package is missing: `.ci/run` installs it (pip install aioquic): {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    common::require_python_package("aioquic");
     let tmp = tempfile::tempdir().unwrap();
     let dev = Dev::start(&tmp.path().join("c"), Some(3));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/hostile_quic.py");

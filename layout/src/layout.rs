@@ -308,7 +308,7 @@ impl Layout {
     }
 
     /// Members of either live version that the change waits for (departed nodes excluded).
-    fn involved(&self) -> BTreeSet<NodeId> {
+    pub fn involved(&self) -> BTreeSet<NodeId> {
         let departed = self.current().departed();
         self.versions
             .iter()

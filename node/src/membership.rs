@@ -11,7 +11,7 @@
 //! ACK as its response, then sends the ACK2 as a second request on the same connection. The
 //! responder never dials back, so a joiner whose address nobody knows yet is answered too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -898,14 +898,8 @@ impl Membership {
     /// members that did not answer within `LAYOUT_CONFIRM_TIMEOUT` (such a member could still
     /// hold a rival change); fails when the merge kept the rival.
     async fn confirm_change(&self, ours: &LayoutVersion) -> Result<Vec<String>, ErrorReply> {
-        let layout = self.layout.get().ok_or_else(no_layout)?;
-        let departed = layout.current().departed().clone();
-        let members: BTreeSet<NodeId> = layout
-            .versions()
-            .iter()
-            .flat_map(|v| v.names().keys().copied())
-            .filter(|n| *n != self.me && !departed.contains(n))
-            .collect();
+        let mut members = self.layout.get().ok_or_else(no_layout)?.involved();
+        members.remove(&self.me);
         let mine = self.layout.encoded();
         let mut asks = tokio::task::JoinSet::new();
         for &peer in &members {

@@ -213,7 +213,7 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
     let batches = batches(entries);
     for group in batches.chunks(TRANSFER_BATCHES_IN_FLIGHT_MAX) {
         let mut set = tokio::task::JoinSet::new();
-        for batch in group {
+        for (b, batch) in group.iter().enumerate() {
             let peers = peers.clone();
             let items: Vec<BatchItem> = batch
                 .iter()
@@ -223,10 +223,12 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
                     hint_for: None,
                 })
                 .collect();
-            let keys: Vec<Vec<u8>> = batch.iter().map(|e| e.key.clone()).collect();
             let n = items.len();
+            // Fails with the index of the item that failed, if one did; the key is named here
+            // below, from the batch this task does not hold.
             set.spawn(async move {
-                let answers = peers
+                let fail = |item: Option<usize>, reason: String| Err((b, item, reason));
+                let answers = match peers
                     .call_for(
                         to,
                         "transfer",
@@ -238,20 +240,25 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
                         },
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                {
+                    Ok(answers) => answers,
+                    Err(e) => return fail(None, e.to_string()),
+                };
                 if answers.len() != n {
-                    return Err(format!(
-                        "a transfer batch of {n} keys was answered with {} answers",
-                        answers.len()
-                    ));
+                    return fail(
+                        None,
+                        format!(
+                            "a transfer batch of {n} keys was answered with {} answers",
+                            answers.len()
+                        ),
+                    );
                 }
-                let key = |i: usize| String::from_utf8_lossy(&keys[i]).into_owned();
                 match answers.into_iter().enumerate().find_map(|(i, a)| match a {
                     Ok(BatchAnswer::Ack) => None,
-                    Ok(other) => Some(format!("transferred key {:?} answered {other:?}", key(i))),
-                    Err(e) => Some(format!("transferred key {:?} was refused: {e}", key(i))),
+                    Ok(other) => Some((i, format!("answered {other:?}"))),
+                    Err(e) => Some((i, format!("was refused: {e}"))),
                 }) {
-                    Some(failure) => Err(failure),
+                    Some((i, why)) => fail(Some(i), why),
                     None => Ok(()),
                 }
             });
@@ -259,7 +266,11 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
         while let Some(r) = set.join_next().await {
             match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err((b, Some(i), why))) => {
+                    let key = String::from_utf8_lossy(&group[b][i].key);
+                    return Err(format!("transferred key {key:?} {why}"));
+                }
+                Ok(Err((_, None, reason))) => return Err(reason),
                 Err(e) => return Err(format!("send task: {e}")),
             }
         }

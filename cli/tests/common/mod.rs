@@ -370,6 +370,21 @@ pub fn values(dir: &Path, key: &str) -> Vec<String> {
     values
 }
 
+/// Fails the test unless `python3` can import `package`, saying that `.ci/run` installs it.
+pub fn require_python_package(package: &str) {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {package}")])
+        .output()
+        .expect("run python3");
+    assert!(
+        probe.status.success(),
+        "the {package} Python package is missing: `.ci/run` installs it (pip install {package}): \
+         {}{}",
+        String::from_utf8_lossy(&probe.stdout),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
 /// Waits until `node` of the cluster in `dir` answers a ping.
 pub fn wait_for_ping(dir: &Path, node: &str) {
     wait_for("the node to answer a ping", READY_DEADLINE, || {
