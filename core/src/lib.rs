@@ -15,6 +15,7 @@ pub mod liveness;
 pub mod membership;
 pub mod peer;
 pub mod reaper;
+pub mod reply;
 pub mod store;
 pub mod transfer;
 pub mod version;

@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_core::driver::{LocalOp, Output, RequestDriver};
-use cairn_proto::{ErrorReply, NodeId, PeerResponse, ReplicaFailure, Response};
+use cairn_core::reply::reply;
+use cairn_proto::{ErrorReply, NodeId, PeerResponse, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
-use crate::coordinator::{CoordinatorError, OpId, Outcome, ReadFanout, ReplicaResult};
+use crate::coordinator::{OpId, ReadFanout, ReplicaResult};
 use crate::engine::{Engine, Write};
 use crate::limits::{COORDINATOR_QUEUE_MAX, HINT_QUEUE_MAX, REPLICA_RESULTS_QUEUE_MAX};
 use crate::membership::ClusterView;
 use crate::peers::Peers;
-use crate::replies::get_reply;
 use crate::tasks::{sleep_until, Tasks};
 use cairn_ring::Ring;
 
@@ -268,7 +268,7 @@ async fn run(
                     }
                 }
                 Output::Reply { to, result, .. } => {
-                    let _ = to.send(response(result, &ctx.peers));
+                    let _ = to.send(Response::from(reply(result, |n| ctx.peers.name(n))));
                 }
             }
         }
@@ -357,69 +357,6 @@ async fn write_hints(
         unsettled.hints_done.store(finished, Ordering::Release);
         let _ = report.done.send(finished);
     }
-}
-
-fn response(outcome: Result<Outcome, CoordinatorError>, peers: &Peers) -> Response {
-    match outcome {
-        Ok(Outcome::Read(obj)) => Response::Value(get_reply(&obj)),
-        Ok(Outcome::Written(obj)) => Response::Written(get_reply(&obj)),
-        Err(CoordinatorError::BadOptions(reason)) => {
-            Response::Error(ErrorReply::BadOptions { reason })
-        }
-        Err(CoordinatorError::Local(e)) => Response::Error(e),
-        Err(CoordinatorError::Overloaded(_)) => Response::Error(ErrorReply::Overloaded {
-            reason: "too many requests in flight at this coordinator".into(),
-        }),
-        Err(CoordinatorError::Quorum {
-            kind,
-            needed,
-            got,
-            failed,
-        }) => Response::Error(ErrorReply::QuorumNotReached {
-            kind: kind.to_owned(),
-            needed,
-            got,
-            failed: replica_failures(failed, peers),
-        }),
-        Err(CoordinatorError::SetsShort { short, failed }) => {
-            // The reply has room for one count: the first set short; the kind names every one
-            // (the wire type is unchanged, so old clients read it).
-            let first = short.first().map_or((0, 0), |s| (s.needed, s.got));
-            let sets: Vec<String> = short
-                .iter()
-                .map(|s| {
-                    let names: Vec<String> = s.replicas.iter().map(|n| peers.name(*n)).collect();
-                    format!(
-                        "{} {} of {} in layout version {} [{}]",
-                        s.got,
-                        s.kind,
-                        s.needed,
-                        s.version,
-                        names.join(",")
-                    )
-                })
-                .collect();
-            Response::Error(ErrorReply::QuorumNotReached {
-                kind: format!(
-                    "acks in every live layout version's replica set ({})",
-                    sets.join("; ")
-                ),
-                needed: first.0,
-                got: first.1,
-                failed: replica_failures(failed, peers),
-            })
-        }
-    }
-}
-
-fn replica_failures(failed: Vec<(NodeId, String)>, peers: &Peers) -> Vec<ReplicaFailure> {
-    failed
-        .into_iter()
-        .map(|(node, reason)| ReplicaFailure {
-            node: peers.name(node),
-            reason,
-        })
-        .collect()
 }
 
 /// Carries out work on this node's replica.

@@ -1,11 +1,9 @@
-//! Wire replies built from the node's state: a read's siblings and context, a layout's status
-//! and a transfer's progress. Used by the server and the coordinator's driver alike, so it
-//! depends on neither.
+//! Wire replies built from the node's state: a layout's status and a transfer's progress (a
+//! key operation's reply is the core's `cairn_core::reply`).
 
-use cairn_proto::{GetReply, NodeId, Sibling};
+use cairn_proto::NodeId;
 
 use crate::peers::Peers;
-use crate::version::{encode_context, Object};
 
 /// This node's push, as `status` reports it (`None` when it has none).
 pub fn transfer_progress(
@@ -94,24 +92,5 @@ pub fn layout_status(layout: &cairn_layout::Layout) -> cairn_proto::LayoutStatus
             names
         },
         transition,
-    }
-}
-
-/// The reply to a read: live siblings only, and a context covering tombstones too, so a write
-/// with it supersedes the delete as well.
-pub fn get_reply(obj: &Object) -> GetReply {
-    GetReply {
-        siblings: obj
-            .live()
-            .into_iter()
-            .map(|(dot, value)| Sibling {
-                value: value.to_vec(),
-                dot: cairn_proto::DotId {
-                    actor: dot.actor,
-                    counter: dot.counter,
-                },
-            })
-            .collect(),
-        context: encode_context(&obj.join()),
     }
 }

@@ -21,10 +21,10 @@ use crate::engine::{Engine, Write};
 use crate::forwards::Admit;
 use crate::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use crate::membership::Membership;
-use crate::replies::get_reply;
 use crate::version::Object;
 use cairn_core::forward::{unrecorded_retry, Forwarder, Step, FORWARD_RETRY_WINDOW};
 use cairn_core::peer::typed_answer;
+use cairn_core::reply::get_reply;
 
 pub(super) async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
