@@ -26,6 +26,7 @@
 //! Architecture invariant: this crate reads no clock, does no I/O and has no randomness.
 
 mod error;
+pub mod held;
 mod layout;
 pub mod limits;
 mod version;

@@ -14,11 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cairn_layout::limits::LAYOUT_ENCODED_BYTES_MAX;
-use cairn_layout::{Digest, Layout, LayoutVersion, MergeOutcome};
+pub use cairn_layout::held::{decode, encode, Held, Stamp, HELD_ENCODED_BYTES_MAX};
+use cairn_layout::{Layout, LayoutVersion, MergeOutcome};
 use cairn_proto::{ErrorReply, NodeId};
 use cairn_ring::{Member, Ring, RingConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -84,60 +83,6 @@ pub enum LayoutFileError {
     /// The initial members do not make a layout.
     #[error("cannot bootstrap the layout from cluster.initial_members: {0}")]
     Bootstrap(cairn_layout::LayoutError),
-}
-
-/// A layout with the id of its cluster, as the file and peers carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Held {
-    /// The digest of the cluster's layout version 1.
-    pub cluster: Digest,
-    /// The layout.
-    pub layout: Layout,
-}
-
-/// Bytes of the largest encoded [`Held`]: the layout and the cluster id.
-pub const HELD_ENCODED_BYTES_MAX: usize = LAYOUT_ENCODED_BYTES_MAX + 32;
-
-/// The small summary of a layout that gossip carries: its cluster, its newest version and a
-/// digest of the whole layout, progress included. Two nodes of one cluster whose stamps differ
-/// exchange layouts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    /// The cluster's id.
-    pub cluster: Digest,
-    /// The newest version.
-    pub version: u64,
-    /// blake3 of the encoded layout.
-    pub digest: [u8; 32],
-}
-
-impl Stamp {
-    /// The stamp of `held`.
-    pub fn of(held: &Held) -> Stamp {
-        Stamp {
-            cluster: held.cluster,
-            version: held.layout.current().version(),
-            digest: *blake3::hash(&encode(held)).as_bytes(),
-        }
-    }
-}
-
-/// A held layout encoded for a peer or the file (postcard). Its size is bounded by
-/// `HELD_ENCODED_BYTES_MAX` by construction of the layout's limits.
-pub fn encode(held: &Held) -> Vec<u8> {
-    postcard::to_allocvec(held).expect("a layout always serializes")
-}
-
-/// A held layout from a peer or the file, checked for size first and for every invariant of
-/// `Layout` while decoding.
-pub fn decode(bytes: &[u8]) -> Result<Held, String> {
-    if bytes.len() > HELD_ENCODED_BYTES_MAX {
-        return Err(format!(
-            "{} bytes, over HELD_ENCODED_BYTES_MAX ({HELD_ENCODED_BYTES_MAX})",
-            bytes.len()
-        ));
-    }
-    postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
 /// Reads the layout file at `path`: `None` if there is none.
