@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn_proto::{ErrorReply, PeerResponse};
+use cairn_proto::{ErrorReply, KeyOpReply, PeerResponse};
 
 /// Why a request to a peer got no answer, with what is known about whether it arrived.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -125,6 +125,22 @@ pub fn ack(answer: PeerResponse) -> Result<(), PeerResponse> {
     }
 }
 
+/// [`typed_answer`]'s `pick` for a ping: the name the peer answers with.
+pub fn pong(answer: PeerResponse) -> Result<String, PeerResponse> {
+    match answer {
+        PeerResponse::Pong { node } => Ok(node),
+        other => Err(other),
+    }
+}
+
+/// [`typed_answer`]'s `pick` for a forward: the coordinator's reply.
+pub fn forwarded(answer: PeerResponse) -> Result<KeyOpReply, PeerResponse> {
+    match answer {
+        PeerResponse::Forwarded(reply) => Ok(reply),
+        other => Err(other),
+    }
+}
+
 impl From<PeerError> for ErrorReply {
     fn from(e: PeerError) -> ErrorReply {
         match e {
@@ -145,26 +161,19 @@ impl From<PeerError> for ErrorReply {
 mod tests {
     use super::*;
 
-    fn pick_pong(answer: PeerResponse) -> Result<String, PeerResponse> {
-        match answer {
-            PeerResponse::Pong { node } => Ok(node),
-            other => Err(other),
-        }
-    }
-
     #[test]
     fn a_typed_answer_names_a_refusal_a_mismatch_and_a_transport_failure() {
-        let pong = Ok(Ok(PeerResponse::Pong {
+        let answered = Ok(Ok(PeerResponse::Pong {
             node: "node2".into(),
         }));
         assert_eq!(
-            typed_answer("node2", "ping", pong, pick_pong),
+            typed_answer("node2", "ping", answered, pong),
             Ok("node2".to_owned())
         );
         let busy = ErrorReply::Overloaded {
             reason: "queue full".into(),
         };
-        let refused = typed_answer("node2", "ping", Ok(Err(busy.clone())), pick_pong).unwrap_err();
+        let refused = typed_answer("node2", "ping", Ok(Err(busy.clone())), pong).unwrap_err();
         assert_eq!(
             refused,
             PeerError::Refused {
@@ -176,8 +185,7 @@ mod tests {
         assert!(refused.may_have_arrived());
         // A refusal reaches the client as the peer's own answer.
         assert_eq!(ErrorReply::from(refused), busy);
-        let mismatch =
-            typed_answer("node2", "ping", Ok(Ok(PeerResponse::Ack)), pick_pong).unwrap_err();
+        let mismatch = typed_answer("node2", "ping", Ok(Ok(PeerResponse::Ack)), pong).unwrap_err();
         assert_eq!(mismatch.to_string(), "node2 answered a ping with Ack");
         assert!(matches!(
             ErrorReply::from(mismatch),
@@ -188,7 +196,7 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert_eq!(
-            typed_answer("node2", "ping", Err(timeout.clone()), pick_pong),
+            typed_answer("node2", "ping", Err(timeout.clone()), pong),
             Err(timeout.clone())
         );
         assert!(matches!(

@@ -461,12 +461,11 @@ impl Peers {
             from: self.my_name.clone(),
         };
         let started = Instant::now();
-        let pong = |answer| match answer {
-            PeerResponse::Pong { .. } => Ok(()),
-            other => Err(other),
-        };
-        match self.call_for(id, "ping", req, PING_TIMEOUT, pong).await {
-            Ok(()) => true,
+        match self
+            .call_for(id, "ping", req, PING_TIMEOUT, cairn_core::peer::pong)
+            .await
+        {
+            Ok(_) => true,
             // It answered, but not as a node of this protocol does: not up.
             Err(e @ PeerError::Mismatch { .. }) => {
                 self.mark(id, started, Err(e.to_string()));

@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cairn_core::coordinator::Outcome;
-use cairn_core::version::{decode_context, encode_context};
-use cairn_proto::{Context, ReadOptions, WriteOptions};
+use cairn_core::version::{decode_context, Payload};
+use cairn_proto::{Context, KeyOp, KeyOpReply, ReadOptions, WriteOptions};
 use rand::Rng;
 
 use super::history::{History, Violation, WriteId};
@@ -142,9 +141,12 @@ impl SimClient {
 
     fn send_get(&mut self, cx: &mut ClientCtx, node: NodeIx, key: Vec<u8>, opts: ReadOptions) {
         let index = cx.history.begin_read(self.ix, key.clone(), cx.w.now);
-        let req = ClientRequest::Get {
-            key: key.clone(),
-            opts,
+        let req = ClientRequest {
+            op: KeyOp::Get {
+                key: key.clone(),
+                opts,
+            },
+            write: None,
         };
         self.send(cx, node, req, Kind::Read { index, key });
     }
@@ -162,12 +164,18 @@ impl SimClient {
             .history
             .begin_write(self.ix, key.clone(), delete, ctx, cx.w.now);
         let opts = write_options(cx.w, cx.n);
-        let req = ClientRequest::Put {
-            key,
-            context,
-            payload,
-            opts,
-            write,
+        let op = match payload {
+            Payload::Value(value) => KeyOp::Put {
+                key,
+                value,
+                context,
+                opts,
+            },
+            Payload::Tombstone => KeyOp::Delete { key, context, opts },
+        };
+        let req = ClientRequest {
+            op,
+            write: Some(write),
         };
         self.send(cx, node, req, Kind::Write(write));
     }
@@ -203,21 +211,18 @@ impl SimClient {
         match pending.kind {
             Kind::Write(id) => cx
                 .history
-                .end_write(id, now, Some((resp.result, resp.minted))),
+                .end_write(id, now, Some((resp.reply, resp.minted))),
             Kind::Read { index, key } => {
-                if let Ok(Outcome::Read(o)) = &resp.result {
-                    self.contexts.insert(key.clone(), encode_context(&o.join()));
+                if let KeyOpReply::Value(r) = &resp.reply {
+                    self.contexts.insert(key.clone(), r.context.clone());
                 } else if self.verify.is_some() {
                     cx.problems.push(Violation {
                         rule: "final read failed",
                         key: key.clone(),
-                        detail: format!(
-                            "R = N read with every node up failed: {:?}",
-                            resp.result.as_ref().err()
-                        ),
+                        detail: format!("R = N read with every node up failed: {:?}", resp.reply),
                     });
                 }
-                cx.history.end_read(index, resp.result);
+                cx.history.end_read(index, resp.reply);
             }
         }
         self.think(cx);

@@ -1,7 +1,7 @@
 //! Short text forms of objects, dots and contexts for the simulator's trace and failure reports.
 
 use cairn_core::version::{Dot, Object, Payload, VClock};
-use cairn_proto::{ActorId, NodeId};
+use cairn_proto::{ActorId, GetReply, NodeId};
 
 /// Most nodes a simulated cluster has (names `node1..`).
 pub const NODES_MAX: usize = 8;
@@ -54,4 +54,19 @@ pub fn obj(o: &Object) -> String {
         .map(|(d, p)| format!("{}@{}", payload(p), dot(d)))
         .collect();
     format!("[{}]{}", sibs.join(" "), vclock(&o.join()))
+}
+
+/// `[c1w3@n1:5]{n1:5,n2:9}`: a reply's live siblings, then its context.
+pub fn reply(r: &GetReply) -> String {
+    let sibs: Vec<String> = r
+        .siblings
+        .iter()
+        .map(|s| {
+            let d = Dot::new(s.dot.actor, s.dot.counter);
+            format!("{}@{}", String::from_utf8_lossy(&s.value), dot(d))
+        })
+        .collect();
+    let ctx = cairn_core::version::decode_context(&r.context)
+        .map_or_else(|e| format!("<{e}>"), |vv| vclock(&vv));
+    format!("[{}]{ctx}", sibs.join(" "))
 }

@@ -42,12 +42,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use cairn_core::coordinator::Outcome;
-use cairn_core::version::{Dot, Object, Payload, VClock};
+use cairn_core::version::{decode_context, Dot, Object, Payload, VClock};
 use cairn_proto::ActorId;
+use cairn_proto::{GetReply, KeyOpReply};
 
-use super::fmt::{dot, obj, payload as payload_str, vclock};
-use super::msg::key_str;
+use super::fmt::{dot, obj, payload as payload_str, reply as reply_str, vclock};
+use super::msg::{key_str, reply_siblings};
 use super::world::{ClientIx, NodeIx};
 
 /// The history's name for one write.
@@ -101,8 +101,8 @@ pub struct ReadRecord {
     pub key: Vec<u8>,
     /// When it was sent.
     pub start: Duration,
-    /// The merged object returned, the error, or `None` if never answered.
-    pub result: Option<Result<Object, String>>,
+    /// The reply returned, the error, or `None` if never answered.
+    pub result: Option<Result<GetReply, String>>,
 }
 
 /// One broken rule.
@@ -227,32 +227,38 @@ impl History {
         self.writes[id as usize].minted.push((node, d));
     }
 
-    /// The client got an answer for write `id` (or gave up: `response` is `None`).
+    /// The client got an answer for write `id` (or gave up: `response` is `None`): the node's
+    /// reply, and the dot its coordinating replica minted.
     pub fn end_write(
         &mut self,
         id: WriteId,
         now: Duration,
-        response: Option<(Result<Outcome, String>, Option<Dot>)>,
+        response: Option<(KeyOpReply, Option<Dot>)>,
     ) {
         let w = &mut self.writes[id as usize];
         w.end = Some(now);
         match response {
             None => w.status = WriteStatus::Unknown,
-            Some((Err(e), _)) => w.status = WriteStatus::Failed(e),
-            Some((Ok(Outcome::Written(o)), minted)) => {
+            Some((KeyOpReply::Error(e), _)) => w.status = WriteStatus::Failed(e.to_string()),
+            Some((KeyOpReply::Written(r), minted)) => {
                 w.status = WriteStatus::Ok;
                 w.acked_dot = minted;
-                let holds_own = minted.is_some_and(|d| {
-                    o.siblings()
-                        .iter()
-                        .any(|(s, p)| *s == d && **p == w.payload)
+                let siblings = reply_siblings(&r);
+                // A reply lists live values only: a delete's own tombstone shows as a context
+                // that covers its dot.
+                let holds_own = minted.is_some_and(|d| match &w.payload {
+                    Payload::Value(_) => siblings.iter().any(|(s, p)| *s == d && *p == w.payload),
+                    Payload::Tombstone => {
+                        decode_context(&r.context).is_ok_and(|vv| covers(&vv, d))
+                            && siblings.iter().all(|(s, _)| *s != d)
+                    }
                 });
                 if !holds_own {
                     let detail = format!(
-                        "acknowledged write w{id} ({}) reports dot {} but its reply object is {}",
+                        "acknowledged write w{id} ({}) reports dot {} but its reply is {}",
                         payload_str(&w.payload),
                         minted.map_or("none".into(), dot),
-                        obj(&o)
+                        reply_str(&r)
                     );
                     let key = w.key.clone();
                     self.online.push(Violation {
@@ -261,11 +267,12 @@ impl History {
                         detail,
                     });
                 }
-                self.check_phantoms("written reply", &self.writes[id as usize].key.clone(), &o);
+                let key = self.writes[id as usize].key.clone();
+                self.check_phantoms("written reply", &key, &siblings, &reply_str(&r));
             }
-            Some((Ok(Outcome::Read(o)), _)) => {
+            Some((KeyOpReply::Value(r), _)) => {
                 w.status =
-                    WriteStatus::Failed(format!("a write answered with a read: {}", obj(&o)));
+                    WriteStatus::Failed(format!("a write answered with a read: {}", reply_str(&r)));
             }
         }
     }
@@ -282,15 +289,17 @@ impl History {
     }
 
     /// The client got an answer for read `i`.
-    pub fn end_read(&mut self, i: usize, response: Result<Outcome, String>) {
+    pub fn end_read(&mut self, i: usize, response: KeyOpReply) {
         let key = self.reads[i].key.clone();
         let result = match response {
-            Ok(Outcome::Read(o)) => {
-                self.check_phantoms("read", &key, &o);
-                Ok(o)
+            KeyOpReply::Value(r) => {
+                self.check_phantoms("read", &key, &reply_siblings(&r), &reply_str(&r));
+                Ok(r)
             }
-            Ok(Outcome::Written(o)) => Err(format!("a read answered with a write: {}", obj(&o))),
-            Err(e) => Err(e),
+            KeyOpReply::Written(r) => {
+                Err(format!("a read answered with a write: {}", reply_str(&r)))
+            }
+            KeyOpReply::Error(e) => Err(e.to_string()),
         };
         self.reads[i].result = Some(result);
     }
@@ -303,9 +312,9 @@ impl History {
     }
 
     /// Rule 5 for one object: the writes that produced two or more of its siblings.
-    fn doubled_writes(&self, o: &Object) -> Vec<WriteId> {
+    fn doubled_writes(&self, dots: impl IntoIterator<Item = Dot>) -> Vec<WriteId> {
         let mut per_write: BTreeMap<WriteId, usize> = BTreeMap::new();
-        for (d, _) in o.siblings() {
+        for d in dots {
             if let Some(w) = self.writer_of(d) {
                 *per_write.entry(w.id).or_insert(0) += 1;
             }
@@ -466,28 +475,24 @@ impl History {
         }
     }
 
-    fn check_phantoms(&mut self, what: &str, key: &[u8], o: &Object) {
-        for id in self.doubled_writes(o) {
-            let detail = format!(
-                "{what} returned {} with two siblings from write w{id}",
-                obj(o)
-            );
+    fn check_phantoms(&mut self, what: &str, key: &[u8], siblings: &[(Dot, Payload)], shown: &str) {
+        for id in self.doubled_writes(siblings.iter().map(|(d, _)| *d)) {
+            let detail = format!("{what} returned {shown} with two siblings from write w{id}");
             self.online.push(Violation {
                 rule: "5 one write, two siblings",
                 key: key.to_vec(),
                 detail,
             });
         }
-        for (d, p) in o.siblings() {
+        for (d, p) in siblings {
             let ok = self
-                .writer_of(d)
+                .writer_of(*d)
                 .is_some_and(|w| w.key == key && w.payload == *p);
             if !ok {
                 let detail = format!(
-                    "{what} returned sibling {}@{} that no write to this key produced ({})",
+                    "{what} returned sibling {}@{} that no write to this key produced ({shown})",
                     payload_str(p),
-                    dot(d),
-                    obj(o)
+                    dot(*d),
                 );
                 self.online.push(Violation {
                     rule: "phantom sibling",
@@ -568,7 +573,7 @@ impl History {
             }
 
             // Rule 5: one write, at most one sibling.
-            for id in self.doubled_writes(&fin) {
+            for id in self.doubled_writes(fin.siblings().into_iter().map(|(d, _)| d)) {
                 v(
                     "5 one write, two siblings",
                     format!("final object {} has two siblings from w{id}", obj(&fin)),

@@ -28,6 +28,13 @@
 //! 4. *Check*: the history checker judges what every replica of the final layout holds.
 //!
 //! What runs the node's own code, and what is still this simulator's:
+//! - `msg`: between nodes the node's own wire messages (`cairn_proto::PeerRequest` and
+//!   `PeerResponse`): objects encoded as the node encodes them (`Object::encode`, a read's copy
+//!   `encode_copy`), layouts as `cairn_layout::held` encodes them, gossip messages as the gossip
+//!   crate does; answers read with the node's typed picks (`cairn_core::peer`). Clients get the
+//!   node's `KeyOpReply`, built by `cairn_core::reply` as the node's driver builds it (live
+//!   siblings and a context), and the checker judges that. Beside a forwarded write travel the
+//!   history's name for it and the dot minted for it: bookkeeping the node never reads.
 //! - `node`: per node the core's `RequestDriver` (the coordinator, replies held for hints, a
 //!   fallback's ack failed when its hint could not be kept), carried out as
 //!   `node/src/driver.rs` carries out its outputs; the core's `Writer` applying each queued
@@ -87,8 +94,8 @@ pub use cairn_core::forward::ForwardSabotage;
 use cairn_core::liveness::PEER_CONNECT_TIMEOUT;
 use cairn_core::transfer::TransferConfig;
 use cairn_core::version::Object;
-use cairn_layout::{Change, Layout, LayoutVersion};
-use cairn_proto::NodeId;
+use cairn_layout::{Change, Digest, Layout, LayoutVersion};
+use cairn_proto::{ErrorReply, NodeId};
 use cairn_ring::{Member, RingConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -402,6 +409,8 @@ struct Sim {
     /// Layout version 1, which an initial member bootstraps again after losing its data
     /// directory in a run without layout changes (`node/src/layout.rs::bootstrap`).
     first: Layout,
+    /// The cluster's id, as the node's layout exchange carries it: the digest of version 1.
+    cluster: Digest,
     nodes: Vec<SimNode>,
     clients: Vec<SimClient>,
     history: History,
@@ -460,6 +469,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         gone: vec![false; slots],
         wiped_at: vec![None; slots],
         notices: Vec::new(),
+        cluster: first.current().digest(),
         first,
         ids,
         nodes,
@@ -782,6 +792,7 @@ impl Sim {
             opts,
             cfg,
             notices,
+            cluster,
             ..
         } = self;
         (
@@ -789,6 +800,7 @@ impl Sim {
             Ctx {
                 w,
                 config: *ring_config,
+                cluster: *cluster,
                 ids,
                 history,
                 crash_after_ack,
@@ -932,10 +944,10 @@ impl Sim {
                                 (env.from, &env.body)
                             {
                                 // The client's connection attempt fails.
-                                let resp = ClientResponse {
-                                    result: Err("connection failed: node down".into()),
-                                    minted: None,
-                                };
+                                let resp = ClientResponse::error(ErrorReply::Unreachable {
+                                    node: fmt::node_name(n),
+                                    reason: "connection failed: node down".into(),
+                                });
                                 let body = Body::ClientResp { seq: *seq, resp };
                                 self.w.send(env.to, env.from, body);
                             }

@@ -1,21 +1,17 @@
-//! What travels on the simulated network: client requests and answers, and the peer protocol
-//! (ping, forward, replicate, read, layout exchange, tombstones, anti-entropy) with the node
-//! driver's request ids.
+//! What travels on the simulated network: client requests and answers, and between nodes the
+//! node's own peer protocol (`cairn_proto::PeerRequest` / `PeerResponse`, objects, layouts and
+//! gossip as the node encodes them), with the node driver's request ids and the history's
+//! bookkeeping beside them.
 
 use std::fmt;
 
-use cairn_antientropy::KeyHash;
-use cairn_core::coordinator::Outcome;
 use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
 use cairn_gossip::{GossipMessage, Payload as GossipPayload};
 use cairn_layout::Layout;
-use cairn_proto::{
-    Context, ErrorReply, NodeId, ReadOptions, TombstoneHolding, TombstoneProbe, WriteOptions,
-};
-use cairn_ring::PartitionId;
+use cairn_proto::{ErrorReply, GetReply, KeyOp, KeyOpReply, PeerRequest, PeerResponse, Request};
 
-use super::fmt::{obj, payload};
+use super::fmt::{dot, obj};
 use super::history::WriteId;
 use super::world::{ClientIx, NodeIx};
 
@@ -37,148 +33,65 @@ impl fmt::Display for Addr {
     }
 }
 
-/// A client request, as the client library would send it.
+/// A client request: the key operation the client library sends, and for a write the
+/// history's name for it (simulator bookkeeping the node never reads, only passes to the
+/// replica that mints the dot, so the checker knows which dot it got).
 #[derive(Debug, Clone)]
-pub enum ClientRequest {
-    /// A get.
-    Get {
-        /// The key.
-        key: Vec<u8>,
-        /// Quorum choices.
-        opts: ReadOptions,
-    },
-    /// A put (value) or delete (tombstone).
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The context token from the client's last read, or empty.
-        context: Context,
-        /// Value or tombstone.
-        payload: Payload,
-        /// Quorum choices.
-        opts: WriteOptions,
-        /// The history's name for this write: simulator bookkeeping the node never reads, only
-        /// passes to the replica that mints the dot so the checker knows which dot it got.
-        write: WriteId,
-    },
+pub struct ClientRequest {
+    /// The operation, as the node's wire carries it.
+    pub op: KeyOp,
+    /// The history's write, for a put or delete.
+    pub write: Option<WriteId>,
 }
 
 impl ClientRequest {
     /// The key.
     pub fn key(&self) -> &[u8] {
-        match self {
-            ClientRequest::Get { key, .. } | ClientRequest::Put { key, .. } => key,
+        match &self.op {
+            KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => key,
         }
     }
 
-    /// The node's job for it, and the history's name of a write.
-    pub fn into_job(self) -> (Job, Option<WriteId>) {
-        match self {
-            ClientRequest::Get { key, opts } => (Job::Get { key, opts }, None),
-            ClientRequest::Put {
-                key,
-                context,
-                payload,
-                opts,
-                write,
-            } => (
-                Job::Put {
-                    key,
-                    context,
-                    payload,
-                    opts,
-                },
-                Some(write),
-            ),
+    /// A put or delete.
+    pub fn is_write(&self) -> bool {
+        !matches!(self.op, KeyOp::Get { .. })
+    }
+
+    /// The timeout the client asked for.
+    pub fn timeout_ms(&self) -> Option<u32> {
+        match &self.op {
+            KeyOp::Get { opts, .. } => opts.timeout_ms,
+            KeyOp::Put { opts, .. } | KeyOp::Delete { opts, .. } => opts.timeout_ms,
         }
+    }
+
+    /// The node's job for it (`Job::from_request`, as the node's dispatch makes it), and the
+    /// history's name of a write.
+    pub fn into_job(self) -> (Job, Option<WriteId>) {
+        let job = Job::from_request(Request::from(self.op)).expect("a key operation is a job");
+        (job, self.write)
     }
 }
 
-/// The answer to a client request.
+/// The answer to a client request: the node's reply as a real client gets it
+/// (`cairn_core::reply`), and for a write the dot its coordinating replica minted (simulator
+/// bookkeeping).
 #[derive(Debug, Clone)]
 pub struct ClientResponse {
-    /// The coordinator's outcome, or why there is none.
-    pub result: Result<Outcome, String>,
-    /// For a write: the dot its coordinating replica minted (simulator bookkeeping).
+    /// The reply.
+    pub reply: KeyOpReply,
+    /// For a write: the dot its coordinating replica minted.
     pub minted: Option<Dot>,
 }
 
-/// A request from one node to another.
-#[derive(Debug, Clone)]
-pub enum PeerReq {
-    /// Liveness probe.
-    Ping,
-    /// Coordinate this client request (`PeerRequest::Forward`): every attempt of one forward
-    /// carries the same `id`, and `retry` says an earlier one went out unanswered.
-    Forward {
-        /// The forward's id.
-        id: u64,
-        /// Whether an earlier attempt went out.
-        retry: bool,
-        /// The request.
-        req: ClientRequest,
-    },
-    /// Merge and store durably; keep a hint for `hint_for`.
-    Replicate {
-        /// The key.
-        key: Vec<u8>,
-        /// The object.
-        object: Object,
-        /// The primary this copy stands in for.
-        hint_for: Option<NodeId>,
-    },
-    /// Return the local copy.
-    Read {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// The sender's layout (`PeerRequest::Layout`): merge it, answer with yours.
-    Layout(Option<Box<Layout>>),
-    /// The reaper's question (`PeerRequest::Tombstones`): what do you hold of these keys?
-    Tombstones(Vec<TombstoneProbe>),
-    /// One message of an anti-entropy exchange (`PeerRequest::AntiEntropy`), or `None` to
-    /// ask for the responder's next one.
-    AntiEntropy {
-        /// The partition compared.
-        partition: PartitionId,
-        /// The initiator's session id.
-        session: u64,
-        /// The encoded message.
-        message: Option<Vec<u8>>,
-    },
-    /// A gossip message (`PeerRequest::Gossip`): a SYN, an ACK or an ACK2.
-    Gossip(Box<GossipMessage>),
-    /// Anti-entropy asks for the keys behind hashes only the receiver holds
-    /// (`PeerRequest::Keys`).
-    Keys {
-        /// Their partition.
-        partition: PartitionId,
-        /// The hashes.
-        hashes: Vec<KeyHash>,
-    },
-}
-
-/// A successful answer to a [`PeerReq`].
-#[derive(Debug, Clone)]
-pub enum PeerResp {
-    /// To `Ping`.
-    Pong,
-    /// To `Forward`.
-    Forwarded(ClientResponse),
-    /// To `Replicate`: durable.
-    Ack,
-    /// To `Read`.
-    Object(Object),
-    /// To `Layout`: the receiver's layout after merging.
-    Layout(Option<Box<Layout>>),
-    /// To `Tombstones`: one holding per probe, in order.
-    Tombstones(Vec<TombstoneHolding>),
-    /// To `AntiEntropy`: the responder's next message, if it has one.
-    AntiEntropy(Option<Vec<u8>>),
-    /// To `Keys`: the key behind each hash, in order (`None`: not stored).
-    Keys(Vec<Option<Vec<u8>>>),
-    /// To `Gossip`: the message that answers it, if any.
-    Gossip(Option<Box<GossipMessage>>),
+impl ClientResponse {
+    /// An error reply.
+    pub fn error(e: ErrorReply) -> ClientResponse {
+        ClientResponse {
+            reply: KeyOpReply::Error(e),
+            minted: None,
+        }
+    }
 }
 
 /// A message body.
@@ -204,8 +117,10 @@ pub enum Body {
         gen: u64,
         /// The sender's request id.
         rid: u64,
-        /// The request.
-        req: PeerReq,
+        /// The request, as the node sends it.
+        req: PeerRequest,
+        /// For a forwarded write: the history's name for it (bookkeeping beside the request).
+        write: Option<WriteId>,
     },
     /// The answer to a `PeerReq`.
     PeerResp {
@@ -213,8 +128,10 @@ pub enum Body {
         gen: u64,
         /// The requester's request id.
         rid: u64,
-        /// The answer.
-        resp: Result<PeerResp, ErrorReply>,
+        /// The answer, as the node sends it (`Response::Peer` or `Response::Error`).
+        resp: Result<PeerResponse, ErrorReply>,
+        /// For a forwarded write's answer: the dot minted for it (bookkeeping beside it).
+        minted: Option<Dot>,
     },
 }
 
@@ -236,16 +153,16 @@ impl Body {
         matches!(
             self,
             Body::PeerReq {
-                req: PeerReq::Ping
-                    | PeerReq::Layout(_)
-                    | PeerReq::Tombstones(_)
-                    | PeerReq::Gossip(_),
+                req: PeerRequest::Ping { .. }
+                    | PeerRequest::Layout(_)
+                    | PeerRequest::Tombstones { .. }
+                    | PeerRequest::Gossip(_),
                 ..
             } | Body::PeerResp {
-                resp: Ok(PeerResp::Pong
-                    | PeerResp::Layout(_)
-                    | PeerResp::Tombstones(_)
-                    | PeerResp::Gossip(_)),
+                resp: Ok(PeerResponse::Pong { .. }
+                    | PeerResponse::Layout(_)
+                    | PeerResponse::Tombstones(_)
+                    | PeerResponse::Gossip(_)),
                 ..
             }
         )
@@ -259,86 +176,115 @@ impl Body {
                 format!("reply op#{seq} {}", describe_resp(resp))
             }
             Body::PeerReq { rid, req, .. } => match req {
-                PeerReq::Ping => format!("ping r{rid}"),
-                PeerReq::Forward { id, retry, req } => format!(
+                PeerRequest::Ping { .. } => format!("ping r{rid}"),
+                PeerRequest::Forward { id, retry, op } => format!(
                     "forward r{rid} f{id:x}{} {}",
                     if *retry { " (retry)" } else { "" },
-                    describe_req(req)
+                    describe_op(op)
                 ),
-                PeerReq::Replicate {
+                PeerRequest::Replicate {
                     key,
                     object,
                     hint_for,
                 } => format!(
                     "replicate r{rid} {} {}{}",
                     key_str(key),
-                    obj(object),
+                    wire_obj(object),
                     hint_for.map_or(String::new(), |h| format!(" hint_for={h}"))
                 ),
-                PeerReq::Read { key } => format!("read r{rid} {}", key_str(key)),
-                PeerReq::Layout(l) => format!("layout r{rid} {}", describe_layout(l.as_deref())),
-                PeerReq::Tombstones(probes) => {
+                PeerRequest::Read { key } => format!("read r{rid} {}", key_str(key)),
+                PeerRequest::Layout(l) => format!("layout r{rid} {}", wire_layout(l)),
+                PeerRequest::Tombstones { probes } => {
                     let keys: Vec<String> = probes.iter().map(|p| key_str(&p.key)).collect();
                     format!("tombstones? r{rid} [{}]", keys.join(","))
                 }
-                PeerReq::AntiEntropy {
+                PeerRequest::AntiEntropy {
                     partition,
                     session,
                     message,
+                    ..
                 } => format!(
                     "anti-entropy r{rid} p{partition} s{session:x} {}",
                     message
                         .as_ref()
                         .map_or("(next?)".to_owned(), |m| format!("{} bytes", m.len()))
                 ),
-                PeerReq::Keys { partition, hashes } => {
-                    format!("keys? r{rid} p{partition} {} hashes", hashes.len())
+                PeerRequest::Keys {
+                    partition,
+                    key_hashes,
+                } => {
+                    format!("keys? r{rid} p{partition} {} hashes", key_hashes.len())
                 }
-                PeerReq::Gossip(m) => format!("gossip r{rid} {}", gossip_kind(m)),
+                PeerRequest::Gossip(m) => format!("gossip r{rid} {}", gossip_kind(m)),
+                other => format!("r{rid} {other:?}"),
             },
-            Body::PeerResp { rid, resp, .. } => match resp {
-                Ok(PeerResp::Pong) => format!("pong r{rid}"),
-                Ok(PeerResp::Ack) => format!("ack r{rid}"),
-                Ok(PeerResp::Object(o)) => format!("object r{rid} {}", obj(o)),
-                Ok(PeerResp::Forwarded(r)) => format!("forwarded r{rid} {}", describe_resp(r)),
-                Ok(PeerResp::Layout(l)) => {
-                    format!("layout r{rid} {}", describe_layout(l.as_deref()))
+            Body::PeerResp {
+                rid, resp, minted, ..
+            } => match resp {
+                Ok(PeerResponse::Pong { .. }) => format!("pong r{rid}"),
+                Ok(PeerResponse::Ack) => format!("ack r{rid}"),
+                Ok(PeerResponse::Object(o)) => format!("object r{rid} {}", wire_copy(o)),
+                Ok(PeerResponse::Forwarded(r)) => {
+                    format!("forwarded r{rid} {}", describe_reply(r, *minted))
                 }
-                Ok(PeerResp::Tombstones(h)) => {
+                Ok(PeerResponse::Layout(l)) => format!("layout r{rid} {}", wire_layout(l)),
+                Ok(PeerResponse::Tombstones(h)) => {
                     let held: Vec<String> = h
                         .iter()
                         .map(|h| format!("{:?}{}", h.copy, if h.hinted { "+hint" } else { "" }))
                         .collect();
                     format!("tombstones r{rid} [{}]", held.join(","))
                 }
-                Ok(PeerResp::AntiEntropy(m)) => format!(
+                Ok(PeerResponse::AntiEntropy { message }) => format!(
                     "anti-entropy r{rid} {}",
-                    m.as_ref()
+                    message
+                        .as_ref()
                         .map_or("(waits)".to_owned(), |m| format!("{} bytes", m.len()))
                 ),
-                Ok(PeerResp::Keys(keys)) => {
+                Ok(PeerResponse::Keys(keys)) => {
                     let keys: Vec<String> = keys
                         .iter()
                         .map(|k| k.as_deref().map_or("-".to_owned(), key_str))
                         .collect();
                     format!("keys r{rid} [{}]", keys.join(","))
                 }
-                Ok(PeerResp::Gossip(m)) => format!(
+                Ok(PeerResponse::Gossip(m)) => format!(
                     "gossip r{rid} {}",
                     m.as_deref().map_or("(nothing)", gossip_kind)
                 ),
+                Ok(other) => format!("r{rid} {other:?}"),
                 Err(e) => format!("error r{rid}: {e}"),
             },
         }
     }
 }
 
-/// A gossip message's kind, for the trace.
-fn gossip_kind(m: &GossipMessage) -> &'static str {
-    match m.payload {
-        GossipPayload::Syn { .. } => "SYN",
-        GossipPayload::Ack { .. } => "ACK",
-        GossipPayload::Ack2 { .. } => "ACK2",
+/// An encoded object (`Object::encode`) for the trace.
+fn wire_obj(bytes: &[u8]) -> String {
+    Object::decode(bytes).map_or_else(|e| format!("<{e}>"), |o| obj(&o))
+}
+
+/// A copy as a read answers it (`Object::encode_copy`) for the trace.
+fn wire_copy(bytes: &[u8]) -> String {
+    Object::decode_copy(bytes).map_or_else(|e| format!("<{e}>"), |o| obj(&o))
+}
+
+/// An encoded layout (`cairn_layout::held`) for the trace.
+fn wire_layout(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return describe_layout(None);
+    }
+    cairn_layout::held::decode(bytes)
+        .map_or_else(|e| format!("<{e}>"), |h| describe_layout(Some(&h.layout)))
+}
+
+/// An encoded gossip message's kind, for the trace.
+fn gossip_kind(m: &[u8]) -> &'static str {
+    match GossipMessage::decode(m).map(|m| m.payload) {
+        Ok(GossipPayload::Syn { .. }) => "SYN",
+        Ok(GossipPayload::Ack { .. }) => "ACK",
+        Ok(GossipPayload::Ack2 { .. }) => "ACK2",
+        Err(_) => "(undecodable)",
     }
 }
 
@@ -374,8 +320,20 @@ pub fn key_str(key: &[u8]) -> String {
 
 /// A client request for the trace.
 pub fn describe_req(req: &ClientRequest) -> String {
-    match req {
-        ClientRequest::Get { key, opts } => format!(
+    match req.write {
+        Some(w) => format!("w{w} {}", describe_op(&req.op)),
+        None => describe_op(&req.op),
+    }
+}
+
+/// A key operation for the trace.
+pub fn describe_op(op: &KeyOp) -> String {
+    let ctx = |context| {
+        cairn_core::version::decode_context(context)
+            .map_or_else(|e| format!("<{e}>"), |vv| super::fmt::vclock(&vv))
+    };
+    match op {
+        KeyOp::Get { key, opts } => format!(
             "get {} r={:?} pr={:?} notfound_ok={:?} basic_quorum={:?} timeout={:?}",
             key_str(key),
             opts.r,
@@ -384,18 +342,24 @@ pub fn describe_req(req: &ClientRequest) -> String {
             opts.basic_quorum,
             opts.timeout_ms
         ),
-        ClientRequest::Put {
+        KeyOp::Put {
             key,
+            value,
             context,
-            payload: p,
             opts,
-            write,
         } => format!(
-            "put w{write} {} := {} ctx={} w={:?} pw={:?} timeout={:?}",
+            "put {} := {} ctx={} w={:?} pw={:?} timeout={:?}",
             key_str(key),
-            payload(p),
-            cairn_core::version::decode_context(context)
-                .map_or_else(|e| format!("<{e}>"), |vv| super::fmt::vclock(&vv)),
+            super::fmt::payload(&Payload::Value(value.clone())),
+            ctx(context),
+            opts.w,
+            opts.pw,
+            opts.timeout_ms
+        ),
+        KeyOp::Delete { key, context, opts } => format!(
+            "put {} := DEL ctx={} w={:?} pw={:?} timeout={:?}",
+            key_str(key),
+            ctx(context),
             opts.w,
             opts.pw,
             opts.timeout_ms
@@ -405,13 +369,29 @@ pub fn describe_req(req: &ClientRequest) -> String {
 
 /// A client response for the trace.
 pub fn describe_resp(resp: &ClientResponse) -> String {
-    match &resp.result {
-        Ok(Outcome::Read(o)) => format!("read ok {}", obj(o)),
-        Ok(Outcome::Written(o)) => format!(
+    describe_reply(&resp.reply, resp.minted)
+}
+
+/// A key operation's reply (and the dot minted for a write) for the trace.
+pub fn describe_reply(reply: &KeyOpReply, minted: Option<Dot>) -> String {
+    match reply {
+        KeyOpReply::Value(r) => format!("read ok {}", super::fmt::reply(r)),
+        KeyOpReply::Written(r) => format!(
             "written ok dot={} {}",
-            resp.minted.map_or("?".into(), super::fmt::dot),
-            obj(o)
+            minted.map_or("?".into(), dot),
+            super::fmt::reply(r)
         ),
-        Err(e) => format!("error: {e}"),
+        KeyOpReply::Error(e) => format!("error: {e}"),
     }
+}
+
+/// A reply's siblings as the history reads them: (dot, value).
+pub fn reply_siblings(r: &GetReply) -> Vec<(Dot, Payload)> {
+    r.siblings
+        .iter()
+        .map(|s| {
+            let d = Dot::new(s.dot.actor, s.dot.counter);
+            (d, Payload::Value(s.value.clone()))
+        })
+        .collect()
 }

@@ -1,8 +1,9 @@
 //! One simulated node: the core's request driver, route, forwarder and forward table, writer,
 //! liveness and handoff policies (anti-entropy in `ae`, gossip membership in `gossip`), carried
 //! out over the simulated world as `node/src/driver.rs`, `server/dispatch.rs`, `engine.rs`,
-//! `peers.rs` and `handoff.rs` carry them out. This file's own: the match that hands each peer
-//! request to the writer, the store, the layout or a core machine (as `handle_peer` does), and
+//! `peers.rs` and `handoff.rs` carry them out. This file's own: the match that hands each of the
+//! node's peer requests (`cairn_proto::PeerRequest`, decoded as the node decodes it) to the
+//! writer, the store, the layout or a core machine (as `handle_peer` does), and
 //! `strict_routing`, a stricter policy than the node's (a write off its chosen replicas refused)
 //! that only the simulator's sweeps try.
 //!
@@ -19,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use cairn_core::cleanup::{Action as CleanupAction, Cleanup, CleanupConfig};
-use cairn_core::coordinator::{route, OpId, Outcome, ReplicaResult, RequestId, Route};
+use cairn_core::coordinator::{route, OpId, ReplicaResult, RequestId, Route};
 use cairn_core::driver::{forward_timeout, DriverSabotage, LocalOp, Output, RequestDriver};
 use cairn_core::forward::{
     unrecorded_retry, Admit, ForwardKey, ForwardSabotage, ForwardTable, Forwarder, Step,
@@ -31,8 +32,9 @@ use cairn_core::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_core::peer::{typed_answer, PeerError};
+use cairn_core::peer::{ack, forwarded, pong, typed_answer, PeerError};
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
+use cairn_core::reply::reply;
 use cairn_core::store::Store;
 use cairn_core::transfer::{
     read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
@@ -41,7 +43,7 @@ use cairn_core::transfer::{
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
 use cairn_layout::{Layout, MergeOutcome};
-use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding};
+use cairn_proto::{ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding};
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
 
@@ -51,10 +53,7 @@ mod gossip;
 use super::disk::SimDisk;
 use super::fmt::{dot, node, obj};
 use super::history::{History, Holding, WriteId};
-use super::msg::{
-    describe_layout, key_str, Addr, Body, ClientRequest, ClientResponse, Envelope, PeerReq,
-    PeerResp,
-};
+use super::msg::{describe_layout, key_str, Addr, Body, ClientRequest, ClientResponse, Envelope};
 use super::world::{ClientIx, Event, NodeIx, TransportFailure, World};
 use super::Sabotage;
 
@@ -75,14 +74,6 @@ pub const SIM_CLEANUP_PAGE_MAX: usize = 2;
 /// When a sweep that had to keep a key it does not replicate runs again (the node's
 /// `CLEANUP_RETRY_INTERVAL` is 30 s; shorter here so runs settle).
 pub const SIM_CLEANUP_RETRY_INTERVAL: Duration = Duration::from_secs(3);
-/// `typed_answer`'s pick for a simulated request answered by a bare acknowledgement (the
-/// node's is `cairn_core::peer::ack`).
-fn sim_ack(answer: PeerResp) -> Result<(), PeerResp> {
-    match answer {
-        PeerResp::Ack => Ok(()),
-        other => Err(other),
-    }
-}
 
 /// Rounds of acknowledging, recording and retiring one layout change may take in one go (each
 /// round changes the layout or stops).
@@ -116,6 +107,8 @@ pub struct Ctx<'a> {
     pub w: &'a mut World,
     /// Q and N of every layout.
     pub config: RingConfig,
+    /// The cluster's id (the digest of layout version 1), sent with every layout.
+    pub cluster: cairn_layout::Digest,
     /// Node id of each node index (spares included).
     pub ids: &'a [NodeId],
     /// The history being recorded.
@@ -736,17 +729,27 @@ impl SimNode {
                 });
                 self.on_client_request(cx, client, seq, req);
             }
-            Body::PeerReq { gen, rid, req } => {
+            Body::PeerReq {
+                gen,
+                rid,
+                req,
+                write,
+            } => {
                 let Addr::Node(peer) = from else {
                     unreachable!("peer requests come from nodes")
                 };
-                self.on_peer_request(cx, peer, gen, rid, req);
+                self.on_peer_request(cx, (peer, gen, rid), req, write);
             }
-            Body::PeerResp { gen, rid, resp } => {
+            Body::PeerResp {
+                gen,
+                rid,
+                resp,
+                minted,
+            } => {
                 if gen != self.gen {
                     return;
                 }
-                self.on_peer_response(cx, rid, resp);
+                self.on_peer_response(cx, rid, resp, minted);
             }
             Body::ClientResp { .. } => unreachable!("nodes get no client responses"),
         }
@@ -769,14 +772,10 @@ impl SimNode {
                 let run = self.run();
                 run.forwards_sent += 1;
                 let id = (gen << 32) | run.forwards_sent;
-                let write = matches!(req, ClientRequest::Put { .. });
-                let mut forwarder = Forwarder::new(id, write, node(to));
+                let mut forwarder = Forwarder::new(id, req.is_write(), node(to));
                 forwarder.set_sabotage(cx.forward_sabotage);
                 let step = forwarder.start();
-                let timeout = forward_timeout(match &req {
-                    ClientRequest::Get { opts, .. } => opts.timeout_ms,
-                    ClientRequest::Put { opts, .. } => opts.timeout_ms,
-                });
+                let timeout = forward_timeout(req.timeout_ms());
                 let f = Forwarding {
                     client,
                     seq,
@@ -815,14 +814,10 @@ impl SimNode {
     /// A node without a layout answers `NoRing`, as `server/dispatch.rs` does.
     fn no_layout(&mut self, cx: &mut Ctx, reply: ReplyTo) {
         cx.w.log(self.me(), "no layout yet: request refused");
-        let resp = ClientResponse {
-            result: Err(ErrorReply::NoRing {
-                node: super::fmt::node(self.id),
-                reason: "it holds no layout yet".into(),
-            }
-            .to_string()),
-            minted: None,
-        };
+        let resp = ClientResponse::error(ErrorReply::NoRing {
+            node: super::fmt::node(self.id),
+            reason: "it holds no layout yet".into(),
+        });
         self.answer(cx, reply, resp);
     }
 
@@ -830,16 +825,15 @@ impl SimNode {
     /// failed, or it was forwarded here): coordinate here regardless. With `strict_routing`,
     /// a write is coordinated only where `route` says `Local`, else refused.
     fn coordinate_if_chosen(&mut self, cx: &mut Ctx, req: ClientRequest, reply: ReplyTo) {
-        if cx.strict_routing && matches!(req, ClientRequest::Put { .. }) {
+        if cx.strict_routing && req.is_write() {
             let route = self.route(req.key()).unwrap_or(Route::Unavailable);
             if route != Route::Local {
                 cx.w.logf(self.me(), || {
                     format!("strict routing: not a chosen replica ({route:?}), write refused")
                 });
-                let resp = ClientResponse {
-                    result: Err(format!("no chosen replica reachable ({route:?})")),
-                    minted: None,
-                };
+                let resp = ClientResponse::error(ErrorReply::Refused {
+                    reason: format!("strict routing: no chosen replica reachable ({route:?})"),
+                });
                 self.answer(cx, reply, resp);
                 return;
             }
@@ -847,159 +841,184 @@ impl SimNode {
         self.coordinate(cx, req, reply);
     }
 
-    /// `server/dispatch.rs::handle_peer`.
-    fn on_peer_request(&mut self, cx: &mut Ctx, peer: NodeIx, gen: u64, rid: u64, req: PeerReq) {
-        let reply = |cx: &mut Ctx, me: Addr, resp: Result<PeerResp, ErrorReply>| {
-            cx.w.send(me, Addr::Node(peer), Body::PeerResp { gen, rid, resp });
+    /// `server/dispatch.rs::handle_peer`: the node's peer request, decoded as the node decodes
+    /// it, handed to the writer, the store, the layout or a core machine.
+    fn on_peer_request(
+        &mut self,
+        cx: &mut Ctx,
+        from: (NodeIx, u64, u64),
+        req: PeerRequest,
+        write: Option<WriteId>,
+    ) {
+        let (peer, gen, rid) = from;
+        let reply = |cx: &mut Ctx, me: Addr, resp: Result<PeerResponse, ErrorReply>| {
+            let body = Body::PeerResp {
+                gen,
+                rid,
+                resp,
+                minted: None,
+            };
+            cx.w.send(me, Addr::Node(peer), body);
+        };
+        let malformed = |what: &str, e: &dyn std::fmt::Display| ErrorReply::Malformed {
+            reason: format!("{what}: {e}"),
         };
         match req {
-            PeerReq::Ping => reply(cx, self.me(), Ok(PeerResp::Pong)),
-            PeerReq::Forward { id, retry, req } => {
-                self.on_forward(cx, (peer, gen, rid), id, retry, req);
+            PeerRequest::Ping { .. } => {
+                let pong = PeerResponse::Pong {
+                    node: super::fmt::node_name(self.ix),
+                };
+                reply(cx, self.me(), Ok(pong));
             }
-            PeerReq::Replicate {
+            PeerRequest::Forward { id, retry, op } => {
+                let req = ClientRequest { op, write };
+                self.on_forward(cx, from, id, retry, req);
+            }
+            PeerRequest::Replicate {
                 key,
                 object,
                 hint_for,
-            } => {
-                let done = MergeDone::Peer {
-                    node: peer,
-                    gen,
-                    rid,
-                };
-                self.queue_disk(
-                    cx,
-                    DiskJob::Merge {
+            } => match Object::decode(&object) {
+                Ok(object) => {
+                    let done = MergeDone::Peer {
+                        node: peer,
+                        gen,
+                        rid,
+                    };
+                    let job = DiskJob::Merge {
                         key,
                         object,
                         hint_for,
                         done,
-                    },
-                );
-            }
-            PeerReq::Read { key } => {
-                // Sent as the object itself; the requester takes it as the node's wire carries
-                // it (`Object::encode_copy`, `decode_copy`), so a copy without siblings
-                // arrives as an absent key, its history not sent.
-                let obj = self.read_local(&key);
-                reply(cx, self.me(), Ok(PeerResp::Object(obj)));
-            }
-            PeerReq::Layout(theirs) => {
-                // As `Membership::receive_layout`: merge, answer with the merged layout.
-                if let Some(theirs) = theirs {
-                    self.take_layout(cx, &theirs, peer);
+                    };
+                    self.queue_disk(cx, job);
                 }
-                let mine = self.layout.clone().map(Box::new);
-                reply(cx, self.me(), Ok(PeerResp::Layout(mine)));
+                Err(e) => reply(cx, self.me(), Err(malformed("bad object", &e))),
+            },
+            PeerRequest::Read { key } => {
+                // As the node's wire carries a copy (`Object::encode_copy`): a copy without
+                // siblings arrives as an absent key, its history not sent.
+                let obj = self.read_local(&key);
+                reply(cx, self.me(), Ok(PeerResponse::Object(obj.encode_copy())));
             }
-            PeerReq::AntiEntropy {
+            PeerRequest::Layout(theirs) => {
+                // As `Membership::receive_layout`: merge, answer with the merged layout.
+                if !theirs.is_empty() {
+                    match cairn_layout::held::decode(&theirs) {
+                        Ok(held) => self.take_layout(cx, &held.layout, peer),
+                        Err(e) => return reply(cx, self.me(), Err(malformed("layout", &e))),
+                    }
+                }
+                let mine = self.encoded_layout(cx);
+                reply(cx, self.me(), Ok(PeerResponse::Layout(mine)));
+            }
+            PeerRequest::AntiEntropy {
+                from,
                 partition,
                 session,
                 message,
             } => {
-                let answer = self.ae_respond(cx, peer, partition, session, message);
+                let answer = self.ae_respond(cx, from, partition, session, message);
                 reply(cx, self.me(), answer);
             }
-            PeerReq::Keys { partition, hashes } => {
-                let answer = self.ae_keys(cx, partition, &hashes);
+            PeerRequest::Keys {
+                partition,
+                key_hashes,
+            } => {
+                let answer = self.ae_keys(cx, partition, key_hashes);
                 reply(cx, self.me(), answer);
             }
-            PeerReq::Gossip(message) => {
+            PeerRequest::Gossip(message) => {
                 let answer = match self.run().gossip {
-                    Some(_) => self.gossip_receive(cx, peer, *message),
+                    Some(_) => self.gossip_receive(cx, peer, &message),
                     None => Err(ErrorReply::Refused {
                         reason: "no gossip in this run".into(),
                     }),
                 };
                 reply(cx, self.me(), answer);
             }
-            PeerReq::Tombstones(probes) => {
+            PeerRequest::Tombstones { probes } => {
                 // As `node/src/reaper.rs::answer`: point reads of the store.
                 let held = reaper::holdings(&self.store, &probes)
-                    .map(PeerResp::Tombstones)
+                    .map(PeerResponse::Tombstones)
                     .map_err(|e| ErrorReply::Storage {
                         reason: e.to_string(),
                     });
                 reply(cx, self.me(), held);
             }
+            other @ (PeerRequest::PartitionSizes { .. } | PeerRequest::Batch(_)) => {
+                // No simulated node sends these (plan counts and peer batches are the node's
+                // own I/O); answered as a node of another protocol would be.
+                let refused = ErrorReply::Refused {
+                    reason: format!("not simulated: {other:?}"),
+                };
+                reply(cx, self.me(), Err(refused));
+            }
         }
+    }
+
+    /// This node's layout as the node sends it (`cairn_layout::held`), empty while it holds
+    /// none.
+    fn encoded_layout(&self, cx: &Ctx) -> Vec<u8> {
+        self.layout.as_ref().map_or_else(Vec::new, |layout| {
+            cairn_layout::held::encode(&cairn_layout::held::Held {
+                cluster: cx.cluster,
+                layout: layout.clone(),
+            })
+        })
     }
 
     fn read_local(&self, key: &[u8]) -> Object {
         self.object(key)
     }
 
-    fn on_peer_response(&mut self, cx: &mut Ctx, rid: u64, resp: Result<PeerResp, ErrorReply>) {
+    fn on_peer_response(
+        &mut self,
+        cx: &mut Ctx,
+        rid: u64,
+        resp: Result<PeerResponse, ErrorReply>,
+        minted: Option<Dot>,
+    ) {
         let Some((peer, started, out)) = self.run().outgoing.remove(&rid) else {
             // A duplicate, or the answer after the transport gave up.
             return;
         };
         // `Peers::request`: any answer is a successful exchange.
         self.mark(cx, peer, true, started, "");
+        let name = node(peer);
         match out {
             Outgoing::Coord { op } => {
-                // On the wire as the node's peer protocol has it: an absent key as no bytes.
-                let answer = resp.map(|r| match r {
-                    PeerResp::Ack => PeerResponse::Ack,
-                    PeerResp::Object(o) => PeerResponse::Object(o.encode_copy()),
-                    PeerResp::Pong
-                    | PeerResp::Forwarded(_)
-                    | PeerResp::Layout(_)
-                    | PeerResp::Tombstones(_)
-                    | PeerResp::AntiEntropy(_)
-                    | PeerResp::Keys(_)
-                    | PeerResp::Gossip(_) => {
-                        unreachable!("replica requests are answered with acks and objects")
-                    }
-                });
-                self.run().driver.handle_peer_reply(op, answer);
+                self.run().driver.handle_peer_reply(op, resp);
                 self.drain(cx);
             }
             Outgoing::Repair => {}
-            Outgoing::Ping => {
-                let pong = |answer| match answer {
-                    PeerResp::Pong => Ok(()),
-                    other => Err(other),
-                };
-                match typed_answer(&node(peer), "ping", Ok(resp), pong) {
-                    Ok(()) => {
-                        let now = cx.w.instant();
-                        let run = self.run();
-                        run.pinging.remove(&peer);
-                        run.liveness.handle_probe(now, peer, true);
-                    }
-                    Err(e) => {
-                        self.mark(cx, peer, false, started, &e.to_string());
-                        self.ping_failed(cx, peer);
-                    }
+            Outgoing::Ping => match typed_answer(&name, "ping", Ok(resp), pong) {
+                Ok(_) => {
+                    let now = cx.w.instant();
+                    let run = self.run();
+                    run.pinging.remove(&peer);
+                    run.liveness.handle_probe(now, peer, true);
                 }
-            }
-            Outgoing::Forward(mut f) => {
-                let forwarded = |answer| match answer {
-                    PeerResp::Forwarded(r) => Ok(r),
-                    other => Err(other),
-                };
-                match typed_answer(&node(peer), "forward", Ok(resp), forwarded) {
-                    Ok(r) => {
-                        cx.w.send(
-                            self.me(),
-                            Addr::Client(f.client),
-                            Body::ClientResp {
-                                seq: f.seq,
-                                resp: r,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let step = f.forwarder.handle_failure(&e);
-                        cx.w.logf(self.me(), || format!("forward failed ({e}): {step:?}"));
-                        self.forward_step(cx, f, step);
-                    }
+                Err(e) => {
+                    self.mark(cx, peer, false, started, &e.to_string());
+                    self.ping_failed(cx, peer);
                 }
-            }
+            },
+            Outgoing::Forward(mut f) => match typed_answer(&name, "forward", Ok(resp), forwarded) {
+                Ok(reply) => {
+                    let resp = ClientResponse { reply, minted };
+                    let body = Body::ClientResp { seq: f.seq, resp };
+                    cx.w.send(self.me(), Addr::Client(f.client), body);
+                }
+                Err(e) => {
+                    let step = f.forwarder.handle_failure(&e);
+                    cx.w.logf(self.me(), || format!("forward failed ({e}): {step:?}"));
+                    self.forward_step(cx, f, step);
+                }
+            },
             Outgoing::Handoff => {
                 // As `node/src/handoff.rs::send` reads the answer.
-                let answer = match typed_answer(&node(peer), "hint delivery", Ok(resp), sim_ack) {
+                let answer = match typed_answer(&name, "hint delivery", Ok(resp), ack) {
                     Ok(()) => Answer::Acked,
                     Err(PeerError::Refused { reply, .. }) => Answer::from_error(&reply),
                     Err(e) => Answer::Refused(e.to_string()),
@@ -1007,19 +1026,28 @@ impl SimNode {
                 self.handoff_answer(cx, peer, answer);
             }
             Outgoing::Transfer { send } => {
-                let result = typed_answer(&node(peer), "transfer", Ok(resp), sim_ack)
-                    .map_err(|e| e.to_string());
+                let result =
+                    typed_answer(&name, "transfer", Ok(resp), ack).map_err(|e| e.to_string());
                 self.transfer_sent(cx, send, result);
             }
             Outgoing::Layout => {
-                if let Ok(PeerResp::Layout(Some(theirs))) = resp {
-                    let from = cx.ix(peer);
-                    self.take_layout(cx, &theirs, from);
+                if let Ok(PeerResponse::Layout(theirs)) = resp {
+                    if !theirs.is_empty() {
+                        match cairn_layout::held::decode(&theirs) {
+                            Ok(held) => {
+                                let from = cx.ix(peer);
+                                self.take_layout(cx, &held.layout, from);
+                            }
+                            Err(e) => {
+                                cx.w.logf(self.me(), || format!("layout from {name}: {e}"));
+                            }
+                        }
+                    }
                 }
             }
             Outgoing::Reaper => {
                 let answer = match resp {
-                    Ok(PeerResp::Tombstones(holdings)) => Ok(holdings),
+                    Ok(PeerResponse::Tombstones(holdings)) => Ok(holdings),
                     Ok(other) => Err(format!("answered tombstones with {other:?}")),
                     Err(e) => Err(e.to_string()),
                 };
@@ -1092,22 +1120,29 @@ impl SimNode {
         &mut self,
         cx: &mut Ctx,
         to: NodeIx,
-        req: PeerReq,
+        req: PeerRequest,
         out: Outgoing,
         timeout: Duration,
     ) {
         let peer = cx.ids[to];
         let gen = self.gen;
         let now = cx.w.now;
+        // A forwarded write carries the history's name for it beside the request.
+        let write = match &out {
+            Outgoing::Forward(f) => f.req.write,
+            _ => None,
+        };
         let run = self.run();
         let rid = run.next_rid;
         run.next_rid += 1;
         run.outgoing.insert(rid, (peer, now, out));
-        cx.w.send(
-            Addr::Node(self.ix),
-            Addr::Node(to),
-            Body::PeerReq { gen, rid, req },
-        );
+        let body = Body::PeerReq {
+            gen,
+            rid,
+            req,
+            write,
+        };
+        cx.w.send(Addr::Node(self.ix), Addr::Node(to), body);
         cx.w.after(
             timeout,
             Event::RequestFailed {
@@ -1133,7 +1168,7 @@ impl SimNode {
         let run = self.run();
         let liveness = &run.liveness;
         let is_up = |id: NodeId| id == me || liveness.is_up(id);
-        if cx.w.tracing() && matches!(req, ClientRequest::Put { .. }) && routed != Route::Local {
+        if cx.w.tracing() && req.is_write() && routed != Route::Local {
             cx.w.log(
                 here,
                 "coordinating a write OFF its chosen replicas".to_owned(),
@@ -1220,19 +1255,7 @@ impl SimNode {
                     request,
                     timeout,
                 } => {
-                    let req = match request {
-                        PeerRequest::Replicate {
-                            key,
-                            object,
-                            hint_for,
-                        } => PeerReq::Replicate {
-                            key,
-                            object: Object::decode(&object).expect("the driver encodes objects"),
-                            hint_for,
-                        },
-                        PeerRequest::Read { key } => PeerReq::Read { key },
-                        other => unreachable!("the driver sends replica requests only: {other:?}"),
-                    };
+                    let req = request;
                     let out = match op {
                         Some(op) => Outgoing::Coord { op },
                         None => Outgoing::Repair,
@@ -1253,7 +1276,7 @@ impl SimNode {
                 Output::Reply { req, to, result } => {
                     let minted = self.run().minted.remove(&req);
                     let resp = ClientResponse {
-                        result: result.map_err(|e| e.to_string()),
+                        reply: reply(result, node),
                         minted,
                     };
                     cx.w.logf(self.me(), || {
@@ -1282,7 +1305,7 @@ impl SimNode {
     }
 
     fn answer(&mut self, cx: &mut Ctx, reply: ReplyTo, resp: ClientResponse) {
-        if matches!(resp.result, Ok(Outcome::Written(_))) && cx.w.chance(cx.crash_after_ack) {
+        if matches!(resp.reply, KeyOpReply::Written(_)) && cx.w.chance(cx.crash_after_ack) {
             // Adversarial timing: crash right after acknowledging a write, while whatever the
             // coordinator still has to make durable (hints) sits in the queue.
             // Mostly at once; sometimes later, while the request still waits for replicas.
@@ -1319,12 +1342,13 @@ impl SimNode {
         (peer, gen, rid): (NodeIx, u64, u64),
         resp: ClientResponse,
     ) {
-        let resp = Ok(PeerResp::Forwarded(resp));
-        cx.w.send(
-            self.me(),
-            Addr::Node(peer),
-            Body::PeerResp { gen, rid, resp },
-        );
+        let body = Body::PeerResp {
+            gen,
+            rid,
+            resp: Ok(PeerResponse::Forwarded(resp.reply)),
+            minted: resp.minted,
+        };
+        cx.w.send(self.me(), Addr::Node(peer), body);
     }
 
     /// A forward arrived (`server/dispatch.rs::forwarded`): a read is coordinated (it is safe
@@ -1339,7 +1363,7 @@ impl SimNode {
         req: ClientRequest,
     ) {
         // Never forwarded again.
-        if matches!(req, ClientRequest::Get { .. }) {
+        if !req.is_write() {
             let reply = ReplyTo::Peer {
                 node: peer,
                 gen,
@@ -1376,10 +1400,7 @@ impl SimNode {
                 return;
             }
             Admit::Done(resp) => resp,
-            Admit::Unknown => ClientResponse {
-                result: Err(unrecorded_retry(&name, id).to_string()),
-                minted: None,
-            },
+            Admit::Unknown => ClientResponse::error(unrecorded_retry(&name, id)),
         };
         cx.w.logf(me, || {
             format!("recv forward f{id:x} again: answered as before")
@@ -1391,14 +1412,9 @@ impl SimNode {
     fn forward_step(&mut self, cx: &mut Ctx, f: Forwarding, step: Step) {
         match step {
             Step::Send { id, retry } => {
-                let (to, req, timeout) = (f.to, f.req.clone(), f.timeout);
-                self.request(
-                    cx,
-                    to,
-                    PeerReq::Forward { id, retry, req },
-                    Outgoing::Forward(f),
-                    timeout,
-                );
+                let (to, op, timeout) = (f.to, f.req.op.clone(), f.timeout);
+                let req = PeerRequest::Forward { id, retry, op };
+                self.request(cx, to, req, Outgoing::Forward(f), timeout);
             }
             Step::CoordinateHere => {
                 let reply = ReplyTo::Client {
@@ -1408,10 +1424,7 @@ impl SimNode {
                 self.coordinate_if_chosen(cx, f.req, reply);
             }
             Step::Fail(e) => {
-                let resp = ClientResponse {
-                    result: Err(e.to_string()),
-                    minted: None,
-                };
+                let resp = ClientResponse::error(e);
                 let reply = ReplyTo::Client {
                     client: f.client,
                     seq: f.seq,
@@ -1685,12 +1698,13 @@ impl SimNode {
                     }
                     MergeDone::Local(None) => {}
                     MergeDone::Peer { node, gen, rid } => {
-                        let resp = result.map(|_| PeerResp::Ack);
-                        cx.w.send(
-                            self.me(),
-                            Addr::Node(node),
-                            Body::PeerResp { gen, rid, resp },
-                        );
+                        let body = Body::PeerResp {
+                            gen,
+                            rid,
+                            resp: result.map(|_| PeerResponse::Ack),
+                            minted: None,
+                        };
+                        cx.w.send(self.me(), Addr::Node(node), body);
                     }
                     MergeDone::AntiEntropy { exchange, repair } => {
                         self.ae_merged(cx, exchange, key, repair, result);
@@ -1852,7 +1866,10 @@ impl SimNode {
             .collect();
         for peer in due {
             let to = cx.ix(peer);
-            self.request(cx, to, PeerReq::Ping, Outgoing::Ping, PING_TIMEOUT);
+            let ping = PeerRequest::Ping {
+                from: super::fmt::node_name(self.ix),
+            };
+            self.request(cx, to, ping, Outgoing::Ping, PING_TIMEOUT);
         }
         let gen = self.gen;
         cx.w.after(PROBE_INTERVAL, Event::ProbeTick { node: self.ix, gen });
@@ -1943,9 +1960,9 @@ impl SimNode {
                 Action::Send { target, hint } => {
                     let object = self.read_local(&hint.key);
                     let to = cx.ix(target);
-                    let req = PeerReq::Replicate {
+                    let req = PeerRequest::Replicate {
                         key: hint.key,
-                        object,
+                        object: object.encode(),
                         hint_for: None,
                     };
                     self.request(cx, to, req, Outgoing::Handoff, HANDOFF_REQUEST_TIMEOUT);
@@ -2033,7 +2050,7 @@ impl SimNode {
             self.request(
                 cx,
                 to,
-                PeerReq::Tombstones(probes),
+                PeerRequest::Tombstones { probes },
                 Outgoing::Reaper,
                 TOMBSTONE_REQUEST_TIMEOUT,
             );
@@ -2287,9 +2304,9 @@ impl SimNode {
         for (to, id, entries) in sends {
             let to = cx.ix(to);
             for e in entries.iter() {
-                let req = PeerReq::Replicate {
+                let req = PeerRequest::Replicate {
                     key: e.key.clone(),
-                    object: Object::decode(&e.object).expect("pages hold stored objects"),
+                    object: e.object.clone(),
                     hint_for: None,
                 };
                 self.request(
@@ -2357,14 +2374,8 @@ impl SimNode {
         if to >= self.ix {
             to += 1;
         }
-        let mine = self.layout.clone().map(Box::new);
-        self.request(
-            cx,
-            to,
-            PeerReq::Layout(mine),
-            Outgoing::Layout,
-            PING_TIMEOUT,
-        );
+        let mine = PeerRequest::Layout(self.encoded_layout(cx));
+        self.request(cx, to, mine, Outgoing::Layout, PING_TIMEOUT);
         if self.layout.as_ref().is_some_and(|l| !l.is_settled()) {
             self.pump(cx);
         }

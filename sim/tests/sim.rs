@@ -451,7 +451,7 @@ fn runs_exercise_the_interesting_paths() {
             .history
             .reads
             .iter()
-            .filter(|rd| matches!(&rd.result, Some(Ok(o)) if o.live().len() > 1))
+            .filter(|rd| matches!(&rd.result, Some(Ok(o)) if o.siblings.len() > 1))
             .count();
         crashes += r.trace.iter().filter(|l| l.contains("CRASH")).count();
         partitions += r.trace.iter().filter(|l| l.contains("PARTITION")).count();

@@ -164,7 +164,7 @@ impl Shared {
                         };
                         let answer = self.peers.call(to, forward, timeout).await;
                         let name = self.peers.name(to);
-                        match typed_answer(&name, "forward", answer, forwarded_reply) {
+                        match typed_answer(&name, "forward", answer, cairn_core::peer::forwarded) {
                             Ok(reply) => return reply.into(),
                             Err(e) => {
                                 step = forwarder.handle_failure(&e);
@@ -274,14 +274,6 @@ async fn coordinate(req: Request, shared: &Shared) -> Response {
         None => Response::Error(ErrorReply::Malformed {
             reason: "only gets, puts and deletes can be coordinated".into(),
         }),
-    }
-}
-
-/// [`typed_answer`]'s `pick` for a forward's answer.
-fn forwarded_reply(answer: PeerResponse) -> Result<KeyOpReply, PeerResponse> {
-    match answer {
-        PeerResponse::Forwarded(reply) => Ok(reply),
-        other => Err(other),
     }
 }
 

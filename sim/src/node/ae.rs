@@ -19,13 +19,13 @@ use cairn_core::antientropy::{
 use cairn_core::limits::{AE_REQUEST_TIMEOUT, AE_RESPONDER_SESSIONS_MAX, AE_SESSION_IDLE_MAX};
 use cairn_core::store::Store;
 use cairn_core::version::Object;
-use cairn_proto::{ErrorReply, NodeId};
+use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::PartitionId;
 
 use super::{Ctx, DiskJob, MergeDone, Outgoing, SimNode};
 use crate::fmt::node;
-use crate::msg::{key_str, PeerReq, PeerResp};
-use crate::world::{Event, NodeIx};
+use crate::msg::key_str;
+use crate::world::Event;
 
 /// Pause between a node's anti-entropy rounds (the node's default is a minute; short here so
 /// exchanges meet the faults and the final repair converges quickly).
@@ -194,7 +194,10 @@ impl SimNode {
                     }
                 }
                 Action::PeerKeys(hashes) => {
-                    let req = PeerReq::Keys { partition, hashes };
+                    let req = PeerRequest::Keys {
+                        partition,
+                        key_hashes: hashes.iter().map(|h| h.0).collect(),
+                    };
                     return self.ae_request(cx, id, peer, req, Wait::Keys);
                 }
                 Action::Repair(batch) => {
@@ -208,7 +211,8 @@ impl SimNode {
                     return;
                 }
                 Action::Send(message) => {
-                    let req = PeerReq::AntiEntropy {
+                    let req = PeerRequest::AntiEntropy {
+                        from: self.id,
                         partition,
                         session: id,
                         message,
@@ -220,7 +224,7 @@ impl SimNode {
         }
     }
 
-    fn ae_request(&mut self, cx: &mut Ctx, id: u64, peer: NodeId, req: PeerReq, wait: Wait) {
+    fn ae_request(&mut self, cx: &mut Ctx, id: u64, peer: NodeId, req: PeerRequest, wait: Wait) {
         let to = cx.ix(peer);
         let out = Outgoing::AntiEntropy { exchange: id, wait };
         self.request(cx, to, req, out, AE_REQUEST_TIMEOUT);
@@ -242,7 +246,7 @@ impl SimNode {
             step = match step {
                 RepairStep::ReadLocal => repair.handle_local(self.object(&key)),
                 RepairStep::ReadPeer => {
-                    let req = PeerReq::Read { key: key.clone() };
+                    let req = PeerRequest::Read { key: key.clone() };
                     return self.ae_request(cx, id, peer, req, Wait::PeerCopy { key, repair });
                 }
                 RepairStep::Merge(theirs) => {
@@ -262,9 +266,9 @@ impl SimNode {
                     cx.w.logf(self.me(), || {
                         format!("anti-entropy: {} to {}", key_str(&key), node(peer))
                     });
-                    let req = PeerReq::Replicate {
+                    let req = PeerRequest::Replicate {
                         key,
-                        object,
+                        object: object.encode(),
                         hint_for: None,
                     };
                     return self.ae_request(cx, id, peer, req, Wait::Replicated);
@@ -321,34 +325,37 @@ impl SimNode {
         cx: &mut Ctx,
         id: u64,
         wait: Wait,
-        answer: Result<PeerResp, (String, bool)>,
+        answer: Result<PeerResponse, (String, bool)>,
     ) {
         if !self.ae().exchanges.contains_key(&id) {
             return;
         }
         match (wait, answer) {
-            (Wait::Answer, Ok(PeerResp::AntiEntropy(message))) => {
+            (Wait::Answer, Ok(PeerResponse::AntiEntropy { message })) => {
                 let x = self.ae().exchanges.get_mut(&id).expect("exchange");
                 match x.exchange.handle_answer(message) {
                     Ok(()) => self.ae_pump(cx, id),
                     Err(e) => self.ae_end(cx, id, Err(e.to_string())),
                 }
             }
-            (Wait::Keys, Ok(PeerResp::Keys(keys))) => {
+            (Wait::Keys, Ok(PeerResponse::Keys(keys))) => {
                 let x = self.ae().exchanges.get_mut(&id).expect("exchange");
                 match x.exchange.handle_peer_keys(keys) {
                     Ok(_) => self.ae_pump(cx, id),
                     Err(e) => self.ae_end(cx, id, Err(e.to_string())),
                 }
             }
-            (Wait::PeerCopy { key, mut repair }, Ok(PeerResp::Object(theirs))) => {
-                // As the node's wire carries it (`encode_copy`, `decode_copy`).
-                let theirs = Object::decode_copy(&theirs.encode_copy())
-                    .expect("a copy the simulator encoded decodes");
-                let step = repair.handle_peer_copy(theirs);
-                self.ae_key_step(cx, id, key, repair, step);
+            (Wait::PeerCopy { key, mut repair }, Ok(PeerResponse::Object(theirs))) => {
+                match Object::decode_copy(&theirs) {
+                    Ok(theirs) => {
+                        let step = repair.handle_peer_copy(theirs);
+                        self.ae_key_step(cx, id, key, repair, step);
+                    }
+                    // As the node: one key that cannot be repaired does not stop the others.
+                    Err(_) => self.ae_key_done(cx, id, false, None),
+                }
             }
-            (Wait::Replicated, Ok(PeerResp::Ack)) => self.ae_key_done(cx, id, true, None),
+            (Wait::Replicated, Ok(PeerResponse::Ack)) => self.ae_key_done(cx, id, true, None),
             (Wait::PeerCopy { .. } | Wait::Replicated, Err((reason, gone))) => {
                 self.ae_key_done(cx, id, false, gone.then_some(reason))
             }
@@ -392,19 +399,18 @@ impl SimNode {
         refusal(true, partition, cx.config.partitions, primary, true)
     }
 
-    /// Answers `PeerReq::AntiEntropy` as `AntiEntropy::respond` does.
+    /// Answers `PeerRequest::AntiEntropy` as `AntiEntropy::respond` does.
     pub(super) fn ae_respond(
         &mut self,
         cx: &mut Ctx,
-        from: NodeIx,
+        from: NodeId,
         partition: PartitionId,
         session: u64,
         message: Option<Vec<u8>>,
-    ) -> Result<PeerResp, ErrorReply> {
+    ) -> Result<PeerResponse, ErrorReply> {
         self.ae_refusal(cx, partition)?;
         let tree = self.ae_tree(cx, partition);
         let now = cx.w.instant();
-        let from = cx.ids[from];
         let answer = self.ae().responders.respond(
             from,
             partition,
@@ -413,17 +419,18 @@ impl SimNode {
             &tree,
             now,
         )?;
-        Ok(PeerResp::AntiEntropy(answer))
+        Ok(PeerResponse::AntiEntropy { message: answer })
     }
 
-    /// Answers `PeerReq::Keys` as `AntiEntropy::keys` does.
+    /// Answers `PeerRequest::Keys` as `AntiEntropy::keys` does.
     pub(super) fn ae_keys(
         &self,
         cx: &Ctx,
         partition: PartitionId,
-        hashes: &[KeyHash],
-    ) -> Result<PeerResp, ErrorReply> {
+        key_hashes: Vec<[u8; 32]>,
+    ) -> Result<PeerResponse, ErrorReply> {
         self.ae_refusal(cx, partition)?;
+        let hashes: Vec<KeyHash> = key_hashes.into_iter().map(KeyHash).collect();
         if let Some(stray) = hashes
             .iter()
             .find(|h| cx.config.partition_of_hash(&h.0) != partition)
@@ -432,7 +439,7 @@ impl SimNode {
                 reason: format!("key hash {stray:?} is not in partition {partition}"),
             });
         }
-        Ok(PeerResp::Keys(self.ae_keys_for(hashes)))
+        Ok(PeerResponse::Keys(self.ae_keys_for(&hashes)))
     }
 
     /// The stored keys behind `hashes` (the store's key-hash index).

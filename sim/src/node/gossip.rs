@@ -20,11 +20,10 @@ use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipMessage, MembershipEvent, NodeState, Payload, Status,
     Storage, Transmit,
 };
-use cairn_proto::{ErrorReply, NodeId};
+use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 
 use super::{Ctx, Outgoing, SimNode};
 use crate::fmt::{node, node_name};
-use crate::msg::{PeerReq, PeerResp};
 use crate::world::{Event, NodeIx};
 
 /// The simulated nodes' gossip interval (the node's default).
@@ -95,7 +94,7 @@ impl SimNode {
         let Some(to) = to.filter(|&to| to != self.ix) else {
             return;
         };
-        let req = PeerReq::Gossip(Box::new(t.message));
+        let req = PeerRequest::Gossip(t.message.encode());
         self.request(cx, to, req, Outgoing::Gossip, GOSSIP_EXCHANGE_TIMEOUT);
     }
 
@@ -106,8 +105,11 @@ impl SimNode {
         &mut self,
         cx: &mut Ctx,
         from: NodeId,
-        message: GossipMessage,
+        bytes: &[u8],
     ) -> Result<Option<GossipMessage>, ErrorReply> {
+        let message = GossipMessage::decode(bytes).map_err(|e| ErrorReply::Malformed {
+            reason: format!("gossip: {e}"),
+        })?;
         if message.from != from {
             return Err(ErrorReply::Malformed {
                 reason: format!("gossip: a message from {} sent by {from}", message.from),
@@ -141,28 +143,28 @@ impl SimNode {
         Ok(reply)
     }
 
-    /// Answers `PeerReq::Gossip` from `from`.
+    /// Answers `PeerRequest::Gossip` from `from`.
     pub(super) fn gossip_receive(
         &mut self,
         cx: &mut Ctx,
         from: NodeIx,
-        message: GossipMessage,
-    ) -> Result<PeerResp, ErrorReply> {
+        message: &[u8],
+    ) -> Result<PeerResponse, ErrorReply> {
         let from = cx.ids[from];
         let reply = self.gossip_take(cx, from, message)?;
-        Ok(PeerResp::Gossip(reply.map(Box::new)))
+        Ok(PeerResponse::Gossip(reply.map(|m| m.encode())))
     }
 
     /// The answer to a gossip message this node sent: its reply is taken, and the reply to
     /// that sent on, until the exchange ends (as `Membership::exchange` carries it).
-    pub(super) fn gossip_answer(&mut self, cx: &mut Ctx, peer: NodeId, answer: PeerResp) {
-        let PeerResp::Gossip(Some(reply)) = answer else {
+    pub(super) fn gossip_answer(&mut self, cx: &mut Ctx, peer: NodeId, answer: PeerResponse) {
+        let PeerResponse::Gossip(Some(reply)) = answer else {
             return;
         };
-        match self.gossip_take(cx, peer, *reply) {
+        match self.gossip_take(cx, peer, &reply) {
             Ok(Some(next)) => {
                 let to = cx.ix(peer);
-                let req = PeerReq::Gossip(Box::new(next));
+                let req = PeerRequest::Gossip(next.encode());
                 self.request(cx, to, req, Outgoing::Gossip, GOSSIP_EXCHANGE_TIMEOUT);
             }
             Ok(None) => {}
