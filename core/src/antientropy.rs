@@ -124,6 +124,32 @@ pub fn refusal(
     Ok(())
 }
 
+/// The key hashes of a `PeerRequest::Keys` about `partition`, checked: at most
+/// `KEY_HASHES_PER_REQUEST_MAX`, and each in that partition (`partition_of`). The node's
+/// responder and the simulator's both read the request through it.
+pub fn keys_asked(
+    partition: PartitionId,
+    key_hashes: Vec<[u8; 32]>,
+    partition_of: impl Fn(&KeyHash) -> PartitionId,
+) -> Result<Vec<KeyHash>, ErrorReply> {
+    use cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX;
+    if key_hashes.len() > KEY_HASHES_PER_REQUEST_MAX {
+        return Err(ErrorReply::Malformed {
+            reason: format!(
+                "{} key hashes exceed KEY_HASHES_PER_REQUEST_MAX ({KEY_HASHES_PER_REQUEST_MAX})",
+                key_hashes.len()
+            ),
+        });
+    }
+    let hashes: Vec<KeyHash> = key_hashes.into_iter().map(KeyHash).collect();
+    if let Some(stray) = hashes.iter().find(|k| partition_of(k) != partition) {
+        return Err(ErrorReply::Malformed {
+            reason: format!("key hash {stray:?} is not in partition {partition}"),
+        });
+    }
+    Ok(hashes)
+}
+
 /// A deliberate bug in the exchange, compiled only with the `sabotage` feature, so the
 /// simulator's checker can be shown to catch an anti-entropy that does not converge.
 #[cfg(feature = "sabotage")]
@@ -647,6 +673,25 @@ fn protocol(e: AntiEntropyError) -> ErrorReply {
 mod tests {
     use super::*;
     use cairn_antientropy::ObjectHash;
+
+    #[test]
+    fn a_keys_request_is_refused_over_its_limit_or_with_a_stray_hash() {
+        use cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX;
+        let partition_of = |k: &KeyHash| u32::from(k.0[0]);
+        let asked = keys_asked(7, vec![[7; 32], [7; 32]], partition_of).unwrap();
+        assert_eq!(asked, vec![KeyHash([7; 32]); 2]);
+        let too_many = vec![[7; 32]; KEY_HASHES_PER_REQUEST_MAX + 1];
+        let err = keys_asked(7, too_many, partition_of).unwrap_err();
+        assert!(
+            matches!(&err, ErrorReply::Malformed { reason } if reason.contains("KEY_HASHES_PER_REQUEST_MAX")),
+            "{err:?}"
+        );
+        let err = keys_asked(7, vec![[7; 32], [8; 32]], partition_of).unwrap_err();
+        assert!(
+            matches!(&err, ErrorReply::Malformed { reason } if reason.contains("not in partition 7")),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn the_bucket_allows_its_burst_then_paces_at_its_rate() {

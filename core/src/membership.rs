@@ -14,8 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cairn_gossip::{MembershipEvent, NodeView, Status};
-use cairn_proto::NodeId;
+use cairn_gossip::{
+    Destination, Gossip, GossipMessage, MembershipEvent, NodeView, Payload, Status, Transmit,
+};
+use cairn_proto::{ErrorReply, NodeId};
 
 /// Gossip rounds without a heartbeat after which a member is suspect and pinged directly: phi
 /// takes about 18 rounds to convict, a failed ping about one second.
@@ -34,6 +36,56 @@ pub struct Judgement {
     pub late: bool,
     /// It declares its storage degraded.
     pub degraded: bool,
+}
+
+/// What one gossip message from a peer did: the message that answers it (an ACK for a SYN, an
+/// ACK2 for an ACK), to send back on the same exchange, and everything else gossip wants sent.
+#[derive(Debug)]
+pub struct Received {
+    /// The answer to the sender, if the message asked for one.
+    pub reply: Option<GossipMessage>,
+    /// Other messages gossip wants sent (to the sender or to others), in order.
+    pub others: Vec<Transmit>,
+}
+
+/// Takes a gossip message (`bytes`, as the peer protocol carries it) from `sender` into
+/// `gossip`: a message that does not decode, or that claims to come from another node than the
+/// one that sent it (one node must not speak for another), is refused. The node's membership
+/// and the simulator both receive gossip through it.
+pub fn receive_gossip(
+    gossip: &mut Gossip,
+    now: Instant,
+    bytes: &[u8],
+    sender: NodeId,
+) -> Result<Received, ErrorReply> {
+    let malformed = |reason: String| ErrorReply::Malformed {
+        reason: format!("gossip: {reason}"),
+    };
+    let message = GossipMessage::decode(bytes).map_err(|e| malformed(e.to_string()))?;
+    let from = message.from;
+    if from != sender {
+        return Err(malformed(format!("a message from {from} sent by {sender}")));
+    }
+    gossip
+        .handle_message(now, message)
+        .map_err(|e| malformed(e.to_string()))?;
+    let mut received = Received {
+        reply: None,
+        others: Vec::new(),
+    };
+    while let Some(t) = gossip.poll_transmit() {
+        let answers = t.to == Destination::Node(from)
+            && matches!(
+                t.message.payload,
+                Payload::Ack { .. } | Payload::Ack2 { .. }
+            );
+        if answers && received.reply.is_none() {
+            received.reply = Some(t.message);
+        } else {
+            received.others.push(t);
+        }
+    }
+    Ok(received)
 }
 
 /// The judge of one node's peers.

@@ -23,10 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_antientropy::KeyHash;
 use cairn_core::antientropy::{
-    refusal, round_jobs, Action, Direction, Exchange, ExchangeFault, KeyRepair, RepairStep,
-    Responders, TokenBucket,
+    keys_asked, refusal, round_jobs, Action, Direction, Exchange, ExchangeFault, KeyRepair,
+    RepairStep, Responders, TokenBucket,
 };
-use cairn_proto::limits::KEY_HASHES_PER_REQUEST_MAX;
 use cairn_proto::{AntiEntropyStatus, ErrorReply, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::{PartitionId, Ring};
 use tokio::sync::Semaphore;
@@ -512,23 +511,7 @@ impl AntiEntropy {
         key_hashes: Vec<[u8; 32]>,
     ) -> Result<PeerResponse, ErrorReply> {
         self.check_partition(partition)?;
-        if key_hashes.len() > KEY_HASHES_PER_REQUEST_MAX {
-            return Err(ErrorReply::Malformed {
-                reason: format!(
-                    "{} key hashes exceed KEY_HASHES_PER_REQUEST_MAX ({KEY_HASHES_PER_REQUEST_MAX})",
-                    key_hashes.len()
-                ),
-            });
-        }
-        let hashes: Vec<KeyHash> = key_hashes.into_iter().map(KeyHash).collect();
-        if let Some(stray) = hashes
-            .iter()
-            .find(|k| self.trees.partition_of(k) != partition)
-        {
-            return Err(ErrorReply::Malformed {
-                reason: format!("key hash {stray:?} is not in partition {partition}"),
-            });
-        }
+        let hashes = keys_asked(partition, key_hashes, |k| self.trees.partition_of(k))?;
         let keys = self.engine.keys_for_hashes(hashes).await?;
         let bytes: usize = keys.iter().flatten().map(Vec::len).sum();
         self.stats

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_gossip::{
-    Destination, Gossip, GossipConfig, GossipError, GossipMessage, MembershipEvent, NodeState,
-    Payload, Status, Storage, Transmit, Value,
+    Destination, Gossip, GossipConfig, GossipError, MembershipEvent, NodeState, Status, Storage,
+    Transmit, Value,
 };
 use cairn_layout::{Change, Layout, LayoutError, LayoutVersion, MergeOutcome, Plan};
 use cairn_proto::{
@@ -40,7 +40,7 @@ use crate::limits::{
 };
 use crate::peers::{exchange_on, Peers};
 use crate::trees::Trees;
-use cairn_core::membership::PeerJudge;
+use cairn_core::membership::{receive_gossip, PeerJudge};
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
@@ -725,34 +725,15 @@ impl Membership {
     /// message claiming to come from another node is refused, so one node cannot speak for
     /// another.
     pub fn receive(&self, bytes: &[u8], sender: NodeId) -> Result<Option<Vec<u8>>, ErrorReply> {
-        let message = GossipMessage::decode(bytes).map_err(|e| ErrorReply::Malformed {
-            reason: format!("gossip: {e}"),
-        })?;
-        let from = message.from;
-        if from != sender {
-            return Err(ErrorReply::Malformed {
-                reason: format!("gossip: a message from {from} sent by {sender}"),
-            });
-        }
         let now = Instant::now();
         let mut g = self.lock();
-        g.handle_message(now, message)
-            .map_err(|e| ErrorReply::Malformed {
-                reason: format!("gossip: {e}"),
-            })?;
-        let mut reply = None;
-        while let Some(t) = g.poll_transmit() {
-            let answers = t.to == Destination::Node(from)
-                && matches!(
-                    t.message.payload,
-                    Payload::Ack { .. } | Payload::Ack2 { .. }
-                );
-            if answers && reply.is_none() {
-                reply = Some(t.message.encode());
-            } else if self.outbox.try_send(t).is_err() {
+        let received = receive_gossip(&mut g, now, bytes, sender)?;
+        for t in received.others {
+            if self.outbox.try_send(t).is_err() {
                 debug!("gossip outbox full (GOSSIP_OUTBOX_MAX = {GOSSIP_OUTBOX_MAX}); dropped");
             }
         }
+        let reply = received.reply.map(|m| m.encode());
         self.refresh(&mut g);
         Ok(reply)
     }

@@ -43,7 +43,9 @@ use cairn_core::transfer::{
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
 use cairn_layout::{Layout, MergeOutcome};
-use cairn_proto::{ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding};
+use cairn_proto::{
+    check_peer_request, ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding,
+};
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
 
@@ -863,6 +865,10 @@ impl SimNode {
         let malformed = |what: &str, e: &dyn std::fmt::Display| ErrorReply::Malformed {
             reason: format!("{what}: {e}"),
         };
+        // The limits the node's dispatch checks before it reads a peer request.
+        if let Err(e) = check_peer_request(&req) {
+            return reply(cx, self.me(), Err(e.into()));
+        }
         match req {
             PeerRequest::Ping { .. } => {
                 let pong = PeerResponse::Pong {

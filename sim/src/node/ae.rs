@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cairn_antientropy::{KeyHash, MerkleTree, ObjectHash};
 use cairn_core::antientropy::{
-    refusal, round_jobs, Action, Exchange, KeyRepair, RepairStep, Responders,
+    keys_asked, refusal, round_jobs, Action, Exchange, KeyRepair, RepairStep, Responders,
 };
 use cairn_core::limits::{AE_REQUEST_TIMEOUT, AE_RESPONDER_SESSIONS_MAX, AE_SESSION_IDLE_MAX};
 use cairn_core::store::Store;
@@ -430,15 +430,7 @@ impl SimNode {
         key_hashes: Vec<[u8; 32]>,
     ) -> Result<PeerResponse, ErrorReply> {
         self.ae_refusal(cx, partition)?;
-        let hashes: Vec<KeyHash> = key_hashes.into_iter().map(KeyHash).collect();
-        if let Some(stray) = hashes
-            .iter()
-            .find(|h| cx.config.partition_of_hash(&h.0) != partition)
-        {
-            return Err(ErrorReply::Malformed {
-                reason: format!("key hash {stray:?} is not in partition {partition}"),
-            });
-        }
+        let hashes = keys_asked(partition, key_hashes, |h| cx.config.partition_of_hash(&h.0))?;
         Ok(PeerResponse::Keys(self.ae_keys_for(&hashes)))
     }
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use cairn_core::limits::GOSSIP_EXCHANGE_TIMEOUT;
 use cairn_core::liveness::Transition;
-use cairn_core::membership::PeerJudge;
+use cairn_core::membership::{receive_gossip, PeerJudge};
 use cairn_gossip::{
-    Destination, Gossip, GossipConfig, GossipMessage, MembershipEvent, NodeState, Payload, Status,
-    Storage, Transmit,
+    Destination, Gossip, GossipConfig, GossipMessage, MembershipEvent, NodeState, Status, Storage,
+    Transmit,
 };
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 
@@ -107,38 +107,13 @@ impl SimNode {
         from: NodeId,
         bytes: &[u8],
     ) -> Result<Option<GossipMessage>, ErrorReply> {
-        let message = GossipMessage::decode(bytes).map_err(|e| ErrorReply::Malformed {
-            reason: format!("gossip: {e}"),
-        })?;
-        if message.from != from {
-            return Err(ErrorReply::Malformed {
-                reason: format!("gossip: a message from {} sent by {from}", message.from),
-            });
-        }
         let now = cx.w.instant();
         let g = self.gossip_state();
-        g.gossip
-            .handle_message(now, message)
-            .map_err(|e| ErrorReply::Malformed {
-                reason: format!("gossip: {e}"),
-            })?;
-        let mut reply = None;
-        let mut others = Vec::new();
-        while let Some(t) = g.gossip.poll_transmit() {
-            let answers = t.to == Destination::Node(from)
-                && matches!(
-                    t.message.payload,
-                    Payload::Ack { .. } | Payload::Ack2 { .. }
-                );
-            if answers && reply.is_none() {
-                reply = Some(t.message);
-            } else {
-                others.push(t);
-            }
-        }
-        for t in others {
+        let received = receive_gossip(&mut g.gossip, now, bytes, from)?;
+        for t in received.others {
             self.gossip_send(cx, t);
         }
+        let reply = received.reply;
         self.gossip_refresh(cx);
         Ok(reply)
     }
