@@ -32,41 +32,6 @@ use cairn_ring::{PartitionId, Ring};
 
 use crate::version::Object;
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up. Taking more than there are
-/// leaves a debt that later takers wait out too, so concurrent takers are served in turn.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> TokenBucket {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate: f64::from(rate_per_sec.max(1)),
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    /// Takes `n` tokens at `now`; returns how long the taker must wait before using them.
-    pub fn take(&mut self, n: u32, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - f64::from(n);
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
-
 /// The exchanges of round `round`: for each partition `me` is a primary of, one other primary
 /// that is up. The partner rotates from round to round, so every two replicas of a partition are
 /// paired in turn.
@@ -690,38 +655,6 @@ mod tests {
         assert!(
             matches!(&err, ErrorReply::Malformed { reason } if reason.contains("not in partition 7")),
             "{err:?}"
-        );
-    }
-
-    #[test]
-    fn the_bucket_allows_its_burst_then_paces_at_its_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(100, 50, t0);
-        assert_eq!(
-            b.take(50, t0),
-            Duration::ZERO,
-            "a full bucket gives its burst"
-        );
-        assert_eq!(b.take(10, t0), Duration::from_millis(100), "10 at 100/s");
-        // The debt is shared: the next taker waits for it too.
-        assert_eq!(b.take(10, t0), Duration::from_millis(200));
-        // Time pays the debt back, and no more than the burst is ever saved.
-        assert_eq!(b.take(0, t0 + Duration::from_millis(200)), Duration::ZERO);
-        assert_eq!(b.take(50, t0 + Duration::from_secs(100)), Duration::ZERO);
-        assert_eq!(
-            b.take(1, t0 + Duration::from_secs(100)),
-            Duration::from_millis(10)
-        );
-    }
-
-    #[test]
-    fn a_clock_step_back_does_not_refill_the_bucket() {
-        let t0 = Instant::now() + Duration::from_secs(10);
-        let mut b = TokenBucket::new(10, 10, t0);
-        assert_eq!(b.take(10, t0), Duration::ZERO);
-        assert_eq!(
-            b.take(10, t0 - Duration::from_secs(5)),
-            Duration::from_secs(1)
         );
     }
 

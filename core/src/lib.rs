@@ -5,6 +5,7 @@
 //! nothing here may depend, even transitively, on an I/O crate (see `tests/tests/architecture.rs`).
 
 pub mod antientropy;
+pub mod bucket;
 pub mod cleanup;
 pub mod coordinator;
 pub mod driver;

@@ -20,6 +20,7 @@ use cairn_layout::{Layout, Transfer};
 use cairn_proto::NodeId;
 use cairn_ring::{PartitionId, RingConfig};
 
+use crate::bucket::TokenBucket;
 use crate::store::{Store, StoreError};
 
 use crate::limits::{
@@ -234,54 +235,6 @@ struct Active {
     phase: Phase,
 }
 
-/// A byte budget refilled at `rate` per second up to `capacity`; a send may take it below zero
-/// (so one batch larger than a second's worth still goes), and the next waits for the debt.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: u64,
-    capacity: i128,
-    tokens: i128,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(now: Instant, rate: u64, capacity: u64) -> TokenBucket {
-        TokenBucket {
-            rate,
-            capacity: capacity.into(),
-            tokens: capacity.into(),
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_nanos() as i128;
-        let credit = elapsed * i128::from(self.rate) / 1_000_000_000;
-        if credit > 0 {
-            self.tokens = (self.tokens + credit).min(self.capacity);
-            self.last = now;
-        }
-    }
-
-    fn try_take(&mut self, now: Instant, bytes: u64) -> bool {
-        self.refill(now);
-        if self.tokens < 0 {
-            return false;
-        }
-        self.tokens -= i128::from(bytes);
-        true
-    }
-
-    /// When the budget is back to zero (now if it is not negative).
-    fn ready_at(&self) -> Instant {
-        if self.tokens >= 0 {
-            return self.last;
-        }
-        let nanos = (-self.tokens) * 1_000_000_000 / i128::from(self.rate) + 1;
-        self.last + Duration::from_nanos(nanos as u64)
-    }
-}
-
 /// A deliberate bug in the transfer (the simulator's tests only), to show that its checker
 /// catches a transfer that does not move every key.
 #[cfg(feature = "sabotage")]
@@ -447,7 +400,7 @@ impl TransferMachine {
     pub fn clear(&mut self) {
         #[cfg(feature = "sabotage")]
         let sabotage = self.sabotage;
-        *self = TransferMachine::new(self.bucket.last, self.config);
+        *self = TransferMachine::new(self.bucket.ready_at(), self.config);
         #[cfg(feature = "sabotage")]
         self.set_sabotage(sabotage);
     }
@@ -661,7 +614,7 @@ impl TransferMachine {
     /// time: a time in the past would wake the driver again at once, in a loop, until the
     /// answer came.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let budget = (self.bucket.tokens < 0).then(|| self.bucket.ready_at());
+        let budget = self.bucket.in_debt().then(|| self.bucket.ready_at());
         let retry =
             |p: PartitionId, t: Option<NodeId>| self.failures.get(&(p, t)).map(|f| f.retry_at);
         let mut next: Option<Instant> = None;

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_antientropy::KeyHash;
 use cairn_core::antientropy::{
     keys_asked, refusal, round_jobs, Action, Direction, Exchange, ExchangeFault, KeyRepair,
-    RepairStep, Responders, TokenBucket,
+    RepairStep, Responders,
 };
+use cairn_core::bucket::TokenBucket;
 use cairn_proto::{AntiEntropyStatus, ErrorReply, NodeId, PeerRequest, PeerResponse};
 use cairn_ring::{PartitionId, Ring};
 use tokio::sync::Semaphore;
@@ -134,9 +135,9 @@ impl AntiEntropy {
         AntiEntropy {
             me,
             bucket: Mutex::new(TokenBucket::new(
-                config.repair_keys_per_sec,
-                burst,
                 Instant::now(),
+                config.repair_keys_per_sec.into(),
+                burst.into(),
             )),
             config,
             membership,
@@ -392,7 +393,7 @@ impl AntiEntropy {
             .bucket
             .lock()
             .expect("bucket lock")
-            .take(n as u32, Instant::now());
+            .take(Instant::now(), n as u64);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
