@@ -139,3 +139,11 @@ pub const AE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one gossip exchange may take before it is abandoned (gossip tolerates loss).
 pub const GOSSIP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Layout exchanges (`PeerRequest::Layout`) one node runs at once, one per peer; they count
+/// toward the node's `GOSSIP_EXCHANGES_MAX` too. Layouts differ only after a change, so a few
+/// suffice.
+pub const LAYOUT_EXCHANGES_MAX: usize = 4;
+/// How long one layout exchange may take (a layout is at most a few megabytes; the next round
+/// tries again).
+pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 use cairn_gossip::{
     Destination, Gossip, GossipMessage, MembershipEvent, NodeView, Payload, Status, Transmit,
 };
+use cairn_layout::held::Stamp;
 use cairn_proto::{ErrorReply, NodeId};
+use cairn_ring::RingConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::LAYOUT_EXCHANGES_MAX;
 
 /// Gossip rounds without a heartbeat after which a member is suspect and pinged directly: phi
 /// takes about 18 rounds to convict, a failed ping about one second.
@@ -86,6 +91,89 @@ pub fn receive_gossip(
         }
     }
     Ok(received)
+}
+
+/// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
+/// names and check them), the ring shape it expects, and the stamp of its layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingInfo {
+    /// Its configured name.
+    pub name: String,
+    /// The Q it expects.
+    pub partitions: u32,
+    /// The N it expects.
+    pub replicas: u8,
+    /// The stamp of the layout it holds (`None`: none yet).
+    pub layout: Option<Stamp>,
+}
+
+impl RingInfo {
+    /// Its bytes, as gossip's ring field carries them.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("RingInfo always serializes")
+    }
+
+    /// Peer `id`'s ring field, checked: it decodes and its name hashes to `id`.
+    pub fn read(id: NodeId, bytes: &[u8]) -> Result<RingInfo, String> {
+        let info: RingInfo =
+            postcard::from_bytes(bytes).map_err(|e| format!("no ring information: {e}"))?;
+        if NodeId::from_name(&info.name) != id {
+            return Err(format!("its name {} does not match its id", info.name));
+        }
+        Ok(info)
+    }
+
+    /// Whether its ring shape is `config`'s: layouts are exchanged only between members that
+    /// agree on Q and N.
+    pub fn compatible(&self, config: RingConfig) -> bool {
+        self.partitions == config.partitions && usize::from(self.replicas) == config.replicas
+    }
+}
+
+/// One peer as the layout exchange sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LayoutPeer {
+    /// The peer.
+    pub id: NodeId,
+    /// Its ring shape is this node's.
+    pub compatible: bool,
+    /// The stamp it gossips.
+    pub layout: Option<Stamp>,
+    /// The liveness policy judges it up.
+    pub up: bool,
+}
+
+/// The peers to start a layout exchange with now: those up, of this node's ring shape, of the
+/// same cluster (layouts of two clusters never merge; only `cairn join` moves a node), that
+/// gossip another stamp than `mine`, and with no exchange `running` already; at most `room`
+/// of them, and never more than `LAYOUT_EXCHANGES_MAX` running in all. The node's membership
+/// and the simulator both choose through it.
+pub fn layout_exchange_partners(
+    me: NodeId,
+    mine: Option<Stamp>,
+    peers: impl IntoIterator<Item = LayoutPeer>,
+    running: &BTreeSet<NodeId>,
+    room: usize,
+) -> Vec<NodeId> {
+    let room = room.min(LAYOUT_EXCHANGES_MAX.saturating_sub(running.len()));
+    peers
+        .into_iter()
+        .filter(|p| p.id != me && p.compatible && p.up && p.layout != mine)
+        .filter(|p| !running.contains(&p.id))
+        .filter(|p| match (mine, p.layout) {
+            (Some(mine), Some(theirs)) => mine.cluster == theirs.cluster,
+            _ => true,
+        })
+        .map(|p| p.id)
+        .take(room)
+        .collect()
+}
+
+/// Whether a node that declares itself `Joining` has joined: it has heard of another member,
+/// so it knows the cluster it joins, and claiming partitions cannot split it.
+pub fn joining_ends(gossip: &Gossip, me: NodeId) -> bool {
+    gossip.node(me).map(|v| v.status()) == Some(Status::Joining)
+        && gossip.members().any(|(id, _)| id != me)
 }
 
 /// The judge of one node's peers.
@@ -161,6 +249,73 @@ mod tests {
     use rand::SeedableRng;
 
     const ROUND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn layout_exchanges_go_to_peers_up_of_this_cluster_with_another_stamp() {
+        let stamp = |cluster: u8, version: u64| Stamp {
+            cluster: cairn_layout::Digest([cluster; 32]),
+            version,
+            digest: [version as u8; 32],
+        };
+        let me = NodeId::from_name("node1");
+        let peer = |name: &str, compatible, layout, up| LayoutPeer {
+            id: NodeId::from_name(name),
+            compatible,
+            layout,
+            up,
+        };
+        let mine = Some(stamp(1, 2));
+        let peers = [
+            peer("node1", true, Some(stamp(1, 3)), true),  // itself
+            peer("node2", true, Some(stamp(1, 2)), true),  // same stamp
+            peer("node3", true, Some(stamp(1, 3)), true),  // newer: exchange
+            peer("node4", true, None, true),               // none yet: exchange
+            peer("node5", true, Some(stamp(2, 3)), true),  // another cluster
+            peer("node6", false, Some(stamp(1, 3)), true), // another ring shape
+            peer("node7", true, Some(stamp(1, 1)), false), // down
+            peer("node8", true, Some(stamp(1, 1)), true),  // older: exchange
+        ];
+        let ids = |names: &[&str]| -> Vec<NodeId> {
+            names.iter().map(|n| NodeId::from_name(n)).collect()
+        };
+        let none = BTreeSet::new();
+        assert_eq!(
+            layout_exchange_partners(me, mine, peers, &none, usize::MAX),
+            ids(&["node3", "node4", "node8"])
+        );
+        // One exchange per peer, at most `room`, and LAYOUT_EXCHANGES_MAX in all.
+        let running: BTreeSet<NodeId> = ids(&["node3"]).into_iter().collect();
+        assert_eq!(
+            layout_exchange_partners(me, mine, peers, &running, 1),
+            ids(&["node4"])
+        );
+        let full: BTreeSet<NodeId> = (0..LAYOUT_EXCHANGES_MAX)
+            .map(|i| NodeId::from_name(&format!("other{i}")))
+            .collect();
+        assert!(layout_exchange_partners(me, mine, peers, &full, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_ring_field_is_read_only_under_the_name_of_its_id() {
+        let info = RingInfo {
+            name: "node2".into(),
+            partitions: 64,
+            replicas: 3,
+            layout: None,
+        };
+        let id = NodeId::from_name("node2");
+        assert_eq!(RingInfo::read(id, &info.encode()), Ok(info.clone()));
+        let err = RingInfo::read(NodeId::from_name("node3"), &info.encode()).unwrap_err();
+        assert!(err.contains("does not match its id"), "{err}");
+        assert!(RingInfo::read(id, b"\xff").is_err());
+        let config = |partitions, replicas| RingConfig {
+            partitions,
+            replicas,
+        };
+        assert!(info.compatible(config(64, 3)));
+        assert!(!info.compatible(config(64, 5)));
+        assert!(!info.compatible(config(128, 3)));
+    }
 
     fn gossip(id: u64, name: &str, t0: Instant) -> Gossip {
         let config = GossipConfig::with_interval(ROUND);

@@ -73,12 +73,8 @@ pub const GOSSIP_INTERVAL_MS_MAX: u64 = 60_000;
 /// Gossip exchanges (SYN → ACK → ACK2) one node runs at once; a round starts at most three, so
 /// more means peers are slow to answer, and further rounds skip rather than pile up.
 pub const GOSSIP_EXCHANGES_MAX: usize = 16;
-/// Layout exchanges (`PeerRequest::Layout`) one node runs at once, one per peer; they count
-/// toward `GOSSIP_EXCHANGES_MAX` too. Layouts differ only after a change, so a few suffice.
-pub const LAYOUT_EXCHANGES_MAX: usize = 4;
-/// How long one layout exchange may take (a layout is at most a few megabytes; the next round
-/// tries again).
-pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+pub use cairn_core::limits::LAYOUT_EXCHANGES_MAX;
+pub use cairn_core::limits::LAYOUT_EXCHANGE_TIMEOUT;
 /// How long an applied layout change waits for each member's answer when it is confirmed with
 /// every member (a member slower than this is named as not confirmed): shorter than the
 /// exchange's own timeout, as an operator's command waits for it, with the plan's counting

@@ -36,11 +36,13 @@ use crate::config::NodeConfig;
 use crate::layout::{Held, LayoutFileError, NodeLayout, Stamp};
 use crate::limits::{
     GOSSIP_EXCHANGES_MAX, GOSSIP_EXCHANGE_TIMEOUT, GOSSIP_OUTBOX_MAX, LAYOUT_CONFIRM_TIMEOUT,
-    LAYOUT_EXCHANGES_MAX, LAYOUT_EXCHANGE_TIMEOUT, PLAN_SIZES_TIMEOUT,
+    LAYOUT_EXCHANGE_TIMEOUT, PLAN_SIZES_TIMEOUT,
 };
 use crate::peers::{exchange_on, Peers};
 use crate::trees::Trees;
-use cairn_core::membership::{receive_gossip, PeerJudge};
+use cairn_core::membership::{
+    joining_ends, layout_exchange_partners, receive_gossip, LayoutPeer, PeerJudge, RingInfo,
+};
 
 /// The file in the data directory that keeps membership across restarts.
 pub const STATE_FILE: &str = "membership.toml";
@@ -117,16 +119,6 @@ fn describe(change: &Change, layout: &Layout) -> String {
         Change::Remove { node } => format!("remove {}", name(node)),
         Change::Replace { old, name: new, .. } => format!("replace {} with {new}", name(old)),
     }
-}
-
-/// What a node gossips in its ring field: its name (ids are hashes of names, so peers can show
-/// names and check them), the ring shape it expects, and the stamp of its layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RingInfo {
-    name: String,
-    partitions: u32,
-    replicas: u8,
-    layout: Option<Stamp>,
 }
 
 /// One member as this node sees it.
@@ -482,23 +474,15 @@ impl Membership {
         let view = self.view();
         let mine = self.layout.stamp();
         let mut running = self.layout_exchanges.lock().expect("layout exchanges lock");
-        for (&id, m) in &view.members {
-            if id == self.me || !m.compatible || m.layout == mine || !self.peers.is_up(id) {
-                continue;
-            }
-            // Layouts of two clusters never merge; only `cairn join` moves a node.
-            if let (Some(mine), Some(theirs)) = (mine, m.layout) {
-                if mine.cluster != theirs.cluster {
-                    continue;
-                }
-            }
-            if running.len() >= LAYOUT_EXCHANGES_MAX || exchanges.len() >= GOSSIP_EXCHANGES_MAX {
-                debug!("layout exchanges at LAYOUT_EXCHANGES_MAX ({LAYOUT_EXCHANGES_MAX}); the rest wait a round");
-                break;
-            }
-            if !running.insert(id) {
-                continue;
-            }
+        let peers = view.members.iter().map(|(&id, m)| LayoutPeer {
+            id,
+            compatible: m.compatible,
+            layout: m.layout,
+            up: id != self.me && self.peers.is_up(id),
+        });
+        let room = GOSSIP_EXCHANGES_MAX.saturating_sub(exchanges.len());
+        for id in layout_exchange_partners(self.me, mine, peers, &running, room) {
+            running.insert(id);
             let membership = self.clone();
             exchanges.spawn(async move {
                 membership.clone().exchange_layout(id).await;
@@ -1219,9 +1203,7 @@ impl Membership {
         }
         // Joining ends with the first other member heard of: from then on this node knows the
         // cluster it joins, and claiming partitions cannot split it.
-        if g.node(self.me).map(|v| v.status()) == Some(Status::Joining)
-            && g.members().any(|(id, _)| id != self.me)
-        {
+        if joining_ends(g, self.me) {
             let _ = g.set_local(Value::Status(Status::Up));
             info!("joined the cluster");
         }
@@ -1231,20 +1213,18 @@ impl Membership {
             let (name, addr, compatible, layout) = if id == self.me {
                 (self.name.clone(), self.advertise, true, self.layout.stamp())
             } else {
-                let Ok(info) = postcard::from_bytes::<RingInfo>(&state.ring) else {
-                    debug!(%id, "member without ring information; ignored");
-                    continue;
+                let info = match RingInfo::read(id, &state.ring) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        debug!(%id, "member ignored: {e}");
+                        continue;
+                    }
                 };
-                if NodeId::from_name(&info.name) != id {
-                    debug!(%id, name = %info.name, "member name does not match its id; ignored");
-                    continue;
-                }
                 let Ok(addr) = state.address.parse::<SocketAddr>() else {
                     debug!(%id, address = %state.address, "member address is not ip:port; ignored");
                     continue;
                 };
-                let compatible = info.partitions == self.ring_config.partitions
-                    && usize::from(info.replicas) == self.ring_config.replicas;
+                let compatible = info.compatible(self.ring_config);
                 (info.name, addr, compatible, info.layout)
             };
             if id != self.me {
@@ -1274,8 +1254,7 @@ impl Membership {
                 layout: stamp,
                 ..advertised.clone()
             };
-            let bytes = postcard::to_allocvec(&info).expect("RingInfo always serializes");
-            match g.set_local(Value::Ring(bytes)) {
+            match g.set_local(Value::Ring(info.encode())) {
                 Ok(()) => *advertised = info,
                 Err(e) => warn!("cannot gossip the layout stamp: {e}"),
             }
