@@ -55,8 +55,10 @@
 //!   a request to a crashed node fails after `PEER_CONNECT_TIMEOUT`, one lost in a partition
 //!   times out; a paused node's events wait until it resumes.
 //! - `node`, layouts: each node holds its own `cairn_layout::Layout` (kept across a crash, lost
-//!   with the data directory), merged with a random peer's every 0.5–1.5 s as gossip's layout
-//!   stamps make nodes exchange them; the coordinator routes by it (`set_layout`, forwarding by
+//!   with the data directory), exchanged as the node exchanges it: each node gossips its
+//!   layout's stamp in its ring field (`cairn_core::membership::RingInfo`) and sends its layout
+//!   to every peer up that gossips another stamp (`layout_exchange_partners`); without gossip
+//!   in the run, with a random peer every 0.5–1.5 s instead; the coordinator routes by it (`set_layout`, forwarding by
 //!   `Layout::routing_ring`), the write fence moves as `node/src/driver.rs` moves it, the node
 //!   acknowledges by `Layout::should_ack`, follows and runs the core's transfer machine
 //!   (`TransferMachine::follow`, pages from `transfer::read_page`, each key a `Replicate`
@@ -70,7 +72,7 @@
 //! - `node/ae`: anti-entropy, the core's round plan, exchange, key repair and responder table
 //!   (`cairn_core::antientropy`) over the simulated network and the node's disk queue.
 //!
-//! Not modelled: gossip's layout stamps (the layout exchange stands in for them), storage faults
+//! Not modelled: storage faults
 //! declared in gossip (a failing disk is found by the writes it refuses), joining rounds, the writer's
 //! upkeep of Merkle trees (built from the store for each exchange turn), a node that bootstraps version 1 again from `initial_members` after losing its data
 //! directory while the layout has moved on (in runs with changes it waits for a peer's layout

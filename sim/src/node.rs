@@ -1037,6 +1037,7 @@ impl SimNode {
                 self.transfer_sent(cx, send, result);
             }
             Outgoing::Layout => {
+                self.layout_exchange_done(peer);
                 if let Ok(PeerResponse::Layout(theirs)) = resp {
                     if !theirs.is_empty() {
                         match cairn_layout::held::decode(&theirs) {
@@ -1110,7 +1111,7 @@ impl SimNode {
                 self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
             }
             Outgoing::Transfer { send } => self.transfer_sent(cx, send, Err(reason)),
-            Outgoing::Layout => {}
+            Outgoing::Layout => self.layout_exchange_done(peer),
             Outgoing::Reaper => self.reaper_checked(cx, peer, Err(reason)),
             // As `node/src/antientropy.rs`: a transport failure is an unreachable peer.
             Outgoing::AntiEntropy { exchange, wait } => {
@@ -2371,17 +2372,20 @@ impl SimNode {
         self.pump(cx);
     }
 
-    /// Sends this node's layout to a random peer, as gossip's stamps make nodes exchange
-    /// layouts (`PeerRequest::Layout`), and follows the layout again (the node's transfer task
-    /// rechecks at least every `TRANSFER_RETRY_MAX`).
+    /// Follows the layout again (the node's transfer task rechecks at least every
+    /// `TRANSFER_RETRY_MAX`). Without gossip in the run, it also sends this node's layout to a
+    /// random peer (`PeerRequest::Layout`), standing in for gossip's stamps; with gossip, the
+    /// stamps start the exchanges (`gossip::gossip_layout`), as in the node.
     pub fn on_layout_tick(&mut self, cx: &mut Ctx) {
-        let slots = cx.ids.len();
-        let mut to = cx.w.rng.gen_range(0..slots - 1);
-        if to >= self.ix {
-            to += 1;
+        if !cx.gossip {
+            let slots = cx.ids.len();
+            let mut to = cx.w.rng.gen_range(0..slots - 1);
+            if to >= self.ix {
+                to += 1;
+            }
+            let mine = PeerRequest::Layout(self.encoded_layout(cx));
+            self.request(cx, to, mine, Outgoing::Layout, PING_TIMEOUT);
         }
-        let mine = PeerRequest::Layout(self.encoded_layout(cx));
-        self.request(cx, to, mine, Outgoing::Layout, PING_TIMEOUT);
         if self.layout.as_ref().is_some_and(|l| !l.is_settled()) {
             self.pump(cx);
         }

@@ -8,18 +8,22 @@
 //! What differs from the node: a node's address is its name, a seed is every other node of the
 //! run (the node's seeds are its configured ones and the peers it remembers), every node
 //! declares itself `Up` at once (no joining rounds), storage faults are not gossiped (a failing
-//! disk is found by the writes it refuses), and layouts travel by the simulator's own layout
-//! exchange rather than by gossiped stamps.
+//! disk is found by the writes it refuses). Layout stamps are gossiped and read as the node
+//! does (`RingInfo`), and start layout exchanges through the same `layout_exchange_partners`.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cairn_core::limits::GOSSIP_EXCHANGE_TIMEOUT;
+use cairn_core::limits::{GOSSIP_EXCHANGE_TIMEOUT, LAYOUT_EXCHANGE_TIMEOUT};
 use cairn_core::liveness::Transition;
-use cairn_core::membership::{receive_gossip, PeerJudge};
+use cairn_core::membership::{
+    layout_exchange_partners, receive_gossip, LayoutPeer, PeerJudge, RingInfo,
+};
 use cairn_gossip::{
     Destination, Gossip, GossipConfig, GossipMessage, MembershipEvent, NodeState, Status, Storage,
-    Transmit,
+    Transmit, Value,
 };
+use cairn_layout::held::{Held, Stamp};
 use cairn_proto::{ErrorReply, NodeId, PeerRequest, PeerResponse};
 
 use super::{Ctx, Outgoing, SimNode};
@@ -34,6 +38,10 @@ pub const SIM_GOSSIP_INTERVAL: Duration = cairn_gossip::limits::GOSSIP_INTERVAL_
 pub struct SimGossip {
     gossip: Gossip,
     judge: PeerJudge,
+    /// The layout stamp this node gossips, and the `layout_seq` it was computed at.
+    advertised: Option<(u64, Option<Stamp>)>,
+    /// Peers a layout exchange runs with (the node's `layout_exchanges`).
+    pub(super) exchanging: BTreeSet<NodeId>,
 }
 
 impl SimGossip {
@@ -54,6 +62,8 @@ impl SimGossip {
         SimGossip {
             gossip,
             judge: PeerJudge::new(SIM_GOSSIP_INTERVAL),
+            advertised: None,
+            exchanging: BTreeSet::new(),
         }
     }
 }
@@ -193,6 +203,72 @@ impl SimNode {
         }
         if up {
             self.handoff_up_event(cx);
+        }
+        if cx.layout_changes {
+            self.gossip_layout(cx);
+        }
+    }
+
+    /// Gossips this node's layout stamp in its ring field, and starts a layout exchange with
+    /// every peer that gossips another (`layout_exchange_partners`), as `Membership::refresh`
+    /// and `start_layout_exchanges` do.
+    fn gossip_layout(&mut self, cx: &mut Ctx) {
+        let seq = self.layout_seq;
+        let stale = self
+            .run()
+            .gossip
+            .as_ref()
+            .is_none_or(|g| g.advertised.is_none_or(|(at, _)| at != seq));
+        if stale {
+            let stamp = self.layout.as_ref().map(|layout| {
+                Stamp::of(&Held {
+                    cluster: cx.cluster,
+                    layout: layout.clone(),
+                })
+            });
+            let info = RingInfo {
+                name: node_name(self.ix),
+                partitions: cx.config.partitions,
+                replicas: cx.config.replicas as u8,
+                layout: stamp,
+            };
+            let g = self.gossip_state();
+            if let Err(e) = g.gossip.set_local(Value::Ring(info.encode())) {
+                unreachable!("a simulated ring field is within gossip's limits: {e}");
+            }
+            g.advertised = Some((seq, stamp));
+        }
+        let me = self.id;
+        let run = self.run.as_mut().expect("running");
+        let g = run.gossip.as_ref().expect("gossip runs here");
+        let mine = g.advertised.and_then(|(_, s)| s);
+        let peers: Vec<LayoutPeer> = g
+            .gossip
+            .members()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, v)| {
+                let info = RingInfo::read(id, &v.state().ring).ok()?;
+                Some(LayoutPeer {
+                    id,
+                    compatible: info.compatible(cx.config),
+                    layout: info.layout,
+                    up: run.liveness.is_up(id),
+                })
+            })
+            .collect();
+        let partners = layout_exchange_partners(me, mine, peers, &g.exchanging, usize::MAX);
+        for peer in partners {
+            self.gossip_state().exchanging.insert(peer);
+            let to = cx.ix(peer);
+            let mine = PeerRequest::Layout(self.encoded_layout(cx));
+            self.request(cx, to, mine, Outgoing::Layout, LAYOUT_EXCHANGE_TIMEOUT);
+        }
+    }
+
+    /// A layout exchange with `peer` ended (answered or not).
+    pub(super) fn layout_exchange_done(&mut self, peer: NodeId) {
+        if let Some(g) = self.run.as_mut().and_then(|r| r.gossip.as_mut()) {
+            g.exchanging.remove(&peer);
         }
     }
 }
