@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod driver;
 pub mod forward;
 pub mod handoff;
+pub mod health;
 pub mod limits;
 pub mod liveness;
 pub mod membership;

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_antientropy::KeyHash;
+use cairn_core::health::StorageHealth;
 use cairn_core::writer::{OpenError, WriteError, Writer, WriterConfig};
 use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::limits::{
-    DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, STORAGE_PROBE_POLL, STORAGE_PROBE_RETRY_BASE,
-    STORAGE_PROBE_RETRY_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
+    DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX, STORAGE_PROBE_POLL, WRITE_BATCH_MAX, WRITE_QUEUE_MAX,
 };
 use crate::store::{Hint, Store, StoreError};
 use crate::trees::Trees;
@@ -132,42 +132,7 @@ pub struct EngineStats {
     pub recoveries: AtomicU64,
 }
 
-/// What the disk did to the last commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageFault {
-    /// The disk is full (the OS said ENOSPC), as opposed to any other I/O error.
-    pub disk_full: bool,
-    /// What the store reported.
-    pub reason: String,
-}
-
-impl StorageFault {
-    /// Classifies a failed commit. The store's errors carry the OS's words, not its codes, so
-    /// this reads them: ENOSPC is "No space left on device (os error 28)" on Linux.
-    pub fn of(error: &StoreError) -> StorageFault {
-        let reason = error.to_string();
-        StorageFault {
-            disk_full: reason.contains("os error 28") || reason.contains("No space left"),
-            reason,
-        }
-    }
-
-    /// The error a client gets for a write the fault refused.
-    fn client_reason(&self) -> String {
-        if self.disk_full {
-            format!(
-                "the disk of this node is full; nothing was acknowledged (free space: the node \
-                 recovers by itself once it can write again): {}",
-                self.reason
-            )
-        } else {
-            format!(
-                "the disk of this node failed; nothing was acknowledged: {}",
-                self.reason
-            )
-        }
-    }
-}
+pub use cairn_core::health::StorageFault;
 
 impl EngineStats {
     /// The storage fault of the last commit, if it failed.
@@ -238,7 +203,7 @@ impl Engine {
                         hint_counts,
                         trees,
                         node,
-                        probe: Probe::default(),
+                        health: StorageHealth::default(),
                     };
                     w.run(rx)
                 })
@@ -454,23 +419,15 @@ struct WriterThread {
     hint_counts: Arc<Mutex<BTreeMap<NodeId, u64>>>,
     trees: Option<Arc<Trees>>,
     node: NodeId,
-    probe: Probe,
-}
-
-/// When the writer next tries to bring a failed store back ([`Store::recover`]).
-#[derive(Debug, Default)]
-struct Probe {
-    /// Failed attempts since the fault.
-    failures: u32,
-    /// `None` until the first attempt is scheduled.
-    next_at: Option<std::time::Instant>,
+    /// The last commit's fault and the recovery attempts' backoff (the core's).
+    health: StorageHealth,
 }
 
 impl WriterThread {
     fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut ops = Vec::with_capacity(WRITE_BATCH_MAX);
         loop {
-            let first = if self.stats.degraded().is_some() {
+            let first = if self.health.fault().is_some() {
                 // Degraded: probe the store on its backoff between writes, which meanwhile
                 // fail at once with the fault (they still come through, so a client hears it).
                 self.probe_store();
@@ -501,72 +458,38 @@ impl WriterThread {
         }
     }
 
-    /// While degraded: when the backoff allows, asks the store to recover in place. Once it
-    /// did, a probe commit (an empty batch through the log) must succeed too; then the core
-    /// writer is opened again over the recovered store (its lease and hint counts as stored:
-    /// a fresh lease block, so no dot repeats), the replayed keys are laid over the trees, and
-    /// the fault is cleared. Attempts back off from `STORAGE_PROBE_RETRY_BASE`, doubling up to
-    /// `STORAGE_PROBE_RETRY_MAX`, and go on for as long as the fault lasts.
+    /// While degraded: when the backoff allows (`StorageHealth::poll_probe`), tries to bring
+    /// the store back in place (`cairn_core::health::recover`: the store recovers, a probe
+    /// commit succeeds, the core writer is opened again); then the replayed keys are laid over
+    /// the trees and the fault is cleared. Attempts back off from `STORAGE_PROBE_RETRY_BASE`,
+    /// doubling up to `STORAGE_PROBE_RETRY_MAX`, and go on for as long as the fault lasts.
     fn probe_store(&mut self) {
         let now = std::time::Instant::now();
-        let Some(next_at) = self.probe.next_at else {
-            self.probe.next_at = Some(now + STORAGE_PROBE_RETRY_BASE);
-            return;
-        };
-        if now < next_at {
+        if !self.health.poll_probe(now) {
             return;
         }
-        match self.recover() {
+        let outcome = self.recover();
+        self.health.handle_probe(now, &outcome);
+        match &outcome {
             // Nothing to recover in place: the next commit that succeeds clears the fault.
             Ok(false) => {}
             Ok(true) => {
-                self.probe = Probe::default();
                 self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
-                *self.stats.degraded.lock().expect("degraded lock") = None;
                 tracing::info!("storage recovered without a restart: the node writes again");
-                return;
             }
-            Err(e) => {
-                let fault = StorageFault::of(&e);
-                tracing::debug!(
-                    disk_full = fault.disk_full,
-                    "storage still failing: {}",
-                    fault.reason
-                );
-                *self.stats.degraded.lock().expect("degraded lock") = Some(fault);
-            }
+            Err(e) => tracing::debug!("storage still failing: {e}"),
         }
-        self.probe.failures = self.probe.failures.saturating_add(1);
-        let backoff = STORAGE_PROBE_RETRY_BASE
-            .saturating_mul(1u32 << self.probe.failures.min(16))
-            .min(STORAGE_PROBE_RETRY_MAX);
-        self.probe.next_at = Some(now + backoff);
+        *self.stats.degraded.lock().expect("degraded lock") = self.health.fault().cloned();
     }
 
     /// One recovery attempt; `Ok(false)` when the store has nothing to recover in place.
     fn recover(&mut self) -> Result<bool, StoreError> {
-        let Some(touched) = self.store.recover()? else {
+        let config = WriterConfig::new(DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX);
+        let Some(touched) =
+            cairn_core::health::recover(&*self.store, &mut self.core, self.node, config)?
+        else {
             return Ok(false);
         };
-        // The probe: the write path itself (log append and sync, redb apply) works again.
-        self.store.commit(&cairn_core::store::Batch::default())?;
-        if self.store.meta()?.is_none() {
-            // Never after a successful open; a fresh lease here could repeat dots.
-            return Err(StoreError::CorruptMeta {
-                reason: "the recovered store holds no node metadata".into(),
-            });
-        }
-        self.core = Writer::open(
-            &*self.store,
-            self.node,
-            // Unused: the store holds its metadata (checked above).
-            self.core.actor().epoch,
-            WriterConfig::new(DOT_LEASE_BLOCK, HINTS_PER_PEER_MAX),
-        )
-        .map_err(|e| StoreError::Io {
-            op: "reopen the writer",
-            reason: e.to_string(),
-        })?;
         *self.hint_counts.lock().expect("hint counts lock") = self.core.hint_counts().clone();
         // The replay may have applied batches whose commit reported failure (logged, then redb
         // failed): the trees must show what the store now holds.
@@ -636,6 +559,7 @@ impl WriterThread {
             );
         }
         if outcome.committed || commit_fault.is_some() {
+            self.health.handle_commit(commit_fault.clone());
             *self.stats.degraded.lock().expect("degraded lock") = commit_fault.clone();
         }
         *self.hint_counts.lock().expect("hint counts lock") = self.core.hint_counts().clone();

@@ -80,11 +80,7 @@ pub use cairn_core::limits::LAYOUT_EXCHANGE_TIMEOUT;
 /// exchange's own timeout, as an operator's command waits for it, with the plan's counting
 /// (`PLAN_SIZES_TIMEOUT`), within the CLI's request timeout.
 pub const LAYOUT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
-/// The first wait before a degraded node's writer tries to recover its store in place (reopen
-/// redb, replay the log) after a failed commit; each failed attempt doubles it.
-pub const STORAGE_PROBE_RETRY_BASE: Duration = Duration::from_millis(200);
-/// The longest wait between two recovery attempts; they go on while the fault lasts.
-pub const STORAGE_PROBE_RETRY_MAX: Duration = Duration::from_secs(10);
+pub use cairn_core::health::{STORAGE_PROBE_RETRY_BASE, STORAGE_PROBE_RETRY_MAX};
 /// A store that refused commits after a failed write recovers in place only once the disk has
 /// this many times its commit log's bytes free (plus `RECOVERY_FREE_MARGIN_BYTES`): enough to
 /// replay the log into redb with one durable commit, which writes the log's objects into fresh
@@ -99,7 +95,6 @@ pub const RECOVERY_FREE_LOG_FACTOR: u64 = 2;
 pub const RECOVERY_FREE_MARGIN_BYTES: u64 = 4 << 20;
 /// How often a degraded writer with no queued write looks at its probe's schedule.
 pub const STORAGE_PROBE_POLL: Duration = Duration::from_millis(50);
-const _: () = assert!(STORAGE_PROBE_RETRY_BASE.as_nanos() <= STORAGE_PROBE_RETRY_MAX.as_nanos());
 const _: () = assert!(STORAGE_PROBE_POLL.as_nanos() <= STORAGE_PROBE_RETRY_BASE.as_nanos());
 /// How long a layout change's plan waits for an old replica to say how much it holds of the
 /// moving partitions; one that does not answer leaves its partitions not counted.
