@@ -11,6 +11,9 @@ use cairn_proto::NodeId;
 use crate::store::{Batch, Store, StoreError};
 use crate::writer::{Writer, WriterConfig};
 
+/// How often the writer's storage fault is read and gossiped: a failed commit reaches the
+/// other nodes' routing within this plus a few gossip rounds.
+pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// The first wait before a degraded node's writer tries to recover its store in place (reopen
 /// redb, replay the log) after a failed commit; each failed attempt doubles it.
 pub const STORAGE_PROBE_RETRY_BASE: Duration = Duration::from_millis(200);

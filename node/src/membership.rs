@@ -50,9 +50,7 @@ pub use cairn_core::membership::{NEW_MEMBER_GRACE_ROUNDS, SUSPECT_ROUNDS};
 /// Gossip rounds a restarted node that was a member waits to hear from any peer before it
 /// serves alone (its peers may all be down); a node that never was a member waits for ever.
 pub const REJOIN_ROUNDS_MAX: u32 = 10;
-/// How often the engine's storage fault is read and gossiped: a failed commit reaches the
-/// other nodes' routing within this plus a few gossip rounds.
-pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+pub use cairn_core::health::STORAGE_CHECK_INTERVAL;
 
 /// Why membership could not start or change.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The simulated disk: the core's `MemoryStore`, whose commits the fault injector can make fail
 //! for a while (a full or failing disk), so the node's own error paths run: the writer's results
-//! carry the store's error, the coordinator counts the replica as failed, the client is told.
+//! carry the store's error, the coordinator counts the replica as failed, the client is told,
+//! and the writer's storage health declares the fault and recovers the store once it works.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,8 @@ use cairn_proto::NodeId;
 pub struct SimDisk {
     inner: MemoryStore,
     failing: AtomicBool,
+    /// A commit failed since the last recovery: `recover` has something to do.
+    refused: AtomicBool,
 }
 
 impl SimDisk {
@@ -40,6 +43,7 @@ impl Store for SimDisk {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         if self.is_failing() {
             // Nothing of the batch is applied: commits are atomic.
+            self.refused.store(true, Ordering::Relaxed);
             return Err(StoreError::Io {
                 op: "commit",
                 reason: "simulated disk write failure".into(),
@@ -70,5 +74,21 @@ impl Store for SimDisk {
 
     fn hint_counts(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
         self.inner.hint_counts()
+    }
+
+    /// As the redb store after a refused commit: fails while the disk does, then recovers in
+    /// place with nothing replayed (a refused commit applied nothing here).
+    fn recover(&self) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        if !self.refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if self.is_failing() {
+            return Err(StoreError::Io {
+                op: "recover",
+                reason: "simulated disk write failure".into(),
+            });
+        }
+        self.refused.store(false, Ordering::Relaxed);
+        Ok(Some(Vec::new()))
     }
 }

@@ -72,8 +72,12 @@
 //! - `node/ae`: anti-entropy, the core's round plan, exchange, key repair and responder table
 //!   (`cairn_core::antientropy`) over the simulated network and the node's disk queue.
 //!
-//! Not modelled: storage faults
-//! declared in gossip (a failing disk is found by the writes it refuses), joining rounds, the writer's
+//! - `disk`, storage health: a commit that fails degrades the node as the engine's writer
+//!   does (`cairn_core::health`): the node declares it in gossip and to its own liveness view
+//!   (peers and the node itself route around it) every `STORAGE_CHECK_INTERVAL`, and its writer
+//!   recovers the store in place on the health's backoff once the disk works again.
+//!
+//! Not modelled: joining rounds, the writer's
 //! upkeep of Merkle trees (built from the store for each exchange turn), a node that bootstraps version 1 again from `initial_members` after losing its data
 //! directory while the layout has moved on (in runs with changes it waits for a peer's layout
 //! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
@@ -1019,6 +1023,9 @@ impl Sim {
             }
             Event::GossipTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_gossip_tick(cx));
+            }
+            Event::StorageCheck { node, gen } => {
+                self.on_node(node, gen, |n, cx| n.on_storage_check(cx));
             }
             Event::AntiEntropyTick { node, gen } => {
                 self.on_node(node, gen, |n, cx| n.on_anti_entropy_tick(cx));

@@ -28,6 +28,7 @@ use cairn_core::forward::{
 };
 use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
+use cairn_core::health::{StorageFault, StorageHealth, STORAGE_CHECK_INTERVAL};
 use cairn_core::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
@@ -35,13 +36,14 @@ use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_core::peer::{ack, forwarded, pong, typed_answer, PeerError};
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::reply::reply;
-use cairn_core::store::Store;
+use cairn_core::store::{Store, StoreError};
 use cairn_core::transfer::{
     read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
     TransferMachine, TransferSabotage,
 };
 use cairn_core::version::{Dot, Object, Payload, VClock};
-use cairn_core::writer::{read_object, Write, Writer, WriterConfig};
+use cairn_core::writer::{read_object, Write, WriteError, Writer, WriterConfig};
+use cairn_gossip::Storage;
 use cairn_layout::{Layout, MergeOutcome};
 use cairn_proto::{
     check_peer_request, ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding,
@@ -441,6 +443,13 @@ pub struct Running {
     ae: Option<ae::AntiEntropy>,
     /// Gossip membership (`gossip`), when the run has it.
     gossip: Option<gossip::SimGossip>,
+    /// The writer's storage health (`cairn_core::health`), as the engine's writer thread runs
+    /// it.
+    health: StorageHealth,
+    /// The storage state last declared (in gossip, and to this node's own liveness view).
+    declared: Storage,
+    /// A storage check is scheduled.
+    storage_check: bool,
 }
 
 /// A simulated node.
@@ -623,6 +632,9 @@ impl SimNode {
             forward_waits: BTreeMap::new(),
             forwards_sent: 0,
             ae: cx.anti_entropy.then(ae::AntiEntropy::new),
+            health: StorageHealth::default(),
+            declared: Storage::Ok,
+            storage_check: false,
             gossip: cx
                 .gossip
                 .then(|| gossip::SimGossip::new(self.ix, cx.ids, self.gen + 1, instant)),
@@ -809,7 +821,7 @@ impl SimNode {
         let me = self.id;
         let layout = self.layout.as_ref()?;
         let liveness = &self.run.as_ref().expect("running").liveness;
-        let is_up = |id: NodeId| id == me || liveness.is_up(id);
+        let is_up = |id: NodeId| liveness.is_up(id);
         Some(route(layout.routing_ring(), me, key, &is_up))
     }
 
@@ -1169,12 +1181,11 @@ impl SimNode {
             self.no_layout(cx, reply);
             return;
         };
-        let me = self.id;
         let here = self.me();
         let now = cx.w.instant();
         let run = self.run();
         let liveness = &run.liveness;
-        let is_up = |id: NodeId| id == me || liveness.is_up(id);
+        let is_up = |id: NodeId| liveness.is_up(id);
         if cx.w.tracing() && req.is_write() && routed != Route::Local {
             cx.w.log(
                 here,
@@ -1566,11 +1577,7 @@ impl SimNode {
         let mut results = if writes.is_empty() {
             Vec::new()
         } else {
-            let store = &self.store;
-            let run = self.run.as_mut().expect("running");
-            run.writer
-                .apply_batch(store, &writes, &mut |b| store.commit(b))
-                .results
+            self.apply_batch(cx, &writes)
         }
         .into_iter();
         for (job, hint) in jobs.into_iter().zip(hints) {
@@ -1600,15 +1607,105 @@ impl SimNode {
 
     /// Applies one write through the node's writer (`cairn_core::writer`) over this node's
     /// store in a batch of its own; returns the copy before and the writer's result.
-    fn write(&mut self, key: &[u8], write: Write) -> (Object, Result<Object, ErrorReply>) {
+    fn write(
+        &mut self,
+        cx: &mut Ctx,
+        key: &[u8],
+        write: Write,
+    ) -> (Object, Result<Object, ErrorReply>) {
         let before = self.object(key);
+        let mut results = self.apply_batch(cx, &[(key.to_vec(), write)]);
+        let result = results.pop().expect("one result per write");
+        (before, result.map_err(ErrorReply::from))
+    }
+
+    /// The writer's batch over this node's store, its commit's fault handed to the storage
+    /// health as the engine's `run_batch` hands it (a commit that failed refuses the batch's
+    /// writes with the fault's client reason).
+    fn apply_batch(
+        &mut self,
+        cx: &mut Ctx,
+        writes: &[(Vec<u8>, Write)],
+    ) -> Vec<Result<Object, WriteError>> {
         let store = &self.store;
         let run = self.run.as_mut().expect("running");
-        let mut outcome = run
-            .writer
-            .apply_batch(store, &[(key.to_vec(), write)], &mut |b| store.commit(b));
-        let result = outcome.results.pop().expect("one result per write");
-        (before, result.map_err(ErrorReply::from))
+        let mut fault = None;
+        let outcome = run.writer.apply_batch(store, writes, &mut |b| {
+            let committed = store.commit(b);
+            if let Err(e) = &committed {
+                fault = Some(StorageFault::of(e));
+            }
+            committed
+        });
+        if outcome.committed || fault.is_some() {
+            run.health.handle_commit(fault.clone());
+        }
+        if run.health.fault().is_some() || run.declared != run.health.storage() {
+            self.arm_storage_check(cx);
+        }
+        outcome
+            .results
+            .into_iter()
+            .map(|r| match (&fault, r) {
+                (Some(f), Err(WriteError::Store(StoreError::Io { op: "commit", .. }))) => {
+                    Err(WriteError::Store(StoreError::Io {
+                        op: "commit",
+                        reason: f.client_reason(),
+                    }))
+                }
+                (_, r) => r,
+            })
+            .collect()
+    }
+
+    fn arm_storage_check(&mut self, cx: &mut Ctx) {
+        let (ix, gen) = (self.ix, self.gen);
+        let run = self.run();
+        if run.storage_check {
+            return;
+        }
+        run.storage_check = true;
+        cx.w.after(
+            STORAGE_CHECK_INTERVAL,
+            Event::StorageCheck { node: ix, gen },
+        );
+    }
+
+    /// The storage check (`storage_watch`, every `STORAGE_CHECK_INTERVAL` while a fault is
+    /// not yet cleared and declared): a recovery attempt when the health's backoff allows one
+    /// (`cairn_core::health::recover`), then the state declared in gossip
+    /// (`Membership::set_storage`) and to this node's liveness view (`Peers::set_own_storage`:
+    /// a degraded node routes no request to itself).
+    pub fn on_storage_check(&mut self, cx: &mut Ctx) {
+        let now = cx.w.instant();
+        let config =
+            WriterConfig::new(SIM_LEASE_BLOCK, cx.hints_per_peer_max).with_sabotage(cx.sabotage);
+        let (me, here) = (self.id, self.me());
+        let store = &self.store;
+        let run = self.run.as_mut().expect("running");
+        run.storage_check = false;
+        if run.health.poll_probe(now) {
+            let outcome = cairn_core::health::recover(store, &mut run.writer, me, config)
+                .map(|touched| touched.is_some());
+            run.health.handle_probe(now, &outcome);
+            cx.w.logf(here, || match &outcome {
+                Ok(true) => "storage recovered in place: writes again".to_owned(),
+                Ok(false) => "storage: nothing to recover in place".to_owned(),
+                Err(e) => format!("storage still failing: {e}"),
+            });
+        }
+        let storage = run.health.storage();
+        if storage != run.declared {
+            run.declared = storage;
+            run.liveness.handle_storage(now, me, storage.is_degraded());
+            if let Some(g) = run.gossip.as_mut() {
+                g.declare_storage(storage);
+            }
+            cx.w.logf(here, || format!("storage declared {storage:?}"));
+        }
+        if run.health.fault().is_some() {
+            self.arm_storage_check(cx);
+        }
     }
 
     /// A queued job's write is durable (or failed): answer it. `before` is the copy its write
@@ -1794,7 +1891,7 @@ impl SimNode {
                 writes,
             } => {
                 for write in writes {
-                    if let (_, Err(e)) = self.write(&key, write) {
+                    if let (_, Err(e)) = self.write(cx, &key, write) {
                         cx.w.logf(self.me(), || {
                             format!(
                                 "disk: redirecting the hint for {} {} failed: {e}",

@@ -117,6 +117,14 @@ pub enum Event {
         /// Which arming of the timer (older ones are stale).
         arm: u64,
     },
+    /// The writer's storage check (`node/src/membership.rs::storage_watch`): a recovery
+    /// attempt if one is due, and the storage state declared.
+    StorageCheck {
+        /// The node.
+        node: NodeIx,
+        /// Its incarnation.
+        gen: u64,
+    },
     /// The gossip state machine's next round is due.
     GossipTick {
         /// The node.
@@ -208,6 +216,7 @@ impl Event {
             | Event::Cleanup { node, .. }
             | Event::ForwardWait { node, .. }
             | Event::AntiEntropyTick { node, .. }
+            | Event::StorageCheck { node, .. }
             | Event::GossipTick { node, .. } => Some(*node),
             _ => None,
         }

@@ -7,8 +7,8 @@
 //!
 //! What differs from the node: a node's address is its name, a seed is every other node of the
 //! run (the node's seeds are its configured ones and the peers it remembers), every node
-//! declares itself `Up` at once (no joining rounds), storage faults are not gossiped (a failing
-//! disk is found by the writes it refuses). Layout stamps are gossiped and read as the node
+//! declares itself `Up` at once (no joining rounds). A failing disk is declared in gossip as the
+//! node declares it (`declare_storage`, from the writer's storage health). Layout stamps are gossiped and read as the node
 //! does (`RingInfo`), and start layout exchanges through the same `layout_exchange_partners`.
 
 use std::collections::BTreeSet;
@@ -45,6 +45,13 @@ pub struct SimGossip {
 }
 
 impl SimGossip {
+    /// Declares this node's storage state (`Membership::set_storage`).
+    pub fn declare_storage(&mut self, storage: Storage) {
+        if let Err(e) = self.gossip.set_local(Value::Storage(storage)) {
+            unreachable!("a storage state is within gossip's limits: {e}");
+        }
+    }
+
     /// The gossip of node `ix` (one of `ids`) in `generation`, with every other node as a seed.
     pub fn new(ix: NodeIx, ids: &[NodeId], generation: u64, now: Instant) -> SimGossip {
         let seeds = (0..ids.len()).filter(|&i| i != ix).map(node_name).collect();
