@@ -20,5 +20,6 @@ pub mod reaper;
 pub mod reply;
 pub mod store;
 pub mod transfer;
+pub mod trees;
 pub mod version;
 pub mod writer;

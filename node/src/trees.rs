@@ -13,55 +13,24 @@
 //! leaves the trees alone ([`Trees::is_ready`]).
 //!
 //! *Sizes.* Next to each tree a partition keeps the bytes (key plus encoded object) of every
-//! key it holds, so a layout change's plan can say what each moving partition weighs
-//! ([`Trees::size`]) without a scan. Per key that is 12 bytes of map entry (the key hash's
-//! first 8 bytes → size) besides the tree's own; two keys of one partition sharing those 8
-//! bytes (about 1 in 10^7 at a million keys per partition) only skew the count.
+//! key it holds (the core's `PartitionTree`), so a layout change's plan can say what each
+//! moving partition weighs ([`Trees::size`]) without a scan.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use cairn_antientropy::{KeyHash, MerkleTree, ObjectHash};
+use cairn_antientropy::{KeyHash, MerkleTree};
+use cairn_core::trees::{put_change, remove_change, PartitionTree, TreeChange};
 use cairn_ring::{PartitionId, RingConfig};
 use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
-/// A committed change to one key: its object's new hash and the key's new size (key and encoded
-/// object, in bytes), or `None` when the key was removed.
-type TreeChange = (KeyHash, Option<(ObjectHash, u32)>);
-
-/// The bytes one partition holds, per key and in total.
-#[derive(Debug, Default)]
-struct Sizes {
-    /// The first 8 bytes of a key's hash → its size.
-    by_key: HashMap<u64, u32>,
-    bytes: u64,
-}
-
-impl Sizes {
-    fn set(&mut self, key: &KeyHash, size: Option<u32>) {
-        let short = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
-        let old = match size {
-            Some(size) => self.by_key.insert(short, size),
-            None => self.by_key.remove(&short),
-        };
-        self.bytes = self.bytes - u64::from(old.unwrap_or(0)) + u64::from(size.unwrap_or(0));
-    }
-}
-
-/// A key's size as counted: key and encoded object (below 4 GiB: both are bounded far lower).
-fn size_of(key: &[u8], object: &[u8]) -> u32 {
-    u32::try_from(key.len() + object.len()).unwrap_or(u32::MAX)
-}
-
-/// One partition's tree, and what it is for: callers lock one partition at a time.
+/// One partition's tree (the core's `PartitionTree`, with its bytes), and what it is for:
+/// callers lock one partition at a time.
 pub struct Trees {
     ring: RingConfig,
-    trees: Vec<Mutex<MerkleTree>>,
-    /// Each partition's bytes, changed with its tree (lock the tree first).
-    sizes: Vec<Mutex<Sizes>>,
+    trees: Vec<Mutex<PartitionTree>>,
     /// While the start-up rebuild runs: the entries committed since it began, in commit order
     /// (`None` for a removed key). `None` once the rebuilt trees are in place.
     log: Mutex<Option<Vec<TreeChange>>>,
@@ -102,10 +71,7 @@ impl Trees {
         };
         Trees {
             ring,
-            trees: (0..partitions)
-                .map(|_| Mutex::new(MerkleTree::new()))
-                .collect(),
-            sizes: (0..partitions).map(|_| Mutex::default()).collect(),
+            trees: (0..partitions).map(|_| Mutex::default()).collect(),
             log: Mutex::new(Some(Vec::new())),
             ready: watch::Sender::new(false),
             cancel: AtomicBool::new(false),
@@ -139,7 +105,7 @@ impl Trees {
     /// # Panics
     /// If `p` is not below Q (callers check partitions from peers first).
     pub fn with_tree<R>(&self, p: PartitionId, f: impl FnOnce(&MerkleTree) -> R) -> R {
-        f(&self.trees[p as usize].lock().expect("tree lock"))
+        f(self.trees[p as usize].lock().expect("tree lock").tree())
     }
 
     /// Keys in all trees (every stored object once the trees are ready).
@@ -156,26 +122,22 @@ impl Trees {
             return None;
         }
         let tree = self.trees[p as usize].lock().expect("tree lock");
-        let sizes = self.sizes[p as usize].lock().expect("sizes lock");
-        Some((tree.len() as u64, sizes.bytes))
+        Some((tree.len() as u64, tree.bytes()))
     }
 
     /// Records durably committed objects `(key, encoded object)`. Called by the writer after each
     /// commit, in commit order: two blake3 calls and an O(depth) tree update per object.
     pub fn record<'a>(&self, committed: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-        self.apply(committed.into_iter().map(|(key, object)| {
-            (
-                KeyHash::of_key(key),
-                Some((ObjectHash::of_encoded(object), size_of(key, object))),
-            )
-        }));
+        self.apply(
+            committed
+                .into_iter()
+                .map(|(key, object)| put_change(key, object)),
+        );
     }
 
-    /// Records keys a commit removed from the store. The tree is left exactly as if it had
-    /// never held them (its sums are additive), so it agrees with a replica that never stored
-    /// them.
+    /// Records keys a commit removed from the store (`remove_change`).
     pub fn record_removed<'a>(&self, removed: impl IntoIterator<Item = &'a [u8]>) {
-        self.apply(removed.into_iter().map(|key| (KeyHash::of_key(key), None)));
+        self.apply(removed.into_iter().map(remove_change));
     }
 
     fn apply(&self, entries: impl Iterator<Item = TreeChange>) {
@@ -187,48 +149,25 @@ impl Trees {
             }
             // The rebuild finished between the check and the lock: apply directly.
         }
-        for (key, object) in entries {
-            self.set(key, object);
+        for change in entries {
+            self.set(change);
         }
     }
 
-    fn set(&self, key: KeyHash, object: Option<(ObjectHash, u32)>) {
-        let p = self.partition_of(&key) as usize;
-        let mut tree = self.trees[p].lock().expect("tree lock");
-        let mut sizes = self.sizes[p].lock().expect("sizes lock");
-        match object {
-            Some((object, size)) => {
-                tree.insert(key, object);
-                sizes.set(&key, Some(size));
-            }
-            None => {
-                if tree.remove(&key).is_some() {
-                    sizes.set(&key, None);
-                }
-            }
-        }
+    fn set(&self, change: TreeChange) {
+        let p = self.partition_of(&change.0) as usize;
+        self.trees[p].lock().expect("tree lock").apply(change);
     }
 
-    /// Builds every tree from the objects in `store` and puts them in place, then applies the
-    /// writes logged meanwhile. Blocking: run it on a blocking thread.
+    /// Builds every tree from the objects in `store` (`cairn_core::trees::build`) and puts them
+    /// in place, then applies the writes logged meanwhile. Blocking: run it on a blocking thread.
     ///
     /// Correct while writes go on: logging started before the scan's snapshot was taken, so
     /// every commit is in the snapshot, in the log, or in both (then the log, being later, wins).
     pub fn rebuild(&self, store: &dyn Store) -> Result<RebuildReport, StoreError> {
-        let mut entries: Vec<Vec<(KeyHash, ObjectHash)>> =
-            (0..self.ring.partitions).map(|_| Vec::new()).collect();
-        let mut sizes: Vec<Sizes> = (0..self.ring.partitions)
-            .map(|_| Sizes::default())
-            .collect();
-        let scanned = store.scan_objects(None, &mut |key, object| {
-            let key_hash = KeyHash::of_key(key);
-            let p = self.partition_of(&key_hash) as usize;
-            entries[p].push((key_hash, ObjectHash::of_encoded(object)));
-            sizes[p].set(&key_hash, Some(size_of(key, object)));
-            !self.cancel.load(Ordering::Relaxed)
-        });
-        let objects = match scanned {
-            Ok(n) => n,
+        let keep_going = || !self.cancel.load(Ordering::Relaxed);
+        let built = match cairn_core::trees::build(store, self.ring, &keep_going) {
+            Ok(built) => built,
             Err(e) => {
                 // The trees stay not ready (anti-entropy stays off on this node); stop logging
                 // so the log does not grow for a rebuild that will not come.
@@ -236,35 +175,27 @@ impl Trees {
                 return Err(e);
             }
         };
-        if self.cancel.load(Ordering::Relaxed) {
+        if built.cancelled || self.cancel.load(Ordering::Relaxed) {
             return Ok(RebuildReport {
-                objects,
+                objects: built.objects,
                 logged: 0,
                 cancelled: true,
             });
         }
-        let built: Vec<MerkleTree> = entries.into_iter().map(MerkleTree::from_entries).collect();
         // Holding the log's lock: the writer waits here for the swap, so no commit is applied to
         // a tree that is about to be replaced or logged after the log was drained.
         let mut log = self.log.lock().expect("tree log lock");
-        for ((slot, tree), (size_slot, size)) in self
-            .trees
-            .iter()
-            .zip(built)
-            .zip(self.sizes.iter().zip(sizes))
-        {
-            let mut slot = slot.lock().expect("tree lock");
-            *slot = tree;
-            *size_slot.lock().expect("sizes lock") = size;
+        for (slot, tree) in self.trees.iter().zip(built.trees) {
+            *slot.lock().expect("tree lock") = tree;
         }
         let logged = log.take().unwrap_or_default();
-        for (key, object) in &logged {
-            self.set(*key, *object);
+        for change in &logged {
+            self.set(*change);
         }
         self.ready.send_replace(true);
         drop(log);
         Ok(RebuildReport {
-            objects,
+            objects: built.objects,
             logged: logged.len() as u64,
             cancelled: false,
         })
@@ -280,6 +211,7 @@ impl Trees {
 mod tests {
     use super::*;
     use crate::store::{Batch, MemoryStore};
+    use cairn_antientropy::ObjectHash;
 
     fn ring() -> RingConfig {
         RingConfig {
