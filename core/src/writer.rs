@@ -205,6 +205,9 @@ pub enum Sabotage {
     AckWithoutStoring,
     /// A client update stores a value nobody wrote.
     CorruptValue,
+    /// The keys a commit removed are not reported (`BatchOutcome::removes` stays empty), so
+    /// the Merkle trees kept from commits still hold them.
+    UnreportedRemoves,
 }
 
 /// How a writer is set up.
@@ -481,6 +484,10 @@ impl Writer {
                 let mut counts = pending.counts;
                 counts.retain(|_, c| *c > 0);
                 self.hint_counts = counts;
+                #[cfg(feature = "sabotage")]
+                if self.sabotage() == Sabotage::UnreportedRemoves {
+                    batch.removes.clear();
+                }
                 BatchOutcome {
                     results,
                     puts: batch.puts,

@@ -77,8 +77,11 @@
 //!   (peers and the node itself route around it) every `STORAGE_CHECK_INTERVAL`, and its writer
 //!   recovers the store in place on the health's backoff once the disk works again.
 //!
-//! Not modelled: joining rounds, the writer's
-//! upkeep of Merkle trees (built from the store for each exchange turn), a node that bootstraps version 1 again from `initial_members` after losing its data
+//! - `node/ae`, Merkle trees: kept from every commit's puts and removes as the engine's writer
+//!   keeps the node's (`cairn_core::trees`), and checked against a fresh build at each turn.
+//!
+//! Not modelled: joining rounds (the `Joining` status only shows in `cairn status`; no decision
+//! reads it), a node that bootstraps version 1 again from `initial_members` after losing its data
 //! directory while the layout has moved on (in runs with changes it waits for a peer's layout
 //! instead; without, it bootstraps version 1 as the node does), conflicting changes at two nodes (the
 //! operator changes only a settled cluster), limits other than the object's and the hint

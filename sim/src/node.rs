@@ -41,6 +41,7 @@ use cairn_core::transfer::{
     read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
     TransferMachine, TransferSabotage,
 };
+use cairn_core::trees::{put_change, remove_change, PartitionTree};
 use cairn_core::version::{Dot, Object, Payload, VClock};
 use cairn_core::writer::{read_object, Write, WriteError, Writer, WriterConfig};
 use cairn_gossip::Storage;
@@ -450,6 +451,9 @@ pub struct Running {
     declared: Storage,
     /// A storage check is scheduled.
     storage_check: bool,
+    /// The Merkle trees (`cairn_core::trees`) with anti-entropy: built from the store at
+    /// start, then kept by every commit as the engine's writer keeps the node's.
+    trees: Option<Vec<PartitionTree>>,
 }
 
 /// A simulated node.
@@ -635,6 +639,11 @@ impl SimNode {
             health: StorageHealth::default(),
             declared: Storage::Ok,
             storage_check: false,
+            trees: cx.anti_entropy.then(|| {
+                cairn_core::trees::build(&self.store, cx.config, &|| true)
+                    .expect("the simulated store scans")
+                    .trees
+            }),
             gossip: cx
                 .gossip
                 .then(|| gossip::SimGossip::new(self.ix, cx.ids, self.gen + 1, instant)),
@@ -1640,6 +1649,18 @@ impl SimNode {
         if outcome.committed || fault.is_some() {
             run.health.handle_commit(fault.clone());
         }
+        if let (true, Some(trees)) = (outcome.committed, run.trees.as_mut()) {
+            // After the commit, as the engine's `run_batch` records it.
+            let changes = outcome
+                .puts
+                .iter()
+                .map(|(k, v)| put_change(k, v))
+                .chain(outcome.removes.iter().map(|k| remove_change(k)));
+            for change in changes {
+                let p = cx.config.partition_of_hash(&change.0 .0) as usize;
+                trees[p].apply(change);
+            }
+        }
         if run.health.fault().is_some() || run.declared != run.health.storage() {
             self.arm_storage_check(cx);
         }
@@ -1685,6 +1706,7 @@ impl SimNode {
         let run = self.run.as_mut().expect("running");
         run.storage_check = false;
         if run.health.poll_probe(now) {
+            // A simulated store replays nothing (`SimDisk::recover`): the trees stay as kept.
             let outcome = cairn_core::health::recover(store, &mut run.writer, me, config)
                 .map(|touched| touched.is_some());
             run.health.handle_probe(now, &outcome);

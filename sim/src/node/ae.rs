@@ -4,15 +4,17 @@
 //! `SIM_AE_SESSIONS_MAX` exchanges at once, each key repair's merge through the node's disk
 //! queue.
 //!
-//! What differs from the node: the partition's Merkle tree is built from the store for each
-//! turn (`MerkleTree::from_entries`, as the node's start-up rebuild does) instead of being kept
-//! current by the writer, repairs are not paced (the node's token bucket is the core's, tested
-//! there), and request limits (`KEY_HASHES_PER_REQUEST_MAX`) are not checked.
+//! The partition's Merkle tree is the one the node's commits kept (`cairn_core::trees`, built
+//! at start and updated from each commit's puts and removes as the engine's writer updates the
+//! node's); each turn also builds it afresh from the store, and a difference is a violation
+//! ("Merkle tree out of date"). Requests are checked as the node checks them
+//! (`check_peer_request`, `keys_asked`). What differs from the node: repairs are not paced (the
+//! node's token bucket is the core's, tested there).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cairn_antientropy::{KeyHash, MerkleTree, ObjectHash};
+use cairn_antientropy::{KeyHash, MerkleTree};
 use cairn_core::antientropy::{
     keys_asked, refusal, round_jobs, Action, Exchange, KeyRepair, RepairStep, Responders,
 };
@@ -24,6 +26,7 @@ use cairn_ring::PartitionId;
 
 use super::{Ctx, DiskJob, MergeDone, Outgoing, SimNode};
 use crate::fmt::node;
+use crate::history::Violation;
 use crate::msg::key_str;
 use crate::world::Event;
 
@@ -155,17 +158,33 @@ impl SimNode {
     }
 
     /// The partition's tree over what the store holds now.
-    fn ae_tree(&self, cx: &Ctx, partition: PartitionId) -> MerkleTree {
-        let mut entries = Vec::new();
-        self.store
-            .scan_objects(None, &mut |key, object| {
-                if cx.config.partition_of(key) == partition {
-                    entries.push((KeyHash::of_key(key), ObjectHash::of_encoded(object)));
-                }
-                true
-            })
+    fn ae_tree(&self, cx: &mut Ctx, partition: PartitionId) -> MerkleTree {
+        let kept = self
+            .run
+            .as_ref()
+            .and_then(|r| r.trees.as_ref())
+            .expect("trees are kept with anti-entropy")[partition as usize]
+            .tree()
+            .clone();
+        // The checker of the trees' upkeep: the tree the commits kept must be the one the store
+        // builds.
+        let built = cairn_core::trees::build(&self.store, cx.config, &|| true)
             .expect("the simulated store scans");
-        MerkleTree::from_entries(entries)
+        let fresh = built.trees[partition as usize].tree();
+        if fresh.root() != kept.root() {
+            cx.history.online.push(Violation {
+                rule: "Merkle tree out of date",
+                key: Vec::new(),
+                detail: format!(
+                    "n{} partition {partition}: the tree its commits kept ({} keys) differs from \
+                     the one its store builds ({} keys)",
+                    self.ix + 1,
+                    kept.len(),
+                    fresh.len()
+                ),
+            });
+        }
+        kept
     }
 
     /// Carries out exchange `id`'s actions until it waits for an answer or ends.
