@@ -18,6 +18,7 @@ pub mod membership;
 pub mod peer;
 pub mod reaper;
 pub mod reply;
+pub mod serve;
 pub mod store;
 pub mod transfer;
 pub mod trees;

@@ -147,3 +147,8 @@ pub const LAYOUT_EXCHANGES_MAX: usize = 4;
 /// How long one layout exchange may take (a layout is at most a few megabytes; the next round
 /// tries again).
 pub const LAYOUT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes of requests one peer batch carries (keys and objects); a request larger than this
+/// goes in a batch of its own, so a batch never nears a frame.
+pub const PEER_BATCH_BYTES_MAX: usize = 1 << 20;
+const _: () = assert!(PEER_BATCH_BYTES_MAX < cairn_proto::limits::FRAME_BYTES_MAX / 2);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cairn_proto::{ErrorReply, KeyOpReply, PeerResponse};
+use cairn_proto::{BatchAnswer, ErrorReply, KeyOpReply, PeerResponse};
 
 /// Why a request to a peer got no answer, with what is known about whether it arrived.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -137,6 +137,16 @@ pub fn pong(answer: PeerResponse) -> Result<String, PeerResponse> {
 pub fn forwarded(answer: PeerResponse) -> Result<KeyOpReply, PeerResponse> {
     match answer {
         PeerResponse::Forwarded(reply) => Ok(reply),
+        other => Err(other),
+    }
+}
+
+/// [`typed_answer`]'s `pick` for a batch: one answer per item.
+pub fn batch_answers(
+    answer: PeerResponse,
+) -> Result<Vec<Result<BatchAnswer, ErrorReply>>, PeerResponse> {
+    match answer {
+        PeerResponse::Batch(answers) => Ok(answers),
         other => Err(other),
     }
 }

@@ -17,17 +17,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_layout::{Layout, Transfer};
-use cairn_proto::NodeId;
+use cairn_proto::limits::PEER_BATCH_ITEMS_MAX;
+use cairn_proto::{BatchAnswer, BatchItem, ErrorReply, NodeId, PeerRequest};
 use cairn_ring::{PartitionId, RingConfig};
 
 use crate::bucket::TokenBucket;
 use crate::store::{Store, StoreError};
 
 use crate::limits::{
-    TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_DEFAULT, TRANSFER_BATCH_BYTES_MAX,
-    TRANSFER_BATCH_KEYS_DEFAULT, TRANSFER_BATCH_KEYS_MAX, TRANSFER_BYTES_PER_SEC_DEFAULT,
-    TRANSFER_PARTITIONS_CONCURRENT_DEFAULT, TRANSFER_PARTITIONS_CONCURRENT_MAX,
-    TRANSFER_RETRY_BASE, TRANSFER_RETRY_MAX,
+    PEER_BATCH_BYTES_MAX, TRANSFER_ATTEMPTS_MAX, TRANSFER_BATCH_BYTES_DEFAULT,
+    TRANSFER_BATCH_BYTES_MAX, TRANSFER_BATCH_KEYS_DEFAULT, TRANSFER_BATCH_KEYS_MAX,
+    TRANSFER_BYTES_PER_SEC_DEFAULT, TRANSFER_PARTITIONS_CONCURRENT_DEFAULT,
+    TRANSFER_PARTITIONS_CONCURRENT_MAX, TRANSFER_RETRY_BASE, TRANSFER_RETRY_MAX,
 };
 
 /// How fast and how wide a node pushes.
@@ -233,6 +234,64 @@ struct Active {
     transfer: Transfer,
     after: Option<Vec<u8>>,
     phase: Phase,
+}
+
+/// `entries` cut into peer batches (`PeerRequest::Batch`), in order: a batch ends at `PEER_BATCH_ITEMS_MAX` entries or
+/// at the entry that would take it past `PEER_BATCH_BYTES_MAX` bytes.
+pub fn batches(entries: &[TransferEntry]) -> Vec<&[TransferEntry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let size = e.key.len() + e.object.len();
+        if i > start && (i - start == PEER_BATCH_ITEMS_MAX || bytes + size > PEER_BATCH_BYTES_MAX) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
+/// A batch's request: each entry merged at the target without a hint.
+pub fn batch_request(batch: &[TransferEntry]) -> PeerRequest {
+    PeerRequest::Batch(
+        batch
+            .iter()
+            .map(|e| BatchItem::Replicate {
+                key: e.key.clone(),
+                object: e.object.clone(),
+                hint_for: None,
+            })
+            .collect(),
+    )
+}
+
+/// Reads the answers to [`batch_request`]`(batch)`: every entry acknowledged, or why not (the
+/// first refused key named).
+pub fn batch_answered(
+    batch: &[TransferEntry],
+    answers: Vec<Result<BatchAnswer, ErrorReply>>,
+) -> Result<(), String> {
+    if answers.len() != batch.len() {
+        return Err(format!(
+            "a transfer batch of {} keys was answered with {} answers",
+            batch.len(),
+            answers.len()
+        ));
+    }
+    for (e, answer) in batch.iter().zip(answers) {
+        let why = match answer {
+            Ok(BatchAnswer::Ack) => continue,
+            Ok(other) => format!("answered {other:?}"),
+            Err(e) => format!("was refused: {e}"),
+        };
+        let key = String::from_utf8_lossy(&e.key);
+        return Err(format!("transferred key {key:?} {why}"));
+    }
+    Ok(())
 }
 
 /// A deliberate bug in the transfer (the simulator's tests only), to show that its checker
@@ -757,4 +816,43 @@ pub fn unreplicated_page(
         true
     })?;
     Ok((entries, !more))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::PEER_BATCH_BYTES_MAX;
+    use cairn_proto::limits::PEER_BATCH_ITEMS_MAX;
+
+    fn entry(i: usize, bytes: usize) -> TransferEntry {
+        TransferEntry {
+            key: format!("{i:04}").into_bytes(),
+            object: vec![0; bytes - 4],
+        }
+    }
+
+    #[test]
+    fn batches_keep_order_and_limits_and_a_large_entry_goes_alone() {
+        let sizes = [
+            PEER_BATCH_BYTES_MAX / 2,
+            PEER_BATCH_BYTES_MAX / 2,
+            1000,
+            PEER_BATCH_BYTES_MAX * 3,
+            10,
+        ];
+        let mut entries: Vec<TransferEntry> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| entry(i, *b))
+            .collect();
+        entries.extend((5..5 + PEER_BATCH_ITEMS_MAX + 1).map(|i| entry(i, 100)));
+        let got = batches(&entries);
+        let lens: Vec<usize> = got.iter().map(|b| b.len()).collect();
+        // Two halves fill a batch; the next entry starts one; the large one is alone; the
+        // small entries after it fill a batch to the item limit.
+        assert_eq!(lens, [2, 1, 1, PEER_BATCH_ITEMS_MAX, 2]);
+        let flat: Vec<&TransferEntry> = got.iter().flat_map(|b| b.iter()).collect();
+        assert_eq!(flat, entries.iter().collect::<Vec<_>>());
+        assert!(batches(&[]).is_empty());
+    }
 }

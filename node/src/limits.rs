@@ -53,9 +53,7 @@ pub const HINT_QUEUE_MAX: usize = 1024;
 /// Replica requests (replicates and reads) waiting for their peer's next batch; when full, the
 /// coordinator's sending task waits.
 pub const PEER_BATCH_QUEUE_MAX: usize = 4096;
-/// Bytes of requests one batch carries (keys and objects); a request larger than this goes in a
-/// batch of its own, so a batch never nears a frame.
-pub const PEER_BATCH_BYTES_MAX: usize = 1 << 20;
+pub use cairn_core::limits::PEER_BATCH_BYTES_MAX;
 /// Batches in flight to one peer at once: the next batch forms while these are answered, as the
 /// writer's next group forms while the last one syncs.
 pub const PEER_BATCHES_IN_FLIGHT_MAX: usize = 2;

@@ -13,18 +13,19 @@
 use std::sync::Arc;
 
 use cairn_core::transfer::{
-    read_page, Action, Page, SendId, TransferConfig, TransferEntry, TransferMachine, TransferStatus,
+    batch_answered, batch_request, batches, read_page, Action, Page, SendId, TransferConfig,
+    TransferEntry, TransferMachine, TransferStatus,
 };
 use cairn_layout::Layout;
-use cairn_proto::{BatchAnswer, BatchItem, NodeId, PeerRequest, PeerResponse};
+use cairn_proto::NodeId;
 use cairn_ring::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::limits::{
-    PEER_BATCH_BYTES_MAX, PEER_BATCH_ITEMS_MAX, TRANSFER_BATCHES_IN_FLIGHT_MAX,
-    TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX, TRANSFER_RETRY_MAX,
+    TRANSFER_BATCHES_IN_FLIGHT_MAX, TRANSFER_REQUEST_TIMEOUT, TRANSFER_RESULTS_QUEUE_MAX,
+    TRANSFER_RETRY_MAX,
 };
 use crate::membership::Membership;
 use crate::peers::Peers;
@@ -215,121 +216,29 @@ async fn send(peers: &Arc<Peers>, to: NodeId, entries: &[TransferEntry]) -> Resu
         let mut set = tokio::task::JoinSet::new();
         for (b, batch) in group.iter().enumerate() {
             let peers = peers.clone();
-            let items: Vec<BatchItem> = batch
-                .iter()
-                .map(|e| BatchItem::Replicate {
-                    key: e.key.clone(),
-                    object: e.object.clone(),
-                    hint_for: None,
-                })
-                .collect();
-            let n = items.len();
-            // Fails with the index of the item that failed, if one did; the key is named here
-            // below, from the batch this task does not hold.
+            let request = batch_request(batch);
+            // Returns the batch's index with its answers; they are read below, against the
+            // batch this task does not hold.
             set.spawn(async move {
-                let fail = |item: Option<usize>, reason: String| Err((b, item, reason));
-                let answers = match peers
+                let answers = peers
                     .call_for(
                         to,
                         "transfer",
-                        PeerRequest::Batch(items),
+                        request,
                         TRANSFER_REQUEST_TIMEOUT,
-                        |answer| match answer {
-                            PeerResponse::Batch(answers) => Ok(answers),
-                            other => Err(other),
-                        },
+                        cairn_core::peer::batch_answers,
                     )
-                    .await
-                {
-                    Ok(answers) => answers,
-                    Err(e) => return fail(None, e.to_string()),
-                };
-                if answers.len() != n {
-                    return fail(
-                        None,
-                        format!(
-                            "a transfer batch of {n} keys was answered with {} answers",
-                            answers.len()
-                        ),
-                    );
-                }
-                match answers.into_iter().enumerate().find_map(|(i, a)| match a {
-                    Ok(BatchAnswer::Ack) => None,
-                    Ok(other) => Some((i, format!("answered {other:?}"))),
-                    Err(e) => Some((i, format!("was refused: {e}"))),
-                }) {
-                    Some((i, why)) => fail(Some(i), why),
-                    None => Ok(()),
-                }
+                    .await;
+                (b, answers)
             });
         }
         while let Some(r) = set.join_next().await {
             match r {
-                Ok(Ok(())) => {}
-                Ok(Err((b, Some(i), why))) => {
-                    let key = String::from_utf8_lossy(&group[b][i].key);
-                    return Err(format!("transferred key {key:?} {why}"));
-                }
-                Ok(Err((_, None, reason))) => return Err(reason),
+                Ok((b, Ok(answers))) => batch_answered(group[b], answers)?,
+                Ok((_, Err(e))) => return Err(e.to_string()),
                 Err(e) => return Err(format!("send task: {e}")),
             }
         }
     }
     Ok(())
-}
-
-/// `entries` cut into peer batches, in order: a batch ends at `PEER_BATCH_ITEMS_MAX` entries or
-/// at the entry that would take it past `PEER_BATCH_BYTES_MAX` bytes.
-fn batches(entries: &[TransferEntry]) -> Vec<&[TransferEntry]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, e) in entries.iter().enumerate() {
-        let size = e.key.len() + e.object.len();
-        if i > start && (i - start == PEER_BATCH_ITEMS_MAX || bytes + size > PEER_BATCH_BYTES_MAX) {
-            out.push(&entries[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < entries.len() {
-        out.push(&entries[start..]);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(i: usize, bytes: usize) -> TransferEntry {
-        TransferEntry {
-            key: format!("{i:04}").into_bytes(),
-            object: vec![0; bytes - 4],
-        }
-    }
-
-    #[test]
-    fn batches_keep_order_and_limits_and_a_large_entry_goes_alone() {
-        let sizes = [
-            PEER_BATCH_BYTES_MAX / 2,
-            PEER_BATCH_BYTES_MAX / 2,
-            1000,
-            PEER_BATCH_BYTES_MAX * 3,
-            10,
-        ];
-        let mut entries: Vec<TransferEntry> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, b)| entry(i, *b))
-            .collect();
-        entries.extend((5..5 + PEER_BATCH_ITEMS_MAX + 1).map(|i| entry(i, 100)));
-        let got = batches(&entries);
-        let lens: Vec<usize> = got.iter().map(|b| b.len()).collect();
-        // Two halves fill a batch; the next entry starts one; the large one is alone; the
-        // small entries after it fill a batch to the item limit.
-        assert_eq!(lens, [2, 1, 1, PEER_BATCH_ITEMS_MAX, 2]);
-        let flat: Vec<&TransferEntry> = got.iter().flat_map(|b| b.iter()).collect();
-        assert_eq!(flat, entries.iter().collect::<Vec<_>>());
-        assert!(batches(&[]).is_empty());
-    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use cairn_proto::{
     check_peer_request, check_request, BatchAnswer, BatchItem, Context, ContextKey, ErrorReply,
-    GetReply, KeyOp, KeyOpReply, LimitError, NodeId, PeerRequest, PeerResponse, Request, Response,
-    Role, StatusReply,
+    GetReply, KeyOp, KeyOpReply, NodeId, PeerRequest, PeerResponse, Request, Response, Role,
+    StatusReply,
 };
 use tracing::{debug, warn};
 
@@ -25,6 +25,7 @@ use crate::version::Object;
 use cairn_core::forward::{unrecorded_retry, Forwarder, Step, FORWARD_RETRY_WINDOW};
 use cairn_core::peer::typed_answer;
 use cairn_core::reply::get_reply;
+use cairn_core::serve::BatchPlan;
 
 pub(super) async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
@@ -404,79 +405,27 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
     }
 }
 
-/// Serves a batch of replica requests: its writes are queued at the engine together, so they
-/// share one group commit, and its reads are read one after the other. When the copies read do not fit one answer frame, the
-/// largest are answered `FrameTooLarge` instead, and the sender asks for those alone.
+/// Serves a batch of replica requests (`cairn_core::serve::BatchPlan`): its writes are queued
+/// at the engine together, so they share one group commit, and its reads are read one after
+/// the other; copies that do not fit one answer frame are refused, and the sender asks for
+/// those alone.
 async fn serve_batch(
     items: Vec<BatchItem>,
     shared: &Arc<Shared>,
 ) -> Vec<Result<BatchAnswer, ErrorReply>> {
-    let mut answers: Vec<Option<Result<BatchAnswer, ErrorReply>>> = vec![None; items.len()];
-    let (mut writes, mut write_at, mut reads, mut read_at) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, item) in items.into_iter().enumerate() {
-        match item {
-            BatchItem::Replicate {
-                key,
-                object,
-                hint_for,
-            } => match Object::decode(&object) {
-                Ok(object) => {
-                    writes.push((key, Write::Merge { object, hint_for }));
-                    write_at.push(i);
-                }
-                Err(e) => {
-                    answers[i] = Some(Err(ErrorReply::Malformed {
-                        reason: format!("bad object: {e}"),
-                    }))
-                }
-            },
-            BatchItem::Read { key } => {
-                reads.push(key);
-                read_at.push(i);
-            }
-        }
-    }
+    let mut plan = BatchPlan::new(items);
+    let (writes, reads) = (
+        std::mem::take(&mut plan.writes),
+        std::mem::take(&mut plan.reads),
+    );
     let (written, read) = tokio::join!(
         shared.engine.apply_all(writes),
         shared.engine.read_many(reads)
     );
-    for (i, result) in write_at.into_iter().zip(written) {
-        answers[i] = Some(result.map(|_| BatchAnswer::Ack).map_err(ErrorReply::from));
-    }
-    let mut read_bytes = 0;
-    for (i, result) in read_at.iter().copied().zip(read) {
-        answers[i] = Some(match result {
-            Ok(obj) => {
-                let bytes = obj.encode_copy();
-                read_bytes += bytes.len();
-                Ok(BatchAnswer::Object(bytes))
-            }
-            Err(e) => Err(e.into()),
-        });
-    }
-    // Room for the copies in one answer frame; the rest of the frame holds the items' tags
-    // and error texts.
-    let room = cairn_proto::limits::FRAME_BYTES_MAX / 2;
-    while read_bytes > room {
-        let largest = read_at
-            .iter()
-            .copied()
-            .filter_map(|i| match &answers[i] {
-                Some(Ok(BatchAnswer::Object(b))) => Some((b.len(), i)),
-                _ => None,
-            })
-            .max()
-            .expect("read bytes come from some answer");
-        read_bytes -= largest.0;
-        answers[largest.1] = Some(Err(ErrorReply::Limit(LimitError::FrameTooLarge {
-            what: "a copy in a batch answer".to_owned(),
-            len: largest.0 as u64,
-            max: room as u64,
-        })));
-    }
-    answers
-        .into_iter()
-        .map(|a| a.expect("every item answered"))
-        .collect()
+    plan.answers(
+        written
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(ErrorReply::from)),
+        read.into_iter().map(|r| r.map_err(ErrorReply::from)),
+    )
 }
