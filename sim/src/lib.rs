@@ -61,8 +61,10 @@
 //!   in the run, with a random peer every 0.5–1.5 s instead; the coordinator routes by it (`set_layout`, forwarding by
 //!   `Layout::routing_ring`), the write fence moves as `node/src/driver.rs` moves it, the node
 //!   acknowledges by `Layout::should_ack`, follows and runs the core's transfer machine
-//!   (`TransferMachine::follow`, pages from `transfer::read_page`, each key a `Replicate`
-//!   without a hint), records its push and retires the old version as `node/src/transfer.rs`
+//!   (`TransferMachine::follow`, pages from `transfer::read_page`, sent as the node sends them:
+//!   peer batches of hintless replicates, `transfer::{batches, batch_request, batch_answered}`,
+//!   served at the target by the core's `serve::BatchPlan` as `server/dispatch.rs` serves
+//!   them), records its push and retires the old version as `node/src/transfer.rs`
 //!   does, and (with `Options::drop_copies`) runs the core's cleanup machine
 //!   (`cairn_core::cleanup`: pages from `transfer::unreplicated_page`, each key a
 //!   `DropIfUnchanged` through the disk queue) as `node/src/cleanup.rs` drives it.

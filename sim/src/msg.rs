@@ -9,7 +9,10 @@ use cairn_core::driver::Job;
 use cairn_core::version::{Dot, Object, Payload};
 use cairn_gossip::{GossipMessage, Payload as GossipPayload};
 use cairn_layout::Layout;
-use cairn_proto::{ErrorReply, GetReply, KeyOp, KeyOpReply, PeerRequest, PeerResponse, Request};
+use cairn_proto::{
+    BatchAnswer, BatchItem, ErrorReply, GetReply, KeyOp, KeyOpReply, PeerRequest, PeerResponse,
+    Request,
+};
 
 use super::fmt::{dot, obj};
 use super::history::WriteId;
@@ -216,6 +219,18 @@ impl Body {
                     format!("keys? r{rid} p{partition} {} hashes", key_hashes.len())
                 }
                 PeerRequest::Gossip(m) => format!("gossip r{rid} {}", gossip_kind(m)),
+                PeerRequest::Batch(items) => {
+                    let keys: Vec<String> = items
+                        .iter()
+                        .map(|i| match i {
+                            BatchItem::Replicate { key, object, .. } => {
+                                format!("{}:={}", key_str(key), wire_obj(object))
+                            }
+                            BatchItem::Read { key } => format!("{}?", key_str(key)),
+                        })
+                        .collect();
+                    format!("batch r{rid} [{}]", keys.join(" "))
+                }
                 other => format!("r{rid} {other:?}"),
             },
             Body::PeerResp {
@@ -252,6 +267,17 @@ impl Body {
                     "gossip r{rid} {}",
                     m.as_deref().map_or("(nothing)", gossip_kind)
                 ),
+                Ok(PeerResponse::Batch(answers)) => {
+                    let answers: Vec<String> = answers
+                        .iter()
+                        .map(|a| match a {
+                            Ok(BatchAnswer::Ack) => "ack".to_owned(),
+                            Ok(BatchAnswer::Object(o)) => wire_copy(o),
+                            Err(e) => format!("error: {e}"),
+                        })
+                        .collect();
+                    format!("batch r{rid} [{}]", answers.join(", "))
+                }
                 Ok(other) => format!("r{rid} {other:?}"),
                 Err(e) => format!("error r{rid}: {e}"),
             },

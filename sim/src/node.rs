@@ -33,13 +33,14 @@ use cairn_core::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
 use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
-use cairn_core::peer::{ack, forwarded, pong, typed_answer, PeerError};
+use cairn_core::peer::{ack, batch_answers, forwarded, pong, typed_answer, PeerError};
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::reply::reply;
+use cairn_core::serve::BatchPlan;
 use cairn_core::store::{Store, StoreError};
 use cairn_core::transfer::{
-    read_page, unreplicated_page, Action as TransferAction, SendId, TransferConfig,
-    TransferMachine, TransferSabotage,
+    batch_answered, batch_request, batches, read_page, unreplicated_page, Action as TransferAction,
+    SendId, TransferConfig, TransferEntry, TransferMachine, TransferSabotage,
 };
 use cairn_core::trees::{put_change, remove_change, PartitionTree};
 use cairn_core::version::{Dot, Object, Payload, VClock};
@@ -47,7 +48,8 @@ use cairn_core::writer::{read_object, Write, WriteError, Writer, WriterConfig};
 use cairn_gossip::Storage;
 use cairn_layout::{Layout, MergeOutcome};
 use cairn_proto::{
-    check_peer_request, ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse, TombstoneHolding,
+    check_peer_request, BatchItem, ErrorReply, KeyOpReply, NodeId, PeerRequest, PeerResponse,
+    TombstoneHolding,
 };
 use cairn_ring::{Member, Ring, RingConfig};
 use rand::Rng;
@@ -305,6 +307,13 @@ pub enum MergeDone {
         /// Its request id.
         rid: u64,
     },
+    /// Item `index` of a peer batch this node serves (`Running::serving`).
+    Batch {
+        /// The served batch.
+        id: u64,
+        /// The write's place among the batch plan's writes.
+        index: usize,
+    },
     /// A key repair of anti-entropy exchange `exchange`.
     AntiEntropy {
         /// The exchange.
@@ -344,15 +353,24 @@ pub enum ReplyTo {
 /// A peer request waiting for its answer.
 #[derive(Debug)]
 enum Outgoing {
-    Coord { op: OpId },
+    Coord {
+        op: OpId,
+    },
     Repair,
     Ping,
     Forward(Forwarding),
     Handoff,
-    Transfer { send: SendId },
+    /// One peer batch of a transfer send, with the entries it carries.
+    Transfer {
+        send: SendId,
+        batch: Vec<TransferEntry>,
+    },
     Layout,
     Reaper,
-    AntiEntropy { exchange: u64, wait: ae::Wait },
+    AntiEntropy {
+        exchange: u64,
+        wait: ae::Wait,
+    },
     Gossip,
 }
 
@@ -454,6 +472,20 @@ pub struct Running {
     /// The Merkle trees (`cairn_core::trees`) with anti-entropy: built from the store at
     /// start, then kept by every commit as the engine's writer keeps the node's.
     trees: Option<Vec<PartitionTree>>,
+    /// Peer batches being served, by a local id: their writes still on the disk queue.
+    serving: BTreeMap<u64, Serving>,
+}
+
+/// A peer batch this node serves (`PeerRequest::Batch`).
+#[derive(Debug)]
+struct Serving {
+    /// Who asked: (peer, its incarnation, its request id).
+    from: (NodeIx, u64, u64),
+    plan: BatchPlan,
+    /// Each write's result, as the disk finishes it.
+    written: Vec<Option<Result<(), ErrorReply>>>,
+    /// The copies read.
+    read: Vec<Result<Object, ErrorReply>>,
 }
 
 /// A simulated node.
@@ -639,6 +671,7 @@ impl SimNode {
             health: StorageHealth::default(),
             declared: Storage::Ok,
             storage_check: false,
+            serving: BTreeMap::new(),
             trees: cx.anti_entropy.then(|| {
                 cairn_core::trees::build(&self.store, cx.config, &|| true)
                     .expect("the simulated store scans")
@@ -973,15 +1006,85 @@ impl SimNode {
                     });
                 reply(cx, self.me(), held);
             }
-            other @ (PeerRequest::PartitionSizes { .. } | PeerRequest::Batch(_)) => {
-                // No simulated node sends these (plan counts and peer batches are the node's
-                // own I/O); answered as a node of another protocol would be.
+            PeerRequest::Batch(items) => self.serve_batch(cx, from, items),
+            other @ PeerRequest::PartitionSizes { .. } => {
+                // No simulated node asks for a plan's counts; answered as a node of another
+                // protocol would be.
                 let refused = ErrorReply::Refused {
                     reason: format!("not simulated: {other:?}"),
                 };
                 reply(cx, self.me(), Err(refused));
             }
         }
+    }
+
+    /// Serves a peer batch as `server/dispatch.rs::serve_batch` does (`BatchPlan`): its writes
+    /// queued for the disk one after the other (so they share group commits), its reads read at
+    /// once, the answer sent when the last write is done.
+    fn serve_batch(&mut self, cx: &mut Ctx, from: (NodeIx, u64, u64), items: Vec<BatchItem>) {
+        let mut plan = BatchPlan::new(items);
+        let writes = std::mem::take(&mut plan.writes);
+        let read: Vec<Result<Object, ErrorReply>> = std::mem::take(&mut plan.reads)
+            .iter()
+            .map(|k| Ok(self.read_local(k)))
+            .collect();
+        let run = self.run();
+        let id = run.next_rid;
+        run.next_rid += 1;
+        let serving = Serving {
+            from,
+            written: vec![None; writes.len()],
+            read,
+            plan,
+        };
+        run.serving.insert(id, serving);
+        if writes.is_empty() {
+            return self.batch_write_done(cx, id, None);
+        }
+        for (index, (key, write)) in writes.into_iter().enumerate() {
+            let Write::Merge { object, hint_for } = write else {
+                unreachable!("a batch plan's writes are merges")
+            };
+            let done = MergeDone::Batch { id, index };
+            let job = DiskJob::Merge {
+                key,
+                object,
+                hint_for,
+                done,
+            };
+            self.queue_disk(cx, job);
+        }
+    }
+
+    /// Write `index` of served batch `id` is done (`None`: the batch had no writes); once all
+    /// are, the batch is answered.
+    fn batch_write_done(
+        &mut self,
+        cx: &mut Ctx,
+        id: u64,
+        done: Option<(usize, Result<(), ErrorReply>)>,
+    ) {
+        let run = self.run();
+        let Some(s) = run.serving.get_mut(&id) else {
+            return;
+        };
+        if let Some((index, result)) = done {
+            s.written[index] = Some(result);
+        }
+        if s.written.iter().any(Option::is_none) {
+            return;
+        }
+        let s = run.serving.remove(&id).expect("found above");
+        let written = s.written.into_iter().map(|w| w.expect("all done"));
+        let answers = s.plan.answers(written, s.read);
+        let (peer, gen, rid) = s.from;
+        let body = Body::PeerResp {
+            gen,
+            rid,
+            resp: Ok(PeerResponse::Batch(answers)),
+            minted: None,
+        };
+        cx.w.send(self.me(), Addr::Node(peer), body);
     }
 
     /// This node's layout as the node sends it (`cairn_layout::held`), empty while it holds
@@ -1052,9 +1155,11 @@ impl SimNode {
                 };
                 self.handoff_answer(cx, peer, answer);
             }
-            Outgoing::Transfer { send } => {
-                let result =
-                    typed_answer(&name, "transfer", Ok(resp), ack).map_err(|e| e.to_string());
+            Outgoing::Transfer { send, batch } => {
+                // As `node/src/transfer.rs::send` reads a batch's answers.
+                let result = typed_answer(&name, "transfer", Ok(resp), batch_answers)
+                    .map_err(|e| e.to_string())
+                    .and_then(|answers| batch_answered(&batch, answers));
                 self.transfer_sent(cx, send, result);
             }
             Outgoing::Layout => {
@@ -1131,7 +1236,7 @@ impl SimNode {
             Outgoing::Handoff => {
                 self.handoff_answer(cx, peer, Answer::from_error(&ErrorReply::from(error)))
             }
-            Outgoing::Transfer { send } => self.transfer_sent(cx, send, Err(reason)),
+            Outgoing::Transfer { send, .. } => self.transfer_sent(cx, send, Err(reason)),
             Outgoing::Layout => self.layout_exchange_done(peer),
             Outgoing::Reaper => self.reaper_checked(cx, peer, Err(reason)),
             // As `node/src/antientropy.rs`: a transport failure is an unreachable peer.
@@ -1823,6 +1928,9 @@ impl SimNode {
                         self.drain(cx);
                     }
                     MergeDone::Local(None) => {}
+                    MergeDone::Batch { id, index } => {
+                        self.batch_write_done(cx, id, Some((index, result.map(|_| ()))));
+                    }
                     MergeDone::Peer { node, gen, rid } => {
                         let body = Body::PeerResp {
                             gen,
@@ -2361,7 +2469,7 @@ impl SimNode {
                         if entries.is_empty() {
                             run.transfer.handle_sent(now, id, Ok(()));
                         } else {
-                            run.sends.insert(id, entries.len());
+                            run.sends.insert(id, batches(&entries).len());
                             sends.push((to, id, entries));
                         }
                     }
@@ -2427,21 +2535,16 @@ impl SimNode {
             self.was_member = true;
             self.left = false;
         }
+        // As `node/src/transfer.rs::send`: the entries in peer batches (all at once here; the
+        // node has `TRANSFER_BATCHES_IN_FLIGHT_MAX` in flight).
         for (to, id, entries) in sends {
             let to = cx.ix(to);
-            for e in entries.iter() {
-                let req = PeerRequest::Replicate {
-                    key: e.key.clone(),
-                    object: e.object.clone(),
-                    hint_for: None,
+            for batch in batches(&entries) {
+                let out = Outgoing::Transfer {
+                    send: id,
+                    batch: batch.to_vec(),
                 };
-                self.request(
-                    cx,
-                    to,
-                    req,
-                    Outgoing::Transfer { send: id },
-                    TRANSFER_REQUEST_TIMEOUT,
-                );
+                self.request(cx, to, batch_request(batch), out, TRANSFER_REQUEST_TIMEOUT);
             }
         }
         let gen = self.gen;
