@@ -346,7 +346,7 @@ impl Membership {
             address: own,
             status,
             zone: cluster.zone.clone(),
-            ring: postcard::to_allocvec(&info).expect("RingInfo always serializes"),
+            ring: info.encode(),
             load: 0,
             // A freshly opened engine has no fault; `storage_watch` declares one when it comes.
             storage: Storage::Ok,
