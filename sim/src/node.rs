@@ -240,6 +240,17 @@ pub enum DiskJob {
 }
 
 impl DiskJob {
+    /// A merge of `object` into `key`'s copy, keeping a hint for `hint_for`; `done` gets the
+    /// answer.
+    fn merge(key: Vec<u8>, object: Object, hint_for: Option<NodeId>, done: MergeDone) -> DiskJob {
+        DiskJob::Merge {
+            key,
+            object,
+            hint_for,
+            done,
+        }
+    }
+
     /// The key it writes.
     fn key(&self) -> &[u8] {
         match self {
@@ -945,13 +956,7 @@ impl SimNode {
                         gen,
                         rid,
                     };
-                    let job = DiskJob::Merge {
-                        key,
-                        object,
-                        hint_for,
-                        done,
-                    };
-                    self.queue_disk(cx, job);
+                    self.queue_disk(cx, DiskJob::merge(key, object, hint_for, done));
                 }
                 Err(e) => reply(cx, self.me(), Err(malformed("bad object", &e))),
             },
@@ -1046,13 +1051,7 @@ impl SimNode {
                 unreachable!("a batch plan's writes are merges")
             };
             let done = MergeDone::Batch { id, index };
-            let job = DiskJob::Merge {
-                key,
-                object,
-                hint_for,
-                done,
-            };
-            self.queue_disk(cx, job);
+            self.queue_disk(cx, DiskJob::merge(key, object, hint_for, done));
         }
     }
 
