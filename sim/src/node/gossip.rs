@@ -7,9 +7,10 @@
 //!
 //! What differs from the node: a node's address is its name, a seed is every other node of the
 //! run (the node's seeds are its configured ones and the peers it remembers), every node
-//! declares itself `Up` at once (no joining rounds). A failing disk is declared in gossip as the
-//! node declares it (`declare_storage`, from the writer's storage health). Layout stamps are gossiped and read as the node
-//! does (`RingInfo`), and start layout exchanges through the same `layout_exchange_partners`.
+//! declares itself `Up` at once (no joining rounds). A failing disk is declared in gossip as
+//! the node declares it (`declare_storage`, from the writer's storage health). Layout stamps
+//! are gossiped and read as the node does (`RingInfo`), and start layout exchanges through the
+//! same `layout_exchange_partners`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
