@@ -440,6 +440,8 @@ fn runs_exercise_the_interesting_paths() {
     let mut storage_declared = 0;
     let mut storage_recovered = 0;
     let mut routed_around = 0;
+    let mut layout_exchanges = 0;
+    let mut transfer_batches = 0;
     let mut layout = LayoutCounts::default();
     for seed in 0..20 {
         let r = run(
@@ -487,6 +489,13 @@ fn runs_exercise_the_interesting_paths() {
         storage_declared += count("storage declared Degraded");
         storage_recovered += count("storage recovered in place");
         routed_around += count("DOWN (its storage is degraded");
+        // Layout exchanges started by gossiped stamps, and transfer batches answered.
+        layout_exchanges += count("send layout r");
+        transfer_batches += r
+            .trace
+            .iter()
+            .filter(|l| l.contains("send batch r") && l.contains("[ack"))
+            .count();
         ae_failed += r
             .trace
             .iter()
@@ -502,7 +511,8 @@ fn runs_exercise_the_interesting_paths() {
          ae_exchanges={ae_exchanges} ae_sent={ae_sent} ae_failed={ae_failed} \
          convictions={convictions} restarts_seen={restarts_seen} gossip_ups={gossip_ups} \
          storage_declared={storage_declared} storage_recovered={storage_recovered} \
-         routed_around={routed_around}"
+         routed_around={routed_around} layout_exchanges={layout_exchanges} \
+         transfer_batches={transfer_batches}"
     );
     // Rarer faults: each must happen at least once in these seeds.
     println!("{layout:?}");
@@ -554,6 +564,8 @@ fn runs_exercise_the_interesting_paths() {
         ("convictions by gossip's failure detector", convictions),
         ("restarts seen in gossip", restarts_seen),
         ("peers judged up by gossip", gossip_ups),
+        ("layout exchanges", layout_exchanges),
+        ("transfer batches acknowledged", transfer_batches),
     ] {
         assert!(n >= 10, "only {n} {what} in 20 seeds");
     }
