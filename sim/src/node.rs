@@ -2596,7 +2596,7 @@ impl SimNode {
     /// Follows the layout again (the node's transfer task rechecks at least every
     /// `TRANSFER_RETRY_MAX`). Without gossip in the run, it also sends this node's layout to a
     /// random peer (`PeerRequest::Layout`), standing in for gossip's stamps; with gossip, the
-    /// stamps start the exchanges (`gossip::gossip_layout`), as in the node.
+    /// stamps start the exchanges (`gossip::start_layout_exchanges`), as in the node.
     pub fn on_layout_tick(&mut self, cx: &mut Ctx) {
         if !cx.gossip {
             let slots = cx.ids.len();

@@ -100,6 +100,9 @@ impl SimNode {
             self.gossip_send(cx, t);
         }
         self.gossip_refresh(cx);
+        if cx.layout_changes {
+            self.start_layout_exchanges(cx);
+        }
         self.arm_gossip(cx);
     }
 
@@ -213,14 +216,13 @@ impl SimNode {
             self.handoff_up_event(cx);
         }
         if cx.layout_changes {
-            self.gossip_layout(cx);
+            self.advertise_stamp(cx);
         }
     }
 
-    /// Gossips this node's layout stamp in its ring field, and starts a layout exchange with
-    /// every peer that gossips another (`layout_exchange_partners`), as `Membership::refresh`
-    /// and `start_layout_exchanges` do.
-    fn gossip_layout(&mut self, cx: &mut Ctx) {
+    /// Gossips this node's layout stamp in its ring field when it changed, as
+    /// `Membership::refresh` does.
+    fn advertise_stamp(&mut self, cx: &mut Ctx) {
         let seq = self.layout_seq;
         let stale = self
             .run()
@@ -246,6 +248,12 @@ impl SimNode {
             }
             g.advertised = Some((seq, stamp));
         }
+    }
+
+    /// Starts a layout exchange with every peer that gossips another stamp
+    /// (`layout_exchange_partners`), as `Membership::start_layout_exchanges` does after each
+    /// gossip round.
+    fn start_layout_exchanges(&mut self, cx: &mut Ctx) {
         let me = self.id;
         let run = self.run.as_mut().expect("running");
         let g = run.gossip.as_ref().expect("gossip runs here");
