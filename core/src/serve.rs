@@ -3,9 +3,8 @@
 //! back in order, the largest copies refused when they would not fit one answer frame. The
 //! node's dispatch and the simulator both serve batches through [`BatchPlan`].
 
-use cairn_layout::Layout;
 use cairn_proto::limits::FRAME_BYTES_MAX;
-use cairn_proto::{BatchAnswer, BatchItem, ErrorReply, LimitError, NodeId};
+use cairn_proto::{BatchAnswer, BatchItem, ErrorReply, LimitError};
 
 use crate::version::Object;
 use crate::writer::Write;
@@ -13,36 +12,6 @@ use crate::writer::Write;
 /// Room for the copies of one batch answer: half a frame, the rest holding the items' tags and
 /// error texts.
 pub const BATCH_ANSWER_COPY_BYTES_MAX: usize = FRAME_BYTES_MAX / 2;
-
-/// Why this node refuses a copy of `key` sent without a hint (a transfer, a hint delivered, a
-/// repair, a replica write), if it does: it replicates the key in no live version of the
-/// `layout` it holds (or holds none). Its cleanup would drop such a copy as one no version
-/// needs, after the sender counted it as delivered: a node whose layout is behind (it lost its
-/// data directory with the version the transfer is for) refuses instead, and the sender tries
-/// again once it caught up. A copy kept for another node (`hint_for`) is always taken.
-pub fn copy_refused(
-    layout: Option<&Layout>,
-    me: NodeId,
-    key: &[u8],
-    hint_for: Option<NodeId>,
-) -> Option<ErrorReply> {
-    if hint_for.is_some() {
-        return None;
-    }
-    let Some(layout) = layout else {
-        return Some(ErrorReply::Refused {
-            reason: "this node holds no layout yet: it takes copies once it has one".into(),
-        });
-    };
-    let p = layout.current().ring().config().partition_of(key);
-    (!layout.replicates(me, p)).then(|| ErrorReply::Refused {
-        reason: format!(
-            "not a replica of partition {p} in the layout this node holds (version {}): \
-             its layout may be behind",
-            layout.current().version()
-        ),
-    })
-}
 
 /// One batch, split into its writes and its reads, with the answers of items refused on sight.
 #[derive(Debug)]
@@ -57,12 +26,8 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
-    /// Splits `items`; an object that does not decode is answered `Malformed` at once, and a
-    /// copy `refuse` refuses (see [`copy_refused`]) is answered with its refusal.
-    pub fn new(
-        items: Vec<BatchItem>,
-        refuse: impl Fn(&[u8], Option<NodeId>) -> Option<ErrorReply>,
-    ) -> BatchPlan {
+    /// Splits `items`; an object that does not decode is answered `Malformed` at once.
+    pub fn new(items: Vec<BatchItem>) -> BatchPlan {
         let mut plan = BatchPlan {
             writes: Vec::new(),
             reads: Vec::new(),
@@ -76,13 +41,12 @@ impl BatchPlan {
                     key,
                     object,
                     hint_for,
-                } => match (Object::decode(&object), refuse(&key, hint_for)) {
-                    (Ok(_), Some(refusal)) => plan.answers[i] = Some(Err(refusal)),
-                    (Ok(object), None) => {
+                } => match Object::decode(&object) {
+                    Ok(object) => {
                         plan.writes.push((key, Write::Merge { object, hint_for }));
                         plan.write_at.push(i);
                     }
-                    (Err(e), _) => {
+                    Err(e) => {
                         plan.answers[i] = Some(Err(ErrorReply::Malformed {
                             reason: format!("bad object: {e}"),
                         }))
@@ -188,7 +152,7 @@ mod tests {
                 key: b"r2".to_vec(),
             },
         ];
-        let plan = BatchPlan::new(items, |_, _| None);
+        let plan = BatchPlan::new(items);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.reads, vec![b"r1".to_vec(), b"r2".to_vec()]);
         let busy = ErrorReply::Overloaded { reason: "x".into() };
@@ -206,45 +170,10 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_without_a_hint_is_refused_by_a_node_its_layout_gives_no_part_in_the_key() {
-        use cairn_layout::LayoutVersion;
-        use cairn_ring::{Member, RingConfig};
-        let config = RingConfig {
-            partitions: 8,
-            replicas: 2,
-        };
-        let ids: Vec<NodeId> = (1..=3)
-            .map(|i| NodeId::from_name(&format!("node{i}")))
-            .collect();
-        let mut members: Vec<(Member, String)> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| (Member::new(id), format!("node{}", i + 1)))
-            .collect();
-        members.sort_by_key(|(m, _)| m.id);
-        let layout = Layout::new(LayoutVersion::initial(config, &members).unwrap());
-        let key = b"k";
-        let p = config.partition_of(key);
-        let owner = *ids.iter().find(|&&n| layout.replicates(n, p)).unwrap();
-        let other = *ids.iter().find(|&&n| !layout.replicates(n, p)).unwrap();
-        assert_eq!(copy_refused(Some(&layout), owner, key, None), None);
-        let refusal = copy_refused(Some(&layout), other, key, None).unwrap();
-        assert!(
-            refusal.to_string().contains("not a replica of partition"),
-            "{refusal}"
-        );
-        // A fallback's copy, kept for the owner, is always taken.
-        assert_eq!(copy_refused(Some(&layout), other, key, Some(owner)), None);
-        // No layout yet: nothing without a hint.
-        assert!(copy_refused(None, owner, key, None).is_some());
-        assert_eq!(copy_refused(None, owner, key, Some(other)), None);
-    }
-
-    #[test]
     fn copies_over_the_answer_room_are_refused_largest_first() {
         let big = vec![b'x'; BATCH_ANSWER_COPY_BYTES_MAX / 2 + 10];
         let items = (0..3).map(|i| BatchItem::Read { key: vec![i] }).collect();
-        let plan = BatchPlan::new(items, |_, _| None);
+        let plan = BatchPlan::new(items);
         let copies = [object(&big), object(&big[..100]), object(&big)];
         let answers = plan.answers([], copies.iter().cloned().map(Ok));
         let refused: Vec<usize> = answers

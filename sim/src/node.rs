@@ -36,7 +36,7 @@ use cairn_core::liveness::{PING_TIMEOUT, PROBE_INTERVAL};
 use cairn_core::peer::{ack, batch_answers, forwarded, pong, typed_answer, PeerError};
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::reply::reply;
-use cairn_core::serve::{copy_refused, BatchPlan};
+use cairn_core::serve::BatchPlan;
 use cairn_core::store::{Store, StoreError};
 use cairn_core::transfer::{
     batch_answered, batch_request, batches, read_page, unreplicated_page, Action as TransferAction,
@@ -949,15 +949,8 @@ impl SimNode {
                 key,
                 object,
                 hint_for,
-            } => match (
-                Object::decode(&object),
-                copy_refused(self.layout.as_ref(), self.id, &key, hint_for),
-            ) {
-                (Err(e), _) => reply(cx, self.me(), Err(malformed("bad object", &e))),
-                // As `server/dispatch.rs`: a copy of a key this node's layout gives it no
-                // part in is refused.
-                (Ok(_), Some(refusal)) => reply(cx, self.me(), Err(refusal)),
-                (Ok(object), None) => {
+            } => match Object::decode(&object) {
+                Ok(object) => {
                     let done = MergeDone::Peer {
                         node: peer,
                         gen,
@@ -965,6 +958,7 @@ impl SimNode {
                     };
                     self.queue_disk(cx, DiskJob::merge(key, object, hint_for, done));
                 }
+                Err(e) => reply(cx, self.me(), Err(malformed("bad object", &e))),
             },
             PeerRequest::Read { key } => {
                 // As the node's wire carries a copy (`Object::encode_copy`): a copy without
@@ -1033,10 +1027,7 @@ impl SimNode {
     /// queued for the disk one after the other (so they share group commits), its reads read at
     /// once, the answer sent when the last write is done.
     fn serve_batch(&mut self, cx: &mut Ctx, from: (NodeIx, u64, u64), items: Vec<BatchItem>) {
-        let (layout, me) = (self.layout.as_ref(), self.id);
-        let mut plan = BatchPlan::new(items, |key, hint_for| {
-            copy_refused(layout, me, key, hint_for)
-        });
+        let mut plan = BatchPlan::new(items);
         let writes = std::mem::take(&mut plan.writes);
         let read: Vec<Result<Object, ErrorReply>> = std::mem::take(&mut plan.reads)
             .iter()

@@ -219,25 +219,6 @@ fn sweep_with_crashes_right_after_acks() {
     );
 }
 
-/// Bug 10, found by the 10,000-seed sweep once layout exchanges followed gossiped stamps (seed
-/// 6446 of `sweep_with_crashes_right_after_acks`): a node that had acknowledged layout version
-/// 15 lost its data directory, started empty with no layout, and took a transfer batch for
-/// version 15 (acknowledged to the source, which then recorded its push); a stale layout
-/// exchange then gave it version 14, in which it replicates none of those keys, and its cleanup
-/// dropped them (rule 7: a transfer moves every key). Fixed in both the node's dispatch and
-/// the simulator by the core's `serve::copy_refused`: a copy sent without a hint for a key the
-/// receiver replicates in no live version of its layout (or with no layout) is refused, and
-/// the source sends it again once the receiver caught up.
-#[test]
-fn regression_10_a_node_behind_refuses_copies_its_cleanup_would_drop() {
-    let opts = Options {
-        crash_after_ack: true,
-        strict_routing: true,
-        ..Options::default()
-    };
-    expect_no_failures("regression_10", &[6446], &opts);
-}
-
 /// KNOWN BUG 1 (node/src/driver.rs with node/src/coordinator.rs), found by this simulator: an
 /// acknowledged write is lost when its coordinator is not a primary of the key (a fallback
 /// standing in for a down primary, with other primaries no fallback covers) and crashes right

@@ -25,7 +25,7 @@ use crate::version::Object;
 use cairn_core::forward::{unrecorded_retry, Forwarder, Step, FORWARD_RETRY_WINDOW};
 use cairn_core::peer::typed_answer;
 use cairn_core::reply::get_reply;
-use cairn_core::serve::{copy_refused, BatchPlan};
+use cairn_core::serve::BatchPlan;
 
 pub(super) async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Response {
     let needed = req.role_needed();
@@ -354,17 +354,16 @@ async fn handle_peer(req: PeerRequest, shared: &Arc<Shared>, sender: Option<Node
             key,
             object,
             hint_for,
-        } => match (Object::decode(&object), refused(shared, &key, hint_for)) {
-            (Err(e), _) => Err(ErrorReply::Malformed {
-                reason: format!("bad object: {e}"),
-            }),
-            (Ok(_), Some(refusal)) => Err(refusal),
-            (Ok(object), None) => shared
+        } => match Object::decode(&object) {
+            Ok(object) => shared
                 .engine
                 .apply(key, Write::Merge { object, hint_for })
                 .await
                 .map(|_| PeerResponse::Ack)
                 .map_err(ErrorReply::from),
+            Err(e) => Err(ErrorReply::Malformed {
+                reason: format!("bad object: {e}"),
+            }),
         },
         // A node speaks only for itself: gossip claiming another sender is refused.
         PeerRequest::Gossip(message) => match sender {
@@ -419,7 +418,7 @@ async fn serve_batch(
     items: Vec<BatchItem>,
     shared: &Arc<Shared>,
 ) -> Vec<Result<BatchAnswer, ErrorReply>> {
-    let mut plan = BatchPlan::new(items, |key, hint_for| refused(shared, key, hint_for));
+    let mut plan = BatchPlan::new(items);
     let (writes, reads) = (
         std::mem::take(&mut plan.writes),
         std::mem::take(&mut plan.reads),
@@ -434,11 +433,4 @@ async fn serve_batch(
             .map(|r| r.map(|_| ()).map_err(ErrorReply::from)),
         read.into_iter().map(|r| r.map_err(ErrorReply::from)),
     )
-}
-
-/// Why this node refuses a copy of `key` (`cairn_core::serve::copy_refused`, by the layout it
-/// holds), if it does.
-fn refused(shared: &Shared, key: &[u8], hint_for: Option<NodeId>) -> Option<ErrorReply> {
-    let view = shared.membership.view();
-    copy_refused(view.layout.as_deref(), shared.me, key, hint_for)
 }
