@@ -227,16 +227,6 @@ impl Engine {
         self.actor
     }
 
-    /// Whether the store holds any object (one read of the first, off the writer).
-    pub fn holds_objects(&self) -> Result<bool, EngineError> {
-        let mut any = false;
-        self.store.scan_objects(None, &mut |_, _| {
-            any = true;
-            false
-        })?;
-        Ok(any)
-    }
-
     /// Work counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats

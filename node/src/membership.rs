@@ -1037,16 +1037,10 @@ impl Membership {
     /// hold none, or one of itself alone), plans adding this node to it and, unless `dry_run`,
     /// applies the plan and gossips with the seed from then on (the seed is kept across
     /// restarts). A node that already is a member only rejoins the gossip.
-    ///
-    /// A node that was in this cluster's layout and is no longer (removed while dead, or
-    /// left) and still holds objects (`holds_data`) is refused: tombstones reaped since it
-    /// went may no longer cover its copies, which anti-entropy and read repair would then bring
-    /// back as live values. Its data directory must be emptied first.
     pub async fn join(
         self: &Arc<Self>,
         seed: String,
         dry_run: bool,
-        holds_data: bool,
     ) -> Result<LayoutChangeReply, ErrorReply> {
         if seed == self.advertise.to_string() {
             return Err(ErrorReply::Membership {
@@ -1067,26 +1061,11 @@ impl Membership {
         };
         // What the layout would be once this node holds the seed's.
         let mut base = theirs.layout.clone();
-        let mut former = false;
         if let Some(mine) = self.layout.held() {
             if mine.cluster == theirs.cluster {
-                // This node held the cluster's layout, so it took part in it before.
-                former = true;
                 base = mine.layout;
                 base.merge(&theirs.layout);
             }
-        }
-        if former && holds_data && !base.is_member(me) {
-            return Err(ErrorReply::Membership {
-                reason: format!(
-                    "{} was a member of this cluster and is not any more (layout version {}), \
-                     and its data directory still holds objects: deletes whose tombstones were \
-                     reaped since it went would come back from its copies. Stop it, empty its \
-                     data directory and join again",
-                    self.name,
-                    base.current().version()
-                ),
-            });
         }
         let reply = if base.is_member(me) {
             LayoutChangeReply {

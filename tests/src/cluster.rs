@@ -205,16 +205,6 @@ impl TestCluster {
         self.wait_all_up().await
     }
 
-    /// Starts node `k` again on the same address and data, without waiting for anything: for
-    /// a node the others no longer count as a member.
-    pub async fn start_again(&mut self, k: usize) -> anyhow::Result<()> {
-        let node = Node::start(self.configs[k - 1].clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("starting node{k} again on its old port and data: {e}"))?;
-        self.nodes[k - 1] = Some(node);
-        Ok(())
-    }
-
     /// A client connected to node `k`.
     pub async fn client(&self, k: usize) -> anyhow::Result<Client> {
         Ok(Client::connect(self.addr(k), &self.dir.client_identity()?).await?)

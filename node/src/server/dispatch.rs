@@ -46,12 +46,7 @@ pub(super) async fn handle(req: Request, shared: &Arc<Shared>, peer: Peer) -> Re
         Request::Status => Response::Status(status(shared)),
         Request::Ring => Response::Ring(ring_reply(shared)),
         Request::Join { seed, dry_run } => {
-            let holds_data = match shared.engine.holds_objects() {
-                Ok(holds) => holds,
-                Err(e) => return Response::Error(e.into()),
-            };
-            let joined = shared.membership.join(seed, dry_run, holds_data).await;
-            layout_change(shared, joined).await
+            layout_change(shared, shared.membership.join(seed, dry_run).await).await
         }
         Request::Leave { dry_run } => {
             layout_change(shared, shared.membership.leave(dry_run).await).await
