@@ -9,7 +9,7 @@ use cairn_gossip::Storage;
 use cairn_proto::NodeId;
 
 use crate::store::{Batch, Store, StoreError};
-use crate::writer::{Writer, WriterConfig};
+use crate::writer::{WriteError, Writer, WriterConfig};
 
 /// How often the writer's storage fault is read and gossiped: a failed commit reaches the
 /// other nodes' routing within this plus a few gossip rounds.
@@ -55,6 +55,23 @@ impl StorageFault {
                 self.reason
             )
         }
+    }
+}
+
+/// A write's result after its batch's commit failed with `fault`: the store's bare commit error
+/// becomes the fault's client reason (what a client is told); any other result stays.
+pub fn with_fault_reason<T>(
+    fault: Option<&StorageFault>,
+    result: Result<T, WriteError>,
+) -> Result<T, WriteError> {
+    match (fault, result) {
+        (Some(f), Err(WriteError::Store(StoreError::Io { op: "commit", .. }))) => {
+            Err(WriteError::Store(StoreError::Io {
+                op: "commit",
+                reason: f.client_reason(),
+            }))
+        }
+        (_, result) => result,
     }
 }
 

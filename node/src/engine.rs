@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_antientropy::KeyHash;
-use cairn_core::health::StorageHealth;
+use cairn_core::health::{with_fault_reason, StorageHealth};
 use cairn_core::writer::{OpenError, WriteError, Writer, WriterConfig};
 use cairn_proto::{ActorId, ErrorReply, LimitError, NodeId};
 use rand::RngCore;
@@ -564,15 +564,8 @@ impl WriterThread {
         }
         *self.hint_counts.lock().expect("hint counts lock") = self.core.hint_counts().clone();
         for (reply, result) in replies.into_iter().zip(outcome.results) {
-            let result = match (&commit_fault, result) {
-                (Some(fault), Err(WriteError::Store(StoreError::Io { op: "commit", .. }))) => {
-                    Err(EngineError::Store(StoreError::Io {
-                        op: "commit",
-                        reason: fault.client_reason(),
-                    }))
-                }
-                (_, result) => result.map_err(EngineError::from),
-            };
+            let result =
+                with_fault_reason(commit_fault.as_ref(), result).map_err(EngineError::from);
             if result.is_ok() {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }

@@ -43,8 +43,10 @@
 //!   over a `SimDisk`, durable and acknowledged only when its disk event runs, lost if the node
 //!   crashes first; the core's liveness and handoff policies, fed and carried out as `peers.rs`
 //!   and `handoff.rs` do, the handoff policy routing by the node's layout (hints for a node that
-//!   no longer replicates a key are redirected to its owners with the core's `redirect_writes`) (that glue, and `server/dispatch.rs`'s choice to forward and its peer handlers, is
-//!   still this crate's own); the core's forwarder and forward table at both ends of a forward.
+//!   no longer replicates a key are redirected to its owners with the core's
+//!   `redirect_writes`); the core's forwarder and forward table at both ends of a forward. Still
+//!   this crate's own, not the node's: the loops around those machines, the match that hands
+//!   each decoded peer request to them, and the forward loop around `route` and `Forwarder`.
 //! - `node/gossip`: gossip membership, the gossip crate's state machine (SYN/ACK/ACK2 over the
 //!   simulated network, heartbeats, phi accrual, a new generation per start) with the core's
 //!   `PeerJudge` feeding the liveness policy after every tick and message, as

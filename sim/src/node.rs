@@ -28,7 +28,7 @@ use cairn_core::forward::{
 };
 use cairn_core::handoff::{redirect_writes, Action, Answer, Handoff, HintRef};
 use cairn_core::handoff::{HANDOFF_INTERVAL, HANDOFF_REQUEST_TIMEOUT};
-use cairn_core::health::{StorageFault, StorageHealth, STORAGE_CHECK_INTERVAL};
+use cairn_core::health::{with_fault_reason, StorageFault, StorageHealth, STORAGE_CHECK_INTERVAL};
 use cairn_core::limits::{FORWARD_RETRY_POLL, FORWARD_RETRY_WAIT_MAX};
 use cairn_core::limits::{TOMBSTONE_REQUEST_TIMEOUT, TRANSFER_REQUEST_TIMEOUT};
 use cairn_core::liveness::{Liveness, Transition, PEER_CONNECT_TIMEOUT};
@@ -37,7 +37,7 @@ use cairn_core::peer::{ack, batch_answers, forwarded, pong, typed_answer, PeerEr
 use cairn_core::reaper::{self, Action as ReaperAction, Reaper, ReaperConfig};
 use cairn_core::reply::reply;
 use cairn_core::serve::BatchPlan;
-use cairn_core::store::{Store, StoreError};
+use cairn_core::store::Store;
 use cairn_core::transfer::{
     batch_answered, batch_request, batches, read_page, unreplicated_page, Action as TransferAction,
     SendId, TransferConfig, TransferEntry, TransferMachine, TransferSabotage,
@@ -1771,15 +1771,7 @@ impl SimNode {
         outcome
             .results
             .into_iter()
-            .map(|r| match (&fault, r) {
-                (Some(f), Err(WriteError::Store(StoreError::Io { op: "commit", .. }))) => {
-                    Err(WriteError::Store(StoreError::Io {
-                        op: "commit",
-                        reason: f.client_reason(),
-                    }))
-                }
-                (_, r) => r,
-            })
+            .map(|r| with_fault_reason(fault.as_ref(), r))
             .collect()
     }
 

@@ -1,6 +1,8 @@
 //! The whole-cluster simulator's suites (`sim/src/`): seed sweeps judged by the history
 //! checker, the proof that a seed replays bit for bit, the proof that the checker catches
-//! broken replicas, and the known bug the simulator found.
+//! broken replicas, and the bugs the simulator found. What runs is the node's core
+//! (`cairn_core`, the layout, ring, gossip and anti-entropy crates) and its wire messages; the
+//! loops around the core's machines are still the simulator's own (see `sim/src/lib.rs`).
 //!
 //! - `CAIRN_SIM_SEED=<seed>`: run only that seed; its whole trace is written to
 //!   `target/tmp/<suite>-seed-<seed>.trace` and printed if it fails.
@@ -203,10 +205,11 @@ fn sweep_as_the_node_drives_it() {
     );
 }
 
-/// Every seed with every fault, including crashes right after acknowledgements, driven the way
-/// the two known bugs below ask `driver.rs` and `server.rs` to drive the coordinator: a reply
-/// waits until every hint issued before it is durable, and a write is coordinated only at a node
-/// `route` chooses for it. This keeps the adversarial crash timing guarding everything else.
+/// Every seed with every fault, including crashes right after acknowledgements. The core's
+/// request driver holds each reply until the hints issued before it are durable (bug 1's fix,
+/// the node's and the simulator's alike), and `strict_routing` (a policy only this simulator
+/// tries, not the node's) coordinates a write only at a node `route` chooses for it. This keeps
+/// the adversarial crash timing guarding everything else.
 #[test]
 fn sweep_with_crashes_right_after_acks() {
     check_sweep(
@@ -700,8 +703,9 @@ fn regression_6_the_sweeps_run_with_the_drops() {
 /// 2469, 2998, 6801, 8747 and 9638 (and 1821, 3229, 3871 with crashes right after acks) failed
 /// the same way or through the stale-tombstone gap the writer now closes (seed 1692).
 ///
-/// Fixed: the simulator hands its handoff policy the node's layout at each round and carries
-/// out `Action::Redirect` as `node/src/handoff.rs` does.
+/// Fixed: the core's handoff policy gets the node's layout at each round and answers
+/// `Action::Redirect`; the node (`node/src/handoff.rs`) and the simulator both carry it out
+/// (the loop around the policy is still each one's own).
 #[test]
 fn regression_7_hints_follow_the_layout() {
     expect_no_failures(
